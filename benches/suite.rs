@@ -1,0 +1,748 @@
+//! The whole-run benchmark runner: every row of BENCHMARKS.md, measured in one process run.
+//!
+//! `scripts/bench` runs it in full (`cargo bench --bench suite`); `cargo test --bench suite`
+//! (no `--bench` argument) runs the same code on a tiny workload as a smoke test, and so does
+//! `KAHN_BENCH_SMOKE=1`. Numbers are printed and written as JSON; nothing is asserted about
+//! them. See BENCHMARKS.md for what each row means.
+
+#![allow(missing_docs, clippy::unwrap_used)]
+
+#[path = "workload.rs"]
+mod workload;
+
+#[path = "../kahn-pg/tests/support/mod.rs"]
+mod pg_support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kahn_cli::push::{PushOptions, Quiet, RunSource, push};
+use kahn_core::{
+    AppendBatch, Digest, NewTenant, ReadScope, RunId, RunQuery, Seq, StorageBackend,
+    StorageBackendExt, WriteScope, chain_link,
+};
+use kahn_pg::PgBackend;
+use kahn_sqlite::{SqliteBackend, SqliteOptions};
+use serde_json::{Map, Value, json};
+use sqlx_core::query::query;
+use sqlx_core::sql_str::AssertSqlSafe;
+
+/// Sizes of one run of the suite.
+#[derive(Clone, Debug)]
+struct Config {
+    smoke: bool,
+    /// Transitions per ingest run.
+    sizes: Vec<u64>,
+    /// Repetitions per ingest figure (the median is reported).
+    reps: usize,
+    /// Loaded store for reads: tenants × runs × transitions per run.
+    read_shape: (u64, u64, u64),
+    /// Read calls timed per figure.
+    read_calls: usize,
+    /// The pusher's large run, in MiB.
+    big_mib: u64,
+}
+
+impl Config {
+    fn from_env() -> Self {
+        let smoke = std::env::var("KAHN_BENCH_SMOKE").is_ok_and(|v| v != "0")
+            || !std::env::args().any(|a| a == "--bench");
+        let num = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+        if smoke {
+            return Self {
+                smoke,
+                sizes: vec![600],
+                reps: 1,
+                read_shape: (2, 3, 1200),
+                read_calls: 10,
+                big_mib: 2,
+            };
+        }
+        let sizes = std::env::var("KAHN_BENCH_SIZES")
+            .ok()
+            .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+            .unwrap_or_else(|| vec![10_000, 100_000]);
+        Self {
+            smoke,
+            sizes,
+            reps: num("KAHN_BENCH_REPS", 5) as usize,
+            read_shape: (
+                num("KAHN_BENCH_READ_TENANTS", 10),
+                num("KAHN_BENCH_READ_RUNS", 20),
+                num("KAHN_BENCH_READ_TRANSITIONS", 1000),
+            ),
+            read_calls: num("KAHN_BENCH_READ_CALLS", 300) as usize,
+            big_mib: num("KAHN_BENCH_BIG_MIB", 1024),
+        }
+    }
+}
+
+/// Results, keyed `section.name`, written as JSON at the end.
+#[derive(Default)]
+struct Results(Map<String, Value>);
+
+impl Results {
+    fn put(&mut self, key: &str, v: Value) {
+        println!("{key:<48} {v}");
+        self.0.insert(key.to_owned(), v);
+    }
+    fn f(&self, key: &str) -> Option<f64> {
+        self.0.get(key).and_then(|v| v.get("median").or(Some(v))).and_then(Value::as_f64)
+    }
+}
+
+fn med(mut xs: Vec<f64>) -> Value {
+    let m = workload::median(&mut xs);
+    json!({"median": m.round(), "samples": xs.iter().map(|x| x.round()).collect::<Vec<_>>()})
+}
+
+/// A run's lines, its files (whole and first half) and its pre-built chunk batches.
+struct Workload {
+    run: String,
+    n: u64,
+    file: PathBuf,
+    half: PathBuf,
+    batches: Vec<AppendBatch>,
+}
+
+impl Workload {
+    fn new(dir: &Path, run: &str, n: u64) -> Self {
+        let lines: Vec<String> = (0..n).map(|s| workload::line(run, s)).collect();
+        let file = dir.join(format!("{run}.ndjson"));
+        let half = dir.join(format!("{run}.half.ndjson"));
+        workload::write_file(&file, run, n).unwrap();
+        workload::write_file(&half, run, n / 2).unwrap();
+        let batches = workload::chunks(&lines)
+            .into_iter()
+            .map(|(a, b)| {
+                let mut text = String::new();
+                for (i, l) in lines[a..b].iter().enumerate() {
+                    // The wire form the pusher sends: run_id and seq on every line.
+                    let mut v: Map<String, Value> = serde_json::from_str(l).unwrap();
+                    v.insert("run_id".into(), json!(run));
+                    v.insert("seq".into(), json!(a + i));
+                    text.push_str(&Value::Object(v).to_string());
+                    text.push('\n');
+                }
+                AppendBatch::from_ndjson(&text).unwrap()
+            })
+            .collect();
+        Self { run: run.to_owned(), n, file, half, batches }
+    }
+
+    /// The rows a store holds for this run: canonical body, content hash, chain hash.
+    fn rows(&self) -> Vec<(i64, String, Digest, Digest)> {
+        let mut prev = Digest::ZERO;
+        let mut out = Vec::with_capacity(self.n as usize);
+        for b in &self.batches {
+            for run in b.runs() {
+                for (i, body) in run.bodies().iter().enumerate() {
+                    let c = body.content_hash();
+                    prev = chain_link(&prev, &c);
+                    out.push((
+                        (run.start() + i as u64) as i64,
+                        body.canonical_json().to_owned(),
+                        c,
+                        prev,
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    fn source(&self, half: bool) -> RunSource {
+        let p = if half { &self.half } else { &self.file };
+        RunSource::from_path(p, Some(RunId::new(&self.run).unwrap())).unwrap()
+    }
+}
+
+async fn push_file(store: &dyn StorageBackend, scope: &WriteScope, src: &RunSource) -> f64 {
+    let start = Instant::now();
+    let r = push(store, scope, src, &PushOptions::default(), &Quiet).await.unwrap();
+    assert!(r.next_seq > 0);
+    start.elapsed().as_secs_f64()
+}
+
+async fn append_all(store: &dyn StorageBackend, scope: &WriteScope, w: &Workload) -> (f64, u64) {
+    let start = Instant::now();
+    let mut appended = 0;
+    for b in &w.batches {
+        appended += store.append(scope, b).await.unwrap().appended();
+    }
+    (start.elapsed().as_secs_f64(), appended)
+}
+
+/// First push, re-push, resume (through the pusher) and first/duplicate append (pre-built
+/// chunks) of `n` transitions, `reps` times each on fresh runs of a fresh tenant.
+async fn ingest(
+    res: &mut Results,
+    label: &str,
+    store: Arc<dyn StorageBackend>,
+    control: Arc<dyn StorageBackend>,
+    dir: &Path,
+    n: u64,
+    reps: usize,
+) {
+    let tenant =
+        control.provision_tenant(&NewTenant::new(format!("{label}-{n}")).unwrap()).await.unwrap();
+    let key = control.issue_api_key(tenant.id).await.unwrap();
+    let scope = store.resolve_api_key(&key.secret).await.unwrap().unwrap();
+    let (mut first, mut again, mut resume, mut app, mut dup) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for rep in 0..reps {
+        let w = Workload::new(dir, &format!("{label}-{n}-p{rep}"), n);
+        let t = push_file(&*store, &scope, &w.source(false)).await;
+        first.push(n as f64 / t);
+        let t = push_file(&*store, &scope, &w.source(false)).await;
+        again.push(n as f64 / t);
+        let r = Workload::new(dir, &format!("{label}-{n}-r{rep}"), n);
+        push_file(&*store, &scope, &r.source(true)).await;
+        let t = push_file(&*store, &scope, &r.source(false)).await;
+        resume.push(n as f64 / t);
+        let a = Workload::new(dir, &format!("{label}-{n}-a{rep}"), n);
+        let (t, appended) = append_all(&*store, &scope, &a).await;
+        assert_eq!(appended, n);
+        app.push(n as f64 / t);
+        let (t, appended) = append_all(&*store, &scope, &a).await;
+        assert_eq!(appended, 0);
+        dup.push(n as f64 / t);
+        for f in [&w.file, &w.half, &r.file, &r.half, &a.file, &a.half] {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+    res.put(&format!("{label}.n{n}.push_first_tps"), med(first));
+    res.put(&format!("{label}.n{n}.push_again_tps"), med(again));
+    res.put(&format!("{label}.n{n}.push_resume_tps"), med(resume));
+    res.put(&format!("{label}.n{n}.append_first_tps"), med(app));
+    res.put(&format!("{label}.n{n}.append_dup_tps"), med(dup));
+}
+
+/// SQLite baseline: plain prepared INSERTs of the precomputed rows in one transaction, on the
+/// same table shape and the same pragmas as kahn-sqlite (WAL, synchronous FULL).
+fn sqlite_baseline(res: &mut Results, dir: &Path, n: u64, reps: usize) {
+    let mut tps = vec![];
+    for rep in 0..reps {
+        let w = Workload::new(dir, &format!("base-{n}-{rep}"), n);
+        let rows = w.rows();
+        let path = dir.join(format!("baseline-{n}-{rep}.db"));
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)).unwrap();
+        conn.execute_batch(
+            "PRAGMA synchronous = FULL; PRAGMA cache_size = -16000; PRAGMA temp_store = MEMORY;
+             CREATE TABLE transitions (
+                tenant_id BLOB NOT NULL, run_id TEXT NOT NULL, seq INTEGER NOT NULL CHECK (seq >= 0),
+                body TEXT NOT NULL, content_hash BLOB NOT NULL, chain_hash BLOB NOT NULL,
+                PRIMARY KEY (tenant_id, run_id, seq)) STRICT, WITHOUT ROWID;",
+        )
+        .unwrap();
+        let tenant = uuid::Uuid::new_v4();
+        let start = Instant::now();
+        let mut conn = conn;
+        let tx = conn.transaction().unwrap();
+        {
+            let mut st = tx
+                .prepare_cached("INSERT INTO transitions VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
+                .unwrap();
+            for (seq, body, c, h) in &rows {
+                st.execute(rusqlite::params![
+                    &tenant.as_bytes()[..],
+                    &w.run,
+                    seq,
+                    body,
+                    &c.as_bytes()[..],
+                    &h.as_bytes()[..]
+                ])
+                .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        tps.push(n as f64 / start.elapsed().as_secs_f64());
+        drop(conn);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        let _ = std::fs::remove_file(&w.file);
+        let _ = std::fs::remove_file(&w.half);
+    }
+    res.put(&format!("sqlite.n{n}.baseline_insert_tps"), med(tps));
+}
+
+/// Postgres baseline: one `COPY` as the owner of the precomputed rows into a table of the
+/// same shape (`LIKE kahn.transitions INCLUDING ALL`: same columns, checks, primary key; no
+/// RLS, no foreign key).
+async fn pg_baseline(res: &mut Results, admin: &PgBackend, dir: &Path, n: u64, reps: usize) {
+    query(
+        "CREATE TABLE IF NOT EXISTS public.copy_transitions (LIKE kahn.transitions INCLUDING ALL)",
+    )
+    .execute(admin.pool())
+    .await
+    .unwrap();
+    let mut tps = vec![];
+    for rep in 0..reps {
+        let w = Workload::new(dir, &format!("copy-{n}-{rep}"), n);
+        let tenant = uuid::Uuid::new_v4();
+        let mut text = String::with_capacity(n as usize * 450);
+        for (seq, body, c, h) in w.rows() {
+            // COPY text format: escape backslashes (the only special byte JSON bodies hold here).
+            let body = body.replace('\\', "\\\\").replace('\t', "\\t").replace('\n', "\\n");
+            text.push_str(&format!(
+                "{tenant}\t{}\t{seq}\t{body}\t\\\\x{}\t\\\\x{}\n",
+                w.run,
+                hex(c.as_bytes()),
+                hex(h.as_bytes())
+            ));
+        }
+        let mut conn = admin.pool().acquire().await.unwrap();
+        let start = Instant::now();
+        let mut copy = conn
+            .copy_in_raw("COPY public.copy_transitions (tenant_id, run_id, seq, body, content_hash, chain_hash) FROM STDIN")
+            .await
+            .unwrap();
+        for piece in text.as_bytes().chunks(1 << 20) {
+            copy.send(piece).await.unwrap();
+        }
+        let rows = copy.finish().await.unwrap();
+        assert_eq!(rows, n);
+        tps.push(n as f64 / start.elapsed().as_secs_f64());
+        let _ = std::fs::remove_file(&w.file);
+        let _ = std::fs::remove_file(&w.half);
+    }
+    res.put(&format!("pg.n{n}.baseline_copy_tps"), med(tps));
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The `kahn` binary built beside this bench (`target/<profile>/kahn`), or `KAHN_BIN`.
+fn kahn_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("KAHN_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(Path::parent).unwrap().join("kahn");
+    assert!(
+        bin.is_file(),
+        "{} not found: build it first (cargo build -p kahn-cli --bin kahn, with --release for \
+         cargo bench) or set KAHN_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// `kahn serve` on a free loopback port; killed on drop.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(db: &str) -> Self {
+        let mut child = Command::new(kahn_bin())
+            .args([
+                "serve",
+                "--db",
+                db,
+                "--listen",
+                "127.0.0.1:0",
+                "--retention-interval-secs",
+                "0",
+            ])
+            .env("KAHN_LOG", "warn")
+            .env_remove("KAHN_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        out.read_line(&mut first).unwrap();
+        let url = first.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
+        // Keep draining stdout so the server never blocks on it.
+        std::thread::spawn(move || for _ in out.lines() {});
+        Self { child, url }
+    }
+
+    fn hwm_kib(&self) -> u64 {
+        vm_hwm_kib(self.child.id()).unwrap_or(0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Peak resident set (VmHWM) of a live process, in KiB.
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let l = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    l.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Runs `kahn push FILE --url URL --json`; returns seconds and the pusher's peak RSS (KiB),
+/// sampled from /proc while it runs (VmHWM only grows, so the last sample is the peak up to
+/// ~20 ms before exit).
+fn kahn_push(url: &str, key: &str, file: &Path, run: &str) -> (f64, u64) {
+    let start = Instant::now();
+    let mut child = Command::new(kahn_bin())
+        .args(["push", file.to_str().unwrap(), "--run-id", run, "--url", url, "--json"])
+        .env("KAHN_API_KEY", key)
+        .env("KAHN_LOG", "warn")
+        .env_remove("KAHN_DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut hwm = 0;
+    loop {
+        if let Some(v) = vm_hwm_kib(child.id()) {
+            hwm = hwm.max(v);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "kahn push failed: {status}");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (start.elapsed().as_secs_f64(), hwm)
+}
+
+/// The real pusher against the real server: first pushes of `n`, `reps` times.
+fn http_ingest(
+    res: &mut Results,
+    label: &str,
+    server: &Server,
+    key: &str,
+    dir: &Path,
+    n: u64,
+    reps: usize,
+) {
+    let mut tps = vec![];
+    let mut pusher_hwm = 0;
+    for rep in 0..reps {
+        let run = format!("{label}-http-{n}-{rep}");
+        let file = dir.join(format!("{run}.ndjson"));
+        workload::write_file(&file, &run, n).unwrap();
+        let (t, hwm) = kahn_push(&server.url, key, &file, &run);
+        tps.push(n as f64 / t);
+        pusher_hwm = pusher_hwm.max(hwm);
+        let _ = std::fs::remove_file(&file);
+    }
+    res.put(&format!("{label}.n{n}.http_push_first_tps"), med(tps));
+    res.put(&format!("{label}.n{n}.http_pusher_hwm_mib"), json!(pusher_hwm / 1024));
+    res.put(&format!("{label}.n{n}.http_server_hwm_mib"), json!(server.hwm_kib() / 1024));
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// list_runs (first page, 50) and read_transitions(1000) latency in µs, p50/p99, over
+/// `calls` calls spread over the loaded tenants and runs.
+async fn read_latency(
+    res: &mut Results,
+    key: &str,
+    store: &dyn StorageBackend,
+    scopes: &[(ReadScope, Vec<RunId>)],
+    calls: usize,
+) {
+    let mut list = Vec::with_capacity(calls);
+    let mut read = Vec::with_capacity(calls);
+    let q = RunQuery { limit: 50, ..RunQuery::default() };
+    for i in 0..calls {
+        let (scope, runs) = &scopes[i % scopes.len()];
+        let t = Instant::now();
+        let page = store.list_runs(scope, &q).await.unwrap();
+        list.push(t.elapsed().as_secs_f64() * 1e6);
+        assert!(!page.runs.is_empty());
+        let run = &runs[(i / scopes.len()) % runs.len()];
+        let t = Instant::now();
+        let rows = store.read_transitions(scope, run, None::<Seq>, 1000).await.unwrap();
+        read.push(t.elapsed().as_secs_f64() * 1e6);
+        assert_eq!(rows.len(), 1000.min(rows.len().max(1)));
+    }
+    list.sort_by(f64::total_cmp);
+    read.sort_by(f64::total_cmp);
+    res.put(
+        &format!("{key}.list_runs_us"),
+        json!({"p50": pct(&list, 0.5).round(), "p99": pct(&list, 0.99).round()}),
+    );
+    res.put(
+        &format!("{key}.read_1000_us"),
+        json!({"p50": pct(&read, 0.5).round(), "p99": pct(&read, 0.99).round()}),
+    );
+}
+
+/// Loads tenants × runs × transitions through `append`; returns each tenant's read scope,
+/// run ids and API key.
+async fn load(
+    store: &dyn StorageBackend,
+    shape: (u64, u64, u64),
+) -> Vec<(ReadScope, Vec<RunId>, String)> {
+    let (tenants, runs, n) = shape;
+    let mut out = vec![];
+    for t in 0..tenants {
+        let tenant =
+            store.provision_tenant(&NewTenant::new(format!("reader-{t}")).unwrap()).await.unwrap();
+        let key = store.issue_api_key(tenant.id).await.unwrap();
+        let scope = store.resolve_api_key(&key.secret).await.unwrap().unwrap();
+        let mut ids = vec![];
+        for r in 0..runs {
+            let run = format!("load-{t}-{r}");
+            let text: String = (0..n)
+                .map(|s| {
+                    let mut v: Map<String, Value> =
+                        serde_json::from_str(&workload::line(&run, s)).unwrap();
+                    v.insert("run_id".into(), json!(run));
+                    v.insert("seq".into(), json!(s));
+                    format!("{}\n", Value::Object(v))
+                })
+                .collect();
+            store.append(&scope, &AppendBatch::from_ndjson(&text).unwrap()).await.unwrap();
+            ids.push(RunId::new(&run).unwrap());
+        }
+        out.push((scope.read(), ids, key.secret.expose_secret().to_owned()));
+    }
+    out
+}
+
+fn ratio(res: &mut Results, key: &str, num: &str, den: &str) {
+    if let (Some(a), Some(b)) = (res.f(num), res.f(den))
+        && b > 0.0
+    {
+        res.put(key, json!((a / b * 100.0).round() / 100.0));
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    kahn_http::install_crypto_provider();
+    let cfg = Config::from_env();
+    println!("kahn bench suite ({}): {cfg:?}", if cfg.smoke { "smoke" } else { "full" });
+    let dir = tempfile::tempdir().unwrap();
+    let mut res = Results::default();
+    let only = std::env::var("KAHN_BENCH_ONLY").unwrap_or_default();
+    let want = |s: &str| only.is_empty() || only.split(',').any(|o| o == s);
+
+    // ---- direct ingest and baselines ------------------------------------------------------
+    if want("ingest") {
+        for &n in &cfg.sizes {
+            let sq = Arc::new(
+                SqliteBackend::open(SqliteOptions::file(dir.path().join(format!("kahn-{n}.db"))))
+                    .await
+                    .unwrap(),
+            );
+            ingest(&mut res, "sqlite", sq.clone(), sq.clone(), dir.path(), n, cfg.reps).await;
+            sqlite_baseline(&mut res, dir.path(), n, cfg.reps);
+            drop(sq);
+
+            let (db, admin) = pg_support::TestDb::new().await;
+            let app: Arc<dyn StorageBackend> = Arc::new(db.app().await);
+            let admin = Arc::new(admin);
+            ingest(&mut res, "pg", app, admin.clone(), dir.path(), n, cfg.reps).await;
+            pg_baseline(&mut res, &admin, dir.path(), n, cfg.reps).await;
+            admin.close().await;
+            drop(db);
+            for (a, b) in [("sqlite", "baseline_insert_tps"), ("pg", "baseline_copy_tps")] {
+                for m in ["push_first_tps", "append_first_tps"] {
+                    ratio(
+                        &mut res,
+                        &format!("ratio.{a}.n{n}.{m}/{b}"),
+                        &format!("{a}.n{n}.{m}"),
+                        &format!("{a}.n{n}.{b}"),
+                    );
+                }
+                ratio(
+                    &mut res,
+                    &format!("ratio.{a}.n{n}.push_again/push_first"),
+                    &format!("{a}.n{n}.push_again_tps"),
+                    &format!("{a}.n{n}.push_first_tps"),
+                );
+                ratio(
+                    &mut res,
+                    &format!("ratio.{a}.n{n}.append_dup/append_first"),
+                    &format!("{a}.n{n}.append_dup_tps"),
+                    &format!("{a}.n{n}.append_first_tps"),
+                );
+            }
+        }
+    }
+
+    // ---- HTTP end to end: the kahn binary (serve + push) over loopback -------------------
+    if want("http") {
+        for &n in &cfg.sizes {
+            let path = dir.path().join(format!("http-{n}.db"));
+            let store = SqliteBackend::open(SqliteOptions::file(&path)).await.unwrap();
+            let t = store.provision_tenant(&NewTenant::new("http").unwrap()).await.unwrap();
+            let key = store.issue_api_key(t.id).await.unwrap();
+            drop(store);
+            let server = Server::start(&format!("sqlite://{}", path.display()));
+            http_ingest(
+                &mut res,
+                "sqlite",
+                &server,
+                key.secret.expose_secret(),
+                dir.path(),
+                n,
+                cfg.reps,
+            );
+            drop(server);
+
+            let (db, admin) = pg_support::TestDb::new().await;
+            let t = admin.provision_tenant(&NewTenant::new("http").unwrap()).await.unwrap();
+            let key = admin.issue_api_key(t.id).await.unwrap();
+            let app_dsn = format!("postgres://{}@127.0.0.1:5432/{}", kahn_pg::APP_ROLE, db.name);
+            let server = Server::start(&app_dsn);
+            http_ingest(
+                &mut res,
+                "pg",
+                &server,
+                key.secret.expose_secret(),
+                dir.path(),
+                n,
+                cfg.reps,
+            );
+            drop(server);
+            admin.close().await;
+            drop(db);
+            for a in ["sqlite", "pg"] {
+                ratio(
+                    &mut res,
+                    &format!("ratio.{a}.n{n}.http/direct"),
+                    &format!("{a}.n{n}.http_push_first_tps"),
+                    &format!("{a}.n{n}.push_first_tps"),
+                );
+            }
+        }
+    }
+
+    // ---- memory: the pusher on a large run, the server ingesting it -----------------------
+    if want("memory") {
+        let run = "big-run";
+        let file = dir.path().join("big.ndjson");
+        let n = cfg.big_mib * 1024 * 1024 / 305;
+        let bytes = workload::write_file(&file, run, n).unwrap();
+        let path = dir.path().join("big.db");
+        let store = SqliteBackend::open(SqliteOptions::file(&path)).await.unwrap();
+        let t = store.provision_tenant(&NewTenant::new("big").unwrap()).await.unwrap();
+        let key = store.issue_api_key(t.id).await.unwrap();
+        drop(store);
+        let server = Server::start(&format!("sqlite://{}", path.display()));
+        let (secs, hwm) = kahn_push(&server.url, key.secret.expose_secret(), &file, run);
+        res.put("memory.big_run_mib", json!(bytes / (1024 * 1024)));
+        res.put("memory.big_run_transitions", json!(n));
+        res.put("memory.big_run_http_tps", json!((n as f64 / secs).round()));
+        res.put("memory.pusher_hwm_mib", json!(hwm / 1024));
+        res.put("memory.server_hwm_mib", json!(server.hwm_kib() / 1024));
+        drop(server);
+        let _ = std::fs::remove_file(&file);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+
+    // ---- reads on a loaded store -----------------------------------------------------------
+    if want("reads") {
+        let calls = cfg.read_calls;
+        res.put("reads.shape", json!(cfg.read_shape));
+        // SQLite, direct and over HTTP.
+        let path = dir.path().join("reads.db");
+        let sq = SqliteBackend::open(SqliteOptions::file(&path)).await.unwrap();
+        let loaded = load(&sq, cfg.read_shape).await;
+        let scopes: Vec<_> = loaded.iter().map(|(s, r, _)| (s.clone(), r.clone())).collect();
+        read_latency(&mut res, "reads.sqlite.direct", &sq, &scopes, calls).await;
+        drop(sq);
+        let server = Server::start(&format!("sqlite://{}", path.display()));
+        let http = kahn_http::HttpBackend::new(&server.url).unwrap();
+        let mut hscopes = vec![];
+        for (_, runs, key) in &loaded {
+            let key = kahn_core::ApiKey::parse(key).unwrap();
+            hscopes.push((http.resolve_api_key(&key).await.unwrap().unwrap().read(), runs.clone()));
+        }
+        read_latency(&mut res, "reads.sqlite.http", &http, &hscopes, calls).await;
+        drop(server);
+
+        // Postgres: the app role under RLS vs the owner (a superuser: RLS does not apply), the
+        // same backend code and queries.
+        let (db, admin) = pg_support::TestDb::new().await;
+        let loaded = load(&admin, cfg.read_shape).await;
+        query(AssertSqlSafe("VACUUM ANALYZE".to_owned())).execute(admin.pool()).await.unwrap();
+        let scopes: Vec<_> = loaded.iter().map(|(s, r, _)| (s.clone(), r.clone())).collect();
+        let app = db.app().await;
+        // Warm both once, then measure alternately so neither gets a warmer cache.
+        read_latency(&mut Results::default(), "warm", &app, &scopes, calls.min(50)).await;
+        read_latency(&mut Results::default(), "warm", &admin, &scopes, calls.min(50)).await;
+        read_latency(&mut res, "reads.pg.rls_on_app_role", &app, &scopes, calls).await;
+        read_latency(&mut res, "reads.pg.rls_off_owner", &admin, &scopes, calls).await;
+        let app_dsn = format!("postgres://{}@127.0.0.1:5432/{}", kahn_pg::APP_ROLE, db.name);
+        let server = Server::start(&app_dsn);
+        let http = kahn_http::HttpBackend::new(&server.url).unwrap();
+        let mut hscopes = vec![];
+        for (_, runs, key) in &loaded {
+            let key = kahn_core::ApiKey::parse(key).unwrap();
+            hscopes.push((http.resolve_api_key(&key).await.unwrap().unwrap().read(), runs.clone()));
+        }
+        read_latency(&mut res, "reads.pg.http", &http, &hscopes, calls).await;
+        drop(server);
+        app.close().await;
+        admin.close().await;
+        drop(db);
+        for m in ["list_runs_us", "read_1000_us"] {
+            if let (Some(on), Some(off)) = (
+                res.0.get(&format!("reads.pg.rls_on_app_role.{m}")).and_then(|v| v["p50"].as_f64()),
+                res.0.get(&format!("reads.pg.rls_off_owner.{m}")).and_then(|v| v["p50"].as_f64()),
+            ) && off > 0.0
+            {
+                res.put(
+                    &format!("ratio.reads.pg.{m}.p50.rls_on/off"),
+                    json!((on / off * 100.0).round() / 100.0),
+                );
+            }
+        }
+    }
+
+    // ---- peers (measured by benches/peers, a separate workspace) --------------------------
+    if let Ok(p) = std::env::var("KAHN_BENCH_PEERS_JSON")
+        && let Ok(text) = std::fs::read_to_string(&p)
+    {
+        let peers: Value = serde_json::from_str(&text).unwrap();
+        for (name, ours) in [("sqlite-es", "sqlite"), ("postgres-es", "pg")] {
+            if let Some(v) = peers.get(name) {
+                let n = v["n"].as_u64().unwrap_or(0);
+                res.put(&format!("peers.{name}.n{n}.first_push_tps"), v["first_push_tps"].clone());
+                for m in ["push_first_tps", "append_first_tps"] {
+                    if let (Some(a), Some(b)) =
+                        (res.f(&format!("{ours}.n{n}.{m}")), v["first_push_tps"].as_f64())
+                    {
+                        res.put(
+                            &format!("ratio.{ours}.n{n}.{m}/{name}"),
+                            json!((a / b * 100.0).round() / 100.0),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    let out = std::env::var("KAHN_BENCH_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| dir.path().join("results.json"));
+    let mut all = res.0;
+    all.insert("config".into(), json!(format!("{cfg:?}")));
+    std::fs::write(&out, serde_json::to_string_pretty(&Value::Object(all)).unwrap()).unwrap();
+    println!("results written to {}", out.display());
+    if cfg.smoke {
+        println!("bench smoke: 1 passed, 0 failed");
+    }
+}

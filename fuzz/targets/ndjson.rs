@@ -1,0 +1,40 @@
+//! Fuzz target logic: one NDJSON body through `NdjsonLine::parse` and `BatchBuilder`.
+//! Shared by the cargo-fuzz target (`fuzz/fuzz_targets/ndjson.rs`) and the CI property test
+//! (`kahn-http/tests/fuzz_props.rs`). Never panics; whatever is accepted is self-consistent.
+
+use kahn_core::{BatchBuilder, NdjsonLine};
+
+pub(crate) fn run(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let mut builder = BatchBuilder::new();
+    for line in text.lines() {
+        match NdjsonLine::parse(line) {
+            Ok(Some(parsed)) => {
+                if builder.push(parsed).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                // Refusals are InvalidInput naming a field, never anything else.
+                assert!(matches!(e, kahn_core::Error::InvalidInput { .. }), "{e:?}");
+                return;
+            }
+        }
+    }
+    let batch = builder.build();
+    for run in batch.runs() {
+        assert!(run.start() <= run.end());
+        for body in run.bodies() {
+            // The canonical form is JSON that parses back to the same fields, and the hash
+            // is the hash of that form: what is stored is what is hashed.
+            let back: serde_json::Value =
+                serde_json::from_str(body.canonical_json()).expect("canonical form is JSON");
+            assert_eq!(back.as_object(), Some(body.fields()));
+            assert_eq!(
+                body.content_hash(),
+                kahn_core::Digest::sha256(body.canonical_json().as_bytes())
+            );
+        }
+    }
+}

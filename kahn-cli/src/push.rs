@@ -1,0 +1,544 @@
+//! The resumable, chunked pusher: streams a run's NDJSON file into any [`StorageBackend`].
+//!
+//! It first asks the store how much of the run it holds (`next_seq`, `head_hash`), hashes that
+//! prefix of the file locally and compares the one chain link, then sends only what is
+//! missing, in chunks of at most 1 MiB cut on line boundaries. Memory stays flat: one chunk
+//! is held at a time, whatever the file's size. Retryable failures (rate limits, restarts,
+//! lost connections) are retried with exponential backoff and jitter, honouring the store's
+//! `Retry-After`; since appends are idempotent by content, a retry of an append that did
+//! commit only finds its transitions already stored.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kahn_core::{
+    BatchBuilder, Digest, Error, NdjsonLine, ReadScope, Result, RunId, RunMeta, StorageBackend,
+    Transition, WriteScope, chain_link,
+};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+
+/// Largest chunk sent in one append, in bytes of NDJSON.
+pub const MAX_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Where a run comes from: its transitions file, and its graph when there is one.
+#[derive(Clone, Debug)]
+pub struct RunSource {
+    transitions: PathBuf,
+    graph: Option<PathBuf>,
+    run_id: RunId,
+}
+
+impl RunSource {
+    /// A run directory (holding `transitions.ndjson` and, when present, `graph.json`) or an
+    /// NDJSON file. The run id is `run_id` when given, else the directory's name or the
+    /// file's stem.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming `path` when it does not exist or has no
+    /// `transitions.ndjson`, or `run_id` when the derived id is not a valid run id.
+    pub fn from_path(path: &Path, run_id: Option<RunId>) -> Result<Self> {
+        let meta = std::fs::metadata(path)
+            .map_err(|e| Error::invalid("path", format!("{}: {e}", path.display())))?;
+        let (transitions, graph, name) = if meta.is_dir() {
+            let transitions = path.join("transitions.ndjson");
+            if !transitions.is_file() {
+                return Err(Error::invalid(
+                    "path",
+                    format!("{} has no transitions.ndjson", path.display()),
+                ));
+            }
+            let graph = Some(path.join("graph.json")).filter(|g| g.is_file());
+            let dir = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+            (transitions, graph, dir.file_name().map(|n| n.to_string_lossy().into_owned()))
+        } else {
+            (path.to_owned(), None, path.file_stem().map(|n| n.to_string_lossy().into_owned()))
+        };
+        let run_id = match run_id {
+            Some(id) => id,
+            None => RunId::new(name.unwrap_or_default()).map_err(|e| match e {
+                Error::InvalidInput { message, .. } => Error::invalid(
+                    "run_id",
+                    format!("{message} (the run id comes from the path; pass --run-id)"),
+                ),
+                other => other,
+            })?,
+        };
+        Ok(Self { transitions, graph, run_id })
+    }
+
+    /// The run.
+    pub fn run_id(&self) -> &RunId {
+        &self.run_id
+    }
+
+    /// The transitions file.
+    pub fn transitions_path(&self) -> &Path {
+        &self.transitions
+    }
+}
+
+/// How to push.
+#[derive(Clone, Debug)]
+pub struct PushOptions {
+    /// Largest chunk, in bytes (at most [`MAX_CHUNK_BYTES`]).
+    pub max_chunk_bytes: usize,
+    /// Retries of one call before giving up.
+    pub max_retries: u32,
+    /// Metadata to set on the run besides the graph (source, labels).
+    pub meta: RunMeta,
+}
+
+impl Default for PushOptions {
+    fn default() -> Self {
+        Self { max_chunk_bytes: MAX_CHUNK_BYTES, max_retries: 8, meta: RunMeta::new() }
+    }
+}
+
+/// What a push did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PushReport {
+    /// The run.
+    pub run_id: RunId,
+    /// Transitions the store already held when the push started (confirmed by one link).
+    pub already_stored: u64,
+    /// Transitions this push stored.
+    pub appended: u64,
+    /// Transitions sent and found already stored.
+    pub skipped: u64,
+    /// Appends made.
+    pub chunks: u64,
+    /// Retries after retryable failures.
+    pub retries: u64,
+    /// The run's next seq afterwards (its transition count).
+    pub next_seq: u64,
+    /// The run's head hash afterwards.
+    pub head_hash: Digest,
+}
+
+/// Hears about a push as it goes (a progress bar, log lines). Every method has a no-op default.
+pub trait Progress: Send + Sync {
+    /// The push starts: the file's size, and how many transitions the store holds.
+    fn started(&self, _file_bytes: u64, _already_stored: u64) {}
+    /// The first `transitions` of the file (`bytes` long) were confirmed stored by one chain
+    /// link, and are not sent.
+    fn resumed(&self, _bytes: u64, _transitions: u64) {}
+    /// A chunk of `bytes` was stored (or found stored).
+    fn chunk_done(&self, _bytes: u64, _appended: u64, _skipped: u64) {}
+    /// A retryable failure; the pusher waits `wait` before attempt `attempt`.
+    fn retrying(&self, _attempt: u32, _wait: Duration, _error: &Error) {}
+}
+
+/// A [`Progress`] that says nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Quiet;
+
+impl Progress for Quiet {}
+
+/// The wait before retry `attempt` (0-based): exponential from 250 ms, capped at 30 s, with
+/// "equal jitter" (half fixed, half random), and never shorter than the store's `Retry-After`
+/// (itself capped at [`MAX_RETRY_AFTER`]).
+pub fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
+    let base = Duration::from_millis(250).saturating_mul(1 << attempt.min(16));
+    let capped = base.min(Duration::from_secs(30));
+    let half = capped / 2;
+    let jittered = half + half.mul_f64(fastrand::f64());
+    jittered.max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER))
+}
+
+/// The longest `Retry-After` honoured: a store asking for more is waited on this long.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+/// Runs `call` until it succeeds, fails for good, or `max_retries` retryable failures passed.
+///
+/// # Errors
+/// The last error.
+pub async fn with_retries<T, F, Fut>(
+    max_retries: u32,
+    progress: &dyn Progress,
+    retries: &mut u64,
+    mut call: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        match call().await {
+            Err(e) if e.is_retryable() && attempt < max_retries => {
+                let retry_after = match &e {
+                    Error::Unavailable { retry_after, .. } => *retry_after,
+                    _ => None,
+                };
+                let wait = backoff(attempt, retry_after);
+                attempt += 1;
+                *retries += 1;
+                progress.retrying(attempt, wait, &e);
+                tokio::time::sleep(wait).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Pushes `source` into `store` as the tenant of `scope`, resuming from what is stored.
+///
+/// # Errors
+/// [`Error::InvalidInput`] naming the line and field of the first bad line (nothing after it
+/// is sent); [`Error::Conflict`] when the store holds different content (nothing is
+/// rewritten); [`Error::Unavailable`] when retries ran out; others as the store returns them.
+pub async fn push(
+    store: &dyn StorageBackend,
+    scope: &WriteScope,
+    source: &RunSource,
+    opts: &PushOptions,
+    progress: &dyn Progress,
+) -> Result<PushReport> {
+    let mut meta = opts.meta.clone();
+    if let Some(path) = &source.graph {
+        let text = tokio::fs::read_to_string(path)
+            .await
+            .map_err(|e| Error::invalid("graph", format!("{}: {e}", path.display())))?;
+        let graph: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::invalid("graph", format!("{} is not JSON: {e}", path.display())))?;
+        meta = meta.with_graph(graph)?;
+    }
+    let mut report = PushReport {
+        run_id: source.run_id.clone(),
+        already_stored: 0,
+        appended: 0,
+        skipped: 0,
+        chunks: 0,
+        retries: 0,
+        next_seq: 0,
+        head_hash: Digest::ZERO,
+    };
+    let read: ReadScope = scope.read();
+    let stored = with_retries(opts.max_retries, progress, &mut report.retries, || {
+        store.get_run(&read, &source.run_id)
+    })
+    .await;
+    let (stored_next, stored_head) = match stored {
+        Ok(s) => (s.info.next_seq, s.info.head_hash),
+        Err(Error::NotFound { .. }) => (0, Digest::ZERO),
+        Err(e) => return Err(e),
+    };
+    let file_bytes = tokio::fs::metadata(&source.transitions)
+        .await
+        .map_err(|e| Error::invalid("path", format!("{}: {e}", source.transitions.display())))?
+        .len();
+    progress.started(file_bytes, stored_next);
+
+    // Resume from what is stored when the file's prefix hashes to the stored head; otherwise
+    // send everything and let the store name the first differing seq.
+    let pass = Pass { store, scope, source, opts, progress, meta: &meta };
+    match pass.run(&mut report, stored_next, stored_head).await? {
+        Outcome::Done => report.already_stored = stored_next,
+        Outcome::Diverged => {
+            tracing::info!(run = %source.run_id, "stored run differs from the file's prefix; sending it all");
+            pass.run(&mut report, 0, Digest::ZERO).await?;
+        }
+    }
+    Ok(report)
+}
+
+enum Outcome {
+    Done,
+    Diverged,
+}
+
+struct Pass<'a> {
+    store: &'a dyn StorageBackend,
+    scope: &'a WriteScope,
+    source: &'a RunSource,
+    opts: &'a PushOptions,
+    progress: &'a dyn Progress,
+    meta: &'a RunMeta,
+}
+
+/// One chunk being cut: its lines, grouped and checked, its size on the wire (bounded by
+/// the chunk limit) and in the file (for progress).
+struct Chunk {
+    builder: BatchBuilder,
+    wire: usize,
+    file_bytes: u64,
+    lines: u64,
+}
+
+impl Chunk {
+    fn empty() -> Self {
+        Self { builder: BatchBuilder::new(), wire: 0, file_bytes: 0, lines: 0 }
+    }
+
+    /// A chunk opening with the run's metadata line, counted in its size.
+    fn with_meta(meta: &RunMeta, run_id: &RunId, max: usize) -> Result<Self> {
+        let mut chunk = Self::empty();
+        if !meta.is_empty() {
+            let wire = meta_wire_bytes(meta, run_id)?;
+            if wire > max {
+                return Err(Error::invalid(
+                    "graph",
+                    format!(
+                        "the run's metadata line is {wire} bytes; it must fit in one {max}-byte chunk"
+                    ),
+                ));
+            }
+            chunk.builder.push_meta(run_id, meta)?;
+            chunk.wire = wire;
+            chunk.lines = 1;
+        }
+        Ok(chunk)
+    }
+}
+
+impl Pass<'_> {
+    /// Reads the file once: hashes the first `skip` transitions and compares the link with
+    /// `skip_head`, then sends the rest chunk by chunk.
+    async fn run(&self, report: &mut PushReport, skip: u64, skip_head: Digest) -> Result<Outcome> {
+        let run_id = &self.source.run_id;
+        let path = &self.source.transitions;
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| Error::invalid("path", format!("{}: {e}", path.display())))?;
+        let mut reader = BufReader::with_capacity(256 * 1024, file);
+        let max = self.opts.max_chunk_bytes.clamp(1024, MAX_CHUNK_BYTES);
+        let (mut seq, mut line_no, mut prefix, mut prefix_bytes) = (0u64, 0u64, Digest::ZERO, 0u64);
+        let mut chunk = Chunk::with_meta(self.meta, run_id, max)?;
+        let mut buf = Vec::with_capacity(4096);
+        loop {
+            // Read at most one chunk's worth plus one byte: a longer line is refused, never
+            // buffered whole, so memory stays bounded whatever the file holds.
+            buf.clear();
+            let n = (&mut reader)
+                .take(max as u64 + 1)
+                .read_until(b'\n', &mut buf)
+                .await
+                .map_err(|e| Error::invalid("path", format!("{}: {e}", path.display())))?;
+            if n == 0 {
+                break;
+            }
+            line_no += 1;
+            let at_line = |e: Error| at_line(e, line_no);
+            if buf.last() != Some(&b'\n') && n > max {
+                return Err(at_line(Error::invalid(
+                    "line",
+                    format!("is longer than {max} bytes; a line must fit in one chunk"),
+                )));
+            }
+            let text = std::str::from_utf8(&buf)
+                .map_err(|e| at_line(Error::invalid("line", format!("is not UTF-8: {e}"))))?;
+            let Some(line) = parse_line(text, run_id, seq).map_err(at_line)? else { continue };
+            if let (NdjsonLine::Transition(t), true) = (&line, seq < skip) {
+                prefix = chain_link(&prefix, &t.body.content_hash());
+                prefix_bytes += n as u64;
+                seq += 1;
+                if seq == skip {
+                    if prefix != skip_head {
+                        return Ok(Outcome::Diverged);
+                    }
+                    self.progress.resumed(prefix_bytes, skip);
+                }
+                continue;
+            }
+            let is_transition = matches!(line, NdjsonLine::Transition(_));
+            let wire = line_wire_bytes(&line, run_id)?;
+            if wire > max {
+                return Err(at_line(Error::invalid(
+                    "line",
+                    format!("is {wire} bytes on the wire; a line must fit in one {max}-byte chunk"),
+                )));
+            }
+            if chunk.wire + wire > max && chunk.lines > 0 {
+                self.flush(report, std::mem::replace(&mut chunk, Chunk::empty())).await?;
+            }
+            chunk.builder.push(line).map_err(at_line)?;
+            chunk.wire += wire;
+            chunk.file_bytes += n as u64;
+            chunk.lines += 1;
+            if is_transition {
+                seq += 1;
+            }
+        }
+        if seq < skip {
+            // The store holds more than the file: confirm by sending it all.
+            return Ok(Outcome::Diverged);
+        }
+        if chunk.lines > 0 {
+            self.flush(report, chunk).await?;
+        }
+        if report.chunks == 0 {
+            report.next_seq = skip;
+            report.head_hash = skip_head;
+        }
+        Ok(Outcome::Done)
+    }
+
+    async fn flush(&self, report: &mut PushReport, chunk: Chunk) -> Result<()> {
+        let batch = chunk.builder.build();
+        let mut retries = 0;
+        let result = with_retries(self.opts.max_retries, self.progress, &mut retries, || {
+            self.store.append(self.scope, &batch)
+        })
+        .await;
+        report.retries += retries;
+        let appended = result?;
+        for run in &appended.runs {
+            report.appended += run.appended;
+            report.skipped += run.skipped;
+            report.next_seq = run.next_seq;
+            report.head_hash = run.head_hash;
+        }
+        report.chunks += 1;
+        self.progress.chunk_done(chunk.file_bytes, appended.appended(), appended.skipped());
+        Ok(())
+    }
+}
+
+fn at_line(e: Error, line: u64) -> Error {
+    match e {
+        Error::InvalidInput { field, message } => {
+            Error::InvalidInput { field, message: format!("line {line}: {message}") }
+        }
+        other => other,
+    }
+}
+
+/// Parses one line of a run file: fills in `run_id` (refusing another run's) and `seq`
+/// (refusing one out of order), so files may carry them or not.
+fn parse_line(text: &str, run_id: &RunId, next_seq: u64) -> Result<Option<NdjsonLine>> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    let mut fields: Map<String, Value> = match serde_json::from_str(text) {
+        Ok(Value::Object(m)) => m,
+        Ok(_) => return Err(Error::invalid("line", "must be a JSON object")),
+        Err(e) => return Err(Error::invalid("json", format!("not valid JSON: {e}"))),
+    };
+    match fields.get("run_id") {
+        None => {
+            fields.insert("run_id".into(), Value::String(run_id.to_string()));
+        }
+        Some(Value::String(id)) if id == run_id.as_str() => {}
+        Some(other) => {
+            return Err(Error::invalid(
+                "run_id",
+                format!("{other} is not the run being pushed ({run_id}); one file holds one run"),
+            ));
+        }
+    }
+    if fields.contains_key("kind") {
+        return NdjsonLine::parse(&Value::Object(fields).to_string());
+    }
+    match fields.get("seq") {
+        None => {
+            fields.insert("seq".into(), Value::from(next_seq));
+        }
+        Some(v) if v.as_u64() == Some(next_seq) => {}
+        Some(v) => {
+            return Err(Error::invalid(
+                "seq",
+                format!(
+                    "is {v} but this line is transition {next_seq} of the file; seqs run 0, 1, 2, … in order"
+                ),
+            ));
+        }
+    }
+    Transition::from_json(fields).map(|t| Some(NdjsonLine::Transition(t)))
+}
+
+/// An upper bound of the bytes a transition line takes as NDJSON on the wire: its canonical
+/// body with `run_id` and `seq` added, and the newline.
+fn line_wire_bytes(line: &NdjsonLine, run_id: &RunId) -> Result<usize> {
+    match line {
+        NdjsonLine::Transition(t) => {
+            // {"run_id":"<id>","seq":<n>,<body without its opening brace>\n
+            Ok(t.body.canonical_json().len() + run_id.as_str().len() + 20 + 20 + 2)
+        }
+        NdjsonLine::Run { meta, .. } => meta_wire_bytes(meta, run_id),
+    }
+}
+
+/// The exact bytes of a run metadata line as NDJSON, with the newline.
+fn meta_wire_bytes(meta: &RunMeta, run_id: &RunId) -> Result<usize> {
+    let mut line = Map::new();
+    line.insert("kind".into(), Value::from("run"));
+    line.insert("run_id".into(), Value::from(run_id.as_str()));
+    if let Some(source) = meta.source() {
+        line.insert("source".into(), Value::from(source));
+    }
+    if let Some(graph) = meta.graph() {
+        line.insert("graph".into(), graph.clone());
+    }
+    if !meta.labels().is_empty() {
+        let labels = serde_json::to_value(meta.labels()).map_err(|e| Error::backend("push", e))?;
+        line.insert("labels".into(), labels);
+    }
+    Ok(Value::Object(line).to_string().len() + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_honours_retry_after() {
+        for attempt in 0..20 {
+            let base = Duration::from_millis(250)
+                .saturating_mul(1 << attempt.min(16))
+                .min(Duration::from_secs(30));
+            let wait = backoff(attempt, None);
+            assert!(wait >= base / 2 && wait <= base, "attempt {attempt}: {wait:?}");
+        }
+        assert!(backoff(0, Some(Duration::from_secs(7))) >= Duration::from_secs(7));
+        assert!(
+            backoff(0, Some(Duration::from_secs(86_400))) <= MAX_RETRY_AFTER,
+            "Retry-After is capped"
+        );
+    }
+
+    #[test]
+    fn wire_sizes_bound_the_real_serialization() {
+        let run = RunId::new("r".repeat(200)).unwrap();
+        let text = r#"{"ts":"2026-01-01T00:00:00Z","to":"x","attrs":{"k":[1,2,"é"]}}"#;
+        let line = parse_line(text, &run, i64::MAX as u64).unwrap().unwrap();
+        let NdjsonLine::Transition(t) = &line else { panic!() };
+        let mut fields = t.body.fields().clone();
+        fields.insert("run_id".into(), Value::from(run.as_str()));
+        fields.insert("seq".into(), Value::from(t.seq.get()));
+        let real = Value::Object(fields).to_string().len() + 1;
+        assert!(line_wire_bytes(&line, &run).unwrap() >= real);
+
+        let meta = RunMeta::new()
+            .with_source("choco")
+            .unwrap()
+            .with_graph(serde_json::json!({"nodes": vec!["a"; 1000]}))
+            .unwrap()
+            .with_label("ci", "github")
+            .unwrap();
+        let wire = meta_wire_bytes(&meta, &run).unwrap();
+        assert!(wire > 1000 * 4, "the graph is counted: {wire}");
+        assert!(
+            Chunk::with_meta(&meta, &run, 1024).is_err(),
+            "a metadata line over the chunk size is refused"
+        );
+        let chunk = Chunk::with_meta(&meta, &run, MAX_CHUNK_BYTES).unwrap();
+        assert_eq!(chunk.wire, wire, "the metadata line counts toward the chunk");
+    }
+
+    #[test]
+    fn lines_may_omit_run_id_and_seq_but_not_contradict_them() {
+        let run = RunId::new("r").unwrap();
+        let ok = parse_line(r#"{"ts":"2026-01-01T00:00:00Z","to":"x"}"#, &run, 4).unwrap();
+        assert!(matches!(ok, Some(NdjsonLine::Transition(t)) if t.seq.get() == 4));
+        let e =
+            parse_line(r#"{"seq":3,"ts":"2026-01-01T00:00:00Z","to":"x"}"#, &run, 4).unwrap_err();
+        assert!(matches!(e, Error::InvalidInput { field, .. } if field == "seq"));
+        let e = parse_line(r#"{"run_id":"other","ts":"2026-01-01T00:00:00Z","to":"x"}"#, &run, 0)
+            .unwrap_err();
+        assert!(matches!(e, Error::InvalidInput { field, .. } if field == "run_id"));
+        assert!(parse_line("   ", &run, 0).unwrap().is_none());
+    }
+}

@@ -1,0 +1,216 @@
+//! `kahn serve`: the HTTP server over a database, configured from flags, the environment and
+//! an optional TOML file, in that order of precedence.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use kahn_core::{Error, StorageBackend};
+use kahn_http::{AppState, JwtConfig, JwtKeySource, ServerConfig};
+use serde::Deserialize;
+
+use crate::{CliResult, Failure};
+
+/// How the server logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per event (audit events included), for log shippers.
+    Json,
+}
+
+#[derive(Args, Debug, Default)]
+pub(crate) struct ServeArgs {
+    /// The database: sqlite://PATH (created and migrated when missing) [default: sqlite://kahn.db]
+    #[arg(long, env = "KAHN_DATABASE_URL")]
+    db: Option<String>,
+    /// Address to listen on [default: 127.0.0.1:8080]
+    #[arg(long, env = "KAHN_LISTEN")]
+    listen: Option<String>,
+    /// Log format [default: pretty]
+    #[arg(long, env = "KAHN_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+    /// PEM file with the Ed25519 public key verifying JWTs (no JWTs accepted without one).
+    #[arg(long, env = "KAHN_JWT_PUBLIC_KEY")]
+    jwt_public_key: Option<PathBuf>,
+    /// JWKS file with the Ed25519 keys verifying JWTs (instead of --jwt-public-key).
+    #[arg(long, env = "KAHN_JWT_JWKS", conflicts_with = "jwt_public_key")]
+    jwt_jwks: Option<PathBuf>,
+    /// Required JWT issuer (`iss`).
+    #[arg(long, env = "KAHN_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// Required JWT audience (`aud`).
+    #[arg(long, env = "KAHN_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// Ingest requests per second per tenant [default: 100]
+    #[arg(long, env = "KAHN_INGEST_RATE")]
+    ingest_rate: Option<NonZeroU32>,
+    /// Seconds between retention purges; 0 disables them [default: 3600]
+    #[arg(long, env = "KAHN_RETENTION_INTERVAL_SECS")]
+    retention_interval_secs: Option<u64>,
+    /// A TOML file with any of the settings above (snake_case keys); flags and environment win.
+    #[arg(long, env = "KAHN_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+/// The TOML file: the same settings as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    db: Option<String>,
+    listen: Option<String>,
+    log_format: Option<LogFormat>,
+    jwt_public_key: Option<PathBuf>,
+    jwt_jwks: Option<PathBuf>,
+    jwt_issuer: Option<String>,
+    jwt_audience: Option<String>,
+    ingest_rate: Option<NonZeroU32>,
+    retention_interval_secs: Option<u64>,
+}
+
+fn usage(message: String) -> Failure {
+    Failure { code: 2, message }
+}
+
+impl ServeArgs {
+    /// Fills every setting not given by a flag or the environment from the config file.
+    fn resolve(mut self) -> CliResult<Self> {
+        let Some(path) = &self.config else { return Ok(self) };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| usage(format!("cannot read config {}: {e}", path.display())))?;
+        let file: FileConfig = toml::from_str(&text).map_err(|e| {
+            usage(format!(
+                "config {} is not valid: {e}\nhint: keys are the flag names in snake_case",
+                path.display()
+            ))
+        })?;
+        self.db = self.db.or(file.db);
+        self.listen = self.listen.or(file.listen);
+        self.log_format = self.log_format.or(file.log_format);
+        if self.jwt_public_key.is_none() && self.jwt_jwks.is_none() {
+            self.jwt_public_key = file.jwt_public_key;
+            self.jwt_jwks = file.jwt_jwks;
+        }
+        self.jwt_issuer = self.jwt_issuer.or(file.jwt_issuer);
+        self.jwt_audience = self.jwt_audience.or(file.jwt_audience);
+        self.ingest_rate = self.ingest_rate.or(file.ingest_rate);
+        self.retention_interval_secs =
+            self.retention_interval_secs.or(file.retention_interval_secs);
+        Ok(self)
+    }
+
+    fn server_config(&self) -> ServerConfig {
+        let mut config = ServerConfig::default();
+        let key = match (&self.jwt_public_key, &self.jwt_jwks) {
+            (Some(pem), _) => Some(JwtKeySource::PemFile(pem.clone())),
+            (None, Some(jwks)) => Some(JwtKeySource::JwksFile(jwks.clone())),
+            (None, None) => None,
+        };
+        if let Some(key) = key {
+            let mut jwt = JwtConfig::new(key);
+            if let Some(iss) = &self.jwt_issuer {
+                jwt = jwt.with_issuer(iss.clone());
+            }
+            if let Some(aud) = &self.jwt_audience {
+                jwt = jwt.with_audience(aud.clone());
+            }
+            config = config.with_jwt(jwt);
+        }
+        if let Some(rate) = self.ingest_rate {
+            config = config.with_ingest_rate(rate);
+        }
+        if let Some(secs) = self.retention_interval_secs {
+            config = config.with_retention_interval((secs > 0).then(|| Duration::from_secs(secs)));
+        }
+        config
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KAHN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // A second initialisation (tests embedding this) is harmless: keep the first.
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+/// Runs the server until ctrl-c or SIGTERM; in-flight requests finish first.
+pub(crate) async fn run(
+    args: ServeArgs,
+    open: impl AsyncFnOnce(&str) -> CliResult<Arc<dyn StorageBackend>>,
+) -> CliResult {
+    let args = args.resolve()?;
+    init_logging(args.log_format.unwrap_or(LogFormat::Pretty));
+    let db = args.db.clone().unwrap_or_else(|| "sqlite://kahn.db".to_owned());
+    let listen = args.listen.clone().unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+    let addr: SocketAddr = listen.parse().map_err(|e| {
+        usage(format!("--listen {listen:?} is not an address: {e}\nhint: e.g. 127.0.0.1:8080"))
+    })?;
+    let store = open(&db).await?;
+    let state = AppState::new(store, args.server_config())
+        .map_err(|e| usage(format!("{e}\nhint: check --jwt-public-key / --jwt-jwks")))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| Failure {
+        code: 5,
+        message: format!("cannot listen on {addr}: {e}\nhint: is another server using it? pass --listen 127.0.0.1:PORT"),
+    })?;
+    let bound = listener.local_addr().map_err(|e| Error::backend("listen", e))?;
+    // The first screen. A closed stdout must not stop a server: write errors are ignored.
+    let banner = format!(
+        "KAHN is serving http://{bound} over {db}\n\
+         next:  kahn tenant provision my-team --db {db}      # prints an API key, once\n\
+        \x20      export KAHN_API_KEY=<that key>\n\
+        \x20      kahn push ./runs/my-run --url http://{bound}   # a dir with transitions.ndjson\n\
+        \x20      curl -H \"Authorization: Bearer $KAHN_API_KEY\" http://{bound}/v1/runs\n\
+         browse: http://{bound}/ (the history viewer; sign in with the key)\n\
+         stop with ctrl-c; API: http://{bound}/openapi.json\n"
+    );
+    let mut stdout = std::io::stdout().lock();
+    let _ = std::io::Write::write_all(&mut stdout, banner.as_bytes());
+    let _ = std::io::Write::flush(&mut stdout);
+    drop(stdout);
+    kahn_http::serve(listener, state, kahn_http::shutdown_signal())
+        .await
+        .map_err(|e| Failure { code: 5, message: format!("server stopped: {e}") })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_and_env_win_over_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("kahn-serve-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("kahn.toml");
+        std::fs::write(
+            &file,
+            "db = \"sqlite://from-file.db\"\nlisten = \"127.0.0.1:9999\"\ningest_rate = 7\n",
+        )
+        .unwrap();
+        // `db` came from a flag (or the environment: clap merges both before this step).
+        let args = ServeArgs {
+            db: Some("sqlite://from-flag.db".into()),
+            config: Some(file.clone()),
+            ..ServeArgs::default()
+        };
+        let resolved = args.resolve().ok().unwrap();
+        assert_eq!(resolved.db.as_deref(), Some("sqlite://from-flag.db"));
+        assert_eq!(resolved.listen.as_deref(), Some("127.0.0.1:9999"));
+        assert_eq!(resolved.server_config().ingest_rate.get(), 7);
+        std::fs::write(&file, "colour = \"red\"\n").unwrap();
+        let bad = ServeArgs { config: Some(file), ..ServeArgs::default() }.resolve();
+        assert!(bad.is_err_and(|f| f.code == 2 && f.message.contains("colour")));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,440 @@
+//! End-to-end: the real `kahn` binary, against a real SQLite file (`--db`) and against a real
+//! `kahn serve` on a loopback port (`--url`). Each scenario runs both ways.
+#![allow(clippy::unwrap_used)] // test helpers: a failed setup step should panic right there
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+struct Env {
+    dir: tempfile::TempDir,
+    /// A `kahn serve` over the same database, when data commands go through HTTP.
+    server: Option<(Child, String)>,
+    /// The server's stdout, kept open for its lifetime.
+    _server_out: Option<BufReader<std::process::ChildStdout>>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some((child, _)) = &mut self.server {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Env {
+    fn new() -> Self {
+        Self { dir: tempfile::tempdir().unwrap(), server: None, _server_out: None }
+    }
+
+    /// An environment whose data commands talk to a real `kahn serve` started on a free
+    /// loopback port over this environment's database.
+    fn served(extra: &[&str]) -> Self {
+        let mut env = Self::new();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kahn"))
+            .args(["serve", "--db", &env.db(), "--listen", "127.0.0.1:0"])
+            .args(["--retention-interval-secs", "0"])
+            .args(extra)
+            .env("KAHN_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut first).unwrap();
+        let url = first
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("kahn serve printed no URL: {first:?}"))
+            .to_owned();
+        env.server = Some((child, url));
+        env._server_out = Some(out);
+        env
+    }
+
+    fn url(&self) -> Option<&str> {
+        self.server.as_ref().map(|(_, url)| url.as_str())
+    }
+
+    /// GET `path` from the server, returning the body.
+    fn http_get(&self, path: &str) -> String {
+        let url = self.url().expect("a served environment");
+        let addr = url.trim_start_matches("http://");
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        write!(conn, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut response = String::new();
+        conn.read_to_string(&mut response).unwrap();
+        response
+    }
+
+    fn db(&self) -> String {
+        format!("sqlite://{}", self.dir.path().join("kahn.db").display())
+    }
+
+    fn kahn(&self, args: &[&str], key: Option<&str>) -> Output {
+        self.kahn_in(args, key, &[])
+    }
+
+    /// Runs `kahn` with a clean CI environment plus `vars`.
+    fn kahn_in(&self, args: &[&str], key: Option<&str>, vars: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kahn"));
+        cmd.args(args).env("KAHN_DATABASE_URL", self.db()).env_remove("KAHN_API_KEY");
+        match self.url() {
+            Some(url) => cmd.env("KAHN_URL", url),
+            None => cmd.env_remove("KAHN_URL"),
+        };
+        for ci in ["GITHUB_ACTIONS", "GITLAB_CI", "KAHN_RUN_ID", "KAHN_RUN_SUFFIX", "KAHN_PROFILES"]
+        {
+            cmd.env_remove(ci);
+        }
+        cmd.envs(vars.iter().copied());
+        if let Some(key) = key {
+            cmd.env("KAHN_API_KEY", key);
+        }
+        cmd.output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str], key: Option<&str>) -> String {
+        let out = self.kahn(args, key);
+        assert!(
+            out.status.success(),
+            "kahn {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn provision(&self, name: &str, rotate: bool) -> serde_json::Value {
+        let mut args = vec!["tenant", "provision", name, "--json"];
+        if rotate {
+            args.push("--rotate");
+        }
+        serde_json::from_str(&self.ok(&args, None)).unwrap()
+    }
+
+    fn key(&self, name: &str) -> String {
+        self.provision(name, false)["api_key"]
+            .as_str()
+            .expect("a first provision issues a key")
+            .to_owned()
+    }
+
+    /// A run directory with `n` transitions (no seqs or run ids in the lines) and a graph.
+    fn run_dir(&self, name: &str, n: usize, tag: &str) -> PathBuf {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        write_lines(&dir.join("transitions.ndjson"), n, tag);
+        std::fs::write(
+            dir.join("graph.json"),
+            r#"{"nodes":["plan","build"],"edges":[["plan","build"]]}"#,
+        )
+        .unwrap();
+        dir
+    }
+}
+
+fn write_lines(path: &Path, n: usize, tag: &str) {
+    let text: String = (0..n)
+        .map(|i| {
+            format!(
+                "{{\"ts\":\"2026-11-23T09:{:02}:{:02}Z\",\"node\":\"n{}\",\"to\":\"{}\",\"attrs\":{{\"tag\":\"{tag}\",\"i\":{i},\"pad\":\"{}\"}}}}\n",
+                (i / 60) % 60,
+                i % 60,
+                i % 5,
+                if i % 2 == 0 { "running" } else { "succeeded" },
+                "x".repeat(300)
+            )
+        })
+        .collect();
+    std::fs::write(path, text).unwrap();
+}
+
+fn push_json(env: &Env, path: &Path, key: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["push", path.to_str().unwrap(), "--json"];
+    args.extend_from_slice(extra);
+    serde_json::from_str(&env.ok(&args, Some(key))).unwrap()
+}
+
+fn provisioning_is_idempotent_and_rotation_revokes_the_old_key(env: &Env) {
+    let first = env.provision("choco", false);
+    let old = first["api_key"].as_str().unwrap().to_owned();
+    let again = env.provision("choco", false);
+    assert_eq!(again["tenant"]["id"], first["tenant"]["id"]);
+    assert!(again["api_key"].is_null(), "a second provision prints no key");
+    let human = env.ok(&["tenant", "provision", "choco"], None);
+    assert!(!human.contains("kahn_live_sk_"), "{human}");
+
+    let rotated = env.provision("choco", true);
+    let new = rotated["api_key"].as_str().unwrap();
+    assert_ne!(new, old);
+    let out = env.kahn(&["runs", "list"], Some(&old));
+    assert_eq!(out.status.code(), Some(4), "the old key is refused with the auth exit code");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hint:"));
+    env.ok(&["runs", "list"], Some(new));
+}
+
+fn push_then_push_again_appends_nothing_and_verifies(env: &Env) {
+    let key = env.key("stratt");
+    let run = env.run_dir("nightly-42", 4000, "a");
+    let first = push_json(env, &run, &key, &[]);
+    assert_eq!((first["appended"].as_u64(), first["next_seq"].as_u64()), (Some(4000), Some(4000)));
+    assert!(first["chunks"].as_u64().unwrap() >= 2, "1 MiB chunks: {first}");
+    let second = push_json(env, &run, &key, &[]);
+    assert_eq!(second["appended"].as_u64(), Some(0));
+    assert_eq!(second["already_stored"].as_u64(), Some(4000));
+    assert_eq!(second["head_hash"], first["head_hash"]);
+    let shown: serde_json::Value =
+        serde_json::from_str(&env.ok(&["runs", "show", "nightly-42", "--json"], Some(&key)))
+            .unwrap();
+    assert_eq!(shown["graph"]["nodes"][0], "plan", "graph.json is embedded");
+    assert!(env.ok(&["verify", "nightly-42"], Some(&key)).starts_with("OK"));
+}
+
+fn an_interrupted_push_resumes_and_ends_with_exactly_the_source(env: &Env) {
+    let key = env.key("traceo");
+    let full = env.run_dir("resume", 3000, "a");
+    // What an interrupted pusher left: the first 1234 lines stored.
+    let partial = env.dir.path().join("partial.ndjson");
+    let text = std::fs::read_to_string(full.join("transitions.ndjson")).unwrap();
+    std::fs::write(&partial, text.lines().take(1234).map(|l| format!("{l}\n")).collect::<String>())
+        .unwrap();
+    push_json(env, &partial, &key, &["--run-id", "resume"]);
+    let resumed = push_json(env, &full, &key, &[]);
+    assert_eq!(resumed["already_stored"].as_u64(), Some(1234));
+    assert_eq!(resumed["appended"].as_u64(), Some(3000 - 1234));
+    assert_eq!(resumed["skipped"].as_u64(), Some(0), "only what is missing is sent");
+    let reference = Env::new();
+    let ref_key = reference.key("traceo");
+    let ref_dir = reference.run_dir("resume", 3000, "a");
+    let direct = push_json(&reference, &ref_dir, &ref_key, &[]);
+    assert_eq!(
+        resumed["head_hash"], direct["head_hash"],
+        "the stored log equals the source exactly"
+    );
+}
+
+fn a_divergent_push_exits_3_and_changes_nothing(env: &Env) {
+    let key = env.key("choco");
+    let run = env.run_dir("div", 100, "a");
+    let first = push_json(env, &run, &key, &[]);
+    write_lines(&run.join("transitions.ndjson"), 120, "b");
+    let out = env.kahn(&["push", run.to_str().unwrap()], Some(&key));
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("conflict") && err.contains("seq 0"), "{err}");
+    let shown: serde_json::Value =
+        serde_json::from_str(&env.ok(&["runs", "show", "div", "--json"], Some(&key))).unwrap();
+    assert_eq!(shown["next_seq"].as_u64(), Some(100));
+    assert_eq!(shown["head_hash"], first["head_hash"]);
+}
+
+fn bad_lines_and_missing_keys_get_exit_codes_and_hints(env: &Env) {
+    let key = env.key("choco");
+    let file = env.dir.path().join("bad.ndjson");
+    std::fs::write(&file, "{\"ts\":\"2026-11-23T09:00:00Z\",\"to\":\"running\"}\n{\"to\":\"x\"}\n")
+        .unwrap();
+    let out = env.kahn(&["push", file.to_str().unwrap()], Some(&key));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2") && err.contains("ts"), "{err}");
+    let out = env.kahn(&["runs", "show", "bad"], Some(&key));
+    assert_eq!(out.status.code(), Some(1), "nothing of the bad file was stored");
+    let out = env.kahn(&["runs", "list"], None);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("KAHN_API_KEY"));
+    let out = env.kahn(&["push", "/no/such/dir"], Some(&key));
+    assert_eq!(out.status.code(), Some(2));
+}
+
+fn verify_detects_a_tampered_sqlite_file(env: &Env) {
+    let key = env.key("choco");
+    let run = env.run_dir("tamper", 50, "a");
+    push_json(env, &run, &key, &[]);
+    let altered = alter_stored_body(&env.dir.path().join("kahn.db"));
+    assert!(altered, "the row was altered");
+    let out = env.kahn(&["verify", "tamper"], Some(&key));
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("BROKEN") && err.contains("seq 17"), "{err}");
+}
+
+/// Alters one stored body behind KAHN's back, as an attacker with the file would.
+fn alter_stored_body(db: &Path) -> bool {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.execute(
+        "UPDATE transitions SET body = replace(body, '\"i\":17', '\"i\":71') WHERE seq = 17",
+        [],
+    )
+    .unwrap()
+        == 1
+}
+
+fn bridges_onboard_idempotently_and_repush_a_retried_job_as_one_run(env: &Env) {
+    let onboard = |json: &str| -> serde_json::Value { serde_json::from_str(json).unwrap() };
+    let first = onboard(&env.ok(&["bridge", "onboard", "choco", "--json"], None));
+    let key = first["api_key"].as_str().expect("first onboarding issues a key").to_owned();
+    let again = onboard(&env.ok(&["bridge", "onboard", "choco", "--json"], None));
+    assert!(again["api_key"].is_null(), "onboarding twice issues nothing");
+    assert_eq!(again["tenant"]["name"], "choco");
+
+    let run = env.run_dir("out", 300, "a");
+    let github = [
+        ("GITHUB_ACTIONS", "true"),
+        ("GITHUB_REPOSITORY", "acme/choco"),
+        ("GITHUB_RUN_ID", "4242"),
+        ("GITHUB_RUN_ATTEMPT", "1"),
+        ("GITHUB_JOB", "build"),
+        ("GITHUB_SHA", "0123abc"),
+        ("GITHUB_REF", "refs/heads/main"),
+    ];
+    let gitlab = [
+        ("GITLAB_CI", "true"),
+        ("CI_PROJECT_PATH", "acme/choco"),
+        ("CI_PIPELINE_ID", "77"),
+        ("CI_JOB_ID", "78"),
+        ("CI_JOB_URL", "https://gitlab.example/acme/choco/-/jobs/78"),
+    ];
+    for (vars, run_id, appended) in [
+        (&github[..], "choco:gh:acme:choco:4242:1:build", 300),
+        (&github[..], "choco:gh:acme:choco:4242:1:build", 0),
+        (&gitlab[..], "choco:gl:acme:choco:77:78", 300),
+        (&gitlab[..], "choco:gl:acme:choco:77:78", 0),
+    ] {
+        let args = ["bridge", "push", "--profile", "choco", run.to_str().unwrap(), "--json"];
+        let out = env.kahn_in(&args, Some(&key), vars);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            (report["run_id"].as_str(), report["appended"].as_u64()),
+            (Some(run_id), Some(appended))
+        );
+    }
+    let runs: serde_json::Value =
+        serde_json::from_str(&env.ok(&["runs", "list", "--json"], Some(&key))).unwrap();
+    let runs = runs["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "two CI jobs, two runs, no duplicates: {runs:?}");
+    let gh = runs.iter().find(|r| r["run_id"] == "choco:gh:acme:choco:4242:1:build").unwrap();
+    assert_eq!((gh["source"].as_str(), gh["next_seq"].as_u64()), (Some("choco"), Some(300)));
+    assert_eq!(gh["labels"]["commit"], "0123abc");
+    assert_eq!(gh["labels"]["ci"], "github");
+
+    let out =
+        env.kahn(&["bridge", "push", "--profile", "choco", run.to_str().unwrap()], Some(&key));
+    assert_eq!(out.status.code(), Some(2), "outside CI without --run-id");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--run-id"));
+    let out = env.kahn(&["bridge", "onboard", "nope"], None);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+fn a_pusher_killed_mid_run_is_resumed_by_a_rerun_and_the_log_equals_the_source(env: &Env) {
+    let key = env.key("choco");
+    let run = env.run_dir("killed", 24_000, "a"); // about 9 MiB: several chunks
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kahn"))
+        .args(["push", run.to_str().unwrap(), "--chunk-bytes", "262144"])
+        .env("KAHN_DATABASE_URL", env.db())
+        .env("KAHN_API_KEY", &key)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once some, but not all, chunks are committed.
+    let db = env.dir.path().join("kahn.db");
+    let stored = |db: &Path| -> u64 {
+        let Ok(conn) =
+            rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        else {
+            return 0;
+        };
+        conn.query_row("SELECT coalesce(max(next_seq), 0) FROM runs", [], |r| r.get::<_, i64>(0))
+            .unwrap_or(0) as u64
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while stored(&db) == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let at_kill = stored(&db);
+    assert!(at_kill > 0 && at_kill < 24_000, "killed mid-run (at {at_kill} of 24000)");
+
+    let resumed = push_json(env, &run, &key, &[]);
+    assert_eq!(resumed["next_seq"].as_u64(), Some(24_000));
+    assert_eq!(
+        resumed["already_stored"].as_u64().unwrap() + resumed["appended"].as_u64().unwrap(),
+        24_000
+    );
+    assert!(env.ok(&["verify", "killed"], Some(&key)).starts_with("OK"));
+    let reference = Env::new();
+    let ref_key = reference.key("choco");
+    let direct = push_json(&reference, &reference.run_dir("killed", 24_000, "a"), &ref_key, &[]);
+    assert_eq!(
+        resumed["head_hash"], direct["head_hash"],
+        "the stored log equals the source exactly"
+    );
+}
+
+/// Each scenario once against the SQLite file, once through a real `kahn serve`.
+macro_rules! over_db_and_http {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn over_sqlite() {
+                    super::$name(&super::Env::new());
+                }
+
+                #[test]
+                fn over_http() {
+                    super::$name(&super::Env::served(&[]));
+                }
+            }
+        )*
+    };
+}
+
+over_db_and_http!(
+    provisioning_is_idempotent_and_rotation_revokes_the_old_key,
+    push_then_push_again_appends_nothing_and_verifies,
+    an_interrupted_push_resumes_and_ends_with_exactly_the_source,
+    a_divergent_push_exits_3_and_changes_nothing,
+    bad_lines_and_missing_keys_get_exit_codes_and_hints,
+    verify_detects_a_tampered_sqlite_file,
+    bridges_onboard_idempotently_and_repush_a_retried_job_as_one_run,
+    a_pusher_killed_mid_run_is_resumed_by_a_rerun_and_the_log_equals_the_source,
+);
+
+/// A server that answers 429 for a while: the pusher waits as told and finishes, and the log
+/// is exact.
+#[test]
+fn the_pusher_waits_out_rate_limits_and_finishes() {
+    let env = Env::served(&["--ingest-rate", "1"]);
+    let key = env.key("choco");
+    let run = env.run_dir("limited", 1500, "a");
+    let report = push_json(&env, &run, &key, &["--chunk-bytes", "131072"]);
+    assert_eq!(report["next_seq"].as_u64(), Some(1500));
+    assert!(report["chunks"].as_u64().unwrap() >= 4, "{report}");
+    let metrics = env.http_get("/metrics");
+    let limited = metrics
+        .lines()
+        .find(|l| l.starts_with("kahn_ingest_rate_limited_total"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no rate-limit metric in {metrics}"));
+    assert!(limited >= 1.0, "the server did answer 429 ({limited} times)");
+    assert!(env.ok(&["verify", "limited"], Some(&key)).starts_with("OK"));
+}
+
+#[test]
+fn serve_prints_where_it_listens_and_what_to_do_next() {
+    let env = Env::served(&[]);
+    let health = env.http_get("/healthz");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let out = Command::new(env!("CARGO_BIN_EXE_kahn"))
+        .args(["serve", "--listen", "nonsense"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hint:"));
+}

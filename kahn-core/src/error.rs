@@ -1,0 +1,169 @@
+//! The one error type every backend converts its own failures into.
+
+use std::fmt;
+
+use crate::hash::Digest;
+use crate::id::RunId;
+
+/// A boxed error, as kept in [`Error::Backend`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `Result` with KAHN's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where stored content and incoming content disagreed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConflictAt {
+    /// The transition at this seq differs from the one stored.
+    Seq(u64),
+    /// A set-once run metadata field (`source`, `graph`, or `labels.<key>`) differs.
+    Metadata(String),
+}
+
+impl fmt::Display for ConflictAt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConflictAt::Seq(seq) => write!(f, "seq {seq}"),
+            ConflictAt::Metadata(field) => write!(f, "metadata field {field}"),
+        }
+    }
+}
+
+/// Everything a KAHN operation can fail with. Each variant is something a caller can act on;
+/// whatever a backend cannot classify is [`Error::Backend`] with its source kept.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The batch starts past the run's end: nothing was written. Resend from `expected`.
+    #[error("gap in run {run_id}: batch starts at seq {got} but the run's next seq is {expected}")]
+    Gap {
+        /// The run.
+        run_id: RunId,
+        /// The run's stored `next_seq`: where the batch must start (at the latest).
+        expected: u64,
+        /// Where the batch started.
+        got: u64,
+    },
+
+    /// Incoming content differs from what is stored: nothing was written, nothing rewritten.
+    #[error(
+        "conflict in run {run_id} at {at}: stored content hash {stored_hash}, incoming {incoming_hash}"
+    )]
+    Conflict {
+        /// The run.
+        run_id: RunId,
+        /// The first place the contents differ.
+        at: ConflictAt,
+        /// Hash of what is stored there.
+        stored_hash: Digest,
+        /// Hash of what was sent.
+        incoming_hash: Digest,
+    },
+
+    /// The named thing does not exist (for this scope).
+    #[error("{what} not found: {id}")]
+    NotFound {
+        /// What kind of thing: `run`, `tenant`, `api_key`.
+        what: &'static str,
+        /// Which one.
+        id: String,
+    },
+
+    /// Input was refused before anything was written; `field` names what is wrong.
+    #[error("invalid {field}: {message}")]
+    InvalidInput {
+        /// The offending field (or a path to it, like `runs[1].transitions[3].ts`).
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+
+    /// The credential is unknown, revoked, or not allowed to do this.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+
+    /// The backend is temporarily unable to serve (overloaded, rate limited, restarting,
+    /// unreachable): nothing was written, and the same call may succeed later.
+    #[error("{backend} backend unavailable: {message}")]
+    Unavailable {
+        /// Which backend.
+        backend: &'static str,
+        /// What happened.
+        message: String,
+        /// How long the backend asked the caller to wait, when it said.
+        retry_after: Option<std::time::Duration>,
+    },
+
+    /// Stored data fails its own integrity checks — a hash chain that does not recompute, rows
+    /// missing below `next_seq`: the store was altered outside KAHN or is corrupt. Never the
+    /// caller's fault; never repaired by KAHN.
+    #[error("integrity check failed{}: {message}", integrity_at(run_id.as_ref(), *seq))]
+    Integrity {
+        /// The run, when known.
+        run_id: Option<RunId>,
+        /// The first seq where the check fails, when known.
+        seq: Option<u64>,
+        /// What does not match.
+        message: String,
+    },
+
+    /// This backend does not offer the operation (e.g. provisioning through the HTTP client).
+    #[error("{backend} backend does not support {operation}")]
+    Unsupported {
+        /// Which backend.
+        backend: &'static str,
+        /// The operation.
+        operation: &'static str,
+    },
+
+    /// The backend failed in a way KAHN cannot classify; the source is kept.
+    #[error("{backend} backend error: {source}")]
+    Backend {
+        /// Which backend (`sqlite`, `postgres`, `http`, `memory`).
+        backend: &'static str,
+        /// The underlying error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+fn integrity_at(run_id: Option<&RunId>, seq: Option<u64>) -> String {
+    match (run_id, seq) {
+        (Some(r), Some(s)) => format!(" in run {r} at seq {s}"),
+        (Some(r), None) => format!(" in run {r}"),
+        (None, Some(s)) => format!(" at seq {s}"),
+        (None, None) => String::new(),
+    }
+}
+
+impl Error {
+    /// An [`Error::InvalidInput`] for `field`.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::InvalidInput { field: field.into(), message: message.into() }
+    }
+
+    /// An [`Error::NotFound`].
+    pub fn not_found(what: &'static str, id: impl fmt::Display) -> Self {
+        Error::NotFound { what, id: id.to_string() }
+    }
+
+    /// An [`Error::Backend`] wrapping `source`.
+    pub fn backend(backend: &'static str, source: impl Into<BoxError>) -> Self {
+        Error::Backend { backend, source: source.into() }
+    }
+
+    /// The [`Error::InvalidInput`] for an `owner_sub` that already owns another tenant.
+    pub fn owner_sub_taken() -> Self {
+        Error::invalid("owner_sub", "already owns another tenant")
+    }
+
+    /// The [`Error::InvalidInput`] for an org already linked to another tenant.
+    pub fn org_taken() -> Self {
+        Error::invalid("org_id", "is already linked to another tenant")
+    }
+
+    /// Whether retrying the same call later may succeed (the backend was unavailable).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Unavailable { .. })
+    }
+}

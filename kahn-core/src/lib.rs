@@ -1,0 +1,57 @@
+//! # kahn-core
+//!
+//! The heart of KAHN: domain types validated at construction, canonical content hashing and
+//! the per-run hash chain, the [`StorageBackend`] trait every adapter implements, the one
+//! [`Error`] type they all convert into, and — behind the `conformance` feature — the shared
+//! conformance suite every adapter's tests run.
+//!
+//! Architecture invariant: this crate depends on no database driver, web framework or HTTP
+//! client. Adapters (`kahn-sqlite`, `kahn-pg`, `kahn-http`) depend on it, never the reverse.
+//!
+//! ```
+//! use kahn_core::{AppendBatch, MemoryBackend, NewTenant, StorageBackend, StorageBackendExt};
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let store = MemoryBackend::new();
+//! let tenant = store.provision_tenant(&NewTenant::new("choco")?).await?;
+//! let key = store.issue_api_key(tenant.id).await?;
+//! let scope = store.resolve_api_key(&key.secret).await?.expect("a fresh key resolves");
+//!
+//! let ndjson = r#"{"run_id":"r1","seq":0,"ts":"2026-01-01T00:00:00Z","to":"running"}"#;
+//! let batch = AppendBatch::from_ndjson(ndjson)?;
+//! let first = store.append(&scope, &batch).await?;
+//! let again = store.append(&scope, &batch).await?;
+//! assert_eq!((first.runs[0].appended, again.runs[0].skipped), (1, 1));
+//! # Ok::<(), kahn_core::Error>(())
+//! # }).unwrap();
+//! ```
+
+mod backend;
+mod batch;
+mod error;
+mod hash;
+mod id;
+mod memory;
+mod model;
+pub mod rules;
+mod scope;
+mod secret;
+mod transition;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use backend::{StorageBackend, StorageBackendExt};
+pub use batch::{AppendBatch, BatchBuilder, NdjsonLine, RunAppend};
+pub use error::{BoxError, ConflictAt, Error, Result};
+pub use hash::{ChainVerifier, Digest, chain_link, content_hash, verify_chain};
+pub use id::{ApiKeyId, OrgId, RUN_ID_MAX_LEN, RunId, Seq, TenantId};
+pub use memory::MemoryBackend;
+pub use model::{
+    ApiKeyInfo, AppendReport, Cursor, DEFAULT_PAGE_SIZE, DEFAULT_RETENTION_DAYS, IssuedApiKey,
+    MAX_PAGE_SIZE, NewTenant, PurgeReport, RunAppendReport, RunInfo, RunPage, RunQuery, RunSummary,
+    StoredTransition, Tenant, TenantSummary,
+};
+pub use scope::{ReadScope, TenantSource, WriteScope};
+pub use secret::{API_KEY_PREFIX, ApiKey, ApiKeyHash};
+pub use transition::{Labels, RunMeta, Transition, TransitionBody};

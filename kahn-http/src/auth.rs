@@ -1,0 +1,386 @@
+//! Authentication and tenant resolution: API keys, EdDSA JWTs, and the extractors that turn
+//! a request into a scope.
+//!
+//! * [`IngestScope`] yields a [`WriteScope`] and reads nothing but `Authorization`: it takes
+//!   only an API key and cannot see `X-KAHN-Tenant` at all.
+//! * [`ReadAccess`] yields at most a [`ReadScope`] — the admin override included, so an
+//!   override can never write, by type.
+//! * [`AdminAccess`] yields the claims of a JWT whose role is exactly `admin`.
+
+use std::fs;
+
+use axum::extract::{FromRequestParts, MatchedPath};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use kahn_core::{
+    API_KEY_PREFIX, ApiKey, OrgId, ReadScope, StorageBackendExt, TenantId, WriteScope,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::{ConfigError, JwtConfig, JwtKeySource};
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::wire::PrincipalView;
+use crate::{HEADER_EFFECTIVE_TENANT, HEADER_TENANT, HEADER_TENANT_SOURCE};
+
+/// The claims KAHN reads from a verified JWT. `exp` (required), `nbf`, `iss` and `aud` are
+/// checked by the verifier and not kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The subject: a human's stable id; their personal tenant's `owner_sub`.
+    pub sub: String,
+    /// Email.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// Display name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Role; exactly `admin` may use the `X-KAHN-Tenant` override and admin routes.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// Nonce (kept for the audit trail).
+    #[serde(default)]
+    pub nonce: Option<String>,
+    /// The organisation; when linked to a tenant, that tenant is the caller's.
+    #[serde(default)]
+    pub org_id: Option<String>,
+}
+
+impl Claims {
+    /// Whether the role is exactly `admin`.
+    pub fn is_admin(&self) -> bool {
+        self.role.as_deref() == Some("admin")
+    }
+}
+
+struct VerifyKey {
+    kid: Option<String>,
+    key: DecodingKey,
+}
+
+/// Verifies EdDSA (Ed25519) JWTs: the algorithm is pinned (a token saying `none`, `HS*`,
+/// `RS*` or anything else is refused before any key is used), `exp` is required, `nbf` is
+/// checked when present, `iss` and `aud` are required when configured.
+pub struct JwtVerifier {
+    keys: Vec<VerifyKey>,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtVerifier")
+            .field("keys", &self.keys.iter().map(|k| k.kid.as_deref()).collect::<Vec<_>>())
+            .field("issuer", &self.validation.iss)
+            .field("audience", &self.validation.aud)
+            .finish()
+    }
+}
+
+impl JwtVerifier {
+    /// Loads the key(s) `config` names.
+    ///
+    /// # Errors
+    /// [`ConfigError::ReadKey`] when a file cannot be read; [`ConfigError::InvalidKey`] when
+    /// the PEM is not an Ed25519 public key or the JWKS holds no Ed25519 key.
+    pub fn from_config(config: &JwtConfig) -> Result<Self, ConfigError> {
+        let read = |path: &std::path::Path| {
+            fs::read_to_string(path)
+                .map_err(|source| ConfigError::ReadKey { path: path.to_owned(), source })
+        };
+        let keys = match &config.key {
+            JwtKeySource::PemFile(path) => pem_key(&read(path)?)?,
+            JwtKeySource::Pem(pem) => pem_key(pem)?,
+            JwtKeySource::JwksFile(path) => jwks_keys(&read(path)?)?,
+            JwtKeySource::Jwks(jwks) => jwks_keys(jwks)?,
+        };
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.algorithms = vec![Algorithm::EdDSA];
+        validation.leeway = config.leeway_secs;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        match &config.issuer {
+            Some(iss) => {
+                validation.set_issuer(&[iss]);
+                required.push("iss");
+            }
+            None => validation.iss = None,
+        }
+        match &config.audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                validation.validate_aud = true;
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        validation.set_required_spec_claims(&required);
+        Ok(Self { keys, validation })
+    }
+
+    /// Verifies `token` and returns its claims.
+    ///
+    /// # Errors
+    /// A message saying why the token is refused (never echoing it).
+    pub fn verify(&self, token: &str) -> Result<Claims, String> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| format!("malformed token: {e}"))?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(format!("algorithm {:?} is not accepted; only EdDSA", header.alg));
+        }
+        let candidates: Vec<&VerifyKey> = match &header.kid {
+            Some(kid) => self
+                .keys
+                .iter()
+                .filter(|k| k.kid.as_deref() == Some(kid.as_str()) || k.kid.is_none())
+                .collect(),
+            None => self.keys.iter().collect(),
+        };
+        let mut last = String::from("no verification key matches the token's kid");
+        for k in candidates {
+            match jsonwebtoken::decode::<Claims>(token, &k.key, &self.validation) {
+                Ok(data) => return Ok(data.claims),
+                Err(e) => last = format!("invalid token: {e}"),
+            }
+        }
+        Err(last)
+    }
+}
+
+fn pem_key(pem: &str) -> Result<Vec<VerifyKey>, ConfigError> {
+    let key = DecodingKey::from_ed_pem(pem.as_bytes())
+        .map_err(|e| ConfigError::InvalidKey(format!("not an Ed25519 public key PEM: {e}")))?;
+    Ok(vec![VerifyKey { kid: None, key }])
+}
+
+fn jwks_keys(jwks: &str) -> Result<Vec<VerifyKey>, ConfigError> {
+    let set: Value = serde_json::from_str(jwks)
+        .map_err(|e| ConfigError::InvalidKey(format!("JWKS is not JSON: {e}")))?;
+    let Some(entries) = set.get("keys").and_then(Value::as_array) else {
+        return Err(ConfigError::InvalidKey("JWKS has no \"keys\" array".into()));
+    };
+    let mut keys = Vec::new();
+    for jwk in entries {
+        let field = |name: &str| jwk.get(name).and_then(Value::as_str);
+        let ed25519 = field("kty") == Some("OKP") && field("crv") == Some("Ed25519");
+        let for_signing = field("use").is_none_or(|u| u == "sig");
+        let alg_ok = field("alg").is_none_or(|a| a == "EdDSA" || a == "Ed25519");
+        if !(ed25519 && for_signing && alg_ok) {
+            continue;
+        }
+        let Some(x) = field("x") else {
+            return Err(ConfigError::InvalidKey("an Ed25519 JWK has no \"x\"".into()));
+        };
+        let key = DecodingKey::from_ed_components(x)
+            .map_err(|e| ConfigError::InvalidKey(format!("bad Ed25519 JWK: {e}")))?;
+        keys.push(VerifyKey { kid: field("kid").map(str::to_owned), key });
+    }
+    if keys.is_empty() {
+        return Err(ConfigError::InvalidKey("JWKS holds no Ed25519 (OKP) signing key".into()));
+    }
+    Ok(keys)
+}
+
+/// A verified credential.
+pub(crate) enum Credential {
+    /// An active API key, resolved to its tenant.
+    ApiKey(WriteScope),
+    /// A verified JWT.
+    Jwt(Claims),
+}
+
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let value = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <API key or JWT>"))?;
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::unauthorized("the Authorization header is not ASCII"))?;
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or_else(|| ApiError::unauthorized("Authorization must be \"Bearer <token>\""))?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(ApiError::unauthorized("Authorization must be \"Bearer <token>\""));
+    }
+    Ok(token.trim())
+}
+
+async fn resolve_key(state: &AppState, token: &str) -> Result<WriteScope, ApiError> {
+    let key = ApiKey::parse(token).map_err(|_| ApiError::unauthorized("malformed API key"))?;
+    match state.inner.backend.resolve_api_key(&key).await? {
+        Some(scope) => Ok(scope),
+        None => Err(ApiError::unauthorized("unknown or revoked API key")),
+    }
+}
+
+fn verify_jwt(state: &AppState, token: &str) -> Result<Claims, ApiError> {
+    let Some(verifier) = &state.inner.jwt else {
+        return Err(ApiError::unauthorized("this server is configured to accept no JWTs"));
+    };
+    verifier.verify(token).map_err(|why| {
+        tracing::debug!(reason = %why, "JWT refused");
+        ApiError::unauthorized(why)
+    })
+}
+
+pub(crate) async fn authenticate(state: &AppState, parts: &Parts) -> Result<Credential, ApiError> {
+    let token = bearer(parts)?;
+    if token.starts_with(API_KEY_PREFIX) {
+        Ok(Credential::ApiKey(resolve_key(state, token).await?))
+    } else {
+        Ok(Credential::Jwt(verify_jwt(state, token)?))
+    }
+}
+
+/// The write scope of the API key presenting the request: the only way to ingest.
+#[derive(Debug)]
+pub(crate) struct IngestScope(pub(crate) WriteScope);
+
+impl FromRequestParts<AppState> for IngestScope {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts)?;
+        if !token.starts_with(API_KEY_PREFIX) {
+            return Err(ApiError::unauthorized(format!(
+                "ingest takes an API key ({API_KEY_PREFIX}…), not a JWT"
+            )));
+        }
+        Ok(Self(resolve_key(state, token).await?))
+    }
+}
+
+/// Who is calling and which tenant's data they see.
+#[derive(Clone, Debug)]
+pub(crate) struct TenantView {
+    pub(crate) principal: PrincipalView,
+    /// `None`: the caller resolves to no tenant and sees nothing.
+    pub(crate) scope: Option<ReadScope>,
+}
+
+impl TenantView {
+    /// The view of an API key's own tenant.
+    pub(crate) fn of_key(scope: &WriteScope) -> Self {
+        Self { principal: key_principal(), scope: Some(scope.read()) }
+    }
+
+    pub(crate) fn source(&self) -> &'static str {
+        self.scope.as_ref().map_or("none", |s| s.source().as_str())
+    }
+
+    /// Adds `X-KAHN-Effective-Tenant` and `X-KAHN-Tenant-Source` to `response`.
+    pub(crate) fn stamp(&self, response: &mut Response) {
+        let tenant =
+            self.scope.as_ref().map_or_else(|| "none".to_owned(), |s| s.tenant().to_string());
+        let headers = response.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&tenant) {
+            headers.insert(HEADER_EFFECTIVE_TENANT, v);
+        }
+        headers.insert(HEADER_TENANT_SOURCE, HeaderValue::from_static(self.source()));
+    }
+}
+
+fn jwt_principal(c: &Claims) -> PrincipalView {
+    PrincipalView {
+        kind: "jwt".into(),
+        sub: Some(c.sub.clone()),
+        email: c.email.clone(),
+        name: c.name.clone(),
+        role: c.role.clone(),
+        org_id: c.org_id.clone(),
+    }
+}
+
+fn key_principal() -> PrincipalView {
+    PrincipalView {
+        kind: "api_key".into(),
+        sub: None,
+        email: None,
+        name: None,
+        role: None,
+        org_id: None,
+    }
+}
+
+/// The read access of a request: an API key's tenant, a JWT's org or personal tenant, or —
+/// for a JWT whose role is exactly `admin` — the tenant named by `X-KAHN-Tenant`.
+#[derive(Debug)]
+pub(crate) struct ReadAccess(pub(crate) TenantView);
+
+impl FromRequestParts<AppState> for ReadAccess {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let backend = &state.inner.backend;
+        let claims = match authenticate(state, parts).await? {
+            Credential::ApiKey(write) => {
+                return Ok(Self(TenantView {
+                    principal: key_principal(),
+                    scope: Some(write.read()),
+                }));
+            }
+            Credential::Jwt(claims) => claims,
+        };
+        let principal = jwt_principal(&claims);
+        if claims.is_admin()
+            && let Some(raw) = parts.headers.get(HEADER_TENANT)
+        {
+            let tenant: TenantId =
+                raw.to_str().ok().and_then(|s| s.trim().parse().ok()).ok_or_else(|| {
+                    ApiError::bad_request("X-KAHN-Tenant", "must be a tenant UUID")
+                })?;
+            let scope = backend.resolve_admin_override(tenant).await?;
+            let route = parts
+                .extensions
+                .get::<MatchedPath>()
+                .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
+            tracing::info!(
+                target: "kahn_http::audit",
+                event = "admin_override",
+                sub = %claims.sub,
+                email = claims.email.as_deref().unwrap_or(""),
+                nonce = claims.nonce.as_deref().unwrap_or(""),
+                tenant = %tenant,
+                method = %parts.method,
+                route = %route,
+                path = %parts.uri.path(),
+                "admin override honoured: read-only access to another tenant"
+            );
+            state.inner.metrics.admin_overrides.inc();
+            return Ok(Self(TenantView { principal, scope: Some(scope) }));
+        }
+        let mut scope = None;
+        if let Some(org) = &claims.org_id {
+            match OrgId::new(org) {
+                Ok(org) => scope = backend.resolve_org(&org).await?,
+                Err(e) => tracing::debug!(error = %e, "JWT org_id is not a valid org id"),
+            }
+        }
+        if scope.is_none() {
+            scope = backend.resolve_sub(&claims.sub).await?;
+        }
+        Ok(Self(TenantView { principal, scope }))
+    }
+}
+
+/// An administrator: a verified JWT whose role is exactly `admin`.
+#[derive(Debug)]
+pub(crate) struct AdminAccess(pub(crate) Claims);
+
+impl FromRequestParts<AppState> for AdminAccess {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match authenticate(state, parts).await? {
+            Credential::Jwt(claims) if claims.is_admin() => Ok(Self(claims)),
+            Credential::Jwt(_) => Err(ApiError::forbidden("this route is for role admin")),
+            Credential::ApiKey(_) => {
+                Err(ApiError::forbidden("this route takes an administrator's JWT, not an API key"))
+            }
+        }
+    }
+}

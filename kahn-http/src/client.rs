@@ -1,0 +1,552 @@
+//! [`HttpBackend`]: a `StorageBackend` that forwards to a KAHN server over HTTP.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use kahn_core::{
+    ApiKey, ApiKeyId, ApiKeyInfo, AppendBatch, AppendReport, ConflictAt, Cursor, Digest, Error,
+    IssuedApiKey, MAX_PAGE_SIZE, NewTenant, OrgId, PurgeReport, ReadScope, Result, RunId, RunPage,
+    RunQuery, RunSummary, Seq, StorageBackend, StoredTransition, Tenant, TenantId, TenantSummary,
+    WriteScope,
+};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::{Method, RequestBuilder, StatusCode, Url};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::wire::{
+    ErrorBody, IngestReport, RunDetail, RunsPage, TenantsList, TransitionsPage, WhoAmI,
+};
+use crate::{HEADER_EFFECTIVE_TENANT, HEADER_TENANT, NDJSON};
+
+const BACKEND: &str = "http";
+/// How often a request refused with 429 is sent again (honouring `Retry-After`).
+const MAX_RATE_LIMIT_RETRIES: u32 = 5;
+/// The longest `Retry-After` honoured before giving up.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// A [`StorageBackend`] that talks to a KAHN server (`kahn-http`) over HTTP(S), with rustls.
+///
+/// Data methods authenticate with the API key their scope was resolved from
+/// ([`WriteScope::api_key`], [`ReadScope::api_key`]); [`authenticate_api_key`] asks the
+/// server's `GET /v1/whoami`. A JWT set with [`with_bearer`](Self::with_bearer) lets the
+/// client resolve the token's own tenant (`resolve_sub`, `resolve_org`), read scopes not made
+/// from a key and — when its role is `admin` — look tenants up and read any tenant through
+/// `X-KAHN-Tenant`. Provisioning, keys and purges are operator tasks the server does not
+/// expose: they return [`Error::Unsupported`]. Every response to a read is checked to be of
+/// the scope's tenant (`X-KAHN-Effective-Tenant`).
+///
+/// Server errors map back to the same [`Error`] variants a local backend returns: 409 to
+/// [`Error::Gap`] / [`Error::Conflict`] with their fields, 404 to [`Error::NotFound`], 400 and
+/// 413 to [`Error::InvalidInput`], 401 and 403 to [`Error::Unauthorized`], anything else —
+/// and connection failures — to [`Error::Backend`]. A 429 is retried after its `Retry-After`.
+///
+/// [`authenticate_api_key`]: StorageBackend::authenticate_api_key
+#[derive(Clone)]
+pub struct HttpBackend {
+    base: Url,
+    client: reqwest::Client,
+    bearer: Option<String>,
+}
+
+impl fmt::Debug for HttpBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpBackend")
+            .field("base", &self.base.as_str())
+            .field("bearer", &self.bearer.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// Makes ring the process's rustls crypto provider unless one is installed already.
+///
+/// reqwest is built here without a provider of its own (so no second crypto library is
+/// linked); [`HttpBackend::new`] calls this, and so must code that builds its own
+/// `reqwest::Client` in this process before it does. Calling it again does nothing.
+pub fn install_crypto_provider() {
+    // `Err` means a provider is installed already (ours or the host application's): fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn transport(e: impl Into<kahn_core::BoxError>) -> Error {
+    Error::backend(BACKEND, e)
+}
+
+/// A failed exchange: the server unreachable, too slow, or the connection lost while sending
+/// is [`Error::Unavailable`] (the same call may succeed later — and retrying is safe, since
+/// appends are idempotent by content); anything else is [`Error::Backend`].
+fn exchange(e: reqwest::Error) -> Error {
+    if e.is_connect() || e.is_timeout() || e.is_request() {
+        Error::Unavailable { backend: BACKEND, message: e.to_string(), retry_after: None }
+    } else {
+        transport(e)
+    }
+}
+
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+impl HttpBackend {
+    /// A client for the server at `base_url` (e.g. `http://127.0.0.1:8080`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming `url` when it is not an absolute http(s) URL;
+    /// [`Error::Backend`] when the HTTP client cannot be built.
+    pub fn new(base_url: &str) -> Result<Self> {
+        install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("kahn-http/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(120))
+            .build()
+            .map_err(transport)?;
+        Self::with_client(base_url, client)
+    }
+
+    /// A client for `base_url` using a configured [`reqwest::Client`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming `url` when it is not an absolute http(s) URL.
+    pub fn with_client(base_url: &str, client: reqwest::Client) -> Result<Self> {
+        let mut base = Url::parse(base_url)
+            .map_err(|e| Error::invalid("url", format!("{base_url:?} is not a URL: {e}")))?;
+        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
+            return Err(Error::invalid("url", "must be an absolute http:// or https:// URL"));
+        }
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        Ok(Self { base, client, bearer: None })
+    }
+
+    /// Presents `jwt` for reads whose scope carries no API key, for resolving the token's own
+    /// tenant, and — for role `admin` — for tenant lookups and `X-KAHN-Tenant` reads.
+    #[must_use]
+    pub fn with_bearer(mut self, jwt: impl Into<String>) -> Self {
+        self.bearer = Some(jwt.into());
+        self
+    }
+
+    /// The server's base URL.
+    pub fn base_url(&self) -> &Url {
+        &self.base
+    }
+
+    fn url(&self, segments: &[&str]) -> Result<Url> {
+        let mut url = self.base.clone();
+        {
+            let mut path = url
+                .path_segments_mut()
+                .map_err(|()| Error::invalid("url", "cannot be a base URL"))?;
+            path.pop_if_empty();
+            for s in segments {
+                path.push(s);
+            }
+        }
+        Ok(url)
+    }
+
+    fn request(&self, method: Method, segments: &[&str]) -> Result<RequestBuilder> {
+        Ok(self.client.request(method, self.url(segments)?))
+    }
+
+    fn bearer(&self, operation: &'static str) -> Result<&str> {
+        self.bearer.as_deref().ok_or(Error::Unsupported { backend: BACKEND, operation })
+    }
+
+    /// Authenticates a read as `scope`: with its API key, or with the bearer JWT and
+    /// `X-KAHN-Tenant` naming the scope's tenant (honoured for admins, ignored otherwise —
+    /// the response's effective tenant is checked either way).
+    fn as_reader(&self, rb: RequestBuilder, scope: &ReadScope) -> Result<RequestBuilder> {
+        match scope.api_key() {
+            Some(key) => Ok(rb.bearer_auth(key.expose_secret())),
+            None => Ok(rb
+                .bearer_auth(self.bearer("reads without an API key")?)
+                .header(HEADER_TENANT, scope.tenant().to_string())),
+        }
+    }
+
+    /// Sends, retrying 429s after `Retry-After`; maps failures to [`Error`].
+    async fn send(&self, rb: RequestBuilder) -> Result<reqwest::Response> {
+        let mut attempt = 0;
+        loop {
+            let this = rb.try_clone().ok_or_else(|| transport("request cannot be retried"))?;
+            let response = this.send().await.map_err(exchange)?;
+            if response.status() == StatusCode::TOO_MANY_REQUESTS
+                && attempt < MAX_RATE_LIMIT_RETRIES
+            {
+                let wait = retry_after(&response).unwrap_or(Duration::from_secs(1));
+                if wait <= MAX_RETRY_AFTER {
+                    attempt += 1;
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+            }
+            if response.status().is_success() {
+                return Ok(response);
+            }
+            return Err(error_from(response).await);
+        }
+    }
+
+    async fn json<T: DeserializeOwned>(response: reqwest::Response) -> Result<T> {
+        response.json().await.map_err(exchange)
+    }
+
+    async fn read<T: DeserializeOwned>(&self, rb: RequestBuilder, scope: &ReadScope) -> Result<T> {
+        let response = self.send(self.as_reader(rb, scope)?).await?;
+        check_tenant(&response, scope.tenant())?;
+        Self::json(response).await
+    }
+
+    async fn whoami(&self, token: &str) -> Result<Option<WhoAmI>> {
+        let rb = self.request(Method::GET, &["v1", "whoami"])?.bearer_auth(token);
+        match self.send(rb).await {
+            Ok(r) => Ok(Some(Self::json(r).await?)),
+            Err(Error::Unauthorized(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn admin_tenants(&self, operation: &'static str) -> Result<Vec<TenantSummary>> {
+        let rb = self
+            .request(Method::GET, &["api", "admin", "tenants"])?
+            .bearer_auth(self.bearer(operation)?);
+        let list: TenantsList = Self::json(self.send(rb).await?).await?;
+        Ok(list.tenants.into_iter().map(Into::into).collect())
+    }
+
+    /// Resolves a tenant the bearer JWT can name: its own (when `own` says the whoami answer
+    /// is the one asked for), or, for an admin, any tenant `find` picks from the listing.
+    async fn lookup_with_bearer(
+        &self,
+        operation: &'static str,
+        own: impl Fn(&WhoAmI) -> bool,
+        find: impl Fn(&TenantSummary) -> bool,
+    ) -> Result<Option<TenantId>> {
+        let token = self.bearer(operation)?;
+        let Some(me) = self.whoami(token).await? else {
+            return Err(Error::Unauthorized("the bearer JWT is refused by the server".into()));
+        };
+        if own(&me) {
+            return Ok(me.tenant_id);
+        }
+        if me.principal.role.as_deref() == Some("admin") {
+            let tenants = self.admin_tenants(operation).await?;
+            return Ok(tenants.iter().find(|t| find(t)).map(|t| t.tenant.id));
+        }
+        Err(Error::Unauthorized(format!(
+            "{operation}: a non-admin JWT resolves only its own tenant"
+        )))
+    }
+
+    fn unsupported<T>(operation: &'static str) -> Result<T> {
+        Err(Error::Unsupported { backend: BACKEND, operation })
+    }
+}
+
+fn check_tenant(response: &reqwest::Response, expected: TenantId) -> Result<()> {
+    let got = response.headers().get(HEADER_EFFECTIVE_TENANT).and_then(|v| v.to_str().ok());
+    if got == Some(expected.to_string().as_str()) {
+        Ok(())
+    } else {
+        Err(Error::Unauthorized(format!(
+            "the server answered for tenant {} instead of {expected}",
+            got.unwrap_or("<none>")
+        )))
+    }
+}
+
+fn digest(s: Option<&str>) -> Digest {
+    s.and_then(|s| s.parse().ok()).unwrap_or(Digest::ZERO)
+}
+
+fn known_what(what: Option<&str>) -> &'static str {
+    match what {
+        Some("run") => "run",
+        Some("tenant") => "tenant",
+        Some("api_key") => "api_key",
+        _ => "resource",
+    }
+}
+
+/// Turns an error response back into the [`Error`] the server's backend returned.
+async fn error_from(response: reqwest::Response) -> Error {
+    let status = response.status();
+    let wait = retry_after(&response);
+    let text = response.text().await.unwrap_or_default();
+    let body: ErrorBody = serde_json::from_str(&text)
+        .unwrap_or_else(|_| ErrorBody::new("http", format!("HTTP {status}: {text}")));
+    let run_id = || body.run_id.as_deref().and_then(|r| RunId::new(r).ok());
+    match (status, body.error.as_str()) {
+        (StatusCode::CONFLICT, "gap") => match (run_id(), body.expected, body.seq) {
+            (Some(run_id), Some(expected), Some(got)) => Error::Gap { run_id, expected, got },
+            _ => transport(format!("malformed gap response: {text}")),
+        },
+        (StatusCode::CONFLICT, "conflict") => {
+            let at = match (body.seq, &body.field) {
+                (Some(seq), _) => ConflictAt::Seq(seq),
+                (None, Some(field)) => ConflictAt::Metadata(field.clone()),
+                (None, None) => return transport(format!("malformed conflict response: {text}")),
+            };
+            match run_id() {
+                Some(run_id) => Error::Conflict {
+                    run_id,
+                    at,
+                    stored_hash: digest(body.stored_hash.as_deref()),
+                    incoming_hash: digest(body.incoming_hash.as_deref()),
+                },
+                None => transport(format!("malformed conflict response: {text}")),
+            }
+        }
+        (StatusCode::NOT_FOUND, _) => Error::NotFound {
+            what: known_what(body.what.as_deref()),
+            id: body.id.unwrap_or(body.message),
+        },
+        (StatusCode::BAD_REQUEST, "invalid_line") => Error::InvalidInput {
+            field: body.field.unwrap_or_else(|| "line".into()),
+            message: format!("line {}: {}", body.line.unwrap_or(0), body.message),
+        },
+        (StatusCode::BAD_REQUEST, _) => Error::InvalidInput {
+            field: body.field.unwrap_or_else(|| "request".into()),
+            message: body.message,
+        },
+        (StatusCode::PAYLOAD_TOO_LARGE, _) => Error::InvalidInput {
+            field: "body".into(),
+            message: format!(
+                "{} (split the batch into appends under the server's limit)",
+                body.message
+            ),
+        },
+        (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, _) => Error::Unauthorized(body.message),
+        (StatusCode::INTERNAL_SERVER_ERROR, "integrity") => {
+            Error::Integrity { run_id: run_id(), seq: body.seq, message: body.message }
+        }
+        (StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE, _) => {
+            Error::Unavailable { backend: BACKEND, message: body.message, retry_after: wait }
+        }
+        _ => transport(format!("HTTP {status}: {} ({})", body.message, body.error)),
+    }
+}
+
+/// The batch as NDJSON lines: per run, its metadata line (also when the run carries nothing
+/// else, so it still exists in the batch), then its transitions.
+fn ndjson(batch: &AppendBatch) -> Result<String> {
+    let mut out = String::new();
+    for run in batch.runs() {
+        let id = run.run_id().as_str();
+        let meta = run.meta();
+        if !meta.is_empty() || run.bodies().is_empty() {
+            let mut line = Map::new();
+            line.insert("kind".into(), "run".into());
+            line.insert("run_id".into(), id.into());
+            if let Some(source) = meta.source() {
+                line.insert("source".into(), source.into());
+            }
+            if let Some(graph) = meta.graph() {
+                line.insert("graph".into(), graph.clone());
+            }
+            if !meta.labels().is_empty() {
+                let labels =
+                    meta.labels().iter().map(|(k, v)| (k.clone(), Value::from(v.as_str())));
+                line.insert("labels".into(), Value::Object(labels.collect()));
+            }
+            out.push_str(&Value::Object(line).to_string());
+            out.push('\n');
+        }
+        for (i, body) in run.bodies().iter().enumerate() {
+            if body.fields().contains_key("kind") {
+                return Err(Error::invalid(
+                    "kind",
+                    "a transition body field named \"kind\" cannot be sent as NDJSON",
+                ));
+            }
+            let mut line = Map::with_capacity(body.fields().len() + 2);
+            line.insert("run_id".into(), id.into());
+            line.insert("seq".into(), (run.start() + i as u64).into());
+            line.extend(body.fields().iter().map(|(k, v)| (k.clone(), v.clone())));
+            out.push_str(&Value::Object(line).to_string());
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl StorageBackend for HttpBackend {
+    async fn provision_tenant(&self, _req: &NewTenant) -> Result<Tenant> {
+        Self::unsupported("provision_tenant")
+    }
+
+    async fn get_tenant(&self, tenant: TenantId) -> Result<Tenant> {
+        let tenants = self.admin_tenants("get_tenant").await?;
+        tenants
+            .into_iter()
+            .find(|t| t.tenant.id == tenant)
+            .map(|t| t.tenant)
+            .ok_or_else(|| Error::not_found("tenant", tenant))
+    }
+
+    async fn link_org(&self, _tenant: TenantId, _org: &OrgId) -> Result<Tenant> {
+        Self::unsupported("link_org")
+    }
+
+    async fn issue_api_key(&self, _tenant: TenantId) -> Result<IssuedApiKey> {
+        Self::unsupported("issue_api_key")
+    }
+
+    async fn rotate_api_key(&self, _tenant: TenantId, _old: ApiKeyId) -> Result<IssuedApiKey> {
+        Self::unsupported("rotate_api_key")
+    }
+
+    async fn revoke_api_key(&self, _tenant: TenantId, _key: ApiKeyId) -> Result<()> {
+        Self::unsupported("revoke_api_key")
+    }
+
+    async fn list_api_keys(&self, _tenant: TenantId) -> Result<Vec<ApiKeyInfo>> {
+        Self::unsupported("list_api_keys")
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<TenantSummary>> {
+        self.admin_tenants("list_tenants").await
+    }
+
+    async fn authenticate_api_key(&self, key: &ApiKey) -> Result<Option<TenantId>> {
+        let Some(me) = self.whoami(key.expose_secret()).await? else {
+            return Ok(None);
+        };
+        match (me.tenant_source.as_str(), me.tenant_id) {
+            ("api_key", Some(tenant)) => Ok(Some(tenant)),
+            _ => Err(transport(format!(
+                "whoami with an API key answered source {:?}",
+                me.tenant_source
+            ))),
+        }
+    }
+
+    async fn lookup_tenant_by_org(&self, org: &OrgId) -> Result<Option<TenantId>> {
+        self.lookup_with_bearer(
+            "lookup_tenant_by_org",
+            |me| me.tenant_source == "org" && me.principal.org_id.as_deref() == Some(org.as_str()),
+            |t| t.tenant.airlock_org_id.as_ref() == Some(org),
+        )
+        .await
+    }
+
+    async fn lookup_tenant_by_sub(&self, sub: &str) -> Result<Option<TenantId>> {
+        self.lookup_with_bearer(
+            "lookup_tenant_by_sub",
+            |me| me.tenant_source == "sub" && me.principal.sub.as_deref() == Some(sub),
+            |t| t.tenant.owner_sub.as_deref() == Some(sub),
+        )
+        .await
+    }
+
+    async fn append(&self, scope: &WriteScope, batch: &AppendBatch) -> Result<AppendReport> {
+        let body = ndjson(batch)?;
+        let rb = self
+            .request(Method::POST, &["v1", "ingest", "transitions"])?
+            .bearer_auth(scope.api_key().expose_secret())
+            .header(CONTENT_TYPE, NDJSON)
+            .body(body);
+        let response = self.send(rb).await?;
+        check_tenant(&response, scope.tenant())?;
+        let report: IngestReport = Self::json(response).await?;
+        Ok(report.into())
+    }
+
+    async fn list_runs(&self, scope: &ReadScope, query: &RunQuery) -> Result<RunPage> {
+        let mut params: Vec<(&str, String)> = vec![("limit", query.effective_limit().to_string())];
+        if let Some(c) = &query.cursor {
+            params.push(("cursor", c.encode()));
+        }
+        if let Some(s) = &query.source {
+            params.push(("source", s.clone()));
+        }
+        if let Some(s) = &query.status {
+            params.push(("status", s.clone()));
+        }
+        let rb = self.request(Method::GET, &["v1", "runs"])?.query(&params);
+        let page: RunsPage = self.read(rb, scope).await?;
+        Ok(RunPage {
+            runs: page.runs.into_iter().map(Into::into).collect(),
+            next_cursor: page.next_cursor.as_deref().map(Cursor::decode).transpose()?,
+        })
+    }
+
+    async fn get_run(&self, scope: &ReadScope, run: &RunId) -> Result<RunSummary> {
+        let rb = self.request(Method::GET, &["v1", "runs", run.as_str()])?;
+        let detail: RunDetail = self.read(rb, scope).await?;
+        Ok(detail.into())
+    }
+
+    async fn read_transitions(
+        &self,
+        scope: &ReadScope,
+        run: &RunId,
+        after: Option<Seq>,
+        limit: u32,
+    ) -> Result<Vec<StoredTransition>> {
+        let mut params = vec![("limit", limit.min(MAX_PAGE_SIZE).to_string())];
+        if let Some(after) = after {
+            params.push(("after_seq", after.get().to_string()));
+        }
+        let rb = self
+            .request(Method::GET, &["v1", "runs", run.as_str(), "transitions"])?
+            .header(ACCEPT, "application/json")
+            .query(&params);
+        let page: TransitionsPage = self.read(rb, scope).await?;
+        Ok(page.transitions.into_iter().map(Into::into).collect())
+    }
+
+    async fn purge_expired(&self, _now: DateTime<Utc>) -> Result<Vec<PurgeReport>> {
+        Self::unsupported("purge_expired")
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let rb = self.request(Method::GET, &["readyz"])?;
+        self.send(rb).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_round_trip_through_ndjson() {
+        let text = concat!(
+            r#"{"kind":"run","run_id":"a","source":"choco","labels":{"ci":"gh"},"graph":{"n":[1]}}"#,
+            "\n",
+            r#"{"run_id":"a","seq":3,"ts":"2026-01-01T00:00:00Z","to":"x","attrs":{"k":1}}"#,
+            "\n",
+            r#"{"run_id":"b","seq":0,"ts":"2026-01-01T00:00:00Z","to":"y"}"#,
+            "\n",
+            r#"{"kind":"run","run_id":"c"}"#,
+        );
+        let batch = AppendBatch::from_ndjson(text).expect("valid");
+        let again = AppendBatch::from_ndjson(&ndjson(&batch).expect("serializes")).expect("valid");
+        assert_eq!(again, batch);
+        assert_eq!(again.runs().len(), 3);
+    }
+
+    #[test]
+    fn base_urls_are_normalised() {
+        let b = HttpBackend::new("http://127.0.0.1:1/prefix").expect("valid");
+        assert_eq!(
+            b.url(&["v1", "runs", "a:b"]).expect("url").as_str(),
+            "http://127.0.0.1:1/prefix/v1/runs/a:b"
+        );
+        assert!(HttpBackend::new("ftp://x").is_err());
+        assert!(HttpBackend::new("not a url").is_err());
+    }
+}

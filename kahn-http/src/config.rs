@@ -1,0 +1,183 @@
+//! Server configuration.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kahn_core::TenantId;
+
+/// Default ingest requests per second per tenant.
+pub const DEFAULT_INGEST_RATE: NonZeroU32 = NonZeroU32::new(100).expect("100 is not zero");
+/// Default largest ingest body: 1 MiB.
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+/// Default interval between retention purges: one hour.
+pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
+/// Default time for a request's head (request line and headers) to arrive; a keep-alive
+/// connection idle this long is closed too.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time for a whole ingest body to arrive, counted from when its head was read.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default clock-skew leeway for `exp` and `nbf`, in seconds.
+pub const DEFAULT_JWT_LEEWAY_SECS: u64 = 30;
+
+/// Where the Ed25519 key(s) verifying JWTs come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JwtKeySource {
+    /// A PEM file holding one Ed25519 public key (`-----BEGIN PUBLIC KEY-----`).
+    PemFile(PathBuf),
+    /// A JWKS file (`{"keys": [...]}`); its `OKP`/`Ed25519` keys are used, chosen by `kid`.
+    JwksFile(PathBuf),
+    /// PEM text, as [`PemFile`](Self::PemFile) holds.
+    Pem(String),
+    /// JWKS text, as [`JwksFile`](Self::JwksFile) holds.
+    Jwks(String),
+}
+
+/// How JWTs are verified. Only EdDSA (Ed25519) signatures are accepted; `exp` is required.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JwtConfig {
+    /// The verification key(s).
+    pub key: JwtKeySource,
+    /// When set, the `iss` claim must be present and equal it.
+    pub issuer: Option<String>,
+    /// When set, the `aud` claim must be present and contain it.
+    pub audience: Option<String>,
+    /// Clock-skew leeway for `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
+}
+
+impl JwtConfig {
+    /// A config verifying with `key`, no issuer or audience check, the default leeway.
+    pub fn new(key: JwtKeySource) -> Self {
+        Self { key, issuer: None, audience: None, leeway_secs: DEFAULT_JWT_LEEWAY_SECS }
+    }
+
+    /// Requires `iss` to equal `issuer`.
+    #[must_use]
+    pub fn with_issuer(mut self, issuer: impl Into<String>) -> Self {
+        self.issuer = Some(issuer.into());
+        self
+    }
+
+    /// Requires `aud` to contain `audience`.
+    #[must_use]
+    pub fn with_audience(mut self, audience: impl Into<String>) -> Self {
+        self.audience = Some(audience.into());
+        self
+    }
+}
+
+/// Everything the server needs besides its backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// JWT verification; `None` refuses every JWT (API keys still work).
+    pub jwt: Option<JwtConfig>,
+    /// Ingest requests per second per tenant (also the burst size).
+    pub ingest_rate: NonZeroU32,
+    /// Per-tenant ingest rates overriding [`ingest_rate`](Self::ingest_rate).
+    pub tenant_ingest_rates: HashMap<TenantId, NonZeroU32>,
+    /// Largest ingest body, in bytes.
+    pub body_limit: usize,
+    /// Interval between retention purges; `None` runs none.
+    pub retention_interval: Option<Duration>,
+    /// Time for a request's head to arrive (and the longest a keep-alive connection may sit
+    /// idle): a client that opens connections and sends nothing, or trickles its headers,
+    /// holds no connection longer than this. Applies to [`serve`](crate::serve).
+    pub header_timeout: Duration,
+    /// Time for a whole ingest body to arrive once its head is read: a body trickling in
+    /// (one byte a second, say) is answered 408 when it expires, and nothing is written.
+    pub body_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            jwt: None,
+            ingest_rate: DEFAULT_INGEST_RATE,
+            tenant_ingest_rates: HashMap::new(),
+            body_limit: DEFAULT_BODY_LIMIT,
+            retention_interval: Some(DEFAULT_RETENTION_INTERVAL),
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Sets the JWT verification.
+    #[must_use]
+    pub fn with_jwt(mut self, jwt: JwtConfig) -> Self {
+        self.jwt = Some(jwt);
+        self
+    }
+
+    /// Sets the default per-tenant ingest rate.
+    #[must_use]
+    pub fn with_ingest_rate(mut self, per_second: NonZeroU32) -> Self {
+        self.ingest_rate = per_second;
+        self
+    }
+
+    /// Sets one tenant's ingest rate.
+    #[must_use]
+    pub fn with_tenant_ingest_rate(mut self, tenant: TenantId, per_second: NonZeroU32) -> Self {
+        self.tenant_ingest_rates.insert(tenant, per_second);
+        self
+    }
+
+    /// Sets the largest ingest body.
+    #[must_use]
+    pub fn with_body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// Sets the time a request head may take to arrive (and a keep-alive connection may idle).
+    #[must_use]
+    pub fn with_header_timeout(mut self, timeout: Duration) -> Self {
+        self.header_timeout = timeout;
+        self
+    }
+
+    /// Sets the time a whole ingest body may take to arrive.
+    #[must_use]
+    pub fn with_body_timeout(mut self, timeout: Duration) -> Self {
+        self.body_timeout = timeout;
+        self
+    }
+
+    /// Sets the retention interval (`None`: no purge task).
+    #[must_use]
+    pub fn with_retention_interval(mut self, interval: Option<Duration>) -> Self {
+        self.retention_interval = interval;
+        self
+    }
+}
+
+/// A configuration the server cannot start with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A key file could not be read.
+    #[error("cannot read JWT key file {path}: {source}")]
+    ReadKey {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The key material is not an Ed25519 public key (PEM) or holds no usable Ed25519 key
+    /// (JWKS).
+    #[error("invalid JWT verification key: {0}")]
+    InvalidKey(String),
+    /// A setting is out of range.
+    #[error("invalid setting {setting}: {message}")]
+    Invalid {
+        /// Which.
+        setting: &'static str,
+        /// Why.
+        message: String,
+    },
+}

@@ -1,0 +1,63 @@
+//! The OpenAPI 3 document, generated from the handlers' annotations and the wire types.
+
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::wire;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let mut http = Http::new(HttpAuthScheme::Bearer);
+        http.description = Some(
+            "An API key (`kahn_live_sk_…`) or an EdDSA (Ed25519) JWT with `exp` and claims \
+             `sub`, `email`, `name`, `role`, `nonce`, `org_id`?"
+                .into(),
+        );
+        components.add_security_scheme("bearer", SecurityScheme::Http(http));
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "KAHN",
+        description = "Tamper-evident, idempotent, multi-tenant storage for orchestrator run histories.",
+    ),
+    paths(
+        crate::ingest::ingest,
+        crate::reads::list_runs,
+        crate::reads::get_run,
+        crate::reads::read_transitions,
+        crate::reads::whoami,
+        crate::reads::admin_tenants,
+        crate::reads::healthz,
+        crate::reads::readyz,
+        crate::reads::metrics,
+        crate::reads::openapi,
+    ),
+    components(schemas(
+        wire::ErrorBody,
+        wire::RunView,
+        wire::RunsPage,
+        wire::RunDetail,
+        wire::TransitionView,
+        wire::TransitionsPage,
+        wire::RunAppendView,
+        wire::IngestReport,
+        wire::PrincipalView,
+        wire::WhoAmI,
+        wire::TenantView,
+        wire::TenantsList,
+        wire::Health,
+    )),
+    modifiers(&BearerAuth),
+)]
+struct ApiDoc;
+
+/// The server's OpenAPI 3 document.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}

@@ -1,0 +1,324 @@
+//! Read routes, admin routes and operational routes.
+
+use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use kahn_core::{Cursor, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, RunId, RunQuery, Seq};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::auth::{AdminAccess, ReadAccess, TenantView};
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::wire::{
+    ErrorBody, Health, RunDetail, RunsPage, TenantView as TenantRow, TenantsList, TransitionView,
+    TransitionsPage, WhoAmI,
+};
+
+/// Default page size of a transitions read.
+const DEFAULT_TRANSITIONS_PAGE: u32 = 100;
+
+/// Runs the body of a tenant-data handler and stamps the tenant headers on whatever it
+/// answers, errors included.
+fn stamped(view: &TenantView, result: Result<Response, ApiError>) -> Response {
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    view.stamp(&mut response);
+    response
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(t)| t).map_err(|e| ApiError::bad_request("query", e.body_text()))
+}
+
+fn run_id(p: Result<Path<String>, PathRejection>) -> Result<RunId, ApiError> {
+    let Path(raw) = p.map_err(|e| ApiError::bad_request("run_id", e.body_text()))?;
+    RunId::new(raw).map_err(ApiError::from)
+}
+
+fn page_limit(limit: Option<u32>, default: u32, min: u32) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(default),
+        Some(n) if (min..=MAX_PAGE_SIZE).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::bad_request("limit", format!("must be {min} to {MAX_PAGE_SIZE}"))),
+    }
+}
+
+/// Query of `GET /v1/runs`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListRunsParams {
+    /// Continue after this cursor (from a previous page's `next_cursor`).
+    cursor: Option<String>,
+    /// Only runs with this source.
+    source: Option<String>,
+    /// Only runs whose status (last `to`) is this.
+    status: Option<String>,
+    /// Page size, 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+}
+
+/// Lists the effective tenant's runs, newest activity first.
+#[utoipa::path(
+    get,
+    path = "/v1/runs",
+    tag = "runs",
+    security(("bearer" = [])),
+    params(ListRunsParams, ("X-KAHN-Tenant" = Option<String>, Header, description = "Admin only: read this tenant (UUID)")),
+    responses(
+        (status = 200, description = "A page of runs (empty, with `X-KAHN-Tenant-Source: none`, when the caller has no tenant)", body = RunsPage,
+            headers(("X-KAHN-Effective-Tenant" = String), ("X-KAHN-Tenant-Source" = String))),
+        (status = 400, description = "Bad query, cursor or X-KAHN-Tenant", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credential", body = ErrorBody),
+        (status = 404, description = "X-KAHN-Tenant names no tenant", body = ErrorBody),
+        (status = 503, description = "The backend is temporarily unavailable; may carry `Retry-After`", body = ErrorBody),
+        (status = 500, description = "`integrity`: stored data fails its own checks (`run_id`, `seq`); or `internal`", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list_runs(
+    State(state): State<AppState>,
+    ReadAccess(view): ReadAccess,
+    q: Result<Query<ListRunsParams>, QueryRejection>,
+) -> Response {
+    let result = async {
+        let p = query(q)?;
+        let cursor = p.cursor.as_deref().map(Cursor::decode).transpose()?;
+        let query = RunQuery {
+            source: p.source,
+            status: p.status,
+            limit: page_limit(p.limit, DEFAULT_PAGE_SIZE, 1)?,
+            cursor,
+        };
+        let page = match &view.scope {
+            Some(scope) => state.inner.backend.list_runs(scope, &query).await?,
+            None => kahn_core::RunPage { runs: Vec::new(), next_cursor: None },
+        };
+        Ok(Json(RunsPage {
+            runs: page.runs.into_iter().map(Into::into).collect(),
+            next_cursor: page.next_cursor.map(|c| c.encode()),
+        })
+        .into_response())
+    }
+    .await;
+    stamped(&view, result)
+}
+
+/// One run: summary with graph, counts, status and head hash.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{run_id}",
+    tag = "runs",
+    security(("bearer" = [])),
+    params(("run_id" = String, Path, description = "The run id: 1 to 200 of A-Z a-z 0-9 . _ : - (not . or ..)", pattern = r"^[A-Za-z0-9._:-]{1,200}$"),
+        ("X-KAHN-Tenant" = Option<String>, Header, description = "Admin only: read this tenant (UUID)")),
+    responses(
+        (status = 200, description = "The run", body = RunDetail,
+            headers(("X-KAHN-Effective-Tenant" = String), ("X-KAHN-Tenant-Source" = String))),
+        (status = 400, description = "Malformed run id or X-KAHN-Tenant", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credential", body = ErrorBody),
+        (status = 404, description = "No such run for the effective tenant, or unknown override tenant", body = ErrorBody),
+        (status = 503, description = "The backend is temporarily unavailable; may carry `Retry-After`", body = ErrorBody),
+        (status = 500, description = "`integrity`: stored data fails its own checks (`run_id`, `seq`); or `internal`", body = ErrorBody),
+    )
+)]
+pub(crate) async fn get_run(
+    State(state): State<AppState>,
+    ReadAccess(view): ReadAccess,
+    p: Result<Path<String>, PathRejection>,
+) -> Response {
+    let result = async {
+        let run = run_id(p)?;
+        let Some(scope) = &view.scope else {
+            return Err(ApiError::not_found("run", run.to_string()));
+        };
+        let summary = state.inner.backend.get_run(scope, &run).await?;
+        Ok(Json(RunDetail::from(summary)).into_response())
+    }
+    .await;
+    stamped(&view, result)
+}
+
+/// Query of `GET /v1/runs/{run_id}/transitions`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct TransitionsParams {
+    /// Only transitions with a seq greater than this (exclusive); from seq 0 when absent.
+    #[param(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
+    after_seq: Option<u64>,
+    /// Page size, 0 to 1000 (default 100); 0 reads nothing but still checks the run exists.
+    #[param(minimum = 0, maximum = 1000)]
+    limit: Option<u32>,
+}
+
+fn wants_ndjson(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|m| m.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case(crate::NDJSON))
+}
+
+/// A page of a run's transitions in seq order: JSON, or NDJSON with `Accept:
+/// application/x-ndjson` (one source line per transition — `run_id`, `seq` and the body — so
+/// the output can be pushed again as is).
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{run_id}/transitions",
+    tag = "runs",
+    security(("bearer" = [])),
+    params(("run_id" = String, Path, description = "The run id: 1 to 200 of A-Z a-z 0-9 . _ : - (not . or ..)", pattern = r"^[A-Za-z0-9._:-]{1,200}$"), TransitionsParams,
+        ("X-KAHN-Tenant" = Option<String>, Header, description = "Admin only: read this tenant (UUID)")),
+    responses(
+        (status = 200, description = "Transitions with their content and chain hashes", content(
+            (TransitionsPage = "application/json"),
+            (String = "application/x-ndjson"),
+        ), headers(("X-KAHN-Effective-Tenant" = String), ("X-KAHN-Tenant-Source" = String))),
+        (status = 400, description = "Bad query, run id or X-KAHN-Tenant", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credential", body = ErrorBody),
+        (status = 404, description = "No such run for the effective tenant", body = ErrorBody),
+        (status = 503, description = "The backend is temporarily unavailable; may carry `Retry-After`", body = ErrorBody),
+        (status = 500, description = "`integrity`: stored data fails its own checks (`run_id`, `seq`); or `internal`", body = ErrorBody),
+    )
+)]
+pub(crate) async fn read_transitions(
+    State(state): State<AppState>,
+    ReadAccess(view): ReadAccess,
+    headers: HeaderMap,
+    p: Result<Path<String>, PathRejection>,
+    q: Result<Query<TransitionsParams>, QueryRejection>,
+) -> Response {
+    let result = async {
+        let run = run_id(p)?;
+        let params = query(q)?;
+        let after = params.after_seq.map(Seq::new).transpose()?;
+        let limit = page_limit(params.limit, DEFAULT_TRANSITIONS_PAGE, 0)?;
+        let Some(scope) = &view.scope else {
+            return Err(ApiError::not_found("run", run.to_string()));
+        };
+        let rows = state.inner.backend.read_transitions(scope, &run, after, limit).await?;
+        if wants_ndjson(&headers) {
+            let mut out = String::new();
+            for row in rows {
+                let mut line = serde_json::Map::new();
+                line.insert("run_id".into(), run.as_str().into());
+                line.insert("seq".into(), row.seq.get().into());
+                line.extend(row.body);
+                out.push_str(&serde_json::Value::Object(line).to_string());
+                out.push('\n');
+            }
+            let mut r = out.into_response();
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::NDJSON));
+            return Ok(r);
+        }
+        Ok(Json(TransitionsPage {
+            run_id: run,
+            transitions: rows.into_iter().map(TransitionView::from).collect(),
+        })
+        .into_response())
+    }
+    .await;
+    stamped(&view, result)
+}
+
+/// The caller, the effective tenant, and how it was resolved.
+#[utoipa::path(
+    get,
+    path = "/v1/whoami",
+    tag = "auth",
+    security(("bearer" = [])),
+    params(("X-KAHN-Tenant" = Option<String>, Header, description = "Admin only: read this tenant (UUID)")),
+    responses(
+        (status = 200, description = "Who the server thinks the caller is", body = WhoAmI,
+            headers(("X-KAHN-Effective-Tenant" = String), ("X-KAHN-Tenant-Source" = String))),
+        (status = 400, description = "Malformed X-KAHN-Tenant", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credential", body = ErrorBody),
+        (status = 404, description = "X-KAHN-Tenant names no tenant", body = ErrorBody),
+    )
+)]
+pub(crate) async fn whoami(ReadAccess(view): ReadAccess) -> Response {
+    let message = match view.scope.as_ref().map(|s| s.source()) {
+        Some(kahn_core::TenantSource::ApiKey) => "the tenant of this API key".to_owned(),
+        Some(kahn_core::TenantSource::Org) => "the tenant linked to the token's org_id".to_owned(),
+        Some(kahn_core::TenantSource::Sub) => "the personal tenant of the token's sub".to_owned(),
+        Some(kahn_core::TenantSource::AdminOverride) => {
+            "an administrator's read-only override (X-KAHN-Tenant)".to_owned()
+        }
+        None => "no tenant: the token's org_id is linked to none and its sub owns none, so there is nothing to show".to_owned(),
+    };
+    let body = WhoAmI {
+        principal: view.principal.clone(),
+        tenant_id: view.scope.as_ref().map(|s| s.tenant()),
+        tenant_source: view.source().to_owned(),
+        message,
+    };
+    stamped(&view, Ok(Json(body).into_response()))
+}
+
+/// Every tenant with its run count. JWT with role `admin` only.
+#[utoipa::path(
+    get,
+    path = "/api/admin/tenants",
+    tag = "admin",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "All tenants, by name", body = TenantsList),
+        (status = 401, description = "Missing or invalid credential", body = ErrorBody),
+        (status = 403, description = "Not a JWT with role admin", body = ErrorBody),
+    )
+)]
+pub(crate) async fn admin_tenants(
+    State(state): State<AppState>,
+    AdminAccess(admin): AdminAccess,
+) -> Result<Json<TenantsList>, ApiError> {
+    let tenants = state.inner.backend.list_tenants().await?;
+    tracing::info!(
+        target: "kahn_http::audit",
+        event = "admin_list_tenants",
+        sub = %admin.sub,
+        email = admin.email.as_deref().unwrap_or(""),
+        tenants = tenants.len(),
+        "admin listed every tenant"
+    );
+    Ok(Json(TenantsList { tenants: tenants.into_iter().map(TenantRow::from).collect() }))
+}
+
+/// Liveness: the process serves requests.
+#[utoipa::path(get, path = "/healthz", tag = "ops",
+    responses((status = 200, description = "Alive", body = Health)))]
+pub(crate) async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok".into() })
+}
+
+/// Readiness: the backend is reachable.
+#[utoipa::path(get, path = "/readyz", tag = "ops",
+    responses((status = 200, description = "Ready", body = Health),
+        (status = 503, description = "The backend is unreachable", body = ErrorBody)))]
+pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+    match state.inner.backend.ping().await {
+        Ok(()) => Ok(Json(Health { status: "ok".into() })),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            Err(ApiError::unavailable("the storage backend is unreachable"))
+        }
+    }
+}
+
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain; version=0.0.4")))]
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+    let mut r = state.inner.metrics.render().into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    r
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "ops",
+    responses((status = 200, description = "The OpenAPI 3 document", body = Object)))]
+pub(crate) async fn openapi() -> Response {
+    (StatusCode::OK, Json(crate::openapi::openapi_document())).into_response()
+}

@@ -1,0 +1,188 @@
+//! The router, the server loop with graceful shutdown, and the retention task.
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::Uri;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use chrono::Utc;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower_http::trace::TraceLayer;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::{ingest, metrics, reads, viewer};
+
+/// The KAHN API as an [`axum::Router`], ready to serve or to nest in another service.
+///
+/// Routes: `POST /v1/ingest/transitions`, `GET /v1/runs`, `GET /v1/runs/{run_id}`,
+/// `GET /v1/runs/{run_id}/transitions`, `GET /v1/whoami`, `GET /api/admin/tenants`,
+/// `GET /healthz`, `/readyz`, `/metrics`, `/openapi.json`, and the read-only history viewer
+/// at `GET /` with its assets under `GET /viewer/{file}`. Unknown paths and methods answer
+/// JSON errors too.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/ingest/transitions", post(ingest::ingest))
+        .route("/v1/runs", get(reads::list_runs))
+        .route("/v1/runs/{run_id}", get(reads::get_run))
+        .route("/v1/runs/{run_id}/transitions", get(reads::read_transitions))
+        .route("/v1/whoami", get(reads::whoami))
+        .route("/api/admin/tenants", get(reads::admin_tenants))
+        .route("/healthz", get(reads::healthz))
+        .route("/readyz", get(reads::readyz))
+        .route("/metrics", get(reads::metrics))
+        .route("/openapi.json", get(reads::openapi))
+        .route("/", get(viewer::index))
+        .route("/viewer/{file}", get(viewer::asset))
+        .fallback(|uri: Uri| async move { ApiError::no_route(uri.path()).into_response() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed().into_response() })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Spawns the retention task: every `interval` (first at once), `purge_expired(now)` on the
+/// backend, logging what each tenant lost. It stops when `stop` changes or its sender drops.
+pub fn spawn_retention(
+    state: AppState,
+    interval: Duration,
+    mut stop: watch::Receiver<()>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = ticker.tick() => {}
+            }
+            match state.inner.backend.purge_expired(Utc::now()).await {
+                Ok(reports) => {
+                    for r in &reports {
+                        tracing::info!(
+                            target: "kahn_http::retention",
+                            tenant = %r.tenant_id,
+                            runs_removed = r.runs_removed,
+                            transitions_removed = r.transitions_removed,
+                            "retention purge"
+                        );
+                    }
+                    tracing::debug!(tenants = reports.len(), "retention purge done");
+                }
+                Err(e) => tracing::error!(error = %e, "retention purge failed"),
+            }
+            state.inner.limits.shrink();
+        }
+    })
+}
+
+/// Serves [`router`] on `listener` until `shutdown` completes, then stops accepting, lets
+/// in-flight requests finish (an append either commits whole or not at all), and stops the
+/// retention task.
+///
+/// Each connection is HTTP/1.1 with a request-head deadline
+/// ([`ServerConfig::header_timeout`](crate::ServerConfig::header_timeout)): a client that
+/// connects and sends nothing, trickles its headers, or leaves a keep-alive connection idle
+/// is disconnected when it expires, so idle connections cannot pile up. (`axum::serve` sets
+/// no timer, which leaves hyper's header timeout inert; hence this loop.)
+///
+/// # Errors
+/// The I/O error that stopped the server.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(());
+    let retention = state
+        .inner
+        .config
+        .retention_interval
+        .map(|every| spawn_retention(state.clone(), every, stop_rx));
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "kahn-http listening");
+    }
+    let header_timeout = state.inner.config.header_timeout;
+    let app = router(state);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _peer)) => stream,
+            Err(e) if is_connection_error(&e) => continue,
+            Err(e) => {
+                // Out of file descriptors and the like: wait instead of spinning.
+                tracing::error!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let mut builder = http1::Builder::new();
+        builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+        let conn =
+            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::trace!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    drop(stop_tx);
+    if let Some(task) = retention
+        && let Err(e) = task.await
+    {
+        tracing::error!(error = %e, "retention task ended abnormally");
+    }
+    tracing::info!("kahn-http stopped");
+    Ok(())
+}
+
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset)
+}
+
+/// Completes on ctrl-c or, on Unix, SIGTERM: pass it to [`serve`] in a binary.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("ctrl-c: shutting down"),
+        () = term => tracing::info!("SIGTERM: shutting down"),
+    }
+}

@@ -1,0 +1,85 @@
+//! The server's shared state.
+
+use std::fmt;
+use std::sync::Arc;
+
+use kahn_core::StorageBackend;
+
+use crate::auth::JwtVerifier;
+use crate::config::{ConfigError, ServerConfig};
+use crate::metrics::Metrics;
+use crate::ratelimit::IngestLimits;
+
+/// Everything a request handler needs: the backend, the config, the JWT verifier, rate
+/// limiters and metrics. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) backend: Arc<dyn StorageBackend>,
+    pub(crate) config: ServerConfig,
+    pub(crate) jwt: Option<JwtVerifier>,
+    pub(crate) limits: IngestLimits,
+    pub(crate) metrics: Metrics,
+}
+
+impl fmt::Debug for AppState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppState")
+            .field("backend", &self.inner.backend)
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// State serving `backend` under `config`; loads the JWT key(s) the config names.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when a key file cannot be read or holds no Ed25519 key, or a setting
+    /// is out of range (a zero body limit).
+    pub fn new(
+        backend: Arc<dyn StorageBackend>,
+        config: ServerConfig,
+    ) -> Result<Self, ConfigError> {
+        if config.body_limit == 0 {
+            return Err(ConfigError::Invalid {
+                setting: "body_limit",
+                message: "must be at least 1 byte".into(),
+            });
+        }
+        if config.retention_interval.is_some_and(|i| i.is_zero()) {
+            return Err(ConfigError::Invalid {
+                setting: "retention_interval",
+                message: "must be longer than zero".into(),
+            });
+        }
+        for (setting, value) in
+            [("header_timeout", config.header_timeout), ("body_timeout", config.body_timeout)]
+        {
+            if value.is_zero() {
+                return Err(ConfigError::Invalid {
+                    setting,
+                    message: "must be longer than zero".into(),
+                });
+            }
+        }
+        let jwt = config.jwt.as_ref().map(JwtVerifier::from_config).transpose()?;
+        let limits = IngestLimits::new(config.ingest_rate, &config.tenant_ingest_rates);
+        let metrics = Metrics::new()
+            .map_err(|e| ConfigError::Invalid { setting: "metrics", message: e.to_string() })?;
+        Ok(Self { inner: Arc::new(Inner { backend, config, jwt, limits, metrics }) })
+    }
+
+    /// The backend served.
+    pub fn backend(&self) -> &Arc<dyn StorageBackend> {
+        &self.inner.backend
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+}

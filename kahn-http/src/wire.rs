@@ -1,0 +1,366 @@
+//! The JSON bodies the server sends and [`HttpBackend`](crate::HttpBackend) reads: one set of
+//! types for both sides, and the source of the OpenAPI schemas.
+
+use chrono::{DateTime, Utc};
+use kahn_core::{
+    AppendReport, Digest, Labels, OrgId, RunAppendReport, RunId, RunInfo, RunSummary, Seq,
+    StoredTransition, TenantId, TenantSummary,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+/// Every error response: `error` is a stable code, `message` says what happened; the other
+/// fields appear where they apply.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// Stable code: `invalid_line`, `invalid_input`, `unauthorized`, `forbidden`,
+    /// `not_found`, `conflict`, `gap`, `payload_too_large`, `unsupported_media_type`,
+    /// `rate_limited`, `method_not_allowed`, `not_implemented`, `unavailable`, `integrity`,
+    /// `internal`.
+    pub error: String,
+    /// Human-readable explanation.
+    pub message: String,
+    /// `invalid_line`: the 1-based line number of the first bad line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u64>,
+    /// `invalid_line`, `invalid_input`: the offending field; `conflict` on run metadata: the
+    /// metadata field (`source`, `graph`, `labels.<key>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// `conflict`, `gap`, `integrity`: the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// `conflict`: the first seq whose content differs; `gap`: the seq the batch started at;
+    /// `integrity`: the first seq failing its check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// `gap`: the run's next seq, where a batch must start at the latest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<u64>,
+    /// `conflict`: hash of what is stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_hash: Option<String>,
+    /// `conflict`: hash of what was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incoming_hash: Option<String>,
+    /// `not_found`: what kind of thing (`run`, `tenant`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub what: Option<String>,
+    /// `not_found`: which one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `payload_too_large`: the limit in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    /// `rate_limited`: seconds to wait (also in `Retry-After`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u64>,
+}
+
+impl ErrorBody {
+    /// A body with just a code and a message.
+    pub fn new(error: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { error: error.into(), message: message.into(), ..Self::default() }
+    }
+}
+
+/// A run as listed: everything but the graph.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RunView {
+    /// The run id.
+    #[schema(value_type = String, example = "gh-1234-1")]
+    pub run_id: RunId,
+    /// The producer (`choco`, `stratt`, …), once set.
+    pub source: Option<String>,
+    /// Labels, set once each.
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
+    pub labels: Labels,
+    /// The next seq to append.
+    pub next_seq: u64,
+    /// Number of transitions stored (equals `next_seq`).
+    pub transition_count: u64,
+    /// Last link of the hash chain, 64 hex digits (all zeros for no transitions).
+    #[schema(value_type = String)]
+    pub head_hash: Digest,
+    /// The `to` state of the last transition.
+    pub status: Option<String>,
+    /// Earliest transition `ts`.
+    pub first_ts: Option<DateTime<Utc>>,
+    /// Latest transition `ts`.
+    pub last_ts: Option<DateTime<Utc>>,
+    /// When the store first saw the run.
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<RunInfo> for RunView {
+    fn from(r: RunInfo) -> Self {
+        Self {
+            transition_count: r.transition_count(),
+            run_id: r.run_id,
+            source: r.source,
+            labels: r.labels,
+            next_seq: r.next_seq,
+            head_hash: r.head_hash,
+            status: r.status,
+            first_ts: r.first_ts,
+            last_ts: r.last_ts,
+            created_at: r.created_at,
+        }
+    }
+}
+
+impl From<RunView> for RunInfo {
+    fn from(r: RunView) -> Self {
+        Self {
+            run_id: r.run_id,
+            source: r.source,
+            labels: r.labels,
+            next_seq: r.next_seq,
+            head_hash: r.head_hash,
+            status: r.status,
+            first_ts: r.first_ts,
+            last_ts: r.last_ts,
+            created_at: r.created_at,
+        }
+    }
+}
+
+/// A page of runs, newest activity first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RunsPage {
+    /// The runs.
+    pub runs: Vec<RunView>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// One run with its graph.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RunDetail {
+    /// Everything listed.
+    #[serde(flatten)]
+    pub run: RunView,
+    /// The DAG (`graph.json`), once set.
+    #[schema(value_type = Option<Object>)]
+    pub graph: Option<Value>,
+}
+
+impl From<RunSummary> for RunDetail {
+    fn from(s: RunSummary) -> Self {
+        Self { run: s.info.into(), graph: s.graph }
+    }
+}
+
+impl From<RunDetail> for RunSummary {
+    fn from(d: RunDetail) -> Self {
+        Self { info: d.run.into(), graph: d.graph }
+    }
+}
+
+/// A stored transition.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TransitionView {
+    /// Its seq.
+    #[schema(value_type = u64)]
+    pub seq: Seq,
+    /// Its body: every field sent except `run_id` and `seq` (keys sorted).
+    #[schema(value_type = Object)]
+    pub body: Map<String, Value>,
+    /// SHA-256 of the body's RFC 8785 canonical form, 64 hex digits.
+    #[schema(value_type = String)]
+    pub content_hash: Digest,
+    /// The chain link up to and including this transition.
+    #[schema(value_type = String)]
+    pub chain_hash: Digest,
+}
+
+impl From<StoredTransition> for TransitionView {
+    fn from(t: StoredTransition) -> Self {
+        Self { seq: t.seq, body: t.body, content_hash: t.content_hash, chain_hash: t.chain_hash }
+    }
+}
+
+impl From<TransitionView> for StoredTransition {
+    fn from(t: TransitionView) -> Self {
+        Self { seq: t.seq, body: t.body, content_hash: t.content_hash, chain_hash: t.chain_hash }
+    }
+}
+
+/// A page of a run's transitions, in seq order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TransitionsPage {
+    /// The run.
+    #[schema(value_type = String)]
+    pub run_id: RunId,
+    /// The transitions.
+    pub transitions: Vec<TransitionView>,
+}
+
+/// What one ingest did to one run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RunAppendView {
+    /// The run.
+    #[schema(value_type = String)]
+    pub run_id: RunId,
+    /// Transitions newly stored.
+    pub appended: u64,
+    /// Transitions already stored with the same content.
+    pub skipped: u64,
+    /// The run's next seq after the ingest.
+    pub next_seq: u64,
+    /// The run's head hash after the ingest.
+    #[schema(value_type = String)]
+    pub head_hash: Digest,
+}
+
+/// What one ingest did, per run in the order they first appeared in the body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct IngestReport {
+    /// Per run.
+    pub runs: Vec<RunAppendView>,
+    /// Transitions newly stored, over all runs.
+    pub appended: u64,
+    /// Duplicates skipped, over all runs.
+    pub skipped: u64,
+}
+
+impl From<AppendReport> for IngestReport {
+    fn from(r: AppendReport) -> Self {
+        Self {
+            appended: r.appended(),
+            skipped: r.skipped(),
+            runs: r
+                .runs
+                .into_iter()
+                .map(|r| RunAppendView {
+                    run_id: r.run_id,
+                    appended: r.appended,
+                    skipped: r.skipped,
+                    next_seq: r.next_seq,
+                    head_hash: r.head_hash,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<IngestReport> for AppendReport {
+    fn from(r: IngestReport) -> Self {
+        Self {
+            runs: r
+                .runs
+                .into_iter()
+                .map(|r| RunAppendReport {
+                    run_id: r.run_id,
+                    appended: r.appended,
+                    skipped: r.skipped,
+                    next_seq: r.next_seq,
+                    head_hash: r.head_hash,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Who is calling, as the server authenticated them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PrincipalView {
+    /// `api_key` or `jwt`.
+    pub kind: String,
+    /// JWT `sub`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    /// JWT `email`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// JWT `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// JWT `role`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// JWT `org_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<String>,
+}
+
+/// The caller, the tenant whose data they see, and how it was resolved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    /// The caller.
+    pub principal: PrincipalView,
+    /// The effective tenant; absent when the caller has none.
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub tenant_id: Option<TenantId>,
+    /// `api_key`, `org`, `sub`, `admin_override`, or `none`.
+    pub tenant_source: String,
+    /// What that means, in words.
+    pub message: String,
+}
+
+/// A tenant with its run count.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TenantView {
+    /// Its id.
+    #[schema(value_type = String, format = Uuid)]
+    pub id: TenantId,
+    /// Unique name.
+    pub name: String,
+    /// JWT `sub` of the owner of a personal tenant.
+    pub owner_sub: Option<String>,
+    /// Linked organisation.
+    #[schema(value_type = Option<String>)]
+    pub airlock_org_id: Option<OrgId>,
+    /// Retention in days.
+    pub retention_days: u32,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Number of runs.
+    pub run_count: u64,
+}
+
+impl From<TenantSummary> for TenantView {
+    fn from(s: TenantSummary) -> Self {
+        let t = s.tenant;
+        Self {
+            id: t.id,
+            name: t.name,
+            owner_sub: t.owner_sub,
+            airlock_org_id: t.airlock_org_id,
+            retention_days: t.retention_days,
+            created_at: t.created_at,
+            run_count: s.run_count,
+        }
+    }
+}
+
+impl From<TenantView> for TenantSummary {
+    fn from(v: TenantView) -> Self {
+        Self {
+            tenant: kahn_core::Tenant {
+                id: v.id,
+                name: v.name,
+                owner_sub: v.owner_sub,
+                airlock_org_id: v.airlock_org_id,
+                retention_days: v.retention_days,
+                created_at: v.created_at,
+            },
+            run_count: v.run_count,
+        }
+    }
+}
+
+/// Every tenant, for administrators.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TenantsList {
+    /// The tenants, by name.
+    pub tenants: Vec<TenantView>,
+}
+
+/// Liveness and readiness.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok`.
+    pub status: String,
+}

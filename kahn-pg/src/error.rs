@@ -1,0 +1,272 @@
+//! Database failures mapped into [`kahn_core::Error`] by what a caller can do about them.
+
+use std::fmt;
+
+use kahn_core::Error;
+use sqlx_core::error::{DatabaseError, Error as SqlxError};
+
+/// The backend name carried by every [`Error::Backend`] this crate returns.
+pub(crate) const BACKEND: &str = "postgres";
+
+/// What kind of database failure an [`Error::Backend`] from this adapter holds. It is the
+/// `source` of that error; `downcast_ref::<PgError>()` to inspect it.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind}: {source}")]
+pub struct PgError {
+    kind: PgErrorKind,
+    #[source]
+    source: SqlxError,
+}
+
+impl PgError {
+    /// The classification.
+    pub fn kind(&self) -> PgErrorKind {
+        self.kind
+    }
+
+    /// The SQLSTATE the server returned, if the failure came from the server.
+    pub fn sqlstate(&self) -> Option<String> {
+        self.source.as_database_error().and_then(|e| e.code()).map(|c| c.into_owned())
+    }
+
+    /// The driver's error.
+    pub fn sqlx(&self) -> &SqlxError {
+        &self.source
+    }
+}
+
+/// Classes of database failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PgErrorKind {
+    /// The server could not be reached, the connection broke, or the pool gave none in time.
+    /// Retrying later may succeed.
+    Connection,
+    /// A serialization failure or deadlock (SQLSTATE class 40): the transaction was rolled back
+    /// and nothing was written. Retrying the call is safe (appends are idempotent).
+    Retryable,
+    /// A unique, foreign-key, not-null or check constraint refused a write.
+    Constraint,
+    /// The database refused the role the operation (SQLSTATE 42501, or a write in a read-only
+    /// transaction): a grant, a policy or READ ONLY did its job.
+    Refused,
+    /// The schema is not what this adapter expects (missing table, function or column): run
+    /// the migrations with the admin DSN.
+    Schema,
+    /// Migrations failed.
+    Migration,
+    /// Anything else.
+    Other,
+}
+
+impl fmt::Display for PgErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PgErrorKind::Connection => "connection failure (retry later)",
+            PgErrorKind::Retryable => "serialization failure or deadlock (safe to retry)",
+            PgErrorKind::Constraint => "constraint violation",
+            PgErrorKind::Refused => "refused by the database (grant, policy or read-only)",
+            PgErrorKind::Schema => "schema mismatch (run the migrations with the admin DSN)",
+            PgErrorKind::Migration => "migration failed",
+            PgErrorKind::Other => "database error",
+        })
+    }
+}
+
+fn classify(e: &SqlxError) -> PgErrorKind {
+    match e {
+        SqlxError::Io(_)
+        | SqlxError::Tls(_)
+        | SqlxError::PoolTimedOut
+        | SqlxError::PoolClosed
+        | SqlxError::WorkerCrashed
+        | SqlxError::Protocol(_) => PgErrorKind::Connection,
+        SqlxError::Migrate(_) => PgErrorKind::Migration,
+        SqlxError::Database(db) => classify_db(db.as_ref()),
+        _ => PgErrorKind::Other,
+    }
+}
+
+fn classify_db(db: &dyn DatabaseError) -> PgErrorKind {
+    let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+    match code.as_str() {
+        "25006" | "42501" => PgErrorKind::Refused,
+        "42P01" | "42883" | "42703" | "3F000" => PgErrorKind::Schema,
+        c if c.starts_with("08") || c.starts_with("57") || c.starts_with("53") => {
+            PgErrorKind::Connection
+        }
+        c if c.starts_with("40") => PgErrorKind::Retryable,
+        c if c.starts_with("23") => PgErrorKind::Constraint,
+        _ => PgErrorKind::Other,
+    }
+}
+
+/// Maps a driver error into KAHN's error: a lost connection, pool timeout, serialization
+/// failure or deadlock is [`Error::Unavailable`] (the same call may succeed later; appends are
+/// idempotent, so retrying is safe); anything else is [`Error::Backend`] with its
+/// classification and source kept.
+pub(crate) fn db(e: SqlxError) -> Error {
+    let kind = classify(&e);
+    let error = PgError { kind, source: e };
+    match kind {
+        PgErrorKind::Connection | PgErrorKind::Retryable => {
+            Error::Unavailable { backend: BACKEND, message: error.to_string(), retry_after: None }
+        }
+        _ => Error::backend(BACKEND, error),
+    }
+}
+
+/// The constraint a unique violation names, when `e` is one.
+pub(crate) fn unique_violation(e: &SqlxError) -> Option<&str> {
+    let d = e.as_database_error()?;
+    if d.code().as_deref() == Some("23505") { Some(d.constraint().unwrap_or("")) } else { None }
+}
+
+/// Stored data that cannot be read back as KAHN data (a corrupted or hand-edited row).
+pub(crate) fn corrupt(what: impl fmt::Display) -> Error {
+    Error::Integrity {
+        run_id: None,
+        seq: None,
+        message: format!("a stored postgres row is not valid KAHN data: {what}"),
+    }
+}
+
+/// One reason the app-DSN constructor refuses to start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RoleProblem {
+    /// The schema is missing or incomplete.
+    NotMigrated {
+        /// The missing table or role.
+        missing: String,
+    },
+    /// The role is a superuser: superusers bypass Row-Level Security.
+    Superuser,
+    /// The role has BYPASSRLS.
+    BypassRls,
+    /// The role owns (or is a member of the owner of) a tenant table: it could switch RLS off.
+    OwnsTable {
+        /// The table.
+        table: String,
+    },
+    /// A tenant table has Row-Level Security disabled.
+    RlsDisabled {
+        /// The table.
+        table: String,
+    },
+    /// A tenant table has Row-Level Security enabled but not forced.
+    RlsNotForced {
+        /// The table.
+        table: String,
+    },
+    /// The role is a member of `kahn_definer`, whose policies see every tenant.
+    DefinerMember,
+    /// The role may rewrite the log: it holds this privilege on `kahn.transitions`.
+    MutableLog {
+        /// `UPDATE`, `DELETE` or `TRUNCATE`.
+        privilege: &'static str,
+    },
+}
+
+impl fmt::Display for RoleProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RoleProblem::NotMigrated { missing } => write!(
+                f,
+                "{missing} is missing; fix: run the migrations with the admin DSN \
+                 (PgBackend::connect_admin or `kahn migrate`)"
+            ),
+            RoleProblem::Superuser => f.write_str(
+                "the role is a superuser, which bypasses Row-Level Security; fix: connect the \
+                 server as the app role kahn_app (NOSUPERUSER NOBYPASSRLS), not as the admin",
+            ),
+            RoleProblem::BypassRls => f.write_str(
+                "the role has BYPASSRLS, which ignores every policy; fix: \
+                 ALTER ROLE <role> NOBYPASSRLS, or connect as kahn_app",
+            ),
+            RoleProblem::OwnsTable { table } => write!(
+                f,
+                "the role owns {table} (directly or through membership) and could disable its \
+                 Row-Level Security; fix: connect as kahn_app, which owns nothing"
+            ),
+            RoleProblem::RlsDisabled { table } => write!(
+                f,
+                "Row-Level Security is disabled on {table}; fix (as the admin): \
+                 ALTER TABLE {table} ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY"
+            ),
+            RoleProblem::RlsNotForced { table } => write!(
+                f,
+                "Row-Level Security is not forced on {table}; fix (as the admin): \
+                 ALTER TABLE {table} FORCE ROW LEVEL SECURITY"
+            ),
+            RoleProblem::DefinerMember => f.write_str(
+                "the role is a member of kahn_definer, whose policies see every tenant; fix: \
+                 REVOKE kahn_definer FROM <role>, or connect as kahn_app",
+            ),
+            RoleProblem::MutableLog { privilege } => write!(
+                f,
+                "the role holds {privilege} on kahn.transitions, so the log is not append-only; \
+                 fix (as the admin): REVOKE UPDATE, DELETE, TRUNCATE ON kahn.transitions FROM <role>"
+            ),
+        }
+    }
+}
+
+/// The app-DSN constructor's refusal: the role or the database would let Row-Level Security
+/// be silently inert. It is the `source` of the [`Error::Backend`] returned; every problem
+/// found is listed with its fix.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct UnsafeAppRole {
+    /// The role the app DSN logs in as.
+    pub role: String,
+    /// Every problem found.
+    pub problems: Vec<RoleProblem>,
+}
+
+impl fmt::Display for UnsafeAppRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "refusing to serve tenant data as role {:?}: Row-Level Security would not protect it",
+            self.role
+        )?;
+        for p in &self.problems {
+            write!(f, "; {p}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_names_every_problem_and_its_fix() {
+        let r = UnsafeAppRole {
+            role: "postgres".into(),
+            problems: vec![
+                RoleProblem::Superuser,
+                RoleProblem::RlsNotForced { table: "kahn.runs".into() },
+            ],
+        };
+        let text = r.to_string();
+        assert!(text.contains("\"postgres\""), "{text}");
+        assert!(text.contains("superuser"), "{text}");
+        assert!(text.contains("ALTER TABLE kahn.runs FORCE ROW LEVEL SECURITY"), "{text}");
+        assert_eq!(text.matches("fix").count(), 2, "{text}");
+    }
+
+    #[test]
+    fn driver_failures_are_classified() {
+        assert_eq!(classify(&SqlxError::PoolTimedOut), PgErrorKind::Connection);
+        assert_eq!(classify(&SqlxError::RowNotFound), PgErrorKind::Other);
+        let e = db(SqlxError::PoolTimedOut);
+        assert!(e.is_retryable(), "a pool timeout is worth retrying: {e:?}");
+        let e = db(SqlxError::RowNotFound);
+        let Error::Backend { backend, source } = e else { panic!("not Backend") };
+        assert_eq!(backend, BACKEND);
+        let pg = source.downcast_ref::<PgError>().expect("a PgError source");
+        assert_eq!((pg.kind(), pg.sqlstate()), (PgErrorKind::Other, None));
+    }
+}

@@ -1,0 +1,332 @@
+//! # kahn-pg
+//!
+//! KAHN's Postgres adapter: a [`StorageBackend`] on PostgreSQL (sqlx), where tenancy is
+//! enforced **by the database** with Row-Level Security that cannot be silently inert.
+//!
+//! * **Two DSNs, two modes.** [`PgBackend::connect_admin`] takes the admin DSN: it runs the
+//!   versioned migrations (schema `kahn`, roles, tables, policies, grants, functions) and can
+//!   provision tenants, issue keys and link orgs. [`PgBackend::connect_app`] takes the app DSN
+//!   (the server's): it first checks that the role is not a superuser, has no BYPASSRLS, owns
+//!   no tenant table, and that every tenant table has RLS enabled *and* forced, and refuses to
+//!   start otherwise ([`UnsafeAppRole`]).
+//! * **Tenant per transaction.** Every tenant-data operation runs in one transaction that
+//!   first does `SELECT set_config('kahn.tenant', $1, true)`: the setting ends with the
+//!   transaction, so a pooled connection never carries a tenant into the next request. Reads
+//!   run in `READ ONLY` transactions, so the database refuses a write even if code tried one.
+//! * **Fast, serialized append.** Per run: the run row is created if missing and locked
+//!   (`FOR UPDATE`), [`AppendPlan`](kahn_core::rules::AppendPlan) asks for at most two chain
+//!   links (one query), and the new rows go in with one `INSERT … SELECT FROM UNNEST(…)`.
+//! * **Exact content.** Transition bodies and graphs are stored as their RFC 8785 canonical
+//!   JSON *text* (not jsonb, which refuses `\u0000` and reformats), so reading back gives the
+//!   hashed content and the chain recomputes.
+//!
+//! ## What each mode supports
+//!
+//! | method | admin DSN | app DSN |
+//! | --- | --- | --- |
+//! | `append`, `list_runs`, `get_run`, `read_transitions` | yes | yes |
+//! | `authenticate_api_key`, `lookup_tenant_by_org`, `lookup_tenant_by_sub`, `get_tenant`, `list_tenants`, `purge_expired` | yes | yes, through SECURITY DEFINER functions |
+//! | `provision_tenant`, `link_org`, `issue_api_key`, `rotate_api_key`, `revoke_api_key`, `list_api_keys` | yes | [`Error::Unsupported`] |
+//! | `ping` | yes | yes |
+//!
+//! ```no_run
+//! # async fn demo() -> kahn_core::Result<()> {
+//! use kahn_core::{NewTenant, StorageBackend};
+//! use kahn_pg::PgBackend;
+//!
+//! // Once, as the operator: migrate and provision.
+//! let admin = PgBackend::connect_admin("postgres://postgres@127.0.0.1/kahn").await?;
+//! let tenant = admin.provision_tenant(&NewTenant::new("choco")?).await?;
+//! let key = admin.issue_api_key(tenant.id).await?;
+//!
+//! // The server: the app role, checked at startup.
+//! let app = PgBackend::connect_app("postgres://kahn_app@127.0.0.1/kahn").await?;
+//! # Ok(()) }
+//! ```
+
+mod append;
+mod check;
+mod control;
+mod error;
+mod migrate;
+mod read;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use kahn_core::{
+    ApiKey, ApiKeyId, ApiKeyInfo, AppendBatch, AppendReport, Error, IssuedApiKey, NewTenant, OrgId,
+    PurgeReport, ReadScope, Result, RunId, RunPage, RunQuery, RunSummary, Seq, StorageBackend,
+    StoredTransition, Tenant, TenantId, TenantSummary, WriteScope,
+};
+use sqlx_core::query::query;
+use sqlx_core::row::Row;
+pub use sqlx_postgres::PgTransaction;
+
+pub use check::TENANT_TABLES;
+pub use error::{PgError, PgErrorKind, RoleProblem, UnsafeAppRole};
+pub use migrate::migrator;
+pub use sqlx_core;
+pub use sqlx_postgres;
+pub use sqlx_postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use crate::error::db;
+
+/// The role the migrations create for the server: `LOGIN NOSUPERUSER NOBYPASSRLS`, owns
+/// nothing, `SELECT, INSERT` on the log.
+pub const APP_ROLE: &str = "kahn_app";
+
+/// The `NOLOGIN` role the migrations create to own the SECURITY DEFINER functions; its own
+/// policies let it see every tenant.
+pub const DEFINER_ROLE: &str = "kahn_definer";
+
+/// Which DSN a [`PgBackend`] was built from, and so what it may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The admin DSN: migrations, provisioning, keys, and everything else.
+    Admin,
+    /// The app DSN (the server's): tenant data under RLS, pre-tenant lookups through SECURITY
+    /// DEFINER functions; provisioning and key management are [`Error::Unsupported`].
+    App,
+}
+
+/// A [`StorageBackend`] on PostgreSQL. Cheap to clone (it shares one pool).
+#[derive(Clone, Debug)]
+pub struct PgBackend {
+    pool: PgPool,
+    mode: Mode,
+}
+
+impl PgBackend {
+    /// Connects with the admin DSN and runs the migrations.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when the server is unreachable or a migration fails (its
+    /// [`PgError::kind`] says which).
+    pub async fn connect_admin(url: &str) -> Result<Self> {
+        let pool = PgPoolOptions::new().max_connections(4).connect(url).await.map_err(db)?;
+        Self::admin_from_pool(pool).await
+    }
+
+    /// An admin backend on an existing pool (logged in with the admin DSN); runs the
+    /// migrations.
+    ///
+    /// # Errors
+    /// As [`connect_admin`](Self::connect_admin).
+    pub async fn admin_from_pool(pool: PgPool) -> Result<Self> {
+        let backend = Self { pool, mode: Mode::Admin };
+        backend.migrate().await?;
+        Ok(backend)
+    }
+
+    /// Connects with the app DSN (the server's) and checks the role: refuses a superuser, a
+    /// BYPASSRLS role, a role owning a tenant table (or a member of its owner or of
+    /// `kahn_definer`), a role that may rewrite the log, and a database where a tenant table
+    /// has RLS disabled or not forced.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] whose source is an [`UnsafeAppRole`] naming every problem and its
+    /// fix; or, when the server is unreachable, a [`PgError`].
+    pub async fn connect_app(url: &str) -> Result<Self> {
+        let pool = PgPoolOptions::new().max_connections(10).connect(url).await.map_err(db)?;
+        Self::app_from_pool(pool).await
+    }
+
+    /// An app backend on an existing pool (logged in with the app DSN); runs the role check
+    /// of [`connect_app`](Self::connect_app).
+    ///
+    /// # Errors
+    /// As [`connect_app`](Self::connect_app).
+    pub async fn app_from_pool(pool: PgPool) -> Result<Self> {
+        check::check_app_role(&pool).await?;
+        Ok(Self { pool, mode: Mode::App })
+    }
+
+    /// Runs the pending migrations (admin mode only). Re-runnable; the role creation is
+    /// guarded, so it runs in every database of one cluster.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] in app mode; [`Error::Backend`] when a migration fails.
+    pub async fn migrate(&self) -> Result<()> {
+        self.require_admin("migrate")?;
+        migrator().run(&self.pool).await.map_err(|e| db(e.into()))
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The mode (which DSN this backend was built from).
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Closes the pool's connections.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// A `READ ONLY` transaction whose tenant is the scope's, for queries of your own over
+    /// the `kahn` tables: the same transaction every read method of this backend runs in.
+    /// Row-Level Security shows it only the scope's rows, and the database refuses any write.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when the server fails.
+    pub async fn read_transaction(&self, scope: &ReadScope) -> Result<PgTransaction<'static>> {
+        self.tenant_tx(scope.tenant(), true).await
+    }
+
+    /// A read-write transaction whose tenant is the scope's: the same transaction
+    /// [`append`](StorageBackend::append) runs in. Under the app role the grants still apply
+    /// (the log is append-only).
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when the server fails.
+    pub async fn write_transaction(&self, scope: &WriteScope) -> Result<PgTransaction<'static>> {
+        self.write_tx(scope).await
+    }
+
+    fn require_admin(&self, operation: &'static str) -> Result<()> {
+        match self.mode {
+            Mode::Admin => Ok(()),
+            Mode::App => Err(Error::Unsupported { backend: "postgres (app DSN)", operation }),
+        }
+    }
+
+    /// Begins a read-write transaction for the scope's tenant, after checking, in the same
+    /// statement that sets the tenant, that the scope's API key is still active: revocation
+    /// cuts off scopes already resolved.
+    async fn write_tx(&self, scope: &WriteScope) -> Result<PgTransaction<'static>> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let owner: Option<uuid::Uuid> = query(
+            "SELECT pg_catalog.set_config('kahn.tenant', $1, true) AS tenant, \
+                    kahn.lookup_api_key($2) AS owner",
+        )
+        .bind(scope.tenant().to_string())
+        .bind(scope.api_key().hash().as_bytes().as_slice())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?
+        .try_get("owner")
+        .map_err(db)?;
+        if owner != Some(*scope.tenant().as_uuid()) {
+            return Err(Error::Unauthorized(
+                "the API key of this scope is unknown or revoked".into(),
+            ));
+        }
+        Ok(tx)
+    }
+
+    /// Begins a transaction for `tenant`: `READ ONLY` when `read_only`, and always first
+    /// `set_config('kahn.tenant', tenant, true)` (transaction-local).
+    async fn tenant_tx(&self, tenant: TenantId, read_only: bool) -> Result<PgTransaction<'static>> {
+        let mut tx = if read_only {
+            self.pool.begin_with("BEGIN READ ONLY").await
+        } else {
+            self.pool.begin().await
+        }
+        .map_err(db)?;
+        query("SELECT pg_catalog.set_config('kahn.tenant', $1, true)")
+            .bind(tenant.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        Ok(tx)
+    }
+}
+
+#[async_trait]
+impl StorageBackend for PgBackend {
+    async fn provision_tenant(&self, req: &NewTenant) -> Result<Tenant> {
+        self.require_admin("provision_tenant")?;
+        control::provision_tenant(&self.pool, req).await
+    }
+
+    async fn get_tenant(&self, tenant: TenantId) -> Result<Tenant> {
+        control::get_tenant(&self.pool, tenant).await
+    }
+
+    async fn link_org(&self, tenant: TenantId, org: &OrgId) -> Result<Tenant> {
+        self.require_admin("link_org")?;
+        control::link_org(&self.pool, tenant, org).await
+    }
+
+    async fn issue_api_key(&self, tenant: TenantId) -> Result<IssuedApiKey> {
+        self.require_admin("issue_api_key")?;
+        control::issue_api_key(&self.pool, tenant).await
+    }
+
+    async fn rotate_api_key(&self, tenant: TenantId, old: ApiKeyId) -> Result<IssuedApiKey> {
+        self.require_admin("rotate_api_key")?;
+        control::rotate_api_key(&self.pool, tenant, old).await
+    }
+
+    async fn revoke_api_key(&self, tenant: TenantId, key: ApiKeyId) -> Result<()> {
+        self.require_admin("revoke_api_key")?;
+        control::revoke_api_key(&self.pool, tenant, key).await
+    }
+
+    async fn list_api_keys(&self, tenant: TenantId) -> Result<Vec<ApiKeyInfo>> {
+        self.require_admin("list_api_keys")?;
+        control::list_api_keys(&self.pool, tenant).await
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<TenantSummary>> {
+        control::list_tenants(&self.pool).await
+    }
+
+    async fn authenticate_api_key(&self, key: &ApiKey) -> Result<Option<TenantId>> {
+        control::lookup(&self.pool, control::Lookup::ApiKey(key)).await
+    }
+
+    async fn lookup_tenant_by_org(&self, org: &OrgId) -> Result<Option<TenantId>> {
+        control::lookup(&self.pool, control::Lookup::Org(org)).await
+    }
+
+    async fn lookup_tenant_by_sub(&self, sub: &str) -> Result<Option<TenantId>> {
+        control::lookup(&self.pool, control::Lookup::Sub(sub)).await
+    }
+
+    async fn append(&self, scope: &WriteScope, batch: &AppendBatch) -> Result<AppendReport> {
+        let mut tx = self.write_tx(scope).await?;
+        let report = append::append(&mut tx, scope.tenant(), batch).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(report)
+    }
+
+    async fn list_runs(&self, scope: &ReadScope, q: &RunQuery) -> Result<RunPage> {
+        let mut tx = self.tenant_tx(scope.tenant(), true).await?;
+        let page = read::list_runs(&mut tx, scope.tenant(), q).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(page)
+    }
+
+    async fn get_run(&self, scope: &ReadScope, run: &RunId) -> Result<RunSummary> {
+        let mut tx = self.tenant_tx(scope.tenant(), true).await?;
+        let summary = read::get_run(&mut tx, scope.tenant(), run).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(summary)
+    }
+
+    async fn read_transitions(
+        &self,
+        scope: &ReadScope,
+        run: &RunId,
+        after: Option<Seq>,
+        limit: u32,
+    ) -> Result<Vec<StoredTransition>> {
+        let mut tx = self.tenant_tx(scope.tenant(), true).await?;
+        let rows = read::read_transitions(&mut tx, scope.tenant(), run, after, limit).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(rows)
+    }
+
+    async fn purge_expired(&self, now: DateTime<Utc>) -> Result<Vec<PurgeReport>> {
+        control::purge_expired(&self.pool, now).await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        query("SELECT 1").execute(&self.pool).await.map_err(db)?;
+        Ok(())
+    }
+}

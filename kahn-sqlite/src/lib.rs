@@ -1,0 +1,318 @@
+//! # kahn-sqlite
+//!
+//! KAHN's embedded adapter: a [`StorageBackend`] on one SQLite file (bundled SQLite, no
+//! setup). It is the zero-setup default, `sqlite://kahn.db`.
+//!
+//! * **Durable.** WAL journal with `synchronous = FULL`: a committed append survives a crash
+//!   or power loss.
+//! * **Never blocks the runtime.** Each connection lives on its own thread; async methods send
+//!   the work there and await the answer.
+//! * **Reads beside writes.** One writer connection (appends serialize in the adapter) and a
+//!   pool of read-only reader connections that WAL lets read while the writer appends.
+//! * **Tenancy by the adapter.** Every statement on tenant data binds the scope's tenant; the
+//!   schema leads every key with `tenant_id`.
+//!
+//! ```no_run
+//! # async fn demo() -> kahn_core::Result<()> {
+//! use kahn_sqlite::SqliteBackend;
+//! let store = SqliteBackend::connect("sqlite://kahn.db").await?;
+//! # Ok(()) }
+//! ```
+
+mod error;
+mod schema;
+mod store;
+mod worker;
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use kahn_core::{
+    ApiKey, ApiKeyId, ApiKeyInfo, AppendBatch, AppendReport, Error, IssuedApiKey, NewTenant, OrgId,
+    PurgeReport, ReadScope, Result, RunId, RunPage, RunQuery, RunSummary, Seq, StorageBackend,
+    StoredTransition, Tenant, TenantId, TenantSummary, WriteScope,
+};
+use rusqlite::{Connection, OpenFlags};
+
+use crate::error::db;
+use crate::worker::Pool;
+
+/// Where and how to open the database.
+#[derive(Clone, Debug)]
+pub struct SqliteOptions {
+    location: Location,
+    readers: usize,
+}
+
+#[derive(Clone, Debug)]
+enum Location {
+    File(PathBuf),
+    Memory,
+}
+
+impl SqliteOptions {
+    /// A database file at `path`, created when missing.
+    pub fn file(path: impl AsRef<Path>) -> Self {
+        Self { location: Location::File(path.as_ref().to_owned()), readers: 4 }
+    }
+
+    /// A private in-memory database (one connection; gone when the backend is dropped).
+    pub fn memory() -> Self {
+        Self { location: Location::Memory, readers: 0 }
+    }
+
+    /// Parses `sqlite://PATH`, `sqlite:PATH`, `sqlite::memory:` or a plain path.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming `database_url` for another scheme or an empty path.
+    pub fn from_url(url: &str) -> Result<Self> {
+        if url == "sqlite::memory:" || url == "sqlite://:memory:" {
+            return Ok(Self::memory());
+        }
+        let path = if let Some(rest) = url.strip_prefix("sqlite:") {
+            rest.strip_prefix("//").unwrap_or(rest)
+        } else if let Some((scheme, _)) = url.split_once("://") {
+            return Err(Error::invalid(
+                "database_url",
+                format!("{scheme}:// is not a SQLite URL (expected sqlite://PATH)"),
+            ));
+        } else {
+            url
+        };
+        let path = path.split('?').next().unwrap_or_default();
+        if path.is_empty() {
+            return Err(Error::invalid("database_url", "names no database file"));
+        }
+        Ok(Self::file(path))
+    }
+
+    /// Number of reader connections (default 4; 0 sends reads to the writer).
+    #[must_use]
+    pub fn readers(mut self, n: usize) -> Self {
+        if matches!(self.location, Location::File(_)) {
+            self.readers = n;
+        }
+        self
+    }
+}
+
+/// KAHN on SQLite. Cheap to share: wrap it in an `Arc` (or `Arc<dyn StorageBackend>`).
+#[derive(Debug)]
+pub struct SqliteBackend {
+    writer: Pool,
+    readers: Option<Pool>,
+    path: Option<PathBuf>,
+}
+
+fn configure(conn: &Connection, file: bool) -> Result<()> {
+    if file {
+        let mode: String =
+            conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(db)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::backend(
+                "sqlite",
+                format!("could not enable WAL (journal_mode is {mode})"),
+            ));
+        }
+    }
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA busy_timeout = 10000;
+         PRAGMA cache_size = -16000;
+         PRAGMA temp_store = MEMORY;",
+    )
+    .map_err(db)
+}
+
+impl SqliteBackend {
+    /// Opens (creating and migrating when needed) the database a URL names; see
+    /// [`SqliteOptions::from_url`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a bad URL; [`Error::Backend`] when the file cannot be
+    /// opened, is not a KAHN database, or has a newer schema.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::open(SqliteOptions::from_url(url)?).await
+    }
+
+    /// Opens with explicit options.
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect).
+    pub async fn open(options: SqliteOptions) -> Result<Self> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // Opening and migrating touch the disk: do it off the runtime.
+        std::thread::Builder::new()
+            .name("kahn-sqlite-open".into())
+            .spawn(move || {
+                let _ = tx.send(Self::open_blocking(options));
+            })
+            .map_err(|e| Error::backend("sqlite", e))?;
+        rx.await.map_err(|_| Error::backend("sqlite", "opening the database panicked"))?
+    }
+
+    fn open_blocking(options: SqliteOptions) -> Result<Self> {
+        match &options.location {
+            Location::Memory => {
+                let mut conn = Connection::open_in_memory().map_err(db)?;
+                configure(&conn, false)?;
+                schema::migrate(&mut conn)?;
+                Ok(Self { writer: Pool::start("rw", vec![conn])?, readers: None, path: None })
+            }
+            Location::File(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        Error::backend(
+                            "sqlite",
+                            format!("cannot create directory {}: {e}", dir.display()),
+                        )
+                    })?;
+                }
+                let mut writer = Connection::open(path).map_err(db)?;
+                configure(&writer, true)?;
+                schema::migrate(&mut writer)?;
+                let mut readers = Vec::with_capacity(options.readers);
+                for _ in 0..options.readers {
+                    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                        | OpenFlags::SQLITE_OPEN_URI;
+                    let conn = Connection::open_with_flags(path, flags).map_err(db)?;
+                    configure(&conn, false)?;
+                    conn.execute_batch("PRAGMA query_only = ON").map_err(db)?;
+                    readers.push(conn);
+                }
+                Ok(Self {
+                    writer: Pool::start("writer", vec![writer])?,
+                    readers: if readers.is_empty() {
+                        None
+                    } else {
+                        Some(Pool::start("reader", readers)?)
+                    },
+                    path: Some(path.clone()),
+                })
+            }
+        }
+    }
+
+    /// The database file, unless in memory.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The schema version this build writes.
+    pub const fn schema_version() -> i64 {
+        schema::SCHEMA_VERSION
+    }
+
+    async fn read<R, F>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(&mut Connection) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.readers.as_ref().unwrap_or(&self.writer).run(f).await
+    }
+
+    async fn write<R, F>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(&mut Connection) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.writer.run(f).await
+    }
+}
+
+#[async_trait]
+impl StorageBackend for SqliteBackend {
+    async fn provision_tenant(&self, req: &NewTenant) -> Result<Tenant> {
+        let req = req.clone();
+        self.write(move |c| store::provision_tenant(c, &req)).await
+    }
+
+    async fn get_tenant(&self, tenant: TenantId) -> Result<Tenant> {
+        self.read(move |c| store::get_tenant(c, tenant)).await
+    }
+
+    async fn link_org(&self, tenant: TenantId, org: &OrgId) -> Result<Tenant> {
+        let org = org.clone();
+        self.write(move |c| store::link_org(c, tenant, &org)).await
+    }
+
+    async fn issue_api_key(&self, tenant: TenantId) -> Result<IssuedApiKey> {
+        self.write(move |c| store::issue_api_key(c, tenant)).await
+    }
+
+    async fn rotate_api_key(&self, tenant: TenantId, old: ApiKeyId) -> Result<IssuedApiKey> {
+        self.write(move |c| store::rotate_api_key(c, tenant, old)).await
+    }
+
+    async fn revoke_api_key(&self, tenant: TenantId, key: ApiKeyId) -> Result<()> {
+        self.write(move |c| store::revoke_api_key(c, tenant, key)).await
+    }
+
+    async fn list_api_keys(&self, tenant: TenantId) -> Result<Vec<ApiKeyInfo>> {
+        self.read(move |c| store::list_api_keys(c, tenant)).await
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<TenantSummary>> {
+        self.read(|c| store::list_tenants(c)).await
+    }
+
+    async fn authenticate_api_key(&self, key: &ApiKey) -> Result<Option<TenantId>> {
+        let hash = key.hash();
+        self.read(move |c| store::authenticate_api_key(c, hash)).await
+    }
+
+    async fn lookup_tenant_by_org(&self, org: &OrgId) -> Result<Option<TenantId>> {
+        let org = org.clone();
+        self.read(move |c| store::lookup_tenant_by(c, true, org.as_str())).await
+    }
+
+    async fn lookup_tenant_by_sub(&self, sub: &str) -> Result<Option<TenantId>> {
+        let sub = sub.to_owned();
+        self.read(move |c| store::lookup_tenant_by(c, false, &sub)).await
+    }
+
+    async fn append(&self, scope: &WriteScope, batch: &AppendBatch) -> Result<AppendReport> {
+        let (tenant, key, batch) = (scope.tenant(), scope.api_key().hash(), batch.clone());
+        self.write(move |c| store::append(c, tenant, key, &batch)).await
+    }
+
+    async fn list_runs(&self, scope: &ReadScope, query: &RunQuery) -> Result<RunPage> {
+        let (tenant, query) = (scope.tenant(), query.clone());
+        self.read(move |c| store::list_runs(c, tenant, &query)).await
+    }
+
+    async fn get_run(&self, scope: &ReadScope, run: &RunId) -> Result<RunSummary> {
+        let (tenant, run) = (scope.tenant(), run.clone());
+        self.read(move |c| store::get_run(c, tenant, &run)).await
+    }
+
+    async fn read_transitions(
+        &self,
+        scope: &ReadScope,
+        run: &RunId,
+        after: Option<Seq>,
+        limit: u32,
+    ) -> Result<Vec<StoredTransition>> {
+        let (tenant, run) = (scope.tenant(), run.clone());
+        self.read(move |c| store::read_transitions(c, tenant, &run, after, limit)).await
+    }
+
+    async fn purge_expired(&self, now: DateTime<Utc>) -> Result<Vec<PurgeReport>> {
+        // One transaction per tenant, each its own writer job: appends interleave.
+        let tenants = self.read(|c| store::retention(c)).await?;
+        let mut reports = Vec::new();
+        for (tenant, days) in tenants {
+            if let Some(r) = self.write(move |c| store::purge_tenant(c, tenant, days, now)).await? {
+                reports.push(r);
+            }
+        }
+        Ok(reports)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(db)).await
+    }
+}

@@ -1,0 +1,627 @@
+//! The SQL of every operation, as plain functions on a connection. They run on the
+//! connection's own thread (see `worker`); every statement on tenant data binds the scope's
+//! tenant, and every value is bound, never spliced into SQL.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Duration, Utc};
+use kahn_core::rules::{AppendPlan, Outcome, from_micros, merge_meta};
+use kahn_core::{
+    ApiKey, ApiKeyHash, ApiKeyId, ApiKeyInfo, AppendBatch, AppendReport, Cursor, Digest, Error,
+    IssuedApiKey, Labels, NewTenant, OrgId, PurgeReport, Result, RunId, RunInfo, RunMeta, RunPage,
+    RunQuery, RunSummary, Seq, StoredTransition, Tenant, TenantId, TenantSummary,
+};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+use uuid::Uuid;
+
+use crate::error::{db, is_unique_violation};
+
+fn now_micros() -> i64 {
+    Utc::now().timestamp_micros()
+}
+
+fn uuid_from(bytes: Vec<u8>) -> Result<Uuid> {
+    Uuid::from_slice(&bytes).map_err(|e| Error::backend("sqlite", e))
+}
+
+/// A stored value that does not decode: the file is corrupt, not the caller's input.
+fn corrupt(e: Error) -> Error {
+    Error::backend("sqlite", format!("stored row does not decode: {e}"))
+}
+
+fn digest(bytes: &[u8]) -> Result<Digest> {
+    Digest::try_from_slice(bytes).map_err(|e| Error::backend("sqlite", e.to_string()))
+}
+
+fn write_tx(conn: &mut Connection) -> Result<Transaction<'_>> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)
+}
+
+// ---------------------------------------------------------------------------------------
+// Tenants and keys
+
+const TENANT_COLS: &str = "id, name, owner_sub, airlock_org_id, retention_days, created_at";
+
+/// A tenants row as read, before validation: id, name, owner_sub, org, retention, created.
+type TenantRow = (Vec<u8>, String, Option<String>, Option<String>, i64, i64);
+
+fn tenant_row(r: &Row<'_>) -> rusqlite::Result<TenantRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+}
+
+fn tenant_from((id, name, owner_sub, org, retention, created): TenantRow) -> Result<Tenant> {
+    Ok(Tenant {
+        id: TenantId::from_uuid(uuid_from(id)?),
+        name,
+        owner_sub,
+        airlock_org_id: org.map(OrgId::new).transpose().map_err(corrupt)?,
+        retention_days: u32::try_from(retention).map_err(|e| Error::backend("sqlite", e))?,
+        created_at: from_micros(created),
+    })
+}
+
+fn find_tenant(conn: &Connection, id: TenantId) -> Result<Option<Tenant>> {
+    conn.prepare_cached(&format!("SELECT {TENANT_COLS} FROM tenants WHERE id = ?1"))
+        .map_err(db)?
+        .query_row(params![id.as_uuid().as_bytes()], tenant_row)
+        .optional()
+        .map_err(db)?
+        .map(tenant_from)
+        .transpose()
+}
+
+pub(crate) fn get_tenant(conn: &Connection, id: TenantId) -> Result<Tenant> {
+    find_tenant(conn, id)?.ok_or_else(|| Error::not_found("tenant", id))
+}
+
+pub(crate) fn provision_tenant(conn: &mut Connection, req: &NewTenant) -> Result<Tenant> {
+    let tx = write_tx(conn)?;
+    let existing = tx
+        .prepare_cached(&format!("SELECT {TENANT_COLS} FROM tenants WHERE name = ?1"))
+        .map_err(db)?
+        .query_row(params![req.name()], tenant_row)
+        .optional()
+        .map_err(db)?
+        .map(tenant_from)
+        .transpose()?;
+    if let Some(existing) = existing {
+        req.check_matches(&existing)?;
+        return Ok(existing);
+    }
+    let taken = |sql: &str, value: &str| -> Result<bool> {
+        tx.prepare_cached(sql).map_err(db)?.exists(params![value]).map_err(db)
+    };
+    if let Some(sub) = req.owner_sub()
+        && taken("SELECT 1 FROM tenants WHERE owner_sub = ?1", sub)?
+    {
+        return Err(Error::owner_sub_taken());
+    }
+    if let Some(org) = req.org_id()
+        && taken("SELECT 1 FROM tenants WHERE airlock_org_id = ?1", org.as_str())?
+    {
+        return Err(Error::org_taken());
+    }
+    let tenant = req.to_tenant();
+    tx.prepare_cached(&format!(
+        "INSERT INTO tenants ({TENANT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+    ))
+    .map_err(db)?
+    .execute(params![
+        tenant.id.as_uuid().as_bytes(),
+        tenant.name,
+        tenant.owner_sub,
+        tenant.airlock_org_id.as_ref().map(OrgId::as_str),
+        tenant.retention_days,
+        tenant.created_at.timestamp_micros(),
+    ])
+    .map_err(db)?;
+    tx.commit().map_err(db)?;
+    Ok(tenant)
+}
+
+pub(crate) fn link_org(conn: &mut Connection, id: TenantId, org: &OrgId) -> Result<Tenant> {
+    let tx = write_tx(conn)?;
+    get_tenant(&tx, id)?;
+    let updated = tx
+        .prepare_cached("UPDATE tenants SET airlock_org_id = ?2 WHERE id = ?1")
+        .map_err(db)?
+        .execute(params![id.as_uuid().as_bytes(), org.as_str()]);
+    match updated {
+        Err(e) if is_unique_violation(&e) => {
+            return Err(Error::org_taken());
+        }
+        other => other.map_err(db)?,
+    };
+    let tenant = get_tenant(&tx, id)?;
+    tx.commit().map_err(db)?;
+    Ok(tenant)
+}
+
+fn insert_key(tx: &Transaction<'_>, tenant: TenantId) -> Result<IssuedApiKey> {
+    let secret = ApiKey::generate()?;
+    let id = ApiKeyId::new_random();
+    tx.prepare_cached(
+        "INSERT INTO api_keys (tenant_id, key_id, key_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .map_err(db)?
+    .execute(params![
+        tenant.as_uuid().as_bytes(),
+        id.as_uuid().as_bytes(),
+        secret.hash().as_bytes(),
+        now_micros()
+    ])
+    .map_err(db)?;
+    Ok(IssuedApiKey { id, tenant_id: tenant, secret })
+}
+
+pub(crate) fn issue_api_key(conn: &mut Connection, tenant: TenantId) -> Result<IssuedApiKey> {
+    let tx = write_tx(conn)?;
+    get_tenant(&tx, tenant)?;
+    let issued = insert_key(&tx, tenant)?;
+    tx.commit().map_err(db)?;
+    Ok(issued)
+}
+
+fn revoke(
+    tx: &Transaction<'_>,
+    tenant: TenantId,
+    key: ApiKeyId,
+    only_active: bool,
+) -> Result<usize> {
+    let sql = if only_active {
+        "UPDATE api_keys SET revoked_at = ?3 WHERE tenant_id = ?1 AND key_id = ?2 AND revoked_at IS NULL"
+    } else {
+        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?3) WHERE tenant_id = ?1 AND key_id = ?2"
+    };
+    tx.prepare_cached(sql)
+        .map_err(db)?
+        .execute(params![tenant.as_uuid().as_bytes(), key.as_uuid().as_bytes(), now_micros()])
+        .map_err(db)
+}
+
+pub(crate) fn rotate_api_key(
+    conn: &mut Connection,
+    tenant: TenantId,
+    old: ApiKeyId,
+) -> Result<IssuedApiKey> {
+    let tx = write_tx(conn)?;
+    if revoke(&tx, tenant, old, true)? == 0 {
+        return Err(Error::not_found("api_key", old));
+    }
+    let issued = insert_key(&tx, tenant)?;
+    tx.commit().map_err(db)?;
+    Ok(issued)
+}
+
+pub(crate) fn revoke_api_key(conn: &mut Connection, tenant: TenantId, key: ApiKeyId) -> Result<()> {
+    let tx = write_tx(conn)?;
+    if revoke(&tx, tenant, key, false)? == 0 {
+        return Err(Error::not_found("api_key", key));
+    }
+    tx.commit().map_err(db)
+}
+
+pub(crate) fn list_api_keys(conn: &Connection, tenant: TenantId) -> Result<Vec<ApiKeyInfo>> {
+    get_tenant(conn, tenant)?;
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT key_id, created_at, revoked_at FROM api_keys WHERE tenant_id = ?1 ORDER BY created_at, key_id",
+        )
+        .map_err(db)?;
+    let rows = stmt
+        .query_map(params![tenant.as_uuid().as_bytes()], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<i64>>(2)?))
+        })
+        .map_err(db)?;
+    rows.map(|row| {
+        let (id, created, revoked) = row.map_err(db)?;
+        Ok(ApiKeyInfo {
+            id: ApiKeyId::from_uuid(uuid_from(id)?),
+            tenant_id: tenant,
+            created_at: from_micros(created),
+            revoked_at: revoked.map(from_micros),
+        })
+    })
+    .collect()
+}
+
+pub(crate) fn list_tenants(conn: &Connection) -> Result<Vec<TenantSummary>> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {TENANT_COLS}, (SELECT count(*) FROM runs r WHERE r.tenant_id = t.id) FROM tenants t ORDER BY name"
+        ))
+        .map_err(db)?;
+    let rows = stmt.query_map([], |r| Ok((tenant_row(r)?, r.get::<_, i64>(6)?))).map_err(db)?;
+    rows.map(|row| {
+        let (t, count) = row.map_err(db)?;
+        Ok(TenantSummary { tenant: tenant_from(t)?, run_count: count as u64 })
+    })
+    .collect()
+}
+
+pub(crate) fn authenticate_api_key(
+    conn: &Connection,
+    hash: ApiKeyHash,
+) -> Result<Option<TenantId>> {
+    conn.prepare_cached("SELECT tenant_id FROM api_keys WHERE key_hash = ?1 AND revoked_at IS NULL")
+        .map_err(db)?
+        .query_row(params![hash.as_bytes()], |r| r.get::<_, Vec<u8>>(0))
+        .optional()
+        .map_err(db)?
+        .map(|id| Ok(TenantId::from_uuid(uuid_from(id)?)))
+        .transpose()
+}
+
+pub(crate) fn lookup_tenant_by(
+    conn: &Connection,
+    column_is_org: bool,
+    value: &str,
+) -> Result<Option<TenantId>> {
+    let sql = if column_is_org {
+        "SELECT id FROM tenants WHERE airlock_org_id = ?1"
+    } else {
+        "SELECT id FROM tenants WHERE owner_sub = ?1"
+    };
+    conn.prepare_cached(sql)
+        .map_err(db)?
+        .query_row(params![value], |r| r.get::<_, Vec<u8>>(0))
+        .optional()
+        .map_err(db)?
+        .map(|id| Ok(TenantId::from_uuid(uuid_from(id)?)))
+        .transpose()
+}
+
+// ---------------------------------------------------------------------------------------
+// Runs
+
+/// The columns of a listed run. The graph (possibly large) is read only where it is used:
+/// `get_run`, and an append that carries metadata.
+const RUN_COLS: &str =
+    "run_id, source, labels, next_seq, head_hash, status, first_ts, last_ts, created_at";
+
+fn run_row(r: &Row<'_>) -> rusqlite::Result<Result<RunInfo>> {
+    let run_id: String = r.get(0)?;
+    let labels: String = r.get(2)?;
+    let next_seq: i64 = r.get(3)?;
+    let head: Vec<u8> = r.get(4)?;
+    let (first, last, created): (Option<i64>, Option<i64>, i64) = (r.get(6)?, r.get(7)?, r.get(8)?);
+    let (source, status) = (r.get(1)?, r.get(5)?);
+    Ok((|| {
+        Ok(RunInfo {
+            run_id: RunId::new(run_id).map_err(corrupt)?,
+            source,
+            labels: serde_json::from_str::<Labels>(&labels)
+                .map_err(|e| Error::backend("sqlite", e))?,
+            next_seq: next_seq as u64,
+            head_hash: digest(&head)?,
+            status,
+            first_ts: first.map(from_micros),
+            last_ts: last.map(from_micros),
+            created_at: from_micros(created),
+        })
+    })())
+}
+
+fn find_run(conn: &Connection, tenant: TenantId, run: &RunId) -> Result<Option<RunInfo>> {
+    conn.prepare_cached(&format!(
+        "SELECT {RUN_COLS} FROM runs WHERE tenant_id = ?1 AND run_id = ?2"
+    ))
+    .map_err(db)?
+    .query_row(params![tenant.as_uuid().as_bytes(), run.as_str()], run_row)
+    .optional()
+    .map_err(db)?
+    .transpose()
+}
+
+/// A run's stored graph (canonical JSON text), if set.
+fn stored_graph(conn: &Connection, tenant: TenantId, run: &RunId) -> Result<Option<String>> {
+    conn.prepare_cached("SELECT graph FROM runs WHERE tenant_id = ?1 AND run_id = ?2")
+        .map_err(db)?
+        .query_row(params![tenant.as_uuid().as_bytes(), run.as_str()], |r| r.get(0))
+        .optional()
+        .map_err(db)
+        .map(Option::flatten)
+}
+
+pub(crate) fn get_run(conn: &mut Connection, tenant: TenantId, run: &RunId) -> Result<RunSummary> {
+    // One read transaction: the summary and the graph come from the same snapshot.
+    let tx = conn.transaction().map_err(db)?;
+    let info = find_run(&tx, tenant, run)?.ok_or_else(|| Error::not_found("run", run))?;
+    let graph = stored_graph(&tx, tenant, run)?
+        .map(|g| serde_json::from_str(&g).map_err(|e| Error::backend("sqlite", e)))
+        .transpose()?;
+    Ok(RunSummary { info, graph })
+}
+
+pub(crate) fn list_runs(conn: &Connection, tenant: TenantId, q: &RunQuery) -> Result<RunPage> {
+    let limit = q.effective_limit();
+    let (after_t, after_run) = match &q.cursor {
+        Some(c) => (Some(c.activity_micros()), Some(c.run_id().as_str())),
+        None => (None, None),
+    };
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {RUN_COLS} FROM runs
+             WHERE tenant_id = ?1
+               AND (?2 IS NULL OR source = ?2)
+               AND (?3 IS NULL OR status = ?3)
+               AND (?4 IS NULL OR activity_at < ?4 OR (activity_at = ?4 AND run_id > ?5))
+             ORDER BY activity_at DESC, run_id ASC
+             LIMIT ?6"
+        ))
+        .map_err(db)?;
+    let rows = stmt
+        .query_map(
+            params![tenant.as_uuid().as_bytes(), q.source, q.status, after_t, after_run, limit + 1],
+            run_row,
+        )
+        .map_err(db)?;
+    let mut runs = Vec::with_capacity(limit as usize + 1);
+    for row in rows {
+        runs.push(row.map_err(db)??);
+    }
+    let more = runs.len() > limit as usize;
+    runs.truncate(limit as usize);
+    let next_cursor = if more { runs.last().map(Cursor::after) } else { None };
+    Ok(RunPage { runs, next_cursor })
+}
+
+pub(crate) fn read_transitions(
+    conn: &mut Connection,
+    tenant: TenantId,
+    run: &RunId,
+    after: Option<Seq>,
+    limit: u32,
+) -> Result<Vec<StoredTransition>> {
+    // One read transaction: the existence check and the rows see the same snapshot.
+    let tx = conn.transaction().map_err(db)?;
+    let exists = tx
+        .prepare_cached("SELECT 1 FROM runs WHERE tenant_id = ?1 AND run_id = ?2")
+        .map_err(db)?
+        .exists(params![tenant.as_uuid().as_bytes(), run.as_str()])
+        .map_err(db)?;
+    if !exists {
+        return Err(Error::not_found("run", run));
+    }
+    let from = after.map_or(0, |s| s.as_i64().saturating_add(1));
+    let limit = limit.min(kahn_core::MAX_PAGE_SIZE);
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let mut stmt = tx
+        .prepare_cached(
+            "SELECT seq, body, content_hash, chain_hash FROM transitions
+             WHERE tenant_id = ?1 AND run_id = ?2 AND seq >= ?3 ORDER BY seq LIMIT ?4",
+        )
+        .map_err(db)?;
+    let rows = stmt
+        .query_map(params![tenant.as_uuid().as_bytes(), run.as_str(), from, limit], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+            ))
+        })
+        .map_err(db)?;
+    rows.map(|row| {
+        let (seq, body, content, chain) = row.map_err(db)?;
+        Ok(StoredTransition {
+            seq: Seq::try_from(seq).map_err(corrupt)?,
+            body: serde_json::from_str(&body).map_err(|e| Error::backend("sqlite", e))?,
+            content_hash: digest(&content)?,
+            chain_hash: digest(&chain)?,
+        })
+    })
+    .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Append
+
+pub(crate) fn append(
+    conn: &mut Connection,
+    tenant: TenantId,
+    key: ApiKeyHash,
+    batch: &AppendBatch,
+) -> Result<AppendReport> {
+    let tx = write_tx(conn)?;
+    let tid = tenant.as_uuid().as_bytes();
+    // Revocation cuts off scopes already resolved: the scope's key must still be active.
+    let active = tx
+        .prepare_cached(
+            "SELECT 1 FROM api_keys WHERE key_hash = ?1 AND tenant_id = ?2 AND revoked_at IS NULL",
+        )
+        .map_err(db)?
+        .exists(params![key.as_bytes(), tid])
+        .map_err(db)?;
+    if !active {
+        return Err(Error::Unauthorized("the API key of this scope is unknown or revoked".into()));
+    }
+    let now = now_micros();
+    let mut report = AppendReport::default();
+    for run in batch.runs() {
+        let rid = run.run_id().as_str();
+        let stored = find_run(&tx, tenant, run.run_id())?;
+        let (next, head) = stored.as_ref().map_or((0, Digest::ZERO), |r| (r.next_seq, r.head_hash));
+        let plan = AppendPlan::new(run, next, head)?;
+
+        let mut links = HashMap::new();
+        {
+            let mut stmt = tx
+                .prepare_cached("SELECT chain_hash FROM transitions WHERE tenant_id = ?1 AND run_id = ?2 AND seq = ?3")
+                .map_err(db)?;
+            for seq in plan.links_needed() {
+                let link: Option<Vec<u8>> = stmt
+                    .query_row(params![tid, rid, seq as i64], |r| r.get(0))
+                    .optional()
+                    .map_err(db)?;
+                if let Some(link) = link {
+                    links.insert(seq, digest(&link)?);
+                }
+            }
+        }
+        let decision = match plan.decide(|seq| links.get(&seq).copied())? {
+            Outcome::Append(d) => d,
+            Outcome::Diverged(div) => {
+                let range = div.range();
+                let mut stmt = tx
+                    .prepare_cached(
+                        "SELECT content_hash FROM transitions WHERE tenant_id = ?1 AND run_id = ?2
+                         AND seq >= ?3 AND seq < ?4 ORDER BY seq",
+                    )
+                    .map_err(db)?;
+                let hashes = stmt
+                    .query_map(params![tid, rid, range.start as i64, range.end as i64], |r| {
+                        r.get::<_, Vec<u8>>(0)
+                    })
+                    .map_err(db)?
+                    .map(|h| digest(&h.map_err(db)?))
+                    .collect::<Result<Vec<_>>>()?;
+                return Err(div.conflict(run, &hashes));
+            }
+        };
+
+        // Metadata, set once. Stored metadata is rebuilt only when some arrives.
+        let mut meta_changed = false;
+        let mut meta = None;
+        if !run.meta().is_empty() {
+            let mut m = match &stored {
+                Some(r) => RunMeta::from_stored(
+                    r.source.clone(),
+                    stored_graph(&tx, tenant, run.run_id())?.as_deref(),
+                    r.labels.clone(),
+                )?,
+                None => RunMeta::new(),
+            };
+            meta_changed = merge_meta(run.run_id(), &mut m, run.meta())?;
+            meta = Some(m);
+        }
+
+        if !decision.rows.is_empty() {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO transitions (tenant_id, run_id, seq, body, content_hash, chain_hash)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(db)?;
+            for row in &decision.rows {
+                insert
+                    .execute(params![
+                        tid,
+                        rid,
+                        row.seq as i64,
+                        row.body.canonical_json(),
+                        row.body.content_hash().as_bytes(),
+                        row.chain_hash.as_bytes()
+                    ])
+                    .map_err(db)?;
+            }
+        }
+
+        if stored.is_none() || !decision.rows.is_empty() || meta_changed {
+            let (lo, hi) = decision
+                .ts_range()
+                .map(|(a, b)| (Some(a.timestamp_micros()), Some(b.timestamp_micros())))
+                .unwrap_or((None, None));
+            let (source, graph, labels) = match &meta {
+                Some(m) => (
+                    m.source().map(str::to_owned),
+                    m.graph_canonical().map(str::to_owned),
+                    Some(labels_json(m.labels())?),
+                ),
+                None => (None, None, None),
+            };
+            tx.prepare_cached(
+                "INSERT INTO runs (tenant_id, run_id, source, graph, labels, next_seq, head_hash, status,
+                                   first_ts, last_ts, created_at, activity_at)
+                 VALUES (?1, ?2, ?3, ?4, coalesce(?5, '{}'), ?6, ?7, ?8, ?9, ?10, ?11, coalesce(?10, ?11))
+                 ON CONFLICT (tenant_id, run_id) DO UPDATE SET
+                    source = coalesce(excluded.source, runs.source),
+                    graph = coalesce(excluded.graph, runs.graph),
+                    labels = coalesce(?5, runs.labels),
+                    next_seq = excluded.next_seq,
+                    head_hash = excluded.head_hash,
+                    status = coalesce(excluded.status, runs.status),
+                    first_ts = min(coalesce(runs.first_ts, excluded.first_ts), coalesce(excluded.first_ts, runs.first_ts)),
+                    last_ts = max(coalesce(runs.last_ts, excluded.last_ts), coalesce(excluded.last_ts, runs.last_ts)),
+                    activity_at = coalesce(max(coalesce(runs.last_ts, excluded.last_ts), coalesce(excluded.last_ts, runs.last_ts)), runs.created_at)",
+            )
+            .map_err(db)?
+            .execute(params![
+                tid,
+                rid,
+                source,
+                graph,
+                labels,
+                decision.next_seq as i64,
+                decision.head_hash.as_bytes(),
+                decision.status(),
+                lo,
+                hi,
+                now,
+            ])
+            .map_err(db)?;
+        }
+        report.runs.push(decision.report(run.run_id()));
+    }
+    tx.commit().map_err(db)?;
+    Ok(report)
+}
+
+fn labels_json(labels: &Labels) -> Result<String> {
+    serde_json::to_string(labels).map_err(|e| Error::backend("sqlite", e))
+}
+
+// ---------------------------------------------------------------------------------------
+// Retention
+
+/// Every tenant with its retention, for a purge.
+pub(crate) fn retention(conn: &Connection) -> Result<Vec<(TenantId, u32)>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT id, retention_days FROM tenants ORDER BY id").map_err(db)?;
+    let rows =
+        stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))).map_err(db)?;
+    rows.map(|row| {
+        let (id, days) = row.map_err(db)?;
+        Ok((
+            TenantId::from_uuid(uuid_from(id)?),
+            u32::try_from(days).map_err(|e| Error::backend("sqlite", e))?,
+        ))
+    })
+    .collect()
+}
+
+/// Removes one tenant's runs (and their transitions) whose activity is older than `days`
+/// before `now`, in one transaction of its own, so appends interleave between tenants.
+pub(crate) fn purge_tenant(
+    conn: &mut Connection,
+    tenant: TenantId,
+    days: u32,
+    now: DateTime<Utc>,
+) -> Result<Option<PurgeReport>> {
+    let Some(cutoff) = now.checked_sub_signed(Duration::days(i64::from(days))) else {
+        return Ok(None); // nothing can be older than the earliest representable time
+    };
+    let (id, cutoff) = (tenant.as_uuid().as_bytes(), cutoff.timestamp_micros());
+    let tx = write_tx(conn)?;
+    let transitions = tx
+        .prepare_cached(
+            "DELETE FROM transitions WHERE tenant_id = ?1 AND run_id IN
+               (SELECT run_id FROM runs WHERE tenant_id = ?1 AND activity_at < ?2)",
+        )
+        .map_err(db)?
+        .execute(params![id, cutoff])
+        .map_err(db)?;
+    let runs = tx
+        .prepare_cached("DELETE FROM runs WHERE tenant_id = ?1 AND activity_at < ?2")
+        .map_err(db)?
+        .execute(params![id, cutoff])
+        .map_err(db)?;
+    tx.commit().map_err(db)?;
+    Ok((runs > 0).then_some(PurgeReport {
+        tenant_id: tenant,
+        runs_removed: runs as u64,
+        transitions_removed: transitions as u64,
+    }))
+}

@@ -1,0 +1,70 @@
+//! Connections on their own threads: the async runtime never blocks on SQLite.
+//!
+//! A [`Pool`] is N threads, each owning one connection, pulling jobs from one shared queue:
+//! whichever connection is free takes the next job. The writer is a pool of one, so writes
+//! serialize in the adapter (no `SQLITE_BUSY` between our own writers); readers are a pool of
+//! several, which in WAL mode read while the writer appends.
+
+use std::thread;
+
+use crossbeam_channel::{Receiver, Sender};
+use kahn_core::{Error, Result};
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+#[derive(Debug)]
+pub(crate) struct Pool {
+    jobs: Sender<Job>,
+}
+
+impl Pool {
+    /// Starts one thread per connection. Threads end when the pool is dropped.
+    pub(crate) fn start(name: &str, connections: Vec<Connection>) -> Result<Self> {
+        let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
+        for (i, conn) in connections.into_iter().enumerate() {
+            let queue: Receiver<Job> = queue.clone();
+            thread::Builder::new()
+                .name(format!("kahn-sqlite-{name}-{i}"))
+                .spawn(move || {
+                    let mut conn = conn;
+                    while let Ok(job) = queue.recv() {
+                        // A panicking job must not take the connection thread with it: the
+                        // caller sees its call fail (its reply channel is dropped), and the
+                        // thread serves the next job. An open transaction rolls back when the
+                        // panic unwinds through its guard.
+                        let outcome =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                job(&mut conn)
+                            }));
+                        if outcome.is_err() {
+                            tracing::error!(
+                                "a kahn-sqlite job panicked; the connection thread continues"
+                            );
+                        }
+                    }
+                })
+                .map_err(|e| Error::backend("sqlite", e))?;
+        }
+        Ok(Self { jobs })
+    }
+
+    /// Runs `f` on one of the pool's connections and awaits its result.
+    pub(crate) async fn run<R, F>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(&mut Connection) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            // The receiver may have gone (the caller's future was dropped): nothing to do.
+            let _ = tx.send(f(conn));
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| Error::backend("sqlite", "the connection threads have stopped"))?;
+        rx.await
+            .map_err(|_| Error::backend("sqlite", "a connection thread panicked during the call"))?
+    }
+}

@@ -1,0 +1,167 @@
+//! What is specific to the SQLite adapter: durability across reopen, WAL, schema versions,
+//! reads beside a held write lock, tamper evidence on the file, URL and file errors.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kahn_core::conformance::fixtures::recent_base;
+use kahn_core::conformance::{Harness, SourceLog};
+use kahn_core::{Error, RunQuery, StorageBackend, StorageBackendExt};
+use kahn_sqlite::{SqliteBackend, SqliteOptions};
+
+fn url(dir: &tempfile::TempDir) -> String {
+    format!("sqlite://{}", dir.path().join("kahn.db").display())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn committed_appends_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SourceLog::new("durable", 50, "a", recent_base());
+    let (key, head) = {
+        let h = Harness::new(Arc::new(SqliteBackend::connect(&url(&dir)).await.unwrap()));
+        let t = h.fresh_tenant().await;
+        let r = h.store.append(&t.write, &log.all()).await.unwrap();
+        (t.key.secret, r.runs[0].head_hash)
+    };
+    let store = SqliteBackend::connect(&url(&dir)).await.unwrap();
+    let scope = store.resolve_api_key(&key).await.unwrap().expect("the key survives reopen");
+    assert_eq!(store.verify_run(&scope.read(), &log.run_id).await.unwrap(), head);
+    let again = store.append(&scope, &log.all()).await.unwrap();
+    assert_eq!((again.appended(), again.skipped()), (0, 50));
+}
+
+#[tokio::test]
+async fn the_file_is_in_wal_mode_at_the_current_schema_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteBackend::connect(&url(&dir)).await.unwrap();
+    let raw = rusqlite::Connection::open(dir.path().join("kahn.db")).unwrap();
+    let mode: String = raw.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    let version: i64 = raw.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!((mode.as_str(), version), ("wal", SqliteBackend::schema_version()));
+    drop(store);
+    // Reopening applies nothing twice.
+    SqliteBackend::connect(&url(&dir)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(SqliteBackend::connect(&url(&dir)).await.unwrap());
+    let raw = rusqlite::Connection::open(dir.path().join("kahn.db")).unwrap();
+    raw.pragma_update(None, "user_version", 99).unwrap();
+    drop(raw);
+    let err = SqliteBackend::connect(&url(&dir)).await.unwrap_err();
+    assert!(err.to_string().contains("newer than this build"), "{err}");
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_a_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("kahn.db"), vec![0x5a; 8192]).unwrap();
+    let err = SqliteBackend::connect(&url(&dir)).await.unwrap_err();
+    assert!(matches!(err, Error::Backend { backend: "sqlite", .. }), "{err:?}");
+    assert!(err.to_string().contains("not a KAHN SQLite database"), "{err}");
+}
+
+#[tokio::test]
+async fn urls_name_what_is_wrong() {
+    for bad in ["postgres://localhost/kahn", "sqlite://", "sqlite:"] {
+        let err = SqliteOptions::from_url(bad).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidInput { field, .. } if field == "database_url"),
+            "{bad}: {err}"
+        );
+    }
+    for good in
+        ["sqlite://kahn.db", "sqlite:kahn.db", "kahn.db", "sqlite:///tmp/k.db", "sqlite::memory:"]
+    {
+        SqliteOptions::from_url(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+    }
+}
+
+/// WAL lets readers proceed while a writer holds the write lock: another process holds an
+/// open write transaction, and every read still answers at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_proceed_while_another_writer_holds_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::new(Arc::new(SqliteBackend::connect(&url(&dir)).await.unwrap()));
+    let t = h.fresh_tenant().await;
+    let log = SourceLog::new("busy", 20, "a", recent_base());
+    h.store.append(&t.write, &log.all()).await.unwrap();
+
+    let mut foreign = rusqlite::Connection::open(dir.path().join("kahn.db")).unwrap();
+    let tx = foreign.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+    tx.execute("UPDATE tenants SET retention_days = retention_days", []).unwrap();
+    for _ in 0..20 {
+        let read = tokio::time::timeout(Duration::from_secs(2), async {
+            h.store.get_run(&t.read, &log.run_id).await.unwrap();
+            h.store.list_runs(&t.read, &RunQuery::default()).await.unwrap();
+            h.store.read_all_transitions(&t.read, &log.run_id).await.unwrap()
+        })
+        .await
+        .expect("reads are not blocked by a held write lock");
+        assert_eq!(read.len(), 20);
+    }
+    tx.rollback().unwrap();
+}
+
+/// Reads running beside a stream of appends always see a committed, consistent run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_readers_see_only_committed_prefixes() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::new(Arc::new(SqliteBackend::connect(&url(&dir)).await.unwrap()));
+    let t = h.fresh_tenant().await;
+    let log = Arc::new(SourceLog::new("stream", 400, "a", recent_base()));
+    h.store.append(&t.write, &log.chunk(0, 1)).await.unwrap();
+    let writer = {
+        let (store, write, log) = (h.store.clone(), t.write.clone(), log.clone());
+        tokio::spawn(async move {
+            for start in (1..400).step_by(9) {
+                store.append(&write, &log.chunk(start, (start + 9).min(400))).await.unwrap();
+            }
+        })
+    };
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        let (store, read, log) = (h.store.clone(), t.read.clone(), log.clone());
+        readers.push(tokio::spawn(async move {
+            let mut last = 0;
+            for _ in 0..40 {
+                let summary = store.get_run(&read, &log.run_id).await.unwrap();
+                assert!(summary.info.next_seq >= last, "next_seq never goes back");
+                last = summary.info.next_seq;
+                let page = store.read_transitions(&read, &log.run_id, None, 1000).await.unwrap();
+                assert!(page.len() as u64 >= last, "rows of a committed append are all visible");
+                kahn_core::verify_chain(&page).expect("every prefix read is a valid chain");
+            }
+        }));
+    }
+    writer.await.unwrap();
+    for r in readers {
+        r.await.unwrap();
+    }
+    assert_eq!(h.store.get_run(&t.read, &log.run_id).await.unwrap().info.next_seq, 400);
+}
+
+/// Tamper evidence: a body edited in the file behind KAHN's back breaks the chain, and
+/// verification names the seq.
+#[tokio::test(flavor = "multi_thread")]
+async fn tampering_with_the_file_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::new(Arc::new(SqliteBackend::connect(&url(&dir)).await.unwrap()));
+    let t = h.fresh_tenant().await;
+    let log = SourceLog::new("tamper", 10, "a", recent_base());
+    h.store.append(&t.write, &log.all()).await.unwrap();
+    h.store.verify_run(&t.read, &log.run_id).await.unwrap();
+
+    let raw = rusqlite::Connection::open(dir.path().join("kahn.db")).unwrap();
+    let changed = raw
+        .execute(
+            "UPDATE transitions SET body = replace(body, 'runner-04', 'runner-99') WHERE run_id = ?1 AND seq = 6",
+            ["tamper"],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    let err = h.store.verify_run(&t.read, &log.run_id).await.unwrap_err();
+    assert!(err.to_string().contains("seq 6"), "{err}");
+}

@@ -1,0 +1,527 @@
+// End-to-end tests of the KAHN history viewer: headless Chromium (Debian's package, driven by
+// playwright-core) against a real `kahn serve` over a temporary SQLite database seeded with the
+// kahn CLI. Screenshots of every state land in target/viewer-screenshots/ (or
+// $KAHN_SCREENSHOTS).
+//
+// Needs: the kahn binary ($KAHN_BIN, else $CARGO_TARGET_DIR/debug/kahn, else
+// target/debug/kahn) and /usr/bin/chromium ($CHROMIUM). Run through scripts/test-viewer.sh.
+// A missing browser or binary fails the run; nothing is skipped.
+
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFileSync } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const KAHN = process.env.KAHN_BIN
+  || path.join(process.env.CARGO_TARGET_DIR || path.join(ROOT, 'target'), 'debug', 'kahn');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const SHOTS = process.env.KAHN_SCREENSHOTS || path.join(ROOT, 'target', 'viewer-screenshots');
+const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+const WAIT = 15000;
+
+// ------------------------------------------------------------------ seeding with the CLI
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'kahn-viewer-'));
+const DB = `sqlite://${path.join(tmp, 'kahn.db')}`;
+
+function kahn(...args) {
+  return execFileSync(KAHN, args, { encoding: 'utf8', env: { ...process.env, KAHN_LOG: 'warn' } });
+}
+
+function provision(name, ...flags) {
+  const out = JSON.parse(kahn('tenant', 'provision', name, '--db', DB, '--json', ...flags));
+  return { id: out.tenant.id, key: out.api_key };
+}
+
+/** Writes a run directory (transitions.ndjson, graph.json) and returns its path. */
+function runDir(id, { source, labels, graph, steps, start = Date.now() - 3600_000 }) {
+  const dir = path.join(tmp, 'runs', id);
+  fs.mkdirSync(dir, { recursive: true });
+  const lines = [JSON.stringify({ kind: 'run', source, labels })];
+  steps.forEach(([node, from, to, attrs], i) => {
+    const t = { ts: new Date(start + i * 7000).toISOString(), node, to };
+    if (from) t.from = from;
+    if (attrs) t.attrs = attrs;
+    lines.push(JSON.stringify(t));
+  });
+  fs.writeFileSync(path.join(dir, 'transitions.ndjson'), `${lines.join('\n')}\n`);
+  if (graph) fs.writeFileSync(path.join(dir, 'graph.json'), JSON.stringify(graph));
+  return dir;
+}
+
+function push(dir, key, target) {
+  return JSON.parse(kahn('push', dir, '--key', key, '--json', ...target));
+}
+
+const DIAMOND = {
+  nodes: ['plan', { id: 'build', label: 'build' }, 'test', 'lint', 'deploy'],
+  edges: [['plan', 'build'], ['plan', 'lint'], ['build', 'test'], ['test', 'deploy'], ['lint', 'deploy']],
+};
+const NIGHTLY_STEPS = [
+  ['plan', 'pending', 'running'],
+  ['plan', 'running', 'succeeded', { duration_ms: 812, planner: 'choco/2.1' }],
+  ['build', 'pending', 'running'],
+  ['lint', 'pending', 'running'],
+  ['lint', 'running', 'succeeded', { warnings: 0 }],
+  ['build', 'running', 'succeeded', { artifact: 'app-1.4.2.tar.gz', 'bytes': 1048576, 'é-unicode': 'naïve ☃' }],
+  ['test', 'pending', 'running'],
+  ['test', 'running', 'failed', { failed: ['auth::login', 'db::migrate'], exit_code: 101, ratio: 0.25 }],
+];
+
+// ------------------------------------------------------------------ JWTs signed here
+
+const { publicKey, privateKey } = crypto.generateKeyPairSync('ed25519');
+const PUB_PEM = path.join(tmp, 'idp-ed25519.pub.pem');
+fs.writeFileSync(PUB_PEM, publicKey.export({ type: 'spki', format: 'pem' }));
+
+const b64url = (buf) => Buffer.from(buf).toString('base64url');
+function jwt(claims) {
+  const header = b64url(JSON.stringify({ alg: 'EdDSA', typ: 'JWT' }));
+  const now = Math.floor(Date.now() / 1000);
+  const payload = b64url(JSON.stringify({ iat: now, exp: now + 3600, nonce: crypto.randomUUID(), ...claims }));
+  const sig = crypto.sign(null, Buffer.from(`${header}.${payload}`), privateKey);
+  return `${header}.${payload}.${b64url(sig)}`;
+}
+
+// ------------------------------------------------------------------ the server
+
+/** Starts `kahn serve` on an ephemeral port; resolves with `{url, proc}` once it listens. */
+function serve(listen = '127.0.0.1:0') {
+  return new Promise((resolve, reject) => {
+    const proc = spawn(KAHN, ['serve', '--db', DB, '--listen', listen,
+      '--jwt-public-key', PUB_PEM, '--retention-interval-secs', '0'],
+    { env: { ...process.env, KAHN_LOG: 'warn' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    const timer = setTimeout(() => reject(new Error(`kahn serve did not start in 20 s:\n${out}\n${err}`)), 20000);
+    proc.stderr.on('data', (d) => { err += d; });
+    proc.stdout.on('data', (d) => {
+      out += d;
+      const m = out.match(/serving (http:\/\/127\.0\.0\.1:\d+)/);
+      if (m) {
+        clearTimeout(timer);
+        resolve({ url: m[1], proc });
+      }
+    });
+    proc.on('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`kahn serve exited with ${code}:\n${out}\n${err}`));
+    });
+  });
+}
+
+async function stop(proc) {
+  if (!proc || proc.exitCode !== null) return;
+  const exited = new Promise((r) => proc.once('exit', r));
+  proc.kill('SIGTERM');
+  await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
+  if (proc.exitCode === null) proc.kill('SIGKILL');
+}
+
+// ------------------------------------------------------------------ browser helpers
+
+let browser;
+let server;
+const tenants = {};
+
+/** A fresh page (own session storage) that records every request and every page problem. */
+async function newPage(viewport = { width: 1280, height: 860 }) {
+  const context = await browser.newContext({ viewport, reducedMotion: 'reduce' });
+  const page = await context.newPage();
+  page.requests = [];
+  page.problems = [];
+  page.on('request', (r) => page.requests.push({ method: r.method(), url: r.url() }));
+  page.on('pageerror', (e) => page.problems.push(`pageerror: ${e.message}`));
+  page.on('console', (m) => {
+    if (m.type() === 'error' && !/Failed to load resource/.test(m.text())) page.problems.push(`console: ${m.text()}`);
+  });
+  await page.addInitScript(() => {
+    document.addEventListener('securitypolicyviolation', (e) => {
+      console.error(`CSP violation: ${e.violatedDirective} ${e.blockedURI}`);
+    });
+  });
+  return page;
+}
+
+async function shot(page, name) {
+  fs.mkdirSync(SHOTS, { recursive: true });
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
+}
+
+async function signIn(page, token, base = server.url) {
+  await page.goto(`${base}/`);
+  await page.locator('[data-empty="signed-out"]').waitFor({ timeout: WAIT });
+  await page.fill('#token', token);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.locator('#identity [data-testid="tenant-source"]').waitFor({ timeout: WAIT });
+}
+
+const text = (page, sel) => page.locator(sel).first().innerText();
+
+/** No write action anywhere: only GETs were sent, and nothing in the page posts or uploads. */
+async function assertReadOnly(page) {
+  const writes = page.requests.filter((r) => r.method !== 'GET');
+  assert.deepEqual(writes, [], 'the viewer sent only GET requests');
+  const offending = await page.evaluate(() => {
+    const bad = [];
+    for (const f of document.querySelectorAll('form')) {
+      if (f.getAttribute('method') || f.getAttribute('action')) bad.push(`form ${f.outerHTML.slice(0, 80)}`);
+    }
+    for (const i of document.querySelectorAll('input[type=file], textarea')) bad.push(`input ${i.outerHTML.slice(0, 80)}`);
+    for (const el of document.querySelectorAll('button, a, [role=button]')) {
+      const t = (el.textContent || '').toLowerCase();
+      if (/\b(delete|remove|push|upload|edit|save|revoke|rotate|provision|purge|create)\b/.test(t)) bad.push(`control "${t.trim()}"`);
+    }
+    return bad;
+  });
+  assert.deepEqual(offending, [], 'the page offers no write action');
+}
+
+function assertNoProblems(page) {
+  assert.deepEqual(page.problems, [], 'no script error or CSP violation');
+}
+
+// ------------------------------------------------------------------ the tests
+
+describe('KAHN viewer in headless Chromium', () => {
+  before(async () => {
+    assert.ok(fs.existsSync(KAHN), `the kahn binary is missing at ${KAHN}: run scripts/test-viewer.sh`);
+    assert.ok(fs.existsSync(CHROMIUM), `Chromium is missing at ${CHROMIUM}: run scripts/ensure-chromium.sh`);
+    // A browser that cannot start fails the run here: nothing is skipped.
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, headless: true, timeout: 60000 });
+
+    tenants.choco = provision('choco');
+    tenants.team = provision('team-stratt', '--org', 'org-acme');
+    tenants.alice = provision('alice', '--owner-sub', 'user-alice');
+    tenants.empty = provision('empty-team');
+    push(runDir('nightly-41', {
+      source: 'choco', labels: { branch: 'main' }, graph: DIAMOND, start: Date.now() - 86400_000,
+      steps: [['plan', 'pending', 'running'], ['plan', 'running', 'succeeded'], ['build', 'pending', 'running'],
+        ['build', 'running', 'succeeded'], ['lint', 'pending', 'succeeded'], ['test', 'pending', 'succeeded'],
+        ['deploy', 'pending', 'running'], ['deploy', 'running', 'succeeded']],
+    }), tenants.choco.key, ['--db', DB]);
+    push(runDir('nightly-42', {
+      source: 'choco', labels: { branch: 'main', commit: '9f3c2ab' }, graph: DIAMOND, steps: NIGHTLY_STEPS,
+    }), tenants.choco.key, ['--db', DB]);
+    push(runDir('ci-lint-7', {
+      source: 'stratt', graph: { nodes: ['lint'], edges: [] }, start: Date.now() - 7200_000,
+      steps: [['lint', null, 'running'], ['lint', 'running', 'succeeded']],
+    }), tenants.choco.key, ['--db', DB]);
+    // RFC 8785 edge cases the page must canonicalise exactly as the server did: key order by
+    // UTF-16 code units (RFC 8785 §3.2.3's example), escapes, and ECMAScript number forms.
+    push(runDir('jcs-edge', {
+      source: 'jcs', start: Date.now() - 5 * 86400_000,
+      steps: [['keys', null, 'running', {
+        '\u20ac': 'Euro Sign', '\r': 'Carriage Return', '\ufb33': 'Hebrew Letter Dalet With Dagesh', 1: 'One',
+        '\ud83d\ude00': 'Emoji: Grinning Face', '\u0080': 'Control', '\u00f6': 'Latin Small Letter O With Diaeresis',
+      }], ['numbers', null, 'succeeded', {
+        big: 1e21, small: 1e-7, third: 1 / 3, neg: -1.5e-300, max: 9007199254740992, whole: 4.0,
+        esc: 'tab\tquote"back\\slash\u0001\u001f\u007f\u2028', nested: [{ z: null, a: [true, false] }],
+      }]],
+    }), tenants.choco.key, ['--db', DB]);
+    push(runDir('release-7', {
+      source: 'stratt', labels: { team: 'acme' },
+      graph: { nodes: [{ id: 'fetch' }, { id: 'package' }, { id: 'sign' }, { id: 'publish' }],
+        edges: [{ from: 'fetch', to: 'package' }, { from: 'package', to: 'sign' }, { from: 'sign', to: 'publish' }] },
+      steps: [['fetch', 'pending', 'succeeded'], ['package', 'pending', 'succeeded'], ['sign', 'pending', 'running']],
+    }), tenants.team.key, ['--db', DB]);
+
+    server = await serve();
+  });
+
+  after(async () => {
+    if (browser) await browser.close();
+    await stop(server && server.proc);
+    fs.rmSync(tmp, { recursive: true, force: true });
+  });
+
+  test('the page is served with a strict CSP and no external resource', async () => {
+    const res = await fetch(`${server.url}/`);
+    assert.equal(res.status, 200);
+    assert.match(res.headers.get('content-type'), /^text\/html/);
+    assert.match(res.headers.get('content-security-policy'), /default-src 'self'/);
+    const page = await newPage();
+    await page.goto(`${server.url}/`);
+    await page.locator('[data-empty="signed-out"]').waitFor({ timeout: WAIT });
+    const origins = new Set(page.requests.map((r) => new URL(r.url).origin));
+    assert.deepEqual([...origins], [server.url], 'every request goes to the KAHN server itself');
+    await page.context().close();
+  });
+
+  test('not signed in: says so, and a refused credential is explained', async () => {
+    const page = await newPage();
+    await page.goto(`${server.url}/`);
+    await page.locator('[data-empty="signed-out"]').waitFor({ timeout: WAIT });
+    assert.match(await text(page, 'main h2'), /Not signed in/);
+    assert.match(await text(page, '#identity'), /Not signed in/);
+    await shot(page, '01-signed-out');
+    await page.fill('#token', 'kahn_live_sk_not-a-real-key-000000000000000000000000');
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.locator('.problem').waitFor({ timeout: WAIT });
+    assert.match(await text(page, '.problem'), /refused/);
+    assert.equal(await page.evaluate(() => sessionStorage.length), 0, 'a refused credential is not kept');
+    await shot(page, '02-refused-credential');
+    assert.ok(!page.requests.some((r) => r.url.includes('kahn_live_sk_')), 'the credential never appears in a URL');
+    assertNoProblems(page);
+    await page.context().close();
+  });
+
+  test('producer key: runs newest first, filters, open a run, graph and verified chain', async () => {
+    const page = await newPage();
+    await signIn(page, tenants.choco.key);
+    assert.equal(await text(page, '[data-testid="who"]'), 'API key');
+    assert.equal(await text(page, '[data-testid="role"]'), 'producer key');
+    assert.match(await text(page, '#identity'), new RegExp(tenants.choco.id));
+    assert.match(await text(page, '[data-testid="tenant-source"]'), /API key/);
+    assert.equal(await page.locator('#tenant-select').count(), 0, 'no tenant selector for a key');
+    await page.locator('[data-testid="runs-table"]').waitFor({ timeout: WAIT });
+    const ids = await page.locator('tbody tr').evaluateAll((rows) => rows.map((r) => r.dataset.run));
+    assert.deepEqual(ids, ['nightly-42', 'ci-lint-7', 'nightly-41', 'jcs-edge'], 'newest activity first');
+    assert.match(await text(page, 'tr[data-run="nightly-42"]'), /choco[\s\S]*failed[\s\S]*8/);
+    await shot(page, '03-runs-producer-key');
+
+    // Filters by source and by status.
+    await page.fill('#f-source', 'stratt');
+    await page.getByRole('button', { name: 'Filter' }).click();
+    await page.waitForFunction(() => document.querySelectorAll('tbody tr').length === 1);
+    assert.equal(await page.locator('tbody tr').first().getAttribute('data-run'), 'ci-lint-7');
+    await page.goto(`${server.url}/#/?status=nonexistent`);
+    await page.locator('[data-empty="no-match"]').waitFor({ timeout: WAIT });
+    await shot(page, '04-runs-no-match');
+    await page.getByRole('link', { name: 'Clear the filters' }).click();
+    await page.locator('tr[data-run="nightly-42"]').waitFor({ timeout: WAIT });
+
+    // Keyboard: tab to the run's link and open it with Enter.
+    let onLink = false;
+    for (let i = 0; i < 40 && !onLink; i++) {
+      await page.keyboard.press('Tab');
+      onLink = await page.evaluate(() => document.activeElement?.getAttribute('href') === '#/runs/nightly-42');
+    }
+    assert.ok(onLink, 'the run link is reachable with Tab');
+    await page.keyboard.press('Enter');
+    await page.locator('[data-testid="graph"] svg.dag').waitFor({ timeout: WAIT });
+
+    assert.equal(await text(page, 'main h1'), 'nightly-42');
+    assert.equal(await text(page, '[data-testid="run-status"]'), 'failed');
+    const nodes = await page.locator('svg.dag g.node').evaluateAll((gs) =>
+      Object.fromEntries(gs.map((g) => [g.dataset.node, g.dataset.state])));
+    assert.deepEqual(nodes, { plan: 'succeeded', build: 'succeeded', lint: 'succeeded', test: 'failed', deploy: 'none' });
+    assert.equal(await page.locator('svg.dag path.edge').count(), 5);
+    // Layered: plan above build above test above deploy.
+    const ys = await page.locator('svg.dag g.node').evaluateAll((gs) =>
+      Object.fromEntries(gs.map((g) => [g.dataset.node, g.transform.baseVal[0].matrix.f])));
+    assert.ok(ys.plan < ys.build && ys.build < ys.test && ys.test < ys.deploy, JSON.stringify(ys));
+
+    await page.waitForSelector('[data-testid="verify"][data-verified="true"]', { timeout: WAIT });
+    assert.match(await text(page, '[data-testid="verify"]'), /Verified: this page recomputed 8 content hashes/);
+    const api = await (await fetch(`${server.url}/v1/runs/nightly-42`, { headers: { Authorization: `Bearer ${tenants.choco.key}` } })).json();
+    assert.equal(await text(page, '[data-testid="head-hash"]'), api.head_hash);
+
+    // The timeline: every transition, attrs expandable.
+    assert.equal(await page.locator('[data-testid="timeline"] li').count(), 8);
+    const last = page.locator('li.step[data-seq="7"]');
+    assert.match(await last.innerText(), /#7[\s\S]*test[\s\S]*running[\s\S]*failed/);
+    await last.locator('summary').click();
+    assert.match(await last.locator('pre').innerText(), /auth::login/);
+    await shot(page, '05-run-page');
+    await page.evaluate(() => window.scrollTo(0, 0));
+    await page.screenshot({ path: path.join(SHOTS, 'viewer-run.png') });
+
+    // The page's RFC 8785 agrees with the server's on the awkward cases too.
+    await page.goto(`${server.url}/#/runs/jcs-edge`);
+    await page.waitForSelector('[data-testid="verify"][data-verified="true"]', { timeout: WAIT });
+    // And the mark is earned: a body altered on the way in is caught at its seq.
+    const tampered = '**/v1/runs/nightly-41/transitions*';
+    await page.route(tampered, async (route) => {
+      const res = await route.fetch();
+      const json = await res.json();
+      json.transitions[3].body.to = 'failed';
+      await route.fulfill({ response: res, json });
+    });
+    await page.goto(`${server.url}/#/runs/nightly-41`);
+    await page.waitForSelector('[data-testid="verify"][data-verified="false"]', { timeout: WAIT });
+    assert.match(await text(page, '[data-testid="verify"]'), /Not verified: seq 3: the body hashes to/);
+    await shot(page, '05b-run-not-verified');
+    await page.unroute(tampered);
+    await page.goto(`${server.url}/#/runs/nightly-42`);
+    await page.locator('svg.dag g.node[data-node="build"]').waitFor({ timeout: WAIT });
+
+    // A node chosen in the graph (with the keyboard) filters the timeline to it.
+    await page.locator('svg.dag g.node[data-node="build"]').focus();
+    await page.keyboard.press('Enter');
+    await page.waitForFunction(() => document.querySelectorAll('[data-testid="timeline"] li').length === 2);
+    assert.equal(await page.inputValue('#node-filter'), 'build');
+    await assertReadOnly(page);
+    assertNoProblems(page);
+    await page.context().close();
+  });
+
+  test('a pushed run appears on its own within seconds', async () => {
+    const page = await newPage();
+    await signIn(page, tenants.choco.key);
+    await page.locator('[data-testid="runs-table"]').waitFor({ timeout: WAIT });
+    assert.equal(await page.locator('tr[data-run="hotfix-1"]').count(), 0);
+    push(runDir('hotfix-1', { source: 'choco', start: Date.now() - 1000, steps: [['patch', 'pending', 'running']] }),
+      tenants.choco.key, ['--url', server.url]);
+    await page.locator('tr[data-run="hotfix-1"]').waitFor({ timeout: 12000 });
+    assert.equal(await page.locator('tbody tr').first().getAttribute('data-run'), 'hotfix-1');
+    // A run without graph.json says so.
+    await page.getByRole('link', { name: 'hotfix-1' }).click();
+    await page.locator('[data-empty="no-graph"]').waitFor({ timeout: WAIT });
+    await page.waitForSelector('[data-testid="verify"][data-verified="true"]', { timeout: WAIT });
+    await shot(page, '06-run-without-graph');
+    assertNoProblems(page);
+    await page.context().close();
+  });
+
+  test('paging walks every run', async () => {
+    const page = await newPage();
+    await signIn(page, tenants.choco.key);
+    // Page size is 25 in the viewer; 28 more runs make two pages.
+    const batch = [];
+    for (let i = 0; i < 26; i++) {
+      batch.push(runDir(`bulk-${String(i).padStart(2, '0')}`, { source: 'bulk', start: Date.now() - 600_000 - i * 1000, steps: [['x', null, 'succeeded']] }));
+    }
+    for (const dir of batch) push(dir, tenants.choco.key, ['--url', server.url]);
+    await page.reload();
+    await page.locator('[data-testid="runs-table"]').waitFor({ timeout: WAIT });
+    await page.waitForFunction(() => document.querySelectorAll('tbody tr').length === 25, null, { timeout: WAIT });
+    const first = await page.locator('tbody tr').evaluateAll((rows) => rows.map((r) => r.dataset.run));
+    await page.getByRole('button', { name: 'Older →' }).click();
+    await page.getByRole('button', { name: '← Newer' }).waitFor({ timeout: WAIT });
+    const second = await page.locator('tbody tr').evaluateAll((rows) => rows.map((r) => r.dataset.run));
+    assert.equal(first.length + second.length, 31, 'every run, once');
+    assert.equal(new Set([...first, ...second]).size, 31);
+    await page.getByRole('button', { name: '← Newer' }).click();
+    await page.waitForFunction(() => document.querySelectorAll('tbody tr').length === 25);
+    await page.context().close();
+  });
+
+  test('non-admin JWT: org tenant, no selector, readable at 400 px', async () => {
+    const page = await newPage({ width: 400, height: 800 });
+    await signIn(page, jwt({ sub: 'user-bob', email: 'bob@acme.test', name: 'Bob', role: 'member', org_id: 'org-acme' }));
+    assert.equal(await text(page, '[data-testid="who"]'), 'Bob');
+    assert.equal(await text(page, '[data-testid="role"]'), 'member');
+    assert.match(await text(page, '[data-testid="tenant-source"]'), /org_id/);
+    await page.locator('tr[data-run="release-7"]').waitFor({ timeout: WAIT });
+    assert.equal(await page.locator('tbody tr').count(), 1, 'only the org tenant\'s runs');
+    assert.equal(await page.locator('#tenant-select').count(), 0, 'a non-admin never sees the selector');
+    assert.equal(await page.locator('.admin-select').count(), 0);
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflow <= 1, `no horizontal scrolling at 400 px (overflow ${overflow})`);
+    await shot(page, '07-runs-member-jwt-400px');
+    await page.locator('tr[data-run="release-7"] a').click();
+    await page.waitForSelector('[data-testid="verify"][data-verified="true"]', { timeout: WAIT });
+    const overflowRun = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflowRun <= 1, `run page fits 400 px (overflow ${overflowRun})`);
+    await shot(page, '08-run-member-jwt-400px');
+    // The override header is ignored for a non-admin: another tenant's run stays invisible.
+    await page.goto(`${server.url}/#/runs/nightly-42`);
+    await page.locator('[data-empty="run-not-found"]').waitFor({ timeout: WAIT });
+    await assertReadOnly(page);
+    assertNoProblems(page);
+    await page.context().close();
+  });
+
+  test('personal tenant: empty, and says the data lives in an org tenant', async () => {
+    const page = await newPage();
+    await signIn(page, jwt({ sub: 'user-alice', email: 'alice@acme.test', role: 'member' }));
+    await page.locator('[data-empty="personal-tenant"]').waitFor({ timeout: WAIT });
+    assert.match(await text(page, '[data-testid="tenant-source"]'), /personal tenant/);
+    assert.match(await text(page, '[data-empty="personal-tenant"]'), /org_id/);
+    await shot(page, '09-empty-personal-tenant');
+    assertNoProblems(page);
+    await page.context().close();
+  });
+
+  test('no tenant at all, and a tenant with no runs', async () => {
+    const page = await newPage();
+    await signIn(page, jwt({ sub: 'user-dave', role: 'member', org_id: 'org-unlinked' }));
+    await page.locator('[data-empty="no-tenant"]').waitFor({ timeout: WAIT });
+    assert.match(await text(page, '[data-empty="no-tenant"]'), /link-org/);
+    await shot(page, '10-empty-no-tenant');
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await page.locator('[data-empty="signed-out"]').waitFor({ timeout: WAIT });
+    assert.equal(await page.evaluate(() => sessionStorage.length), 0, 'sign out forgets the credential');
+    await signIn(page, tenants.empty.key);
+    await page.locator('[data-empty="no-runs"]').waitFor({ timeout: WAIT });
+    assert.match(await text(page, '[data-empty="no-runs"]'), /kahn push/);
+    await shot(page, '11-empty-tenant');
+    assertNoProblems(page);
+    await page.context().close();
+  });
+
+  test('admin JWT: tenant selector, switch tenant read-only, no write action', async () => {
+    const page = await newPage();
+    await signIn(page, jwt({ sub: 'admin-carol', email: 'carol@kahn.test', name: 'Carol', role: 'admin' }));
+    assert.equal(await text(page, '[data-testid="role"]'), 'admin');
+    await page.locator('#tenant-select').waitFor({ timeout: WAIT });
+    assert.match(await text(page, '.admin-select'), /read-only/);
+    // Carol owns no tenant: the truthful empty state points at the selector.
+    await page.locator('[data-empty="no-tenant"]').waitFor({ timeout: WAIT });
+    assert.match(await text(page, '[data-empty="no-tenant"]'), /selector/);
+    const options = await page.locator('#tenant-select option').allInnerTexts();
+    assert.ok(options.some((o) => o.startsWith('choco')) && options.some((o) => o.startsWith('team-stratt')), options.join('|'));
+
+    await page.selectOption('#tenant-select', tenants.team.id);
+    await page.locator('tr[data-run="release-7"]').waitFor({ timeout: WAIT });
+    assert.equal(await page.locator('tbody tr').count(), 1);
+    assert.ok(await page.locator('#override').isVisible(), 'the override is visible');
+    assert.match(await text(page, '#override'), /Read-only admin view[\s\S]*team-stratt/);
+    assert.match(await text(page, '[data-testid="tenant-source"]'), /admin override, read-only/);
+    await shot(page, '12-admin-team-stratt');
+
+    await page.selectOption('#tenant-select', tenants.choco.id);
+    await page.locator('tr[data-run="hotfix-1"]').waitFor({ timeout: WAIT });
+    await page.fill('#f-source', 'choco');
+    await page.getByRole('button', { name: 'Filter' }).click();
+    await page.locator('tr[data-run="nightly-42"]').waitFor({ timeout: WAIT });
+    assert.match(await text(page, '#override'), /choco/);
+    const sent = page.requests.filter((r) => r.url.includes('/v1/runs'));
+    assert.ok(sent.length > 0);
+    await page.locator('tr[data-run="nightly-42"] a').click();
+    await page.waitForSelector('[data-testid="verify"][data-verified="true"]', { timeout: WAIT });
+    assert.ok(await page.locator('#override').isVisible(), 'still visible on the run page');
+    await shot(page, '13-admin-run-page');
+    await assertReadOnly(page);
+
+    // Back to no override.
+    await page.getByRole('button', { name: 'Back to my tenant' }).click();
+    await page.locator('[data-empty="no-tenant"]').waitFor({ timeout: WAIT });
+    assert.ok(!(await page.locator('#override').isVisible()));
+    await assertReadOnly(page);
+    assertNoProblems(page);
+    await page.context().close();
+  });
+
+  test('server unreachable: says so, and recovers when it is back', async () => {
+    const own = await serve();
+    let again = null;
+    const page = await newPage();
+    try {
+      await signIn(page, tenants.choco.key, own.url);
+      await page.locator('[data-testid="runs-table"]').waitFor({ timeout: WAIT });
+      await stop(own.proc);
+      await page.locator('[data-empty="unreachable"]').waitFor({ timeout: 15000 });
+      assert.match(await text(page, '[data-empty="unreachable"]'), /unreachable/);
+      await shot(page, '14-server-unreachable');
+      assert.ok(await page.evaluate(() => Boolean(sessionStorage.getItem('kahn.viewer.token'))),
+        'the credential is kept: the server, not the key, is the problem');
+      // The same server comes back on the same port: the page notices on its own.
+      again = await serve(new URL(own.url).host);
+      await page.locator('[data-testid="runs-table"]').waitFor({ timeout: 15000 });
+    } finally {
+      await stop(own.proc);
+      await stop(again && again.proc);
+      await page.context().close();
+    }
+  });
+});
