@@ -31,6 +31,14 @@ pub(crate) fn run(data: &[u8]) {
             let back: serde_json::Value =
                 serde_json::from_str(body.canonical_json()).expect("canonical form is JSON");
             assert_eq!(back.as_object(), Some(body.fields()));
+            // KAHN's one-walk canonicaliser writes exactly what the canon-json crate writes.
+            let mut reference = Vec::new();
+            let mut ser = serde_json::Serializer::with_formatter(
+                &mut reference,
+                canon_json::CanonicalFormatter::new(),
+            );
+            serde::Serialize::serialize(&back, &mut ser).expect("canon-json serializes it");
+            assert_eq!(body.canonical_json().as_bytes(), reference.as_slice());
             assert_eq!(
                 body.content_hash(),
                 kahn_core::Digest::sha256(body.canonical_json().as_bytes())

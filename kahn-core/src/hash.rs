@@ -81,47 +81,164 @@ impl<'de> Deserialize<'de> for Digest {
 /// The RFC 8785 (JCS) canonical form of `value`: sorted keys, no insignificant whitespace,
 /// ECMAScript number formatting.
 ///
+/// One walk over the value, writing into one buffer: keys are sorted by UTF-16 code units
+/// (a no-op when the map already iterates in that order, which a `serde_json::Map` does unless
+/// a key holds a character at or above U+E000), strings are escaped as JCS says, integers are
+/// written directly, and every other number is formatted by the `canon-json` crate, which owns
+/// the hard part of JCS (ECMAScript's shortest round-trip double formatting). The result is
+/// checked against `canon-json`'s own serializer by a property test and by the `ndjson` fuzz
+/// target.
+///
 /// # Errors
-/// [`Error::InvalidInput`] naming `field` when the value has no canonical form (a number JCS
-/// cannot represent).
+/// [`Error::InvalidInput`] naming `field` (for a body, the top-level key holding the number)
+/// when the value has no exact canonical form: an integer beyond ±2^53.
 pub(crate) fn canonical_json(field: &str, value: &serde_json::Value) -> Result<String, Error> {
-    check_numbers(field, value)?;
-    let mut out = Vec::with_capacity(256);
-    let mut ser =
-        serde_json::Serializer::with_formatter(&mut out, canon_json::CanonicalFormatter::new());
-    value
-        .serialize(&mut ser)
-        .map_err(|e| Error::invalid(field, format!("has no canonical JSON form: {e}")))?;
-    String::from_utf8(out).map_err(|e| Error::invalid(field, e.to_string()))
+    let mut out = String::with_capacity(384);
+    Canonical { out: &mut out }.value(field, value)?;
+    Ok(out)
 }
 
 /// The largest integer magnitude RFC 8785 represents exactly (it treats numbers as IEEE-754
 /// doubles): 2^53.
 const MAX_EXACT_INTEGER: u64 = 1 << 53;
 
-/// Refuses integers beyond ±2^53: JCS would round them, so two producers could hash one value
-/// differently. Names the field holding the number.
-fn check_numbers(field: &str, value: &serde_json::Value) -> Result<(), Error> {
-    use serde_json::Value;
-    match value {
-        Value::Number(n) => {
-            let too_big = n.as_u64().is_some_and(|u| u > MAX_EXACT_INTEGER)
-                || n.as_i64().is_some_and(|i| i.unsigned_abs() > MAX_EXACT_INTEGER);
-            if too_big {
-                return Err(Error::invalid(
-                    field,
-                    format!(
-                        "{n} is beyond ±2^53, which RFC 8785 cannot hash exactly; send it as a string"
-                    ),
-                ));
+/// RFC 8785's property order: by UTF-16 code units. UTF-8 byte order is code point order,
+/// which differs from UTF-16 order only when a character at or above U+E000 (UTF-8 lead byte
+/// 0xEE or above) meets a supplementary one; only then are the keys re-encoded.
+fn jcs_key_order(a: &str, b: &str) -> std::cmp::Ordering {
+    if a.bytes().chain(b.bytes()).all(|x| x < 0xEE) {
+        a.cmp(b)
+    } else {
+        a.encode_utf16().cmp(b.encode_utf16())
+    }
+}
+
+/// The canonical writer.
+struct Canonical<'a> {
+    out: &'a mut String,
+}
+
+impl Canonical<'_> {
+    /// Writes `value`; `field` names it in errors.
+    fn value(&mut self, field: &str, value: &serde_json::Value) -> Result<(), Error> {
+        use serde_json::Value;
+        match value {
+            Value::Null => self.out.push_str("null"),
+            Value::Bool(true) => self.out.push_str("true"),
+            Value::Bool(false) => self.out.push_str("false"),
+            Value::Number(n) => self.number(field, n)?,
+            Value::String(s) => self.string(s),
+            Value::Array(items) => {
+                self.out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        self.out.push(',');
+                    }
+                    self.value(field, item)?;
+                }
+                self.out.push(']');
             }
-            Ok(())
+            Value::Object(map) => {
+                // A body's errors name its top-level key; deeper values keep that name.
+                let top = field == "body";
+                let sorted = map
+                    .keys()
+                    .zip(map.keys().skip(1))
+                    .all(|(a, b)| jcs_key_order(a, b) == std::cmp::Ordering::Less);
+                let write = |this: &mut Self, i: usize, k: &str, v: &Value| {
+                    this.out.push(if i == 0 { '{' } else { ',' });
+                    this.string(k);
+                    this.out.push(':');
+                    this.value(if top { k } else { field }, v)
+                };
+                if sorted {
+                    for (i, (k, v)) in map.iter().enumerate() {
+                        write(self, i, k, v)?;
+                    }
+                } else {
+                    let mut entries: Vec<_> = map.iter().collect();
+                    entries.sort_unstable_by(|a, b| jcs_key_order(a.0, b.0));
+                    for (i, (k, v)) in entries.into_iter().enumerate() {
+                        write(self, i, k, v)?;
+                    }
+                }
+                if map.is_empty() {
+                    self.out.push('{');
+                }
+                self.out.push('}');
+            }
         }
-        Value::Array(items) => items.iter().try_for_each(|v| check_numbers(field, v)),
-        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
-            if field == "body" { check_numbers(k, v) } else { check_numbers(field, v) }
-        }),
-        _ => Ok(()),
+        Ok(())
+    }
+
+    /// Integers within ±2^53 as decimal digits (ECMAScript prints every such double so);
+    /// beyond, refused; any other number through `canon-json`'s formatter.
+    fn number(&mut self, field: &str, n: &serde_json::Number) -> Result<(), Error> {
+        use std::fmt::Write as _;
+        let integer =
+            n.as_u64().map(|u| (u, false)).or_else(|| n.as_i64().map(|i| (i.unsigned_abs(), true)));
+        match integer {
+            Some((magnitude, _)) if magnitude > MAX_EXACT_INTEGER => Err(Error::invalid(
+                field,
+                format!(
+                    "{n} is beyond ±2^53, which RFC 8785 cannot hash exactly; send it as a string"
+                ),
+            )),
+            Some((magnitude, negative)) => {
+                if negative && magnitude > 0 {
+                    self.out.push('-');
+                }
+                // Writing into a String cannot fail.
+                let _ = write!(self.out, "{magnitude}");
+                Ok(())
+            }
+            None => {
+                let mut buf = Vec::with_capacity(24);
+                let mut ser = serde_json::Serializer::with_formatter(
+                    &mut buf,
+                    canon_json::CanonicalFormatter::new(),
+                );
+                serde::Serialize::serialize(n, &mut ser).map_err(|e| {
+                    Error::invalid(field, format!("{n} has no canonical JSON form: {e}"))
+                })?;
+                let text = std::str::from_utf8(&buf)
+                    .map_err(|e| Error::invalid(field, format!("{n}: {e}")))?;
+                self.out.push_str(text);
+                Ok(())
+            }
+        }
+    }
+
+    /// A string as RFC 8785 escapes it: `"` and `\` escaped, the controls below U+0020 as
+    /// `\b \t \n \f \r` or `\u00xx` (lowercase hex), everything else verbatim.
+    fn string(&mut self, s: &str) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        self.out.push('"');
+        let mut run_start = 0;
+        for (i, byte) in s.bytes().enumerate() {
+            let escape: &str = match byte {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0x08 => "\\b",
+                0x0c => "\\f",
+                0x00..=0x1f => "",
+                _ => continue,
+            };
+            self.out.push_str(&s[run_start..i]);
+            if escape.is_empty() {
+                self.out.push_str("\\u00");
+                self.out.push(char::from(HEX[usize::from(byte >> 4)]));
+                self.out.push(char::from(HEX[usize::from(byte & 0xf)]));
+            } else {
+                self.out.push_str(escape);
+            }
+            run_start = i + 1;
+        }
+        self.out.push_str(&s[run_start..]);
+        self.out.push('"');
     }
 }
 
@@ -245,6 +362,85 @@ mod tests {
         let bad = json!({"attrs": {"n": 9007199254740993_u64}});
         let err = canonical_json("body", &bad).unwrap_err();
         assert!(matches!(&err, Error::InvalidInput { field, .. } if field == "attrs"), "{err}");
+    }
+
+    /// What `canon-json` alone writes for `value`: the reference the fast path must equal.
+    fn reference(value: &serde_json::Value) -> String {
+        let mut out = Vec::new();
+        let mut ser =
+            serde_json::Serializer::with_formatter(&mut out, canon_json::CanonicalFormatter::new());
+        value.serialize(&mut ser).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn keys_sort_by_utf16_code_units_not_code_points() {
+        // U+FF61 sorts before U+1F600 in code points but after it in UTF-16 (0xD83D…).
+        let v = json!({"\u{ff61}": 1, "\u{1f600}": 2, "a": 3, "\u{e000}": 4, "": 5});
+        assert_eq!(canonical_json("x", &v).unwrap(), reference(&v));
+        assert_eq!(
+            canonical_json("x", &v).unwrap(),
+            "{\"\":5,\"a\":3,\"\u{1f600}\":2,\"\u{e000}\":4,\"\u{ff61}\":1}"
+        );
+    }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        // Characters that stress escaping and key order: controls, quotes, backslashes, DEL,
+        // U+2028, the BMP's top, supplementary planes.
+        let text = proptest::collection::vec(
+            prop_oneof![
+                Just('\u{0}'),
+                Just('\u{c}'),
+                Just('\n'),
+                Just('\r'),
+                Just('\t'),
+                Just('\u{8}'),
+                Just('\u{1f}'),
+                Just('"'),
+                Just('\\'),
+                Just('/'),
+                Just('\u{7f}'),
+                Just('\u{2028}'),
+                Just('\u{e000}'),
+                Just('\u{ffff}'),
+                Just('\u{10000}'),
+                Just('\u{1f600}'),
+                any::<char>(),
+                proptest::char::range('a', 'e'),
+            ],
+            0..6,
+        )
+        .prop_map(|cs| cs.into_iter().collect::<String>());
+        let number = prop_oneof![
+            (-(1i64 << 53)..=(1i64 << 53)).prop_map(serde_json::Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(serde_json::Value::from),
+            Just(serde_json::Value::from(5e-324)),
+            Just(serde_json::Value::from(1e21)),
+            Just(serde_json::Value::from(-0.0)),
+        ];
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::Bool),
+            number,
+            text.clone().prop_map(serde_json::Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
+                proptest::collection::btree_map(text.clone(), inner, 0..6)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// The single-walk canonicaliser writes exactly what canon-json writes.
+        #[test]
+        fn canonical_form_equals_canon_json(v in json_value()) {
+            proptest::prop_assert_eq!(canonical_json("x", &v).unwrap(), reference(&v));
+        }
     }
 
     #[test]
