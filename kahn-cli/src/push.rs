@@ -2,8 +2,9 @@
 //!
 //! It first asks the store how much of the run it holds (`next_seq`, `head_hash`), hashes that
 //! prefix of the file locally and compares the one chain link, then sends only what is
-//! missing, in chunks of at most 1 MiB cut on line boundaries. Memory stays flat: one chunk
-//! is held at a time, whatever the file's size. Retryable failures (rate limits, restarts,
+//! missing, in chunks of at most 1 MiB cut on line boundaries. Reading (parsing,
+//! canonicalising, hashing) runs on its own thread, one chunk ahead of the append. Memory stays
+//! flat: at most three chunks are held at a time, whatever the file's size. Retryable failures (rate limits, restarts,
 //! lost connections) are retried with exponential backoff and jitter, honouring the store's
 //! `Retry-After`; since appends are idempotent by content, a retry of an append that did
 //! commit only finds its transitions already stored.
@@ -13,12 +14,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kahn_core::{
-    BatchBuilder, Digest, Error, NdjsonLine, ReadScope, Result, RunId, RunMeta, StorageBackend,
-    Transition, WriteScope, chain_link,
+    AppendBatch, BatchBuilder, Digest, Error, NdjsonLine, ReadScope, Result, RunId, RunMeta, Seq,
+    StorageBackend, Transition, TransitionBody, WriteScope, chain_link, parse_json_object,
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 /// Largest chunk sent in one append, in bytes of NDJSON.
 pub const MAX_CHUNK_BYTES: usize = 1024 * 1024;
@@ -259,6 +259,16 @@ struct Pass<'a> {
     meta: &'a RunMeta,
 }
 
+/// What the reading side of a pass hands the appending side.
+enum Cut {
+    /// The file's first `transitions` (`bytes` long) hash to the stored head: not sent.
+    Resumed { bytes: u64, transitions: u64 },
+    /// A chunk to append, and the bytes of the file it covers.
+    Chunk { batch: AppendBatch, file_bytes: u64 },
+    /// The file's prefix is not what the store holds (or is shorter than it).
+    Diverged,
+}
+
 /// One chunk being cut: its lines, grouped and checked, its size on the wire (bounded by
 /// the chunk limit) and in the file (for progress).
 struct Chunk {
@@ -292,21 +302,36 @@ impl Chunk {
         }
         Ok(chunk)
     }
+
+    fn cut(self) -> Cut {
+        Cut::Chunk { batch: self.builder.build(), file_bytes: self.file_bytes }
+    }
 }
 
-impl Pass<'_> {
-    /// Reads the file once: hashes the first `skip` transitions and compares the link with
-    /// `skip_head`, then sends the rest chunk by chunk.
-    async fn run(&self, report: &mut PushReport, skip: u64, skip_head: Digest) -> Result<Outcome> {
-        let run_id = &self.source.run_id;
-        let path = &self.source.transitions;
-        let file = tokio::fs::File::open(path)
-            .await
+/// The reading side of a pass: reads the file once, on a blocking thread, hashing the first
+/// `skip` transitions and comparing the link with `skip_head`, then parsing, validating,
+/// canonicalising and hashing the rest into chunks. Owns what it reads, so it runs while the
+/// appending side awaits the store.
+struct Cutter {
+    path: PathBuf,
+    run_id: RunId,
+    meta: RunMeta,
+    max: usize,
+    skip: u64,
+    skip_head: Digest,
+}
+
+impl Cutter {
+    /// Reads the file, handing each [`Cut`] to `emit`; stops early when `emit` says the
+    /// appending side is gone.
+    fn cut(self, mut emit: impl FnMut(Cut) -> bool) -> Result<()> {
+        use std::io::{BufRead, Read};
+        let (path, run_id, max, skip) = (&self.path, &self.run_id, self.max, self.skip);
+        let file = std::fs::File::open(path)
             .map_err(|e| Error::invalid("path", format!("{}: {e}", path.display())))?;
-        let mut reader = BufReader::with_capacity(256 * 1024, file);
-        let max = self.opts.max_chunk_bytes.clamp(1024, MAX_CHUNK_BYTES);
+        let mut reader = std::io::BufReader::with_capacity(256 * 1024, file);
         let (mut seq, mut line_no, mut prefix, mut prefix_bytes) = (0u64, 0u64, Digest::ZERO, 0u64);
-        let mut chunk = Chunk::with_meta(self.meta, run_id, max)?;
+        let mut chunk = Chunk::with_meta(&self.meta, run_id, max)?;
         let mut buf = Vec::with_capacity(4096);
         loop {
             // Read at most one chunk's worth plus one byte: a longer line is refused, never
@@ -315,7 +340,6 @@ impl Pass<'_> {
             let n = (&mut reader)
                 .take(max as u64 + 1)
                 .read_until(b'\n', &mut buf)
-                .await
                 .map_err(|e| Error::invalid("path", format!("{}: {e}", path.display())))?;
             if n == 0 {
                 break;
@@ -336,10 +360,13 @@ impl Pass<'_> {
                 prefix_bytes += n as u64;
                 seq += 1;
                 if seq == skip {
-                    if prefix != skip_head {
-                        return Ok(Outcome::Diverged);
+                    if prefix != self.skip_head {
+                        emit(Cut::Diverged);
+                        return Ok(());
                     }
-                    self.progress.resumed(prefix_bytes, skip);
+                    if !emit(Cut::Resumed { bytes: prefix_bytes, transitions: skip }) {
+                        return Ok(());
+                    }
                 }
                 continue;
             }
@@ -351,8 +378,11 @@ impl Pass<'_> {
                     format!("is {wire} bytes on the wire; a line must fit in one {max}-byte chunk"),
                 )));
             }
-            if chunk.wire + wire > max && chunk.lines > 0 {
-                self.flush(report, std::mem::replace(&mut chunk, Chunk::empty())).await?;
+            if chunk.wire + wire > max
+                && chunk.lines > 0
+                && !emit(std::mem::replace(&mut chunk, Chunk::empty()).cut())
+            {
+                return Ok(());
             }
             chunk.builder.push(line).map_err(at_line)?;
             chunk.wire += wire;
@@ -364,11 +394,48 @@ impl Pass<'_> {
         }
         if seq < skip {
             // The store holds more than the file: confirm by sending it all.
-            return Ok(Outcome::Diverged);
+            emit(Cut::Diverged);
+            return Ok(());
         }
         if chunk.lines > 0 {
-            self.flush(report, chunk).await?;
+            emit(chunk.cut());
         }
+        Ok(())
+    }
+}
+
+impl Pass<'_> {
+    /// One pass over the file: resumes after the first `skip` transitions when they hash to
+    /// `skip_head`, and sends the rest chunk by chunk.
+    ///
+    /// Reading and appending overlap: a blocking thread reads and hashes chunk k+1 while
+    /// chunk k is appended, handing chunks over a channel of one. At most three chunks are
+    /// alive at once (being appended, waiting, being read), whatever the file's size.
+    async fn run(&self, report: &mut PushReport, skip: u64, skip_head: Digest) -> Result<Outcome> {
+        let cutter = Cutter {
+            path: self.source.transitions.clone(),
+            run_id: self.source.run_id.clone(),
+            meta: self.meta.clone(),
+            max: self.opts.max_chunk_bytes.clamp(1024, MAX_CHUNK_BYTES),
+            skip,
+            skip_head,
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Cut>>(1);
+        let reading = tokio::task::spawn_blocking(move || {
+            if let Err(e) = cutter.cut(|cut| tx.blocking_send(Ok(cut)).is_ok()) {
+                // The appending side may be gone already; then nobody needs the error.
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        // Returning early drops `rx`: the reading thread's next hand-over fails and it stops.
+        while let Some(cut) = rx.recv().await {
+            match cut? {
+                Cut::Resumed { bytes, transitions } => self.progress.resumed(bytes, transitions),
+                Cut::Chunk { batch, file_bytes } => self.flush(report, batch, file_bytes).await?,
+                Cut::Diverged => return Ok(Outcome::Diverged),
+            }
+        }
+        reading.await.map_err(|e| Error::backend("push", e))?;
         if report.chunks == 0 {
             report.next_seq = skip;
             report.head_hash = skip_head;
@@ -376,8 +443,12 @@ impl Pass<'_> {
         Ok(Outcome::Done)
     }
 
-    async fn flush(&self, report: &mut PushReport, chunk: Chunk) -> Result<()> {
-        let batch = chunk.builder.build();
+    async fn flush(
+        &self,
+        report: &mut PushReport,
+        batch: AppendBatch,
+        file_bytes: u64,
+    ) -> Result<()> {
         let mut retries = 0;
         let result = with_retries(self.opts.max_retries, self.progress, &mut retries, || {
             self.store.append(self.scope, &batch)
@@ -392,7 +463,7 @@ impl Pass<'_> {
             report.head_hash = run.head_hash;
         }
         report.chunks += 1;
-        self.progress.chunk_done(chunk.file_bytes, appended.appended(), appended.skipped());
+        self.progress.chunk_done(file_bytes, appended.appended(), appended.skipped());
         Ok(())
     }
 }
@@ -407,20 +478,16 @@ fn at_line(e: Error, line: u64) -> Error {
 }
 
 /// Parses one line of a run file: fills in `run_id` (refusing another run's) and `seq`
-/// (refusing one out of order), so files may carry them or not.
+/// (refusing one out of order), so files may carry them or not. Read as strictly as the
+/// server reads a line (duplicate keys refused), so pushing straight into a database accepts
+/// exactly what pushing over HTTP accepts.
 fn parse_line(text: &str, run_id: &RunId, next_seq: u64) -> Result<Option<NdjsonLine>> {
     if text.trim().is_empty() {
         return Ok(None);
     }
-    let mut fields: Map<String, Value> = match serde_json::from_str(text) {
-        Ok(Value::Object(m)) => m,
-        Ok(_) => return Err(Error::invalid("line", "must be a JSON object")),
-        Err(e) => return Err(Error::invalid("json", format!("not valid JSON: {e}"))),
-    };
+    let mut fields = parse_json_object(text)?;
     match fields.get("run_id") {
-        None => {
-            fields.insert("run_id".into(), Value::String(run_id.to_string()));
-        }
+        None => {}
         Some(Value::String(id)) if id == run_id.as_str() => {}
         Some(other) => {
             return Err(Error::invalid(
@@ -430,12 +497,12 @@ fn parse_line(text: &str, run_id: &RunId, next_seq: u64) -> Result<Option<Ndjson
         }
     }
     if fields.contains_key("kind") {
-        return NdjsonLine::parse(&Value::Object(fields).to_string());
+        fields.insert("run_id".into(), Value::String(run_id.to_string()));
+        return NdjsonLine::from_object(fields).map(Some);
     }
-    match fields.get("seq") {
-        None => {
-            fields.insert("seq".into(), Value::from(next_seq));
-        }
+    fields.remove("run_id");
+    match fields.remove("seq") {
+        None => {}
         Some(v) if v.as_u64() == Some(next_seq) => {}
         Some(v) => {
             return Err(Error::invalid(
@@ -446,7 +513,12 @@ fn parse_line(text: &str, run_id: &RunId, next_seq: u64) -> Result<Option<Ndjson
             ));
         }
     }
-    Transition::from_json(fields).map(|t| Some(NdjsonLine::Transition(t)))
+    let t = Transition {
+        run_id: run_id.clone(),
+        seq: Seq::new(next_seq)?,
+        body: TransitionBody::new(fields)?,
+    };
+    Ok(Some(NdjsonLine::Transition(t)))
 }
 
 /// An upper bound of the bytes a transition line takes as NDJSON on the wire: its canonical
@@ -540,5 +612,14 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, Error::InvalidInput { field, .. } if field == "run_id"));
         assert!(parse_line("   ", &run, 0).unwrap().is_none());
+        // As strict as the server: a repeated key is refused, not silently last-wins.
+        let e =
+            parse_line(r#"{"ts":"2026-01-01T00:00:00Z","to":"x","to":"y"}"#, &run, 0).unwrap_err();
+        assert!(matches!(e, Error::InvalidInput { field, .. } if field == "json"));
+        // A metadata line takes the run from the push, without a re-serialisation.
+        let meta = parse_line(r#"{"kind":"run","source":"choco"}"#, &run, 0).unwrap();
+        assert!(
+            matches!(meta, Some(NdjsonLine::Run { run_id, meta }) if run_id == run && meta.source() == Some("choco"))
+        );
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::error::Error;
 use crate::id::{RunId, Seq};
@@ -116,25 +116,42 @@ impl NdjsonLine {
         if line.trim().is_empty() {
             return Ok(None);
         }
-        let value = parse_strict_json(line)?;
-        let Value::Object(mut fields) = value else {
-            return Err(Error::invalid("line", "must be a JSON object"));
-        };
+        Self::from_object(parse_json_object(line)?).map(Some)
+    }
+
+    /// Reads a line already parsed into its JSON object (see [`parse_json_object`]).
+    ///
+    /// # Errors
+    /// As [`parse`](Self::parse), for the fields.
+    pub fn from_object(mut fields: Map<String, Value>) -> Result<Self, Error> {
         match fields.remove("kind") {
-            None => Ok(Some(NdjsonLine::Transition(Transition::from_json(fields)?))),
+            None => Ok(NdjsonLine::Transition(Transition::from_json(fields)?)),
             Some(Value::String(kind)) if kind == "run" => {
                 let run_id = match fields.remove("run_id") {
                     Some(Value::String(s)) => RunId::new(s)?,
                     Some(_) => return Err(Error::invalid("run_id", "must be a string")),
                     None => return Err(Error::invalid("run_id", "is required")),
                 };
-                Ok(Some(NdjsonLine::Run { run_id, meta: RunMeta::from_json(fields)? }))
+                Ok(NdjsonLine::Run { run_id, meta: RunMeta::from_json(fields)? })
             }
             Some(other) => Err(Error::invalid(
                 "kind",
                 format!("{other} is not a line kind (omit it for a transition, or \"run\")"),
             )),
         }
+    }
+}
+
+/// Parses one NDJSON line as a JSON object, as KAHN reads every line it is sent: duplicate
+/// keys are refused at any depth (see below), and so is anything after the object.
+///
+/// # Errors
+/// [`Error::InvalidInput`] naming `json` when the text is not JSON (or repeats a key), or
+/// `line` when it is JSON but not an object.
+pub fn parse_json_object(text: &str) -> Result<Map<String, Value>, Error> {
+    match parse_strict_json(text)? {
+        Value::Object(fields) => Ok(fields),
+        _ => Err(Error::invalid("line", "must be a JSON object")),
     }
 }
 
@@ -230,15 +247,21 @@ impl BatchBuilder {
     }
 
     fn run_mut(&mut self, run_id: &RunId) -> &mut RunAppend {
-        let i = *self.index.entry(run_id.clone()).or_insert_with(|| {
-            self.runs.push(RunAppend {
-                run_id: run_id.clone(),
-                meta: RunMeta::new(),
-                start: Seq::ZERO,
-                bodies: Vec::new(),
-            });
-            self.runs.len() - 1
-        });
+        // Looked up before inserting: a chunk names one run thousands of times, and the
+        // entry API would clone the id for every one of them.
+        let i = match self.index.get(run_id) {
+            Some(&i) => i,
+            None => {
+                self.runs.push(RunAppend {
+                    run_id: run_id.clone(),
+                    meta: RunMeta::new(),
+                    start: Seq::ZERO,
+                    bodies: Vec::new(),
+                });
+                self.index.insert(run_id.clone(), self.runs.len() - 1);
+                self.runs.len() - 1
+            }
+        };
         &mut self.runs[i]
     }
 
