@@ -169,19 +169,14 @@ async fn append_run(
 
     // 4. The new rows, in one statement.
     if !decision.rows.is_empty() {
-        let n = decision.rows.len();
-        let (mut seqs, mut bodies, mut contents, mut chains) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for r in &decision.rows {
-            seqs.push(r.seq as i64);
-            bodies.push(r.body.canonical_json());
-            contents.push(r.body.content_hash().as_bytes().to_vec());
-            chains.push(r.chain_hash.as_bytes().to_vec());
-        }
+        // Borrowed, not copied: the arrays are encoded straight from the batch's rows.
+        let content_hashes: Vec<Digest> =
+            decision.rows.iter().map(|r| r.body.content_hash()).collect();
+        let seqs: Vec<i64> = decision.rows.iter().map(|r| r.seq as i64).collect();
+        let bodies: Vec<&str> = decision.rows.iter().map(|r| r.body.canonical_json()).collect();
+        let contents: Vec<&[u8]> = content_hashes.iter().map(|d| d.as_bytes().as_slice()).collect();
+        let chains: Vec<&[u8]> =
+            decision.rows.iter().map(|r| r.chain_hash.as_bytes().as_slice()).collect();
         query(
             "INSERT INTO kahn.transitions (tenant_id, run_id, seq, body, content_hash, chain_hash) \
              SELECT $1, $2, t.seq, t.body, t.content_hash, t.chain_hash \

@@ -12,8 +12,14 @@ use sqlx_core::migrate::{Migration, MigrationType, Migrator};
 use sqlx_core::sql_str::SqlSafeStr;
 
 /// `(version, description, SQL)` of every migration, in order.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (
+        2,
+        "transitions without run fkey",
+        include_str!("../migrations/0002_transitions_without_run_fkey.sql"),
+    ),
+];
 
 /// The migrator holding every migration of `migrations/`, as `sqlx::migrate!` would build it
 /// (same checksums, same `_sqlx_migrations` table), each migration in its own transaction.
