@@ -19,6 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kahn_cli::ResumeCache;
 use kahn_cli::push::{PushOptions, Quiet, RunSource, push};
 use kahn_core::{
     AppendBatch, Digest, NewTenant, ReadScope, RunId, RunQuery, Seq, StorageBackend,
@@ -99,45 +100,49 @@ fn med(mut xs: Vec<f64>) -> Value {
     json!({"median": m.round(), "samples": xs.iter().map(|x| x.round()).collect::<Vec<_>>()})
 }
 
-/// A run's lines, its files (whole and first half) and its pre-built chunk batches.
+/// A run's files (whole and first half); its chunk batches are built on demand.
 struct Workload {
     run: String,
     n: u64,
     file: PathBuf,
     half: PathBuf,
-    batches: Vec<AppendBatch>,
 }
 
 impl Workload {
     fn new(dir: &Path, run: &str, n: u64) -> Self {
-        let lines: Vec<String> = (0..n).map(|s| workload::line(run, s)).collect();
         let file = dir.join(format!("{run}.ndjson"));
         let half = dir.join(format!("{run}.half.ndjson"));
         workload::write_file(&file, run, n).unwrap();
         workload::write_file(&half, run, n / 2).unwrap();
-        let batches = workload::chunks(&lines)
+        Self { run: run.to_owned(), n, file, half }
+    }
+
+    /// The run cut into 1 MiB chunks as the pusher cuts them, each parsed, validated,
+    /// canonicalised and hashed into a batch.
+    fn batches(&self) -> Vec<AppendBatch> {
+        let lines: Vec<String> = (0..self.n).map(|s| workload::line(&self.run, s)).collect();
+        workload::chunks(&lines)
             .into_iter()
             .map(|(a, b)| {
                 let mut text = String::new();
                 for (i, l) in lines[a..b].iter().enumerate() {
                     // The wire form the pusher sends: run_id and seq on every line.
                     let mut v: Map<String, Value> = serde_json::from_str(l).unwrap();
-                    v.insert("run_id".into(), json!(run));
+                    v.insert("run_id".into(), json!(self.run));
                     v.insert("seq".into(), json!(a + i));
                     text.push_str(&Value::Object(v).to_string());
                     text.push('\n');
                 }
                 AppendBatch::from_ndjson(&text).unwrap()
             })
-            .collect();
-        Self { run: run.to_owned(), n, file, half, batches }
+            .collect()
     }
 
     /// The rows a store holds for this run: canonical body, content hash, chain hash.
     fn rows(&self) -> Vec<(i64, String, Digest, Digest)> {
         let mut prev = Digest::ZERO;
         let mut out = Vec::with_capacity(self.n as usize);
-        for b in &self.batches {
+        for b in &self.batches() {
             for run in b.runs() {
                 for (i, body) in run.bodies().iter().enumerate() {
                     let c = body.content_hash();
@@ -160,17 +165,28 @@ impl Workload {
     }
 }
 
-async fn push_file(store: &dyn StorageBackend, scope: &WriteScope, src: &RunSource) -> f64 {
+/// One push of `src` (with the resume cache `cache`, as `kahn push` does by default).
+async fn push_file(
+    store: &dyn StorageBackend,
+    scope: &WriteScope,
+    src: &RunSource,
+    cache: Option<&ResumeCache>,
+) -> f64 {
+    let opts = PushOptions { resume_cache: cache.cloned(), ..PushOptions::default() };
     let start = Instant::now();
-    let r = push(store, scope, src, &PushOptions::default(), &Quiet).await.unwrap();
+    let r = push(store, scope, src, &opts, &Quiet).await.unwrap();
     assert!(r.next_seq > 0);
     start.elapsed().as_secs_f64()
 }
 
-async fn append_all(store: &dyn StorageBackend, scope: &WriteScope, w: &Workload) -> (f64, u64) {
+async fn append_all(
+    store: &dyn StorageBackend,
+    scope: &WriteScope,
+    batches: &[AppendBatch],
+) -> (f64, u64) {
     let start = Instant::now();
     let mut appended = 0;
-    for b in &w.batches {
+    for b in batches {
         appended += store.append(scope, b).await.unwrap().appended();
     }
     (start.elapsed().as_secs_f64(), appended)
@@ -191,31 +207,37 @@ async fn ingest(
         control.provision_tenant(&NewTenant::new(format!("{label}-{n}")).unwrap()).await.unwrap();
     let key = control.issue_api_key(tenant.id).await.unwrap();
     let scope = store.resolve_api_key(&key.secret).await.unwrap().unwrap();
-    let (mut first, mut again, mut resume, mut app, mut dup) =
-        (vec![], vec![], vec![], vec![], vec![]);
+    let cache = ResumeCache::new(dir.join("resume-cache"));
+    let (mut first, mut again, mut again_nocache, mut resume, mut app, mut dup) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
     for rep in 0..reps {
         let w = Workload::new(dir, &format!("{label}-{n}-p{rep}"), n);
-        let t = push_file(&*store, &scope, &w.source(false)).await;
+        let t = push_file(&*store, &scope, &w.source(false), Some(&cache)).await;
         first.push(n as f64 / t);
-        let t = push_file(&*store, &scope, &w.source(false)).await;
+        let t = push_file(&*store, &scope, &w.source(false), Some(&cache)).await;
         again.push(n as f64 / t);
+        let t = push_file(&*store, &scope, &w.source(false), None).await;
+        again_nocache.push(n as f64 / t);
         let r = Workload::new(dir, &format!("{label}-{n}-r{rep}"), n);
-        push_file(&*store, &scope, &r.source(true)).await;
-        let t = push_file(&*store, &scope, &r.source(false)).await;
+        push_file(&*store, &scope, &r.source(true), Some(&cache)).await;
+        let t = push_file(&*store, &scope, &r.source(false), Some(&cache)).await;
         resume.push(n as f64 / t);
         let a = Workload::new(dir, &format!("{label}-{n}-a{rep}"), n);
-        let (t, appended) = append_all(&*store, &scope, &a).await;
+        let batches = a.batches();
+        let (t, appended) = append_all(&*store, &scope, &batches).await;
         assert_eq!(appended, n);
         app.push(n as f64 / t);
-        let (t, appended) = append_all(&*store, &scope, &a).await;
+        let (t, appended) = append_all(&*store, &scope, &batches).await;
         assert_eq!(appended, 0);
         dup.push(n as f64 / t);
+        drop(batches);
         for f in [&w.file, &w.half, &r.file, &r.half, &a.file, &a.half] {
             let _ = std::fs::remove_file(f);
         }
     }
     res.put(&format!("{label}.n{n}.push_first_tps"), med(first));
     res.put(&format!("{label}.n{n}.push_again_tps"), med(again));
+    res.put(&format!("{label}.n{n}.push_again_nocache_tps"), med(again_nocache));
     res.put(&format!("{label}.n{n}.push_resume_tps"), med(resume));
     res.put(&format!("{label}.n{n}.append_first_tps"), med(app));
     res.put(&format!("{label}.n{n}.append_dup_tps"), med(dup));
@@ -393,6 +415,7 @@ fn kahn_push(url: &str, key: &str, file: &Path, run: &str) -> (f64, u64) {
     let start = Instant::now();
     let mut child = Command::new(kahn_bin())
         .args(["push", file.to_str().unwrap(), "--run-id", run, "--url", url, "--json"])
+        .arg("--no-resume-cache")
         .env("KAHN_API_KEY", key)
         .env("KAHN_LOG", "warn")
         .env_remove("KAHN_DATABASE_URL")
@@ -563,12 +586,14 @@ async fn main() {
                         &format!("{a}.n{n}.{b}"),
                     );
                 }
-                ratio(
-                    &mut res,
-                    &format!("ratio.{a}.n{n}.push_again/push_first"),
-                    &format!("{a}.n{n}.push_again_tps"),
-                    &format!("{a}.n{n}.push_first_tps"),
-                );
+                for again in ["push_again", "push_again_nocache"] {
+                    ratio(
+                        &mut res,
+                        &format!("ratio.{a}.n{n}.{again}/push_first"),
+                        &format!("{a}.n{n}.{again}_tps"),
+                        &format!("{a}.n{n}.push_first_tps"),
+                    );
+                }
                 ratio(
                     &mut res,
                     &format!("ratio.{a}.n{n}.append_dup/append_first"),

@@ -7,7 +7,9 @@
 pub mod bridge;
 pub mod provision;
 pub mod push;
+pub mod resume;
 
 pub use bridge::{Bridge, CiContext, Profile};
 pub use provision::{Provisioned, provision};
 pub use push::{PushOptions, PushReport, RunSource};
+pub use resume::ResumeCache;

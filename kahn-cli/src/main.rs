@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use kahn_cli::ResumeCache;
 use kahn_cli::bridge::{self, Bridge, CiContext, Profile};
 use kahn_cli::provision::{Provisioned, provision};
 use kahn_cli::push::{self, Progress, PushOptions, RunSource};
@@ -183,6 +184,10 @@ struct PushArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Do not use the resume cache ($KAHN_CACHE_DIR, else $XDG_CACHE_HOME/kahn, else
+    /// ~/.cache/kahn), which lets a re-push skip the stored part of the file unparsed.
+    #[arg(long)]
+    no_resume_cache: bool,
     #[command(flatten)]
     target: KeyTarget,
 }
@@ -481,6 +486,7 @@ async fn run_push(args: PushArgs) -> CliResult {
     let opts = PushOptions {
         max_chunk_bytes: args.chunk_bytes,
         max_retries: args.max_retries,
+        resume_cache: if args.no_resume_cache { None } else { ResumeCache::user_default() },
         ..PushOptions::default()
     };
     let report = if !args.json && std::io::stderr().is_terminal() {

@@ -19,6 +19,9 @@ use kahn_core::{
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
+use sha2::Digest as _;
+
+use crate::resume::{Mark, ResumeCache};
 
 /// Largest chunk sent in one append, in bytes of NDJSON.
 pub const MAX_CHUNK_BYTES: usize = 1024 * 1024;
@@ -89,11 +92,19 @@ pub struct PushOptions {
     pub max_retries: u32,
     /// Metadata to set on the run besides the graph (source, labels).
     pub meta: RunMeta,
+    /// Where to remember what pushed files hold, so a re-push skips the stored prefix without
+    /// parsing it (see [`ResumeCache`]). `None`: every resume re-hashes the prefix.
+    pub resume_cache: Option<ResumeCache>,
 }
 
 impl Default for PushOptions {
     fn default() -> Self {
-        Self { max_chunk_bytes: MAX_CHUNK_BYTES, max_retries: 8, meta: RunMeta::new() }
+        Self {
+            max_chunk_bytes: MAX_CHUNK_BYTES,
+            max_retries: 8,
+            meta: RunMeta::new(),
+            resume_cache: None,
+        }
     }
 }
 
@@ -104,6 +115,8 @@ pub struct PushReport {
     pub run_id: RunId,
     /// Transitions the store already held when the push started (confirmed by one link).
     pub already_stored: u64,
+    /// Whether they were confirmed by the resume cache's mark (raw bytes hashed, not parsed).
+    pub resumed_by_mark: bool,
     /// Transitions this push stored.
     pub appended: u64,
     /// Transitions sent and found already stored.
@@ -209,6 +222,7 @@ pub async fn push(
     let mut report = PushReport {
         run_id: source.run_id.clone(),
         already_stored: 0,
+        resumed_by_mark: false,
         appended: 0,
         skipped: 0,
         chunks: 0,
@@ -262,11 +276,15 @@ struct Pass<'a> {
 /// What the reading side of a pass hands the appending side.
 enum Cut {
     /// The file's first `transitions` (`bytes` long) hash to the stored head: not sent.
-    Resumed { bytes: u64, transitions: u64 },
+    /// `by_mark` when the resume cache's mark proved it.
+    Resumed { bytes: u64, transitions: u64, by_mark: bool },
     /// A chunk to append, and the bytes of the file it covers.
     Chunk { batch: AppendBatch, file_bytes: u64 },
     /// The file's prefix is not what the store holds (or is shorter than it).
     Diverged,
+    /// The whole file was read: what it holds, for the resume cache (its `head_hash` is not
+    /// known here; the store's report gives it).
+    End(Mark),
 }
 
 /// One chunk being cut: its lines, grouped and checked, its size on the wire (bounded by
@@ -319,6 +337,31 @@ struct Cutter {
     max: usize,
     skip: u64,
     skip_head: Digest,
+    /// A resume mark matching the store's count and head: its bytes may be skipped unparsed.
+    hint: Option<Mark>,
+}
+
+/// Reads the file, hashing every byte read (for the resume cache).
+struct Reader {
+    inner: std::io::BufReader<std::fs::File>,
+    raw: sha2::Sha256,
+    bytes: u64,
+}
+
+impl Reader {
+    /// Consumes the mark's bytes if they are still what it says; otherwise rewinds.
+    fn skip_marked(&mut self, mark: &Mark) -> std::io::Result<bool> {
+        use std::io::{Read, Seek};
+        let copied = std::io::copy(&mut (&mut self.inner).take(mark.bytes), &mut self.raw)?;
+        let raw = Digest::from_bytes(self.raw.clone().finalize().into());
+        if copied == mark.bytes && raw == mark.raw_sha256 {
+            self.bytes = copied;
+            return Ok(true);
+        }
+        self.inner.rewind()?;
+        self.raw = sha2::Sha256::new();
+        Ok(false)
+    }
 }
 
 impl Cutter {
@@ -327,23 +370,38 @@ impl Cutter {
     fn cut(self, mut emit: impl FnMut(Cut) -> bool) -> Result<()> {
         use std::io::{BufRead, Read};
         let (path, run_id, max, skip) = (&self.path, &self.run_id, self.max, self.skip);
-        let file = std::fs::File::open(path)
-            .map_err(|e| Error::invalid("path", format!("{}: {e}", path.display())))?;
-        let mut reader = std::io::BufReader::with_capacity(256 * 1024, file);
+        let io_error =
+            |e: std::io::Error| Error::invalid("path", format!("{}: {e}", path.display()));
+        let file = std::fs::File::open(path).map_err(io_error)?;
+        let mut reader = Reader {
+            inner: std::io::BufReader::with_capacity(256 * 1024, file),
+            raw: sha2::Sha256::new(),
+            bytes: 0,
+        };
         let (mut seq, mut line_no, mut prefix, mut prefix_bytes) = (0u64, 0u64, Digest::ZERO, 0u64);
+        if let Some(mark) = &self.hint
+            && reader.skip_marked(mark).map_err(io_error)?
+        {
+            (seq, line_no, prefix_bytes) = (mark.transitions, mark.lines, mark.bytes);
+            if !emit(Cut::Resumed { bytes: mark.bytes, transitions: skip, by_mark: true }) {
+                return Ok(());
+            }
+        }
         let mut chunk = Chunk::with_meta(&self.meta, run_id, max)?;
         let mut buf = Vec::with_capacity(4096);
         loop {
             // Read at most one chunk's worth plus one byte: a longer line is refused, never
             // buffered whole, so memory stays bounded whatever the file holds.
             buf.clear();
-            let n = (&mut reader)
+            let n = (&mut reader.inner)
                 .take(max as u64 + 1)
                 .read_until(b'\n', &mut buf)
-                .map_err(|e| Error::invalid("path", format!("{}: {e}", path.display())))?;
+                .map_err(io_error)?;
             if n == 0 {
                 break;
             }
+            reader.raw.update(&buf);
+            reader.bytes += n as u64;
             line_no += 1;
             let at_line = |e: Error| at_line(e, line_no);
             if buf.last() != Some(&b'\n') && n > max {
@@ -364,7 +422,9 @@ impl Cutter {
                         emit(Cut::Diverged);
                         return Ok(());
                     }
-                    if !emit(Cut::Resumed { bytes: prefix_bytes, transitions: skip }) {
+                    let resumed =
+                        Cut::Resumed { bytes: prefix_bytes, transitions: skip, by_mark: false };
+                    if !emit(resumed) {
                         return Ok(());
                     }
                 }
@@ -397,8 +457,19 @@ impl Cutter {
             emit(Cut::Diverged);
             return Ok(());
         }
-        if chunk.lines > 0 {
-            emit(chunk.cut());
+        if chunk.lines > 0 && !emit(chunk.cut()) {
+            return Ok(());
+        }
+        // A mark must end at a line's end: a file still being written may yet extend its
+        // last line.
+        if matches!(buf.last(), None | Some(b'\n')) {
+            emit(Cut::End(Mark {
+                bytes: reader.bytes,
+                lines: line_no,
+                transitions: seq,
+                raw_sha256: Digest::from_bytes(reader.raw.finalize().into()),
+                head_hash: Digest::ZERO,
+            }));
         }
         Ok(())
     }
@@ -419,6 +490,10 @@ impl Pass<'_> {
             max: self.opts.max_chunk_bytes.clamp(1024, MAX_CHUNK_BYTES),
             skip,
             skip_head,
+            hint: self.opts.resume_cache.as_ref().and_then(|c| {
+                c.load(&self.source.transitions)
+                    .filter(|m| skip > 0 && m.transitions == skip && m.head_hash == skip_head)
+            }),
         };
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Cut>>(1);
         let reading = tokio::task::spawn_blocking(move || {
@@ -428,17 +503,30 @@ impl Pass<'_> {
             }
         });
         // Returning early drops `rx`: the reading thread's next hand-over fails and it stops.
+        let mut end = None;
         while let Some(cut) = rx.recv().await {
             match cut? {
-                Cut::Resumed { bytes, transitions } => self.progress.resumed(bytes, transitions),
+                Cut::Resumed { bytes, transitions, by_mark } => {
+                    report.resumed_by_mark = by_mark;
+                    self.progress.resumed(bytes, transitions);
+                }
                 Cut::Chunk { batch, file_bytes } => self.flush(report, batch, file_bytes).await?,
                 Cut::Diverged => return Ok(Outcome::Diverged),
+                Cut::End(mark) => end = Some(mark),
             }
         }
         reading.await.map_err(|e| Error::backend("push", e))?;
         if report.chunks == 0 {
             report.next_seq = skip;
             report.head_hash = skip_head;
+        }
+        // The store now holds exactly the file's transitions (when its count is the file's):
+        // its head is the file's chain head.
+        if let (Some(cache), Some(mut mark)) = (&self.opts.resume_cache, end)
+            && mark.transitions == report.next_seq
+        {
+            mark.head_hash = report.head_hash;
+            cache.save(&self.source.transitions, &mark);
         }
         Ok(Outcome::Done)
     }

@@ -81,6 +81,7 @@ impl Env {
     fn kahn_in(&self, args: &[&str], key: Option<&str>, vars: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kahn"));
         cmd.args(args).env("KAHN_DATABASE_URL", self.db()).env_remove("KAHN_API_KEY");
+        cmd.env("KAHN_CACHE_DIR", self.dir.path().join("cache"));
         match self.url() {
             Some(url) => cmd.env("KAHN_URL", url),
             None => cmd.env_remove("KAHN_URL"),
@@ -185,6 +186,13 @@ fn push_then_push_again_appends_nothing_and_verifies(env: &Env) {
     assert_eq!(second["appended"].as_u64(), Some(0));
     assert_eq!(second["already_stored"].as_u64(), Some(4000));
     assert_eq!(second["head_hash"], first["head_hash"]);
+    assert_eq!(second["resumed_by_mark"], true, "the resume cache skipped the parse: {second}");
+    let third = push_json(env, &run, &key, &["--no-resume-cache"]);
+    assert_eq!(
+        (third["already_stored"].as_u64(), third["resumed_by_mark"].as_bool()),
+        (Some(4000), Some(false))
+    );
+    assert_eq!(third["head_hash"], first["head_hash"]);
     let shown: serde_json::Value =
         serde_json::from_str(&env.ok(&["runs", "show", "nightly-42", "--json"], Some(&key)))
             .unwrap();
@@ -203,6 +211,7 @@ fn an_interrupted_push_resumes_and_ends_with_exactly_the_source(env: &Env) {
     push_json(env, &partial, &key, &["--run-id", "resume"]);
     let resumed = push_json(env, &full, &key, &[]);
     assert_eq!(resumed["already_stored"].as_u64(), Some(1234));
+    assert_eq!(resumed["resumed_by_mark"], false, "another file's mark is not this file's");
     assert_eq!(resumed["appended"].as_u64(), Some(3000 - 1234));
     assert_eq!(resumed["skipped"].as_u64(), Some(0), "only what is missing is sent");
     let reference = Env::new();
@@ -213,6 +222,38 @@ fn an_interrupted_push_resumes_and_ends_with_exactly_the_source(env: &Env) {
         resumed["head_hash"], direct["head_hash"],
         "the stored log equals the source exactly"
     );
+}
+
+/// A growing log: each re-push skips the stored prefix by its mark and sends only the new
+/// lines; a prefix edited in place (same length) is not hidden by the stale mark.
+fn a_growing_file_resumes_by_mark_and_an_edited_prefix_still_conflicts(env: &Env) {
+    let key = env.key("grow");
+    let run = env.run_dir("grow", 500, "a");
+    let file = run.join("transitions.ndjson");
+    push_json(env, &run, &key, &[]);
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    let extra = env.dir.path().join("extra.ndjson");
+    write_lines(&extra, 700, "a");
+    text += &std::fs::read_to_string(&extra)
+        .unwrap()
+        .lines()
+        .skip(500)
+        .map(|l| format!("{l}\n"))
+        .collect::<String>();
+    std::fs::write(&file, &text).unwrap();
+    let grown = push_json(env, &run, &key, &[]);
+    assert_eq!(grown["resumed_by_mark"], true, "{grown}");
+    assert_eq!(
+        (grown["already_stored"].as_u64(), grown["appended"].as_u64()),
+        (Some(500), Some(200))
+    );
+    std::fs::write(&file, text.replacen("\"tag\":\"a\"", "\"tag\":\"b\"", 1)).unwrap();
+    let out = env.kahn(&["push", run.to_str().unwrap()], Some(&key));
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown: serde_json::Value =
+        serde_json::from_str(&env.ok(&["runs", "show", "grow", "--json"], Some(&key))).unwrap();
+    assert_eq!(shown["next_seq"].as_u64(), Some(700));
+    assert_eq!(shown["head_hash"], grown["head_hash"]);
 }
 
 fn a_divergent_push_exits_3_and_changes_nothing(env: &Env) {
@@ -398,6 +439,7 @@ over_db_and_http!(
     provisioning_is_idempotent_and_rotation_revokes_the_old_key,
     push_then_push_again_appends_nothing_and_verifies,
     an_interrupted_push_resumes_and_ends_with_exactly_the_source,
+    a_growing_file_resumes_by_mark_and_an_edited_prefix_still_conflicts,
     a_divergent_push_exits_3_and_changes_nothing,
     bad_lines_and_missing_keys_get_exit_codes_and_hints,
     verify_detects_a_tampered_sqlite_file,

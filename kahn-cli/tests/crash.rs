@@ -207,7 +207,11 @@ async fn crash_cycle(db: &str, key: &ApiKey, kill_after: &[u64], tag: &str) -> S
 }
 
 fn kahn(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_kahn")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kahn"))
+        .args(args)
+        .env("KAHN_CACHE_DIR", std::env::temp_dir().join("kahn-test-resume-cache"))
+        .output()
+        .unwrap();
     assert!(out.status.success(), "kahn {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }

@@ -15,7 +15,8 @@ fn kahn(args: &[&str], key: Option<&str>) -> Output {
     cmd.args(args)
         .env_remove("KAHN_DATABASE_URL")
         .env_remove("KAHN_URL")
-        .env_remove("KAHN_API_KEY");
+        .env_remove("KAHN_API_KEY")
+        .env("KAHN_CACHE_DIR", std::env::temp_dir().join("kahn-test-resume-cache"));
     if let Some(key) = key {
         cmd.env("KAHN_API_KEY", key);
     }

@@ -1,0 +1,120 @@
+//! What the pusher remembers about files it pushed, so a re-push need not re-parse them.
+//!
+//! To resume, the pusher must prove that the first transitions of the file are the ones the
+//! store holds: it recomputes their hash chain and compares the head with the store's. That
+//! costs a full parse, canonicalisation and hash of every stored line — as much as pushing them.
+//! A [`ResumeCache`] records, per file, a [`Mark`]: "the first `bytes` bytes of this file,
+//! whose SHA-256 is `raw_sha256`, hold `transitions` transitions whose chain head is
+//! `head_hash`". When the store reports exactly that count and head, and the file's first
+//! `bytes` bytes still hash to `raw_sha256`, those bytes are skipped unparsed: hashing raw
+//! bytes is two orders of magnitude cheaper than parsing them.
+//!
+//! A mark is a fact about the file's content alone (the chain covers transition bodies, not
+//! where they are stored), so one mark serves every store the file is pushed to. It is only
+//! ever a hint: a missing, unreadable or stale mark means the pusher proves the prefix the
+//! slow way, and a mark never makes the store accept anything it would otherwise refuse.
+
+use std::path::{Path, PathBuf};
+
+use kahn_core::Digest;
+use serde::{Deserialize, Serialize};
+
+/// A directory of [`Mark`]s, one JSON file per pushed file (named by the SHA-256 of its
+/// canonical path).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResumeCache {
+    dir: PathBuf,
+}
+
+/// What a file's first `bytes` bytes hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mark {
+    /// Bytes of the file covered, ending at a line's end.
+    pub bytes: u64,
+    /// Lines in them (for the line numbers of later errors).
+    pub lines: u64,
+    /// Transitions in them.
+    pub transitions: u64,
+    /// SHA-256 of the raw bytes.
+    pub raw_sha256: Digest,
+    /// The chain head of the transitions.
+    pub head_hash: Digest,
+}
+
+impl ResumeCache {
+    /// A cache in `dir` (created on first write).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The user's cache: `$KAHN_CACHE_DIR`, else `$XDG_CACHE_HOME/kahn`, else
+    /// `$HOME/.cache/kahn`; `None` when none of them is set.
+    pub fn user_default() -> Option<Self> {
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        var("KAHN_CACHE_DIR")
+            .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("kahn")))
+            .or_else(|| var("HOME").map(|d| d.join(".cache").join("kahn")))
+            .map(Self::new)
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn entry(&self, file: &Path) -> PathBuf {
+        let path = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_owned());
+        let key = Digest::sha256(path.as_os_str().as_encoded_bytes());
+        self.dir.join("push").join(format!("{key}.json"))
+    }
+
+    /// The mark recorded for `file`, if any. Any failure to read it is a miss.
+    pub fn load(&self, file: &Path) -> Option<Mark> {
+        let text = std::fs::read(self.entry(file)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// Records `mark` for `file`, replacing the previous one atomically. A failure is logged,
+    /// never an error: the cache only ever saves work.
+    pub fn save(&self, file: &Path, mark: &Mark) {
+        let entry = self.entry(file);
+        let write = || -> std::io::Result<()> {
+            let dir = entry.parent().unwrap_or(&self.dir);
+            std::fs::create_dir_all(dir)?;
+            let tmp = entry.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, serde_json::to_vec(mark)?)?;
+            std::fs::rename(&tmp, &entry)
+        };
+        if let Err(e) = write() {
+            tracing::debug!(cache = %entry.display(), error = %e, "resume mark not saved");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_round_trip_per_file_and_misses_are_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ResumeCache::new(dir.path().join("cache"));
+        let (a, b) = (dir.path().join("a.ndjson"), dir.path().join("b.ndjson"));
+        std::fs::write(&a, "x").unwrap();
+        std::fs::write(&b, "y").unwrap();
+        assert_eq!(cache.load(&a), None);
+        let mark = Mark {
+            bytes: 10,
+            lines: 2,
+            transitions: 2,
+            raw_sha256: Digest::sha256(b"raw"),
+            head_hash: Digest::sha256(b"head"),
+        };
+        cache.save(&a, &mark);
+        assert_eq!(cache.load(&a), Some(mark));
+        assert_eq!(cache.load(&b), None, "marks are per file");
+        // A corrupt entry is a miss, not an error.
+        std::fs::write(cache.entry(&a), "{").unwrap();
+        assert_eq!(cache.load(&a), None);
+    }
+}
