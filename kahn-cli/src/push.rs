@@ -665,7 +665,7 @@ mod tests {
         let text = r#"{"ts":"2026-01-01T00:00:00Z","to":"x","attrs":{"k":[1,2,"é"]}}"#;
         let line = parse_line(text, &run, i64::MAX as u64).unwrap().unwrap();
         let NdjsonLine::Transition(t) = &line else { panic!() };
-        let mut fields = t.body.fields().clone();
+        let mut fields = t.body.fields();
         fields.insert("run_id".into(), Value::from(run.as_str()));
         fields.insert("seq".into(), Value::from(t.seq.get()));
         let real = Value::Object(fields).to_string().len() + 1;

@@ -341,6 +341,7 @@ async fn error_from(response: reqwest::Response) -> Error {
 /// The batch as NDJSON lines: per run, its metadata line (also when the run carries nothing
 /// else, so it still exists in the batch), then its transitions.
 fn ndjson(batch: &AppendBatch) -> Result<String> {
+    use std::fmt::Write as _;
     let mut out = String::new();
     for run in batch.runs() {
         let id = run.run_id().as_str();
@@ -363,19 +364,14 @@ fn ndjson(batch: &AppendBatch) -> Result<String> {
             out.push_str(&Value::Object(line).to_string());
             out.push('\n');
         }
+        // A body is never empty (it holds `ts` and `to`) and never holds `run_id`, `seq` or
+        // `kind`, so its canonical object with those two prepended is the line.
+        let id = Value::from(id).to_string();
         for (i, body) in run.bodies().iter().enumerate() {
-            if body.fields().contains_key("kind") {
-                return Err(Error::invalid(
-                    "kind",
-                    "a transition body field named \"kind\" cannot be sent as NDJSON",
-                ));
-            }
-            let mut line = Map::with_capacity(body.fields().len() + 2);
-            line.insert("run_id".into(), id.into());
-            line.insert("seq".into(), (run.start() + i as u64).into());
-            line.extend(body.fields().iter().map(|(k, v)| (k.clone(), v.clone())));
-            out.push_str(&Value::Object(line).to_string());
-            out.push('\n');
+            let rest = body.canonical_json().strip_prefix('{').unwrap_or_default();
+            let seq = run.start() + i as u64;
+            // Writing into a String cannot fail.
+            let _ = writeln!(out, "{{\"run_id\":{id},\"seq\":{seq},{rest}");
         }
     }
     Ok(out)

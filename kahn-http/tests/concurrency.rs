@@ -142,7 +142,7 @@ async fn hammer(url: &str, control: &Arc<dyn StorageBackend>, shape: &Shape, see
         for (i, row) in stored.iter().enumerate() {
             let source = target.log.body(i as u64);
             assert_eq!(row.seq.get(), i as u64);
-            assert_eq!(&row.body, source.fields(), "seq {i} is the source's content");
+            assert_eq!(row.body, source.fields(), "seq {i} is the source's content");
             assert_eq!(row.content_hash, source.content_hash(), "seq {i}");
             chain = chain_link(&chain, &source.content_hash());
             assert_eq!(row.chain_hash, chain, "seq {i}: chain recomputed from the source");

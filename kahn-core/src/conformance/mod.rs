@@ -120,10 +120,7 @@ async fn snapshot(h: &Harness, t: &TestTenant, run: &RunId) -> (u64, Digest, Vec
 /// The stored bodies a source log must leave (canonical JSON of each body).
 fn expected_bodies(log: &SourceLog, upto: u64) -> Vec<String> {
     log.chunk(0, upto).runs().first().map_or_else(Vec::new, |r| {
-        r.bodies()
-            .iter()
-            .map(|b| serde_json::Value::Object(b.fields().clone()).to_string())
-            .collect()
+        r.bodies().iter().map(|b| serde_json::Value::Object(b.fields()).to_string()).collect()
     })
 }
 
