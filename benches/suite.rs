@@ -139,10 +139,12 @@ impl Workload {
     }
 
     /// The rows a store holds for this run: canonical body, content hash, chain hash.
-    fn rows(&self) -> Vec<(i64, String, Digest, Digest)> {
+    /// Per 1 MiB chunk.
+    fn rows(&self) -> Vec<Vec<(i64, String, Digest, Digest)>> {
         let mut prev = Digest::ZERO;
-        let mut out = Vec::with_capacity(self.n as usize);
+        let mut chunks = Vec::new();
         for b in &self.batches() {
+            let mut out = Vec::with_capacity(b.transition_count());
             for run in b.runs() {
                 for (i, body) in run.bodies().iter().enumerate() {
                     let c = body.content_hash();
@@ -155,8 +157,9 @@ impl Workload {
                     ));
                 }
             }
+            chunks.push(out);
         }
-        out
+        chunks
     }
 
     fn source(&self, half: bool) -> RunSource {
@@ -246,51 +249,60 @@ async fn ingest(
 /// SQLite baseline: plain prepared INSERTs of the precomputed rows in one transaction, on the
 /// same table shape and the same pragmas as kahn-sqlite (WAL, synchronous FULL).
 fn sqlite_baseline(res: &mut Results, dir: &Path, n: u64, reps: usize) {
-    let mut tps = vec![];
+    let (mut whole, mut chunked) = (vec![], vec![]);
     for rep in 0..reps {
         let w = Workload::new(dir, &format!("base-{n}-{rep}"), n);
         let rows = w.rows();
-        let path = dir.join(format!("baseline-{n}-{rep}.db"));
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)).unwrap();
-        conn.execute_batch(
-            "PRAGMA synchronous = FULL; PRAGMA cache_size = -16000; PRAGMA temp_store = MEMORY;
-             CREATE TABLE transitions (
-                tenant_id BLOB NOT NULL, run_id TEXT NOT NULL, seq INTEGER NOT NULL CHECK (seq >= 0),
-                body TEXT NOT NULL, content_hash BLOB NOT NULL, chain_hash BLOB NOT NULL,
-                PRIMARY KEY (tenant_id, run_id, seq)) STRICT, WITHOUT ROWID;",
-        )
-        .unwrap();
-        let tenant = uuid::Uuid::new_v4();
-        let start = Instant::now();
-        let mut conn = conn;
-        let tx = conn.transaction().unwrap();
-        {
-            let mut st = tx
-                .prepare_cached("INSERT INTO transitions VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
-                .unwrap();
-            for (seq, body, c, h) in &rows {
-                st.execute(rusqlite::params![
-                    &tenant.as_bytes()[..],
-                    &w.run,
-                    seq,
-                    body,
-                    &c.as_bytes()[..],
-                    &h.as_bytes()[..]
-                ])
-                .unwrap();
+        for (per_chunk, tps) in [(false, &mut whole), (true, &mut chunked)] {
+            let path = dir.join(format!("baseline-{n}-{rep}-{per_chunk}.db"));
+            let mut conn = rusqlite::Connection::open(&path).unwrap();
+            conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)).unwrap();
+            conn.execute_batch(
+                "PRAGMA synchronous = FULL; PRAGMA cache_size = -16000; PRAGMA temp_store = MEMORY;
+                 CREATE TABLE transitions (
+                    tenant_id BLOB NOT NULL, run_id TEXT NOT NULL, seq INTEGER NOT NULL CHECK (seq >= 0),
+                    body TEXT NOT NULL, content_hash BLOB NOT NULL, chain_hash BLOB NOT NULL,
+                    PRIMARY KEY (tenant_id, run_id, seq)) STRICT, WITHOUT ROWID;",
+            )
+            .unwrap();
+            let tenant = uuid::Uuid::new_v4();
+            let groups: Vec<Vec<&(i64, String, Digest, Digest)>> = if per_chunk {
+                rows.iter().map(|c| c.iter().collect()).collect()
+            } else {
+                vec![rows.iter().flatten().collect()]
+            };
+            let start = Instant::now();
+            for group in groups {
+                let tx = conn.transaction().unwrap();
+                {
+                    let mut st = tx
+                        .prepare_cached("INSERT INTO transitions VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
+                        .unwrap();
+                    for (seq, body, c, h) in group {
+                        st.execute(rusqlite::params![
+                            &tenant.as_bytes()[..],
+                            &w.run,
+                            seq,
+                            body,
+                            &c.as_bytes()[..],
+                            &h.as_bytes()[..]
+                        ])
+                        .unwrap();
+                    }
+                }
+                tx.commit().unwrap();
             }
-        }
-        tx.commit().unwrap();
-        tps.push(n as f64 / start.elapsed().as_secs_f64());
-        drop(conn);
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+            tps.push(n as f64 / start.elapsed().as_secs_f64());
+            drop(conn);
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+            }
         }
         let _ = std::fs::remove_file(&w.file);
         let _ = std::fs::remove_file(&w.half);
     }
-    res.put(&format!("sqlite.n{n}.baseline_insert_tps"), med(tps));
+    res.put(&format!("sqlite.n{n}.baseline_insert_tps"), med(whole));
+    res.put(&format!("sqlite.n{n}.baseline_insert_chunked_tps"), med(chunked));
 }
 
 /// Postgres baseline: one `COPY` as the owner of the precomputed rows into a table of the
@@ -303,37 +315,57 @@ async fn pg_baseline(res: &mut Results, admin: &PgBackend, dir: &Path, n: u64, r
     .execute(admin.pool())
     .await
     .unwrap();
-    let mut tps = vec![];
+    let (mut whole, mut chunked) = (vec![], vec![]);
     for rep in 0..reps {
         let w = Workload::new(dir, &format!("copy-{n}-{rep}"), n);
-        let tenant = uuid::Uuid::new_v4();
-        let mut text = String::with_capacity(n as usize * 450);
-        for (seq, body, c, h) in w.rows() {
-            // COPY text format: escape backslashes (the only special byte JSON bodies hold here).
-            let body = body.replace('\\', "\\\\").replace('\t', "\\t").replace('\n', "\\n");
-            text.push_str(&format!(
-                "{tenant}\t{}\t{seq}\t{body}\t\\\\x{}\t\\\\x{}\n",
-                w.run,
-                hex(c.as_bytes()),
-                hex(h.as_bytes())
-            ));
+        let mut texts = Vec::new();
+        for chunk in w.rows() {
+            let mut text = String::with_capacity(chunk.len() * 450);
+            for (seq, body, c, h) in chunk {
+                // COPY text format: escape backslashes, tabs, newlines.
+                let body = body.replace('\\', "\\\\").replace('\t', "\\t").replace('\n', "\\n");
+                text.push_str(&format!(
+                    "{tenant}\t{}-{rep}\t{seq}\t{body}\t\\\\x{}\t\\\\x{}\n",
+                    w.run,
+                    hex(c.as_bytes()),
+                    hex(h.as_bytes()),
+                    tenant = uuid::Uuid::nil(),
+                ));
+            }
+            texts.push(text);
         }
-        let mut conn = admin.pool().acquire().await.unwrap();
-        let start = Instant::now();
-        let mut copy = conn
-            .copy_in_raw("COPY public.copy_transitions (tenant_id, run_id, seq, body, content_hash, chain_hash) FROM STDIN")
-            .await
-            .unwrap();
-        for piece in text.as_bytes().chunks(1 << 20) {
-            copy.send(piece).await.unwrap();
+        // Whole: one COPY (one transaction) of every row. Chunked: one COPY per 1 MiB chunk,
+        // each its own transaction, as KAHN commits each append.
+        for (per_chunk, tps) in [(false, &mut whole), (true, &mut chunked)] {
+            let tenant = uuid::Uuid::new_v4().to_string();
+            let nil = uuid::Uuid::nil().to_string();
+            let run_texts: Vec<String> = texts.iter().map(|t| t.replace(&nil, &tenant)).collect();
+            let mut conn = admin.pool().acquire().await.unwrap();
+            let start = Instant::now();
+            let groups: Vec<Vec<&String>> = if per_chunk {
+                run_texts.iter().map(|t| vec![t]).collect()
+            } else {
+                vec![run_texts.iter().collect()]
+            };
+            let mut rows = 0;
+            for group in groups {
+                let mut copy = conn
+                    .copy_in_raw("COPY public.copy_transitions (tenant_id, run_id, seq, body, content_hash, chain_hash) FROM STDIN")
+                    .await
+                    .unwrap();
+                for text in group {
+                    copy.send(text.as_bytes()).await.unwrap();
+                }
+                rows += copy.finish().await.unwrap();
+            }
+            assert_eq!(rows, n);
+            tps.push(n as f64 / start.elapsed().as_secs_f64());
         }
-        let rows = copy.finish().await.unwrap();
-        assert_eq!(rows, n);
-        tps.push(n as f64 / start.elapsed().as_secs_f64());
         let _ = std::fs::remove_file(&w.file);
         let _ = std::fs::remove_file(&w.half);
     }
-    res.put(&format!("pg.n{n}.baseline_copy_tps"), med(tps));
+    res.put(&format!("pg.n{n}.baseline_copy_tps"), med(whole));
+    res.put(&format!("pg.n{n}.baseline_copy_chunked_tps"), med(chunked));
 }
 
 fn hex(b: &[u8]) -> String {
@@ -577,7 +609,12 @@ async fn main() {
             pg_baseline(&mut res, &admin, dir.path(), n, cfg.reps).await;
             admin.close().await;
             drop(db);
-            for (a, b) in [("sqlite", "baseline_insert_tps"), ("pg", "baseline_copy_tps")] {
+            for (a, b) in [
+                ("sqlite", "baseline_insert_tps"),
+                ("pg", "baseline_copy_tps"),
+                ("sqlite", "baseline_insert_chunked_tps"),
+                ("pg", "baseline_copy_chunked_tps"),
+            ] {
                 for m in ["push_first_tps", "append_first_tps"] {
                     ratio(
                         &mut res,
