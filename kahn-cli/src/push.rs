@@ -389,6 +389,8 @@ impl Cutter {
         }
         let mut chunk = Chunk::with_meta(&self.meta, run_id, max)?;
         let mut buf = Vec::with_capacity(4096);
+        // Whether what was read so far ends at a line's end (a mark ends at one).
+        let mut at_line_end = true;
         loop {
             // Read at most one chunk's worth plus one byte: a longer line is refused, never
             // buffered whole, so memory stays bounded whatever the file holds.
@@ -402,6 +404,7 @@ impl Cutter {
             }
             reader.raw.update(&buf);
             reader.bytes += n as u64;
+            at_line_end = buf.last() == Some(&b'\n');
             line_no += 1;
             let at_line = |e: Error| at_line(e, line_no);
             if buf.last() != Some(&b'\n') && n > max {
@@ -462,7 +465,7 @@ impl Cutter {
         }
         // A mark must end at a line's end: a file still being written may yet extend its
         // last line.
-        if matches!(buf.last(), None | Some(b'\n')) {
+        if at_line_end {
             emit(Cut::End(Mark {
                 bytes: reader.bytes,
                 lines: line_no,
@@ -686,6 +689,44 @@ mod tests {
         );
         let chunk = Chunk::with_meta(&meta, &run, MAX_CHUNK_BYTES).unwrap();
         assert_eq!(chunk.wire, wire, "the metadata line counts toward the chunk");
+    }
+
+    /// Pushes `text` as a file into `store`, with a resume cache in `cache`.
+    async fn push_text(
+        store: &kahn_core::MemoryBackend,
+        scope: &WriteScope,
+        dir: &Path,
+        text: &str,
+    ) -> PushReport {
+        let file = dir.join("run.ndjson");
+        std::fs::write(&file, text).unwrap();
+        let source = RunSource::from_path(&file, None).unwrap();
+        let opts = PushOptions {
+            resume_cache: Some(ResumeCache::new(dir.join("cache"))),
+            ..PushOptions::default()
+        };
+        push(store, scope, &source, &opts, &Quiet).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_mark_is_recorded_only_for_a_file_ending_at_a_line_end() {
+        use kahn_core::{NewTenant, StorageBackendExt};
+        let store = kahn_core::MemoryBackend::new();
+        let tenant = store.provision_tenant(&NewTenant::new("t").unwrap()).await.unwrap();
+        let key = store.issue_api_key(tenant.id).await.unwrap();
+        let scope = store.resolve_api_key(&key.secret).await.unwrap().unwrap();
+        let line = |i: u32| format!(r#"{{"ts":"2026-01-01T00:00:00Z","to":"s{i}"}}"#);
+        let dir = tempfile::tempdir().unwrap();
+        // No newline after the last line: it may still be being written, so no mark.
+        let open_ended = format!("{}\n{}", line(0), line(1));
+        assert_eq!(push_text(&store, &scope, dir.path(), &open_ended).await.appended, 2);
+        let again = push_text(&store, &scope, dir.path(), &open_ended).await;
+        assert_eq!((again.already_stored, again.resumed_by_mark), (2, false));
+        // Once the line ends, the push records a mark, and the next push uses it.
+        let closed = format!("{open_ended}\n{}\n", line(2));
+        assert_eq!(push_text(&store, &scope, dir.path(), &closed).await.appended, 1);
+        let again = push_text(&store, &scope, dir.path(), &closed).await;
+        assert_eq!((again.already_stored, again.resumed_by_mark, again.appended), (3, true, 0));
     }
 
     #[test]
