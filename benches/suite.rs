@@ -505,38 +505,46 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 
 /// list_runs (first page, 50) and read_transitions(1000) latency in µs, p50/p99, over
 /// `calls` calls spread over the loaded tenants and runs.
+/// Latency of `list_runs` (first page of 50) and `read_transitions` (1,000 rows) on each of
+/// `stores`, `calls` times each. Stores measured together are interleaved call by call, the
+/// first of each pair alternating, so none gets a warmer cache than another.
 async fn read_latency(
     res: &mut Results,
-    key: &str,
-    store: &dyn StorageBackend,
+    stores: &[(&str, &dyn StorageBackend)],
     scopes: &[(ReadScope, Vec<RunId>)],
     calls: usize,
 ) {
-    let mut list = Vec::with_capacity(calls);
-    let mut read = Vec::with_capacity(calls);
+    let mut list = vec![Vec::with_capacity(calls); stores.len()];
+    let mut read = vec![Vec::with_capacity(calls); stores.len()];
     let q = RunQuery { limit: 50, ..RunQuery::default() };
     for i in 0..calls {
         let (scope, runs) = &scopes[i % scopes.len()];
-        let t = Instant::now();
-        let page = store.list_runs(scope, &q).await.unwrap();
-        list.push(t.elapsed().as_secs_f64() * 1e6);
-        assert!(!page.runs.is_empty());
         let run = &runs[(i / scopes.len()) % runs.len()];
-        let t = Instant::now();
-        let rows = store.read_transitions(scope, run, None::<Seq>, 1000).await.unwrap();
-        read.push(t.elapsed().as_secs_f64() * 1e6);
-        assert_eq!(rows.len(), 1000.min(rows.len().max(1)));
+        for k in 0..stores.len() {
+            let which = (k + i) % stores.len();
+            let store = stores[which].1;
+            let t = Instant::now();
+            let page = store.list_runs(scope, &q).await.unwrap();
+            list[which].push(t.elapsed().as_secs_f64() * 1e6);
+            assert!(!page.runs.is_empty());
+            let t = Instant::now();
+            let rows = store.read_transitions(scope, run, None::<Seq>, 1000).await.unwrap();
+            read[which].push(t.elapsed().as_secs_f64() * 1e6);
+            assert_eq!(rows.len(), 1000.min(rows.len().max(1)));
+        }
     }
-    list.sort_by(f64::total_cmp);
-    read.sort_by(f64::total_cmp);
-    res.put(
-        &format!("{key}.list_runs_us"),
-        json!({"p50": pct(&list, 0.5).round(), "p99": pct(&list, 0.99).round()}),
-    );
-    res.put(
-        &format!("{key}.read_1000_us"),
-        json!({"p50": pct(&read, 0.5).round(), "p99": pct(&read, 0.99).round()}),
-    );
+    for (k, (key, _)) in stores.iter().enumerate() {
+        list[k].sort_by(f64::total_cmp);
+        read[k].sort_by(f64::total_cmp);
+        res.put(
+            &format!("{key}.list_runs_us"),
+            json!({"p50": pct(&list[k], 0.5).round(), "p99": pct(&list[k], 0.99).round()}),
+        );
+        res.put(
+            &format!("{key}.read_1000_us"),
+            json!({"p50": pct(&read[k], 0.5).round(), "p99": pct(&read[k], 0.99).round()}),
+        );
+    }
 }
 
 /// Loads tenants × runs × transitions through `append`; returns each tenant's read scope,
@@ -723,7 +731,7 @@ async fn main() {
         let sq = SqliteBackend::open(SqliteOptions::file(&path)).await.unwrap();
         let loaded = load(&sq, cfg.read_shape).await;
         let scopes: Vec<_> = loaded.iter().map(|(s, r, _)| (s.clone(), r.clone())).collect();
-        read_latency(&mut res, "reads.sqlite.direct", &sq, &scopes, calls).await;
+        read_latency(&mut res, &[("reads.sqlite.direct", &sq)], &scopes, calls).await;
         drop(sq);
         let server = Server::start(&format!("sqlite://{}", path.display()));
         let http = kahn_http::HttpBackend::new(&server.url).unwrap();
@@ -732,7 +740,7 @@ async fn main() {
             let key = kahn_core::ApiKey::parse(key).unwrap();
             hscopes.push((http.resolve_api_key(&key).await.unwrap().unwrap().read(), runs.clone()));
         }
-        read_latency(&mut res, "reads.sqlite.http", &http, &hscopes, calls).await;
+        read_latency(&mut res, &[("reads.sqlite.http", &http)], &hscopes, calls).await;
         drop(server);
 
         // Postgres: the app role under RLS vs the owner (a superuser: RLS does not apply), the
@@ -742,11 +750,11 @@ async fn main() {
         query(AssertSqlSafe("VACUUM ANALYZE".to_owned())).execute(admin.pool()).await.unwrap();
         let scopes: Vec<_> = loaded.iter().map(|(s, r, _)| (s.clone(), r.clone())).collect();
         let app = db.app().await;
-        // Warm both once, then measure alternately so neither gets a warmer cache.
-        read_latency(&mut Results::default(), "warm", &app, &scopes, calls.min(50)).await;
-        read_latency(&mut Results::default(), "warm", &admin, &scopes, calls.min(50)).await;
-        read_latency(&mut res, "reads.pg.rls_on_app_role", &app, &scopes, calls).await;
-        read_latency(&mut res, "reads.pg.rls_off_owner", &admin, &scopes, calls).await;
+        // Interleaved call by call, so neither gets a warmer cache.
+        let pair: [(&str, &dyn StorageBackend); 2] =
+            [("reads.pg.rls_on_app_role", &app), ("reads.pg.rls_off_owner", &admin)];
+        read_latency(&mut Results::default(), &pair, &scopes, calls.min(50)).await;
+        read_latency(&mut res, &pair, &scopes, calls).await;
         let app_dsn = format!("postgres://{}@127.0.0.1:5432/{}", kahn_pg::APP_ROLE, db.name);
         let server = Server::start(&app_dsn);
         let http = kahn_http::HttpBackend::new(&server.url).unwrap();
@@ -755,7 +763,7 @@ async fn main() {
             let key = kahn_core::ApiKey::parse(key).unwrap();
             hscopes.push((http.resolve_api_key(&key).await.unwrap().unwrap().read(), runs.clone()));
         }
-        read_latency(&mut res, "reads.pg.http", &http, &hscopes, calls).await;
+        read_latency(&mut res, &[("reads.pg.http", &http)], &hscopes, calls).await;
         drop(server);
         app.close().await;
         admin.close().await;
