@@ -389,8 +389,10 @@ impl Cutter {
         }
         let mut chunk = Chunk::with_meta(&self.meta, run_id, max)?;
         let mut buf = Vec::with_capacity(4096);
-        // Whether what was read so far ends at a line's end (a mark ends at one).
-        let mut at_line_end = true;
+        // Whether what was read so far ends at a line's end (a mark ends at one), and whether
+        // it held a metadata line (a mark covers transition lines only: the store's count and
+        // head, which a mark is matched against, say nothing about metadata).
+        let (mut at_line_end, mut saw_meta) = (true, false);
         loop {
             // Read at most one chunk's worth plus one byte: a longer line is refused, never
             // buffered whole, so memory stays bounded whatever the file holds.
@@ -434,6 +436,7 @@ impl Cutter {
                 continue;
             }
             let is_transition = matches!(line, NdjsonLine::Transition(_));
+            saw_meta |= !is_transition;
             let wire = line_wire_bytes(&line, run_id)?;
             if wire > max {
                 return Err(at_line(Error::invalid(
@@ -465,7 +468,7 @@ impl Cutter {
         }
         // A mark must end at a line's end: a file still being written may yet extend its
         // last line.
-        if at_line_end {
+        if at_line_end && !saw_meta {
             emit(Cut::End(Mark {
                 bytes: reader.bytes,
                 lines: line_no,
@@ -486,6 +489,8 @@ impl Pass<'_> {
     /// chunk k is appended, handing chunks over a channel of one. At most three chunks are
     /// alive at once (being appended, waiting, being read), whatever the file's size.
     async fn run(&self, report: &mut PushReport, skip: u64, skip_head: Digest) -> Result<Outcome> {
+        let is_regular_file =
+            tokio::fs::metadata(&self.source.transitions).await.is_ok_and(|m| m.is_file());
         let cutter = Cutter {
             path: self.source.transitions.clone(),
             run_id: self.source.run_id.clone(),
@@ -493,8 +498,9 @@ impl Pass<'_> {
             max: self.opts.max_chunk_bytes.clamp(1024, MAX_CHUNK_BYTES),
             skip,
             skip_head,
-            hint: self.opts.resume_cache.as_ref().and_then(|c| {
-                c.load(&self.source.transitions)
+            // Only a regular file can be re-read from its start when its mark is stale.
+            hint: self.opts.resume_cache.as_ref().filter(|_| is_regular_file).and_then(|c| {
+                c.load(&self.source.transitions, &self.source.run_id)
                     .filter(|m| skip > 0 && m.transitions == skip && m.head_hash == skip_head)
             }),
         };
@@ -529,7 +535,7 @@ impl Pass<'_> {
             && mark.transitions == report.next_seq
         {
             mark.head_hash = report.head_hash;
-            cache.save(&self.source.transitions, &mark);
+            cache.save(&self.source.transitions, &self.source.run_id, &mark);
         }
         Ok(Outcome::Done)
     }
@@ -727,6 +733,25 @@ mod tests {
         assert_eq!(push_text(&store, &scope, dir.path(), &closed).await.appended, 1);
         let again = push_text(&store, &scope, dir.path(), &closed).await;
         assert_eq!((again.already_stored, again.resumed_by_mark, again.appended), (3, true, 0));
+        // A file holding a metadata line gets no mark: the store's count and head say nothing
+        // about metadata, so a mark could skip a label a store never received. (Found by
+        // review.) Pushed to a store that holds the transitions but not the label, the label
+        // arrives.
+        let labelled = tempfile::tempdir().unwrap();
+        let with_meta = format!("{closed}{{\"kind\":\"run\",\"labels\":{{\"r\":\"pass\"}}}}\n");
+        push_text(&store, &scope, labelled.path(), &with_meta).await;
+        let run = RunId::new("run").unwrap();
+        let cache = ResumeCache::new(labelled.path().join("cache"));
+        assert_eq!(cache.load(&labelled.path().join("run.ndjson"), &run), None);
+        let other = kahn_core::MemoryBackend::new();
+        let tenant = other.provision_tenant(&NewTenant::new("t").unwrap()).await.unwrap();
+        let key = other.issue_api_key(tenant.id).await.unwrap();
+        let other_scope = other.resolve_api_key(&key.secret).await.unwrap().unwrap();
+        push_text(&other, &other_scope, tempfile::tempdir().unwrap().path(), &closed).await;
+        let again = push_text(&other, &other_scope, labelled.path(), &with_meta).await;
+        assert_eq!((again.already_stored, again.appended), (3, 0));
+        let stored = other.get_run(&other_scope.read(), &run).await.unwrap();
+        assert_eq!(stored.info.labels.get("r").map(String::as_str), Some("pass"));
     }
 
     #[test]

@@ -9,18 +9,24 @@
 //! `bytes` bytes still hash to `raw_sha256`, those bytes are skipped unparsed: hashing raw
 //! bytes is two orders of magnitude cheaper than parsing them.
 //!
-//! A mark is a fact about the file's content alone (the chain covers transition bodies, not
-//! where they are stored), so one mark serves every store the file is pushed to. It is only
-//! ever a hint: a missing, unreadable or stale mark means the pusher proves the prefix the
-//! slow way, and a mark never makes the store accept anything it would otherwise refuse.
+//! A mark is a fact about the file's content pushed as one run (the chain covers transition
+//! bodies, not where they are stored), so one mark serves every store the file is pushed to.
+//! A missing, unreadable or stale mark (the file changed) only means the pusher proves the
+//! prefix the slow way. Marks cover files of transition lines only: a file holding metadata
+//! lines gets none, since the store's count and head say nothing about its metadata.
+//!
+//! The cache is trusted like the file itself: a mark forged to name another file's prefix
+//! hash together with the store's count and head would make the pusher skip bytes the store
+//! does not hold and append the rest after them. Keep it in a directory only its user writes
+//! (the default is under the user's own cache directory).
 
 use std::path::{Path, PathBuf};
 
-use kahn_core::Digest;
+use kahn_core::{Digest, RunId};
 use serde::{Deserialize, Serialize};
 
-/// A directory of [`Mark`]s, one JSON file per pushed file (named by the SHA-256 of its
-/// canonical path).
+/// A directory of [`Mark`]s, one JSON file per pushed file and run id (named by the SHA-256
+/// of the file's canonical path and the run id).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResumeCache {
     dir: PathBuf,
@@ -62,22 +68,24 @@ impl ResumeCache {
         &self.dir
     }
 
-    fn entry(&self, file: &Path) -> PathBuf {
+    fn entry(&self, file: &Path, run: &RunId) -> PathBuf {
         let path = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_owned());
-        let key = Digest::sha256(path.as_os_str().as_encoded_bytes());
-        self.dir.join("push").join(format!("{key}.json"))
+        let mut key = path.as_os_str().as_encoded_bytes().to_vec();
+        key.push(0);
+        key.extend_from_slice(run.as_str().as_bytes());
+        self.dir.join("push").join(format!("{}.json", Digest::sha256(&key)))
     }
 
-    /// The mark recorded for `file`, if any. Any failure to read it is a miss.
-    pub fn load(&self, file: &Path) -> Option<Mark> {
-        let text = std::fs::read(self.entry(file)).ok()?;
+    /// The mark recorded for `file` pushed as `run`, if any. Any failure to read it is a miss.
+    pub fn load(&self, file: &Path, run: &RunId) -> Option<Mark> {
+        let text = std::fs::read(self.entry(file, run)).ok()?;
         serde_json::from_slice(&text).ok()
     }
 
-    /// Records `mark` for `file`, replacing the previous one atomically. A failure is logged,
-    /// never an error: the cache only ever saves work.
-    pub fn save(&self, file: &Path, mark: &Mark) {
-        let entry = self.entry(file);
+    /// Records `mark` for `file` pushed as `run`, replacing the previous one atomically. A
+    /// failure is logged, never an error: the cache only ever saves work.
+    pub fn save(&self, file: &Path, run: &RunId, mark: &Mark) {
+        let entry = self.entry(file, run);
         let write = || -> std::io::Result<()> {
             let dir = entry.parent().unwrap_or(&self.dir);
             std::fs::create_dir_all(dir)?;
@@ -102,7 +110,8 @@ mod tests {
         let (a, b) = (dir.path().join("a.ndjson"), dir.path().join("b.ndjson"));
         std::fs::write(&a, "x").unwrap();
         std::fs::write(&b, "y").unwrap();
-        assert_eq!(cache.load(&a), None);
+        let (r, other) = (RunId::new("r").unwrap(), RunId::new("other").unwrap());
+        assert_eq!(cache.load(&a, &r), None);
         let mark = Mark {
             bytes: 10,
             lines: 2,
@@ -110,11 +119,12 @@ mod tests {
             raw_sha256: Digest::sha256(b"raw"),
             head_hash: Digest::sha256(b"head"),
         };
-        cache.save(&a, &mark);
-        assert_eq!(cache.load(&a), Some(mark));
-        assert_eq!(cache.load(&b), None, "marks are per file");
+        cache.save(&a, &r, &mark);
+        assert_eq!(cache.load(&a, &r), Some(mark));
+        assert_eq!(cache.load(&b, &r), None, "marks are per file");
+        assert_eq!(cache.load(&a, &other), None, "and per run id");
         // A corrupt entry is a miss, not an error.
-        std::fs::write(cache.entry(&a), "{").unwrap();
-        assert_eq!(cache.load(&a), None);
+        std::fs::write(cache.entry(&a, &r), "{").unwrap();
+        assert_eq!(cache.load(&a, &r), None);
     }
 }

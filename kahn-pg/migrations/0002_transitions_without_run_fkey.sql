@@ -6,7 +6,10 @@
 -- What it guarded still holds, by construction rather than by trigger:
 -- * every transition is inserted by the append, in the transaction that first created (if
 --   missing) and locked the run row FOR UPDATE, so a transition never lacks its run;
--- * the app role cannot DELETE runs (it holds SELECT, INSERT and column UPDATEs only), and the
---   one path that deletes runs, kahn.purge_expired(), deletes their transitions in the same
---   statement, after locking the runs.
+-- * the app role cannot DELETE runs (it holds SELECT, INSERT and column UPDATEs only), and
+--   kahn.purge_expired(), the only path KAHN has that deletes runs, deletes their transitions
+--   in the same call, after locking the runs.
+-- What no longer holds: an operator's manual DELETE FROM kahn.tenants (whose runs cascade)
+-- used to be refused while the tenant had transitions; it would now leave them behind. KAHN
+-- has no tenant deletion; an operator removing a tenant by hand deletes its transitions first.
 ALTER TABLE kahn.transitions DROP CONSTRAINT transitions_run_fkey;
