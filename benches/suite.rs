@@ -631,6 +631,8 @@ async fn main() {
                         &format!("{a}.n{n}.{b}"),
                     );
                 }
+            }
+            for a in ["sqlite", "pg"] {
                 for again in ["push_again", "push_again_nocache"] {
                     ratio(
                         &mut res,

@@ -3,11 +3,11 @@
 //! It first asks the store how much of the run it holds (`next_seq`, `head_hash`), hashes that
 //! prefix of the file locally and compares the one chain link, then sends only what is
 //! missing, in chunks of at most 1 MiB cut on line boundaries. Reading (parsing,
-//! canonicalising, hashing) runs on its own thread, one chunk ahead of the append. Memory stays
-//! flat: at most three chunks are held at a time, whatever the file's size. Retryable failures (rate limits, restarts,
-//! lost connections) are retried with exponential backoff and jitter, honouring the store's
-//! `Retry-After`; since appends are idempotent by content, a retry of an append that did
-//! commit only finds its transitions already stored.
+//! canonicalising, hashing) runs on its own thread, one chunk ahead of the append. Memory
+//! stays flat: at most three chunks are held at a time, whatever the file's size. Retryable
+//! failures (rate limits, restarts, lost connections) are retried with exponential backoff
+//! and jitter, honouring the store's `Retry-After`; since appends are idempotent by content, a
+//! retry of an append that did commit only finds its transitions already stored.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

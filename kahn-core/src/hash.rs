@@ -91,7 +91,8 @@ impl<'de> Deserialize<'de> for Digest {
 ///
 /// # Errors
 /// [`Error::InvalidInput`] naming `field` (for a body, the top-level key holding the number)
-/// when the value has no exact canonical form: an integer beyond ±2^53.
+/// when the value has no exact canonical form: an integer beyond ±2^53, or a whole double
+/// that JCS would print as one (see [`prints_as_inexact_integer`]).
 pub(crate) fn canonical_json(field: &str, value: &serde_json::Value) -> Result<String, Error> {
     let mut out = String::with_capacity(384);
     Canonical { out: &mut out }.value(field, value)?;
@@ -101,6 +102,13 @@ pub(crate) fn canonical_json(field: &str, value: &serde_json::Value) -> Result<S
 /// The largest integer magnitude RFC 8785 represents exactly (it treats numbers as IEEE-754
 /// doubles): 2^53.
 const MAX_EXACT_INTEGER: u64 = 1 << 53;
+
+/// Whether JCS writes `f` as plain digits beyond ±2^53: a whole double below 1e21 (from 1e21
+/// on it writes an exponent). Those digits read back as an integer RFC 8785 cannot hash
+/// exactly, so the stored form could not be read and hashed again (by the server, by `verify`).
+fn prints_as_inexact_integer(f: f64) -> bool {
+    f.fract() == 0.0 && f.abs() > MAX_EXACT_INTEGER as f64 && f.abs() < 1e21
+}
 
 /// RFC 8785's property order: by UTF-16 code units. UTF-8 byte order is code point order,
 /// which differs from UTF-16 order only when a character at or above U+E000 (UTF-8 lead byte
@@ -187,15 +195,7 @@ impl Canonical<'_> {
             n.as_u64().map(|u| (u, false)).or_else(|| n.as_i64().map(|i| (i.unsigned_abs(), true)));
         match integer {
             Some((magnitude, _)) if magnitude > MAX_EXACT_INTEGER => Err(beyond()),
-            // A whole double beyond 2^53 but below 1e21 is written as plain digits, which read
-            // back as an integer beyond 2^53: refused too, or the stored form could not be
-            // read and hashed again (by the server, by `verify`).
-            None if n.as_f64().is_some_and(|f| {
-                f.fract() == 0.0 && f.abs() > MAX_EXACT_INTEGER as f64 && f.abs() < 1e21
-            }) =>
-            {
-                Err(beyond())
-            }
+            None if n.as_f64().is_some_and(prints_as_inexact_integer) => Err(beyond()),
             Some((magnitude, negative)) => {
                 if negative && magnitude > 0 {
                     self.out.push('-');
@@ -443,8 +443,7 @@ mod tests {
             (-(1i64 << 53)..=(1i64 << 53)).prop_map(serde_json::Value::from),
             any::<f64>()
                 .prop_filter("finite, with an exact canonical form", |f| {
-                    f.is_finite()
-                        && !(f.fract() == 0.0 && f.abs() > (1u64 << 53) as f64 && f.abs() < 1e21)
+                    f.is_finite() && !prints_as_inexact_integer(*f)
                 })
                 .prop_map(serde_json::Value::from),
             Just(serde_json::Value::from(5e-324)),
