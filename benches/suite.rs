@@ -246,6 +246,44 @@ async fn ingest(
     res.put(&format!("{label}.n{n}.append_dup_tps"), med(dup));
 }
 
+/// One request's worth of many small runs: a batch of `runs` one-transition runs (the shape a
+/// fan-out orchestrator, or an attacker within its rate limit, sends), appended first and
+/// again (all duplicates), `reps` times each on fresh run ids. Seconds per batch.
+async fn many_runs(
+    res: &mut Results,
+    label: &str,
+    store: Arc<dyn StorageBackend>,
+    control: Arc<dyn StorageBackend>,
+    runs: u64,
+    reps: usize,
+) {
+    let tenant = control
+        .provision_tenant(&NewTenant::new(format!("{label}-many-{runs}")).unwrap())
+        .await
+        .unwrap();
+    let key = control.issue_api_key(tenant.id).await.unwrap();
+    let scope = store.resolve_api_key(&key.secret).await.unwrap().unwrap();
+    let (mut first, mut again) = (vec![], vec![]);
+    for rep in 0..reps {
+        let text: String = (0..runs)
+            .map(|i| {
+                format!(
+                    "{{\"run_id\":\"many-{rep}-{i}\",\"seq\":0,\"ts\":\"2026-01-01T00:00:00Z\",\"to\":\"succeeded\"}}\n"
+                )
+            })
+            .collect();
+        let batch = AppendBatch::from_ndjson(&text).unwrap();
+        let start = Instant::now();
+        assert_eq!(store.append(&scope, &batch).await.unwrap().appended(), runs);
+        first.push(start.elapsed().as_secs_f64() * 1000.0);
+        let start = Instant::now();
+        assert_eq!(store.append(&scope, &batch).await.unwrap().skipped(), runs);
+        again.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    res.put(&format!("{label}.many_runs{runs}.first_ms"), med(first));
+    res.put(&format!("{label}.many_runs{runs}.again_ms"), med(again));
+}
+
 /// SQLite baseline: plain prepared INSERTs of the precomputed rows in one transaction, on the
 /// same table shape and the same pragmas as kahn-sqlite (WAL, synchronous FULL).
 fn sqlite_baseline(res: &mut Results, dir: &Path, n: u64, reps: usize) {
@@ -648,6 +686,31 @@ async fn main() {
                     &format!("{a}.n{n}.append_first_tps"),
                 );
             }
+        }
+    }
+
+    // ---- many one-transition runs in one request ------------------------------------------
+    if want("many_runs") {
+        let runs = if cfg.smoke { 200 } else { 10_000 };
+        let sq = Arc::new(
+            SqliteBackend::open(SqliteOptions::file(dir.path().join("many-runs.db")))
+                .await
+                .unwrap(),
+        );
+        many_runs(&mut res, "sqlite", sq.clone(), sq, runs, cfg.reps).await;
+        let (db, admin) = pg_support::TestDb::new().await;
+        let app: Arc<dyn StorageBackend> = Arc::new(db.app().await);
+        let admin = Arc::new(admin);
+        many_runs(&mut res, "pg", app, admin.clone(), runs, cfg.reps).await;
+        admin.close().await;
+        drop(db);
+        for which in ["first_ms", "again_ms"] {
+            ratio(
+                &mut res,
+                &format!("ratio.many_runs{runs}.{which}.pg/sqlite"),
+                &format!("pg.many_runs{runs}.{which}"),
+                &format!("sqlite.many_runs{runs}.{which}"),
+            );
         }
     }
 
