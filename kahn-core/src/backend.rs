@@ -148,6 +148,11 @@ pub trait StorageBackend: Debug + Send + Sync + 'static {
     /// Removes every run whose last activity is older than its tenant's retention at `now`,
     /// with its transitions. Reports, per tenant that lost anything, what was removed.
     ///
+    /// A backend whose credentials must never delete more than retention allows *now* uses
+    /// its own clock instead of `now`: Postgres under the app role purges at the database's
+    /// `now()` (the caller's time is not trusted there); operators purge "as of" a time with
+    /// the admin DSN.
+    ///
     /// # Errors
     /// [`Error::Backend`] when the store fails; nothing is removed then.
     async fn purge_expired(&self, now: DateTime<Utc>) -> Result<Vec<PurgeReport>>;

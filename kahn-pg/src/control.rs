@@ -16,6 +16,7 @@ use sqlx_core::row::Row;
 use sqlx_postgres::{PgPool, PgRow};
 use uuid::Uuid;
 
+use crate::Mode;
 use crate::error::{corrupt, db, unique_violation};
 
 fn tenant_from_row(row: &PgRow) -> Result<Tenant> {
@@ -257,20 +258,41 @@ pub(crate) async fn lookup(pool: &PgPool, what: Lookup<'_>) -> Result<Option<Ten
     Ok(tenant.map(TenantId::from_uuid))
 }
 
-pub(crate) async fn purge_expired(pool: &PgPool, now: DateTime<Utc>) -> Result<Vec<PurgeReport>> {
-    // Postgres timestamps start in 4714 BC: nothing stored is older than a `now` before that.
-    let earliest = chrono::NaiveDate::from_ymd_opt(-4712, 1, 1)
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|d| d.and_utc());
-    if earliest.is_some_and(|e| now < e) {
-        return Ok(Vec::new());
-    }
-    let rows =
-        query("SELECT tenant_id, runs_removed, transitions_removed FROM kahn.purge_expired($1)")
+/// The retention purge. The admin DSN purges at `now` (`kahn.purge_expired_at`, which only
+/// owners and members of `kahn_definer` may call); the app DSN purges at the database's own
+/// clock (`kahn.purge_expired()`), whatever `now` says: the app role can never delete more than
+/// retention allows at the database's time.
+pub(crate) async fn purge_expired(
+    pool: &PgPool,
+    mode: Mode,
+    now: DateTime<Utc>,
+) -> Result<Vec<PurgeReport>> {
+    let rows = match mode {
+        Mode::App => {
+            query("SELECT tenant_id, runs_removed, transitions_removed FROM kahn.purge_expired()")
+                .fetch_all(pool)
+                .await
+                .map_err(db)?
+        }
+        Mode::Admin => {
+            // Postgres timestamps start in 4714 BC: nothing stored is older than a `now` before
+            // that.
+            let earliest = chrono::NaiveDate::from_ymd_opt(-4712, 1, 1)
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map(|d| d.and_utc());
+            if earliest.is_some_and(|e| now < e) {
+                return Ok(Vec::new());
+            }
+            query(
+                "SELECT tenant_id, runs_removed, transitions_removed \
+                 FROM kahn.purge_expired_at($1)",
+            )
             .bind(now)
             .fetch_all(pool)
             .await
-            .map_err(db)?;
+            .map_err(db)?
+        }
+    };
     rows.iter()
         .map(|row| {
             let runs: i64 = row.try_get("runs_removed").map_err(db)?;

@@ -166,6 +166,38 @@ pub enum RoleProblem {
         /// `UPDATE`, `DELETE` or `TRUNCATE`.
         privilege: &'static str,
     },
+    /// A tenant table carries a policy KAHN did not create: a permissive one ORs itself into
+    /// the tenant isolation (a stray `USING (true)` leaves RLS inert).
+    ExtraPolicy {
+        /// The table.
+        table: String,
+        /// The policy's name.
+        policy: String,
+    },
+    /// One of KAHN's policies on a tenant table is missing or not as designed (its predicate,
+    /// command, roles or permissiveness changed).
+    AlteredPolicy {
+        /// The table.
+        table: String,
+        /// `tenant_isolation` or `definer_all`.
+        policy: String,
+    },
+    /// The role holds a privilege beyond KAHN's design (directly, through a role, or through
+    /// PUBLIC).
+    ExtraGrant {
+        /// The object, as a `REVOKE` names it: `TABLE kahn.api_keys`, `kahn.runs (run_id)`,
+        /// `FUNCTION kahn.purge_expired_at(timestamp with time zone)`, `SCHEMA kahn`.
+        object: String,
+        /// The privilege.
+        privilege: String,
+    },
+    /// The role lacks a privilege KAHN's design gives the app role.
+    MissingGrant {
+        /// The object.
+        object: String,
+        /// The privilege.
+        privilege: String,
+    },
 }
 
 impl fmt::Display for RoleProblem {
@@ -207,6 +239,39 @@ impl fmt::Display for RoleProblem {
                 f,
                 "the role holds {privilege} on kahn.transitions, so the log is not append-only; \
                  fix (as the admin): REVOKE UPDATE, DELETE, TRUNCATE ON kahn.transitions FROM <role>"
+            ),
+            RoleProblem::ExtraPolicy { table, policy } => write!(
+                f,
+                "{table} carries policy {policy:?}, which KAHN did not create; a permissive policy \
+                 widens what every role sees; fix (as the admin): DROP POLICY \"{policy}\" ON {table}"
+            ),
+            RoleProblem::AlteredPolicy { table, policy } => write!(
+                f,
+                "policy {policy} on {table} is missing or not as KAHN created it; fix (as the \
+                 admin): DROP POLICY IF EXISTS {policy} ON {table}, then recreate it as the \
+                 migrations define it (tenant_isolation: USING and WITH CHECK on the tenant \
+                 column = kahn.current_tenant(); definer_all: TO kahn_definer USING (true) \
+                 WITH CHECK (true))"
+            ),
+            RoleProblem::ExtraGrant { object, privilege } => {
+                // A column grant is revoked as `REVOKE UPDATE (col) ON kahn.t`.
+                let revoke = match object.strip_suffix(')').and_then(|o| o.split_once(" (")) {
+                    Some((table, column)) if !object.starts_with("FUNCTION ") => {
+                        format!("REVOKE {privilege} ({column}) ON {table}")
+                    }
+                    _ => format!("REVOKE {privilege} ON {object}"),
+                };
+                write!(
+                    f,
+                    "the role holds {privilege} on {object}, beyond KAHN's least-privilege \
+                     design; fix (as the admin): {revoke} FROM <role> (or from PUBLIC, or the \
+                     role it inherits it from)"
+                )
+            }
+            RoleProblem::MissingGrant { object, privilege } => write!(
+                f,
+                "the role lacks {privilege} on {object}, which the server needs; fix: connect \
+                 as kahn_app on a database migrated with `kahn migrate` (the admin DSN)"
             ),
         }
     }

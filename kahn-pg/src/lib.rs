@@ -7,15 +7,18 @@
 //!   versioned migrations (schema `kahn`, roles, tables, policies, grants, functions) and can
 //!   provision tenants, issue keys and link orgs. [`PgBackend::connect_app`] takes the app DSN
 //!   (the server's): it first checks that the role is not a superuser, has no BYPASSRLS, owns
-//!   no tenant table, and that every tenant table has RLS enabled *and* forced, and refuses to
-//!   start otherwise ([`UnsafeAppRole`]).
+//!   no tenant table, that every tenant table has RLS enabled *and* forced with exactly KAHN's
+//!   policies, and that the role's privileges are exactly the designed ones, and refuses to
+//!   start otherwise ([`UnsafeAppRole`], naming each problem's fix).
 //! * **Tenant per transaction.** Every tenant-data operation runs in one transaction that
 //!   first does `SELECT set_config('kahn.tenant', $1, true)`: the setting ends with the
 //!   transaction, so a pooled connection never carries a tenant into the next request. Reads
 //!   run in `READ ONLY` transactions, so the database refuses a write even if code tried one.
-//! * **Fast, serialized append.** Per run: the run row is created if missing and locked
-//!   (`FOR UPDATE`), [`AppendPlan`](kahn_core::rules::AppendPlan) asks for at most two chain
-//!   links (one query), and the new rows go in with one `INSERT … SELECT FROM UNNEST(…)`.
+//! * **Fast, serialized append, set-wise.** A constant number of statements per batch, however
+//!   many runs it names: every run row is created if missing and all are locked (`FOR UPDATE`)
+//!   in run id order, [`AppendPlan`](kahn_core::rules::AppendPlan) asks for at most two chain
+//!   links per run (one query for the batch), the new rows of every run go in with one
+//!   `INSERT … SELECT FROM UNNEST(…)` and the run summaries change with one `UPDATE`.
 //! * **Exact content.** Transition bodies and graphs are stored as their RFC 8785 canonical
 //!   JSON *text* (not jsonb, which refuses `\u0000` and reformats), so reading back gives the
 //!   hashed content and the chain recomputes.
@@ -25,7 +28,8 @@
 //! | method | admin DSN | app DSN |
 //! | --- | --- | --- |
 //! | `append`, `list_runs`, `get_run`, `read_transitions` | yes | yes |
-//! | `authenticate_api_key`, `lookup_tenant_by_org`, `lookup_tenant_by_sub`, `get_tenant`, `list_tenants`, `purge_expired` | yes | yes, through SECURITY DEFINER functions |
+//! | `authenticate_api_key`, `lookup_tenant_by_org`, `lookup_tenant_by_sub`, `get_tenant`, `list_tenants` | yes | yes, through SECURITY DEFINER functions |
+//! | `purge_expired(now)` | yes, as of `now` | yes, as of the **database's** clock (`now` is not trusted) |
 //! | `provision_tenant`, `link_org`, `issue_api_key`, `rotate_api_key`, `revoke_api_key`, `list_api_keys` | yes | [`Error::Unsupported`] |
 //! | `ping` | yes | yes |
 //!
@@ -120,8 +124,9 @@ impl PgBackend {
 
     /// Connects with the app DSN (the server's) and checks the role: refuses a superuser, a
     /// BYPASSRLS role, a role owning a tenant table (or a member of its owner or of
-    /// `kahn_definer`), a role that may rewrite the log, and a database where a tenant table
-    /// has RLS disabled or not forced.
+    /// `kahn_definer`), a role that may rewrite the log or holds any privilege beyond the
+    /// designed ones (tables, columns, functions, schema), and a database where a tenant table
+    /// has RLS disabled or not forced, or carries a policy that is not exactly KAHN's.
     ///
     /// # Errors
     /// [`Error::Backend`] whose source is an [`UnsafeAppRole`] naming every problem and its
@@ -322,7 +327,7 @@ impl StorageBackend for PgBackend {
     }
 
     async fn purge_expired(&self, now: DateTime<Utc>) -> Result<Vec<PurgeReport>> {
-        control::purge_expired(&self.pool, now).await
+        control::purge_expired(&self.pool, self.mode, now).await
     }
 
     async fn ping(&self) -> Result<()> {

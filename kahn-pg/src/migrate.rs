@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "transitions without run fkey",
         include_str!("../migrations/0002_transitions_without_run_fkey.sql"),
     ),
+    (3, "purge on database clock", include_str!("../migrations/0003_purge_on_database_clock.sql")),
 ];
 
 /// The migrator holding every migration of `migrations/`, as `sqlx::migrate!` would build it

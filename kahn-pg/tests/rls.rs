@@ -399,6 +399,120 @@ async fn app_dsn_refuses_a_table_with_rls_not_forced() {
     assert!(refusal.to_string().contains("FORCE ROW LEVEL SECURITY"));
 }
 
+/// A stray permissive policy (`USING (true)`) ORs itself into the tenant isolation and leaves
+/// RLS inert; an altered KAHN policy does the same. The app-DSN constructor refuses both,
+/// naming the table, the policy and the fix (red team, round two).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_dsn_refuses_a_stray_policy_and_an_altered_one() {
+    let (db, admin) = TestDb::new().await;
+    admin_exec(&admin, "CREATE POLICY debug_all ON kahn.runs USING (true)").await;
+    let refusal = refused_with(db.app_as(kahn_pg::APP_ROLE, 1).await.expect_err("stray policy"));
+    assert_eq!(
+        refusal.problems,
+        [RoleProblem::ExtraPolicy { table: "kahn.runs".into(), policy: "debug_all".into() }],
+        "{refusal}"
+    );
+    assert!(refusal.to_string().contains("DROP POLICY \"debug_all\" ON kahn.runs"), "{refusal}");
+    // A restrictive extra policy is not KAHN's either.
+    admin_exec(&admin, "DROP POLICY debug_all ON kahn.runs").await;
+    admin_exec(&admin, "CREATE POLICY narrow ON kahn.tenants AS RESTRICTIVE USING (true)").await;
+    let refusal = refused_with(db.app_as(kahn_pg::APP_ROLE, 1).await.expect_err("extra policy"));
+    assert_eq!(
+        refusal.problems,
+        [RoleProblem::ExtraPolicy { table: "kahn.tenants".into(), policy: "narrow".into() }]
+    );
+    admin_exec(&admin, "DROP POLICY narrow ON kahn.tenants").await;
+
+    // KAHN's own policy, rewritten to see everything (the name kept).
+    admin_exec(&admin, "DROP POLICY tenant_isolation ON kahn.transitions").await;
+    admin_exec(&admin, "CREATE POLICY tenant_isolation ON kahn.transitions USING (true)").await;
+    let refusal = refused_with(db.app_as(kahn_pg::APP_ROLE, 1).await.expect_err("altered"));
+    let altered = RoleProblem::AlteredPolicy {
+        table: "kahn.transitions".into(),
+        policy: "tenant_isolation".into(),
+    };
+    assert_eq!(refusal.problems, std::slice::from_ref(&altered), "{refusal}");
+    // Dropped altogether (RLS forced with only definer_all: the app would see nothing, and the
+    // design is gone).
+    admin_exec(&admin, "DROP POLICY tenant_isolation ON kahn.transitions").await;
+    let refusal = refused_with(db.app_as(kahn_pg::APP_ROLE, 1).await.expect_err("missing"));
+    assert_eq!(refusal.problems, [altered], "{refusal}");
+    // Restored as designed: accepted again.
+    admin_exec(
+        &admin,
+        "CREATE POLICY tenant_isolation ON kahn.transitions \
+         USING (tenant_id = (SELECT kahn.current_tenant())) \
+         WITH CHECK (tenant_id = (SELECT kahn.current_tenant()))",
+    )
+    .await;
+    db.app().await;
+}
+
+/// The app role's effective privileges must be exactly the designed ones: any extra grant —
+/// on a table, a column, a function (the purge at a caller's time), the schema, directly or
+/// through PUBLIC — refuses the start, naming the `REVOKE` that fixes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_dsn_refuses_grants_beyond_the_design() {
+    let (db, admin) = TestDb::new().await;
+    let cases: [(&str, &str, RoleProblem); 5] = [
+        (
+            "GRANT SELECT ON kahn.api_keys TO kahn_app",
+            "REVOKE SELECT ON kahn.api_keys FROM kahn_app",
+            RoleProblem::ExtraGrant {
+                object: "TABLE kahn.api_keys".into(),
+                privilege: "SELECT".into(),
+            },
+        ),
+        (
+            "GRANT UPDATE (run_id) ON kahn.runs TO PUBLIC",
+            "REVOKE UPDATE (run_id) ON kahn.runs FROM PUBLIC",
+            RoleProblem::ExtraGrant {
+                object: "kahn.runs (run_id)".into(),
+                privilege: "UPDATE".into(),
+            },
+        ),
+        (
+            "GRANT EXECUTE ON FUNCTION kahn.purge_expired_at(timestamptz) TO kahn_app",
+            "REVOKE EXECUTE ON FUNCTION kahn.purge_expired_at(timestamptz) FROM kahn_app",
+            RoleProblem::ExtraGrant {
+                object: "FUNCTION kahn.purge_expired_at(timestamp with time zone)".into(),
+                privilege: "EXECUTE".into(),
+            },
+        ),
+        (
+            "GRANT CREATE ON SCHEMA kahn TO kahn_app",
+            "REVOKE CREATE ON SCHEMA kahn FROM kahn_app",
+            RoleProblem::ExtraGrant { object: "SCHEMA kahn".into(), privilege: "CREATE".into() },
+        ),
+        (
+            "REVOKE INSERT ON kahn.transitions FROM kahn_app",
+            "GRANT INSERT ON kahn.transitions TO kahn_app",
+            RoleProblem::MissingGrant {
+                object: "table kahn.transitions".into(),
+                privilege: "INSERT".into(),
+            },
+        ),
+    ];
+    for (break_it, fix_it, problem) in cases {
+        admin_exec(&admin, break_it).await;
+        let refusal = refused_with(db.app_as(kahn_pg::APP_ROLE, 1).await.expect_err(break_it));
+        assert_eq!(refusal.problems, [problem], "{break_it}: {refusal}");
+        assert!(refusal.to_string().contains("fix"), "{refusal}");
+        admin_exec(&admin, fix_it).await;
+        db.app().await; // fixed: accepted again
+    }
+    let refusal = {
+        admin_exec(&admin, "GRANT UPDATE (run_id) ON kahn.runs TO PUBLIC").await;
+        let r = refused_with(db.app_as(kahn_pg::APP_ROLE, 1).await.expect_err("column grant"));
+        admin_exec(&admin, "REVOKE UPDATE (run_id) ON kahn.runs FROM PUBLIC").await;
+        r
+    };
+    assert!(
+        refusal.to_string().contains("REVOKE UPDATE (run_id) ON kahn.runs FROM <role>"),
+        "the fix names the column: {refusal}"
+    );
+}
+
 /// The app-DSN constructor also refuses a role that may rewrite the log, a member of
 /// kahn_definer, and a database that was never migrated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -458,6 +572,50 @@ async fn app_role_cannot_update_delete_or_truncate_transitions() {
     let mut tx = pool.begin().await.expect("begin");
     set_tenant(&mut tx, a.id).await;
     assert_eq!(count(&mut tx, "transitions").await.expect("count"), 5, "nothing was removed");
+}
+
+/// The app role cannot purge at a time of its choosing: `kahn.purge_expired('infinity')` used
+/// to delete every tenant's log (red team, round two). The app's purge runs on the database's
+/// clock, whatever time the caller passes; only the operator may purge "as of" a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_role_cannot_purge_more_than_retention_allows_now() {
+    let (db, admin) = TestDb::new().await;
+    let app = db.app().await;
+    let t = tenant(&admin, &app).await;
+    let now = chrono::Utc::now().to_rfc3339();
+    let lines: Vec<String> = (0..4)
+        .map(|seq| json!({"run_id": "fresh", "seq": seq, "ts": now, "to": "running"}).to_string())
+        .collect();
+    app.append(&t.write, &AppendBatch::from_ndjson(&lines.join("\n")).expect("valid"))
+        .await
+        .expect("append");
+    let pool = app_pool(&db, 1).await;
+    let mut conn = pool.acquire().await.expect("conn");
+    for sql in [
+        "SELECT * FROM kahn.purge_expired('infinity')",
+        "SELECT * FROM kahn.purge_expired('9999-12-31'::timestamptz)",
+    ] {
+        let code = sqlstate(query(sql).execute(&mut *conn).await);
+        assert_eq!(code, "42883", "{sql}: no purge takes the app role's time");
+    }
+    let code = sqlstate(
+        query("SELECT * FROM kahn.purge_expired_at('infinity')").execute(&mut *conn).await,
+    );
+    assert_eq!(code, INSUFFICIENT_PRIVILEGE, "the operator's purge is not the app role's");
+    let rows =
+        query("SELECT * FROM kahn.purge_expired()").fetch_all(&mut *conn).await.expect("purge");
+    assert!(rows.is_empty(), "nothing is past retention at the database's clock");
+    // Through the adapter: the app backend's purge ignores a caller's far-future time.
+    let far = chrono::DateTime::<chrono::Utc>::MAX_UTC;
+    assert!(app.purge_expired(far).await.expect("app purge").is_empty());
+    let run = RunId::new("fresh").expect("valid");
+    assert_eq!(app.get_run(&t.read, &run).await.expect("still there").info.next_seq, 4);
+    // The operator (admin DSN) may purge as of a time: the same run goes.
+    let reports = admin.purge_expired(far).await.expect("admin purge");
+    assert!(
+        reports.iter().any(|r| r.tenant_id == t.id && r.transitions_removed == 4),
+        "{reports:?}"
+    );
 }
 
 /// A read scope's transaction — the one every read method runs in — is READ ONLY: a write
@@ -608,13 +766,16 @@ async fn security_definer_functions_expose_nothing_else() {
             "lookup_api_key",
             "lookup_tenant_by_org",
             "lookup_tenant_by_sub",
-            "purge_expired"
+            "purge_expired",
+            "purge_expired_at"
         ]
     );
     for r in &rows {
         let name: String = r.try_get("name").expect("name");
         assert_eq!(r.try_get::<String, _>("owner").expect("owner"), "kahn_definer", "{name}");
-        assert!(r.try_get::<bool, _>("app").expect("app"), "{name}: kahn_app may execute");
+        // The purge at a caller's time is the operator's, never the app role's.
+        let app_may = name != "purge_expired_at";
+        assert_eq!(r.try_get::<bool, _>("app").expect("app"), app_may, "{name}: kahn_app EXECUTE");
         assert!(!r.try_get::<bool, _>("public").expect("public"), "{name}: PUBLIC may not");
     }
     let login: bool = query("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'kahn_definer'")

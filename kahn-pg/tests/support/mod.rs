@@ -210,7 +210,7 @@ pub(crate) struct TestRole {
 
 impl TestRole {
     /// Creates a login role with `attributes` (e.g. `BYPASSRLS`), validated against a fixed
-    /// list, able to use schema `kahn` of `db`.
+    /// list, a member of `kahn_app` (so it holds the app role's grants) in `db`.
     pub(crate) async fn create(db: &TestDb, admin: &PgBackend, attributes: &str) -> Self {
         assert!(
             attributes
@@ -221,8 +221,12 @@ impl TestRole {
         let name = format!("kahn_t_role_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let sql = format!("CREATE ROLE \"{name}\" LOGIN {attributes}");
         query(AssertSqlSafe(sql)).execute(admin.pool()).await.expect("create test role");
+        // Through kahn_app it holds exactly the app role's designed grants, so the test's one
+        // deviation is the only problem the startup check can find.
         let sql = format!("GRANT USAGE ON SCHEMA kahn TO \"{name}\"");
         query(AssertSqlSafe(sql)).execute(admin.pool()).await.expect("grant usage");
+        let sql = format!("GRANT {} TO \"{name}\"", kahn_pg::APP_ROLE);
+        query(AssertSqlSafe(sql)).execute(admin.pool()).await.expect("grant the app role");
         TestRole { name, db: db.name.clone() }
     }
 }
