@@ -329,7 +329,17 @@ fn exit_code(e: &Error) -> (u8, &'static str) {
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         let (code, hint) = exit_code(&e);
-        Failure { code, message: format!("{e}\nhint: {hint}") }
+        // An unavailable store keeps its cause apart from its message (a server never sends
+        // driver text to clients); the operator at the terminal gets it.
+        let mut cause = String::new();
+        if let Error::Unavailable { source: Some(source), .. } = &e {
+            let mut next: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+            while let Some(err) = next {
+                cause.push_str(&format!("\n  cause: {err}"));
+                next = err.source();
+            }
+        }
+        Failure { code, message: format!("{e}{cause}\nhint: {hint}") }
     }
 }
 

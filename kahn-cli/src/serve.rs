@@ -2,7 +2,7 @@
 //! an optional TOML file, in that order of precedence.
 
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,9 +47,20 @@ pub(crate) struct ServeArgs {
     /// Required JWT audience (`aud`).
     #[arg(long, env = "KAHN_JWT_AUDIENCE")]
     jwt_audience: Option<String>,
-    /// Ingest requests per second per tenant [default: 100]
+    /// Ingest allowance per second per tenant, in cost units: a request costs one unit per
+    /// started 100 runs or 10,000 transitions, whichever is more (an ordinary push chunk: one)
+    /// [default: 100]
     #[arg(long, env = "KAHN_INGEST_RATE")]
     ingest_rate: Option<NonZeroU32>,
+    /// Most distinct runs one ingest request may name (413 beyond) [default: 10000]
+    #[arg(long, env = "KAHN_MAX_RUNS_PER_REQUEST")]
+    max_runs_per_request: Option<NonZeroUsize>,
+    /// Most ingest requests one tenant may have in flight (429 beyond) [default: 4]
+    #[arg(long, env = "KAHN_MAX_INGESTS_IN_FLIGHT")]
+    max_ingests_in_flight: Option<NonZeroUsize>,
+    /// Most API requests served at once (503 with Retry-After beyond) [default: 512]
+    #[arg(long, env = "KAHN_MAX_REQUESTS_IN_FLIGHT")]
+    max_requests_in_flight: Option<NonZeroUsize>,
     /// Seconds between retention purges; 0 disables them [default: 3600]
     #[arg(long, env = "KAHN_RETENTION_INTERVAL_SECS")]
     retention_interval_secs: Option<u64>,
@@ -70,6 +81,9 @@ struct FileConfig {
     jwt_issuer: Option<String>,
     jwt_audience: Option<String>,
     ingest_rate: Option<NonZeroU32>,
+    max_runs_per_request: Option<NonZeroUsize>,
+    max_ingests_in_flight: Option<NonZeroUsize>,
+    max_requests_in_flight: Option<NonZeroUsize>,
     retention_interval_secs: Option<u64>,
 }
 
@@ -99,6 +113,9 @@ impl ServeArgs {
         self.jwt_issuer = self.jwt_issuer.or(file.jwt_issuer);
         self.jwt_audience = self.jwt_audience.or(file.jwt_audience);
         self.ingest_rate = self.ingest_rate.or(file.ingest_rate);
+        self.max_runs_per_request = self.max_runs_per_request.or(file.max_runs_per_request);
+        self.max_ingests_in_flight = self.max_ingests_in_flight.or(file.max_ingests_in_flight);
+        self.max_requests_in_flight = self.max_requests_in_flight.or(file.max_requests_in_flight);
         self.retention_interval_secs =
             self.retention_interval_secs.or(file.retention_interval_secs);
         Ok(self)
@@ -123,6 +140,15 @@ impl ServeArgs {
         }
         if let Some(rate) = self.ingest_rate {
             config = config.with_ingest_rate(rate);
+        }
+        if let Some(runs) = self.max_runs_per_request {
+            config = config.with_max_runs_per_request(runs.get());
+        }
+        if let Some(n) = self.max_ingests_in_flight {
+            config = config.with_max_ingests_in_flight_per_tenant(n.get());
+        }
+        if let Some(n) = self.max_requests_in_flight {
+            config = config.with_max_requests_in_flight(n.get());
         }
         if let Some(secs) = self.retention_interval_secs {
             config = config.with_retention_interval((secs > 0).then(|| Duration::from_secs(secs)));

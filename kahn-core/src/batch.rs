@@ -265,6 +265,11 @@ impl BatchBuilder {
         &mut self.runs[i]
     }
 
+    /// How many distinct runs the lines so far name.
+    pub fn run_count(&self) -> usize {
+        self.runs.len()
+    }
+
     /// Adds a parsed line.
     ///
     /// # Errors

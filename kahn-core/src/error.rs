@@ -88,10 +88,15 @@ pub enum Error {
     Unavailable {
         /// Which backend.
         backend: &'static str,
-        /// What happened.
+        /// What happened, in words fit for a caller (no driver internals: those are in
+        /// `source`).
         message: String,
         /// How long the backend asked the caller to wait, when it said.
         retry_after: Option<std::time::Duration>,
+        /// The underlying failure (a driver's connection or pool error), kept for logs and
+        /// `downcast_ref`, never flattened into `message`.
+        #[source]
+        source: Option<BoxError>,
     },
 
     /// Stored data fails its own integrity checks — a hash chain that does not recompute, rows
@@ -145,6 +150,29 @@ impl Error {
     /// An [`Error::NotFound`].
     pub fn not_found(what: &'static str, id: impl fmt::Display) -> Self {
         Error::NotFound { what, id: id.to_string() }
+    }
+
+    /// An [`Error::Unavailable`]: `message` says what happened in words fit for a caller.
+    pub fn unavailable(backend: &'static str, message: impl Into<String>) -> Self {
+        Error::Unavailable { backend, message: message.into(), retry_after: None, source: None }
+    }
+
+    /// This error with `wait` as its retry hint, when it is [`Error::Unavailable`].
+    #[must_use]
+    pub fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
+        if let Error::Unavailable { retry_after, .. } = &mut self {
+            *retry_after = Some(wait);
+        }
+        self
+    }
+
+    /// This error with `cause` kept as its source, when it is [`Error::Unavailable`].
+    #[must_use]
+    pub fn with_unavailable_source(mut self, cause: impl Into<BoxError>) -> Self {
+        if let Error::Unavailable { source, .. } = &mut self {
+            *source = Some(cause.into());
+        }
+        self
     }
 
     /// An [`Error::Backend`] wrapping `source`.

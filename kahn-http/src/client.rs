@@ -79,7 +79,14 @@ fn transport(e: impl Into<kahn_core::BoxError>) -> Error {
 /// appends are idempotent by content); anything else is [`Error::Backend`].
 fn exchange(e: reqwest::Error) -> Error {
     if e.is_connect() || e.is_timeout() || e.is_request() {
-        Error::Unavailable { backend: BACKEND, message: e.to_string(), retry_after: None }
+        let what = if e.is_connect() {
+            "the server could not be reached"
+        } else if e.is_timeout() {
+            "the server did not answer in time"
+        } else {
+            "the request could not be sent"
+        };
+        Error::unavailable(BACKEND, what).with_unavailable_source(e)
     } else {
         transport(e)
     }
@@ -332,7 +339,12 @@ async fn error_from(response: reqwest::Response) -> Error {
             Error::Integrity { run_id: run_id(), seq: body.seq, message: body.message }
         }
         (StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE, _) => {
-            Error::Unavailable { backend: BACKEND, message: body.message, retry_after: wait }
+            Error::Unavailable {
+                backend: BACKEND,
+                message: body.message,
+                retry_after: wait,
+                source: None,
+            }
         }
         _ => transport(format!("HTTP {status}: {} ({})", body.message, body.error)),
     }

@@ -11,6 +11,13 @@ use kahn_core::TenantId;
 pub const DEFAULT_INGEST_RATE: NonZeroU32 = NonZeroU32::new(100).expect("100 is not zero");
 /// Default largest ingest body: 1 MiB.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+/// Default cap on distinct runs per ingest request: 10,000 (a 1 MiB body holds up to ~14,000
+/// one-line runs).
+pub const DEFAULT_MAX_RUNS_PER_REQUEST: usize = 10_000;
+/// Default cap on one tenant's ingest requests in flight: 4.
+pub const DEFAULT_MAX_INGESTS_IN_FLIGHT_PER_TENANT: usize = 4;
+/// Default cap on requests served at once: 512.
+pub const DEFAULT_MAX_REQUESTS_IN_FLIGHT: usize = 512;
 /// Default interval between retention purges: one hour.
 pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 /// Default time for a request's head (request line and headers) to arrive; a keep-alive
@@ -73,12 +80,22 @@ impl JwtConfig {
 pub struct ServerConfig {
     /// JWT verification; `None` refuses every JWT (API keys still work).
     pub jwt: Option<JwtConfig>,
-    /// Ingest requests per second per tenant (also the burst size).
+    /// Ingest allowance per second per tenant, in cost units (also the burst size). A request
+    /// costs one unit per started 100 runs or 10,000 transitions, whichever is more, and at
+    /// least one: an ordinary push chunk is one unit.
     pub ingest_rate: NonZeroU32,
     /// Per-tenant ingest rates overriding [`ingest_rate`](Self::ingest_rate).
     pub tenant_ingest_rates: HashMap<TenantId, NonZeroU32>,
     /// Largest ingest body, in bytes.
     pub body_limit: usize,
+    /// Most distinct runs one ingest request may name (413 `too_many_runs` beyond).
+    pub max_runs_per_request: usize,
+    /// Most ingest requests one tenant may have in flight at once (429 `too_many_in_flight`
+    /// with `Retry-After` beyond), so one tenant cannot hold every database connection.
+    pub max_ingests_in_flight_per_tenant: usize,
+    /// Most requests to `/v1` and `/api` the server serves at once; beyond, 503 with
+    /// `Retry-After` at once instead of an unbounded queue.
+    pub max_requests_in_flight: usize,
     /// Interval between retention purges; `None` runs none.
     pub retention_interval: Option<Duration>,
     /// Time for a request's head to arrive (and the longest a keep-alive connection may sit
@@ -97,6 +114,9 @@ impl Default for ServerConfig {
             ingest_rate: DEFAULT_INGEST_RATE,
             tenant_ingest_rates: HashMap::new(),
             body_limit: DEFAULT_BODY_LIMIT,
+            max_runs_per_request: DEFAULT_MAX_RUNS_PER_REQUEST,
+            max_ingests_in_flight_per_tenant: DEFAULT_MAX_INGESTS_IN_FLIGHT_PER_TENANT,
+            max_requests_in_flight: DEFAULT_MAX_REQUESTS_IN_FLIGHT,
             retention_interval: Some(DEFAULT_RETENTION_INTERVAL),
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             body_timeout: DEFAULT_BODY_TIMEOUT,
@@ -130,6 +150,27 @@ impl ServerConfig {
     #[must_use]
     pub fn with_body_limit(mut self, bytes: usize) -> Self {
         self.body_limit = bytes;
+        self
+    }
+
+    /// Sets the most distinct runs one ingest request may name.
+    #[must_use]
+    pub fn with_max_runs_per_request(mut self, runs: usize) -> Self {
+        self.max_runs_per_request = runs;
+        self
+    }
+
+    /// Sets the most ingest requests one tenant may have in flight.
+    #[must_use]
+    pub fn with_max_ingests_in_flight_per_tenant(mut self, requests: usize) -> Self {
+        self.max_ingests_in_flight_per_tenant = requests;
+        self
+    }
+
+    /// Sets the most `/v1` and `/api` requests served at once.
+    #[must_use]
+    pub fn with_max_requests_in_flight(mut self, requests: usize) -> Self {
+        self.max_requests_in_flight = requests;
         self
     }
 

@@ -1,12 +1,17 @@
 //! The one error type of the server: every failure becomes a JSON `{"error", "message", …}`
 //! body with the right status. Internal details are logged, never sent.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kahn_core::{ConflictAt, Error};
 
 use crate::wire::ErrorBody;
+
+/// The `Retry-After` of a 503 when the backend named no wait of its own.
+pub(crate) const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// An HTTP error response: a status, a JSON [`ErrorBody`], and headers where they apply
 /// (`Retry-After`, `WWW-Authenticate`).
@@ -138,6 +143,35 @@ impl ApiError {
         )
     }
 
+    /// 429 `too_many_in_flight`: the tenant already has `cap` ingests being served.
+    pub fn too_many_in_flight(cap: usize) -> Self {
+        let mut body = ErrorBody::new(
+            "too_many_in_flight",
+            format!(
+                "this tenant already has {cap} ingest requests in flight (the server's cap per \
+                 tenant); retry after 1 s, or send fewer requests at once"
+            ),
+        );
+        body.limit = Some(cap as u64);
+        body.retry_after_secs = Some(1);
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, body);
+        e.0.headers.push((header::RETRY_AFTER, HeaderValue::from(1u64)));
+        e
+    }
+
+    /// 413 `too_many_runs`: the body names more distinct runs than the server's cap.
+    pub fn too_many_runs(cap: usize) -> Self {
+        let mut body = ErrorBody::new(
+            "too_many_runs",
+            format!(
+                "the body names more than {cap} distinct runs (the server's cap per request); \
+                 split it into several requests"
+            ),
+        );
+        body.limit = Some(cap as u64);
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, body)
+    }
+
     /// 429 `rate_limited` with `Retry-After: secs`.
     pub fn rate_limited(secs: u64) -> Self {
         let mut body = ErrorBody::new(
@@ -150,9 +184,21 @@ impl ApiError {
         e
     }
 
-    /// 503 `unavailable`.
-    pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorBody::new("unavailable", message))
+    /// 503 `unavailable` with a generic message and `Retry-After` (whole seconds, at least 1):
+    /// every 503 this server sends says when to come back.
+    pub fn service_unavailable(wait: Duration) -> Self {
+        let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorBody::new(
+                "unavailable",
+                "the server is temporarily unable to serve this request; nothing was written; \
+                 retry after the Retry-After delay",
+            ),
+        );
+        e.0.body.retry_after_secs = Some(secs);
+        e.0.headers.push((header::RETRY_AFTER, HeaderValue::from(secs)));
+        e
     }
 
     /// 500 `internal`: the details are logged under `request` by the caller, not sent.
@@ -189,15 +235,16 @@ impl From<Error> for ApiError {
             Error::NotFound { what, id } => Self::not_found(what, id),
             Error::InvalidInput { field, message } => Self::bad_request(field, message),
             Error::Unauthorized(message) => Self::unauthorized(message),
-            Error::Unavailable { backend, retry_after, .. } => {
-                tracing::warn!(backend, error = %message, "backend unavailable");
-                let mut e = Self::unavailable(message);
-                if let Some(wait) = retry_after {
-                    let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
-                    e.0.body.retry_after_secs = Some(secs);
-                    e.0.headers.push((header::RETRY_AFTER, HeaderValue::from(secs)));
+            Error::Unavailable { backend, retry_after, source, .. } => {
+                // The cause (a driver's pool or connection error) goes to the log only: the
+                // caller learns that it may retry, and when, never the internals.
+                match &source {
+                    Some(cause) => {
+                        tracing::warn!(backend, error = %message, cause = %cause, "backend unavailable");
+                    }
+                    None => tracing::warn!(backend, error = %message, "backend unavailable"),
                 }
-                e
+                Self::service_unavailable(retry_after.unwrap_or(DEFAULT_RETRY_AFTER))
             }
             Error::Integrity { run_id, seq, .. } => {
                 // Stored data failing its own checks is the operator's emergency, never the

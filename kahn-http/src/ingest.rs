@@ -19,11 +19,13 @@ struct LineParser {
     pending: Vec<u8>,
     line_no: u64,
     builder: BatchBuilder,
+    /// The most distinct runs the body may name.
+    max_runs: usize,
 }
 
 impl LineParser {
-    fn new() -> Self {
-        Self { pending: Vec::new(), line_no: 0, builder: BatchBuilder::new() }
+    fn new(max_runs: usize) -> Self {
+        Self { pending: Vec::new(), line_no: 0, builder: BatchBuilder::new(), max_runs }
     }
 
     fn feed(&mut self, mut chunk: &[u8]) -> Result<(), ApiError> {
@@ -62,6 +64,9 @@ impl LineParser {
         };
         if let Some(parsed) = NdjsonLine::parse(text).map_err(at_line)? {
             self.builder.push(parsed).map_err(at_line)?;
+            if self.builder.run_count() > self.max_runs {
+                return Err(ApiError::too_many_runs(self.max_runs));
+            }
         }
         Ok(())
     }
@@ -125,12 +130,20 @@ pub(crate) async fn ingest(
     // the connection, so it closes the connection: a client that pooled it would otherwise send
     // its next request into a socket the server is about to drop.
     let mut body_done = false;
+    let limits = &state.inner.limits;
+    let rate_limited = |wait: std::time::Duration| {
+        state.inner.metrics.rate_limited.inc();
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        ApiError::rate_limited(secs.max(1))
+    };
     let result = async {
-        if let Err(wait) = state.inner.limits.check(scope.tenant()) {
+        // One unit up front, before the body is read; the rest of the request's cost once its
+        // body is parsed (see `ratelimit`).
+        limits.charge_upfront(scope.tenant()).map_err(rate_limited)?;
+        let Some(_in_flight) = limits.enter(scope.tenant()) else {
             state.inner.metrics.rate_limited.inc();
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            return Err(ApiError::rate_limited(secs.max(1)));
-        }
+            return Err(ApiError::too_many_in_flight(limits.in_flight_cap()));
+        };
         is_ndjson(&headers)?;
         let limit = state.inner.config.body_limit;
         let declared = headers
@@ -140,7 +153,7 @@ pub(crate) async fn ingest(
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(ApiError::payload_too_large(limit));
         }
-        let mut parser = LineParser::new();
+        let mut parser = LineParser::new(state.inner.config.max_runs_per_request);
         let mut seen = 0usize;
         let mut stream = body.into_data_stream();
         // The whole body has one deadline, not one per read: a client trickling a byte a
@@ -166,6 +179,8 @@ pub(crate) async fn ingest(
             parser.feed(&chunk)?;
         }
         let batch = parser.finish()?.build();
+        let cost = crate::ratelimit::ingest_cost(batch.runs().len(), batch.transition_count());
+        limits.charge_rest(scope.tenant(), cost).map_err(rate_limited)?;
         let report = state.inner.backend.append(&scope, &batch).await?;
         state.inner.metrics.appended.inc_by(report.appended());
         state.inner.metrics.skipped.inc_by(report.skipped());
@@ -199,7 +214,7 @@ mod tests {
     fn lines_split_across_chunks_and_blank_lines_parse() {
         let text = format!("{}\n\n{}\r\n{}\n", t("a", 0), t("a", 1), t("b", 0));
         for split in 1..text.len() {
-            let mut p = LineParser::new();
+            let mut p = LineParser::new(10);
             let (x, y) = text.as_bytes().split_at(split);
             p.feed(x).expect("valid");
             p.feed(y).expect("valid");
@@ -211,7 +226,7 @@ mod tests {
     #[test]
     fn first_bad_line_is_named() {
         let text = format!("{}\n\n{{\"run_id\":\"a\",\"seq\":1}}\nnot json\n", t("a", 0));
-        let mut p = LineParser::new();
+        let mut p = LineParser::new(10);
         let err = p.feed(text.as_bytes()).expect_err("line 3 lacks ts");
         assert_eq!(err.body().line, Some(3));
         assert_eq!(err.body().field.as_deref(), Some("ts"));
@@ -219,7 +234,7 @@ mod tests {
 
     #[test]
     fn last_line_without_newline_counts() {
-        let mut p = LineParser::new();
+        let mut p = LineParser::new(10);
         p.feed(t("a", 0).as_bytes()).expect("valid");
         assert_eq!(p.finish().expect("valid").build().transition_count(), 1);
     }

@@ -43,8 +43,9 @@ pub use auth::{Claims, JwtVerifier};
 pub use client::{HttpBackend, install_crypto_provider};
 pub use config::{
     ConfigError, DEFAULT_BODY_LIMIT, DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
-    DEFAULT_INGEST_RATE, DEFAULT_JWT_LEEWAY_SECS, DEFAULT_RETENTION_INTERVAL, JwtConfig,
-    JwtKeySource, ServerConfig,
+    DEFAULT_INGEST_RATE, DEFAULT_JWT_LEEWAY_SECS, DEFAULT_MAX_INGESTS_IN_FLIGHT_PER_TENANT,
+    DEFAULT_MAX_REQUESTS_IN_FLIGHT, DEFAULT_MAX_RUNS_PER_REQUEST, DEFAULT_RETENTION_INTERVAL,
+    JwtConfig, JwtKeySource, ServerConfig,
 };
 pub use error::ApiError;
 pub use openapi::openapi_document;

@@ -18,6 +18,7 @@ pub(crate) struct Metrics {
     pub(crate) appended: IntCounter,
     pub(crate) skipped: IntCounter,
     pub(crate) rate_limited: IntCounter,
+    pub(crate) overloaded: IntCounter,
     pub(crate) admin_overrides: IntCounter,
 }
 
@@ -56,9 +57,23 @@ impl Metrics {
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(appended.clone()))?;
         registry.register(Box::new(skipped.clone()))?;
+        let overloaded = IntCounter::new(
+            "kahn_requests_overloaded_total",
+            "Requests refused with 503 at the server's cap of requests in flight",
+        )?;
         registry.register(Box::new(rate_limited.clone()))?;
+        registry.register(Box::new(overloaded.clone()))?;
         registry.register(Box::new(admin_overrides.clone()))?;
-        Ok(Self { registry, requests, latency, appended, skipped, rate_limited, admin_overrides })
+        Ok(Self {
+            registry,
+            requests,
+            latency,
+            appended,
+            skipped,
+            rate_limited,
+            overloaded,
+            admin_overrides,
+        })
     }
 
     /// The Prometheus text exposition.

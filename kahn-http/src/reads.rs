@@ -301,7 +301,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Health>
         Ok(()) => Ok(Json(Health { status: "ok".into() })),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
-            Err(ApiError::unavailable("the storage backend is unreachable"))
+            Err(ApiError::service_unavailable(crate::error::DEFAULT_RETRY_AFTER))
         }
     }
 }

@@ -18,7 +18,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{ingest, metrics, reads, viewer};
+use crate::{ingest, metrics, ratelimit, reads, viewer};
 
 /// The KAHN API as an [`axum::Router`], ready to serve or to nest in another service.
 ///
@@ -43,6 +43,7 @@ pub fn router(state: AppState) -> Router {
         .route("/viewer/{file}", get(viewer::asset))
         .fallback(|uri: Uri| async move { ApiError::no_route(uri.path()).into_response() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed().into_response() })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), ratelimit::limit_in_flight))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

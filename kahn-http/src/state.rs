@@ -23,6 +23,8 @@ pub(crate) struct Inner {
     pub(crate) jwt: Option<JwtVerifier>,
     pub(crate) limits: IngestLimits,
     pub(crate) metrics: Metrics,
+    /// Permits for the requests served at once (`max_requests_in_flight`).
+    pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl fmt::Debug for AppState {
@@ -56,6 +58,15 @@ impl AppState {
                 message: "must be longer than zero".into(),
             });
         }
+        for (setting, value) in [
+            ("max_runs_per_request", config.max_runs_per_request),
+            ("max_ingests_in_flight_per_tenant", config.max_ingests_in_flight_per_tenant),
+            ("max_requests_in_flight", config.max_requests_in_flight),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid { setting, message: "must be at least 1".into() });
+            }
+        }
         for (setting, value) in
             [("header_timeout", config.header_timeout), ("body_timeout", config.body_timeout)]
         {
@@ -67,10 +78,15 @@ impl AppState {
             }
         }
         let jwt = config.jwt.as_ref().map(JwtVerifier::from_config).transpose()?;
-        let limits = IngestLimits::new(config.ingest_rate, &config.tenant_ingest_rates);
+        let limits = IngestLimits::new(
+            config.ingest_rate,
+            &config.tenant_ingest_rates,
+            config.max_ingests_in_flight_per_tenant,
+        );
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(config.max_requests_in_flight));
         let metrics = Metrics::new()
             .map_err(|e| ConfigError::Invalid { setting: "metrics", message: e.to_string() })?;
-        Ok(Self { inner: Arc::new(Inner { backend, config, jwt, limits, metrics }) })
+        Ok(Self { inner: Arc::new(Inner { backend, config, jwt, limits, metrics, in_flight }) })
     }
 
     /// The backend served.

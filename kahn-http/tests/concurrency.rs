@@ -221,3 +221,91 @@ async fn soak_pushers_over_http_into_sqlite_and_postgres() {
     drop(p);
     drop(db);
 }
+
+/// The red team's starvation, reproduced on Postgres as the app role: tenant C sends 12
+/// concurrent requests of 8,000 one-transition runs (within its rate limit) while tenant A
+/// reads its run every 100 ms. Before round two each such request held a pooled connection
+/// for 14-57 s and A's reads waited 24-26 s, then failed with 503. Now every read of A answers
+/// 200, and C's requests answer 200 or 429 (its cap of ingests in flight) — never 5xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_many_run_requests_from_one_tenant_never_starves_anothers_reads() {
+    let (db, admin) = pg::TestDb::new().await;
+    let app = db.app().await;
+    let keys = TestKeys::generate();
+    let config = test_config(&keys);
+    let s = TestServer::start(Arc::new(app), keys, config).await;
+    let mut keys = Vec::new();
+    for name in ["flooder", "reader"] {
+        let t = admin.provision_tenant(&NewTenant::new(name).expect("valid")).await.expect("t");
+        keys.push(admin.issue_api_key(t.id).await.expect("key").secret.expose_secret().to_owned());
+    }
+    let (c_key, a_key) = (keys[0].clone(), keys[1].clone());
+    let ts = recent_base().to_rfc3339();
+    let post = |key: String, body: String| {
+        let (http, url) = (s.http.clone(), s.url("/v1/ingest/transitions"));
+        async move {
+            http.post(url)
+                .bearer_auth(key)
+                .header("content-type", kahn_http::NDJSON)
+                .body(body)
+                .send()
+                .await
+                .expect("ingest request")
+                .status()
+        }
+    };
+    let mine = json!({"run_id": "mine", "seq": 0, "ts": ts, "to": "running"}).to_string();
+    assert_eq!(post(a_key.clone(), mine).await, reqwest::StatusCode::OK);
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reads = tokio::spawn({
+        let (http, url, key, stop) = (s.http.clone(), s.url("/v1/runs/mine"), a_key, stop.clone());
+        async move {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                let started = Instant::now();
+                let status = http.get(&url).bearer_auth(&key).send().await.expect("read").status();
+                seen.push((status, started.elapsed()));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            seen
+        }
+    });
+    let started = Instant::now();
+    let flood: Vec<_> = (0..12)
+        .map(|r| {
+            let body: String = (0..8_000)
+                .map(|i| {
+                    json!({"run_id": format!("c{r}-{i}"), "seq": 0, "ts": ts, "to": "succeeded"})
+                        .to_string()
+                        + "\n"
+                })
+                .collect();
+            tokio::spawn(post(c_key.clone(), body))
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for f in flood {
+        statuses.push(f.await.expect("flood request"));
+    }
+    let flood_took = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let seen = reads.await.expect("reader");
+    let slowest = seen.iter().map(|(_, d)| *d).max().unwrap_or_default();
+    eprintln!(
+        "flood of 12 x 8,000 runs: {flood_took:?}, statuses {statuses:?}; tenant A: {} reads, slowest {slowest:?}",
+        seen.len()
+    );
+    assert!(seen.len() >= 2, "the reader read during the flood");
+    for (status, took) in &seen {
+        assert_eq!(*status, reqwest::StatusCode::OK, "a read of tenant A failed after {took:?}");
+    }
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == reqwest::StatusCode::OK || *s == reqwest::StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&reqwest::StatusCode::OK), "some of the flood was served");
+}

@@ -673,3 +673,146 @@ async fn valid_prefix_and_random_keys_take_indistinguishable_time() {
     let ratio = dp.max(dr) / dp.min(dr);
     assert!(ratio < 5.0, "medians differ {ratio:.1}× ({dp:.0} vs {dr:.0} µs)");
 }
+
+// ---------------------------------------------------------------------------------------
+// One tenant cannot take the server (red team, round two)
+
+/// Opens an ingest request for `key` whose body never finishes (half of it is sent): it stays
+/// in flight until the returned stream is dropped.
+async fn held_ingest(addr: &str, key: &str) -> TcpStream {
+    let body = (line("held", 0, "{}") + "\n").into_bytes();
+    let head = format!(
+        "POST /v1/ingest/transitions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nContent-Type: {NDJSON}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(head.as_bytes()).await.expect("head");
+    stream.write_all(&body[..body.len() / 2]).await.expect("half a body");
+    stream
+}
+
+/// `n` one-transition runs, one line each.
+fn many_runs(n: usize) -> Vec<u8> {
+    (0..n).map(|i| line(&format!("r{i}"), 0, "{}") + "\n").collect::<String>().into_bytes()
+}
+
+async fn until_ok(s: &TestServer, key: &str) {
+    for _ in 0..100 {
+        if post(s, key, NDJSON, line("after", 0, "{}").into_bytes()).await.status()
+            == StatusCode::OK
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the tenant was never served again after its held requests closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_naming_more_runs_than_the_cap_is_413_and_writes_nothing() {
+    let s = sqlite_server().await;
+    let t = provision(&s, None).await;
+    let before = fingerprint(&s.backend).await;
+    let cap = kahn_http::DEFAULT_MAX_RUNS_PER_REQUEST;
+    let r = post(&s, &t.key, NDJSON, many_runs(cap + 1)).await;
+    assert_eq!(r.headers().get("connection").map(|v| v.as_bytes()), Some(&b"close"[..]));
+    let (status, body) = status_and_body(r).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["error"], "too_many_runs", "{body}");
+    assert_eq!(body["limit"], cap as u64, "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| m.contains("10000")), "{body}");
+    assert_eq!(fingerprint(&s.backend).await, before, "nothing was written");
+    // The cap itself is accepted, and configurable.
+    let r = post(&s, &t.key, NDJSON, many_runs(cap)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_at_its_cap_of_ingests_in_flight_gets_429_and_others_are_served() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let url = format!("sqlite://{}", dir.path().join("kahn.db").display());
+    let backend = kahn_sqlite::SqliteBackend::connect(&url).await.expect("sqlite");
+    let keys = TestKeys::generate();
+    let config = test_config(&keys).with_body_timeout(Duration::from_secs(30));
+    let s = TestServer::start(Arc::new(backend), keys, config).await.with_guard(dir);
+    let (c, a) = (provision(&s, None).await, provision(&s, None).await);
+    let addr = s.url.trim_start_matches("http://").to_owned();
+    let cap = kahn_http::DEFAULT_MAX_INGESTS_IN_FLIGHT_PER_TENANT;
+    let mut held = Vec::new();
+    for _ in 0..cap {
+        held.push(held_ingest(&addr, &c.key).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // let the server take them up
+    let r = post(&s, &c.key, NDJSON, line("one-more", 0, "{}").into_bytes()).await;
+    let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap_or("").to_owned());
+    let (status, body) = status_and_body(r).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"], "too_many_in_flight", "{body}");
+    assert_eq!(body["limit"], cap as u64, "{body}");
+    assert_eq!(retry.as_deref(), Some("1"));
+    // Another tenant is served meanwhile, and reads are.
+    assert_eq!(
+        post(&s, &a.key, NDJSON, line("a", 0, "{}").into_bytes()).await.status(),
+        StatusCode::OK
+    );
+    drop(held);
+    until_ok(&s, &c.key).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_counts_runs_not_only_requests() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let url = format!("sqlite://{}", dir.path().join("kahn.db").display());
+    let backend = kahn_sqlite::SqliteBackend::connect(&url).await.expect("sqlite");
+    let keys = TestKeys::generate();
+    let two = std::num::NonZeroU32::new(2).expect("not zero");
+    let config = test_config(&keys).with_ingest_rate(two);
+    let s = TestServer::start(Arc::new(backend), keys, config).await.with_guard(dir);
+    let t = provision(&s, None).await;
+    // Two units a second: 1,000 runs cost 10 units (capped at the whole allowance of 2),
+    // so the next request, however small, waits for the allowance to refill.
+    assert_eq!(post(&s, &t.key, NDJSON, many_runs(1000)).await.status(), StatusCode::OK);
+    let r = post(&s, &t.key, NDJSON, line("small", 0, "{}").into_bytes()).await;
+    assert!(r.headers().contains_key("retry-after"));
+    let (status, body) = status_and_body(r).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"], "rate_limited", "{body}");
+    // A request costing more than it may is refused after its body is read, writing nothing.
+    let u = provision(&s, None).await;
+    let before = fingerprint(&s.backend).await;
+    assert_eq!(
+        post(&s, &u.key, NDJSON, line("first", 0, "{}").into_bytes()).await.status(),
+        StatusCode::OK
+    );
+    let r = post(&s, &u.key, NDJSON, many_runs(500)).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let mut after = fingerprint(&s.backend).await;
+    after.retain(|(_, run, ..)| run != "first");
+    assert_eq!(after, before, "the refused request wrote nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_servers_cap_of_requests_in_flight_it_answers_503_with_retry_after() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let url = format!("sqlite://{}", dir.path().join("kahn.db").display());
+    let backend = kahn_sqlite::SqliteBackend::connect(&url).await.expect("sqlite");
+    let keys = TestKeys::generate();
+    let config = test_config(&keys)
+        .with_body_timeout(Duration::from_secs(30))
+        .with_max_requests_in_flight(2);
+    let s = TestServer::start(Arc::new(backend), keys, config).await.with_guard(dir);
+    let t = provision(&s, None).await;
+    let addr = s.url.trim_start_matches("http://").to_owned();
+    let held = vec![held_ingest(&addr, &t.key).await, held_ingest(&addr, &t.key).await];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = s.http.get(s.url("/v1/runs")).bearer_auth(&t.key).send().await.expect("request");
+    assert_eq!(r.headers().get("retry-after").map(|v| v.as_bytes()), Some(&b"1"[..]));
+    let (status, body) = status_and_body(r).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"], "unavailable", "{body}");
+    // Liveness and metrics stay outside the cap.
+    let health = s.http.get(s.url("/healthz")).send().await.expect("healthz");
+    assert_eq!(health.status(), StatusCode::OK);
+    drop(held);
+    until_ok(&s, &t.key).await;
+}

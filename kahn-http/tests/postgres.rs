@@ -454,3 +454,44 @@ async fn two_tenants_pushing_and_reading_side_by_side_never_see_each_other() {
         assert_eq!(pg.stored_transitions(me.tenant.id).await, 80);
     }
 }
+
+/// A backend that cannot serve answers 503 with `Retry-After` and a generic message: the
+/// driver's text (here sqlx's pool timeout) goes to the server's log, never to the client
+/// (red team, round two: the 503 body used to carry "pool timed out while waiting for an open
+/// connection" and no `Retry-After`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_database_answers_503_with_retry_after_and_no_driver_text() {
+    let (db, admin) = TestDb::new().await;
+    let pool = sqlx_postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(std::time::Duration::from_millis(500))
+        .connect_with(db.options_as(kahn_pg::APP_ROLE))
+        .await
+        .expect("pool");
+    let app = PgBackend::app_from_pool(pool.clone()).await.expect("app");
+    let keys = TestKeys::generate();
+    let config = test_config(&keys);
+    let s = TestServer::start(Arc::new(app), keys, config).await;
+    let t = admin.provision_tenant(&NewTenant::new("busy").expect("valid")).await.expect("t");
+    let key = admin.issue_api_key(t.id).await.expect("key");
+    let held = pool.acquire().await.expect("take the pool's only connection");
+    for path in ["/v1/runs", "/readyz"] {
+        let r = s
+            .http
+            .get(s.url(path))
+            .bearer_auth(key.secret.expose_secret())
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(header(&r, "retry-after"), "1", "{path}");
+        let body = expect_error(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+        let message = body["message"].as_str().expect("message").to_lowercase();
+        for internal in ["pool", "sqlx", "timed out", "postgres", "connection"] {
+            assert!(!message.contains(internal), "{path}: {internal:?} leaked: {message}");
+        }
+        assert_eq!(body["retry_after_secs"], 1, "{body}");
+    }
+    drop(held);
+    let r = s.http.get(s.url("/v1/runs")).bearer_auth(key.secret.expose_secret()).send().await;
+    assert_eq!(r.expect("request").status(), StatusCode::OK, "served again once free");
+}

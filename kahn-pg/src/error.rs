@@ -110,7 +110,7 @@ pub(crate) fn db(e: SqlxError) -> Error {
     let error = PgError { kind, source: e };
     match kind {
         PgErrorKind::Connection | PgErrorKind::Retryable => {
-            Error::Unavailable { backend: BACKEND, message: error.to_string(), retry_after: None }
+            Error::unavailable(BACKEND, kind.to_string()).with_unavailable_source(error)
         }
         _ => Error::backend(BACKEND, error),
     }

@@ -55,6 +55,8 @@ mod error;
 mod migrate;
 mod read;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use kahn_core::{
@@ -65,6 +67,7 @@ use kahn_core::{
 use sqlx_core::query::query;
 use sqlx_core::row::Row;
 pub use sqlx_postgres::PgTransaction;
+use tokio::sync::Semaphore;
 
 pub use check::TENANT_TABLES;
 pub use error::{PgError, PgErrorKind, RoleProblem, UnsafeAppRole};
@@ -94,10 +97,24 @@ pub enum Mode {
 }
 
 /// A [`StorageBackend`] on PostgreSQL. Cheap to clone (it shares one pool).
+///
+/// Appends hold at most [`write_concurrency`](Self::write_concurrency) of the pool's
+/// connections at once (by default all but a quarter of them, at least one kept back), so
+/// reads and key lookups always find a connection however many appends are waiting: a flood
+/// of writes slows writes, never reads.
 #[derive(Clone, Debug)]
 pub struct PgBackend {
     pool: PgPool,
     mode: Mode,
+    writes: Arc<Semaphore>,
+    write_slots: usize,
+}
+
+/// The connections of a pool of `max` that appends may hold at once: all but a quarter of
+/// them (at least one kept for reads), and at least one.
+fn default_write_slots(max: u32) -> usize {
+    let max = max as usize;
+    max.saturating_sub((max / 4).max(1)).max(1)
 }
 
 impl PgBackend {
@@ -117,7 +134,7 @@ impl PgBackend {
     /// # Errors
     /// As [`connect_admin`](Self::connect_admin).
     pub async fn admin_from_pool(pool: PgPool) -> Result<Self> {
-        let backend = Self { pool, mode: Mode::Admin };
+        let backend = Self::new(pool, Mode::Admin);
         backend.migrate().await?;
         Ok(backend)
     }
@@ -143,7 +160,26 @@ impl PgBackend {
     /// As [`connect_app`](Self::connect_app).
     pub async fn app_from_pool(pool: PgPool) -> Result<Self> {
         check::check_app_role(&pool).await?;
-        Ok(Self { pool, mode: Mode::App })
+        Ok(Self::new(pool, Mode::App))
+    }
+
+    fn new(pool: PgPool, mode: Mode) -> Self {
+        let write_slots = default_write_slots(pool.options().get_max_connections());
+        Self { pool, mode, writes: Arc::new(Semaphore::new(write_slots)), write_slots }
+    }
+
+    /// Sets how many appends may hold a connection at once (at least 1). Keep it below the
+    /// pool's size, or appends can take every connection and starve reads.
+    #[must_use]
+    pub fn with_write_concurrency(mut self, slots: usize) -> Self {
+        self.write_slots = slots.max(1);
+        self.writes = Arc::new(Semaphore::new(self.write_slots));
+        self
+    }
+
+    /// How many appends may hold a connection at once.
+    pub fn write_concurrency(&self) -> usize {
+        self.write_slots
     }
 
     /// Runs the pending migrations (admin mode only). Re-runnable; the role creation is
@@ -293,6 +329,23 @@ impl StorageBackend for PgBackend {
     }
 
     async fn append(&self, scope: &WriteScope, batch: &AppendBatch) -> Result<AppendReport> {
+        // A write slot first, within the pool's own acquire timeout: appends queue here, not
+        // in the pool, so reads always find a connection.
+        let patience = self.pool.options().get_acquire_timeout();
+        let _slot = match tokio::time::timeout(patience, self.writes.acquire()).await {
+            Ok(Ok(slot)) => slot,
+            Ok(Err(_)) | Err(_) => {
+                return Err(Error::unavailable(
+                    error::BACKEND,
+                    format!(
+                        "all {} write slots stayed busy for {} s; nothing was written",
+                        self.write_slots,
+                        patience.as_secs()
+                    ),
+                )
+                .with_retry_after(std::time::Duration::from_secs(1)));
+            }
+        };
         let mut tx = self.write_tx(scope).await?;
         let report = append::append(&mut tx, scope.tenant(), batch).await?;
         tx.commit().await.map_err(db)?;

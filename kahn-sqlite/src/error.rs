@@ -9,11 +9,8 @@ use rusqlite::ErrorCode;
 pub(crate) fn db(e: rusqlite::Error) -> Error {
     let hint = match e.sqlite_error_code() {
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-            return Error::Unavailable {
-                backend: "sqlite",
-                message: format!("the database is locked by another process: {e}"),
-                retry_after: None,
-            };
+            return Error::unavailable("sqlite", "the database is locked by another process")
+                .with_unavailable_source(e);
         }
         Some(ErrorCode::ReadOnly) => Some("the database file is read-only"),
         Some(ErrorCode::DiskFull) => Some("the disk is full"),

@@ -43,7 +43,11 @@ use crate::worker::Pool;
 pub struct SqliteOptions {
     location: Location,
     readers: usize,
+    queue: usize,
 }
+
+/// Default bound of each connection pool's queue of waiting calls.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
 
 #[derive(Clone, Debug)]
 enum Location {
@@ -54,12 +58,16 @@ enum Location {
 impl SqliteOptions {
     /// A database file at `path`, created when missing.
     pub fn file(path: impl AsRef<Path>) -> Self {
-        Self { location: Location::File(path.as_ref().to_owned()), readers: 4 }
+        Self {
+            location: Location::File(path.as_ref().to_owned()),
+            readers: 4,
+            queue: DEFAULT_QUEUE_CAPACITY,
+        }
     }
 
     /// A private in-memory database (one connection; gone when the backend is dropped).
     pub fn memory() -> Self {
-        Self { location: Location::Memory, readers: 0 }
+        Self { location: Location::Memory, readers: 0, queue: DEFAULT_QUEUE_CAPACITY }
     }
 
     /// Parses `sqlite://PATH`, `sqlite:PATH`, `sqlite::memory:` or a plain path.
@@ -85,6 +93,15 @@ impl SqliteOptions {
             return Err(Error::invalid("database_url", "names no database file"));
         }
         Ok(Self::file(path))
+    }
+
+    /// The most calls that may wait for the writer (and, separately, for the readers); one
+    /// more fails at once with [`Error::Unavailable`] instead of queueing without bound
+    /// (default [`DEFAULT_QUEUE_CAPACITY`]; at least 1).
+    #[must_use]
+    pub fn queue_capacity(mut self, calls: usize) -> Self {
+        self.queue = calls.max(1);
+        self
     }
 
     /// Number of reader connections (default 4; 0 sends reads to the writer).
@@ -159,7 +176,11 @@ impl SqliteBackend {
                 let mut conn = Connection::open_in_memory().map_err(db)?;
                 configure(&conn, false)?;
                 schema::migrate(&mut conn)?;
-                Ok(Self { writer: Pool::start("rw", vec![conn])?, readers: None, path: None })
+                Ok(Self {
+                    writer: Pool::start("rw", vec![conn], options.queue)?,
+                    readers: None,
+                    path: None,
+                })
             }
             Location::File(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -184,11 +205,11 @@ impl SqliteBackend {
                     readers.push(conn);
                 }
                 Ok(Self {
-                    writer: Pool::start("writer", vec![writer])?,
+                    writer: Pool::start("writer", vec![writer], options.queue)?,
                     readers: if readers.is_empty() {
                         None
                     } else {
-                        Some(Pool::start("reader", readers)?)
+                        Some(Pool::start("reader", readers, options.queue)?)
                     },
                     path: Some(path.clone()),
                 })

@@ -4,6 +4,9 @@
 //! whichever connection is free takes the next job. The writer is a pool of one, so writes
 //! serialize in the adapter (no `SQLITE_BUSY` between our own writers); readers are a pool of
 //! several, which in WAL mode read while the writer appends.
+//!
+//! The queue is bounded: when it holds `capacity` jobs, one more call fails at once with
+//! [`Error::Unavailable`] (retry after a second) instead of queueing without bound.
 
 use std::thread;
 
@@ -17,12 +20,16 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 #[derive(Debug)]
 pub(crate) struct Pool {
     jobs: Sender<Job>,
+    name: String,
+    capacity: usize,
 }
 
 impl Pool {
-    /// Starts one thread per connection. Threads end when the pool is dropped.
-    pub(crate) fn start(name: &str, connections: Vec<Connection>) -> Result<Self> {
-        let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
+    /// Starts one thread per connection, taking jobs from a queue of at most `capacity`.
+    /// Threads end when the pool is dropped.
+    pub(crate) fn start(name: &str, connections: Vec<Connection>, capacity: usize) -> Result<Self> {
+        let capacity = capacity.max(1);
+        let (jobs, queue) = crossbeam_channel::bounded::<Job>(capacity);
         for (i, conn) in connections.into_iter().enumerate() {
             let queue: Receiver<Job> = queue.clone();
             thread::Builder::new()
@@ -47,7 +54,7 @@ impl Pool {
                 })
                 .map_err(|e| Error::backend("sqlite", e))?;
         }
-        Ok(Self { jobs })
+        Ok(Self { jobs, name: name.to_owned(), capacity })
     }
 
     /// Runs `f` on one of the pool's connections and awaits its result.
@@ -61,9 +68,19 @@ impl Pool {
             // The receiver may have gone (the caller's future was dropped): nothing to do.
             let _ = tx.send(f(conn));
         });
-        self.jobs
-            .send(job)
-            .map_err(|_| Error::backend("sqlite", "the connection threads have stopped"))?;
+        self.jobs.try_send(job).map_err(|e| match e {
+            crossbeam_channel::TrySendError::Full(_) => Error::unavailable(
+                "sqlite",
+                format!(
+                    "the {} queue is full ({} calls waiting); the store is overloaded",
+                    self.name, self.capacity
+                ),
+            )
+            .with_retry_after(std::time::Duration::from_secs(1)),
+            crossbeam_channel::TrySendError::Disconnected(_) => {
+                Error::backend("sqlite", "the connection threads have stopped")
+            }
+        })?;
         rx.await
             .map_err(|_| Error::backend("sqlite", "a connection thread panicked during the call"))?
     }

@@ -165,3 +165,50 @@ async fn tampering_with_the_file_is_detected() {
     let err = h.store.verify_run(&t.read, &log.run_id).await.unwrap_err();
     assert!(err.to_string().contains("seq 6"), "{err}");
 }
+
+/// The writer's queue is bounded: with the writer stuck (another process holds the write
+/// lock) and the queue full, one more append fails at once with `Unavailable` and a retry
+/// hint, instead of waiting in an ever-growing queue; the queued ones finish once the lock
+/// goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_writer_queue_answers_unavailable_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = SqliteOptions::file(dir.path().join("kahn.db")).queue_capacity(2);
+    let h = Harness::new(Arc::new(SqliteBackend::open(opts).await.unwrap()));
+    let t = h.fresh_tenant().await;
+
+    let mut foreign = rusqlite::Connection::open(dir.path().join("kahn.db")).unwrap();
+    let tx = foreign.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+    // The writer takes this one and waits on the lock (its busy timeout is 10 s).
+    let stuck = {
+        let (store, write) = (h.store.clone(), t.write.clone());
+        let log = SourceLog::new("stuck", 1, "a", recent_base());
+        tokio::spawn(async move { store.append(&write, &log.all()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let logs: Vec<SourceLog> =
+        (0..3).map(|i| SourceLog::new(&format!("q{i}"), 1, "a", recent_base())).collect();
+    let queued: Vec<_> = logs
+        .iter()
+        .map(|log| {
+            let (store, write, batch) = (h.store.clone(), t.write.clone(), log.all());
+            tokio::spawn(async move { store.append(&write, &batch).await })
+        })
+        .collect();
+    // The third of three finds the queue (2) full while the writer is stuck.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(tx);
+    let mut results = Vec::new();
+    for task in queued {
+        results.push(task.await.unwrap());
+    }
+    let refused: Vec<&Error> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(refused.len(), 1, "exactly one over the bound: {results:?}");
+    assert!(
+        matches!(refused[0], Error::Unavailable { retry_after: Some(_), .. }),
+        "{:?}",
+        refused[0]
+    );
+    assert!(refused[0].to_string().contains("queue is full"), "{}", refused[0]);
+    stuck.await.unwrap().expect("the stuck append finishes once the lock goes");
+}
