@@ -6,6 +6,7 @@ use std::sync::Arc;
 use kahn_core::StorageBackend;
 
 use crate::auth::JwtVerifier;
+use crate::auth_limit::AuthFailures;
 use crate::config::{ConfigError, ServerConfig};
 use crate::metrics::Metrics;
 use crate::ratelimit::IngestLimits;
@@ -23,6 +24,7 @@ pub(crate) struct Inner {
     pub(crate) jwt: Option<JwtVerifier>,
     pub(crate) limits: IngestLimits,
     pub(crate) metrics: Metrics,
+    pub(crate) auth_failures: AuthFailures,
 }
 
 impl fmt::Debug for AppState {
@@ -38,8 +40,9 @@ impl AppState {
     /// State serving `backend` under `config`; loads the JWT key(s) the config names.
     ///
     /// # Errors
-    /// [`ConfigError`] when a key file cannot be read or holds no Ed25519 key, or a setting
-    /// is out of range (a zero body limit).
+    /// [`ConfigError`] when a key file cannot be read or holds no Ed25519 key, a JWT key
+    /// comes without an issuer or an audience, or a setting is out of range (a zero body
+    /// limit).
     pub fn new(
         backend: Arc<dyn StorageBackend>,
         config: ServerConfig,
@@ -70,7 +73,8 @@ impl AppState {
         let limits = IngestLimits::new(config.ingest_rate, &config.tenant_ingest_rates);
         let metrics = Metrics::new()
             .map_err(|e| ConfigError::Invalid { setting: "metrics", message: e.to_string() })?;
-        Ok(Self { inner: Arc::new(Inner { backend, config, jwt, limits, metrics }) })
+        let auth_failures = AuthFailures::new(config.auth_failures_per_minute);
+        Ok(Self { inner: Arc::new(Inner { backend, config, jwt, limits, metrics, auth_failures }) })
     }
 
     /// The backend served.
