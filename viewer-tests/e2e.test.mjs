@@ -81,11 +81,16 @@ const { publicKey, privateKey } = crypto.generateKeyPairSync('ed25519');
 const PUB_PEM = path.join(tmp, 'idp-ed25519.pub.pem');
 fs.writeFileSync(PUB_PEM, publicKey.export({ type: 'spki', format: 'pem' }));
 
+// The server requires both (kahn serve refuses a JWT key without them).
+const JWT_ISSUER = 'https://idp.test';
+const JWT_AUDIENCE = 'kahn';
 const b64url = (buf) => Buffer.from(buf).toString('base64url');
 function jwt(claims) {
   const header = b64url(JSON.stringify({ alg: 'EdDSA', typ: 'JWT' }));
   const now = Math.floor(Date.now() / 1000);
-  const payload = b64url(JSON.stringify({ iat: now, exp: now + 3600, nonce: crypto.randomUUID(), ...claims }));
+  const payload = b64url(JSON.stringify({
+    iss: JWT_ISSUER, aud: JWT_AUDIENCE, iat: now, exp: now + 3600, nonce: crypto.randomUUID(), ...claims,
+  }));
   const sig = crypto.sign(null, Buffer.from(`${header}.${payload}`), privateKey);
   return `${header}.${payload}.${b64url(sig)}`;
 }
@@ -96,7 +101,8 @@ function jwt(claims) {
 function serve(listen = '127.0.0.1:0') {
   return new Promise((resolve, reject) => {
     const proc = spawn(KAHN, ['serve', '--db', DB, '--listen', listen,
-      '--jwt-public-key', PUB_PEM, '--retention-interval-secs', '0'],
+      '--jwt-public-key', PUB_PEM, '--jwt-issuer', JWT_ISSUER, '--jwt-audience', JWT_AUDIENCE,
+      '--retention-interval-secs', '0'],
     { env: { ...process.env, KAHN_LOG: 'warn' }, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';

@@ -3,7 +3,7 @@
 //! The first input byte picks the headers, the rest is the body. Never a 5xx, never a panic;
 //! a refused request writes nothing.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -63,6 +63,11 @@ pub(crate) fn run(data: &[u8]) {
             .header("content-encoding", "gzip"),
     };
     let req = req.body(Body::from(body.to_vec())).expect("request");
+    // One request at a time: fuzz_props drives this target from two proptest tests on parallel
+    // threads sharing the world, and the other's successful write must not be counted as this
+    // refused request's.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
     w.rt.block_on(async {
         let before = stored(&w.backend).await;
         let status = w.router.clone().oneshot(req).await.expect("infallible").status();

@@ -1,5 +1,6 @@
 //! `kahn`: serve, migrate, tenant, push, runs, verify, bridge.
 
+mod logging;
 mod serve;
 
 use std::io::IsTerminal;
@@ -41,7 +42,9 @@ enum Command {
 Examples:
   kahn serve                                        # sqlite://kahn.db on 127.0.0.1:8080
   kahn serve --db sqlite:///var/lib/kahn/kahn.db --listen 0.0.0.0:8080 --log-format json
-  kahn serve --config kahn.toml                     # settings from TOML; flags and env win")]
+  kahn serve --config kahn.toml                     # settings from TOML; flags and env win
+  kahn serve --jwt-public-key idp.pub.pem --jwt-issuer https://idp.example.com --jwt-audience kahn
+Audit events (target kahn::audit) are logged whatever KAHN_LOG says.")]
     Serve(serve::ServeArgs),
     /// Create or upgrade the database schema.
     #[command(after_help = "Example:\n  kahn migrate --db sqlite://kahn.db")]

@@ -41,12 +41,17 @@ pub(crate) struct ServeArgs {
     /// JWKS file with the Ed25519 keys verifying JWTs (instead of --jwt-public-key).
     #[arg(long, env = "KAHN_JWT_JWKS", conflicts_with = "jwt_public_key")]
     jwt_jwks: Option<PathBuf>,
-    /// Required JWT issuer (`iss`).
+    /// The JWT issuer (`iss`) every token must name; required with a JWT key.
     #[arg(long, env = "KAHN_JWT_ISSUER")]
     jwt_issuer: Option<String>,
-    /// Required JWT audience (`aud`).
+    /// The JWT audience (`aud`) every token must include; required with a JWT key.
     #[arg(long, env = "KAHN_JWT_AUDIENCE")]
     jwt_audience: Option<String>,
+    /// INSECURE, for tests only: accept JWTs without an issuer and/or audience check (when
+    /// --jwt-issuer / --jwt-audience are not given): any token the key ever signed for another
+    /// service is then accepted. Logs a warning at startup.
+    #[arg(long, env = "KAHN_JWT_INSECURE_NO_ISSUER_AUDIENCE_CHECK")]
+    jwt_insecure_no_issuer_audience_check: bool,
     /// Ingest allowance per second per tenant, in cost units: a request costs one unit per
     /// started 100 runs or 10,000 transitions, whichever is more (an ordinary push chunk: one)
     /// [default: 100]
@@ -64,6 +69,11 @@ pub(crate) struct ServeArgs {
     /// Seconds between retention purges; 0 disables them [default: 3600]
     #[arg(long, env = "KAHN_RETENTION_INTERVAL_SECS")]
     retention_interval_secs: Option<u64>,
+    /// Failed authentications (bad, unknown or revoked key; refused JWT) one client address
+    /// may make per minute; past it, its requests get 429 + Retry-After until it refills.
+    /// Behind a reverse proxy all clients share one address [default: 20]
+    #[arg(long, env = "KAHN_AUTH_FAILURES_PER_MINUTE")]
+    auth_failures_per_minute: Option<NonZeroU32>,
     /// A TOML file with any of the settings above (snake_case keys); flags and environment win.
     #[arg(long, env = "KAHN_CONFIG")]
     config: Option<PathBuf>,
@@ -80,11 +90,14 @@ struct FileConfig {
     jwt_jwks: Option<PathBuf>,
     jwt_issuer: Option<String>,
     jwt_audience: Option<String>,
+    #[serde(default)]
+    jwt_insecure_no_issuer_audience_check: bool,
     ingest_rate: Option<NonZeroU32>,
     max_runs_per_request: Option<NonZeroUsize>,
     max_ingests_in_flight: Option<NonZeroUsize>,
     max_requests_in_flight: Option<NonZeroUsize>,
     retention_interval_secs: Option<u64>,
+    auth_failures_per_minute: Option<NonZeroU32>,
 }
 
 fn usage(message: String) -> Failure {
@@ -112,6 +125,9 @@ impl ServeArgs {
         }
         self.jwt_issuer = self.jwt_issuer.or(file.jwt_issuer);
         self.jwt_audience = self.jwt_audience.or(file.jwt_audience);
+        self.jwt_insecure_no_issuer_audience_check |= file.jwt_insecure_no_issuer_audience_check;
+        self.auth_failures_per_minute =
+            self.auth_failures_per_minute.or(file.auth_failures_per_minute);
         self.ingest_rate = self.ingest_rate.or(file.ingest_rate);
         self.max_runs_per_request = self.max_runs_per_request.or(file.max_runs_per_request);
         self.max_ingests_in_flight = self.max_ingests_in_flight.or(file.max_ingests_in_flight);
@@ -121,7 +137,7 @@ impl ServeArgs {
         Ok(self)
     }
 
-    fn server_config(&self) -> ServerConfig {
+    fn server_config(&self) -> CliResult<ServerConfig> {
         let mut config = ServerConfig::default();
         let key = match (&self.jwt_public_key, &self.jwt_jwks) {
             (Some(pem), _) => Some(JwtKeySource::PemFile(pem.clone())),
@@ -129,7 +145,30 @@ impl ServeArgs {
             (None, None) => None,
         };
         if let Some(key) = key {
+            if !self.jwt_insecure_no_issuer_audience_check {
+                let missing: Vec<&str> = [
+                    ("--jwt-issuer", self.jwt_issuer.is_none()),
+                    ("--jwt-audience", self.jwt_audience.is_none()),
+                ]
+                .into_iter()
+                .filter_map(|(flag, missing)| missing.then_some(flag))
+                .collect();
+                if !missing.is_empty() {
+                    return Err(usage(format!(
+                        "JWT verification is on (--jwt-public-key / --jwt-jwks) but {} {} not \
+                         set: without them any token the key ever signed for another service \
+                         would be accepted\nhint: pass --jwt-issuer ISS --jwt-audience AUD (the \
+                         iss and aud your identity provider puts in KAHN's tokens); for tests \
+                         only, --jwt-insecure-no-issuer-audience-check",
+                        missing.join(" and "),
+                        if missing.len() == 1 { "is" } else { "are" },
+                    )));
+                }
+            }
             let mut jwt = JwtConfig::new(key);
+            if self.jwt_insecure_no_issuer_audience_check {
+                jwt = jwt.with_insecure_no_issuer_audience_check();
+            }
             if let Some(iss) = &self.jwt_issuer {
                 jwt = jwt.with_issuer(iss.clone());
             }
@@ -153,22 +192,11 @@ impl ServeArgs {
         if let Some(secs) = self.retention_interval_secs {
             config = config.with_retention_interval((secs > 0).then(|| Duration::from_secs(secs)));
         }
-        config
+        if let Some(n) = self.auth_failures_per_minute {
+            config = config.with_auth_failures_per_minute(n);
+        }
+        Ok(config)
     }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KAHN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    // A second initialisation (tests embedding this) is harmless: keep the first.
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Pretty => builder.try_init(),
-    };
 }
 
 /// Runs the server until ctrl-c or SIGTERM; in-flight requests finish first.
@@ -177,14 +205,15 @@ pub(crate) async fn run(
     open: impl AsyncFnOnce(&str) -> CliResult<Arc<dyn StorageBackend>>,
 ) -> CliResult {
     let args = args.resolve()?;
-    init_logging(args.log_format.unwrap_or(LogFormat::Pretty));
+    crate::logging::init(args.log_format.unwrap_or(LogFormat::Pretty));
     let db = args.db.clone().unwrap_or_else(|| "sqlite://kahn.db".to_owned());
     let listen = args.listen.clone().unwrap_or_else(|| "127.0.0.1:8080".to_owned());
     let addr: SocketAddr = listen.parse().map_err(|e| {
         usage(format!("--listen {listen:?} is not an address: {e}\nhint: e.g. 127.0.0.1:8080"))
     })?;
+    let config = args.server_config()?;
     let store = open(&db).await?;
-    let state = AppState::new(store, args.server_config())
+    let state = AppState::new(store, config)
         .map_err(|e| usage(format!("{e}\nhint: check --jwt-public-key / --jwt-jwks")))?;
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| Failure {
         code: 5,
@@ -233,7 +262,7 @@ mod tests {
         let resolved = args.resolve().ok().unwrap();
         assert_eq!(resolved.db.as_deref(), Some("sqlite://from-flag.db"));
         assert_eq!(resolved.listen.as_deref(), Some("127.0.0.1:9999"));
-        assert_eq!(resolved.server_config().ingest_rate.get(), 7);
+        assert_eq!(resolved.server_config().map(|c| c.ingest_rate.get()).ok(), Some(7));
         std::fs::write(&file, "colour = \"red\"\n").unwrap();
         let bad = ServeArgs { config: Some(file), ..ServeArgs::default() }.resolve();
         assert!(bad.is_err_and(|f| f.code == 2 && f.message.contains("colour")));

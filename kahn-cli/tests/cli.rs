@@ -480,3 +480,208 @@ fn serve_prints_where_it_listens_and_what_to_do_next() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("hint:"));
 }
+
+// ---------------------------------------------------------------------------------------
+// `kahn serve` security settings: JWT issuer/audience, the audit log, the failed-auth limit
+
+/// An Ed25519 key for signing test JWTs (a fixed seed: these are throwaway test keys).
+struct Idp {
+    encoding: jsonwebtoken::EncodingKey,
+    public_pem: PathBuf,
+}
+
+impl Idp {
+    fn new(dir: &Path) -> Self {
+        use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+        use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
+        let signing = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+        let private = signing.to_pkcs8_pem(LineEnding::LF).unwrap();
+        let public = signing.verifying_key().to_public_key_pem(LineEnding::LF).unwrap();
+        let public_pem = dir.join("idp.pub.pem");
+        std::fs::write(&public_pem, public).unwrap();
+        Self {
+            encoding: jsonwebtoken::EncodingKey::from_ed_pem(private.as_bytes()).unwrap(),
+            public_pem,
+        }
+    }
+
+    fn sign(&self, claims: &serde_json::Value) -> String {
+        let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        jsonwebtoken::encode(&header, claims, &self.encoding).unwrap()
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A `kahn serve` whose stdout (the banner) and stderr (the log) are kept.
+struct Served {
+    child: Child,
+    addr: String,
+    stderr: std::process::ChildStderr,
+}
+
+impl Served {
+    /// Starts `kahn serve` over `env`'s database with `args` and `vars`; `Err` carries the
+    /// exit code and stderr when it does not start.
+    fn start(
+        env: &Env,
+        args: &[&str],
+        vars: &[(&str, &str)],
+    ) -> Result<Self, (Option<i32>, String)> {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kahn"));
+        cmd.args(["serve", "--db", &env.db(), "--listen", "127.0.0.1:0"])
+            .args(["--retention-interval-secs", "0"])
+            .args(args)
+            .env_remove("KAHN_LOG")
+            .envs(vars.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let Some(url) = first.split_whitespace().find(|w| w.starts_with("http://")) else {
+            let status = child.wait().unwrap();
+            let mut err = String::new();
+            stderr.read_to_string(&mut err).unwrap();
+            return Err((status.code(), err));
+        };
+        let addr = url.trim_start_matches("http://").to_owned();
+        Ok(Self { child, addr, stderr })
+    }
+
+    /// GET `path` with `headers`; the status code and the whole response.
+    fn get(&self, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+        let mut conn = std::net::TcpStream::connect(&self.addr).unwrap();
+        let mut head =
+            format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", self.addr);
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        conn.write_all(head.as_bytes()).unwrap();
+        let mut response = String::new();
+        conn.read_to_string(&mut response).unwrap();
+        let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        (status, response)
+    }
+
+    /// Stops the server and returns everything it logged.
+    fn log(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut log = String::new();
+        self.stderr.read_to_string(&mut log).unwrap();
+        log
+    }
+}
+
+const JWT_FLAGS: [&str; 4] = ["--jwt-issuer", "https://idp.test", "--jwt-audience", "kahn"];
+
+/// A JWT `sub` holding a newline and a fake log line prints exactly one audit line, with the
+/// newline escaped — in the human format and in JSON — and audit events are printed even when
+/// `KAHN_LOG=warn` silences everything else at info.
+#[test]
+fn serve_audit_lines_cannot_be_forged_and_survive_kahn_log_warn() {
+    let env = Env::new();
+    let idp = Idp::new(env.dir.path());
+    let tenant = env.provision("audited", false)["tenant"]["id"].as_str().unwrap().to_owned();
+    let forged = "kahn-admin\n2026-01-01T00:00:00.000000Z  INFO kahn::audit: admin override honoured event=\"admin_override\" sub=root";
+    let token = idp.sign(&serde_json::json!({
+        "sub": forged, "role": "admin", "iss": "https://idp.test", "aud": "kahn",
+        "exp": now() + 600,
+    }));
+    let auth = format!("Bearer {token}");
+    let pem = idp.public_pem.to_str().unwrap();
+    for format in ["pretty", "json"] {
+        let mut args = vec!["--jwt-public-key", pem, "--log-format", format];
+        args.extend(JWT_FLAGS);
+        let server = Served::start(&env, &args, &[("KAHN_LOG", "warn")]).unwrap();
+        let (status, response) =
+            server.get("/v1/whoami", &[("Authorization", &auth), ("X-KAHN-Tenant", &tenant)]);
+        assert_eq!(status, 200, "{response}");
+        let log = server.log();
+        let audit: Vec<&str> = log.lines().filter(|l| l.contains("kahn::audit")).collect();
+        assert_eq!(audit.len(), 1, "{format}: exactly one audit line:\n{log}");
+        assert!(
+            !log.lines().any(|l| l.starts_with("2026-01-01")),
+            "{format}: a forged line:\n{log}"
+        );
+        assert!(!log.contains("listening"), "{format}: KAHN_LOG=warn hides info events:\n{log}");
+        if format == "pretty" {
+            assert!(audit[0].contains(r#"sub="kahn-admin\n2026-01-01T00:00:00.000000Z  INFO kahn::audit: admin override honoured event=\"admin_override\" sub=root""#), "{log}");
+            assert!(audit[0].contains("outcome=honoured"), "{log}");
+            assert!(audit[0].contains(&format!("tenant={tenant}")), "{log}");
+            assert!(audit[0].contains("iss=https://idp.test"), "{log}");
+            assert!(audit[0].contains("peer=127.0.0.1:"), "{log}");
+        } else {
+            for line in log.lines() {
+                let _: serde_json::Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {line:?}"));
+            }
+            let event: serde_json::Value = serde_json::from_str(audit[0]).unwrap();
+            assert_eq!(event["target"], "kahn::audit", "{event}");
+            assert_eq!(event["fields"]["sub"], forged, "{event}");
+            assert_eq!(event["fields"]["outcome"], "honoured", "{event}");
+            assert_eq!(event["fields"]["iss"], "https://idp.test", "{event}");
+            assert!(event["fields"]["peer"].as_str().unwrap().starts_with("127.0.0.1:"), "{event}");
+        }
+    }
+}
+
+/// A JWT key without an issuer and an audience would accept any token the key ever signed for
+/// another service: `kahn serve` refuses to start, naming the missing flags, unless the
+/// loudly named opt-out is given — which it then warns about.
+#[test]
+fn serve_refuses_a_jwt_key_without_issuer_and_audience_unless_opted_out() {
+    let env = Env::new();
+    let idp = Idp::new(env.dir.path());
+    let pem = idp.public_pem.to_str().unwrap();
+    for (extra, names) in [
+        (&[][..], "--jwt-issuer and --jwt-audience are not set"),
+        (&["--jwt-issuer", "https://idp.test"][..], "--jwt-audience is not set"),
+        (&["--jwt-audience", "kahn"][..], "--jwt-issuer is not set"),
+    ] {
+        let mut args = vec!["--jwt-public-key", pem];
+        args.extend(extra);
+        let Err((code, err)) = Served::start(&env, &args, &[]) else {
+            panic!("kahn serve started with {extra:?}");
+        };
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains(names), "{extra:?}: {err}");
+        assert!(err.contains("another service") && err.contains("hint:"), "{err}");
+    }
+    let server = Served::start(
+        &env,
+        &["--jwt-public-key", pem, "--jwt-insecure-no-issuer-audience-check"],
+        &[],
+    )
+    .unwrap();
+    let token = idp.sign(&serde_json::json!({"sub": "someone", "exp": now() + 600}));
+    let (status, response) =
+        server.get("/v1/whoami", &[("Authorization", &format!("Bearer {token}"))]);
+    assert_eq!(status, 200, "{response}");
+    let log = server.log();
+    assert!(log.contains("WARN") && log.contains("INSECURE"), "a startup warning:\n{log}");
+}
+
+/// `--auth-failures-per-minute`: a client address past its failed authentications gets 429
+/// with Retry-After, its valid key included.
+#[test]
+fn serve_limits_failed_authentications_per_address() {
+    let env = Env::new();
+    let key = env.key("guarded");
+    let server = Served::start(&env, &["--auth-failures-per-minute", "3"], &[]).unwrap();
+    let bearer = |k: &str| format!("Bearer {k}");
+    let bad = bearer("kahn_live_sk_not-a-real-key");
+    for _ in 0..3 {
+        assert_eq!(server.get("/v1/runs", &[("Authorization", &bad)]).0, 401);
+    }
+    let (status, response) = server.get("/v1/runs", &[("Authorization", &bearer(&key))]);
+    assert_eq!(status, 429, "{response}");
+    assert!(response.to_ascii_lowercase().contains("retry-after: "), "{response}");
+    assert_eq!(server.get("/healthz", &[]).0, 200);
+    drop(server.log());
+}

@@ -4,11 +4,12 @@
 //!
 //! ```text
 //! cargo run -p kahn-http --example serve -- [--db sqlite://kahn.db | --db memory]
-//!     [--listen 127.0.0.1:8080] [--provision NAME] [--jwt-pem FILE | --jwt-jwks FILE]
-//!     [--issuer ISS] [--audience AUD]
+//!     [--listen 127.0.0.1:8080] [--provision NAME]
+//!     [--jwt-pem FILE | --jwt-jwks FILE  --issuer ISS --audience AUD]
 //! ```
 //!
-//! `--provision NAME` creates (or gets) tenant NAME and prints a fresh API key for it.
+//! `--provision NAME` creates (or gets) tenant NAME and prints a fresh API key for it. A JWT
+//! key needs the issuer and the audience too (the server refuses to start without them).
 
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use kahn_http::{AppState, JwtConfig, JwtKeySource, ServerConfig};
 fn usage() -> ! {
     eprintln!(
         "usage: serve [--db URL|memory] [--listen ADDR] [--provision NAME] \
-         [--jwt-pem FILE|--jwt-jwks FILE] [--issuer ISS] [--audience AUD]"
+         [--jwt-pem FILE|--jwt-jwks FILE --issuer ISS --audience AUD]"
     );
     std::process::exit(2)
 }

@@ -8,10 +8,11 @@
 //! * [`AdminAccess`] yields the claims of a JWT whose role is exactly `admin`.
 
 use std::fs;
+use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::{FromRequestParts, MatchedPath};
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use kahn_core::{
@@ -24,14 +25,19 @@ use crate::config::{ConfigError, JwtConfig, JwtKeySource};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::wire::PrincipalView;
-use crate::{HEADER_EFFECTIVE_TENANT, HEADER_TENANT, HEADER_TENANT_SOURCE};
+use crate::{AUDIT_TARGET, HEADER_EFFECTIVE_TENANT, HEADER_TENANT, HEADER_TENANT_SOURCE};
 
-/// The claims KAHN reads from a verified JWT. `exp` (required), `nbf`, `iss` and `aud` are
-/// checked by the verifier and not kept.
+/// The claims KAHN reads from a verified JWT. `exp` (required), `nbf` and `aud` are checked
+/// by the verifier and not kept.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     /// The subject: a human's stable id; their personal tenant's `owner_sub`.
     pub sub: String,
+    /// The issuer (checked against the configured one; kept for the audit trail). Always a
+    /// string: a token whose `iss` is a list or a number is refused, even when the list holds
+    /// the configured issuer.
+    #[serde(default)]
+    pub iss: Option<String>,
     /// Email.
     #[serde(default)]
     pub email: Option<String>,
@@ -62,8 +68,9 @@ struct VerifyKey {
 }
 
 /// Verifies EdDSA (Ed25519) JWTs: the algorithm is pinned (a token saying `none`, `HS*`,
-/// `RS*` or anything else is refused before any key is used), `exp` is required, `nbf` is
-/// checked when present, `iss` and `aud` are required when configured.
+/// `RS*` or anything else is refused before any key is used), a `crit` header is refused (no
+/// JWS extension is understood here), `exp` is required, `nbf` is checked when present, `iss`
+/// (a string) and `aud` are required.
 pub struct JwtVerifier {
     keys: Vec<VerifyKey>,
     validation: Validation,
@@ -83,9 +90,36 @@ impl JwtVerifier {
     /// Loads the key(s) `config` names.
     ///
     /// # Errors
+    /// [`ConfigError::Missing`] when the issuer or the audience is not set (and
+    /// [`JwtConfig::insecure_no_issuer_audience_check`] does not allow it);
     /// [`ConfigError::ReadKey`] when a file cannot be read; [`ConfigError::InvalidKey`] when
     /// the PEM is not an Ed25519 public key or the JWKS holds no Ed25519 key.
     pub fn from_config(config: &JwtConfig) -> Result<Self, ConfigError> {
+        let unchecked: Vec<&'static str> =
+            [("jwt.issuer", config.issuer.is_none()), ("jwt.audience", config.audience.is_none())]
+                .into_iter()
+                .filter_map(|(setting, missing)| missing.then_some(setting))
+                .collect();
+        if let Some(&setting) = unchecked.first() {
+            if !config.insecure_no_issuer_audience_check {
+                let claim = if setting == "jwt.issuer" { "iss" } else { "aud" };
+                return Err(ConfigError::Missing {
+                    setting,
+                    message: format!(
+                        "JWT verification is on but no {claim} is required: any token the key \
+                         ever signed for another service would be accepted. Set both the \
+                         issuer and the audience, or opt out knowingly (tests only) with \
+                         insecure_no_issuer_audience_check"
+                    ),
+                });
+            }
+            tracing::warn!(
+                unchecked = %unchecked.join(" and "),
+                "INSECURE: JWTs are accepted without an issuer and/or audience check \
+                 (insecure_no_issuer_audience_check): any token the key ever signed for another \
+                 service is accepted; for tests only"
+            );
+        }
         let read = |path: &std::path::Path| {
             fs::read_to_string(path)
                 .map_err(|source| ConfigError::ReadKey { path: path.to_owned(), source })
@@ -130,6 +164,11 @@ impl JwtVerifier {
             jsonwebtoken::decode_header(token).map_err(|e| format!("malformed token: {e}"))?;
         if header.alg != Algorithm::EdDSA {
             return Err(format!("algorithm {:?} is not accepted; only EdDSA", header.alg));
+        }
+        // RFC 7515 §4.1.11: a recipient must refuse a token whose `crit` names an extension it
+        // does not understand; jsonwebtoken ignores `crit`, and this server understands none.
+        if header.crit.is_some() {
+            return Err("the token's header has \"crit\": no JWS extension is accepted".into());
         }
         let candidates: Vec<&VerifyKey> = match &header.kid {
             Some(kid) => self
@@ -192,7 +231,48 @@ pub(crate) enum Credential {
     Jwt(Claims),
 }
 
+/// The TCP peer of a request, when the server knows it ([`serve`](crate::serve) always
+/// does).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Peer(Option<SocketAddr>);
+
+impl Peer {
+    pub(crate) fn of(parts: &Parts) -> Self {
+        Self(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0))
+    }
+
+    fn ip(self) -> Option<IpAddr> {
+        self.0.map(|a| a.ip())
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("unknown"),
+        }
+    }
+}
+
+/// Refuses a header sent more than once: which copy wins would otherwise depend on who reads
+/// it (the first here, maybe the last in a proxy in front).
+fn single_header(parts: &Parts, name: &str) -> Result<(), ApiError> {
+    if parts.headers.get_all(name).iter().nth(1).is_some() {
+        return Err(ApiError::bad_request(
+            header_label(name),
+            format!("{} is sent more than once; send it exactly once", header_label(name)),
+        ));
+    }
+    Ok(())
+}
+
+fn header_label(name: &str) -> &'static str {
+    if name == HEADER_TENANT { "X-KAHN-Tenant" } else { "Authorization" }
+}
+
 fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    single_header(parts, header::AUTHORIZATION.as_str())?;
     let value = parts
         .headers
         .get(header::AUTHORIZATION)
@@ -207,6 +287,26 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
         return Err(ApiError::unauthorized("Authorization must be \"Bearer <token>\""));
     }
     Ok(token.trim())
+}
+
+/// The failed-authentication gate, before any key is looked up or token verified: a peer
+/// over its allowance is answered 429.
+fn admit(state: &AppState, peer: Peer) -> Result<(), ApiError> {
+    let Some(ip) = peer.ip() else { return Ok(()) };
+    state.inner.auth_failures.admit(ip).map_err(|wait| {
+        let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+        tracing::debug!(%peer, secs, "too many failed authentications: refused");
+        ApiError::auth_rate_limited(secs)
+    })
+}
+
+/// Counts a refused credential (401) against `peer`'s allowance.
+fn count_failure<T>(state: &AppState, peer: Peer, result: &Result<T, ApiError>) {
+    if let (Err(e), Some(ip)) = (result, peer.ip())
+        && e.status() == StatusCode::UNAUTHORIZED
+    {
+        state.inner.auth_failures.failed(ip);
+    }
 }
 
 async fn resolve_key(state: &AppState, token: &str) -> Result<WriteScope, ApiError> {
@@ -229,11 +329,15 @@ fn verify_jwt(state: &AppState, token: &str) -> Result<Claims, ApiError> {
 
 pub(crate) async fn authenticate(state: &AppState, parts: &Parts) -> Result<Credential, ApiError> {
     let token = bearer(parts)?;
-    if token.starts_with(API_KEY_PREFIX) {
-        Ok(Credential::ApiKey(resolve_key(state, token).await?))
+    let peer = Peer::of(parts);
+    admit(state, peer)?;
+    let result = if token.starts_with(API_KEY_PREFIX) {
+        resolve_key(state, token).await.map(Credential::ApiKey)
     } else {
-        Ok(Credential::Jwt(verify_jwt(state, token)?))
-    }
+        verify_jwt(state, token).map(Credential::Jwt)
+    };
+    count_failure(state, peer, &result);
+    result
 }
 
 /// The write scope of the API key presenting the request: the only way to ingest.
@@ -250,7 +354,11 @@ impl FromRequestParts<AppState> for IngestScope {
                 "ingest takes an API key ({API_KEY_PREFIX}…), not a JWT"
             )));
         }
-        Ok(Self(resolve_key(state, token).await?))
+        let peer = Peer::of(parts);
+        admit(state, peer)?;
+        let result = resolve_key(state, token).await;
+        count_failure(state, peer, &result);
+        Ok(Self(result?))
     }
 }
 
@@ -306,8 +414,68 @@ fn key_principal() -> PrincipalView {
     }
 }
 
+/// The tenant an `X-KAHN-Tenant` value names, in the canonical hyphenated spelling only
+/// (8-4-4-4-12 hex digits, either case): braces, `urn:uuid:`, the 32-digit simple form and
+/// surrounding spaces are refused, so every component reading the header reads the same
+/// tenant.
+fn canonical_tenant(raw: &HeaderValue) -> Option<TenantId> {
+    let bytes = raw.as_bytes();
+    let canonical = bytes.len() == 36
+        && bytes.iter().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => *b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        });
+    if !canonical {
+        return None;
+    }
+    raw.to_str().ok()?.parse().ok()
+}
+
+/// An attempt to use `X-KAHN-Tenant`, for the audit trail.
+struct OverrideAttempt<'a> {
+    parts: &'a Parts,
+    claims: Option<&'a Claims>,
+    requested: &'a HeaderValue,
+}
+
+impl OverrideAttempt<'_> {
+    /// Logs the attempt and its outcome (`honoured`, `refused_*`, `ignored_*`, `failed`) as an
+    /// audit event.
+    fn audit(&self, outcome: &str, message: &str) {
+        let route = self
+            .parts
+            .extensions
+            .get::<MatchedPath>()
+            .map_or_else(|| self.parts.uri.path().to_owned(), |p| p.as_str().to_owned());
+        let claim = |f: fn(&Claims) -> Option<&str>| self.claims.and_then(f).unwrap_or("");
+        // The value as sent, escaped if it is not text.
+        let requested = String::from_utf8_lossy(self.requested.as_bytes());
+        tracing::info!(
+            target: AUDIT_TARGET,
+            event = "admin_override",
+            outcome,
+            credential = if self.claims.is_some() { "jwt" } else { "api_key" },
+            sub = claim(|c| Some(c.sub.as_str())),
+            iss = claim(|c| c.iss.as_deref()),
+            role = claim(|c| c.role.as_deref()),
+            email = claim(|c| c.email.as_deref()),
+            nonce = claim(|c| c.nonce.as_deref()),
+            tenant = &*requested,
+            method = %self.parts.method,
+            route = %route,
+            path = %self.parts.uri.path(),
+            peer = %Peer::of(self.parts),
+            "{message}"
+        );
+    }
+}
+
 /// The read access of a request: an API key's tenant, a JWT's org or personal tenant, or —
 /// for a JWT whose role is exactly `admin` — the tenant named by `X-KAHN-Tenant`.
+///
+/// `X-KAHN-Tenant` sent twice is refused (400) whoever calls; every use of it is audited with
+/// its outcome: honoured, refused (400 malformed, 404 unknown tenant) or ignored (not an
+/// admin: the caller's own tenant is read).
 #[derive(Debug)]
 pub(crate) struct ReadAccess(pub(crate) TenantView);
 
@@ -316,7 +484,26 @@ impl FromRequestParts<AppState> for ReadAccess {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let backend = &state.inner.backend;
-        let claims = match authenticate(state, parts).await? {
+        let credential = authenticate(state, parts).await?;
+        let requested = parts.headers.get(HEADER_TENANT);
+        let claims = match &credential {
+            Credential::Jwt(claims) => Some(claims),
+            Credential::ApiKey(_) => None,
+        };
+        if let Some(requested) = requested {
+            let attempt = OverrideAttempt { parts, claims, requested };
+            if let Err(e) = single_header(parts, HEADER_TENANT) {
+                attempt.audit("refused_duplicate_header", "X-KAHN-Tenant sent twice: refused");
+                return Err(e);
+            }
+            if !claims.is_some_and(Claims::is_admin) {
+                attempt.audit(
+                    "ignored_not_admin",
+                    "X-KAHN-Tenant from a caller who is not an admin: ignored",
+                );
+            }
+        }
+        let claims = match credential {
             Credential::ApiKey(write) => {
                 return Ok(Self(TenantView {
                     principal: key_principal(),
@@ -327,29 +514,32 @@ impl FromRequestParts<AppState> for ReadAccess {
         };
         let principal = jwt_principal(&claims);
         if claims.is_admin()
-            && let Some(raw) = parts.headers.get(HEADER_TENANT)
+            && let Some(requested) = requested
         {
-            let tenant: TenantId =
-                raw.to_str().ok().and_then(|s| s.trim().parse().ok()).ok_or_else(|| {
-                    ApiError::bad_request("X-KAHN-Tenant", "must be a tenant UUID")
-                })?;
-            let scope = backend.resolve_admin_override(tenant).await?;
-            let route = parts
-                .extensions
-                .get::<MatchedPath>()
-                .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
-            tracing::info!(
-                target: "kahn_http::audit",
-                event = "admin_override",
-                sub = %claims.sub,
-                email = claims.email.as_deref().unwrap_or(""),
-                nonce = claims.nonce.as_deref().unwrap_or(""),
-                tenant = %tenant,
-                method = %parts.method,
-                route = %route,
-                path = %parts.uri.path(),
-                "admin override honoured: read-only access to another tenant"
-            );
+            let attempt = OverrideAttempt { parts, claims: Some(&claims), requested };
+            let Some(tenant) = canonical_tenant(requested) else {
+                attempt.audit("refused_malformed", "admin override refused: malformed tenant");
+                return Err(ApiError::bad_request(
+                    "X-KAHN-Tenant",
+                    "must be a tenant UUID in the hyphenated form \
+                     xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx",
+                ));
+            };
+            let scope = match backend.resolve_admin_override(tenant).await {
+                Ok(scope) => scope,
+                Err(e) => {
+                    let (outcome, message) = match e {
+                        kahn_core::Error::NotFound { .. } => {
+                            ("refused_unknown_tenant", "admin override refused: no such tenant")
+                        }
+                        _ => ("failed", "admin override failed: the tenant could not be resolved"),
+                    };
+                    attempt.audit(outcome, message);
+                    return Err(e.into());
+                }
+            };
+            attempt
+                .audit("honoured", "admin override honoured: read-only access to another tenant");
             state.inner.metrics.admin_overrides.inc();
             return Ok(Self(TenantView { principal, scope: Some(scope) }));
         }
@@ -367,18 +557,39 @@ impl FromRequestParts<AppState> for ReadAccess {
     }
 }
 
-/// An administrator: a verified JWT whose role is exactly `admin`.
+/// An administrator: a verified JWT whose role is exactly `admin`, and where the request came
+/// from (for the audit trail). Refusals of other credentials are audited too.
 #[derive(Debug)]
-pub(crate) struct AdminAccess(pub(crate) Claims);
+pub(crate) struct AdminAccess(pub(crate) Claims, pub(crate) Peer);
 
 impl FromRequestParts<AppState> for AdminAccess {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let peer = Peer::of(parts);
+        let refused = |claims: Option<&Claims>| {
+            tracing::info!(
+                target: AUDIT_TARGET,
+                event = "admin_route",
+                outcome = "refused_not_admin",
+                credential = if claims.is_some() { "jwt" } else { "api_key" },
+                sub = claims.map_or("", |c| c.sub.as_str()),
+                iss = claims.and_then(|c| c.iss.as_deref()).unwrap_or(""),
+                role = claims.and_then(|c| c.role.as_deref()).unwrap_or(""),
+                method = %parts.method,
+                path = %parts.uri.path(),
+                peer = %peer,
+                "admin route refused: not an admin"
+            );
+        };
         match authenticate(state, parts).await? {
-            Credential::Jwt(claims) if claims.is_admin() => Ok(Self(claims)),
-            Credential::Jwt(_) => Err(ApiError::forbidden("this route is for role admin")),
+            Credential::Jwt(claims) if claims.is_admin() => Ok(Self(claims, peer)),
+            Credential::Jwt(claims) => {
+                refused(Some(&claims));
+                Err(ApiError::forbidden("this route is for role admin"))
+            }
             Credential::ApiKey(_) => {
+                refused(None);
                 Err(ApiError::forbidden("this route takes an administrator's JWT, not an API key"))
             }
         }

@@ -27,6 +27,9 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default clock-skew leeway for `exp` and `nbf`, in seconds.
 pub const DEFAULT_JWT_LEEWAY_SECS: u64 = 30;
+/// Default failed authentications allowed per peer address per minute (also the burst).
+pub const DEFAULT_AUTH_FAILURES_PER_MINUTE: NonZeroU32 =
+    NonZeroU32::new(20).expect("20 is not zero");
 
 /// Where the Ed25519 key(s) verifying JWTs come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,22 +45,49 @@ pub enum JwtKeySource {
 }
 
 /// How JWTs are verified. Only EdDSA (Ed25519) signatures are accepted; `exp` is required.
+///
+/// An issuer and an audience are required: without them, any token the key ever signed for
+/// another service would be accepted here. [`AppState::new`](crate::AppState::new) refuses a
+/// config lacking either unless
+/// [`insecure_no_issuer_audience_check`](Self::insecure_no_issuer_audience_check) says so.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JwtConfig {
     /// The verification key(s).
     pub key: JwtKeySource,
-    /// When set, the `iss` claim must be present and equal it.
+    /// The `iss` claim must be present, a string, and equal it. Required unless
+    /// [`insecure_no_issuer_audience_check`](Self::insecure_no_issuer_audience_check).
     pub issuer: Option<String>,
-    /// When set, the `aud` claim must be present and contain it.
+    /// The `aud` claim must be present and contain it. Required unless
+    /// [`insecure_no_issuer_audience_check`](Self::insecure_no_issuer_audience_check).
     pub audience: Option<String>,
     /// Clock-skew leeway for `exp` and `nbf`, in seconds.
     pub leeway_secs: u64,
+    /// Accept a missing [`issuer`](Self::issuer) or [`audience`](Self::audience): the
+    /// unchecked one is then not verified at all, and a warning is logged at startup. For
+    /// tests and local experiments only.
+    pub insecure_no_issuer_audience_check: bool,
 }
 
 impl JwtConfig {
-    /// A config verifying with `key`, no issuer or audience check, the default leeway.
+    /// A config verifying with `key` and the default leeway; set
+    /// [`with_issuer`](Self::with_issuer) and [`with_audience`](Self::with_audience) before
+    /// use.
     pub fn new(key: JwtKeySource) -> Self {
-        Self { key, issuer: None, audience: None, leeway_secs: DEFAULT_JWT_LEEWAY_SECS }
+        Self {
+            key,
+            issuer: None,
+            audience: None,
+            leeway_secs: DEFAULT_JWT_LEEWAY_SECS,
+            insecure_no_issuer_audience_check: false,
+        }
+    }
+
+    /// Knowingly accepts a missing issuer or audience (tests, local experiments): see
+    /// [`insecure_no_issuer_audience_check`](Self::insecure_no_issuer_audience_check).
+    #[must_use]
+    pub fn with_insecure_no_issuer_audience_check(mut self) -> Self {
+        self.insecure_no_issuer_audience_check = true;
+        self
     }
 
     /// Requires `iss` to equal `issuer`.
@@ -105,6 +135,15 @@ pub struct ServerConfig {
     /// Time for a whole ingest body to arrive once its head is read: a body trickling in
     /// (one byte a second, say) is answered 408 when it expires, and nothing is written.
     pub body_timeout: Duration,
+    /// Failed authentications (a malformed, unknown or revoked API key; a refused JWT) one
+    /// peer address (an IPv6 /64) may make per minute, all at once or spread out. Past it,
+    /// every request from that address that presents a credential is answered 429 with
+    /// `Retry-After` — before any key is looked up, its valid keys included — until the
+    /// allowance refills (one failure per `60 s / n`). The peer address is the TCP peer's, as
+    /// [`serve`](crate::serve) provides it (a router served otherwise needs
+    /// `into_make_service_with_connect_info::<SocketAddr>()`, or the limit does not apply);
+    /// behind a reverse proxy every client shares the proxy's address, so size it for that.
+    pub auth_failures_per_minute: NonZeroU32,
 }
 
 impl Default for ServerConfig {
@@ -120,6 +159,7 @@ impl Default for ServerConfig {
             retention_interval: Some(DEFAULT_RETENTION_INTERVAL),
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             body_timeout: DEFAULT_BODY_TIMEOUT,
+            auth_failures_per_minute: DEFAULT_AUTH_FAILURES_PER_MINUTE,
         }
     }
 }
@@ -194,6 +234,13 @@ impl ServerConfig {
         self.retention_interval = interval;
         self
     }
+
+    /// Sets the failed authentications one peer address may make per minute.
+    #[must_use]
+    pub fn with_auth_failures_per_minute(mut self, per_minute: NonZeroU32) -> Self {
+        self.auth_failures_per_minute = per_minute;
+        self
+    }
 }
 
 /// A configuration the server cannot start with.
@@ -219,6 +266,14 @@ pub enum ConfigError {
         /// Which.
         setting: &'static str,
         /// Why.
+        message: String,
+    },
+    /// A setting that must be given is missing (`jwt.issuer`, `jwt.audience`).
+    #[error("missing setting {setting}: {message}")]
+    Missing {
+        /// Which.
+        setting: &'static str,
+        /// Why it is needed.
         message: String,
     },
 }

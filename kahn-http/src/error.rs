@@ -201,6 +201,22 @@ impl ApiError {
         e
     }
 
+    /// 429 `rate_limited` with `Retry-After: secs`: too many failed authentications from the
+    /// caller's address.
+    pub fn auth_rate_limited(secs: u64) -> Self {
+        let mut body = ErrorBody::new(
+            "rate_limited",
+            format!(
+                "too many failed authentications from this address; every request from it is \
+                 refused for {secs} s"
+            ),
+        );
+        body.retry_after_secs = Some(secs);
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, body);
+        e.0.headers.push((header::RETRY_AFTER, HeaderValue::from(secs)));
+        e
+    }
+
     /// 500 `internal`: the details are logged under `request` by the caller, not sent.
     pub fn internal() -> Self {
         Self::new(

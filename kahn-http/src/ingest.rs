@@ -114,7 +114,7 @@ fn is_ndjson(headers: &HeaderMap) -> Result<(), ApiError> {
         (status = 408, description = "`request_timeout`: the body did not arrive within the server's body timeout; nothing written", body = ErrorBody),
         (status = 413, description = "Body over the limit", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/x-ndjson, or the body is compressed (Content-Encoding other than identity)", body = ErrorBody),
-        (status = 429, description = "Tenant's ingest rate limit; see `Retry-After`", body = ErrorBody,
+        (status = 429, description = "Tenant's ingest rate limit, or too many failed authentications from this address; see `Retry-After`", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "The backend is temporarily unavailable (nothing written); may carry `Retry-After`", body = ErrorBody),
         (status = 500, description = "`integrity`: stored data fails its own checks; or `internal`", body = ErrorBody),

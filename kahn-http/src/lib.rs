@@ -26,6 +26,7 @@
 //! ```
 
 mod auth;
+mod auth_limit;
 mod client;
 mod config;
 mod error;
@@ -42,10 +43,11 @@ pub mod wire;
 pub use auth::{Claims, JwtVerifier};
 pub use client::{HttpBackend, install_crypto_provider};
 pub use config::{
-    ConfigError, DEFAULT_BODY_LIMIT, DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
-    DEFAULT_INGEST_RATE, DEFAULT_JWT_LEEWAY_SECS, DEFAULT_MAX_INGESTS_IN_FLIGHT_PER_TENANT,
-    DEFAULT_MAX_REQUESTS_IN_FLIGHT, DEFAULT_MAX_RUNS_PER_REQUEST, DEFAULT_RETENTION_INTERVAL,
-    JwtConfig, JwtKeySource, ServerConfig,
+    ConfigError, DEFAULT_AUTH_FAILURES_PER_MINUTE, DEFAULT_BODY_LIMIT, DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT, DEFAULT_INGEST_RATE, DEFAULT_JWT_LEEWAY_SECS,
+    DEFAULT_MAX_INGESTS_IN_FLIGHT_PER_TENANT, DEFAULT_MAX_REQUESTS_IN_FLIGHT,
+    DEFAULT_MAX_RUNS_PER_REQUEST, DEFAULT_RETENTION_INTERVAL, JwtConfig, JwtKeySource,
+    ServerConfig,
 };
 pub use error::ApiError;
 pub use openapi::openapi_document;
@@ -53,6 +55,10 @@ pub use server::{router, serve, shutdown_signal, spawn_retention};
 pub use state::AppState;
 pub use viewer::{VIEWER_CSP, viewer_asset_names};
 
+/// The `tracing` target of audit events (admin overrides honoured, refused or ignored; admin
+/// routes used or refused). A subscriber should keep it on whatever its filter says; `kahn
+/// serve` does.
+pub const AUDIT_TARGET: &str = "kahn::audit";
 /// Request header an administrator sets to read another tenant's data.
 pub const HEADER_TENANT: &str = "x-kahn-tenant";
 /// Response header naming the tenant whose data a response shows (`none` when none).

@@ -70,9 +70,11 @@ pub(crate) struct ListRunsParams {
     responses(
         (status = 200, description = "A page of runs (empty, with `X-KAHN-Tenant-Source: none`, when the caller has no tenant)", body = RunsPage,
             headers(("X-KAHN-Effective-Tenant" = String), ("X-KAHN-Tenant-Source" = String))),
-        (status = 400, description = "Bad query, cursor or X-KAHN-Tenant", body = ErrorBody),
+        (status = 400, description = "Bad query, cursor or X-KAHN-Tenant (not a hyphenated UUID, or sent twice); Authorization sent twice", body = ErrorBody),
         (status = 401, description = "Missing or invalid credential", body = ErrorBody),
         (status = 404, description = "X-KAHN-Tenant names no tenant", body = ErrorBody),
+        (status = 429, description = "Too many failed authentications from this address: refused before any credential is checked; see `Retry-After`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "The backend is temporarily unavailable; may carry `Retry-After`", body = ErrorBody),
         (status = 500, description = "`integrity`: stored data fails its own checks (`run_id`, `seq`); or `internal`", body = ErrorBody),
     )
@@ -116,9 +118,11 @@ pub(crate) async fn list_runs(
     responses(
         (status = 200, description = "The run", body = RunDetail,
             headers(("X-KAHN-Effective-Tenant" = String), ("X-KAHN-Tenant-Source" = String))),
-        (status = 400, description = "Malformed run id or X-KAHN-Tenant", body = ErrorBody),
+        (status = 400, description = "Malformed run id or X-KAHN-Tenant (not a hyphenated UUID, or sent twice); Authorization sent twice", body = ErrorBody),
         (status = 401, description = "Missing or invalid credential", body = ErrorBody),
         (status = 404, description = "No such run for the effective tenant, or unknown override tenant", body = ErrorBody),
+        (status = 429, description = "Too many failed authentications from this address: refused before any credential is checked; see `Retry-After`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "The backend is temporarily unavailable; may carry `Retry-After`", body = ErrorBody),
         (status = 500, description = "`integrity`: stored data fails its own checks (`run_id`, `seq`); or `internal`", body = ErrorBody),
     )
@@ -176,9 +180,11 @@ fn wants_ndjson(headers: &HeaderMap) -> bool {
             (TransitionsPage = "application/json"),
             (String = "application/x-ndjson"),
         ), headers(("X-KAHN-Effective-Tenant" = String), ("X-KAHN-Tenant-Source" = String))),
-        (status = 400, description = "Bad query, run id or X-KAHN-Tenant", body = ErrorBody),
+        (status = 400, description = "Bad query, run id or X-KAHN-Tenant (not a hyphenated UUID, or sent twice); Authorization sent twice", body = ErrorBody),
         (status = 401, description = "Missing or invalid credential", body = ErrorBody),
         (status = 404, description = "No such run for the effective tenant", body = ErrorBody),
+        (status = 429, description = "Too many failed authentications from this address: refused before any credential is checked; see `Retry-After`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "The backend is temporarily unavailable; may carry `Retry-After`", body = ErrorBody),
         (status = 500, description = "`integrity`: stored data fails its own checks (`run_id`, `seq`); or `internal`", body = ErrorBody),
     )
@@ -233,9 +239,11 @@ pub(crate) async fn read_transitions(
     responses(
         (status = 200, description = "Who the server thinks the caller is", body = WhoAmI,
             headers(("X-KAHN-Effective-Tenant" = String), ("X-KAHN-Tenant-Source" = String))),
-        (status = 400, description = "Malformed X-KAHN-Tenant", body = ErrorBody),
+        (status = 400, description = "X-KAHN-Tenant not a hyphenated UUID, or sent twice; Authorization sent twice", body = ErrorBody),
         (status = 401, description = "Missing or invalid credential", body = ErrorBody),
         (status = 404, description = "X-KAHN-Tenant names no tenant", body = ErrorBody),
+        (status = 429, description = "Too many failed authentications from this address: refused before any credential is checked; see `Retry-After`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
     )
 )]
 pub(crate) async fn whoami(ReadAccess(view): ReadAccess) -> Response {
@@ -265,21 +273,28 @@ pub(crate) async fn whoami(ReadAccess(view): ReadAccess) -> Response {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "All tenants, by name", body = TenantsList),
+        (status = 400, description = "Authorization sent twice", body = ErrorBody),
         (status = 401, description = "Missing or invalid credential", body = ErrorBody),
         (status = 403, description = "Not a JWT with role admin", body = ErrorBody),
+        (status = 429, description = "Too many failed authentications from this address: refused before any credential is checked; see `Retry-After`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
     )
 )]
 pub(crate) async fn admin_tenants(
     State(state): State<AppState>,
-    AdminAccess(admin): AdminAccess,
+    AdminAccess(admin, peer): AdminAccess,
 ) -> Result<Json<TenantsList>, ApiError> {
     let tenants = state.inner.backend.list_tenants().await?;
     tracing::info!(
-        target: "kahn_http::audit",
+        target: crate::AUDIT_TARGET,
         event = "admin_list_tenants",
-        sub = %admin.sub,
+        outcome = "honoured",
+        sub = admin.sub.as_str(),
+        iss = admin.iss.as_deref().unwrap_or(""),
         email = admin.email.as_deref().unwrap_or(""),
+        nonce = admin.nonce.as_deref().unwrap_or(""),
         tenants = tenants.len(),
+        peer = %peer,
         "admin listed every tenant"
     );
     Ok(Json(TenantsList { tenants: tenants.into_iter().map(TenantRow::from).collect() }))

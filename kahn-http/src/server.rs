@@ -4,10 +4,12 @@ use std::future::Future;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::Uri;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, Uri};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use chrono::Utc;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -119,8 +121,8 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
         };
-        let stream = match accepted {
-            Ok((stream, _peer)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) if is_connection_error(&e) => continue,
             Err(e) => {
                 // Out of file descriptors and the like: wait instead of spinning.
@@ -134,8 +136,15 @@ pub async fn serve(
         }
         let mut builder = http1::Builder::new();
         builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
-        let conn =
-            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        // Each request carries its peer address (`ConnectInfo`), as axum's
+        // `into_make_service_with_connect_info` would: the failed-authentication limit and the
+        // audit trail read it.
+        let service = TowerToHyperService::new(app.clone());
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            hyper::service::Service::call(&service, request)
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {

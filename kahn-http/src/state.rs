@@ -6,6 +6,7 @@ use std::sync::Arc;
 use kahn_core::StorageBackend;
 
 use crate::auth::JwtVerifier;
+use crate::auth_limit::AuthFailures;
 use crate::config::{ConfigError, ServerConfig};
 use crate::metrics::Metrics;
 use crate::ratelimit::IngestLimits;
@@ -25,6 +26,7 @@ pub(crate) struct Inner {
     pub(crate) metrics: Metrics,
     /// Permits for the requests served at once (`max_requests_in_flight`).
     pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
+    pub(crate) auth_failures: AuthFailures,
 }
 
 impl fmt::Debug for AppState {
@@ -40,8 +42,9 @@ impl AppState {
     /// State serving `backend` under `config`; loads the JWT key(s) the config names.
     ///
     /// # Errors
-    /// [`ConfigError`] when a key file cannot be read or holds no Ed25519 key, or a setting
-    /// is out of range (a zero body limit).
+    /// [`ConfigError`] when a key file cannot be read or holds no Ed25519 key, a JWT key
+    /// comes without an issuer or an audience, or a setting is out of range (a zero body
+    /// limit).
     pub fn new(
         backend: Arc<dyn StorageBackend>,
         config: ServerConfig,
@@ -86,7 +89,18 @@ impl AppState {
         let in_flight = Arc::new(tokio::sync::Semaphore::new(config.max_requests_in_flight));
         let metrics = Metrics::new()
             .map_err(|e| ConfigError::Invalid { setting: "metrics", message: e.to_string() })?;
-        Ok(Self { inner: Arc::new(Inner { backend, config, jwt, limits, metrics, in_flight }) })
+        let auth_failures = AuthFailures::new(config.auth_failures_per_minute);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                backend,
+                config,
+                jwt,
+                limits,
+                metrics,
+                in_flight,
+                auth_failures,
+            }),
+        })
     }
 
     /// The backend served.

@@ -518,17 +518,12 @@ fn forged(alg: &str, claims: &Value, sig: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwt_attacks_are_all_401() {
-    let keys = TestKeys::generate();
-    let config = ServerConfigExt::issuer_audience(&keys);
-    let s = TestServer::start(Arc::new(MemoryBackend::new()), keys, config).await;
+    let s = TestServer::memory().await;
     let sub = format!("user-{}", uuid::Uuid::new_v4().simple());
     provision(&s, |t| t.with_owner_sub(sub.clone()).expect("valid")).await;
-    let good = {
-        let mut c = claims(&sub, None, None);
-        c["iss"] = json!("https://idp.test");
-        c["aud"] = json!("kahn");
-        c
-    };
+    // The test servers require iss https://idp.test and aud kahn (support::test_config).
+    let good = claims(&sub, None, None);
+    assert_eq!((&good["iss"], &good["aud"]), (&json!("https://idp.test"), &json!("kahn")));
     let ok = get(&s, "/v1/whoami", Some(&s.keys.sign(&good)), None).await;
     assert_eq!(ok.status(), StatusCode::OK, "the well-formed token is accepted");
     assert_eq!(json_of(ok).await["tenant_source"], "sub");
@@ -603,6 +598,17 @@ async fn jwt_attacks_are_all_401() {
                 c.as_object_mut().expect("object").remove("sub");
             })),
         ),
+        (
+            "iss a list holding the configured issuer",
+            s.keys.sign(&with(&|c| c["iss"] = json!(["https://idp.test", "https://evil.test"]))),
+        ),
+        ("iss a one-item list", s.keys.sign(&with(&|c| c["iss"] = json!(["https://idp.test"])))),
+        ("iss a number", s.keys.sign(&with(&|c| c["iss"] = json!(7)))),
+        ("iss null", s.keys.sign(&with(&|c| c["iss"] = Value::Null))),
+        ("crit naming a claim", signed_with_crit(&s, &good, &["exp"])),
+        ("crit naming b64 (RFC 7797)", signed_with_crit(&s, &good, &["b64"])),
+        ("crit naming an unknown extension", signed_with_crit(&s, &good, &["kahn-ext"])),
+        ("crit empty", signed_with_crit(&s, &good, &[])),
         ("garbage", "a.b.c".to_owned()),
         ("truncated", valid_sig[..valid_sig.len() - 4].to_owned()),
     ];
@@ -621,15 +627,53 @@ async fn jwt_attacks_are_all_401() {
     assert_eq!(r.status(), StatusCode::OK);
 }
 
-struct ServerConfigExt;
+/// A valid signature over `claims` under a header whose `crit` names `crit`.
+fn signed_with_crit(s: &TestServer, claims: &Value, crit: &[&str]) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.crit = Some(crit.iter().map(|c| (*c).to_owned()).collect());
+    s.keys.sign_with_header(&header, claims)
+}
 
-impl ServerConfigExt {
-    fn issuer_audience(keys: &TestKeys) -> kahn_http::ServerConfig {
-        let jwt = kahn_http::JwtConfig::new(kahn_http::JwtKeySource::Pem(keys.public_pem.clone()))
-            .with_issuer("https://idp.test")
-            .with_audience("kahn");
-        test_config(keys).with_jwt(jwt)
+/// A JWT key without an issuer or an audience would accept any token the key ever signed for
+/// another service: the server refuses to start, naming the missing setting, unless the
+/// insecure opt-out says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_key_without_issuer_and_audience_is_refused_unless_opted_out_knowingly() {
+    let keys = TestKeys::generate();
+    let key = || kahn_http::JwtKeySource::Pem(keys.public_pem.clone());
+    let start = |jwt: kahn_http::JwtConfig| {
+        kahn_http::AppState::new(Arc::new(MemoryBackend::new()), test_config(&keys).with_jwt(jwt))
+    };
+    for (jwt, missing) in [
+        (kahn_http::JwtConfig::new(key()), "jwt.issuer"),
+        (kahn_http::JwtConfig::new(key()).with_audience("kahn"), "jwt.issuer"),
+        (kahn_http::JwtConfig::new(key()).with_issuer("https://idp.test"), "jwt.audience"),
+    ] {
+        match start(jwt) {
+            Err(e @ kahn_http::ConfigError::Missing { setting, .. }) => {
+                assert_eq!(setting, missing, "{e}");
+                assert!(e.to_string().contains("another service"), "{e}");
+            }
+            other => panic!("{missing}: expected ConfigError::Missing, got {other:?}"),
+        }
     }
+    // Knowingly opted out: tokens without iss or aud pass; iss, when present, is still a
+    // string, and crit is still refused.
+    let jwt = kahn_http::JwtConfig::new(key()).with_insecure_no_issuer_audience_check();
+    let config = test_config(&keys).with_jwt(jwt);
+    let s = TestServer::start(Arc::new(MemoryBackend::new()), keys, config).await;
+    let mut bare = claims("someone", None, None);
+    let object = bare.as_object_mut().expect("object");
+    object.remove("iss");
+    object.remove("aud");
+    let r = get(&s, "/v1/whoami", Some(&s.keys.sign(&bare)), None).await;
+    assert_eq!(r.status(), StatusCode::OK, "opted out: no iss/aud needed");
+    let mut listed = bare.clone();
+    listed["iss"] = json!(["https://idp.test"]);
+    let r = get(&s, "/v1/whoami", Some(&s.keys.sign(&listed)), None).await;
+    expect_error(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    let r = get(&s, "/v1/whoami", Some(&signed_with_crit(&s, &bare, &["exp"])), None).await;
+    expect_error(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -638,8 +682,11 @@ async fn jwks_file_keys_are_chosen_by_kid() {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("jwks.json");
     std::fs::write(&path, keys.jwks("k1")).expect("write jwks");
-    let config = test_config(&keys)
-        .with_jwt(kahn_http::JwtConfig::new(kahn_http::JwtKeySource::JwksFile(path)));
+    let config = test_config(&keys).with_jwt(
+        kahn_http::JwtConfig::new(kahn_http::JwtKeySource::JwksFile(path))
+            .with_issuer("https://idp.test")
+            .with_audience("kahn"),
+    );
     let s = TestServer::start(Arc::new(MemoryBackend::new()), keys, config).await;
     let c = claims("someone", None, None);
     assert_eq!(
@@ -665,10 +712,15 @@ async fn jwks_file_keys_are_chosen_by_kid() {
         ),
         kahn_http::JwtKeySource::PemFile(dir.path().join("missing.pem")),
     ] {
-        let config =
-            kahn_http::ServerConfig::default().with_jwt(kahn_http::JwtConfig::new(bad.clone()));
+        let jwt = kahn_http::JwtConfig::new(bad.clone())
+            .with_issuer("https://idp.test")
+            .with_audience("kahn");
+        let config = kahn_http::ServerConfig::default().with_jwt(jwt);
         assert!(
-            kahn_http::AppState::new(Arc::new(MemoryBackend::new()), config).is_err(),
+            matches!(
+                kahn_http::AppState::new(Arc::new(MemoryBackend::new()), config),
+                Err(kahn_http::ConfigError::InvalidKey(_) | kahn_http::ConfigError::ReadKey { .. })
+            ),
             "{bad:?}"
         );
     }
@@ -760,7 +812,7 @@ async fn jwt_tenant_is_org_then_sub_then_none_and_none_shows_nothing() {
 
 type AuditLog = Arc<Mutex<Vec<BTreeMap<String, String>>>>;
 
-/// Records the audit events the server emits (`target: kahn_http::audit`).
+/// Records the audit events the server emits (`target: kahn::audit`).
 fn audit_log() -> AuditLog {
     use tracing_subscriber::layer::SubscriberExt;
     static LOG: OnceLock<AuditLog> = OnceLock::new();
@@ -788,7 +840,7 @@ impl tracing::field::Visit for Fields {
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
     fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        if event.metadata().target() == "kahn_http::audit" {
+        if event.metadata().target() == kahn_http::AUDIT_TARGET {
             let mut f = Fields(BTreeMap::new());
             event.record(&mut f);
             self.0.lock().expect("lock").push(f.0);
@@ -826,13 +878,35 @@ async fn admin_override_reads_any_tenant_is_audited_and_follows_the_rules() {
     assert_eq!(events[0].get("route").map(String::as_str), Some("/v1/runs"));
     assert_eq!(events[1].get("route").map(String::as_str), Some("/v1/runs/{run_id}"));
     assert_eq!(events[0].get("event").map(String::as_str), Some("admin_override"));
+    assert_eq!(events[0].get("outcome").map(String::as_str), Some("honoured"));
+    assert_eq!(events[0].get("iss").map(String::as_str), Some("https://idp.test"));
+    let peer = events[0].get("peer").cloned().unwrap_or_default();
+    assert!(peer.starts_with("127.0.0.1:"), "the peer address is recorded: {peer:?}");
 
-    // Malformed → 400; unknown → 404.
+    // Malformed → 400; unknown → 404; both audited as refused.
     let r = get(&s, "/v1/runs", Some(&admin), Some("not-a-uuid")).await;
     expect_error(r, StatusCode::BAD_REQUEST, "invalid_input").await;
-    let r = get(&s, "/v1/runs", Some(&admin), Some(&uuid::Uuid::new_v4().to_string())).await;
+    let braced = format!("{{{b_id}}}");
+    let r = get(&s, "/v1/runs", Some(&admin), Some(&braced)).await;
+    expect_error(r, StatusCode::BAD_REQUEST, "invalid_input").await;
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let r = get(&s, "/v1/runs", Some(&admin), Some(&unknown)).await;
     let e = expect_error(r, StatusCode::NOT_FOUND, "not_found").await;
     assert_eq!(e["what"], "tenant");
+    let outcome_of = |tenant: &str| -> Vec<String> {
+        log.lock()
+            .expect("lock")
+            .iter()
+            .filter(|e| e.get("tenant").map(String::as_str) == Some(tenant))
+            .map(|e| {
+                assert_eq!(e.get("iss").map(String::as_str), Some("https://idp.test"), "{e:?}");
+                assert!(e.get("peer").is_some_and(|p| p.starts_with("127.0.0.1:")), "{e:?}");
+                e.get("outcome").cloned().unwrap_or_default()
+            })
+            .collect()
+    };
+    assert_eq!(outcome_of(&braced), ["refused_malformed"]);
+    assert_eq!(outcome_of(&unknown), ["refused_unknown_tenant"]);
 
     // Not admin exactly → ignored (own tenant or none), even when malformed.
     let a_sub = format!("user-{}", uuid::Uuid::new_v4().simple());
@@ -852,6 +926,20 @@ async fn admin_override_reads_any_tenant_is_audited_and_follows_the_rules() {
         let r = get(&s, "/api/admin/tenants", Some(&token), None).await;
         expect_error(r, StatusCode::FORBIDDEN, "forbidden").await;
     }
+    // Ignored overrides are audited too, with the role that did not qualify.
+    let ignored: Vec<_> = log
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|e| {
+            e.get("sub") == Some(&a_sub)
+                && e.get("event").map(String::as_str) == Some("admin_override")
+        })
+        .map(|e| (e.get("outcome").cloned().unwrap_or_default(), e.get("role").cloned()))
+        .collect();
+    assert_eq!(ignored.len(), 10, "two attempts for each of five roles: {ignored:?}");
+    assert!(ignored.iter().all(|(o, _)| o == "ignored_not_admin"), "{ignored:?}");
+    assert!(ignored.iter().any(|(_, r)| r.as_deref() == Some("admin ")), "{ignored:?}");
     // An API key never sees the header either.
     let r = get(&s, "/v1/runs/b-run", Some(&a.key), Some(&b_id)).await;
     assert_eq!(header(&r, HEADER_EFFECTIVE_TENANT), a.tenant.id.to_string());
@@ -1125,11 +1213,11 @@ async fn openapi_document_validates_and_covers_every_route() {
     let paths = doc["paths"].as_object().expect("paths");
     let want = [
         ("/v1/ingest/transitions", "post", &["200", "400", "401", "409", "413", "415", "429"][..]),
-        ("/v1/runs", "get", &["200", "400", "401", "404"][..]),
-        ("/v1/runs/{run_id}", "get", &["200", "400", "401", "404"][..]),
-        ("/v1/runs/{run_id}/transitions", "get", &["200", "400", "401", "404"][..]),
-        ("/v1/whoami", "get", &["200", "401"][..]),
-        ("/api/admin/tenants", "get", &["200", "401", "403"][..]),
+        ("/v1/runs", "get", &["200", "400", "401", "404", "429"][..]),
+        ("/v1/runs/{run_id}", "get", &["200", "400", "401", "404", "429"][..]),
+        ("/v1/runs/{run_id}/transitions", "get", &["200", "400", "401", "404", "429"][..]),
+        ("/v1/whoami", "get", &["200", "400", "401", "429"][..]),
+        ("/api/admin/tenants", "get", &["200", "400", "401", "403", "429"][..]),
         ("/healthz", "get", &["200"][..]),
         ("/readyz", "get", &["200", "503"][..]),
         ("/metrics", "get", &["200"][..]),

@@ -675,6 +675,166 @@ async fn valid_prefix_and_random_keys_take_indistinguishable_time() {
 }
 
 // ---------------------------------------------------------------------------------------
+// ambiguous headers and the failed-authentication limit
+
+/// `X-KAHN-Tenant` or `Authorization` twice: which copy wins would depend on who reads the
+/// request (a proxy may take the last), so neither is guessed: 400 naming the header. The
+/// override takes only the canonical hyphenated UUID spelling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_auth_or_tenant_headers_and_odd_uuid_spellings_are_400() {
+    let s = sqlite_server().await;
+    let sub = format!("user-{}", uuid::Uuid::new_v4().simple());
+    let mine = provision(&s, Some(&sub)).await;
+    let other = provision(&s, None).await;
+    let other_id = other.tenant.id.to_string();
+    let admin = s.admin_token();
+    let member = s.keys.sign(&claims(&sub, Some("member"), None));
+    let get = |path: &str, headers: &[(&str, &str)]| {
+        let mut rb = s.http.get(s.url(path));
+        for (name, value) in headers {
+            rb = rb.header(*name, *value);
+        }
+        async move { status_and_body(rb.send().await.expect("request")).await }
+    };
+    let bearer = |t: &str| format!("Bearer {t}");
+    let (admin_auth, member_auth) = (bearer(&admin), bearer(&member));
+    let (mine_auth, other_auth) = (bearer(&mine.key), bearer(&other.key));
+    let mine_id = mine.tenant.id.to_string();
+
+    // Two X-KAHN-Tenant: refused whoever calls, never the first (or last) silently.
+    for auth in [&admin_auth, &member_auth, &mine_auth] {
+        for (first, second) in [(&other_id, &mine_id), (&other_id, &other_id)] {
+            for path in ["/v1/whoami", "/v1/runs", "/v1/runs/x", "/v1/runs/x/transitions"] {
+                let (status, body) = get(
+                    path,
+                    &[("authorization", auth), ("x-kahn-tenant", first), ("x-kahn-tenant", second)],
+                )
+                .await;
+                assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+                assert_eq!(body["field"], "X-KAHN-Tenant", "{body}");
+                assert!(body["message"].as_str().is_some_and(|m| m.contains("more than once")));
+            }
+        }
+    }
+    // Two Authorization headers, on every authenticated route, ingest included.
+    for (first, second) in
+        [(&mine_auth, &other_auth), (&mine_auth, &mine_auth), (&admin_auth, &mine_auth)]
+    {
+        for path in ["/v1/whoami", "/v1/runs", "/api/admin/tenants"] {
+            let (status, body) =
+                get(path, &[("authorization", first), ("authorization", second)]).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+            assert_eq!(body["field"], "Authorization", "{body}");
+        }
+        let before = fingerprint(&s.backend).await;
+        let r = s
+            .http
+            .post(s.url("/v1/ingest/transitions"))
+            .header("authorization", first.as_str())
+            .header("authorization", second.as_str())
+            .header(CONTENT_TYPE, NDJSON)
+            .body(line("dup", 0, "{}"))
+            .send()
+            .await
+            .expect("request");
+        let (status, body) = status_and_body(r).await;
+        assert_eq!((status, &body["field"]), (StatusCode::BAD_REQUEST, &json!("Authorization")));
+        assert_eq!(fingerprint(&s.backend).await, before, "nothing written");
+    }
+    // The override: the canonical spelling, in either case, and nothing else.
+    let u = other.tenant.id.as_uuid();
+    let upper = other_id.to_uppercase();
+    for ok in [other_id.as_str(), upper.as_str()] {
+        let (status, body) =
+            get("/v1/whoami", &[("authorization", &admin_auth), ("x-kahn-tenant", ok)]).await;
+        assert_eq!(status, StatusCode::OK, "{ok}: {body}");
+        assert_eq!(
+            (&body["tenant_source"], &body["tenant_id"]),
+            (&json!("admin_override"), &json!(other_id))
+        );
+    }
+    for odd in [
+        format!("{{{other_id}}}"),
+        u.urn().to_string(),
+        u.simple().to_string(),
+        format!("{other_id}0"),
+        other_id[..35].to_owned(),
+        other_id.replace('-', "_"),
+        format!("{}{}-{}", &other_id[..8], &other_id[9..10], &other_id[10..]),
+    ] {
+        let (status, body) =
+            get("/v1/whoami", &[("authorization", &admin_auth), ("x-kahn-tenant", &odd)]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{odd:?}: {body}");
+        assert_eq!(body["field"], "X-KAHN-Tenant", "{odd:?}: {body}");
+    }
+}
+
+/// A peer guessing credentials is stopped: after its allowance of failed authentications, every
+/// request from its address that presents a credential — a valid one too — is answered 429 with
+/// `Retry-After`, before any key is looked up, until the allowance refills. Another address is
+/// not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentications_are_rate_limited_per_peer_address() {
+    const ALLOWANCE: u32 = 30; // one failure back every 2 s
+    let dir = tempfile::tempdir().expect("tmp");
+    let url = format!("sqlite://{}", dir.path().join("kahn.db").display());
+    let backend = kahn_sqlite::SqliteBackend::connect(&url).await.expect("sqlite");
+    let keys = TestKeys::generate();
+    let config = test_config(&keys)
+        .with_auth_failures_per_minute(std::num::NonZeroU32::new(ALLOWANCE).expect("non-zero"));
+    let s = TestServer::start(Arc::new(backend), keys, config).await.with_guard(dir);
+    let sub = format!("user-{}", uuid::Uuid::new_v4().simple());
+    let a = provision(&s, Some(&sub)).await;
+    let jwt = s.keys.sign(&claims(&sub, None, None));
+    let whoami = |http: &reqwest::Client, token: &str| {
+        let rb = http.get(s.url("/v1/whoami")).bearer_auth(token);
+        async move { rb.send().await.expect("request") }
+    };
+    assert_eq!(whoami(&s.http, &a.key).await.status(), StatusCode::OK);
+    // The allowance: unknown keys, malformed keys and forged JWTs all count.
+    for i in 0..ALLOWANCE {
+        let bad = match i % 3 {
+            0 => ApiKey::generate().expect("rng").expose_secret().to_owned(),
+            1 => "kahn_live_sk_short".to_owned(),
+            _ => TestKeys::generate().sign(&claims(&sub, Some("admin"), None)),
+        };
+        let r = whoami(&s.http, &bad).await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "failure {i} is still a 401");
+    }
+    // Over it: 429 + Retry-After for everything carrying a credential, valid ones included.
+    let before = fingerprint(&s.backend).await;
+    let bad = ApiKey::generate().expect("rng").expose_secret().to_owned();
+    for (what, token) in
+        [("a bad key", bad.as_str()), ("a valid key", &a.key), ("a valid JWT", &jwt)]
+    {
+        let r = whoami(&s.http, token).await;
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "{what}");
+        let wait: u64 = r.headers()["retry-after"].to_str().expect("ascii").parse().expect("secs");
+        assert!((1..=2).contains(&wait), "{what}: Retry-After {wait}");
+        let (_, body) = status_and_body(r).await;
+        assert_eq!(body["error"], "rate_limited", "{body}");
+        assert_eq!(body["retry_after_secs"], wait, "{body}");
+    }
+    let r = post(&s, &a.key, NDJSON, line("blocked", 0, "{}").into_bytes()).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "ingest with a valid key");
+    assert_eq!(fingerprint(&s.backend).await, before, "nothing written while blocked");
+    // What needs no credential is unaffected, and so is another address (127.0.0.2).
+    assert_eq!(s.http.get(s.url("/healthz")).send().await.expect("up").status(), StatusCode::OK);
+    let elsewhere = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .expect("client");
+    assert_eq!(whoami(&elsewhere, &a.key).await.status(), StatusCode::OK, "another peer");
+    assert_eq!(whoami(&elsewhere, &bad).await.status(), StatusCode::UNAUTHORIZED, "another peer");
+    // Once the allowance refills by one, the valid key works again; the next failure blocks
+    // again at once.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(whoami(&s.http, &a.key).await.status(), StatusCode::OK, "after Retry-After");
+    assert_eq!(whoami(&s.http, &bad).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(whoami(&s.http, &a.key).await.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+// ---------------------------------------------------------------------------------------
 // One tenant cannot take the server (red team, round two)
 
 /// Opens an ingest request for `key` whose body never finishes (half of it is sent): it stays

@@ -4,6 +4,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -54,7 +55,12 @@ impl TestKeys {
     pub fn sign_with_kid(&self, claims: &Value, kid: Option<&str>) -> String {
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = kid.map(str::to_owned);
-        jsonwebtoken::encode(&header, claims, &self.encoding).expect("sign")
+        self.sign_with_header(&header, claims)
+    }
+
+    /// Signs `claims` under `header` (which should say EdDSA to be verifiable).
+    pub fn sign_with_header(&self, header: &Header, claims: &Value) -> String {
+        jsonwebtoken::encode(header, claims, &self.encoding).expect("sign")
     }
 }
 
@@ -62,9 +68,16 @@ pub fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-/// Claims valid for ten minutes.
+/// The issuer test servers require (see [`test_config`]).
+pub const ISSUER: &str = "https://idp.test";
+/// The audience test servers require (see [`test_config`]).
+pub const AUDIENCE: &str = "kahn";
+
+/// Claims valid for ten minutes, from [`ISSUER`] for [`AUDIENCE`].
 pub fn claims(sub: &str, role: Option<&str>, org: Option<&str>) -> Value {
     let mut c = json!({
+        "iss": ISSUER,
+        "aud": AUDIENCE,
         "sub": sub,
         "email": format!("{sub}@example.test"),
         "name": sub,
@@ -92,11 +105,22 @@ pub struct TestServer {
     _guard: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
-/// The default config of test servers: JWTs verified with `keys`, no retention task.
+/// The JWT verification of test servers: `keys`, [`ISSUER`] and [`AUDIENCE`] required.
+pub fn test_jwt(keys: &TestKeys) -> JwtConfig {
+    JwtConfig::new(JwtKeySource::Pem(keys.public_pem.clone()))
+        .with_issuer(ISSUER)
+        .with_audience(AUDIENCE)
+}
+
+/// The default config of test servers: JWTs verified with `keys` ([`test_jwt`]), no
+/// retention task, and — knowingly — no practical failed-authentication limit: these suites
+/// send hundreds of bad credentials from 127.0.0.1 on purpose (the JWT attack list, the key
+/// timing test, the fuzzers). The limit itself is tested in hostile.rs with a small allowance.
 pub fn test_config(keys: &TestKeys) -> ServerConfig {
     ServerConfig::default()
-        .with_jwt(JwtConfig::new(JwtKeySource::Pem(keys.public_pem.clone())))
+        .with_jwt(test_jwt(keys))
         .with_retention_interval(None)
+        .with_auth_failures_per_minute(NonZeroU32::MAX)
 }
 
 impl TestServer {
