@@ -480,3 +480,21 @@ fn serve_prints_where_it_listens_and_what_to_do_next() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("hint:"));
 }
+
+/// A config file's error excerpt quotes the faulty line: a DSN on it is shown without its
+/// password (the same redaction as the banner and `kahn migrate`, see tests/postgres.rs).
+#[test]
+fn a_config_error_quoting_a_dsn_does_not_show_its_password() {
+    let env = Env::new();
+    let file = env.dir.path().join("kahn.toml");
+    std::fs::write(&file, "db = postgres://kahn_app:CfgPw-0d9a4b@db.internal/kahn\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kahn"))
+        .args(["serve", "--config", file.to_str().unwrap()])
+        .env_remove("KAHN_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!text.contains("CfgPw-0d9a4b"), "the error shows the password: {text}");
+    assert!(text.contains("postgres://kahn_app:***@db.internal/kahn"), "{text}");
+}
