@@ -49,8 +49,8 @@ pub use id::{ApiKeyId, OrgId, RUN_ID_MAX_LEN, RunId, Seq, TenantId};
 pub use memory::MemoryBackend;
 pub use model::{
     ApiKeyInfo, AppendReport, Cursor, DEFAULT_PAGE_SIZE, DEFAULT_RETENTION_DAYS, IssuedApiKey,
-    MAX_PAGE_SIZE, NewTenant, PurgeReport, RunAppendReport, RunInfo, RunPage, RunQuery, RunSummary,
-    StoredTransition, Tenant, TenantSummary,
+    MAX_CURSOR_MICROS, MAX_PAGE_SIZE, MIN_CURSOR_MICROS, NewTenant, PurgeReport, RunAppendReport,
+    RunInfo, RunPage, RunQuery, RunSummary, StoredTransition, Tenant, TenantSummary,
 };
 pub use scope::{ReadScope, TenantSource, WriteScope};
 pub use secret::{API_KEY_PREFIX, ApiKey, ApiKeyHash};

@@ -280,6 +280,7 @@ impl StorageBackend for SqliteBackend {
     }
 
     async fn list_runs(&self, scope: &ReadScope, query: &RunQuery) -> Result<RunPage> {
+        query.validate()?;
         let (tenant, query) = (scope.tenant(), query.clone());
         self.read(move |c| store::list_runs(c, tenant, &query)).await
     }
