@@ -5,11 +5,13 @@
 //! [`StorageBackend`](kahn_core::StorageBackend) — a database or a remote server alike.
 
 pub mod bridge;
+pub mod dsn;
 pub mod provision;
 pub mod push;
 pub mod resume;
 
 pub use bridge::{Bridge, CiContext, Profile};
+pub use dsn::{redact_dsn, redact_dsns_in};
 pub use provision::{Provisioned, provision};
 pub use push::{PushOptions, PushReport, RunSource};
 pub use resume::ResumeCache;

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use kahn_cli::ResumeCache;
 use kahn_cli::bridge::{self, Bridge, CiContext, Profile};
 use kahn_cli::provision::{Provisioned, provision};
 use kahn_cli::push::{self, Progress, PushOptions, RunSource};
+use kahn_cli::{ResumeCache, redact_dsn, redact_dsns_in};
 use kahn_core::{
     ApiKey, ApiKeyId, Cursor, Error, NewTenant, OrgId, RunId, RunQuery, StorageBackend,
     StorageBackendExt, Tenant, WriteScope,
@@ -79,7 +79,12 @@ A re-run sends only what is missing; a fully stored run is a no-op.")]
 #[derive(Args, Debug, Clone)]
 struct DbArgs {
     /// The database: sqlite://PATH (created when missing).
-    #[arg(long, env = "KAHN_DATABASE_URL", default_value = "sqlite://kahn.db")]
+    #[arg(
+        long,
+        env = "KAHN_DATABASE_URL",
+        hide_env_values = true,
+        default_value = "sqlite://kahn.db"
+    )]
     db: String,
 }
 
@@ -377,7 +382,8 @@ async fn open_db_as(db: &DbArgs, role: DbRole) -> CliResult<Arc<dyn StorageBacke
     Err(Failure {
         code: 2,
         message: format!(
-            "unsupported database URL {url:?}\nhint: use sqlite://PATH or postgres://USER@HOST/DB"
+            "unsupported database URL {:?}\nhint: use sqlite://PATH or postgres://USER@HOST/DB",
+            redact_dsn(url)
         ),
     })
 }
@@ -542,7 +548,7 @@ async fn run(cli: Cli) -> CliResult {
         }
         Command::Migrate(db) => {
             open_db(&db).await?;
-            println!("schema is current ({})", db.db);
+            println!("schema is current ({})", redact_dsn(&db.db));
             Ok(())
         }
         Command::Tenant(TenantCommand::Provision {
@@ -730,7 +736,9 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("error: {}", f.message);
+            // A message may embed a URL (a config file's excerpt, a driver's text): never
+            // print a password from it.
+            eprintln!("error: {}", redact_dsns_in(&f.message));
             ExitCode::from(f.code)
         }
     }

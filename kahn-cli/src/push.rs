@@ -215,8 +215,11 @@ pub async fn push(
         let text = tokio::fs::read_to_string(path)
             .await
             .map_err(|e| Error::invalid("graph", format!("{}: {e}", path.display())))?;
-        let graph: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::invalid("graph", format!("{} is not JSON: {e}", path.display())))?;
+        // Read as strictly as a line (duplicate keys, numbers no double holds): what is
+        // stored is what the file says.
+        let graph: Value = kahn_core::parse_json(&text).map_err(|e| {
+            Error::invalid("graph", format!("{} is not valid JSON: {e}", path.display()))
+        })?;
         meta = meta.with_graph(graph)?;
     }
     let mut report = PushReport {

@@ -26,8 +26,9 @@ pub(crate) enum LogFormat {
 
 #[derive(Args, Debug, Default)]
 pub(crate) struct ServeArgs {
-    /// The database: sqlite://PATH (created and migrated when missing) [default: sqlite://kahn.db]
-    #[arg(long, env = "KAHN_DATABASE_URL")]
+    /// The database: sqlite://PATH (created and migrated when missing), or postgres://… as the
+    /// app role kahn_app [default: sqlite://kahn.db]
+    #[arg(long, env = "KAHN_DATABASE_URL", hide_env_values = true)]
     db: Option<String>,
     /// Address to listen on [default: 127.0.0.1:8080]
     #[arg(long, env = "KAHN_LISTEN")]
@@ -221,9 +222,18 @@ pub(crate) async fn run(
     })?;
     let bound = listener.local_addr().map_err(|e| Error::backend("listen", e))?;
     // The first screen. A closed stdout must not stop a server: write errors are ignored.
+    // It never shows a password; on Postgres, provisioning needs the admin DSN, not this one.
+    let shown = kahn_cli::redact_dsn(&db);
+    let (provision_db, provision_note) = if db.starts_with("postgres://")
+        || db.starts_with("postgresql://")
+    {
+        ("<admin DSN>".to_owned(), "# the schema owner's DSN, not kahn_app's; prints a key once")
+    } else {
+        (shown.clone(), "# prints an API key, once")
+    };
     let banner = format!(
-        "KAHN is serving http://{bound} over {db}\n\
-         next:  kahn tenant provision my-team --db {db}      # prints an API key, once\n\
+        "KAHN is serving http://{bound} over {shown}\n\
+         next:  kahn tenant provision my-team --db {provision_db}      {provision_note}\n\
         \x20      export KAHN_API_KEY=<that key>\n\
         \x20      kahn push ./runs/my-run --url http://{bound}   # a dir with transitions.ndjson\n\
         \x20      curl -H \"Authorization: Bearer $KAHN_API_KEY\" http://{bound}/v1/runs\n\

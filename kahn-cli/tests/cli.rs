@@ -685,3 +685,37 @@ fn serve_limits_failed_authentications_per_address() {
     assert_eq!(server.get("/healthz", &[]).0, 200);
     drop(server.log());
 }
+
+/// A config file's error excerpt quotes the faulty line: a DSN on it is shown without its
+/// password (the same redaction as the banner and `kahn migrate`, see tests/postgres.rs).
+#[test]
+fn a_config_error_quoting_a_dsn_does_not_show_its_password() {
+    let env = Env::new();
+    let file = env.dir.path().join("kahn.toml");
+    std::fs::write(&file, "db = postgres://kahn_app:CfgPw-0d9a4b@db.internal/kahn\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kahn"))
+        .args(["serve", "--config", file.to_str().unwrap()])
+        .env_remove("KAHN_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!text.contains("CfgPw-0d9a4b"), "the error shows the password: {text}");
+    assert!(text.contains("postgres://kahn_app:***@db.internal/kahn"), "{text}");
+}
+
+/// A run's graph.json is read as strictly as a line: a number no double holds (`1e-400`,
+/// which would be stored as 0) is refused naming the graph, and nothing is pushed.
+#[test]
+fn a_graph_with_a_number_no_double_holds_is_refused() {
+    let env = Env::new();
+    let key = env.key("choco");
+    let dir = env.run_dir("tiny", 3, "a");
+    std::fs::write(dir.join("graph.json"), r#"{"nodes":["plan"],"weight":1e-400}"#).unwrap();
+    let out = env.kahn(&["push", dir.to_str().unwrap()], Some(&key));
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("graph") && text.contains("1e-400"), "{text}");
+    let listed = env.ok(&["runs", "list"], Some(&key));
+    assert!(listed.contains("no runs yet"), "{listed}");
+}

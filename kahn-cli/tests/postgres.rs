@@ -112,3 +112,107 @@ async fn migrate_provision_serve_and_push_on_postgres() {
     let _ = server.wait();
     drop(out);
 }
+
+/// `dsn` with `password` in its user info (replacing any there).
+fn with_password(dsn: &str, password: &str) -> String {
+    let (scheme, rest) = dsn.split_once("://").unwrap();
+    let (user, host) = rest.rsplit_once('@').unwrap();
+    let user = user.split_once(':').map_or(user, |(u, _)| u);
+    format!("{scheme}://{user}:{password}@{host}")
+}
+
+fn assert_hidden(what: &str, text: &str, secrets: &[&str]) {
+    for secret in secrets {
+        assert!(!text.contains(secret), "{what} shows the password {secret:?}:\n{text}");
+    }
+}
+
+/// The red team's finding: `kahn serve` printed the app DSN's password twice (and told
+/// Postgres users to provision with it), `kahn migrate` the admin's. No output, log line or
+/// error shows a password, wherever it sits in the DSN.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_output_log_or_error_shows_a_dsn_password() {
+    let (db, _admin) = pg_support::TestDb::new().await;
+    // Trust auth accepts any password; a server that checks them gets the real ones.
+    let admin_pw = pg_support::admin_url()
+        .split_once("://")
+        .and_then(|(_, rest)| rest.rsplit_once('@'))
+        .and_then(|(user, _)| user.split_once(':'))
+        .map_or_else(|| "AdminPw-7c41d9e2".to_owned(), |(_, pw)| pw.to_owned());
+    let app_pw =
+        std::env::var("KAHN_TEST_PG_APP_PASSWORD").unwrap_or_else(|_| "AppPw-52b8f0aa".to_owned());
+    let secrets = [admin_pw.as_str(), app_pw.as_str(), "QueryPw-1e6b"];
+    let admin = with_password(&dsn(&db.name, None), &admin_pw);
+    let app = with_password(&dsn(&db.name, Some(kahn_pg::APP_ROLE)), &app_pw);
+
+    // migrate: the admin DSN, its password in the user info, then in the query.
+    let out = kahn(&["migrate", "--db", &admin], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert_hidden(
+        "kahn migrate",
+        &format!("{shown}{}", String::from_utf8_lossy(&out.stderr)),
+        &secrets,
+    );
+    assert!(shown.contains(":***@"), "the DSN is still named, redacted: {shown}");
+    let in_query = format!("{}?sslmode=disable&password=QueryPw-1e6b", dsn(&db.name, None));
+    let out = kahn(&["migrate", "--db", &in_query], None);
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert_hidden("kahn migrate (password in the query)", &text, &secrets);
+    assert!(text.contains("password=***"), "{text}");
+    // An error from the driver: no such database.
+    let nowhere = with_password(&dsn(&format!("{}_missing", db.name), None), &admin_pw);
+    let out = kahn(&["migrate", "--db", &nowhere], None);
+    assert!(!out.status.success());
+    assert_hidden("a failed kahn migrate", &String::from_utf8_lossy(&out.stderr), &secrets);
+    // An unsupported scheme is named back, redacted.
+    let out = kahn(&["serve", "--db", &format!("mysql://root:{app_pw}@h/db")], None);
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_hidden("kahn serve on an unsupported URL", &text, &secrets);
+    assert!(text.contains("mysql://root:***@h/db"), "{text}");
+    // `--help` does not show the DSN from the environment.
+    let help = Command::new(env!("CARGO_BIN_EXE_kahn"))
+        .args(["serve", "--help"])
+        .env("KAHN_DATABASE_URL", &app)
+        .output()
+        .unwrap();
+    assert_hidden("kahn serve --help", &String::from_utf8_lossy(&help.stdout), &secrets);
+
+    // serve: the banner, then the logs of a request, at debug level.
+    let provisioned: serde_json::Value = serde_json::from_str(&ok(
+        &["tenant", "provision", "pw-team", "--db", &admin, "--json"],
+        None,
+    ))
+    .unwrap();
+    let key = provisioned["api_key"].as_str().unwrap().to_owned();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_kahn"))
+        .args(["serve", "--db", &app, "--listen", "127.0.0.1:0", "--retention-interval-secs", "0"])
+        .env("KAHN_LOG", "debug")
+        .env_remove("KAHN_DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(server.stdout.take().unwrap());
+    let mut banner = String::new();
+    while !banner.contains("openapi.json") {
+        assert!(out.read_line(&mut banner).unwrap() > 0, "the banner ended early: {banner}");
+    }
+    let url = banner.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
+    assert!(ok(&["runs", "list", "--url", &url], Some(&key)).contains("no runs yet"));
+    let _ = server.kill();
+    let _ = server.wait();
+    let mut logs = String::new();
+    std::io::Read::read_to_string(&mut server.stderr.take().unwrap(), &mut logs).unwrap();
+    assert_hidden("the kahn serve banner", &banner, &secrets);
+    assert_hidden("the kahn serve logs", &logs, &secrets);
+    assert!(banner.contains("kahn_app:***@"), "the banner names the database: {banner}");
+    // Provisioning needs the admin DSN: the hint does not offer the app DSN.
+    assert!(
+        banner.contains("kahn tenant provision my-team --db <admin DSN>"),
+        "the hint names the admin DSN: {banner}"
+    );
+}

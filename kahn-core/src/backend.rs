@@ -123,6 +123,8 @@ pub trait StorageBackend: Debug + Send + Sync + 'static {
     /// A page of the scope's runs, newest activity first.
     ///
     /// # Errors
+    /// [`Error::InvalidInput`] naming `source`, `status` or `cursor` when
+    /// [`RunQuery::validate`] refuses the query (every backend checks it first);
     /// [`Error::Backend`] when the store fails.
     async fn list_runs(&self, scope: &ReadScope, query: &RunQuery) -> Result<RunPage>;
 

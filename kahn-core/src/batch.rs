@@ -155,34 +155,146 @@ pub fn parse_json_object(text: &str) -> Result<Map<String, Value>, Error> {
     }
 }
 
-/// Parses `text` as one JSON value, refusing duplicate object keys at any depth.
+/// Parses `text` as one JSON value, refusing duplicate object keys at any depth, and numbers
+/// no double holds.
 ///
 /// RFC 8785 canonicalisation is defined only for I-JSON (RFC 7493), which forbids duplicate
 /// member names: parsers disagree on them (first wins, last wins, error), so a producer
 /// hashing its own log with another parser could compute another chain than the one KAHN
 /// stores. Refusing them keeps "the stored content is what was sent" true for every reader.
 /// Nesting is bounded by serde_json's recursion limit (128), refused as `json`.
+///
+/// I-JSON numbers are IEEE-754 doubles. A literal beyond the largest (`1e400`) or non-zero
+/// but below half the smallest subnormal (`1e-400`) has none: it would be stored as infinity
+/// or as `0`, silently another value. Both are refused naming the body's top-level field
+/// (see [`unrepresentable_number`]). A literal that rounds to a nearby double (`0.1`, a
+/// subnormal such as `3e-324` → `5e-324`) is stored as that double, like every JSON number.
 fn parse_strict_json(text: &str) -> Result<Value, Error> {
-    use serde::Deserialize;
+    use serde::de::DeserializeSeed;
+    let zero_float = std::cell::Cell::new(false);
     let mut de = serde_json::Deserializer::from_str(text);
-    let value = StrictJson::deserialize(&mut de)
-        .and_then(|v| de.end().map(|()| v.0))
-        .map_err(|e| Error::invalid("json", format!("not valid JSON: {e}")))?;
-    Ok(value)
-}
-
-/// A `serde_json::Value` that refuses duplicate keys while it is built.
-struct StrictJson(Value);
-
-impl<'de> serde::Deserialize<'de> for StrictJson {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor).map(StrictJson)
+    let parsed =
+        Strict { zero_float: &zero_float }.deserialize(&mut de).and_then(|v| de.end().map(|()| v));
+    match parsed {
+        // Only a zero that came from a literal with a fraction or an exponent can be an
+        // underflow: the text is scanned again only then (rarely), never on the common path.
+        Ok(value) if zero_float.get() => match unrepresentable_number(text) {
+            Some(refusal) => Err(refusal),
+            None => Ok(value),
+        },
+        Ok(value) => Ok(value),
+        Err(e) if e.to_string().starts_with("number out of range") => {
+            Err(unrepresentable_number(text)
+                .unwrap_or_else(|| Error::invalid("json", format!("not valid JSON: {e}"))))
+        }
+        Err(e) => Err(Error::invalid("json", format!("not valid JSON: {e}"))),
     }
 }
 
-struct StrictVisitor;
+/// Reads one JSON value the way [`parse_json_object`] reads a line (duplicate keys and numbers
+/// no double holds refused), whatever its type: for documents beside the lines, such as a
+/// run's `graph.json`.
+///
+/// # Errors
+/// [`Error::InvalidInput`] naming `json`, or the top-level field holding a number no double
+/// holds.
+pub fn parse_json(text: &str) -> Result<Value, Error> {
+    parse_strict_json(text)
+}
 
-impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+/// The first number literal of `text` (JSON) that no double holds — beyond ±`f64::MAX`, or
+/// non-zero but rounding to zero — as an [`Error::InvalidInput`] naming the top-level key it
+/// sits under (`json` when the text is not an object).
+///
+/// A small scanner over the text: strings are skipped whole (escapes included), the key of
+/// each top-level member remembered, and each number literal checked with Rust's correctly
+/// rounded `f64` parser (the same rounding serde_json applies with `float_roundtrip`).
+fn unrepresentable_number(text: &str) -> Option<Error> {
+    let bytes = text.as_bytes();
+    let (mut i, mut depth, mut expect_key) = (0usize, 0u32, false);
+    let mut top_is_object = false;
+    let mut field: Option<String> = None;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                let start = i;
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                if depth == 1 && top_is_object && expect_key {
+                    let raw = text.get(start..=i.min(bytes.len() - 1)).unwrap_or_default();
+                    field = serde_json::from_str::<String>(raw).ok();
+                    expect_key = false;
+                }
+                i += 1;
+            }
+            open @ (b'{' | b'[') => {
+                if depth == 0 {
+                    top_is_object = open == b'{';
+                }
+                depth += 1;
+                expect_key = depth == 1 && open == b'{';
+                i += 1;
+            }
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            b',' => {
+                expect_key = depth == 1 && top_is_object;
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < bytes.len()
+                    && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                let literal = text.get(start..i).unwrap_or_default();
+                let Ok(value) = literal.parse::<f64>() else { continue };
+                let significand = literal.split(['e', 'E']).next().unwrap_or_default();
+                let why = if value.is_infinite() {
+                    "is beyond the largest double (about 1.8e308)"
+                } else if value == 0.0 && significand.bytes().any(|b| matches!(b, b'1'..=b'9')) {
+                    "is not 0 but below the smallest double (5e-324): it would be stored as 0"
+                } else {
+                    continue;
+                };
+                let shown = if literal.len() > 40 {
+                    format!("{}…({} characters)", &literal[..32], literal.len())
+                } else {
+                    literal.to_owned()
+                };
+                let name = if top_is_object { field.clone() } else { None };
+                return Some(Error::invalid(
+                    name.unwrap_or_else(|| "json".to_owned()),
+                    format!("{shown} {why}; send it as a string"),
+                ));
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// A `serde_json::Value` that refuses duplicate keys while it is built, and notes whether a
+/// float parsed to zero (a possible underflow, checked against the text afterwards).
+#[derive(Clone, Copy)]
+struct Strict<'a> {
+    zero_float: &'a std::cell::Cell<bool>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Strict<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -198,6 +310,9 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
         Ok(Value::from(v))
     }
     fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        if v == 0.0 {
+            self.zero_float.set(true);
+        }
         Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
     }
     fn visit_str<E>(self, v: &str) -> Result<Value, E> {
@@ -214,7 +329,7 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
     }
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut out = Vec::new();
-        while let Some(StrictJson(v)) = seq.next_element()? {
+        while let Some(v) = seq.next_element_seed(self)? {
             out.push(v);
         }
         Ok(Value::Array(out))
@@ -225,7 +340,7 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
             if out.contains_key(&key) {
                 return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
             }
-            let StrictJson(v) = map.next_value()?;
+            let v = map.next_value_seed(self)?;
             out.insert(key, v);
         }
         Ok(Value::Object(out))
@@ -364,6 +479,134 @@ mod tests {
         );
         // Trailing content after the value is still refused.
         assert!(NdjsonLine::parse(&format!("{ok} {{}}")).is_err());
+    }
+
+    fn refusal(line: &str) -> (String, String) {
+        match NdjsonLine::parse(line) {
+            Err(Error::InvalidInput { field, message }) => (field.to_string(), message),
+            other => panic!("{line} must be refused, got {other:?}"),
+        }
+    }
+
+    /// Regression (red team, round two): `1e-400` was stored as `0`. A non-zero literal no
+    /// double holds is refused naming the top-level field, like one beyond the largest double
+    /// (which used to be refused naming only `json`).
+    #[test]
+    fn numbers_that_underflow_or_overflow_are_refused_naming_the_field() {
+        let zeros = "0".repeat(400);
+        for number in [
+            "1e-400",
+            "-1e-400",
+            "2e-324",
+            "0.9e-324",
+            &format!("0.{zeros}1"),
+            &format!("1{zeros}"),
+            "1e400",
+            "-1.5e309",
+        ] {
+            let line =
+                format!(r#"{{"run_id":"a","seq":0,{T},"attrs":{{"k":[0.0,{{"x":{number}}}]}}}}"#);
+            let (field, message) = refusal(&line);
+            assert_eq!(field, "attrs", "{number}: {message}");
+            assert!(message.contains("double") && message.contains("string"), "{message}");
+            assert!(message.len() < 200, "a long literal is shortened: {message}");
+        }
+        // Named by the top-level key even when it is escaped, in a metadata line too, and as
+        // `json` where there is no key.
+        let escaped = format!(r#"{{"run_id":"a","seq":0,{T},"\u0061ttrs":{{"k":1e-400}}}}"#);
+        assert_eq!(refusal(&escaped).0, "attrs");
+        assert_eq!(refusal(r#"{"kind":"run","run_id":"a","graph":[1,1e-999]}"#).0, "graph");
+        assert_eq!(refusal(&format!(r#"{{"run_id":"a","seq":1e999,{T}}}"#)).0, "seq");
+        for top in ["1e-400", "[0.5,[1e-400]]", "1e400"] {
+            assert!(
+                matches!(parse_json(top), Err(Error::InvalidInput { field, .. }) if field == "json"),
+                "{top}"
+            );
+        }
+        assert_eq!(parse_json("[0.0, 1e-300]").unwrap(), serde_json::json!([0.0, 1e-300]));
+    }
+
+    #[test]
+    fn zeros_subnormals_and_look_alikes_in_strings_are_kept() {
+        for number in [
+            "0",
+            "-0",
+            "0.0",
+            "-0.0",
+            "0e5",
+            "0.000e-999",
+            "0E+400",
+            "5e-324",
+            "3e-324",
+            "2.5e-324",
+            "1e-300",
+            "1.7976931348623157e308",
+        ] {
+            let line = format!(r#"{{"run_id":"a","seq":0,{T},"attrs":{{"k":{number}}}}}"#);
+            let Some(NdjsonLine::Transition(t)) = NdjsonLine::parse(&line).unwrap() else {
+                panic!()
+            };
+            let stored = t.body.fields()["attrs"]["k"].as_f64().unwrap();
+            assert_eq!(stored, number.parse::<f64>().unwrap(), "{number}");
+        }
+        // A zero sends the text to the scanner: numbers spelled inside strings (escaped
+        // quotes and backslashes around them) are not numbers.
+        let line = format!(
+            r#"{{"run_id":"a","seq":0,{T},"attrs":{{"z":0.0,"s":"\"1e-400\\","1e-400":"x\\\"1e400"}}}}"#
+        );
+        assert!(NdjsonLine::parse(&line).is_ok(), "{line}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// Any decimal literal is either stored as exactly the double Rust's correctly rounded
+        /// parser reads from it, or refused naming `attrs` — and refused exactly when that
+        /// double is infinite, or zero from a non-zero literal.
+        #[test]
+        fn a_number_is_stored_as_its_double_or_refused_when_it_has_none(
+            negative in proptest::prelude::any::<bool>(),
+            int in "(0|[1-9][0-9]{0,3})",
+            frac in proptest::option::of("[0-9]{1,6}"),
+            exp in proptest::option::of(-800i32..800),
+        ) {
+            let mut literal = format!("{}{int}", if negative { "-" } else { "" });
+            if let Some(f) = &frac {
+                literal.push('.');
+                literal.push_str(f);
+            }
+            if let Some(e) = exp {
+                literal.push_str(&format!("e{e}"));
+            }
+            let want = literal.parse::<f64>().unwrap();
+            let nonzero =
+                literal.split('e').next().unwrap().bytes().any(|b| matches!(b, b'1'..=b'9'));
+            let no_double = want.is_infinite() || (want == 0.0 && nonzero);
+            // (The canonicaliser's own refusal: whole doubles JCS would print as digits beyond
+            // 2^53.)
+            let inexact_whole =
+                want.fract() == 0.0 && want.abs() > 9_007_199_254_740_992.0 && want.abs() < 1e21;
+            let line =
+                format!(r#"{{"run_id":"a","seq":0,{T},"attrs":{{"z":0.0,"k":{literal}}}}}"#);
+            match NdjsonLine::parse(&line) {
+                Ok(Some(NdjsonLine::Transition(t))) => {
+                    proptest::prop_assert!(!no_double && !inexact_whole, "{literal} accepted");
+                    let v = &t.body.fields()["attrs"]["k"];
+                    proptest::prop_assert_eq!(v.as_f64(), Some(want), "{}", literal);
+                }
+                Err(Error::InvalidInput { field, message }) => {
+                    proptest::prop_assert_eq!(field.to_string(), "attrs", "{}", message);
+                    proptest::prop_assert!(no_double || inexact_whole, "{literal}: {message}");
+                    proptest::prop_assert_eq!(
+                        no_double,
+                        message.contains("double ("),
+                        "{}: {}",
+                        literal,
+                        message
+                    );
+                }
+                other => proptest::prop_assert!(false, "{literal}: {other:?}"),
+            }
+        }
     }
 
     #[test]

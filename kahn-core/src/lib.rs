@@ -42,15 +42,15 @@ mod transition;
 pub mod conformance;
 
 pub use backend::{StorageBackend, StorageBackendExt};
-pub use batch::{AppendBatch, BatchBuilder, NdjsonLine, RunAppend, parse_json_object};
+pub use batch::{AppendBatch, BatchBuilder, NdjsonLine, RunAppend, parse_json, parse_json_object};
 pub use error::{BoxError, ConflictAt, Error, Result};
 pub use hash::{ChainVerifier, Digest, chain_link, content_hash, verify_chain};
 pub use id::{ApiKeyId, OrgId, RUN_ID_MAX_LEN, RunId, Seq, TenantId};
 pub use memory::MemoryBackend;
 pub use model::{
     ApiKeyInfo, AppendReport, Cursor, DEFAULT_PAGE_SIZE, DEFAULT_RETENTION_DAYS, IssuedApiKey,
-    MAX_PAGE_SIZE, NewTenant, PurgeReport, RunAppendReport, RunInfo, RunPage, RunQuery, RunSummary,
-    StoredTransition, Tenant, TenantSummary,
+    MAX_CURSOR_MICROS, MAX_PAGE_SIZE, MIN_CURSOR_MICROS, NewTenant, PurgeReport, RunAppendReport,
+    RunInfo, RunPage, RunQuery, RunSummary, StoredTransition, Tenant, TenantSummary,
 };
 pub use scope::{ReadScope, TenantSource, WriteScope};
 pub use secret::{API_KEY_PREFIX, ApiKey, ApiKeyHash};

@@ -283,6 +283,7 @@ impl StorageBackend for MemoryBackend {
     }
 
     async fn list_runs(&self, scope: &ReadScope, query: &RunQuery) -> Result<RunPage> {
+        query.validate()?;
         let st = self.lock();
         let mut runs: Vec<RunInfo> = st
             .runs

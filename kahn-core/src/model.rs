@@ -236,6 +236,18 @@ pub const DEFAULT_PAGE_SIZE: u32 = 50;
 /// Largest page size of [`RunQuery`] and of a transitions read.
 pub const MAX_PAGE_SIZE: u32 = 1000;
 
+/// The earliest activity time (µs since the epoch) a cursor may carry: -0001-12-30T00:00:00Z,
+/// a day before the earliest RFC 3339 instant (0000-01-01T00:00:00+23:59). Every timestamp a
+/// run can hold — an RFC 3339 `ts`, or a server clock's `created_at` — lies within
+/// [`MIN_CURSOR_MICROS`]..=[`MAX_CURSOR_MICROS`], and so does every cursor a backend issues;
+/// every backend can represent the whole range (PostgreSQL's `timestamptz` stops at 4713 BC
+/// and 294276 AD).
+pub const MIN_CURSOR_MICROS: i64 = -62_167_392_000_000_000;
+/// The latest activity time (µs since the epoch) a cursor may carry: 10000-01-03T00:00:00Z,
+/// a day after the latest RFC 3339 instant (9999-12-31T23:59:60.999999999-23:59). See
+/// [`MIN_CURSOR_MICROS`].
+pub const MAX_CURSOR_MICROS: i64 = 253_402_473_600_000_000;
+
 /// Opaque position in a run listing: the last run of the previous page.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Cursor {
@@ -267,16 +279,32 @@ impl Cursor {
     /// Reads the opaque text form.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] naming `cursor` when it was not made by [`encode`](Self::encode).
+    /// [`Error::InvalidInput`] naming `cursor` when it was not made by [`encode`](Self::encode):
+    /// not hex, not `MICROS|RUN_ID`, or a time outside
+    /// [`MIN_CURSOR_MICROS`]..=[`MAX_CURSOR_MICROS`] (no run can have one).
     pub fn decode(s: &str) -> Result<Self, Error> {
         let bad = || Error::invalid("cursor", "is not a cursor this server issued");
         let bytes = hex::decode(s).map_err(|_| bad())?;
         let text = String::from_utf8(bytes).map_err(|_| bad())?;
         let (micros, run) = text.split_once('|').ok_or_else(bad)?;
-        Ok(Self {
+        let cursor = Self {
             activity_micros: micros.parse().map_err(|_| bad())?,
             run_id: RunId::new(run).map_err(|_| bad())?,
-        })
+        };
+        cursor.check_range()?;
+        Ok(cursor)
+    }
+
+    /// Refuses a time no run can have (see [`MIN_CURSOR_MICROS`]).
+    fn check_range(&self) -> Result<(), Error> {
+        if (MIN_CURSOR_MICROS..=MAX_CURSOR_MICROS).contains(&self.activity_micros) {
+            Ok(())
+        } else {
+            Err(Error::invalid(
+                "cursor",
+                "is not a cursor this server issued (its time is outside years 0000 to 9999)",
+            ))
+        }
     }
 
     /// Whether `run` comes after this cursor in listing order (activity descending, then run
@@ -323,6 +351,30 @@ impl RunQuery {
     /// The limit, clamped to `1..=MAX_PAGE_SIZE`.
     pub fn effective_limit(&self) -> u32 {
         self.limit.clamp(1, MAX_PAGE_SIZE)
+    }
+
+    /// Checks the query by the rules its fields follow at ingest, so every backend refuses
+    /// the same queries the same way (and none reaches a database that cannot represent it):
+    /// `source` as a run's `source` (1–256 bytes, no whitespace or control characters),
+    /// `status` as a transition's `to` (not empty), the cursor's time within
+    /// [`MIN_CURSOR_MICROS`]..=[`MAX_CURSOR_MICROS`]. Every [`StorageBackend::list_runs`]
+    /// calls it first.
+    ///
+    /// [`StorageBackend::list_runs`]: crate::StorageBackend::list_runs
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming `source`, `status` or `cursor`.
+    pub fn validate(&self) -> Result<(), Error> {
+        if let Some(source) = &self.source {
+            validate_token("source", source)?;
+        }
+        if self.status.as_deref().is_some_and(str::is_empty) {
+            return Err(Error::invalid("status", "must not be empty"));
+        }
+        if let Some(cursor) = &self.cursor {
+            cursor.check_range()?;
+        }
+        Ok(())
     }
 
     /// Whether `run` passes the filters (not the cursor).
@@ -384,4 +436,109 @@ pub struct PurgeReport {
     pub runs_removed: u64,
     /// Transitions removed with them.
     pub transitions_removed: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+
+    use super::*;
+
+    fn forged(micros: i64, run: &str) -> String {
+        hex::encode(format!("{micros}|{run}"))
+    }
+
+    #[test]
+    fn the_cursor_range_holds_every_rfc3339_instant_with_a_day_to_spare() {
+        let micros = |s: &str| {
+            DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc).timestamp_micros())
+        };
+        let earliest = micros("0000-01-01T00:00:00+23:59").unwrap();
+        let latest = micros("9999-12-31T23:59:60.999999999-23:59").unwrap();
+        assert_eq!(micros("-0001-12-30T00:00:00Z").ok(), None, "RFC 3339 has no negative years");
+        let day = 86_400_000_000;
+        assert!(MIN_CURSOR_MICROS < earliest && earliest - MIN_CURSOR_MICROS < 2 * day);
+        assert!(latest < MAX_CURSOR_MICROS && MAX_CURSOR_MICROS - latest < 2 * day);
+        assert_eq!(
+            DateTime::<Utc>::from_timestamp_micros(MAX_CURSOR_MICROS).map(|t| t.to_rfc3339()),
+            Some("+10000-01-03T00:00:00+00:00".to_owned())
+        );
+        assert_eq!(
+            DateTime::<Utc>::from_timestamp_micros(MIN_CURSOR_MICROS).map(|t| t.to_rfc3339()),
+            Some("-0001-12-30T00:00:00+00:00".to_owned())
+        );
+        for edge in [MIN_CURSOR_MICROS, 0, MAX_CURSOR_MICROS] {
+            let c = Cursor::decode(&forged(edge, "r")).expect("in range");
+            assert_eq!(c.activity_micros(), edge);
+        }
+    }
+
+    #[test]
+    fn a_cursor_whose_time_no_run_can_have_is_refused_naming_the_cursor() {
+        // The red team's forged cursor: PostgreSQL cannot represent its time (a 500 there).
+        for micros in [
+            -8_000_000_000_000_000_000,
+            MIN_CURSOR_MICROS - 1,
+            MAX_CURSOR_MICROS + 1,
+            i64::MIN,
+            i64::MAX,
+        ] {
+            match Cursor::decode(&forged(micros, "x")) {
+                Err(Error::InvalidInput { field, message }) => {
+                    assert_eq!(field, "cursor");
+                    assert!(message.contains("outside"), "{message}");
+                }
+                other => panic!("{micros}: {other:?}"),
+            }
+        }
+        let junk = ["", "zz", &hex::encode("12"), &hex::encode("1|a b"), &hex::encode("1e3|r")];
+        for junk in junk.map(str::to_owned) {
+            assert!(
+                matches!(&Cursor::decode(&junk), Err(Error::InvalidInput { field, .. }) if field == "cursor"),
+                "{junk:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn run_queries_follow_the_ingest_rules_of_their_fields() {
+        let refused = |q: RunQuery| match q.validate() {
+            Err(Error::InvalidInput { field, .. }) => field,
+            other => panic!("{q:?}: {other:?}"),
+        };
+        let source = |s: &str| RunQuery { source: Some(s.into()), ..RunQuery::default() };
+        for bad in ["\0", "a\0b", "", "a b", "tab\t", &"s".repeat(257), "\u{7f}"] {
+            assert_eq!(refused(source(bad)), "source", "{bad:?}");
+            // The same string is refused as a run's source at ingest.
+            assert!(crate::RunMeta::new().with_source(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            refused(RunQuery { status: Some(String::new()), ..RunQuery::default() }),
+            "status"
+        );
+        // A cursor made by hand from a run whose time no store can hold.
+        let mut info = RunInfo {
+            run_id: RunId::new("r").unwrap(),
+            source: None,
+            labels: Labels::new(),
+            next_seq: 0,
+            head_hash: Digest::ZERO,
+            status: None,
+            first_ts: None,
+            last_ts: None,
+            created_at: DateTime::<Utc>::MAX_UTC,
+        };
+        let far = RunQuery { cursor: Some(Cursor::after(&info)), ..RunQuery::default() };
+        assert_eq!(refused(far), "cursor");
+        info.created_at = Utc::now();
+        let ok = RunQuery {
+            source: Some("choco".into()),
+            // `to` may hold any non-empty text, NUL included; so may the filter.
+            status: Some("failed \0 ✓".into()),
+            cursor: Some(Cursor::after(&info)),
+            limit: 5,
+        };
+        assert!(ok.validate().is_ok());
+        assert!(RunQuery::default().validate().is_ok());
+    }
 }

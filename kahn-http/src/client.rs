@@ -473,6 +473,7 @@ impl StorageBackend for HttpBackend {
     }
 
     async fn list_runs(&self, scope: &ReadScope, query: &RunQuery) -> Result<RunPage> {
+        query.validate()?;
         let mut params: Vec<(&str, String)> = vec![("limit", query.effective_limit().to_string())];
         if let Some(c) = &query.cursor {
             params.push(("cursor", c.encode()));

@@ -49,11 +49,18 @@ fn page_limit(limit: Option<u32>, default: u32, min: u32) -> Result<u32, ApiErro
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct ListRunsParams {
-    /// Continue after this cursor (from a previous page's `next_cursor`).
+    /// Continue after this cursor (from a previous page's `next_cursor`; opaque hex). Any
+    /// other value — not hex, or a position no run can have — is refused with 400 naming
+    /// `cursor`.
+    #[param(min_length = 2, pattern = r"^([0-9A-Fa-f]{2})+$")]
     cursor: Option<String>,
-    /// Only runs with this source.
+    /// Only runs with this source. Follows the rule of a run's `source` at ingest: 1 to 256
+    /// bytes, no whitespace or control characters (else 400 naming `source`).
+    #[param(min_length = 1, max_length = 256)]
     source: Option<String>,
-    /// Only runs whose status (last `to`) is this.
+    /// Only runs whose status (last `to`) is this. Follows the rule of a transition's `to`:
+    /// not empty (else 400 naming `status`).
+    #[param(min_length = 1)]
     status: Option<String>,
     /// Page size, 1 to 1000 (default 50).
     #[param(minimum = 1, maximum = 1000)]
@@ -70,7 +77,7 @@ pub(crate) struct ListRunsParams {
     responses(
         (status = 200, description = "A page of runs (empty, with `X-KAHN-Tenant-Source: none`, when the caller has no tenant)", body = RunsPage,
             headers(("X-KAHN-Effective-Tenant" = String), ("X-KAHN-Tenant-Source" = String))),
-        (status = 400, description = "Bad query, cursor or X-KAHN-Tenant (not a hyphenated UUID, or sent twice); Authorization sent twice", body = ErrorBody),
+        (status = 400, description = "`invalid_input` naming the parameter: a `source` or `status` filter its field's ingest rule refuses, a cursor the server did not issue, a bad `limit`; X-KAHN-Tenant not a hyphenated UUID or sent twice; Authorization sent twice", body = ErrorBody),
         (status = 401, description = "Missing or invalid credential", body = ErrorBody),
         (status = 404, description = "X-KAHN-Tenant names no tenant", body = ErrorBody),
         (status = 429, description = "Too many failed authentications from this address: refused before any credential is checked; see `Retry-After`", body = ErrorBody,
@@ -93,6 +100,8 @@ pub(crate) async fn list_runs(
             limit: page_limit(p.limit, DEFAULT_PAGE_SIZE, 1)?,
             cursor,
         };
+        // The backend checks it too; checked here also when there is no tenant to ask.
+        query.validate()?;
         let page = match &view.scope {
             Some(scope) => state.inner.backend.list_runs(scope, &query).await?,
             None => kahn_core::RunPage { runs: Vec::new(), next_cursor: None },

@@ -1249,6 +1249,38 @@ async fn openapi_document_validates_and_covers_every_route() {
     assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
 }
 
+/// Schemathesis generates query parameters from the document: every parameter of the reads
+/// is described with the rule the server enforces, so out-of-rule values are generated and
+/// must be refused (`scripts/schemathesis.sh`, on SQLite and PostgreSQL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_describes_every_query_parameter_with_its_rule() {
+    let s = TestServer::memory().await;
+    let doc = json_of(get(&s, "/openapi.json", None, None).await).await;
+    let param = |path: &str, name: &str| -> Value {
+        doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name && p["in"] == "query"))
+            .cloned()
+            .unwrap_or_else(|| panic!("{path} documents query parameter {name}"))
+    };
+    let source = param("/v1/runs", "source");
+    assert_eq!(
+        (source["schema"]["minLength"].as_u64(), source["schema"]["maxLength"].as_u64()),
+        (Some(1), Some(256))
+    );
+    assert_eq!(param("/v1/runs", "status")["schema"]["minLength"].as_u64(), Some(1));
+    let cursor = param("/v1/runs", "cursor");
+    assert_eq!(cursor["schema"]["pattern"], "^([0-9A-Fa-f]{2})+$");
+    let limit = param("/v1/runs", "limit");
+    assert_eq!(
+        (limit["schema"]["minimum"].as_u64(), limit["schema"]["maximum"].as_u64()),
+        (Some(1), Some(1000))
+    );
+    let transitions = "/v1/runs/{run_id}/transitions";
+    assert_eq!(param(transitions, "after_seq")["schema"]["maximum"].as_i64(), Some(i64::MAX));
+    assert_eq!(param(transitions, "limit")["schema"]["maximum"].as_u64(), Some(1000));
+}
+
 // ---------------------------------------------------------------------------------------
 // the client's error mapping beyond the conformance suite
 

@@ -156,18 +156,41 @@ async fn hostile_bodies_get_their_exact_status_and_change_nothing() {
             "json",
         ),
         (
-            "an integer of 1,000 digits",
+            "an integer of 1,000 digits (beyond the largest double)",
             line("big", 0, &format!(r#"{{"k":{thousand_digits}}}"#)).into_bytes(),
             StatusCode::BAD_REQUEST,
             "invalid_line",
-            "json",
+            "attrs",
         ),
         (
             "an integer of 1,000 digits as seq",
             with_seq(&thousand_digits).into_bytes(),
             StatusCode::BAD_REQUEST,
             "invalid_line",
-            "json",
+            "seq",
+        ),
+        (
+            "1e400 (beyond the largest double)",
+            line("big", 0, r#"{"k":[1.5,{"x":1e400}]}"#).into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "invalid_line",
+            "attrs",
+        ),
+        // Red team, round two: 1e-400 was stored as 0, silently another value.
+        (
+            "1e-400 (non-zero, below the smallest double)",
+            line("tiny", 0, r#"{"k":1e-400}"#).into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "invalid_line",
+            "attrs",
+        ),
+        (
+            "0.(400 zeros)1 in a graph",
+            format!(r#"{{"kind":"run","run_id":"tiny","graph":{{"w":-0.{}1}}}}"#, "0".repeat(400))
+                .into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "invalid_line",
+            "graph",
         ),
         (
             "duplicate keys (top level)",
@@ -379,6 +402,13 @@ async fn hostile_bodies_get_their_exact_status_and_change_nothing() {
         s.backend.read_all_transitions(&scope, &RunId::new("odd").expect("id")).await.expect("r");
     assert_eq!(stored[0].body["attrs"]["nul"], "a\u{0}b");
     assert_eq!(stored[0].body["attrs"]["cyr"], "\u{430}");
+    // Zeros and the smallest doubles are numbers like any other: stored as sent.
+    let small = line("small", 0, r#"{"z":0.0,"e":0e-999,"min":5e-324,"s":"1e-400"}"#);
+    let r = post(&s, &t.key, NDJSON, small.into_bytes()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let stored =
+        s.backend.read_all_transitions(&scope, &RunId::new("small").expect("id")).await.expect("r");
+    assert_eq!(stored[0].body["attrs"], json!({"z": 0, "e": 0, "min": 5e-324, "s": "1e-400"}));
     eprintln!("hostile bodies tried: {tried} + 4 content types + 4 encodings + 7 paths");
 }
 

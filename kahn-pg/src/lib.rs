@@ -353,6 +353,7 @@ impl StorageBackend for PgBackend {
     }
 
     async fn list_runs(&self, scope: &ReadScope, q: &RunQuery) -> Result<RunPage> {
+        q.validate()?;
         let mut tx = self.tenant_tx(scope.tenant(), true).await?;
         let page = read::list_runs(&mut tx, scope.tenant(), q).await?;
         tx.commit().await.map_err(db)?;

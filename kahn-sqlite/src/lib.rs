@@ -143,6 +143,33 @@ fn configure(conn: &Connection, file: bool) -> Result<()> {
     .map_err(db)
 }
 
+/// Creates the database file, when it does not exist yet, readable and writable by its owner
+/// only (0600), whatever the umask: it holds every tenant's data and API key hashes. SQLite
+/// then opens an existing file, and creates its `-wal` and `-shm` files with the database
+/// file's own mode (its unix VFS copies it, bypassing the umask), so they are 0600 too. An
+/// existing file keeps the mode its operator gave it.
+#[cfg(unix)]
+fn create_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let created = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path);
+    let cannot = |e: std::io::Error| {
+        Error::backend("sqlite", format!("cannot create {}: {e}", path.display()))
+    };
+    match created {
+        // The umask can only narrow 0600; set it exactly (a umask of 0o200 would leave the
+        // owner unable to write).
+        Ok(file) => file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(cannot),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(cannot(e)),
+    }
+}
+
+/// Elsewhere the platform's defaults apply.
+#[cfg(not(unix))]
+fn create_private(_path: &Path) -> Result<()> {
+    Ok(())
+}
+
 impl SqliteBackend {
     /// Opens (creating and migrating when needed) the database a URL names; see
     /// [`SqliteOptions::from_url`].
@@ -191,6 +218,7 @@ impl SqliteBackend {
                         )
                     })?;
                 }
+                create_private(path)?;
                 let mut writer = Connection::open(path).map_err(db)?;
                 configure(&writer, true)?;
                 schema::migrate(&mut writer)?;
@@ -301,6 +329,7 @@ impl StorageBackend for SqliteBackend {
     }
 
     async fn list_runs(&self, scope: &ReadScope, query: &RunQuery) -> Result<RunPage> {
+        query.validate()?;
         let (tenant, query) = (scope.tenant(), query.clone());
         self.read(move |c| store::list_runs(c, tenant, &query)).await
     }

@@ -212,3 +212,76 @@ async fn a_full_writer_queue_answers_unavailable_at_once() {
     assert!(refused[0].to_string().contains("queue is full"), "{}", refused[0]);
     stuck.await.unwrap().expect("the stuck append finishes once the lock goes");
 }
+
+/// The process umask, from /proc (Linux).
+#[cfg(target_os = "linux")]
+fn umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let line = status.lines().find(|l| l.starts_with("Umask:")).expect("an Umask line");
+    Some(u32::from_str_radix(line.trim_start_matches("Umask:").trim(), 8).expect("octal"))
+}
+
+/// Elsewhere the test runs all the same, without reporting the umask.
+#[cfg(not(target_os = "linux"))]
+fn umask() -> Option<u32> {
+    None
+}
+
+/// Opens a fresh database, writes to it (so its -wal and -shm exist) and returns the modes of
+/// the three files while it is open.
+#[cfg(unix)]
+async fn modes_of_a_fresh_database() -> Vec<(String, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteBackend::connect(&url(&dir)).await.expect("open");
+    let h = Harness::new(Arc::new(store));
+    let t = h.fresh_tenant().await;
+    h.store
+        .append(&t.write, &SourceLog::new("r", 3, "a", recent_base()).all())
+        .await
+        .expect("append");
+    ["kahn.db", "kahn.db-wal", "kahn.db-shm"]
+        .into_iter()
+        .map(|f| {
+            let meta = std::fs::metadata(dir.path().join(f))
+                .unwrap_or_else(|e| panic!("{f} exists while the database is open: {e}"));
+            (f.to_owned(), meta.permissions().mode() & 0o777)
+        })
+        .collect()
+}
+
+/// Red team, round two: the database file (every tenant's data, API key hashes) and its -wal
+/// and -shm were created 0644 under the usual umask 022, readable by every local user. They
+/// are created 0600 — under this process's umask, and again in a child process whose umask is
+/// 000 (the most permissive).
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn database_files_are_created_private_to_their_owner_whatever_the_umask() {
+    let modes = modes_of_a_fresh_database().await;
+    let shown: Vec<String> = modes.iter().map(|(f, m)| format!("{f} {m:o}")).collect();
+    let mask = umask().map_or("unknown".to_owned(), |m| format!("{m:03o}"));
+    assert!(modes.iter().all(|(_, m)| *m == 0o600), "umask {mask}: {shown:?}");
+    if std::env::var_os("KAHN_TEST_UMASK_CHILD").is_some() {
+        if let Some(mask) = umask() {
+            assert_eq!(mask, 0, "the child runs under umask 000");
+        }
+        return;
+    }
+    // The same test again, in a process started under umask 000.
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("sh")
+        .args(["-c", "umask 000 && exec \"$0\" \"$@\""])
+        .arg(exe)
+        .args([
+            "--exact",
+            "database_files_are_created_private_to_their_owner_whatever_the_umask",
+            "--test-threads=1",
+        ])
+        .env("KAHN_TEST_UMASK_CHILD", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "under umask 000: {text}{err}");
+    assert!(text.contains("1 passed"), "the child ran the test: {text}");
+}

@@ -56,6 +56,7 @@ pub const CHECKS: &[&str] = &[
     "provisioning_is_idempotent",
     "purge_removes_only_runs_past_retention",
     "hostile_strings_round_trip_verbatim",
+    "list_runs_refuses_queries_ingest_would_refuse",
     "concurrent_overlapping_pushes_leave_exactly_the_source_log",
     "racing_divergent_creators_one_wins_whole",
     "batches_in_opposite_run_orders_do_not_deadlock",
@@ -89,6 +90,7 @@ macro_rules! conformance_suite {
             provisioning_is_idempotent,
             purge_removes_only_runs_past_retention,
             hostile_strings_round_trip_verbatim,
+            list_runs_refuses_queries_ingest_would_refuse,
             concurrent_overlapping_pushes_leave_exactly_the_source_log,
             racing_divergent_creators_one_wins_whole,
             batches_in_opposite_run_orders_do_not_deadlock,
@@ -719,6 +721,49 @@ pub async fn hostile_strings_round_trip_verbatim(h: &Harness) {
         .await
         .expect("list");
     assert_eq!(listed.runs.len(), 1);
+}
+
+/// A listing's filters follow the rules of the fields they filter on — `source` as a run's
+/// source (a NUL there was a 500 on PostgreSQL), `status` as a transition's `to` — and a cursor
+/// whose time no run can have (PostgreSQL cannot represent it) is refused: `InvalidInput`
+/// naming the parameter, from every backend alike.
+pub async fn list_runs_refuses_queries_ingest_would_refuse(h: &Harness) {
+    let t = h.fresh_tenant().await;
+    let log = SourceLog::new("listed", 2, "a", recent_base());
+    h.store.append(&t.write, &log.all()).await.expect("seed");
+    let far_future = crate::RunInfo {
+        run_id: RunId::new("r").expect("valid"),
+        source: None,
+        labels: crate::Labels::new(),
+        next_seq: 0,
+        head_hash: Digest::ZERO,
+        status: None,
+        first_ts: None,
+        last_ts: None,
+        created_at: chrono::DateTime::<Utc>::MAX_UTC,
+    };
+    let cases = [
+        (RunQuery { source: Some("\0".into()), ..RunQuery::default() }, "source"),
+        (RunQuery { source: Some("a b".into()), ..RunQuery::default() }, "source"),
+        (RunQuery { source: Some(String::new()), ..RunQuery::default() }, "source"),
+        (RunQuery { source: Some("s".repeat(257)), ..RunQuery::default() }, "source"),
+        (RunQuery { status: Some(String::new()), ..RunQuery::default() }, "status"),
+        (
+            RunQuery { cursor: Some(crate::Cursor::after(&far_future)), ..RunQuery::default() },
+            "cursor",
+        ),
+    ];
+    for (query, field) in cases {
+        match h.store.list_runs(&t.read, &query).await {
+            Err(Error::InvalidInput { field: f, .. }) => assert_eq!(f, field, "{query:?}"),
+            other => panic!("{query:?} must be InvalidInput naming {field}, got {other:?}"),
+        }
+    }
+    let forged = hex::encode(format!("{}|x", -8_000_000_000_000_000_000_i64));
+    let decoded = crate::Cursor::decode(&forged);
+    assert!(matches!(decoded, Err(Error::InvalidInput { field, .. }) if field == "cursor"));
+    let all = h.store.list_runs(&t.read, &RunQuery::default()).await.expect("list");
+    assert_eq!(all.runs.len(), 1, "valid queries still list");
 }
 
 /// Bad input — invalid ids, duplicate or non-contiguous seqs, non-object lines, missing or
