@@ -13,7 +13,7 @@ use kahn_core::conformance::fixtures::recent_base;
 use kahn_core::{
     ApiKey, NewTenant, RunId, RunQuery, StorageBackend, StorageBackendExt, Tenant, TenantId,
 };
-use kahn_http::NDJSON;
+use kahn_http::{NDJSON, ServerConfig};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use serde_json::{Value, json};
@@ -40,14 +40,27 @@ async fn provision(s: &TestServer, sub: Option<&str>) -> Provisioned {
 /// A server over a fresh SQLite file, with short header/body timeouts so the slow-client
 /// attacks finish in seconds.
 async fn sqlite_server() -> TestServer {
+    sqlite_server_with(|config| {
+        config.with_header_timeout(Duration::from_secs(2)).with_body_timeout(Duration::from_secs(2))
+    })
+    .await
+}
+
+/// A server over a fresh SQLite file, its test config adjusted by `f`.
+async fn sqlite_server_with(f: impl FnOnce(ServerConfig) -> ServerConfig) -> TestServer {
     let dir = tempfile::tempdir().expect("tmp");
     let url = format!("sqlite://{}", dir.path().join("kahn.db").display());
     let backend = kahn_sqlite::SqliteBackend::connect(&url).await.expect("sqlite");
     let keys = TestKeys::generate();
-    let config = test_config(&keys)
-        .with_header_timeout(Duration::from_secs(2))
-        .with_body_timeout(Duration::from_secs(2));
+    let config = f(test_config(&keys));
     TestServer::start(Arc::new(backend), keys, config).await.with_guard(dir)
+}
+
+/// The head of an ingest request with `key` and a body of `len` bytes.
+fn ingest_head(addr: &str, key: &str, len: usize) -> String {
+    format!(
+        "POST /v1/ingest/transitions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nContent-Type: {NDJSON}\r\nContent-Length: {len}\r\n\r\n"
+    )
 }
 
 /// Everything the store holds, as (tenant, run, next_seq, head, first stored body): equal
@@ -461,11 +474,7 @@ async fn a_trickling_body_is_timed_out_with_408_and_the_server_stays_responsive(
     let before = fingerprint(&s.backend).await;
     let addr = s.url.trim_start_matches("http://").to_owned();
     let body = (line("slow", 0, "{}") + "\n").into_bytes();
-    let head = format!(
-        "POST /v1/ingest/transitions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: {NDJSON}\r\nContent-Length: {}\r\n\r\n",
-        t.key,
-        body.len()
-    );
+    let head = ingest_head(&addr, &t.key, body.len());
     let started = Instant::now();
     let trickle = tokio::spawn({
         let addr = addr.clone();
@@ -806,13 +815,11 @@ async fn duplicate_auth_or_tenant_headers_and_odd_uuid_spellings_are_400() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_authentications_are_rate_limited_per_peer_address() {
     const ALLOWANCE: u32 = 30; // one failure back every 2 s
-    let dir = tempfile::tempdir().expect("tmp");
-    let url = format!("sqlite://{}", dir.path().join("kahn.db").display());
-    let backend = kahn_sqlite::SqliteBackend::connect(&url).await.expect("sqlite");
-    let keys = TestKeys::generate();
-    let config = test_config(&keys)
-        .with_auth_failures_per_minute(std::num::NonZeroU32::new(ALLOWANCE).expect("non-zero"));
-    let s = TestServer::start(Arc::new(backend), keys, config).await.with_guard(dir);
+    let s = sqlite_server_with(|config| {
+        config
+            .with_auth_failures_per_minute(std::num::NonZeroU32::new(ALLOWANCE).expect("non-zero"))
+    })
+    .await;
     let sub = format!("user-{}", uuid::Uuid::new_v4().simple());
     let a = provision(&s, Some(&sub)).await;
     let jwt = s.keys.sign(&claims(&sub, None, None));
@@ -871,10 +878,7 @@ async fn failed_authentications_are_rate_limited_per_peer_address() {
 /// in flight until the returned stream is dropped.
 async fn held_ingest(addr: &str, key: &str) -> TcpStream {
     let body = (line("held", 0, "{}") + "\n").into_bytes();
-    let head = format!(
-        "POST /v1/ingest/transitions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nContent-Type: {NDJSON}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
+    let head = ingest_head(addr, key, body.len());
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream.write_all(head.as_bytes()).await.expect("head");
     stream.write_all(&body[..body.len() / 2]).await.expect("half a body");
@@ -919,12 +923,7 @@ async fn a_request_naming_more_runs_than_the_cap_is_413_and_writes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_at_its_cap_of_ingests_in_flight_gets_429_and_others_are_served() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let url = format!("sqlite://{}", dir.path().join("kahn.db").display());
-    let backend = kahn_sqlite::SqliteBackend::connect(&url).await.expect("sqlite");
-    let keys = TestKeys::generate();
-    let config = test_config(&keys).with_body_timeout(Duration::from_secs(30));
-    let s = TestServer::start(Arc::new(backend), keys, config).await.with_guard(dir);
+    let s = sqlite_server_with(|config| config.with_body_timeout(Duration::from_secs(30))).await;
     let (c, a) = (provision(&s, None).await, provision(&s, None).await);
     let addr = s.url.trim_start_matches("http://").to_owned();
     let cap = kahn_http::DEFAULT_MAX_INGESTS_IN_FLIGHT_PER_TENANT;
@@ -951,13 +950,8 @@ async fn a_tenant_at_its_cap_of_ingests_in_flight_gets_429_and_others_are_served
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rate_limit_counts_runs_not_only_requests() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let url = format!("sqlite://{}", dir.path().join("kahn.db").display());
-    let backend = kahn_sqlite::SqliteBackend::connect(&url).await.expect("sqlite");
-    let keys = TestKeys::generate();
     let two = std::num::NonZeroU32::new(2).expect("not zero");
-    let config = test_config(&keys).with_ingest_rate(two);
-    let s = TestServer::start(Arc::new(backend), keys, config).await.with_guard(dir);
+    let s = sqlite_server_with(|config| config.with_ingest_rate(two)).await;
     let t = provision(&s, None).await;
     // Two units a second: 1,000 runs cost 10 units (capped at the whole allowance of 2),
     // so the next request, however small, waits for the allowance to refill.
@@ -983,14 +977,10 @@ async fn the_rate_limit_counts_runs_not_only_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_servers_cap_of_requests_in_flight_it_answers_503_with_retry_after() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let url = format!("sqlite://{}", dir.path().join("kahn.db").display());
-    let backend = kahn_sqlite::SqliteBackend::connect(&url).await.expect("sqlite");
-    let keys = TestKeys::generate();
-    let config = test_config(&keys)
-        .with_body_timeout(Duration::from_secs(30))
-        .with_max_requests_in_flight(2);
-    let s = TestServer::start(Arc::new(backend), keys, config).await.with_guard(dir);
+    let s = sqlite_server_with(|config| {
+        config.with_body_timeout(Duration::from_secs(30)).with_max_requests_in_flight(2)
+    })
+    .await;
     let t = provision(&s, None).await;
     let addr = s.url.trim_start_matches("http://").to_owned();
     let held = vec![held_ingest(&addr, &t.key).await, held_ingest(&addr, &t.key).await];
