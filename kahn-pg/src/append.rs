@@ -18,8 +18,10 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use kahn_core::rules::{AppendPlan, Decision, Outcome, merge_meta, truncate_micros};
-use kahn_core::{AppendBatch, AppendReport, Digest, Labels, Result, RunAppend, RunMeta, TenantId};
+use kahn_core::rules::{AppendPlan, Decision, Divergence, Outcome, merge_meta, truncate_micros};
+use kahn_core::{
+    AppendBatch, AppendReport, Digest, Error, Labels, Result, RunAppend, RunMeta, TenantId,
+};
 use sqlx_core::query::query;
 use sqlx_core::row::Row;
 use sqlx_postgres::PgConnection;
@@ -52,25 +54,7 @@ pub(crate) async fn append(
         let plan = plan?;
         let decision = match plan.decide(|seq| links.get(&(index, seq)).copied())? {
             Outcome::Append(d) => d,
-            Outcome::Diverged(div) => {
-                let range = div.range();
-                let rows = query(
-                    "SELECT content_hash FROM kahn.transitions \
-                     WHERE tenant_id = $1 AND run_id = $2 AND seq >= $3 AND seq < $4 ORDER BY seq",
-                )
-                .bind(tenant.as_uuid())
-                .bind(run.run_id().as_str())
-                .bind(seq_param(range.start)?)
-                .bind(seq_param(range.end)?)
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(db)?;
-                let hashes = rows
-                    .iter()
-                    .map(|r| digest(&r.try_get::<Vec<u8>, _>("content_hash").map_err(db)?))
-                    .collect::<Result<Vec<_>>>()?;
-                return Err(div.conflict(run, &hashes));
-            }
+            Outcome::Diverged(div) => return Err(conflict(conn, tenant, run, &div).await?),
         };
         let mut meta_update = None;
         if !run.meta().is_empty() {
@@ -89,6 +73,33 @@ pub(crate) async fn append(
     Ok(AppendReport {
         runs: runs.iter().zip(&decisions).map(|(run, d)| d.report(run.run_id())).collect(),
     })
+}
+
+/// The conflict a divergence comes to: reads the diverging range's stored content hashes to
+/// name the first seq that differs.
+async fn conflict(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    run: &RunAppend,
+    div: &Divergence,
+) -> Result<Error> {
+    let range = div.range();
+    let rows = query(
+        "SELECT content_hash FROM kahn.transitions \
+         WHERE tenant_id = $1 AND run_id = $2 AND seq >= $3 AND seq < $4 ORDER BY seq",
+    )
+    .bind(tenant.as_uuid())
+    .bind(run.run_id().as_str())
+    .bind(seq_param(range.start)?)
+    .bind(seq_param(range.end)?)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db)?;
+    let hashes = rows
+        .iter()
+        .map(|r| digest(&r.try_get::<Vec<u8>, _>("content_hash").map_err(db)?))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(div.conflict(run, &hashes))
 }
 
 /// A run row as locked for the append.
