@@ -83,32 +83,10 @@ fn redact_query(url: &str) -> String {
 /// Whether a query parameter's name names a secret: it mentions `pass` (password,
 /// sslpassword, passfile…) once percent-decoded and case-folded.
 fn is_secret_name(name: &str) -> bool {
-    percent_decode(name).to_ascii_lowercase().contains("pass")
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let decoded = match bytes.get(i..i + 3) {
-            Some([b'%', hi, lo]) => {
-                std::str::from_utf8(&[*hi, *lo]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
-            }
-            _ => None,
-        };
-        match decoded {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(name)
+        .decode_utf8_lossy()
+        .to_ascii_lowercase()
+        .contains("pass")
 }
 
 #[cfg(test)]
