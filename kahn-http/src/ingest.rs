@@ -112,11 +112,11 @@ fn is_ndjson(headers: &HeaderMap) -> Result<(), ApiError> {
         (status = 401, description = "Missing, unknown or revoked API key (JWTs cannot ingest)", body = ErrorBody),
         (status = 409, description = "`conflict` (`seq` or `field`, `stored_hash`, `incoming_hash`) or `gap` (`seq`, `expected`); nothing written", body = ErrorBody),
         (status = 408, description = "`request_timeout`: the body did not arrive within the server's body timeout; nothing written", body = ErrorBody),
-        (status = 413, description = "Body over the limit", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: body over the limit; or `too_many_runs`: more distinct runs than the server's cap per request (`limit`); nothing written", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/x-ndjson, or the body is compressed (Content-Encoding other than identity)", body = ErrorBody),
-        (status = 429, description = "Tenant's ingest rate limit, or too many failed authentications from this address; see `Retry-After`", body = ErrorBody,
+        (status = 429, description = "`rate_limited`: the tenant's ingest allowance (charged by runs and transitions) or too many failed authentications from this address; `too_many_in_flight`: the tenant's cap of ingests at once; see `Retry-After`", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 503, description = "The backend is temporarily unavailable (nothing written); may carry `Retry-After`", body = ErrorBody),
+        (status = 503, description = "The backend is temporarily unavailable, or the server is at its cap of requests in flight (nothing written); see `Retry-After`", body = ErrorBody),
         (status = 500, description = "`integrity`: stored data fails its own checks; or `internal`", body = ErrorBody),
     )
 )]

@@ -82,7 +82,7 @@ pub(crate) struct ListRunsParams {
         (status = 404, description = "X-KAHN-Tenant names no tenant", body = ErrorBody),
         (status = 429, description = "Too many failed authentications from this address: refused before any credential is checked; see `Retry-After`", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 503, description = "The backend is temporarily unavailable; may carry `Retry-After`", body = ErrorBody),
+        (status = 503, description = "The backend is temporarily unavailable, or the server is at its cap of requests in flight; see `Retry-After`", body = ErrorBody),
         (status = 500, description = "`integrity`: stored data fails its own checks (`run_id`, `seq`); or `internal`", body = ErrorBody),
     )
 )]
@@ -132,7 +132,7 @@ pub(crate) async fn list_runs(
         (status = 404, description = "No such run for the effective tenant, or unknown override tenant", body = ErrorBody),
         (status = 429, description = "Too many failed authentications from this address: refused before any credential is checked; see `Retry-After`", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 503, description = "The backend is temporarily unavailable; may carry `Retry-After`", body = ErrorBody),
+        (status = 503, description = "The backend is temporarily unavailable, or the server is at its cap of requests in flight; see `Retry-After`", body = ErrorBody),
         (status = 500, description = "`integrity`: stored data fails its own checks (`run_id`, `seq`); or `internal`", body = ErrorBody),
     )
 )]
@@ -194,7 +194,7 @@ fn wants_ndjson(headers: &HeaderMap) -> bool {
         (status = 404, description = "No such run for the effective tenant", body = ErrorBody),
         (status = 429, description = "Too many failed authentications from this address: refused before any credential is checked; see `Retry-After`", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 503, description = "The backend is temporarily unavailable; may carry `Retry-After`", body = ErrorBody),
+        (status = 503, description = "The backend is temporarily unavailable, or the server is at its cap of requests in flight; see `Retry-After`", body = ErrorBody),
         (status = 500, description = "`integrity`: stored data fails its own checks (`run_id`, `seq`); or `internal`", body = ErrorBody),
     )
 )]
@@ -319,7 +319,7 @@ pub(crate) async fn healthz() -> Json<Health> {
 /// Readiness: the backend is reachable.
 #[utoipa::path(get, path = "/readyz", tag = "ops",
     responses((status = 200, description = "Ready", body = Health),
-        (status = 503, description = "The backend is unreachable", body = ErrorBody)))]
+        (status = 503, description = "The backend is unreachable; see `Retry-After`", body = ErrorBody)))]
 pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     match state.inner.backend.ping().await {
         Ok(()) => Ok(Json(Health { status: "ok".into() })),

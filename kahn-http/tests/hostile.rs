@@ -916,7 +916,7 @@ async fn a_request_naming_more_runs_than_the_cap_is_413_and_writes_nothing() {
     assert_eq!(body["limit"], cap as u64, "{body}");
     assert!(body["message"].as_str().is_some_and(|m| m.contains("10000")), "{body}");
     assert_eq!(fingerprint(&s.backend).await, before, "nothing was written");
-    // The cap itself is accepted, and configurable.
+    // The cap itself is accepted.
     let r = post(&s, &t.key, NDJSON, many_runs(cap)).await;
     assert_eq!(r.status(), StatusCode::OK);
 }
