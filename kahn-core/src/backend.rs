@@ -3,8 +3,10 @@
 use std::fmt::Debug;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 
+use crate::admin::{
+    NewApiKey, PurgeOutcome, PurgeRequest, RetiredKeys, TenantChange, TenantRecord,
+};
 use crate::batch::AppendBatch;
 use crate::error::{Error, Result};
 use crate::id::{ApiKeyId, OrgId, RunId, Seq, TenantId};
@@ -30,9 +32,11 @@ use crate::secret::ApiKey;
 ///   `head_hash` is the last link, and [`verify_chain`](crate::verify_chain) over
 ///   [`read_transitions`](Self::read_transitions) recomputes it.
 ///
-/// Control-plane methods (provisioning, keys, [`list_tenants`](Self::list_tenants),
-/// [`purge_expired`](Self::purge_expired)) are for operators; a backend that cannot offer them
-/// (the HTTP client) returns [`Error::Unsupported`].
+/// Control-plane methods (provisioning, tenant changes, keys, [`list_tenants`](Self::list_tenants),
+/// [`purge_expired`](Self::purge_expired), export and import) are for operators; a backend
+/// that cannot offer them (the HTTP client) returns [`Error::Unsupported`]. Conveniences over
+/// them ([`StorageBackendExt::issue_api_key`], [`StorageBackendExt::rotate_api_key`],
+/// [`StorageBackendExt::link_org`]) live in [`StorageBackendExt`].
 #[async_trait]
 pub trait StorageBackend: Debug + Send + Sync + 'static {
     /// Creates the tenant named in `req`, or returns the existing tenant of that name.
@@ -48,24 +52,38 @@ pub trait StorageBackend: Debug + Send + Sync + 'static {
     /// [`Error::NotFound`] when there is none.
     async fn get_tenant(&self, tenant: TenantId) -> Result<Tenant>;
 
-    /// Links `tenant` to organisation `org` (moving an org's tenancy is this one update).
+    /// Applies one change to a tenant's settings.
     ///
     /// # Errors
-    /// [`Error::NotFound`] for an unknown tenant; [`Error::InvalidInput`] naming `org_id` when
-    /// another tenant holds that org.
-    async fn link_org(&self, tenant: TenantId, org: &OrgId) -> Result<Tenant>;
+    /// [`Error::NotFound`] for an unknown tenant; [`Error::InvalidInput`] naming `name` when
+    /// another tenant has that name, or `org_id` when another tenant holds that org.
+    async fn update_tenant(&self, tenant: TenantId, change: &TenantChange) -> Result<Tenant>;
 
-    /// Issues a new API key for `tenant`; its secret is returned once and only its hash kept.
+    /// Removes a tenant with everything it holds: runs, transitions, keys. Its keys never
+    /// resolve again. Only an operator's handle may (not the Postgres app role, not a client).
     ///
     /// # Errors
-    /// [`Error::NotFound`] for an unknown tenant.
-    async fn issue_api_key(&self, tenant: TenantId) -> Result<IssuedApiKey>;
+    /// [`Error::NotFound`] for an unknown tenant; [`Error::Unsupported`] where the handle may
+    /// not delete tenants.
+    async fn delete_tenant(&self, tenant: TenantId) -> Result<PurgeReport>;
 
-    /// Atomically issues a new key for `tenant` and revokes `old`.
+    /// The personal tenant of JWT subject `sub`, created on first sign-in when it has none
+    /// ([`NewTenant::personal`]: named `user:<sub>`, default retention). Concurrent first
+    /// sign-ins create one tenant.
     ///
     /// # Errors
-    /// [`Error::NotFound`] when `old` is not an active key of `tenant`; nothing is issued then.
-    async fn rotate_api_key(&self, tenant: TenantId, old: ApiKeyId) -> Result<IssuedApiKey>;
+    /// [`Error::InvalidInput`] when `sub` is malformed or `user:<sub>` is the name of a
+    /// tenant owned by someone else.
+    async fn provision_personal_tenant(&self, sub: &str) -> Result<TenantId>;
+
+    /// Issues a new API key for `tenant` as `req` says — its expiry, and which keys it retires
+    /// and when — in one transaction. Its secret is returned once and only its hash kept.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown tenant, or when `req` retires
+    /// [`RetiredKeys::One`](crate::RetiredKeys::One) key that is not an active key of
+    /// `tenant`; nothing is issued then.
+    async fn create_api_key(&self, tenant: TenantId, req: &NewApiKey) -> Result<IssuedApiKey>;
 
     /// Revokes a key: it never resolves again.
     ///
@@ -73,11 +91,37 @@ pub trait StorageBackend: Debug + Send + Sync + 'static {
     /// [`Error::NotFound`] when `key` is not a key of `tenant`.
     async fn revoke_api_key(&self, tenant: TenantId, key: ApiKeyId) -> Result<()>;
 
-    /// The keys of `tenant`, active and revoked, oldest first.
+    /// The keys of `tenant`, active and not, oldest first.
     ///
     /// # Errors
     /// [`Error::NotFound`] for an unknown tenant.
     async fn list_api_keys(&self, tenant: TenantId) -> Result<Vec<ApiKeyInfo>>;
+
+    /// A tenant with its keys (hashes, never secrets), to move it to another store.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown tenant; [`Error::Unsupported`] where the handle may
+    /// not read keys (the Postgres app role, a client).
+    async fn export_tenant(&self, tenant: TenantId) -> Result<TenantRecord>;
+
+    /// Stores a tenant exported from another store, with the same id, settings and keys, so
+    /// its producers' keys keep working. Idempotent: importing the same record again changes
+    /// nothing, except that a key revoked at the source since is revoked here too.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming `name`, `owner_sub` or `org_id` when another tenant
+    /// here holds it, or `tenant` when a tenant with this id exists with other settings;
+    /// [`Error::Unsupported`] where the handle may not create tenants.
+    async fn import_tenant(&self, record: &TenantRecord) -> Result<Tenant>;
+
+    /// Checks that this handle may append to any tenant as an operator (moving runs between
+    /// stores), and that `tenant` exists. Prefer
+    /// [`StorageBackendExt::operator_write_scope`], which returns the scope.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] where it may not (the Postgres app role, a client);
+    /// [`Error::NotFound`] for an unknown tenant.
+    async fn authorize_operator(&self, tenant: TenantId) -> Result<()>;
 
     /// Every tenant with its run count, by name. For admins only.
     ///
@@ -147,17 +191,21 @@ pub trait StorageBackend: Debug + Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<StoredTransition>>;
 
-    /// Removes every run whose last activity is older than its tenant's retention at `now`,
-    /// with its transitions. Reports, per tenant that lost anything, what was removed.
+    /// Removes every run whose `received_at + retention_days` has passed at the request's
+    /// instant, with its transitions — of every tenant, or of the request's one tenant — and
+    /// reports per tenant what went (on a dry run: what would go, removing nothing).
     ///
-    /// A backend whose credentials must never delete more than retention allows *now* uses
-    /// its own clock instead of `now`: Postgres under the app role purges at the database's
-    /// `now()` (the caller's time is not trusted there); operators purge "as of" a time with
-    /// the admin DSN.
+    /// `received_at` is the store's clock at the last append that stored something for the
+    /// run, so a backfill is kept the full retention, a run dated 2099 expires like any other,
+    /// and a run still receiving appends is never purged. Tenants are purged independently:
+    /// one tenant's failure is reported in [`PurgeOutcome::failures`] and leaves the others'
+    /// purges (and reports) intact.
     ///
     /// # Errors
-    /// [`Error::Backend`] when the store fails; nothing is removed then.
-    async fn purge_expired(&self, now: DateTime<Utc>) -> Result<Vec<PurgeReport>>;
+    /// [`Error::Unsupported`] for a request the handle may not make: Postgres under the app
+    /// role purges only at the database's own clock ([`PurgeRequest::at_store_clock`]);
+    /// [`Error::Backend`] when the store fails before any tenant is purged.
+    async fn purge_expired(&self, req: &PurgeRequest) -> Result<PurgeOutcome>;
 
     /// Checks the store is reachable (readiness).
     ///
@@ -169,6 +217,41 @@ pub trait StorageBackend: Debug + Send + Sync + 'static {
 /// Conveniences over [`StorageBackend`], implemented for every backend.
 #[async_trait]
 pub trait StorageBackendExt: StorageBackend {
+    /// Issues a new key for `tenant` that never expires and retires nothing.
+    ///
+    /// # Errors
+    /// As [`StorageBackend::create_api_key`].
+    async fn issue_api_key(&self, tenant: TenantId) -> Result<IssuedApiKey> {
+        self.create_api_key(tenant, &NewApiKey::new()).await
+    }
+
+    /// Atomically issues a new key for `tenant` and revokes `old`.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when `old` is not an active key of `tenant`; nothing is issued then.
+    async fn rotate_api_key(&self, tenant: TenantId, old: ApiKeyId) -> Result<IssuedApiKey> {
+        self.create_api_key(tenant, &NewApiKey::new().retiring(RetiredKeys::One(old))).await
+    }
+
+    /// Links `tenant` to organisation `org` (moving an org's tenancy is this one update).
+    ///
+    /// # Errors
+    /// As [`StorageBackend::update_tenant`].
+    async fn link_org(&self, tenant: TenantId, org: &OrgId) -> Result<Tenant> {
+        self.update_tenant(tenant, &TenantChange::LinkOrg(org.clone())).await
+    }
+
+    /// A write scope on `tenant` for an operator moving runs between stores (`kahn copy`):
+    /// only a handle that may write any tenant (SQLite, the in-memory store, Postgres with
+    /// the admin DSN) grants it. The scope carries no API key, so a client cannot forward it.
+    ///
+    /// # Errors
+    /// As [`StorageBackend::authorize_operator`].
+    async fn operator_write_scope(&self, tenant: TenantId) -> Result<WriteScope> {
+        self.authorize_operator(tenant).await?;
+        Ok(WriteScope::operator(tenant))
+    }
+
     /// Resolves an API key to the write scope of its tenant; `None` when unknown or revoked.
     ///
     /// # Errors
@@ -194,6 +277,18 @@ pub trait StorageBackendExt: StorageBackend {
     async fn resolve_sub(&self, sub: &str) -> Result<Option<ReadScope>> {
         let tenant = self.lookup_tenant_by_sub(sub).await?;
         Ok(tenant.map(|t| ReadScope::resolved(t, TenantSource::Sub)))
+    }
+
+    /// The read scope of the personal tenant of `sub`, created on first sign-in.
+    ///
+    /// # Errors
+    /// As [`StorageBackend::provision_personal_tenant`].
+    async fn resolve_sub_creating(&self, sub: &str) -> Result<ReadScope> {
+        if let Some(scope) = self.resolve_sub(sub).await? {
+            return Ok(scope);
+        }
+        let tenant = self.provision_personal_tenant(sub).await?;
+        Ok(ReadScope::resolved(tenant, TenantSource::Sub))
     }
 
     /// A read-only scope on any existing tenant, for an administrator. The caller decides who

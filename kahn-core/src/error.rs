@@ -190,6 +190,23 @@ impl Error {
         Error::invalid("org_id", "is already linked to another tenant")
     }
 
+    /// The [`Error::InvalidInput`] for a tenant name another tenant has.
+    pub fn name_taken(name: &str) -> Self {
+        Error::invalid("name", format!("another tenant is already named {name:?}"))
+    }
+
+    /// The [`Error::InvalidInput`] for an imported tenant whose id exists here with other
+    /// settings (a different tenant, or one changed since the last copy).
+    pub fn import_differs(tenant: crate::TenantId) -> Self {
+        Error::invalid(
+            "tenant",
+            format!(
+                "tenant {tenant} exists here with other settings (name, owner, org or \
+                 retention); make them equal on both sides, then copy again"
+            ),
+        )
+    }
+
     /// Whether retrying the same call later may succeed (the backend was unavailable).
     pub fn is_retryable(&self) -> bool {
         matches!(self, Error::Unavailable { .. })

@@ -26,6 +26,7 @@
 //! # }).unwrap();
 //! ```
 
+mod admin;
 mod backend;
 mod batch;
 mod error;
@@ -41,6 +42,10 @@ mod transition;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+pub use admin::{
+    ApiKeyRecord, KeyUseThrottle, MAX_RETENTION_DAYS, MIN_RETENTION_DAYS, NewApiKey, PurgeFailure,
+    PurgeOutcome, PurgeRequest, RetentionDays, RetiredKeys, TenantChange, TenantRecord, is_expired,
+};
 pub use backend::{StorageBackend, StorageBackendExt};
 pub use batch::{AppendBatch, BatchBuilder, NdjsonLine, RunAppend, parse_json, parse_json_object};
 pub use error::{BoxError, ConflictAt, Error, Result};
@@ -48,9 +53,10 @@ pub use hash::{ChainVerifier, Digest, chain_link, content_hash, verify_chain};
 pub use id::{ApiKeyId, OrgId, RUN_ID_MAX_LEN, RunId, Seq, TenantId};
 pub use memory::MemoryBackend;
 pub use model::{
-    ApiKeyInfo, AppendReport, Cursor, DEFAULT_PAGE_SIZE, DEFAULT_RETENTION_DAYS, IssuedApiKey,
-    MAX_CURSOR_MICROS, MAX_PAGE_SIZE, MIN_CURSOR_MICROS, NewTenant, PurgeReport, RunAppendReport,
-    RunInfo, RunPage, RunQuery, RunSummary, StoredTransition, Tenant, TenantSummary,
+    ApiKeyInfo, ApiKeyState, AppendReport, Cursor, DEFAULT_PAGE_SIZE, DEFAULT_RETENTION_DAYS,
+    IssuedApiKey, KEY_USE_RECORD_INTERVAL, MAX_CURSOR_MICROS, MAX_PAGE_SIZE, MIN_CURSOR_MICROS,
+    NewTenant, PERSONAL_TENANT_PREFIX, PurgeReport, RunAppendReport, RunInfo, RunPage, RunQuery,
+    RunSummary, StoredTransition, Tenant, TenantSummary,
 };
 pub use scope::{ReadScope, TenantSource, WriteScope};
 pub use secret::{API_KEY_PREFIX, ApiKey, ApiKeyHash};

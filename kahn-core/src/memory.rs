@@ -4,8 +4,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 
+use crate::admin::{
+    ApiKeyRecord, KeyUseThrottle, NewApiKey, PurgeOutcome, PurgeRequest, RetiredKeys, TenantChange,
+    TenantRecord, is_expired,
+};
 use crate::backend::StorageBackend;
 use crate::batch::AppendBatch;
 use crate::error::{Error, Result};
@@ -27,6 +31,7 @@ use crate::transition::RunMeta;
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
     state: Mutex<State>,
+    key_uses: KeyUseThrottle,
 }
 
 #[derive(Debug, Default)]
@@ -61,17 +66,51 @@ impl State {
         self.tenants.get(&id).ok_or_else(|| Error::not_found("tenant", id))
     }
 
-    fn issue_key(&mut self, tenant: TenantId) -> Result<IssuedApiKey> {
+    fn issue_key(
+        &mut self,
+        tenant: TenantId,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<IssuedApiKey> {
         let secret = ApiKey::generate()?;
         let info = ApiKeyInfo {
             id: ApiKeyId::new_random(),
             tenant_id: tenant,
             created_at: truncate_micros(Utc::now()),
+            expires_at,
             revoked_at: None,
+            last_used_at: None,
         };
         let id = info.id;
         self.keys.insert(secret.hash(), info);
         Ok(IssuedApiKey { id, tenant_id: tenant, secret })
+    }
+
+    /// Refuses a name, owner or org that a tenant other than `except` holds.
+    fn check_unique(&self, t: &Tenant, except: Option<TenantId>) -> Result<()> {
+        let others = || self.tenants.values().filter(|o| Some(o.id) != except);
+        if others().any(|o| o.name == t.name) {
+            return Err(Error::name_taken(&t.name));
+        }
+        if t.owner_sub.is_some() && others().any(|o| o.owner_sub == t.owner_sub) {
+            return Err(Error::owner_sub_taken());
+        }
+        if t.airlock_org_id.is_some() && others().any(|o| o.airlock_org_id == t.airlock_org_id) {
+            return Err(Error::org_taken());
+        }
+        Ok(())
+    }
+
+    /// Removes `report`'s tenant's runs that `keep` refuses, counting them in `report`.
+    fn remove_runs(&mut self, report: &mut PurgeReport, keep: impl Fn(&StoredRun) -> bool) {
+        let tenant = report.tenant_id;
+        self.runs.retain(|(t, _), r| {
+            if *t != tenant || keep(r) {
+                return true;
+            }
+            report.runs_removed += 1;
+            report.transitions_removed += r.transitions.len() as u64;
+            false
+        });
     }
 
     fn key_mut(&mut self, tenant: TenantId, key: ApiKeyId) -> Option<&mut ApiKeyInfo> {
@@ -79,10 +118,16 @@ impl State {
     }
 
     /// A write scope's key must still be active: revocation cuts off scopes already resolved.
+    /// An operator's scope (no key) was granted by this store for an existing tenant.
     fn check_write_key(&self, scope: &WriteScope) -> Result<()> {
-        match self.keys.get(&scope.api_key().hash()) {
-            Some(k) if k.tenant_id == scope.tenant() && k.revoked_at.is_none() => Ok(()),
-            _ => Err(Error::Unauthorized("the API key of this scope is unknown or revoked".into())),
+        let Some(key) = scope.api_key() else {
+            return self.tenant(scope.tenant()).map(|_| ());
+        };
+        match self.keys.get(&key.hash()) {
+            Some(k) if k.tenant_id == scope.tenant() && k.is_active(Utc::now()) => Ok(()),
+            _ => Err(Error::Unauthorized(
+                "the API key of this scope is unknown, revoked or expired".into(),
+            )),
         }
     }
 
@@ -99,17 +144,8 @@ impl StorageBackend for MemoryBackend {
             req.check_matches(existing)?;
             return Ok(existing.clone());
         }
-        if let Some(sub) = req.owner_sub()
-            && st.tenants.values().any(|t| t.owner_sub.as_deref() == Some(sub))
-        {
-            return Err(Error::owner_sub_taken());
-        }
-        if let Some(org) = req.org_id()
-            && st.tenants.values().any(|t| t.airlock_org_id.as_ref() == Some(org))
-        {
-            return Err(Error::org_taken());
-        }
         let tenant = req.to_tenant();
+        st.check_unique(&tenant, None)?;
         st.tenants.insert(tenant.id, tenant.clone());
         Ok(tenant)
     }
@@ -118,32 +154,68 @@ impl StorageBackend for MemoryBackend {
         self.lock().tenant(tenant).cloned()
     }
 
-    async fn link_org(&self, tenant: TenantId, org: &OrgId) -> Result<Tenant> {
+    async fn update_tenant(&self, tenant: TenantId, change: &TenantChange) -> Result<Tenant> {
         let mut st = self.lock();
-        st.tenant(tenant)?;
-        if st.tenants.values().any(|t| t.id != tenant && t.airlock_org_id.as_ref() == Some(org)) {
-            return Err(Error::org_taken());
-        }
-        let t = st.tenants.get_mut(&tenant).ok_or_else(|| Error::not_found("tenant", tenant))?;
-        t.airlock_org_id = Some(org.clone());
-        Ok(t.clone())
+        let mut changed = st.tenant(tenant)?.clone();
+        change.apply(&mut changed);
+        st.check_unique(&changed, Some(tenant))?;
+        st.tenants.insert(tenant, changed.clone());
+        Ok(changed)
     }
 
-    async fn issue_api_key(&self, tenant: TenantId) -> Result<IssuedApiKey> {
+    async fn delete_tenant(&self, tenant: TenantId) -> Result<PurgeReport> {
         let mut st = self.lock();
         st.tenant(tenant)?;
-        st.issue_key(tenant)
+        let mut report = PurgeReport { tenant_id: tenant, runs_removed: 0, transitions_removed: 0 };
+        st.remove_runs(&mut report, |_| false);
+        st.keys.retain(|_, k| k.tenant_id != tenant);
+        st.tenants.remove(&tenant);
+        Ok(report)
     }
 
-    async fn rotate_api_key(&self, tenant: TenantId, old: ApiKeyId) -> Result<IssuedApiKey> {
+    async fn provision_personal_tenant(&self, sub: &str) -> Result<TenantId> {
+        let req = NewTenant::personal(sub)?;
         let mut st = self.lock();
-        match st.key_mut(tenant, old) {
-            Some(k) if k.revoked_at.is_none() => {}
-            _ => return Err(Error::not_found("api_key", old)),
+        if let Some(t) = st.tenants.values().find(|t| t.owner_sub.as_deref() == Some(sub)) {
+            return Ok(t.id);
         }
-        let issued = st.issue_key(tenant)?;
-        if let Some(k) = st.key_mut(tenant, old) {
-            k.revoked_at = Some(truncate_micros(Utc::now()));
+        let tenant = req.to_tenant();
+        st.check_unique(&tenant, None)?;
+        st.tenants.insert(tenant.id, tenant.clone());
+        Ok(tenant.id)
+    }
+
+    async fn create_api_key(&self, tenant: TenantId, req: &NewApiKey) -> Result<IssuedApiKey> {
+        let mut st = self.lock();
+        st.tenant(tenant)?;
+        let now = truncate_micros(Utc::now());
+        let mut retired: Vec<ApiKeyHash> = Vec::new();
+        if let Some((which, _)) = req.retirement() {
+            retired = st
+                .keys
+                .iter()
+                .filter(|(_, k)| k.tenant_id == tenant && k.is_active(now))
+                .filter(|(_, k)| match which {
+                    RetiredKeys::AllActive => true,
+                    RetiredKeys::One(id) => k.id == id,
+                })
+                .map(|(h, _)| *h)
+                .collect();
+            if let RetiredKeys::One(id) = which
+                && retired.is_empty()
+            {
+                return Err(Error::not_found("api_key", id));
+            }
+        }
+        let issued = st.issue_key(tenant, req.expiry())?;
+        let at = req.retirement().and_then(|(_, at)| at);
+        for hash in retired {
+            if let Some(k) = st.keys.get_mut(&hash) {
+                match at {
+                    None => k.revoked_at = Some(now),
+                    Some(at) => k.expires_at = Some(k.expires_at.map_or(at, |e| e.min(at))),
+                }
+            }
         }
         Ok(issued)
     }
@@ -181,8 +253,59 @@ impl StorageBackend for MemoryBackend {
     }
 
     async fn authenticate_api_key(&self, key: &ApiKey) -> Result<Option<TenantId>> {
+        let mut st = self.lock();
+        let now = truncate_micros(Utc::now());
+        let hash = key.hash();
+        let Some(k) = st.keys.get_mut(&hash).filter(|k| k.is_active(now)) else {
+            return Ok(None);
+        };
+        if self.key_uses.due(&hash) {
+            k.last_used_at = Some(now);
+        }
+        Ok(Some(k.tenant_id))
+    }
+
+    async fn export_tenant(&self, tenant: TenantId) -> Result<TenantRecord> {
         let st = self.lock();
-        Ok(st.keys.get(&key.hash()).filter(|k| k.revoked_at.is_none()).map(|k| k.tenant_id))
+        let t = st.tenant(tenant)?.clone();
+        let mut keys: Vec<ApiKeyRecord> = st
+            .keys
+            .iter()
+            .filter(|(_, k)| k.tenant_id == tenant)
+            .map(|(hash, info)| ApiKeyRecord { info: info.clone(), hash: *hash })
+            .collect();
+        keys.sort_by_key(|k| (k.info.created_at, k.info.id));
+        Ok(TenantRecord { tenant: t, keys })
+    }
+
+    async fn import_tenant(&self, record: &TenantRecord) -> Result<Tenant> {
+        let mut st = self.lock();
+        let t = &record.tenant;
+        record.check_keys()?;
+        match st.tenants.get(&t.id) {
+            Some(existing) if existing != t => return Err(Error::import_differs(t.id)),
+            Some(_) => {}
+            None => st.check_unique(t, None)?,
+        }
+        for key in &record.keys {
+            if let Some(stored) = st.keys.get(&key.hash)
+                && (stored.tenant_id != t.id || stored.id != key.info.id)
+            {
+                return Err(Error::invalid("keys", "a key with this hash is another key here"));
+            }
+        }
+        st.tenants.insert(t.id, t.clone());
+        for key in &record.keys {
+            let stored = st.keys.entry(key.hash).or_insert_with(|| key.info.clone());
+            if stored.revoked_at.is_none() {
+                stored.revoked_at = key.info.revoked_at;
+            }
+        }
+        Ok(t.clone())
+    }
+
+    async fn authorize_operator(&self, tenant: TenantId) -> Result<()> {
+        self.lock().tenant(tenant).map(|_| ())
     }
 
     async fn lookup_tenant_by_org(&self, org: &OrgId) -> Result<Option<TenantId>> {
@@ -223,8 +346,7 @@ impl StorageBackend for MemoryBackend {
                 None
             } else {
                 let mut meta = stored.map(|r| r.meta.clone()).unwrap_or_default();
-                merge_meta(run.run_id(), &mut meta, run.meta())?;
-                Some(meta)
+                merge_meta(run.run_id(), &mut meta, run.meta())?.then_some(meta)
             };
             // Stored bodies are the canonical form, exactly as a database adapter reads back.
             let rows = decision
@@ -258,10 +380,15 @@ impl StorageBackend for MemoryBackend {
                         first_ts: None,
                         last_ts: None,
                         created_at: now,
+                        received_at: now,
                     },
                     meta: RunMeta::new(),
                     transitions: Vec::new(),
                 });
+            // Received: something was stored (a row, or metadata set for the first time).
+            if !decision.rows.is_empty() || meta.is_some() {
+                stored.info.received_at = now;
+            }
             if let Some(meta) = meta {
                 stored.info.source = meta.source().map(str::to_owned);
                 stored.info.labels = meta.labels().clone();
@@ -326,28 +453,34 @@ impl StorageBackend for MemoryBackend {
         Ok(r.transitions.iter().skip(from).take(limit).cloned().collect())
     }
 
-    async fn purge_expired(&self, now: DateTime<Utc>) -> Result<Vec<PurgeReport>> {
+    async fn purge_expired(&self, req: &PurgeRequest) -> Result<PurgeOutcome> {
         let mut st = self.lock();
-        let retention: HashMap<TenantId, u32> =
-            st.tenants.values().map(|t| (t.id, t.retention_days)).collect();
-        let mut per_tenant: BTreeMap<TenantId, PurgeReport> = BTreeMap::new();
-        st.runs.retain(|(tenant, _), r| {
-            let days = retention.get(tenant).copied().unwrap_or(u32::MAX);
-            let expired = now
-                .checked_sub_signed(Duration::days(i64::from(days)))
-                .is_some_and(|cutoff| r.info.activity_at() < cutoff);
-            if expired {
-                let rep = per_tenant.entry(*tenant).or_insert(PurgeReport {
-                    tenant_id: *tenant,
-                    runs_removed: 0,
-                    transitions_removed: 0,
-                });
-                rep.runs_removed += 1;
-                rep.transitions_removed += r.transitions.len() as u64;
+        let now = req.instant_or(truncate_micros(Utc::now()));
+        let tenants: Vec<(TenantId, u32)> = st
+            .tenants
+            .values()
+            .filter(|t| req.tenant().is_none_or(|id| id == t.id))
+            .map(|t| (t.id, t.retention_days))
+            .collect();
+        let mut outcome = PurgeOutcome::default();
+        for (tenant, days) in tenants {
+            let mut report =
+                PurgeReport { tenant_id: tenant, runs_removed: 0, transitions_removed: 0 };
+            let kept = |r: &StoredRun| !is_expired(r.info.received_at, days, now);
+            if req.is_dry_run() {
+                for r in st.runs.iter().filter(|((t, _), r)| *t == tenant && !kept(r)).map(|e| e.1)
+                {
+                    report.runs_removed += 1;
+                    report.transitions_removed += r.transitions.len() as u64;
+                }
+            } else {
+                st.remove_runs(&mut report, kept);
             }
-            !expired
-        });
-        Ok(per_tenant.into_values().collect())
+            if report.runs_removed > 0 {
+                outcome.reports.push(report);
+            }
+        }
+        Ok(outcome)
     }
 
     async fn ping(&self) -> Result<()> {

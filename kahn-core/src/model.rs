@@ -4,14 +4,18 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::admin::RetentionDays;
 use crate::error::Error;
 use crate::hash::Digest;
 use crate::id::{ApiKeyId, OrgId, RunId, Seq, TenantId, validate_token};
 use crate::secret::ApiKey;
 use crate::transition::Labels;
 
-/// Default retention of a tenant's runs, in days.
+/// Default retention of a tenant's runs, in days (counted from each run's `received_at`).
 pub const DEFAULT_RETENTION_DAYS: u32 = 90;
+
+/// The name prefix of personal tenants created on first sign-in: `user:<sub>`.
+pub const PERSONAL_TENANT_PREFIX: &str = "user:";
 
 /// A tenant: the unit of isolation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,7 +28,8 @@ pub struct Tenant {
     pub owner_sub: Option<String>,
     /// The identity provider organisation linked to this tenant.
     pub airlock_org_id: Option<OrgId>,
-    /// Runs whose last activity is older than this are purged.
+    /// A run is purged once this many days have passed since its `received_at` (the last
+    /// append that stored something for it).
     pub retention_days: u32,
     /// When it was created.
     pub created_at: DateTime<Utc>,
@@ -36,7 +41,8 @@ pub struct NewTenant {
     name: String,
     owner_sub: Option<String>,
     org_id: Option<OrgId>,
-    retention_days: u32,
+    /// `None`: not asked for (the default for a new tenant; any for an existing one).
+    retention_days: Option<RetentionDays>,
 }
 
 impl NewTenant {
@@ -47,7 +53,17 @@ impl NewTenant {
     pub fn new(name: impl Into<String>) -> Result<Self, Error> {
         let name = name.into();
         validate_token("name", &name)?;
-        Ok(Self { name, owner_sub: None, org_id: None, retention_days: DEFAULT_RETENTION_DAYS })
+        Ok(Self { name, owner_sub: None, org_id: None, retention_days: None })
+    }
+
+    /// The personal tenant of JWT subject `sub`: named `user:<sub>`, owned by `sub`, default
+    /// retention. Created on first sign-in when no tenant matches the subject or its org.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming `owner_sub` when `sub` is malformed, or `name` when
+    /// `user:<sub>` is longer than 256 bytes.
+    pub fn personal(sub: &str) -> Result<Self, Error> {
+        Self::new(format!("{PERSONAL_TENANT_PREFIX}{sub}"))?.with_owner_sub(sub)
     }
 
     /// Makes it the personal tenant of JWT subject `sub`.
@@ -67,15 +83,14 @@ impl NewTenant {
         self
     }
 
-    /// Sets its retention.
+    /// Sets its retention explicitly. Provisioning an existing tenant with an explicit
+    /// retention that differs from its own is refused (change it with
+    /// [`TenantChange::retention_days`](crate::TenantChange::retention_days)).
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] naming `retention_days` unless 1 ≤ days ≤ 36500.
+    /// As [`RetentionDays::new`]: unless 1 ≤ days ≤ 36500.
     pub fn with_retention_days(mut self, days: u32) -> Result<Self, Error> {
-        if !(1..=36_500).contains(&days) {
-            return Err(Error::invalid("retention_days", "must be between 1 and 36500"));
-        }
-        self.retention_days = days;
+        self.retention_days = Some(RetentionDays::new(days)?);
         Ok(self)
     }
 
@@ -94,9 +109,15 @@ impl NewTenant {
         self.org_id.as_ref()
     }
 
-    /// The retention in days.
+    /// The retention in days a new tenant gets: the explicit one, else
+    /// [`DEFAULT_RETENTION_DAYS`].
     pub fn retention_days(&self) -> u32 {
-        self.retention_days
+        self.retention_days.map_or(DEFAULT_RETENTION_DAYS, RetentionDays::get)
+    }
+
+    /// The retention asked for explicitly, if any.
+    pub fn explicit_retention_days(&self) -> Option<u32> {
+        self.retention_days.map(RetentionDays::get)
     }
 
     /// The tenant this request creates: a fresh random id, created now.
@@ -106,7 +127,7 @@ impl NewTenant {
             name: self.name.clone(),
             owner_sub: self.owner_sub.clone(),
             airlock_org_id: self.org_id.clone(),
-            retention_days: self.retention_days,
+            retention_days: self.retention_days(),
             created_at: crate::rules::truncate_micros(chrono::Utc::now()),
         }
     }
@@ -129,10 +150,17 @@ impl NewTenant {
         if self.org_id.is_some() && self.org_id != existing.airlock_org_id {
             return Err(differs("org_id"));
         }
-        if self.retention_days != DEFAULT_RETENTION_DAYS
-            && self.retention_days != existing.retention_days
+        if let Some(days) = self.explicit_retention_days()
+            && days != existing.retention_days
         {
-            return Err(differs("retention_days"));
+            return Err(Error::invalid(
+                "retention_days",
+                format!(
+                    "tenant {:?} already exists with retention {} days, not {days}; \
+                     change it with `kahn tenant set-retention {} {days}`",
+                    self.name, existing.retention_days, self.name
+                ),
+            ));
         }
         Ok(())
     }
@@ -168,8 +196,58 @@ pub struct ApiKeyInfo {
     pub tenant_id: TenantId,
     /// When issued.
     pub created_at: DateTime<Utc>,
+    /// When it stops resolving, if it expires.
+    pub expires_at: Option<DateTime<Utc>>,
     /// When revoked, if it was.
     pub revoked_at: Option<DateTime<Utc>>,
+    /// When it last authenticated a request, recorded at most about once a minute
+    /// ([`KEY_USE_RECORD_INTERVAL`]); `None` when never used.
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// How often at most a key's `last_used_at` is written: authenticating is a read, and a busy
+/// producer's key must not turn every request into a write.
+pub const KEY_USE_RECORD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Where a key stands at an instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiKeyState {
+    /// It resolves.
+    Active,
+    /// Its expiry has passed.
+    Expired,
+    /// It was revoked.
+    Revoked,
+}
+
+impl ApiKeyState {
+    /// The lower-case name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ApiKeyState::Active => "active",
+            ApiKeyState::Expired => "expired",
+            ApiKeyState::Revoked => "revoked",
+        }
+    }
+}
+
+impl ApiKeyInfo {
+    /// Where the key stands at `now`: revoked wins over expired.
+    pub fn state(&self, now: DateTime<Utc>) -> ApiKeyState {
+        if self.revoked_at.is_some_and(|r| r <= now) {
+            ApiKeyState::Revoked
+        } else if self.expires_at.is_some_and(|e| e <= now) {
+            ApiKeyState::Expired
+        } else {
+            ApiKeyState::Active
+        }
+    }
+
+    /// Whether the key resolves at `now`.
+    pub fn is_active(&self, now: DateTime<Utc>) -> bool {
+        self.state(now) == ApiKeyState::Active
+    }
 }
 
 /// A run as listed: everything but the graph.
@@ -193,6 +271,9 @@ pub struct RunInfo {
     pub last_ts: Option<DateTime<Utc>>,
     /// When the store first saw the run.
     pub created_at: DateTime<Utc>,
+    /// The store's clock at the last append that stored something for the run: retention
+    /// counts from it, never from the producer's `ts`.
+    pub received_at: DateTime<Utc>,
 }
 
 impl RunInfo {
@@ -202,7 +283,8 @@ impl RunInfo {
     }
 
     /// The run's last activity: its latest transition `ts`, or its creation when it has none.
-    /// Lists are ordered by it (newest first) and retention is measured from it.
+    /// Lists are ordered by it (newest first). Retention is not: it counts from
+    /// [`received_at`](Self::received_at).
     pub fn activity_at(&self) -> DateTime<Utc> {
         self.last_ts.unwrap_or(self.created_at)
     }
@@ -527,6 +609,7 @@ mod tests {
             first_ts: None,
             last_ts: None,
             created_at: DateTime::<Utc>::MAX_UTC,
+            received_at: Utc::now(),
         };
         let far = RunQuery { cursor: Some(Cursor::after(&info)), ..RunQuery::default() };
         assert_eq!(refused(far), "cursor");

@@ -44,19 +44,26 @@ impl fmt::Display for TenantSource {
 }
 
 /// Permission to append to one tenant's runs. Made only by
-/// [`StorageBackendExt::resolve_api_key`](crate::StorageBackendExt::resolve_api_key).
+/// [`StorageBackendExt::resolve_api_key`](crate::StorageBackendExt::resolve_api_key), or for
+/// an operator moving runs between stores by
+/// [`StorageBackendExt::operator_write_scope`](crate::StorageBackendExt::operator_write_scope).
 ///
-/// It keeps the key it was resolved from, so a backend that forwards calls (the HTTP client)
-/// can present it; the key never prints.
+/// A scope resolved from a key keeps it, so a backend that forwards calls (the HTTP client)
+/// can present it and a backend can refuse the scope once the key is revoked or expired; the
+/// key never prints. An operator's scope has no key and cannot be forwarded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WriteScope {
     tenant: TenantId,
-    key: ApiKey,
+    key: Option<ApiKey>,
 }
 
 impl WriteScope {
     pub(crate) fn from_resolved_api_key(tenant: TenantId, key: ApiKey) -> Self {
-        Self { tenant, key }
+        Self { tenant, key: Some(key) }
+    }
+
+    pub(crate) fn operator(tenant: TenantId) -> Self {
+        Self { tenant, key: None }
     }
 
     /// The tenant written to.
@@ -64,14 +71,16 @@ impl WriteScope {
         self.tenant
     }
 
-    /// The API key this scope was resolved from.
-    pub fn api_key(&self) -> &ApiKey {
-        &self.key
+    /// The API key this scope was resolved from; `None` for an operator's scope.
+    pub fn api_key(&self) -> Option<&ApiKey> {
+        self.key.as_ref()
     }
 
     /// The read scope of the same tenant.
     pub fn read(&self) -> ReadScope {
-        ReadScope { tenant: self.tenant, source: TenantSource::ApiKey, key: Some(self.key.clone()) }
+        let source =
+            if self.key.is_some() { TenantSource::ApiKey } else { TenantSource::AdminOverride };
+        ReadScope { tenant: self.tenant, source, key: self.key.clone() }
     }
 }
 

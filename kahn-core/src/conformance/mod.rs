@@ -26,9 +26,17 @@ use crate::{
 };
 
 pub mod fixtures;
+mod lifecycle;
 mod model;
 
 pub use fixtures::{Harness, SourceLog, TestTenant};
+pub use lifecycle::{
+    appends_that_store_something_renew_receipt, backfill_is_kept_the_full_retention,
+    deleting_a_tenant_removes_everything_it_holds, future_dated_run_expires_on_time,
+    key_use_is_recorded, keys_expire_and_roll_over_with_grace, personal_tenant_is_created_once,
+    purge_follows_each_tenants_retention_and_scope, tenant_settings_change_and_apply,
+    tenants_export_and_import,
+};
 pub use model::model_based_interleavings;
 
 use fixtures::{batch, batch_of, meta_line, recent_base};
@@ -54,7 +62,16 @@ pub const CHECKS: &[&str] = &[
     "rotation_issues_new_key_and_revokes_old",
     "org_and_sub_resolve_to_their_tenant",
     "provisioning_is_idempotent",
-    "purge_removes_only_runs_past_retention",
+    "backfill_is_kept_the_full_retention",
+    "future_dated_run_expires_on_time",
+    "appends_that_store_something_renew_receipt",
+    "purge_follows_each_tenants_retention_and_scope",
+    "tenant_settings_change_and_apply",
+    "deleting_a_tenant_removes_everything_it_holds",
+    "keys_expire_and_roll_over_with_grace",
+    "key_use_is_recorded",
+    "personal_tenant_is_created_once",
+    "tenants_export_and_import",
     "hostile_strings_round_trip_verbatim",
     "list_runs_refuses_queries_ingest_would_refuse",
     "concurrent_overlapping_pushes_leave_exactly_the_source_log",
@@ -88,7 +105,16 @@ macro_rules! conformance_suite {
             rotation_issues_new_key_and_revokes_old,
             org_and_sub_resolve_to_their_tenant,
             provisioning_is_idempotent,
-            purge_removes_only_runs_past_retention,
+            backfill_is_kept_the_full_retention,
+            future_dated_run_expires_on_time,
+            appends_that_store_something_renew_receipt,
+            purge_follows_each_tenants_retention_and_scope,
+            tenant_settings_change_and_apply,
+            deleting_a_tenant_removes_everything_it_holds,
+            keys_expire_and_roll_over_with_grace,
+            key_use_is_recorded,
+            personal_tenant_is_created_once,
+            tenants_export_and_import,
             hostile_strings_round_trip_verbatim,
             list_runs_refuses_queries_ingest_would_refuse,
             concurrent_overlapping_pushes_leave_exactly_the_source_log,
@@ -637,59 +663,6 @@ pub async fn provisioning_is_idempotent(h: &Harness) {
     ));
 }
 
-/// Retention: purge removes exactly the runs whose last activity is past their own tenant's
-/// retention, with their transitions, and reports per tenant.
-pub async fn purge_removes_only_runs_past_retention(h: &Harness) {
-    let short = h.fresh_tenant_with(|r| r.with_retention_days(1).expect("valid")).await;
-    let long = h.fresh_tenant().await;
-    let now = Utc::now();
-    let ten_days_ago = recent_base() - Duration::days(10);
-    let year_ago = recent_base() - Duration::days(365);
-    let push = |t: &TestTenant, run: &str, n: u64, base| {
-        let log = SourceLog::new(run, n, "a", base);
-        let w = t.write.clone();
-        let store = h.store.clone();
-        async move { store.append(&w, &log.all()).await.expect("push") }
-    };
-    push(&short, "old", 3, ten_days_ago).await;
-    push(&short, "fresh", 2, recent_base()).await;
-    push(&long, "old", 4, ten_days_ago).await;
-    push(&long, "ancient", 5, year_ago).await;
-    let earliest =
-        h.control.purge_expired(chrono::DateTime::<Utc>::MIN_UTC).await.expect("purge at MIN_UTC");
-    assert!(
-        mine_in(&earliest, short.tenant.id).is_none(),
-        "nothing is older than the earliest time"
-    );
-    let reports = h.control.purge_expired(now).await.expect("purge");
-    let mine = |id| mine_in(&reports, id).map(|r| (r.runs_removed, r.transitions_removed));
-    assert_eq!(mine(short.tenant.id), Some((1, 3)));
-    assert_eq!(mine(long.tenant.id), Some((1, 5)));
-    let left = |t: &TestTenant| {
-        let (store, read) = (h.store.clone(), t.read.clone());
-        async move {
-            let page = store.list_runs(&read, &RunQuery::default()).await.expect("list");
-            page.runs.into_iter().map(|r| r.run_id.to_string()).collect::<Vec<_>>()
-        }
-    };
-    assert_eq!(left(&short).await, ["fresh"]);
-    assert_eq!(left(&long).await, ["old"]);
-    let gone = RunId::new("ancient").expect("valid");
-    assert!(matches!(
-        h.store.read_transitions(&long.read, &gone, None, 10).await,
-        Err(Error::NotFound { .. })
-    ));
-    let again = h.control.purge_expired(now).await.expect("purge");
-    assert!(
-        mine_in(&again, short.tenant.id).is_none() && mine_in(&again, long.tenant.id).is_none(),
-        "a second purge removes nothing"
-    );
-}
-
-fn mine_in(reports: &[crate::PurgeReport], id: crate::TenantId) -> Option<&crate::PurgeReport> {
-    reports.iter().find(|r| r.tenant_id == id)
-}
-
 /// Tenant-supplied strings with SQL metacharacters, quotes, NUL escapes and non-ASCII text
 /// are stored and read back verbatim.
 pub async fn hostile_strings_round_trip_verbatim(h: &Harness) {
@@ -741,6 +714,7 @@ pub async fn list_runs_refuses_queries_ingest_would_refuse(h: &Harness) {
         first_ts: None,
         last_ts: None,
         created_at: chrono::DateTime::<Utc>::MAX_UTC,
+        received_at: Utc::now(),
     };
     let cases = [
         (RunQuery { source: Some("\0".into()), ..RunQuery::default() }, "source"),
