@@ -16,7 +16,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use kahn_core::{
-    API_KEY_PREFIX, ApiKey, OrgId, ReadScope, StorageBackendExt, TenantId, WriteScope,
+    API_KEY_PREFIX, ApiKey, OrgId, ReadScope, StorageBackend, StorageBackendExt, TenantId,
+    WriteScope,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -553,7 +554,49 @@ impl FromRequestParts<AppState> for ReadAccess {
         if scope.is_none() {
             scope = backend.resolve_sub(&claims.sub).await?;
         }
+        if scope.is_none() && state.inner.config.personal_tenants {
+            scope = personal_tenant(backend.as_ref(), &claims, &Peer::of(parts)).await?;
+        }
         Ok(Self(TenantView { principal, scope }))
+    }
+}
+
+/// The personal tenant of a verified subject with no tenant, created on first sign-in (and
+/// audited). A subject that cannot have one (malformed for a tenant name, or `user:<sub>`
+/// held by another owner) stays without a tenant, as before; the store failing is an error.
+async fn personal_tenant(
+    backend: &dyn StorageBackend,
+    claims: &Claims,
+    peer: &Peer,
+) -> Result<Option<ReadScope>, ApiError> {
+    match backend.resolve_sub_creating(&claims.sub).await {
+        Ok(scope) => {
+            tracing::info!(
+                target: AUDIT_TARGET,
+                event = "personal_tenant",
+                outcome = "provisioned",
+                sub = %claims.sub,
+                iss = claims.iss.as_deref().unwrap_or(""),
+                tenant = %scope.tenant(),
+                peer = %peer,
+                "personal tenant provisioned on first sign-in"
+            );
+            Ok(Some(scope))
+        }
+        Err(e @ kahn_core::Error::InvalidInput { .. }) => {
+            tracing::warn!(
+                target: AUDIT_TARGET,
+                event = "personal_tenant",
+                outcome = "refused",
+                sub = %claims.sub,
+                iss = claims.iss.as_deref().unwrap_or(""),
+                reason = %e,
+                peer = %peer,
+                "no personal tenant for this subject"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -4,12 +4,11 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use kahn_core::{
     ApiKey, ApiKeyId, ApiKeyInfo, AppendBatch, AppendReport, ConflictAt, Cursor, Digest, Error,
-    IssuedApiKey, MAX_PAGE_SIZE, NewTenant, OrgId, PurgeReport, ReadScope, Result, RunId, RunPage,
-    RunQuery, RunSummary, Seq, StorageBackend, StoredTransition, Tenant, TenantId, TenantSummary,
-    WriteScope,
+    IssuedApiKey, MAX_PAGE_SIZE, NewApiKey, NewTenant, OrgId, PurgeOutcome, PurgeReport,
+    PurgeRequest, ReadScope, Result, RunId, RunPage, RunQuery, RunSummary, Seq, StorageBackend,
+    StoredTransition, Tenant, TenantChange, TenantId, TenantRecord, TenantSummary, WriteScope,
 };
 use reqwest::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
@@ -404,16 +403,20 @@ impl StorageBackend for HttpBackend {
             .ok_or_else(|| Error::not_found("tenant", tenant))
     }
 
-    async fn link_org(&self, _tenant: TenantId, _org: &OrgId) -> Result<Tenant> {
-        Self::unsupported("link_org")
+    async fn update_tenant(&self, _tenant: TenantId, _change: &TenantChange) -> Result<Tenant> {
+        Self::unsupported("update_tenant")
     }
 
-    async fn issue_api_key(&self, _tenant: TenantId) -> Result<IssuedApiKey> {
-        Self::unsupported("issue_api_key")
+    async fn delete_tenant(&self, _tenant: TenantId) -> Result<PurgeReport> {
+        Self::unsupported("delete_tenant")
     }
 
-    async fn rotate_api_key(&self, _tenant: TenantId, _old: ApiKeyId) -> Result<IssuedApiKey> {
-        Self::unsupported("rotate_api_key")
+    async fn provision_personal_tenant(&self, _sub: &str) -> Result<TenantId> {
+        Self::unsupported("provision_personal_tenant")
+    }
+
+    async fn create_api_key(&self, _tenant: TenantId, _req: &NewApiKey) -> Result<IssuedApiKey> {
+        Self::unsupported("create_api_key")
     }
 
     async fn revoke_api_key(&self, _tenant: TenantId, _key: ApiKeyId) -> Result<()> {
@@ -426,6 +429,18 @@ impl StorageBackend for HttpBackend {
 
     async fn list_tenants(&self) -> Result<Vec<TenantSummary>> {
         self.admin_tenants("list_tenants").await
+    }
+
+    async fn export_tenant(&self, _tenant: TenantId) -> Result<TenantRecord> {
+        Self::unsupported("export_tenant")
+    }
+
+    async fn import_tenant(&self, _record: &TenantRecord) -> Result<Tenant> {
+        Self::unsupported("import_tenant")
+    }
+
+    async fn authorize_operator(&self, _tenant: TenantId) -> Result<()> {
+        Self::unsupported("authorize_operator")
     }
 
     async fn authenticate_api_key(&self, key: &ApiKey) -> Result<Option<TenantId>> {
@@ -460,10 +475,14 @@ impl StorageBackend for HttpBackend {
     }
 
     async fn append(&self, scope: &WriteScope, batch: &AppendBatch) -> Result<AppendReport> {
+        // An operator's scope has no key to present; it is never forwarded.
+        let Some(key) = scope.api_key() else {
+            return Self::unsupported("append with an operator scope");
+        };
         let body = ndjson(batch);
         let rb = self
             .request(Method::POST, &["v1", "ingest", "transitions"])?
-            .bearer_auth(scope.api_key().expose_secret())
+            .bearer_auth(key.expose_secret())
             .header(CONTENT_TYPE, NDJSON)
             .body(body);
         let response = self.send(rb).await?;
@@ -517,7 +536,7 @@ impl StorageBackend for HttpBackend {
         Ok(page.transitions.into_iter().map(Into::into).collect())
     }
 
-    async fn purge_expired(&self, _now: DateTime<Utc>) -> Result<Vec<PurgeReport>> {
+    async fn purge_expired(&self, _req: &PurgeRequest) -> Result<PurgeOutcome> {
         Self::unsupported("purge_expired")
     }
 

@@ -144,6 +144,11 @@ pub struct ServerConfig {
     /// `into_make_service_with_connect_info::<SocketAddr>()`, or the limit does not apply);
     /// behind a reverse proxy every client shares the proxy's address, so size it for that.
     pub auth_failures_per_minute: NonZeroU32,
+    /// Whether a verified JWT whose `sub` has no tenant, and whose `org_id` (if any) is linked
+    /// to none, gets a personal tenant (`user:<sub>`) created on first sign-in — the last rung
+    /// of the tenancy ladder org → sub → personal tenant. When off, such a person has no
+    /// tenant until an operator provisions one.
+    pub personal_tenants: bool,
 }
 
 impl Default for ServerConfig {
@@ -160,6 +165,7 @@ impl Default for ServerConfig {
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             body_timeout: DEFAULT_BODY_TIMEOUT,
             auth_failures_per_minute: DEFAULT_AUTH_FAILURES_PER_MINUTE,
+            personal_tenants: true,
         }
     }
 }
@@ -169,6 +175,13 @@ impl ServerConfig {
     #[must_use]
     pub fn with_jwt(mut self, jwt: JwtConfig) -> Self {
         self.jwt = Some(jwt);
+        self
+    }
+
+    /// Turns the creation of personal tenants on first sign-in on or off.
+    #[must_use]
+    pub fn with_personal_tenants(mut self, on: bool) -> Self {
+        self.personal_tenants = on;
         self
     }
 

@@ -263,7 +263,7 @@ pub(crate) async fn whoami(ReadAccess(view): ReadAccess) -> Response {
         Some(kahn_core::TenantSource::AdminOverride) => {
             "an administrator's read-only override (X-KAHN-Tenant)".to_owned()
         }
-        None => "no tenant: the token's org_id is linked to none and its sub owns none, so there is nothing to show".to_owned(),
+        None => "no tenant: the token's org_id is linked to none, its sub owns none, and this server creates no personal tenant for it, so there is nothing to show".to_owned(),
     };
     let body = WhoAmI {
         principal: view.principal.clone(),

@@ -8,7 +8,7 @@ use axum::extract::ConnectInfo;
 use axum::http::{Request, Uri};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use chrono::Utc;
+use kahn_core::PurgeRequest;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -51,8 +51,10 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Spawns the retention task: every `interval` (first at once), `purge_expired(now)` on the
-/// backend, logging what each tenant lost. It stops when `stop` changes or its sender drops.
+/// Spawns the retention task: every `interval` (first at once), a purge at the store's own
+/// clock ([`PurgeRequest::at_store_clock`]: runs whose `received_at + retention_days` has
+/// passed), logging what each tenant lost and each tenant whose purge failed. It stops when
+/// `stop` changes or its sender drops.
 pub fn spawn_retention(
     state: AppState,
     interval: Duration,
@@ -66,9 +68,9 @@ pub fn spawn_retention(
                 _ = stop.changed() => return,
                 _ = ticker.tick() => {}
             }
-            match state.inner.backend.purge_expired(Utc::now()).await {
-                Ok(reports) => {
-                    for r in &reports {
+            match state.inner.backend.purge_expired(&PurgeRequest::at_store_clock()).await {
+                Ok(outcome) => {
+                    for r in &outcome.reports {
                         tracing::info!(
                             target: "kahn_http::retention",
                             tenant = %r.tenant_id,
@@ -77,7 +79,15 @@ pub fn spawn_retention(
                             "retention purge"
                         );
                     }
-                    tracing::debug!(tenants = reports.len(), "retention purge done");
+                    for f in &outcome.failures {
+                        tracing::error!(
+                            target: "kahn_http::retention",
+                            tenant = %f.tenant_id,
+                            error = %f.error,
+                            "retention purge of a tenant failed; its runs are kept until the next purge"
+                        );
+                    }
+                    tracing::debug!(tenants = outcome.reports.len(), "retention purge done");
                 }
                 Err(e) => tracing::error!(error = %e, "retention purge failed"),
             }

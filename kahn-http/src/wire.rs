@@ -91,6 +91,9 @@ pub struct RunView {
     pub last_ts: Option<DateTime<Utc>>,
     /// When the store first saw the run.
     pub created_at: DateTime<Utc>,
+    /// The store's clock at the last append that stored something for the run: retention
+    /// counts from it (the run is purged `retention_days` after it), never from `ts`.
+    pub received_at: DateTime<Utc>,
 }
 
 impl From<RunInfo> for RunView {
@@ -106,6 +109,7 @@ impl From<RunInfo> for RunView {
             first_ts: r.first_ts,
             last_ts: r.last_ts,
             created_at: r.created_at,
+            received_at: r.received_at,
         }
     }
 }
@@ -122,6 +126,7 @@ impl From<RunView> for RunInfo {
             first_ts: r.first_ts,
             last_ts: r.last_ts,
             created_at: r.created_at,
+            received_at: r.received_at,
         }
     }
 }

@@ -768,7 +768,10 @@ async fn check_view(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwt_tenant_is_org_then_sub_then_none_and_none_shows_nothing() {
-    let s = TestServer::memory().await;
+    // Without personal tenants on first sign-in, a stranger has no tenant at all.
+    let keys = TestKeys::generate();
+    let config = test_config(&keys).with_personal_tenants(false);
+    let s = TestServer::start(Arc::new(MemoryBackend::new()), keys, config).await;
     let sub = format!("user-{}", uuid::Uuid::new_v4().simple());
     let personal = provision(&s, |t| t.with_owner_sub(sub.clone()).expect("valid")).await;
     let team = tenant(&s).await;
@@ -808,6 +811,43 @@ async fn jwt_tenant_is_org_then_sub_then_none_and_none_shows_nothing() {
     expect_error(r, StatusCode::NOT_FOUND, "not_found").await;
     let me = json_of(get(&s, "/v1/whoami", Some(&stranger), None).await).await;
     assert!(me["message"].as_str().is_some_and(|m| m.contains("no tenant")), "{me}");
+}
+
+#[tokio::test]
+async fn a_stranger_gets_a_personal_tenant_once_unless_their_org_is_linked() {
+    let s = TestServer::memory().await;
+    let log = audit_log();
+    let sub = format!("auth0|{}", uuid::Uuid::new_v4().simple());
+    let token = s.keys.sign(&claims(&sub, None, Some("org_unlinked")));
+    let me = json_of(get(&s, "/v1/whoami", Some(&token), None).await).await;
+    assert_eq!(me["tenant_source"], "sub", "{me}");
+    let id: TenantId = me["tenant_id"].as_str().and_then(|t| t.parse().ok()).expect("a tenant");
+    let created = s.backend.get_tenant(id).await.expect("created");
+    assert_eq!(created.name, format!("user:{sub}"));
+    assert_eq!(created.owner_sub.as_deref(), Some(sub.as_str()));
+    let r = get(&s, "/v1/runs", Some(&token), None).await;
+    assert_eq!(header(&r, HEADER_TENANT_SOURCE), "sub");
+    assert_eq!(json_of(r).await["runs"], serde_json::json!([]));
+    let again = json_of(get(&s, "/v1/whoami", Some(&token), None).await).await;
+    assert_eq!(again["tenant_id"], me["tenant_id"], "one tenant, however many sign-ins");
+    let events = log.lock().expect("lock").clone();
+    let provisioned: Vec<_> = events
+        .iter()
+        .filter(|e| e.get("event").map(String::as_str) == Some("personal_tenant"))
+        .filter(|e| e.get("sub") == Some(&sub))
+        .collect();
+    assert_eq!(provisioned.len(), 1, "the creation is audited once: {provisioned:?}");
+    assert_eq!(provisioned[0].get("outcome").map(String::as_str), Some("provisioned"));
+
+    // A member of a linked org reads the org's tenant; no personal tenant is made for them.
+    let team = tenant(&s).await;
+    let org = format!("org_{}", uuid::Uuid::new_v4().simple());
+    s.backend.link_org(team.tenant.id, &OrgId::new(&org).expect("valid")).await.expect("link");
+    let member = format!("member-{}", uuid::Uuid::new_v4().simple());
+    let token = s.keys.sign(&claims(&member, None, Some(&org)));
+    let me = json_of(get(&s, "/v1/whoami", Some(&token), None).await).await;
+    assert_eq!(me["tenant_source"], "org");
+    assert!(s.backend.lookup_tenant_by_sub(&member).await.expect("lookup").is_none());
 }
 
 type AuditLog = Arc<Mutex<Vec<BTreeMap<String, String>>>>;
