@@ -11,6 +11,11 @@
 //!   pool of read-only reader connections that WAL lets read while the writer appends.
 //! * **Tenancy by the adapter.** Every statement on tenant data binds the scope's tenant; the
 //!   schema leads every key with `tenant_id`.
+//! * **Retention by receipt.** Each run keeps `received_at`, the store's clock at the last
+//!   append that stored something; a purge removes runs past their tenant's retention from
+//!   it, one tenant per transaction, so one tenant's failure never undoes another's purge.
+//! * **Key use off the request path.** Authenticating is a read; a key's `last_used_at` is
+//!   queued on the writer at most once a minute per key and never awaited.
 //!
 //! ```no_run
 //! # async fn demo() -> kahn_core::Result<()> {
