@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use kahn_cli::provision::{KeyPlan, Provisioned, provision};
 use kahn_core::{
-    ApiKeyId, ApiKeyInfo, Error, NewApiKey, NewTenant, OrgId, PurgeOutcome, PurgeRequest,
-    Tenant, TenantChange,
+    ApiKeyId, ApiKeyInfo, Error, NewApiKey, NewTenant, OrgId, PurgeOutcome, PurgeRequest, Tenant,
+    TenantChange,
 };
 
 use crate::{CliResult, DbArgs, Failure, open_db, print_json, print_provisioned, tenant_by_name};
@@ -293,7 +293,10 @@ pub(crate) async fn run(cmd: TenantCommand) -> CliResult {
         TenantCommand::Rename { name, new_name, db } => {
             let change = TenantChange::rename(new_name)?;
             let t = change_tenant(&db, &name, &change).await?;
-            println!("tenant {name} is now named {} (id {}, keys and runs unchanged)", t.name, t.id);
+            println!(
+                "tenant {name} is now named {} (id {}, keys and runs unchanged)",
+                t.name, t.id
+            );
             Ok(())
         }
         TenantCommand::LinkOrg { name, org, db } => {
@@ -430,7 +433,11 @@ pub(crate) async fn purge(args: PurgeArgs) -> CliResult {
     }
 }
 
-fn print_purge(outcome: &PurgeOutcome, dry_run: bool, name: &dyn Fn(kahn_core::TenantId) -> String) {
+fn print_purge(
+    outcome: &PurgeOutcome,
+    dry_run: bool,
+    name: &dyn Fn(kahn_core::TenantId) -> String,
+) {
     let verb = if dry_run { "would remove" } else { "removed" };
     if outcome.reports.is_empty() {
         println!("nothing to purge: no run is past its tenant's retention");

@@ -765,7 +765,8 @@ fn a_run_dated_a_year_ago_survives_a_restart_with_retention_90() {
 
     let second = serve_with_retention(&env);
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let (status, body) = second.get("/v1/runs/last-year", &[("Authorization", &format!("Bearer {key}"))]);
+    let (status, body) =
+        second.get("/v1/runs/last-year", &[("Authorization", &format!("Bearer {key}"))]);
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"next_seq\":50"), "the backfill is intact after the restart: {body}");
     let log = second.log();
@@ -792,7 +793,8 @@ fn fails(env: &Env, args: &[&str], code: i32, needle: &str) -> String {
 fn operators_change_retention_names_and_orgs_and_bad_input_changes_nothing() {
     let env = Env::new();
     env.key("team");
-    let err = fails(&env, &["tenant", "provision", "team", "--retention-days", "30"], 2, "retention");
+    let err =
+        fails(&env, &["tenant", "provision", "team", "--retention-days", "30"], 2, "retention");
     assert!(err.contains("kahn tenant set-retention team 30"), "{err}");
     env.ok(&["tenant", "provision", "team", "--retention-days", "90"], None);
     fails(&env, &["tenant", "set-retention", "team", "0"], 2, "retention_days");
@@ -815,9 +817,10 @@ fn operators_change_retention_names_and_orgs_and_bad_input_changes_nothing() {
     assert!(again.contains("nothing changed"), "{again}");
     env.ok(&["tenant", "link-org", "other", "org_42"], None);
 
-    let dry: serde_json::Value =
-        serde_json::from_str(&env.ok(&["purge", "--dry-run", "--tenant", "team-ci", "--json"], None))
-            .unwrap();
+    let dry: serde_json::Value = serde_json::from_str(
+        &env.ok(&["purge", "--dry-run", "--tenant", "team-ci", "--json"], None),
+    )
+    .unwrap();
     assert_eq!(dry["dry_run"], true);
     assert_eq!(dry["tenants"], serde_json::json!([]));
     fails(&env, &["purge", "--tenant", "nobody"], 1, "no tenant named");
@@ -832,10 +835,9 @@ fn keys_roll_over_with_a_grace_period_and_are_listed_with_their_dates() {
     let old = env.key("rolling");
     let run = env.run_dir("r1", 5, "a");
     push_json(&env, &run, &old, &[]);
-    let rotated: serde_json::Value = serde_json::from_str(&env.ok(
-        &["tenant", "provision", "rolling", "--rotate", "--grace", "24h", "--json"],
-        None,
-    ))
+    let rotated: serde_json::Value = serde_json::from_str(
+        &env.ok(&["tenant", "provision", "rolling", "--rotate", "--grace", "24h", "--json"], None),
+    )
     .unwrap();
     let new = rotated["api_key"].as_str().unwrap().to_owned();
     assert!(rotated["retired_at"].is_string(), "{rotated}");

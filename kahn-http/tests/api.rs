@@ -821,7 +821,8 @@ async fn a_stranger_gets_a_personal_tenant_once_unless_their_org_is_linked() {
     let token = s.keys.sign(&claims(&sub, None, Some("org_unlinked")));
     let me = json_of(get(&s, "/v1/whoami", Some(&token), None).await).await;
     assert_eq!(me["tenant_source"], "sub", "{me}");
-    let id: TenantId = me["tenant_id"].as_str().and_then(|t| t.parse().ok()).expect("a tenant");
+    let id: kahn_core::TenantId =
+        me["tenant_id"].as_str().and_then(|t| t.parse().ok()).expect("a tenant");
     let created = s.backend.get_tenant(id).await.expect("created");
     assert_eq!(created.name, format!("user:{sub}"));
     assert_eq!(created.owner_sub.as_deref(), Some(sub.as_str()));
@@ -1338,7 +1339,10 @@ async fn http_backend_maps_errors_back_to_the_same_variants() {
         client.provision_tenant(&NewTenant::new("x").expect("valid")).await,
         Err(Error::Unsupported { .. })
     ));
-    assert!(matches!(client.purge_expired(&kahn_core::PurgeRequest::at_store_clock()).await, Err(Error::Unsupported { .. })));
+    assert!(matches!(
+        client.purge_expired(&kahn_core::PurgeRequest::at_store_clock()).await,
+        Err(Error::Unsupported { .. })
+    ));
     assert!(
         matches!(client.list_tenants().await, Err(Error::Unsupported { .. })),
         "no JWT: no admin listing"
