@@ -10,7 +10,8 @@
 //! 3. The runs are decided in batch order, so the error reported is that of the first failing
 //!    run of the batch (a conflict reads that one run's content hashes to name the seq).
 //! 4. The new rows of every run go in with one `INSERT … SELECT FROM UNNEST`, and every run
-//!    summary changed is updated by one `UPDATE … FROM UNNEST`.
+//!    summary changed is updated by one `UPDATE … FROM UNNEST`, which also sets `received_at`
+//!    to the database's `now()` (a run created by the append gets it at creation).
 //!
 //! Before, each run cost five round trips; a request of 10,000 one-transition runs held a
 //! pooled connection for 13 s (see docs/RELIABILITY.md, "red team, round two").
@@ -128,8 +129,9 @@ async fn lock_runs(
     let want_graph: Vec<bool> = order.iter().map(|&i| runs[i].meta().graph().is_some()).collect();
 
     query(
-        "INSERT INTO kahn.runs (tenant_id, run_id, head_hash, created_at) \
-         SELECT $1, w.run_id, $3, $4 FROM UNNEST($2::text[]) WITH ORDINALITY AS w(run_id, ord) \
+        "INSERT INTO kahn.runs (tenant_id, run_id, head_hash, created_at, received_at) \
+         SELECT $1, w.run_id, $3, $4, pg_catalog.now() \
+         FROM UNNEST($2::text[]) WITH ORDINALITY AS w(run_id, ord) \
          ORDER BY w.ord \
          ON CONFLICT (tenant_id, run_id) DO NOTHING",
     )
@@ -285,7 +287,10 @@ async fn insert_rows(
     Ok(())
 }
 
-/// Updates, in one statement, the summary of every run that gained rows or metadata.
+/// Updates, in one statement, the summary of every run that gained rows or metadata, and
+/// renews its `received_at` (the database's clock): exactly the runs this append stored
+/// something for. A run the batch only re-pushed is not touched, so its retention is not
+/// extended.
 async fn update_runs(
     conn: &mut PgConnection,
     tenant: TenantId,
@@ -329,7 +334,8 @@ async fn update_runs(
                 graph = COALESCE(u.graph, r.graph), labels = COALESCE(u.labels, r.labels), \
                 next_seq = u.next_seq, head_hash = u.head_hash, \
                 status_json = COALESCE(u.status_json, r.status_json), \
-                first_ts = LEAST(r.first_ts, u.first_ts), last_ts = GREATEST(r.last_ts, u.last_ts) \
+                first_ts = LEAST(r.first_ts, u.first_ts), last_ts = GREATEST(r.last_ts, u.last_ts), \
+                received_at = pg_catalog.now() \
          FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bytea[], \
                      $8::text[], $9::timestamptz[], $10::timestamptz[]) \
               AS u(run_id, source, graph, labels, next_seq, head_hash, status_json, first_ts, last_ts) \

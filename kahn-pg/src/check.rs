@@ -22,8 +22,17 @@ const APP_TABLE_GRANTS: [(&str, &[&str]); 4] = [
 ];
 
 /// The columns of `kahn.runs` the append keeps current: the app role's only UPDATE grants.
-const APP_RUNS_UPDATE_COLUMNS: [&str; 8] =
-    ["source", "graph", "labels", "next_seq", "head_hash", "status_json", "first_ts", "last_ts"];
+const APP_RUNS_UPDATE_COLUMNS: [&str; 9] = [
+    "source",
+    "graph",
+    "labels",
+    "next_seq",
+    "head_hash",
+    "status_json",
+    "first_ts",
+    "last_ts",
+    "received_at",
+];
 
 /// Privileges checked on each tenant table and on each of its columns.
 const TABLE_PRIVILEGES: [&str; 7] =
@@ -31,12 +40,15 @@ const TABLE_PRIVILEGES: [&str; 7] =
 const COLUMN_PRIVILEGES: [&str; 4] = ["SELECT", "INSERT", "UPDATE", "REFERENCES"];
 
 /// The functions of schema `kahn` the app role may execute (as `regprocedure` text); it may
-/// execute no other function of the schema (`kahn.purge_expired_at` above all).
-const APP_FUNCTIONS: [&str; 7] = [
+/// execute no other function of the schema (`kahn.purge_tenant`, which purges as of a time of
+/// the caller's choosing, above all).
+const APP_FUNCTIONS: [&str; 9] = [
     "kahn.current_tenant()",
     "kahn.lookup_api_key(bytea)",
+    "kahn.touch_api_key(bytea)",
     "kahn.lookup_tenant_by_org(text)",
     "kahn.lookup_tenant_by_sub(text)",
+    "kahn.provision_personal_tenant(text)",
     "kahn.get_tenant(uuid)",
     "kahn.admin_list_tenants()",
     "kahn.purge_expired()",

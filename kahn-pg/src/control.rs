@@ -1,23 +1,39 @@
 //! The control plane: tenants, keys, pre-tenant lookups, the admin listing and the purge.
 //!
-//! Lookups, `get_tenant`, the admin listing and the purge go through the SECURITY DEFINER
-//! functions in both modes (one code path, the one the app role is granted). Provisioning and
-//! key management are plain SQL run by the admin role (a superuser, or a member of
-//! `kahn_definer`, whose policies see every tenant).
+//! Lookups, `get_tenant`, the admin listing, personal tenants, key use and the app role's purge
+//! go through the SECURITY DEFINER functions (one code path, the one the app role is granted).
+//! Provisioning, tenant changes and deletion, key management, export and import are plain SQL
+//! run by the admin role (a superuser, or a member of `kahn_definer`, whose policies see every
+//! tenant); the operator's purge calls `kahn.purge_tenant`, one tenant per transaction.
 
 use chrono::{DateTime, Utc};
 use kahn_core::rules::truncate_micros;
 use kahn_core::{
-    ApiKey, ApiKeyId, ApiKeyInfo, Error, IssuedApiKey, NewTenant, OrgId, PurgeReport, Result,
-    Tenant, TenantId, TenantSummary,
+    ApiKey, ApiKeyHash, ApiKeyId, ApiKeyInfo, ApiKeyRecord, Digest, Error, IssuedApiKey,
+    NewApiKey, NewTenant, OrgId, PurgeFailure, PurgeOutcome, PurgeReport, PurgeRequest, Result,
+    RetiredKeys, Tenant, TenantChange, TenantId, TenantRecord, TenantSummary,
 };
 use sqlx_core::query::query;
 use sqlx_core::row::Row;
-use sqlx_postgres::{PgPool, PgRow};
+use sqlx_postgres::{PgConnection, PgPool, PgRow};
 use uuid::Uuid;
 
 use crate::Mode;
-use crate::error::{corrupt, db, unique_violation};
+use crate::error::{BACKEND, corrupt, db, unique_violation};
+
+/// The columns of `kahn.tenants` every tenant query returns, in `tenant_from_row`'s terms.
+macro_rules! tenant_columns {
+    () => {
+        "id, name, owner_sub, airlock_org_id, retention_days, created_at"
+    };
+}
+
+/// The columns of `kahn.api_keys` `key_info_from_row` reads.
+macro_rules! key_columns {
+    () => {
+        "tenant_id, key_id, created_at, expires_at, revoked_at, last_used_at"
+    };
+}
 
 fn tenant_from_row(row: &PgRow) -> Result<Tenant> {
     let org: Option<String> = row.try_get("airlock_org_id").map_err(db)?;
@@ -37,32 +53,39 @@ fn key_info_from_row(row: &PgRow) -> Result<ApiKeyInfo> {
         id: ApiKeyId::from_uuid(row.try_get("key_id").map_err(db)?),
         tenant_id: TenantId::from_uuid(row.try_get("tenant_id").map_err(db)?),
         created_at: row.try_get("created_at").map_err(db)?,
+        expires_at: row.try_get("expires_at").map_err(db)?,
         revoked_at: row.try_get("revoked_at").map_err(db)?,
+        last_used_at: row.try_get("last_used_at").map_err(db)?,
     })
 }
 
-fn tenant_conflict(constraint: &str) -> Option<Error> {
+fn key_hash(bytes: &[u8]) -> Result<ApiKeyHash> {
+    Ok(ApiKeyHash::from_digest(Digest::try_from_slice(bytes).map_err(corrupt)?))
+}
+
+/// The error a unique violation of `constraint` comes to, for a tenant named `name`.
+fn tenant_conflict(constraint: &str, name: &str) -> Option<Error> {
     match constraint {
-        "tenants_owner_sub_key" => Some(Error::invalid("owner_sub", "already owns another tenant")),
-        "tenants_airlock_org_id_key" => {
-            Some(Error::invalid("org_id", "is already linked to another tenant"))
-        }
+        "tenants_name_key" => Some(Error::name_taken(name)),
+        "tenants_owner_sub_key" => Some(Error::owner_sub_taken()),
+        "tenants_airlock_org_id_key" => Some(Error::org_taken()),
         _ => None,
     }
 }
 
+fn retention_param(days: u32) -> Result<i32> {
+    i32::try_from(days).map_err(|_| Error::invalid("retention_days", "must be between 1 and 36500"))
+}
+
 async fn tenant_by_name(pool: &PgPool, name: &str) -> Result<Option<Tenant>> {
-    query(
-        "SELECT id, name, owner_sub, airlock_org_id, retention_days, created_at \
-           FROM kahn.tenants WHERE name = $1",
-    )
-    .bind(name)
-    .fetch_optional(pool)
-    .await
-    .map_err(db)?
-    .as_ref()
-    .map(tenant_from_row)
-    .transpose()
+    query(concat!("SELECT ", tenant_columns!(), " FROM kahn.tenants WHERE name = $1"))
+        .bind(name)
+        .fetch_optional(pool)
+        .await
+        .map_err(db)?
+        .as_ref()
+        .map(tenant_from_row)
+        .transpose()
 }
 
 pub(crate) async fn provision_tenant(pool: &PgPool, req: &NewTenant) -> Result<Tenant> {
@@ -70,19 +93,18 @@ pub(crate) async fn provision_tenant(pool: &PgPool, req: &NewTenant) -> Result<T
         req.check_matches(&existing)?;
         return Ok(existing);
     }
-    let inserted = query(
+    let inserted = query(concat!(
         "INSERT INTO kahn.tenants (id, name, owner_sub, airlock_org_id, retention_days, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6) \
          ON CONFLICT ON CONSTRAINT tenants_name_key DO NOTHING \
-         RETURNING id, name, owner_sub, airlock_org_id, retention_days, created_at",
-    )
+         RETURNING ",
+        tenant_columns!()
+    ))
     .bind(Uuid::new_v4())
     .bind(req.name())
     .bind(req.owner_sub())
     .bind(req.org_id().map(OrgId::as_str))
-    .bind(i32::try_from(req.retention_days()).map_err(|_| {
-        Error::invalid("retention_days", "must be between 1 and 36500")
-    })?)
+    .bind(retention_param(req.retention_days())?)
     .bind(truncate_micros(Utc::now()))
     .fetch_optional(pool)
     .await;
@@ -92,59 +114,153 @@ pub(crate) async fn provision_tenant(pool: &PgPool, req: &NewTenant) -> Result<T
         Ok(None) => {
             let existing = tenant_by_name(pool, req.name())
                 .await?
-                .ok_or_else(|| Error::backend(crate::error::BACKEND, "tenant vanished"))?;
+                .ok_or_else(|| Error::backend(BACKEND, "tenant vanished"))?;
             req.check_matches(&existing)?;
             Ok(existing)
         }
-        Err(e) => Err(unique_violation(&e).and_then(tenant_conflict).unwrap_or_else(|| db(e))),
+        Err(e) => Err(unique_violation(&e)
+            .and_then(|c| tenant_conflict(c, req.name()))
+            .unwrap_or_else(|| db(e))),
     }
 }
 
 pub(crate) async fn get_tenant(pool: &PgPool, tenant: TenantId) -> Result<Tenant> {
-    let row = query(
-        "SELECT id, name, owner_sub, airlock_org_id, retention_days, created_at \
-         FROM kahn.get_tenant($1)",
-    )
-    .bind(tenant.as_uuid())
-    .fetch_optional(pool)
-    .await
-    .map_err(db)?;
+    let row = query(concat!("SELECT ", tenant_columns!(), " FROM kahn.get_tenant($1)"))
+        .bind(tenant.as_uuid())
+        .fetch_optional(pool)
+        .await
+        .map_err(db)?;
     match row {
         Some(row) => tenant_from_row(&row),
         None => Err(Error::not_found("tenant", tenant)),
     }
 }
 
-pub(crate) async fn link_org(pool: &PgPool, tenant: TenantId, org: &OrgId) -> Result<Tenant> {
-    let row = query(
-        "UPDATE kahn.tenants SET airlock_org_id = $2 WHERE id = $1 \
-         RETURNING id, name, owner_sub, airlock_org_id, retention_days, created_at",
-    )
-    .bind(tenant.as_uuid())
-    .bind(org.as_str())
-    .fetch_optional(pool)
-    .await;
-    match row {
+pub(crate) async fn update_tenant(
+    pool: &PgPool,
+    tenant: TenantId,
+    change: &TenantChange,
+) -> Result<Tenant> {
+    let id = *tenant.as_uuid();
+    let (q, name) = match change {
+        TenantChange::Rename(name) => (
+            query(concat!(
+                "UPDATE kahn.tenants SET name = $2 WHERE id = $1 RETURNING ",
+                tenant_columns!()
+            ))
+            .bind(id)
+            .bind(name.as_str()),
+            name.as_str(),
+        ),
+        TenantChange::Retention(days) => (
+            query(concat!(
+                "UPDATE kahn.tenants SET retention_days = $2 WHERE id = $1 RETURNING ",
+                tenant_columns!()
+            ))
+            .bind(id)
+            .bind(retention_param(days.get())?),
+            "",
+        ),
+        TenantChange::LinkOrg(org) => (
+            query(concat!(
+                "UPDATE kahn.tenants SET airlock_org_id = $2 WHERE id = $1 RETURNING ",
+                tenant_columns!()
+            ))
+            .bind(id)
+            .bind(org.as_str()),
+            "",
+        ),
+        TenantChange::UnlinkOrg => (
+            query(concat!(
+                "UPDATE kahn.tenants SET airlock_org_id = NULL WHERE id = $1 RETURNING ",
+                tenant_columns!()
+            ))
+            .bind(id),
+            "",
+        ),
+        _ => {
+            return Err(Error::Unsupported {
+                backend: BACKEND,
+                operation: "a tenant change this version of kahn-pg does not know",
+            });
+        }
+    };
+    match q.fetch_optional(pool).await {
         Ok(Some(row)) => tenant_from_row(&row),
         Ok(None) => Err(Error::not_found("tenant", tenant)),
-        Err(e) => Err(unique_violation(&e).and_then(tenant_conflict).unwrap_or_else(|| db(e))),
+        Err(e) => {
+            Err(unique_violation(&e).and_then(|c| tenant_conflict(c, name)).unwrap_or_else(|| db(e)))
+        }
     }
 }
 
-async fn insert_key<'c>(
-    conn: impl sqlx_postgres::PgExecutor<'c>,
+/// Removes a tenant and everything it holds, in one transaction. The tenant row is locked
+/// first, so no append can create a run of it meanwhile (the run's foreign key check waits,
+/// then fails); its runs are deleted next, waiting for appends in flight on them; its
+/// transitions last, as a new statement that sees every row those appends committed.
+pub(crate) async fn delete_tenant(pool: &PgPool, tenant: TenantId) -> Result<PurgeReport> {
+    let id = *tenant.as_uuid();
+    let mut tx = pool.begin().await.map_err(db)?;
+    let found = query("SELECT id FROM kahn.tenants WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+    if found.is_none() {
+        return Err(Error::not_found("tenant", tenant));
+    }
+    let runs = query("DELETE FROM kahn.runs WHERE tenant_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+    let transitions = query("DELETE FROM kahn.transitions WHERE tenant_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+    query("DELETE FROM kahn.api_keys WHERE tenant_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    query("DELETE FROM kahn.tenants WHERE id = $1").bind(id).execute(&mut *tx).await.map_err(db)?;
+    tx.commit().await.map_err(db)?;
+    Ok(PurgeReport { tenant_id: tenant, runs_removed: runs, transitions_removed: transitions })
+}
+
+/// The personal tenant of `sub`, through `kahn.provision_personal_tenant` (the only way the
+/// app role may create a tenant).
+pub(crate) async fn provision_personal_tenant(pool: &PgPool, sub: &str) -> Result<TenantId> {
+    let req = NewTenant::personal(sub)?;
+    let id: Option<Uuid> = query("SELECT kahn.provision_personal_tenant($1) AS id")
+        .bind(sub)
+        .fetch_one(pool)
+        .await
+        .map_err(db)?
+        .try_get("id")
+        .map_err(db)?;
+    id.map(TenantId::from_uuid).ok_or_else(|| Error::name_taken(req.name()))
+}
+
+async fn insert_key(
+    conn: &mut PgConnection,
     tenant: TenantId,
+    expires_at: Option<DateTime<Utc>>,
 ) -> Result<IssuedApiKey> {
     let secret = ApiKey::generate()?;
     let id = ApiKeyId::new_random();
     let res = query(
-        "INSERT INTO kahn.api_keys (tenant_id, key_id, key_hash, created_at) \
-         VALUES ($1, $2, $3, $4)",
+        "INSERT INTO kahn.api_keys (tenant_id, key_id, key_hash, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(tenant.as_uuid())
     .bind(id.as_uuid())
     .bind(secret.hash().as_bytes().as_slice())
     .bind(truncate_micros(Utc::now()))
+    .bind(expires_at)
     .execute(conn)
     .await;
     match res {
@@ -156,42 +272,65 @@ async fn insert_key<'c>(
     }
 }
 
-pub(crate) async fn issue_api_key(pool: &PgPool, tenant: TenantId) -> Result<IssuedApiKey> {
-    insert_key(pool, tenant).await
-}
-
-pub(crate) async fn rotate_api_key(
+/// Issues a key as `req` says, retiring the keys it names, in one transaction: when a named
+/// key is not active, nothing is issued. Keys are active at the database's clock, the one
+/// `kahn.lookup_api_key` resolves them by.
+pub(crate) async fn create_api_key(
     pool: &PgPool,
     tenant: TenantId,
-    old: ApiKeyId,
+    req: &NewApiKey,
 ) -> Result<IssuedApiKey> {
     let mut tx = pool.begin().await.map_err(db)?;
-    let revoked = query(
-        "UPDATE kahn.api_keys SET revoked_at = $3 \
-         WHERE tenant_id = $1 AND key_id = $2 AND revoked_at IS NULL",
-    )
-    .bind(tenant.as_uuid())
-    .bind(old.as_uuid())
-    .bind(truncate_micros(Utc::now()))
-    .execute(&mut *tx)
-    .await
-    .map_err(db)?;
-    if revoked.rows_affected() == 0 {
-        return Err(Error::not_found("api_key", old));
+    // Locked (shared) so the tenant cannot be deleted between the retirement and the insert.
+    let found = query("SELECT id FROM kahn.tenants WHERE id = $1 FOR SHARE")
+        .bind(tenant.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+    if found.is_none() {
+        return Err(Error::not_found("tenant", tenant));
     }
-    let issued = insert_key(&mut *tx, tenant).await?;
+    if let Some((which, at)) = req.retirement() {
+        let one = match which {
+            RetiredKeys::One(id) => Some(id),
+            RetiredKeys::AllActive => None,
+        };
+        // $3 NULL: revoked now; else they expire at $3, or earlier if they already expire
+        // sooner (LEAST skips NULLs). Active: at the database's clock, as lookups see it.
+        let sql = "UPDATE kahn.api_keys \
+                   SET revoked_at = CASE WHEN $3::timestamptz IS NULL \
+                                         THEN pg_catalog.now() ELSE revoked_at END, \
+                       expires_at = CASE WHEN $3::timestamptz IS NULL \
+                                         THEN expires_at ELSE LEAST(expires_at, $3) END \
+                   WHERE tenant_id = $1 AND ($2::uuid IS NULL OR key_id = $2) \
+                     AND revoked_at IS NULL \
+                     AND (expires_at IS NULL OR expires_at > pg_catalog.now())";
+        let retired = query(sql)
+            .bind(tenant.as_uuid())
+            .bind(one.map(|id| *id.as_uuid()))
+            .bind(at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        if let Some(id) = one
+            && retired == 0
+        {
+            return Err(Error::not_found("api_key", id));
+        }
+    }
+    let issued = insert_key(&mut tx, tenant, req.expiry()).await?;
     tx.commit().await.map_err(db)?;
     Ok(issued)
 }
 
 pub(crate) async fn revoke_api_key(pool: &PgPool, tenant: TenantId, key: ApiKeyId) -> Result<()> {
     let res = query(
-        "UPDATE kahn.api_keys SET revoked_at = COALESCE(revoked_at, $3) \
+        "UPDATE kahn.api_keys SET revoked_at = COALESCE(revoked_at, pg_catalog.now()) \
          WHERE tenant_id = $1 AND key_id = $2",
     )
     .bind(tenant.as_uuid())
     .bind(key.as_uuid())
-    .bind(truncate_micros(Utc::now()))
     .execute(pool)
     .await
     .map_err(db)?;
@@ -203,10 +342,11 @@ pub(crate) async fn revoke_api_key(pool: &PgPool, tenant: TenantId, key: ApiKeyI
 
 pub(crate) async fn list_api_keys(pool: &PgPool, tenant: TenantId) -> Result<Vec<ApiKeyInfo>> {
     get_tenant(pool, tenant).await?;
-    query(
-        "SELECT tenant_id, key_id, created_at, revoked_at FROM kahn.api_keys \
-         WHERE tenant_id = $1 ORDER BY created_at, key_id",
-    )
+    query(concat!(
+        "SELECT ",
+        key_columns!(),
+        " FROM kahn.api_keys WHERE tenant_id = $1 ORDER BY created_at, key_id"
+    ))
     .bind(tenant.as_uuid())
     .fetch_all(pool)
     .await
@@ -216,11 +356,197 @@ pub(crate) async fn list_api_keys(pool: &PgPool, tenant: TenantId) -> Result<Vec
     .collect()
 }
 
-pub(crate) async fn list_tenants(pool: &PgPool) -> Result<Vec<TenantSummary>> {
-    let rows = query(
-        "SELECT id, name, owner_sub, airlock_org_id, retention_days, created_at, run_count \
-         FROM kahn.admin_list_tenants()",
+/// A tenant and its keys, read in one snapshot.
+pub(crate) async fn export_tenant(pool: &PgPool, tenant: TenantId) -> Result<TenantRecord> {
+    let mut tx = pool
+        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(db)?;
+    let row = query(concat!("SELECT ", tenant_columns!(), " FROM kahn.tenants WHERE id = $1"))
+        .bind(tenant.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?
+        .ok_or_else(|| Error::not_found("tenant", tenant))?;
+    let t = tenant_from_row(&row)?;
+    let keys = query(concat!(
+        "SELECT ",
+        key_columns!(),
+        ", key_hash FROM kahn.api_keys WHERE tenant_id = $1 ORDER BY created_at, key_id"
+    ))
+    .bind(tenant.as_uuid())
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db)?
+    .iter()
+    .map(|row| {
+        let hash: Vec<u8> = row.try_get("key_hash").map_err(db)?;
+        Ok(ApiKeyRecord { info: key_info_from_row(row)?, hash: key_hash(&hash)? })
+    })
+    .collect::<Result<Vec<_>>>()?;
+    tx.commit().await.map_err(db)?;
+    Ok(TenantRecord { tenant: t, keys })
+}
+
+/// Checks an imported tenant's settings as provisioning would: a valid name, owner and
+/// retention.
+fn check_imported(t: &Tenant) -> Result<()> {
+    let req = NewTenant::new(t.name.clone())?.with_retention_days(t.retention_days)?;
+    if let Some(sub) = &t.owner_sub {
+        req.with_owner_sub(sub)?;
+    }
+    Ok(())
+}
+
+/// Stores a tenant exported elsewhere, with its id, settings and keys, in one transaction;
+/// importing the same record again changes nothing but revocations. Refusals are those of the
+/// in-memory reference: `tenant` when the id exists with other settings, `name`, `owner_sub`
+/// or `org_id` (in that order) when another tenant holds it, `keys` when a key here is another
+/// key of the record's.
+pub(crate) async fn import_tenant(pool: &PgPool, record: &TenantRecord) -> Result<Tenant> {
+    record.check_keys()?;
+    let t = Tenant { created_at: truncate_micros(record.tenant.created_at), ..record.tenant.clone() };
+    check_imported(&t)?;
+    let id = *t.id.as_uuid();
+    let org = t.airlock_org_id.as_ref().map(OrgId::as_str);
+    let mut tx = pool.begin().await.map_err(db)?;
+    let existing =
+        query(concat!("SELECT ", tenant_columns!(), " FROM kahn.tenants WHERE id = $1 FOR UPDATE"))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+    match existing.as_ref().map(tenant_from_row).transpose()? {
+        Some(existing) if existing != t => return Err(Error::import_differs(t.id)),
+        Some(_) => {}
+        None => {
+            let clash = query(
+                "SELECT COALESCE(bool_or(name = $2), false) AS name, \
+                        COALESCE(bool_or(owner_sub = $3), false) AS owner_sub, \
+                        COALESCE(bool_or(airlock_org_id = $4), false) AS org_id \
+                 FROM kahn.tenants WHERE id <> $1",
+            )
+            .bind(id)
+            .bind(t.name.as_str())
+            .bind(t.owner_sub.as_deref())
+            .bind(org)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?;
+            if clash.try_get::<bool, _>("name").map_err(db)? {
+                return Err(Error::name_taken(&t.name));
+            }
+            if clash.try_get::<bool, _>("owner_sub").map_err(db)? {
+                return Err(Error::owner_sub_taken());
+            }
+            if clash.try_get::<bool, _>("org_id").map_err(db)? {
+                return Err(Error::org_taken());
+            }
+            let inserted = query(
+                "INSERT INTO kahn.tenants \
+                     (id, name, owner_sub, airlock_org_id, retention_days, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(id)
+            .bind(t.name.as_str())
+            .bind(t.owner_sub.as_deref())
+            .bind(org)
+            .bind(retention_param(t.retention_days)?)
+            .bind(t.created_at)
+            .execute(&mut *tx)
+            .await;
+            if let Err(e) = inserted {
+                return Err(unique_violation(&e)
+                    .and_then(|c| tenant_conflict(c, &t.name))
+                    .unwrap_or_else(|| db(e)));
+            }
+        }
+    }
+    import_keys(&mut tx, t.id, &record.keys).await?;
+    tx.commit().await.map_err(db)?;
+    Ok(t)
+}
+
+/// Inserts the record's keys that are not stored yet and propagates revocations to those that
+/// are; refuses a key whose hash or id is another key here.
+async fn import_keys(conn: &mut PgConnection, tenant: TenantId, keys: &[ApiKeyRecord]) -> Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = keys.iter().map(|k| *k.info.id.as_uuid()).collect();
+    let hashes: Vec<&[u8]> = keys.iter().map(|k| k.hash.as_bytes().as_slice()).collect();
+    let stored = query(
+        "SELECT tenant_id, key_id, key_hash FROM kahn.api_keys \
+         WHERE key_hash = ANY($2::bytea[]) OR (tenant_id = $1 AND key_id = ANY($3::uuid[]))",
     )
+    .bind(tenant.as_uuid())
+    .bind(&hashes)
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db)?;
+    for row in &stored {
+        let owner = TenantId::from_uuid(row.try_get("tenant_id").map_err(db)?);
+        let id = ApiKeyId::from_uuid(row.try_get("key_id").map_err(db)?);
+        let hash = key_hash(&row.try_get::<Vec<u8>, _>("key_hash").map_err(db)?)?;
+        let same = keys.iter().any(|k| k.hash == hash && k.info.id == id && owner == tenant);
+        if !same {
+            return Err(Error::invalid(
+                "keys",
+                "a key with this hash or id is another key here; nothing was imported",
+            ));
+        }
+    }
+    let created: Vec<DateTime<Utc>> =
+        keys.iter().map(|k| truncate_micros(k.info.created_at)).collect();
+    let expires: Vec<Option<DateTime<Utc>>> = keys.iter().map(|k| k.info.expires_at).collect();
+    let revoked: Vec<Option<DateTime<Utc>>> = keys.iter().map(|k| k.info.revoked_at).collect();
+    let used: Vec<Option<DateTime<Utc>>> = keys.iter().map(|k| k.info.last_used_at).collect();
+    query(
+        "INSERT INTO kahn.api_keys \
+             (tenant_id, key_id, key_hash, created_at, expires_at, revoked_at, last_used_at) \
+         SELECT $1, k.key_id, k.key_hash, k.created_at, k.expires_at, k.revoked_at, k.last_used_at \
+         FROM UNNEST($2::uuid[], $3::bytea[], $4::timestamptz[], $5::timestamptz[], \
+                     $6::timestamptz[], $7::timestamptz[]) \
+              AS k(key_id, key_hash, created_at, expires_at, revoked_at, last_used_at) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(tenant.as_uuid())
+    .bind(&ids)
+    .bind(&hashes)
+    .bind(&created)
+    .bind(&expires)
+    .bind(&revoked)
+    .bind(&used)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    query(
+        "UPDATE kahn.api_keys AS k SET revoked_at = u.revoked_at \
+         FROM UNNEST($2::uuid[], $3::timestamptz[]) AS u(key_id, revoked_at) \
+         WHERE k.tenant_id = $1 AND k.key_id = u.key_id \
+           AND k.revoked_at IS NULL AND u.revoked_at IS NOT NULL",
+    )
+    .bind(tenant.as_uuid())
+    .bind(&ids)
+    .bind(&revoked)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+/// Checks that `tenant` exists (the admin's operator scope).
+pub(crate) async fn tenant_exists(pool: &PgPool, tenant: TenantId) -> Result<()> {
+    get_tenant(pool, tenant).await.map(|_| ())
+}
+
+pub(crate) async fn list_tenants(pool: &PgPool) -> Result<Vec<TenantSummary>> {
+    let rows = query(concat!(
+        "SELECT ",
+        tenant_columns!(),
+        ", run_count FROM kahn.admin_list_tenants()"
+    ))
     .fetch_all(pool)
     .await
     .map_err(db)?;
@@ -258,50 +584,126 @@ pub(crate) async fn lookup(pool: &PgPool, what: Lookup<'_>) -> Result<Option<Ten
     Ok(tenant.map(TenantId::from_uuid))
 }
 
-/// The retention purge. The admin DSN purges at `now` (`kahn.purge_expired_at`, which only
-/// owners and members of `kahn_definer` may call); the app DSN purges at the database's own
-/// clock (`kahn.purge_expired()`), whatever `now` says: the app role can never delete more than
-/// retention allows at the database's time.
+/// Records a use of the key whose hash is `hash` (`kahn.touch_api_key`: at most one write a
+/// minute per key, whatever the number of servers).
+pub(crate) async fn touch_api_key(pool: &PgPool, hash: &ApiKeyHash) -> Result<()> {
+    query("SELECT kahn.touch_api_key($1)")
+        .bind(hash.as_bytes().as_slice())
+        .execute(pool)
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
+/// What the app DSN answers a purge it may not run.
+pub(crate) const APP_PURGE_UNSUPPORTED: Error = Error::Unsupported {
+    backend: "postgres (app DSN)",
+    operation: "a purge with an instant, a tenant or a dry run (the app role purges only at \
+                the database's clock); run `kahn purge` with the admin DSN",
+};
+
+/// The retention purge. The app DSN runs only a purge at the database's own clock, of every
+/// tenant (`kahn.purge_expired()`: the app role can never delete more than retention allows
+/// now); the admin DSN runs any purge, one tenant per transaction (`kahn.purge_tenant`), so one
+/// tenant's failure neither undoes nor hides the others'.
 pub(crate) async fn purge_expired(
     pool: &PgPool,
     mode: Mode,
-    now: DateTime<Utc>,
-) -> Result<Vec<PurgeReport>> {
-    let rows = match mode {
-        Mode::App => {
-            query("SELECT tenant_id, runs_removed, transitions_removed FROM kahn.purge_expired()")
-                .fetch_all(pool)
-                .await
-                .map_err(db)?
+    req: &PurgeRequest,
+) -> Result<PurgeOutcome> {
+    match mode {
+        Mode::App if *req != PurgeRequest::at_store_clock() => Err(APP_PURGE_UNSUPPORTED),
+        Mode::App => purge_all_at_database_clock(pool).await,
+        Mode::Admin => purge_as_operator(pool, req).await,
+    }
+}
+
+fn report_from(tenant: TenantId, row: &PgRow) -> Result<PurgeReport> {
+    let runs: i64 = row.try_get("runs_removed").map_err(db)?;
+    let transitions: i64 = row.try_get("transitions_removed").map_err(db)?;
+    Ok(PurgeReport {
+        tenant_id: tenant,
+        runs_removed: u64::try_from(runs).map_err(corrupt)?,
+        transitions_removed: u64::try_from(transitions).map_err(corrupt)?,
+    })
+}
+
+/// A tenant's purge that failed inside `kahn.purge_expired()`: its SQLSTATE and message.
+#[derive(Debug, thiserror::Error)]
+#[error("purging tenant {tenant} failed: {message}")]
+struct TenantPurgeFailed {
+    tenant: TenantId,
+    message: String,
+}
+
+async fn purge_all_at_database_clock(pool: &PgPool) -> Result<PurgeOutcome> {
+    let rows = query(
+        "SELECT tenant_id, runs_removed, transitions_removed, failure FROM kahn.purge_expired()",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    let mut outcome = PurgeOutcome::default();
+    for row in &rows {
+        let tenant = TenantId::from_uuid(row.try_get("tenant_id").map_err(db)?);
+        match row.try_get::<Option<String>, _>("failure").map_err(db)? {
+            Some(message) => outcome.failures.push(PurgeFailure {
+                tenant_id: tenant,
+                error: Error::backend(BACKEND, TenantPurgeFailed { tenant, message }),
+            }),
+            None => outcome.reports.push(report_from(tenant, row)?),
         }
-        Mode::Admin => {
-            // Postgres timestamps start in 4714 BC: nothing stored is older than a `now` before
-            // that.
-            let earliest = chrono::NaiveDate::from_ymd_opt(-4712, 1, 1)
-                .and_then(|d| d.and_hms_opt(0, 0, 0))
-                .map(|d| d.and_utc());
-            if earliest.is_some_and(|e| now < e) {
-                return Ok(Vec::new());
-            }
-            query(
-                "SELECT tenant_id, runs_removed, transitions_removed \
-                 FROM kahn.purge_expired_at($1)",
-            )
-            .bind(now)
-            .fetch_all(pool)
-            .await
-            .map_err(db)?
+    }
+    Ok(outcome)
+}
+
+/// The earliest instant a purge can count at: Postgres timestamps start in 4714 BC, and a
+/// cutoff (the instant less up to 36,500 days) must stay representable. Nothing stored was
+/// received before it, so a purge as of an earlier instant removes nothing.
+fn earliest_purge_instant() -> Option<DateTime<Utc>> {
+    chrono::NaiveDate::from_ymd_opt(-4000, 1, 1).and_then(|d| d.and_hms_opt(0, 0, 0)).map(|d| d.and_utc())
+}
+
+async fn purge_as_operator(pool: &PgPool, req: &PurgeRequest) -> Result<PurgeOutcome> {
+    let at = req.instant();
+    if let Some(at) = at
+        && earliest_purge_instant().is_some_and(|e| at < e)
+    {
+        return Ok(PurgeOutcome::default());
+    }
+    // Only the tenants with something to purge (the index on (tenant_id, received_at) answers).
+    let tenants = query(
+        "SELECT t.id FROM kahn.tenants AS t \
+         WHERE ($1::uuid IS NULL OR t.id = $1) \
+           AND EXISTS (SELECT FROM kahn.runs AS r \
+                       WHERE r.tenant_id = t.id \
+                         AND r.received_at < COALESCE($2, pg_catalog.now()) \
+                             - pg_catalog.make_interval(hours => 24 * t.retention_days)) \
+         ORDER BY t.id",
+    )
+    .bind(req.tenant().map(|t| *t.as_uuid()))
+    .bind(at)
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    let mut outcome = PurgeOutcome::default();
+    for row in &tenants {
+        let tenant = TenantId::from_uuid(row.try_get("id").map_err(db)?);
+        let purged = query(
+            "SELECT runs_removed, transitions_removed FROM kahn.purge_tenant($1, $2, $3)",
+        )
+        .bind(tenant.as_uuid())
+        .bind(at)
+        .bind(req.is_dry_run())
+        .fetch_one(pool)
+        .await
+        .map_err(db)
+        .and_then(|row| report_from(tenant, &row));
+        match purged {
+            Ok(report) if report.runs_removed > 0 => outcome.reports.push(report),
+            Ok(_) => {}
+            Err(error) => outcome.failures.push(PurgeFailure { tenant_id: tenant, error }),
         }
-    };
-    rows.iter()
-        .map(|row| {
-            let runs: i64 = row.try_get("runs_removed").map_err(db)?;
-            let transitions: i64 = row.try_get("transitions_removed").map_err(db)?;
-            Ok(PurgeReport {
-                tenant_id: TenantId::from_uuid(row.try_get("tenant_id").map_err(db)?),
-                runs_removed: u64::try_from(runs).map_err(corrupt)?,
-                transitions_removed: u64::try_from(transitions).map_err(corrupt)?,
-            })
-        })
-        .collect()
+    }
+    Ok(outcome)
 }

@@ -27,15 +27,21 @@
 //!
 //! | method | admin DSN | app DSN |
 //! | --- | --- | --- |
-//! | `append`, `list_runs`, `get_run`, `read_transitions` | yes | yes |
-//! | `authenticate_api_key`, `lookup_tenant_by_org`, `lookup_tenant_by_sub`, `get_tenant`, `list_tenants` | yes | yes, through SECURITY DEFINER functions |
-//! | `purge_expired(now)` | yes, as of `now` | yes, as of the **database's** clock (`now` is not trusted) |
-//! | `provision_tenant`, `link_org`, `issue_api_key`, `rotate_api_key`, `revoke_api_key`, `list_api_keys` | yes | [`Error::Unsupported`] |
+//! | `append` with a key's scope, `list_runs`, `get_run`, `read_transitions` | yes | yes |
+//! | `append` with an operator's scope (`operator_write_scope`, `authorize_operator`) | yes | [`Error::Unsupported`] |
+//! | `authenticate_api_key` (records the key's last use off the request path), `lookup_tenant_by_org`, `lookup_tenant_by_sub`, `get_tenant`, `list_tenants` | yes | yes, through SECURITY DEFINER functions |
+//! | `provision_personal_tenant` | yes | yes, through `kahn.provision_personal_tenant` |
+//! | `purge_expired` | any request: an instant, one tenant, a dry run | only [`PurgeRequest::at_store_clock`] (the **database's** clock, every tenant); anything else is [`Error::Unsupported`] |
+//! | `provision_tenant`, `update_tenant`, `delete_tenant`, `create_api_key`, `revoke_api_key`, `list_api_keys`, `export_tenant`, `import_tenant` | yes | [`Error::Unsupported`], naming the admin DSN |
 //! | `ping` | yes | yes |
+//!
+//! Retention counts from each run's `received_at`: the database's `now()` at the last append
+//! that stored something for it (migration 0004 gave runs stored before it the migration's
+//! time). Keys resolve only while neither revoked nor expired at the database's clock.
 //!
 //! ```no_run
 //! # async fn demo() -> kahn_core::Result<()> {
-//! use kahn_core::{NewTenant, StorageBackend};
+//! use kahn_core::{NewTenant, StorageBackend, StorageBackendExt};
 //! use kahn_pg::PgBackend;
 //!
 //! // Once, as the operator: migrate and provision.
@@ -58,11 +64,11 @@ mod read;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use kahn_core::{
-    ApiKey, ApiKeyId, ApiKeyInfo, AppendBatch, AppendReport, Error, IssuedApiKey, NewTenant, OrgId,
-    PurgeReport, ReadScope, Result, RunId, RunPage, RunQuery, RunSummary, Seq, StorageBackend,
-    StoredTransition, Tenant, TenantId, TenantSummary, WriteScope,
+    ApiKey, ApiKeyId, ApiKeyInfo, AppendBatch, AppendReport, Error, IssuedApiKey, KeyUseThrottle,
+    NewApiKey, NewTenant, OrgId, PurgeOutcome, PurgeReport, PurgeRequest, ReadScope, Result, RunId,
+    RunPage, RunQuery, RunSummary, Seq, StorageBackend, StoredTransition, Tenant, TenantChange,
+    TenantId, TenantRecord, TenantSummary, WriteScope,
 };
 use sqlx_core::query::query;
 use sqlx_core::row::Row;
@@ -91,8 +97,9 @@ pub const DEFINER_ROLE: &str = "kahn_definer";
 pub enum Mode {
     /// The admin DSN: migrations, provisioning, keys, and everything else.
     Admin,
-    /// The app DSN (the server's): tenant data under RLS, pre-tenant lookups through SECURITY
-    /// DEFINER functions; provisioning and key management are [`Error::Unsupported`].
+    /// The app DSN (the server's): tenant data under RLS, pre-tenant lookups, personal tenants
+    /// and the purge at the database's clock through SECURITY DEFINER functions; the rest of
+    /// the control plane is [`Error::Unsupported`].
     App,
 }
 
@@ -108,6 +115,8 @@ pub struct PgBackend {
     mode: Mode,
     writes: Arc<Semaphore>,
     write_slots: usize,
+    /// Which keys' use is due to be recorded (shared by the clones of this backend).
+    key_uses: Arc<KeyUseThrottle>,
 }
 
 /// The connections of a pool of `max` that appends may hold at once: all but a quarter of
@@ -165,7 +174,13 @@ impl PgBackend {
 
     fn new(pool: PgPool, mode: Mode) -> Self {
         let write_slots = default_write_slots(pool.options().get_max_connections());
-        Self { pool, mode, writes: Arc::new(Semaphore::new(write_slots)), write_slots }
+        Self {
+            pool,
+            mode,
+            writes: Arc::new(Semaphore::new(write_slots)),
+            write_slots,
+            key_uses: Arc::new(KeyUseThrottle::new()),
+        }
     }
 
     /// Sets how many appends may hold a connection at once (at least 1). Keep it below the
@@ -188,7 +203,7 @@ impl PgBackend {
     /// # Errors
     /// [`Error::Unsupported`] in app mode; [`Error::Backend`] when a migration fails.
     pub async fn migrate(&self) -> Result<()> {
-        self.require_admin("migrate")?;
+        self.require_admin("migrate (run the migrations with the admin DSN: `kahn migrate`)")?;
         migrator().run(&self.pool).await.map_err(|e| db(e.into()))
     }
 
@@ -227,6 +242,7 @@ impl PgBackend {
         self.write_tx(scope).await
     }
 
+    /// Refuses `operation` (which names the admin DSN as the way to do it) in app mode.
     fn require_admin(&self, operation: &'static str) -> Result<()> {
         match self.mode {
             Mode::Admin => Ok(()),
@@ -234,17 +250,39 @@ impl PgBackend {
         }
     }
 
-    /// Begins a read-write transaction for the scope's tenant, after checking, in the same
-    /// statement that sets the tenant, that the scope's API key is still active: revocation
-    /// cuts off scopes already resolved.
+    /// Begins a read-write transaction for the scope's tenant. For a scope resolved from a key,
+    /// it checks, in the same statement that sets the tenant, that the key is still active
+    /// (neither revoked nor expired): revocation and expiry cut off scopes already resolved.
+    /// An operator's scope (no key) writes only with the admin DSN, to an existing tenant.
     async fn write_tx(&self, scope: &WriteScope) -> Result<PgTransaction<'static>> {
+        let Some(key) = scope.api_key() else {
+            self.require_admin(
+                "appending with an operator's scope (only the admin DSN may write any tenant)",
+            )?;
+            let mut tx = self.pool.begin().await.map_err(db)?;
+            let exists: bool = query(
+                "SELECT pg_catalog.set_config('kahn.tenant', $1, true) AS tenant, \
+                        EXISTS (SELECT FROM kahn.tenants WHERE id = $2) AS exists",
+            )
+            .bind(scope.tenant().to_string())
+            .bind(scope.tenant().as_uuid())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?
+            .try_get("exists")
+            .map_err(db)?;
+            if !exists {
+                return Err(Error::not_found("tenant", scope.tenant()));
+            }
+            return Ok(tx);
+        };
         let mut tx = self.pool.begin().await.map_err(db)?;
         let owner: Option<uuid::Uuid> = query(
             "SELECT pg_catalog.set_config('kahn.tenant', $1, true) AS tenant, \
                     kahn.lookup_api_key($2) AS owner",
         )
         .bind(scope.tenant().to_string())
-        .bind(scope.api_key().hash().as_bytes().as_slice())
+        .bind(key.hash().as_bytes().as_slice())
         .fetch_one(&mut *tx)
         .await
         .map_err(db)?
@@ -252,10 +290,29 @@ impl PgBackend {
         .map_err(db)?;
         if owner != Some(*scope.tenant().as_uuid()) {
             return Err(Error::Unauthorized(
-                "the API key of this scope is unknown or revoked".into(),
+                "the API key of this scope is unknown, revoked or expired".into(),
             ));
         }
         Ok(tx)
+    }
+
+    /// Records a use of `key` when the throttle says it is due: on a task of its own, so
+    /// authenticating stays a read and never waits for (or fails because of) the write.
+    fn record_key_use(&self, key: &ApiKey) {
+        let hash = key.hash();
+        if !self.key_uses.due(&hash) {
+            return;
+        }
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            match control::touch_api_key(&pool, &hash).await {
+                Ok(()) => {}
+                Err(e) if pool.is_closed() => {
+                    tracing::debug!(error = %e, "not recording an API key's last use: pool closed");
+                }
+                Err(e) => tracing::warn!(error = %e, "could not record an API key's last use"),
+            }
+        });
     }
 
     /// Begins a transaction for `tenant`: `READ ONLY` when `read_only`, and always first
@@ -276,10 +333,33 @@ impl PgBackend {
     }
 }
 
+/// What the app DSN answers the control-plane operations that are the operator's.
+mod admin_only {
+    pub(crate) const UPDATE_TENANT: &str =
+        "update_tenant (change tenants with the admin DSN: `kahn tenant set-retention`, `rename`, \
+         `unlink-org`)";
+    pub(crate) const DELETE_TENANT: &str =
+        "delete_tenant (delete tenants with the admin DSN: `kahn tenant delete`)";
+    pub(crate) const PROVISION_TENANT: &str =
+        "provision_tenant (provision with the admin DSN: `kahn tenant provision`)";
+    pub(crate) const CREATE_API_KEY: &str =
+        "create_api_key (issue keys with the admin DSN: `kahn tenant issue-key`)";
+    pub(crate) const REVOKE_API_KEY: &str = "revoke_api_key (revoke keys with the admin DSN)";
+    pub(crate) const LIST_API_KEYS: &str =
+        "list_api_keys (list keys with the admin DSN: `kahn tenant keys`)";
+    pub(crate) const EXPORT_TENANT: &str =
+        "export_tenant (the app role may not read keys; export with the admin DSN)";
+    pub(crate) const IMPORT_TENANT: &str =
+        "import_tenant (the app role may not create tenants; import with the admin DSN: \
+         `kahn copy`)";
+    pub(crate) const AUTHORIZE_OPERATOR: &str =
+        "an operator's write scope (only the admin DSN may write any tenant: `kahn copy`)";
+}
+
 #[async_trait]
 impl StorageBackend for PgBackend {
     async fn provision_tenant(&self, req: &NewTenant) -> Result<Tenant> {
-        self.require_admin("provision_tenant")?;
+        self.require_admin(admin_only::PROVISION_TENANT)?;
         control::provision_tenant(&self.pool, req).await
     }
 
@@ -287,29 +367,48 @@ impl StorageBackend for PgBackend {
         control::get_tenant(&self.pool, tenant).await
     }
 
-    async fn link_org(&self, tenant: TenantId, org: &OrgId) -> Result<Tenant> {
-        self.require_admin("link_org")?;
-        control::link_org(&self.pool, tenant, org).await
+    async fn update_tenant(&self, tenant: TenantId, change: &TenantChange) -> Result<Tenant> {
+        self.require_admin(admin_only::UPDATE_TENANT)?;
+        control::update_tenant(&self.pool, tenant, change).await
     }
 
-    async fn issue_api_key(&self, tenant: TenantId) -> Result<IssuedApiKey> {
-        self.require_admin("issue_api_key")?;
-        control::issue_api_key(&self.pool, tenant).await
+    async fn delete_tenant(&self, tenant: TenantId) -> Result<PurgeReport> {
+        self.require_admin(admin_only::DELETE_TENANT)?;
+        control::delete_tenant(&self.pool, tenant).await
     }
 
-    async fn rotate_api_key(&self, tenant: TenantId, old: ApiKeyId) -> Result<IssuedApiKey> {
-        self.require_admin("rotate_api_key")?;
-        control::rotate_api_key(&self.pool, tenant, old).await
+    async fn provision_personal_tenant(&self, sub: &str) -> Result<TenantId> {
+        control::provision_personal_tenant(&self.pool, sub).await
+    }
+
+    async fn create_api_key(&self, tenant: TenantId, req: &NewApiKey) -> Result<IssuedApiKey> {
+        self.require_admin(admin_only::CREATE_API_KEY)?;
+        control::create_api_key(&self.pool, tenant, req).await
     }
 
     async fn revoke_api_key(&self, tenant: TenantId, key: ApiKeyId) -> Result<()> {
-        self.require_admin("revoke_api_key")?;
+        self.require_admin(admin_only::REVOKE_API_KEY)?;
         control::revoke_api_key(&self.pool, tenant, key).await
     }
 
     async fn list_api_keys(&self, tenant: TenantId) -> Result<Vec<ApiKeyInfo>> {
-        self.require_admin("list_api_keys")?;
+        self.require_admin(admin_only::LIST_API_KEYS)?;
         control::list_api_keys(&self.pool, tenant).await
+    }
+
+    async fn export_tenant(&self, tenant: TenantId) -> Result<TenantRecord> {
+        self.require_admin(admin_only::EXPORT_TENANT)?;
+        control::export_tenant(&self.pool, tenant).await
+    }
+
+    async fn import_tenant(&self, record: &TenantRecord) -> Result<Tenant> {
+        self.require_admin(admin_only::IMPORT_TENANT)?;
+        control::import_tenant(&self.pool, record).await
+    }
+
+    async fn authorize_operator(&self, tenant: TenantId) -> Result<()> {
+        self.require_admin(admin_only::AUTHORIZE_OPERATOR)?;
+        control::tenant_exists(&self.pool, tenant).await
     }
 
     async fn list_tenants(&self) -> Result<Vec<TenantSummary>> {
@@ -317,7 +416,11 @@ impl StorageBackend for PgBackend {
     }
 
     async fn authenticate_api_key(&self, key: &ApiKey) -> Result<Option<TenantId>> {
-        control::lookup(&self.pool, control::Lookup::ApiKey(key)).await
+        let tenant = control::lookup(&self.pool, control::Lookup::ApiKey(key)).await?;
+        if tenant.is_some() {
+            self.record_key_use(key);
+        }
+        Ok(tenant)
     }
 
     async fn lookup_tenant_by_org(&self, org: &OrgId) -> Result<Option<TenantId>> {
@@ -380,8 +483,8 @@ impl StorageBackend for PgBackend {
         Ok(rows)
     }
 
-    async fn purge_expired(&self, now: DateTime<Utc>) -> Result<Vec<PurgeReport>> {
-        control::purge_expired(&self.pool, self.mode, now).await
+    async fn purge_expired(&self, req: &PurgeRequest) -> Result<PurgeOutcome> {
+        control::purge_expired(&self.pool, self.mode, req).await
     }
 
     async fn ping(&self) -> Result<()> {

@@ -20,6 +20,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0002_transitions_without_run_fkey.sql"),
     ),
     (3, "purge on database clock", include_str!("../migrations/0003_purge_on_database_clock.sql")),
+    (
+        4,
+        "retention by receipt keys and personal tenants",
+        include_str!("../migrations/0004_retention_by_receipt_keys_and_personal_tenants.sql"),
+    ),
 ];
 
 /// The migrator holding every migration of `migrations/`, as `sqlx::migrate!` would build it

@@ -33,6 +33,7 @@ fn run_info(row: &PgRow) -> Result<RunInfo> {
         first_ts: row.try_get("first_ts").map_err(db)?,
         last_ts: row.try_get("last_ts").map_err(db)?,
         created_at: row.try_get("created_at").map_err(db)?,
+        received_at: row.try_get("received_at").map_err(db)?,
     })
 }
 
@@ -44,7 +45,7 @@ pub(crate) async fn list_runs(
     let limit = q.effective_limit() as usize;
     let rows = query(
         "SELECT run_id, source, labels, next_seq, head_hash, status_json, first_ts, last_ts, \
-                created_at \
+                created_at, received_at \
          FROM kahn.runs \
          WHERE tenant_id = $1 \
            AND ($2::text IS NULL OR source = $2) \
@@ -77,7 +78,7 @@ pub(crate) async fn get_run(
 ) -> Result<RunSummary> {
     let row = query(
         "SELECT run_id, source, labels, next_seq, head_hash, status_json, first_ts, last_ts, \
-                created_at, graph \
+                created_at, received_at, graph \
          FROM kahn.runs WHERE tenant_id = $1 AND run_id = $2",
     )
     .bind(tenant.as_uuid())

@@ -11,6 +11,11 @@
 //!   pool of read-only reader connections that WAL lets read while the writer appends.
 //! * **Tenancy by the adapter.** Every statement on tenant data binds the scope's tenant; the
 //!   schema leads every key with `tenant_id`.
+//! * **Retention by receipt.** Each run keeps `received_at`, the store's clock at the last
+//!   append that stored something; a purge removes runs past their tenant's retention from
+//!   it, one tenant per transaction, so one tenant's failure never undoes another's purge.
+//! * **Key use off the request path.** Authenticating is a read; a key's `last_used_at` is
+//!   queued on the writer at most once a minute per key and never awaited.
 //!
 //! ```no_run
 //! # async fn demo() -> kahn_core::Result<()> {
@@ -27,11 +32,11 @@ mod worker;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use kahn_core::{
-    ApiKey, ApiKeyId, ApiKeyInfo, AppendBatch, AppendReport, Error, IssuedApiKey, NewTenant, OrgId,
-    PurgeReport, ReadScope, Result, RunId, RunPage, RunQuery, RunSummary, Seq, StorageBackend,
-    StoredTransition, Tenant, TenantId, TenantSummary, WriteScope,
+    ApiKey, ApiKeyId, ApiKeyInfo, AppendBatch, AppendReport, Error, IssuedApiKey, KeyUseThrottle,
+    NewApiKey, NewTenant, OrgId, PurgeFailure, PurgeOutcome, PurgeReport, PurgeRequest, ReadScope,
+    Result, RunId, RunPage, RunQuery, RunSummary, Seq, StorageBackend, StoredTransition, Tenant,
+    TenantChange, TenantId, TenantRecord, TenantSummary, WriteScope,
 };
 use rusqlite::{Connection, OpenFlags};
 
@@ -120,6 +125,8 @@ pub struct SqliteBackend {
     writer: Pool,
     readers: Option<Pool>,
     path: Option<PathBuf>,
+    /// When a key's use is next worth recording (`api_keys.last_used_at`).
+    key_uses: KeyUseThrottle,
 }
 
 fn configure(conn: &Connection, file: bool) -> Result<()> {
@@ -207,6 +214,7 @@ impl SqliteBackend {
                     writer: Pool::start("rw", vec![conn], options.queue)?,
                     readers: None,
                     path: None,
+                    key_uses: KeyUseThrottle::new(),
                 })
             }
             Location::File(path) => {
@@ -240,6 +248,7 @@ impl SqliteBackend {
                         Some(Pool::start("reader", readers, options.queue)?)
                     },
                     path: Some(path.clone()),
+                    key_uses: KeyUseThrottle::new(),
                 })
             }
         }
@@ -283,17 +292,23 @@ impl StorageBackend for SqliteBackend {
         self.read(move |c| store::get_tenant(c, tenant)).await
     }
 
-    async fn link_org(&self, tenant: TenantId, org: &OrgId) -> Result<Tenant> {
-        let org = org.clone();
-        self.write(move |c| store::link_org(c, tenant, &org)).await
+    async fn update_tenant(&self, tenant: TenantId, change: &TenantChange) -> Result<Tenant> {
+        let change = change.clone();
+        self.write(move |c| store::update_tenant(c, tenant, &change)).await
     }
 
-    async fn issue_api_key(&self, tenant: TenantId) -> Result<IssuedApiKey> {
-        self.write(move |c| store::issue_api_key(c, tenant)).await
+    async fn delete_tenant(&self, tenant: TenantId) -> Result<PurgeReport> {
+        self.write(move |c| store::delete_tenant(c, tenant)).await
     }
 
-    async fn rotate_api_key(&self, tenant: TenantId, old: ApiKeyId) -> Result<IssuedApiKey> {
-        self.write(move |c| store::rotate_api_key(c, tenant, old)).await
+    async fn provision_personal_tenant(&self, sub: &str) -> Result<TenantId> {
+        let sub = sub.to_owned();
+        self.write(move |c| store::provision_personal_tenant(c, &sub)).await
+    }
+
+    async fn create_api_key(&self, tenant: TenantId, req: &NewApiKey) -> Result<IssuedApiKey> {
+        let req = req.clone();
+        self.write(move |c| store::create_api_key(c, tenant, &req)).await
     }
 
     async fn revoke_api_key(&self, tenant: TenantId, key: ApiKeyId) -> Result<()> {
@@ -304,13 +319,40 @@ impl StorageBackend for SqliteBackend {
         self.read(move |c| store::list_api_keys(c, tenant)).await
     }
 
+    async fn export_tenant(&self, tenant: TenantId) -> Result<TenantRecord> {
+        self.read(move |c| store::export_tenant(c, tenant)).await
+    }
+
+    async fn import_tenant(&self, record: &TenantRecord) -> Result<Tenant> {
+        let record = record.clone();
+        self.write(move |c| store::import_tenant(c, &record)).await
+    }
+
+    /// A SQLite file is an operator's: whoever holds the handle may write any tenant.
+    async fn authorize_operator(&self, tenant: TenantId) -> Result<()> {
+        self.read(move |c| store::tenant_exists(c, tenant)).await
+    }
+
     async fn list_tenants(&self) -> Result<Vec<TenantSummary>> {
         self.read(|c| store::list_tenants(c)).await
     }
 
     async fn authenticate_api_key(&self, key: &ApiKey) -> Result<Option<TenantId>> {
-        let hash = key.hash();
-        self.read(move |c| store::authenticate_api_key(c, hash)).await
+        let (hash, now) = (key.hash(), store::now_micros());
+        let tenant = self.read(move |c| store::authenticate_api_key(c, hash, now)).await?;
+        // Record the use at most once a minute per key, off the request's path: queued on
+        // the writer and not awaited; a full queue skips it rather than slow or fail this.
+        if tenant.is_some() && self.key_uses.due(&hash) {
+            let queued = self.writer.submit(move |c| {
+                if let Err(e) = store::record_key_use(c, hash, now) {
+                    tracing::warn!(error = %e, "could not record an API key's last use");
+                }
+            });
+            if !queued {
+                tracing::debug!("writer queue full: an API key's last use was not recorded");
+            }
+        }
+        Ok(tenant)
     }
 
     async fn lookup_tenant_by_org(&self, org: &OrgId) -> Result<Option<TenantId>> {
@@ -324,7 +366,9 @@ impl StorageBackend for SqliteBackend {
     }
 
     async fn append(&self, scope: &WriteScope, batch: &AppendBatch) -> Result<AppendReport> {
-        let (tenant, key, batch) = (scope.tenant(), scope.api_key().hash(), batch.clone());
+        let (tenant, batch) = (scope.tenant(), batch.clone());
+        // An operator's scope carries no key; one resolved from a key must still be active.
+        let key = scope.api_key().map(ApiKey::hash);
         self.write(move |c| store::append(c, tenant, key, &batch)).await
     }
 
@@ -350,16 +394,33 @@ impl StorageBackend for SqliteBackend {
         self.read(move |c| store::read_transitions(c, tenant, &run, after, limit)).await
     }
 
-    async fn purge_expired(&self, now: DateTime<Utc>) -> Result<Vec<PurgeReport>> {
-        // One transaction per tenant, each its own writer job: appends interleave.
-        let tenants = self.read(|c| store::retention(c)).await?;
-        let mut reports = Vec::new();
+    async fn purge_expired(&self, req: &PurgeRequest) -> Result<PurgeOutcome> {
+        let now = req.instant().map_or_else(store::now_micros, |t| t.timestamp_micros());
+        let tenants = self
+            .read({
+                let only = req.tenant();
+                move |c| store::retention(c, only)
+            })
+            .await?;
+        // One transaction per tenant, each its own writer job: appends interleave, and one
+        // tenant's failure is reported without undoing or hiding the others' purges.
+        let mut outcome = PurgeOutcome::default();
         for (tenant, days) in tenants {
-            if let Some(r) = self.write(move |c| store::purge_tenant(c, tenant, days, now)).await? {
-                reports.push(r);
+            let purged = if req.is_dry_run() {
+                self.read(move |c| store::expired_of_tenant(c, tenant, days, now)).await
+            } else {
+                self.write(move |c| store::purge_tenant(c, tenant, days, now)).await
+            };
+            match purged {
+                Ok(Some(report)) => outcome.reports.push(report),
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(%tenant, error = %error, "purging a tenant failed");
+                    outcome.failures.push(PurgeFailure { tenant_id: tenant, error });
+                }
             }
         }
-        Ok(reports)
+        Ok(outcome)
     }
 
     async fn ping(&self) -> Result<()> {

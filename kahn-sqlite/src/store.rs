@@ -4,19 +4,21 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Duration, Utc};
-use kahn_core::rules::{AppendPlan, Outcome, from_micros, merge_meta};
+use chrono::{DateTime, Utc};
+use kahn_core::rules::{AppendPlan, Outcome, from_micros, merge_meta, truncate_micros};
 use kahn_core::{
-    ApiKey, ApiKeyHash, ApiKeyId, ApiKeyInfo, AppendBatch, AppendReport, Cursor, Digest, Error,
-    IssuedApiKey, Labels, NewTenant, OrgId, PurgeReport, Result, RunId, RunInfo, RunMeta, RunPage,
-    RunQuery, RunSummary, Seq, StoredTransition, Tenant, TenantId, TenantSummary,
+    ApiKey, ApiKeyHash, ApiKeyId, ApiKeyInfo, ApiKeyRecord, AppendBatch, AppendReport, Cursor,
+    Digest, Error, IssuedApiKey, Labels, NewApiKey, NewTenant, OrgId, PurgeReport, Result,
+    RetiredKeys, RunId, RunInfo, RunMeta, RunPage, RunQuery, RunSummary, Seq, StoredTransition,
+    Tenant, TenantChange, TenantId, TenantRecord, TenantSummary,
 };
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 use uuid::Uuid;
 
 use crate::error::{db, is_unique_violation};
 
-fn now_micros() -> i64 {
+/// The store's clock, in microseconds since the epoch.
+pub(crate) fn now_micros() -> i64 {
     Utc::now().timestamp_micros()
 }
 
@@ -88,20 +90,40 @@ pub(crate) fn provision_tenant(conn: &mut Connection, req: &NewTenant) -> Result
         req.check_matches(&existing)?;
         return Ok(existing);
     }
-    let taken = |sql: &str, value: &str| -> Result<bool> {
-        tx.prepare_cached(sql).map_err(db)?.exists(params![value]).map_err(db)
+    let tenant = req.to_tenant();
+    check_unique(&tx, &tenant, None)?;
+    insert_tenant(&tx, &tenant)?;
+    tx.commit().map_err(db)?;
+    Ok(tenant)
+}
+
+/// Refuses a name, owner or org of `t` that a tenant other than `except` holds: the checks
+/// and errors of the reference adapter, in its order.
+fn check_unique(conn: &Connection, t: &Tenant, except: Option<TenantId>) -> Result<()> {
+    let except = except.map(|id| *id.as_uuid().as_bytes());
+    let held = |sql: &str, value: &str| -> Result<bool> {
+        conn.prepare_cached(sql).map_err(db)?.exists(params![value, except]).map_err(db)
     };
-    if let Some(sub) = req.owner_sub()
-        && taken("SELECT 1 FROM tenants WHERE owner_sub = ?1", sub)?
+    if held("SELECT 1 FROM tenants WHERE name = ?1 AND (?2 IS NULL OR id <> ?2)", &t.name)? {
+        return Err(Error::name_taken(&t.name));
+    }
+    if let Some(sub) = &t.owner_sub
+        && held("SELECT 1 FROM tenants WHERE owner_sub = ?1 AND (?2 IS NULL OR id <> ?2)", sub)?
     {
         return Err(Error::owner_sub_taken());
     }
-    if let Some(org) = req.org_id()
-        && taken("SELECT 1 FROM tenants WHERE airlock_org_id = ?1", org.as_str())?
+    if let Some(org) = &t.airlock_org_id
+        && held(
+            "SELECT 1 FROM tenants WHERE airlock_org_id = ?1 AND (?2 IS NULL OR id <> ?2)",
+            org.as_str(),
+        )?
     {
         return Err(Error::org_taken());
     }
-    let tenant = req.to_tenant();
+    Ok(())
+}
+
+fn insert_tenant(tx: &Transaction<'_>, tenant: &Tenant) -> Result<()> {
     tx.prepare_cached(&format!(
         "INSERT INTO tenants ({TENANT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
     ))
@@ -115,114 +137,280 @@ pub(crate) fn provision_tenant(conn: &mut Connection, req: &NewTenant) -> Result
         tenant.created_at.timestamp_micros(),
     ])
     .map_err(db)?;
+    Ok(())
+}
+
+pub(crate) fn update_tenant(
+    conn: &mut Connection,
+    id: TenantId,
+    change: &TenantChange,
+) -> Result<Tenant> {
+    let tx = write_tx(conn)?;
+    let mut tenant = get_tenant(&tx, id)?;
+    change.apply(&mut tenant);
+    check_unique(&tx, &tenant, Some(id))?;
+    tx.prepare_cached(
+        "UPDATE tenants SET name = ?2, airlock_org_id = ?3, retention_days = ?4 WHERE id = ?1",
+    )
+    .map_err(db)?
+    .execute(params![
+        id.as_uuid().as_bytes(),
+        tenant.name,
+        tenant.airlock_org_id.as_ref().map(OrgId::as_str),
+        tenant.retention_days,
+    ])
+    .map_err(db)?;
     tx.commit().map_err(db)?;
     Ok(tenant)
 }
 
-pub(crate) fn link_org(conn: &mut Connection, id: TenantId, org: &OrgId) -> Result<Tenant> {
+pub(crate) fn delete_tenant(conn: &mut Connection, id: TenantId) -> Result<PurgeReport> {
     let tx = write_tx(conn)?;
     get_tenant(&tx, id)?;
-    let updated = tx
-        .prepare_cached("UPDATE tenants SET airlock_org_id = ?2 WHERE id = ?1")
-        .map_err(db)?
-        .execute(params![id.as_uuid().as_bytes(), org.as_str()]);
-    match updated {
-        Err(e) if is_unique_violation(&e) => {
-            return Err(Error::org_taken());
-        }
-        other => other.map_err(db)?,
+    let tid = id.as_uuid().as_bytes();
+    let delete = |sql: &str| -> Result<u64> {
+        Ok(tx.prepare_cached(sql).map_err(db)?.execute(params![tid]).map_err(db)? as u64)
     };
-    let tenant = get_tenant(&tx, id)?;
+    let transitions_removed = delete("DELETE FROM transitions WHERE tenant_id = ?1")?;
+    let runs_removed = delete("DELETE FROM runs WHERE tenant_id = ?1")?;
+    delete("DELETE FROM api_keys WHERE tenant_id = ?1")?;
+    delete("DELETE FROM tenants WHERE id = ?1")?;
     tx.commit().map_err(db)?;
-    Ok(tenant)
+    Ok(PurgeReport { tenant_id: id, runs_removed, transitions_removed })
 }
 
-fn insert_key(tx: &Transaction<'_>, tenant: TenantId) -> Result<IssuedApiKey> {
+pub(crate) fn provision_personal_tenant(conn: &mut Connection, sub: &str) -> Result<TenantId> {
+    let req = NewTenant::personal(sub)?;
+    // The writer is one connection and the transaction takes the write lock first: concurrent
+    // first sign-ins (of this process or another) create one tenant.
+    let tx = write_tx(conn)?;
+    if let Some(existing) = lookup_tenant_by(&tx, false, sub)? {
+        return Ok(existing);
+    }
+    let tenant = req.to_tenant();
+    check_unique(&tx, &tenant, None)?;
+    insert_tenant(&tx, &tenant)?;
+    tx.commit().map_err(db)?;
+    Ok(tenant.id)
+}
+
+fn insert_key(
+    tx: &Transaction<'_>,
+    tenant: TenantId,
+    created_at: i64,
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<IssuedApiKey> {
     let secret = ApiKey::generate()?;
     let id = ApiKeyId::new_random();
     tx.prepare_cached(
-        "INSERT INTO api_keys (tenant_id, key_id, key_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO api_keys (tenant_id, key_id, key_hash, created_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
     )
     .map_err(db)?
     .execute(params![
         tenant.as_uuid().as_bytes(),
         id.as_uuid().as_bytes(),
         secret.hash().as_bytes(),
-        now_micros()
+        created_at,
+        expires_at.map(|t| t.timestamp_micros()),
     ])
     .map_err(db)?;
     Ok(IssuedApiKey { id, tenant_id: tenant, secret })
 }
 
-pub(crate) fn issue_api_key(conn: &mut Connection, tenant: TenantId) -> Result<IssuedApiKey> {
-    let tx = write_tx(conn)?;
-    get_tenant(&tx, tenant)?;
-    let issued = insert_key(&tx, tenant)?;
-    tx.commit().map_err(db)?;
-    Ok(issued)
-}
-
-fn revoke(
-    tx: &Transaction<'_>,
-    tenant: TenantId,
-    key: ApiKeyId,
-    only_active: bool,
-) -> Result<usize> {
-    let sql = if only_active {
-        "UPDATE api_keys SET revoked_at = ?3 WHERE tenant_id = ?1 AND key_id = ?2 AND revoked_at IS NULL"
-    } else {
-        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?3) WHERE tenant_id = ?1 AND key_id = ?2"
-    };
-    tx.prepare_cached(sql)
-        .map_err(db)?
-        .execute(params![tenant.as_uuid().as_bytes(), key.as_uuid().as_bytes(), now_micros()])
-        .map_err(db)
-}
-
-pub(crate) fn rotate_api_key(
+pub(crate) fn create_api_key(
     conn: &mut Connection,
     tenant: TenantId,
-    old: ApiKeyId,
+    req: &NewApiKey,
 ) -> Result<IssuedApiKey> {
     let tx = write_tx(conn)?;
-    if revoke(&tx, tenant, old, true)? == 0 {
-        return Err(Error::not_found("api_key", old));
+    get_tenant(&tx, tenant)?;
+    let now = now_micros();
+    let tid = tenant.as_uuid().as_bytes();
+    // Retire first (the new key is not among the retired), in this one transaction. A key
+    // is active at ?3 when neither revoked nor expired by then (as `ApiKeyInfo::is_active`).
+    // Without a grace period (?4 NULL) the retired keys are revoked now; with one they expire
+    // at its end, a key already expiring sooner keeping its earlier expiry.
+    if let Some((which, at)) = req.retirement() {
+        let one = match which {
+            RetiredKeys::AllActive => None,
+            RetiredKeys::One(id) => Some(id),
+        };
+        let retired = tx
+            .prepare_cached(
+                "UPDATE api_keys SET
+                    revoked_at = CASE WHEN ?4 IS NULL THEN ?3 ELSE revoked_at END,
+                    expires_at = CASE WHEN ?4 IS NULL THEN expires_at
+                                      ELSE min(coalesce(expires_at, ?4), ?4) END
+                 WHERE tenant_id = ?1 AND (?2 IS NULL OR key_id = ?2)
+                   AND (revoked_at IS NULL OR revoked_at > ?3)
+                   AND (expires_at IS NULL OR expires_at > ?3)",
+            )
+            .map_err(db)?
+            .execute(params![
+                tid,
+                one.map(|id| *id.as_uuid().as_bytes()),
+                now,
+                at.map(|t| t.timestamp_micros()),
+            ])
+            .map_err(db)?;
+        if let Some(id) = one
+            && retired == 0
+        {
+            return Err(Error::not_found("api_key", id));
+        }
     }
-    let issued = insert_key(&tx, tenant)?;
+    let issued = insert_key(&tx, tenant, now, req.expiry())?;
     tx.commit().map_err(db)?;
     Ok(issued)
 }
-
 pub(crate) fn revoke_api_key(conn: &mut Connection, tenant: TenantId, key: ApiKeyId) -> Result<()> {
     let tx = write_tx(conn)?;
-    if revoke(&tx, tenant, key, false)? == 0 {
+    let found = tx
+        .prepare_cached(
+            "UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?3) WHERE tenant_id = ?1 AND key_id = ?2",
+        )
+        .map_err(db)?
+        .execute(params![tenant.as_uuid().as_bytes(), key.as_uuid().as_bytes(), now_micros()])
+        .map_err(db)?;
+    if found == 0 {
         return Err(Error::not_found("api_key", key));
     }
     tx.commit().map_err(db)
 }
 
-pub(crate) fn list_api_keys(conn: &Connection, tenant: TenantId) -> Result<Vec<ApiKeyInfo>> {
-    get_tenant(conn, tenant)?;
+/// The keys of a tenant with their hashes, oldest first.
+fn keys_of(conn: &Connection, tenant: TenantId) -> Result<Vec<ApiKeyRecord>> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT key_id, created_at, revoked_at FROM api_keys WHERE tenant_id = ?1 ORDER BY created_at, key_id",
+            "SELECT key_id, key_hash, created_at, expires_at, revoked_at, last_used_at
+             FROM api_keys WHERE tenant_id = ?1 ORDER BY created_at, key_id",
         )
         .map_err(db)?;
     let rows = stmt
         .query_map(params![tenant.as_uuid().as_bytes()], |r| {
-            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<i64>>(2)?))
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+                r.get::<_, Option<i64>>(5)?,
+            ))
         })
         .map_err(db)?;
     rows.map(|row| {
-        let (id, created, revoked) = row.map_err(db)?;
-        Ok(ApiKeyInfo {
-            id: ApiKeyId::from_uuid(uuid_from(id)?),
-            tenant_id: tenant,
-            created_at: from_micros(created),
-            revoked_at: revoked.map(from_micros),
+        let (id, hash, created, expires, revoked, last_used) = row.map_err(db)?;
+        Ok(ApiKeyRecord {
+            info: ApiKeyInfo {
+                id: ApiKeyId::from_uuid(uuid_from(id)?),
+                tenant_id: tenant,
+                created_at: from_micros(created),
+                expires_at: expires.map(from_micros),
+                revoked_at: revoked.map(from_micros),
+                last_used_at: last_used.map(from_micros),
+            },
+            hash: ApiKeyHash::from_digest(digest(&hash)?),
         })
     })
     .collect()
+}
+
+pub(crate) fn list_api_keys(conn: &mut Connection, tenant: TenantId) -> Result<Vec<ApiKeyInfo>> {
+    // One read transaction: the tenant check and the keys see the same snapshot.
+    let tx = conn.transaction().map_err(db)?;
+    get_tenant(&tx, tenant)?;
+    Ok(keys_of(&tx, tenant)?.into_iter().map(|k| k.info).collect())
+}
+
+pub(crate) fn export_tenant(conn: &mut Connection, tenant: TenantId) -> Result<TenantRecord> {
+    let tx = conn.transaction().map_err(db)?;
+    let t = get_tenant(&tx, tenant)?;
+    Ok(TenantRecord { tenant: t, keys: keys_of(&tx, tenant)? })
+}
+
+/// Checks an imported tenant's settings as provisioning would (a record is input, possibly
+/// edited by hand), naming the field at fault.
+fn check_imported(t: &Tenant) -> Result<()> {
+    let req = NewTenant::new(t.name.clone())?.with_retention_days(t.retention_days)?;
+    if let Some(sub) = &t.owner_sub {
+        req.with_owner_sub(sub.clone())?;
+    }
+    Ok(())
+}
+
+pub(crate) fn import_tenant(conn: &mut Connection, record: &TenantRecord) -> Result<Tenant> {
+    record.check_keys()?;
+    check_imported(&record.tenant)?;
+    // Stored times are microseconds: compare and return the tenant as it is stored.
+    let t =
+        &Tenant { created_at: truncate_micros(record.tenant.created_at), ..record.tenant.clone() };
+    let tx = write_tx(conn)?;
+    match find_tenant(&tx, t.id)? {
+        Some(existing) if existing != *t => return Err(Error::import_differs(t.id)),
+        Some(_) => {}
+        None => {
+            check_unique(&tx, t, None)?;
+            insert_tenant(&tx, t)?;
+        }
+    }
+    let tid = t.id.as_uuid().as_bytes();
+    for key in &record.keys {
+        let kid = key.info.id.as_uuid().as_bytes();
+        let stored: Option<(Vec<u8>, Vec<u8>)> = tx
+            .prepare_cached("SELECT tenant_id, key_id FROM api_keys WHERE key_hash = ?1")
+            .map_err(db)?
+            .query_row(params![key.hash.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(db)?;
+        match stored {
+            Some((st, sk)) if st.as_slice() != tid || sk.as_slice() != kid => {
+                return Err(Error::invalid("keys", "a key with this hash is another key here"));
+            }
+            // The same key: only a revocation at the source since propagates.
+            Some(_) => {
+                tx.prepare_cached(
+                    "UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?2) WHERE key_hash = ?1",
+                )
+                .map_err(db)?
+                .execute(params![
+                    key.hash.as_bytes(),
+                    key.info.revoked_at.map(|t| t.timestamp_micros())
+                ])
+                .map_err(db)?;
+            }
+            None => {
+                let inserted = tx
+                    .prepare_cached(
+                        "INSERT INTO api_keys (tenant_id, key_id, key_hash, created_at, expires_at,
+                                               revoked_at, last_used_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )
+                    .map_err(db)?
+                    .execute(params![
+                        tid,
+                        kid,
+                        key.hash.as_bytes(),
+                        key.info.created_at.timestamp_micros(),
+                        key.info.expires_at.map(|t| t.timestamp_micros()),
+                        key.info.revoked_at.map(|t| t.timestamp_micros()),
+                        key.info.last_used_at.map(|t| t.timestamp_micros()),
+                    ]);
+                match inserted {
+                    // Only the key id can clash here (the hash was looked up above).
+                    Err(e) if is_unique_violation(&e) => {
+                        return Err(Error::invalid(
+                            "keys",
+                            format!("key {} is another key of this tenant here", key.info.id),
+                        ));
+                    }
+                    other => other.map_err(db)?,
+                };
+            }
+        }
+    }
+    tx.commit().map_err(db)?;
+    Ok(t.clone())
 }
 
 pub(crate) fn list_tenants(conn: &Connection) -> Result<Vec<TenantSummary>> {
@@ -239,17 +427,42 @@ pub(crate) fn list_tenants(conn: &Connection) -> Result<Vec<TenantSummary>> {
     .collect()
 }
 
+/// The tenant of a key active at `now` (neither revoked nor expired by then).
 pub(crate) fn authenticate_api_key(
     conn: &Connection,
     hash: ApiKeyHash,
+    now: i64,
 ) -> Result<Option<TenantId>> {
-    conn.prepare_cached("SELECT tenant_id FROM api_keys WHERE key_hash = ?1 AND revoked_at IS NULL")
+    conn.prepare_cached(
+        "SELECT tenant_id FROM api_keys WHERE key_hash = ?1
+           AND (revoked_at IS NULL OR revoked_at > ?2) AND (expires_at IS NULL OR expires_at > ?2)",
+    )
+    .map_err(db)?
+    .query_row(params![hash.as_bytes(), now], |r| r.get::<_, Vec<u8>>(0))
+    .optional()
+    .map_err(db)?
+    .map(|id| Ok(TenantId::from_uuid(uuid_from(id)?)))
+    .transpose()
+}
+
+/// Records a key's use at `at` (never moving it back). Run off the request's path.
+pub(crate) fn record_key_use(conn: &Connection, hash: ApiKeyHash, at: i64) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, ?2), ?2) WHERE key_hash = ?1",
+    )
+    .map_err(db)?
+    .execute(params![hash.as_bytes(), at])
+    .map_err(db)?;
+    Ok(())
+}
+
+pub(crate) fn tenant_exists(conn: &Connection, id: TenantId) -> Result<()> {
+    let found = conn
+        .prepare_cached("SELECT 1 FROM tenants WHERE id = ?1")
         .map_err(db)?
-        .query_row(params![hash.as_bytes()], |r| r.get::<_, Vec<u8>>(0))
-        .optional()
-        .map_err(db)?
-        .map(|id| Ok(TenantId::from_uuid(uuid_from(id)?)))
-        .transpose()
+        .exists(params![id.as_uuid().as_bytes()])
+        .map_err(db)?;
+    if found { Ok(()) } else { Err(Error::not_found("tenant", id)) }
 }
 
 pub(crate) fn lookup_tenant_by(
@@ -276,8 +489,8 @@ pub(crate) fn lookup_tenant_by(
 
 /// The columns of a listed run. The graph (possibly large) is read only where it is used:
 /// `get_run`, and an append that carries metadata.
-const RUN_COLS: &str =
-    "run_id, source, labels, next_seq, head_hash, status, first_ts, last_ts, created_at";
+const RUN_COLS: &str = "run_id, source, labels, next_seq, head_hash, status, first_ts, last_ts, \
+     created_at, received_at";
 
 fn run_row(r: &Row<'_>) -> rusqlite::Result<Result<RunInfo>> {
     let run_id: String = r.get(0)?;
@@ -285,6 +498,7 @@ fn run_row(r: &Row<'_>) -> rusqlite::Result<Result<RunInfo>> {
     let next_seq: i64 = r.get(3)?;
     let head: Vec<u8> = r.get(4)?;
     let (first, last, created): (Option<i64>, Option<i64>, i64) = (r.get(6)?, r.get(7)?, r.get(8)?);
+    let received: i64 = r.get(9)?;
     let (source, status) = (r.get(1)?, r.get(5)?);
     Ok((|| {
         Ok(RunInfo {
@@ -298,6 +512,7 @@ fn run_row(r: &Row<'_>) -> rusqlite::Result<Result<RunInfo>> {
             first_ts: first.map(from_micros),
             last_ts: last.map(from_micros),
             created_at: from_micros(created),
+            received_at: from_micros(received),
         })
     })())
 }
@@ -422,23 +637,33 @@ pub(crate) fn read_transitions(
 pub(crate) fn append(
     conn: &mut Connection,
     tenant: TenantId,
-    key: ApiKeyHash,
+    key: Option<ApiKeyHash>,
     batch: &AppendBatch,
 ) -> Result<AppendReport> {
     let tx = write_tx(conn)?;
     let tid = tenant.as_uuid().as_bytes();
-    // Revocation cuts off scopes already resolved: the scope's key must still be active.
-    let active = tx
-        .prepare_cached(
-            "SELECT 1 FROM api_keys WHERE key_hash = ?1 AND tenant_id = ?2 AND revoked_at IS NULL",
-        )
-        .map_err(db)?
-        .exists(params![key.as_bytes(), tid])
-        .map_err(db)?;
-    if !active {
-        return Err(Error::Unauthorized("the API key of this scope is unknown or revoked".into()));
-    }
     let now = now_micros();
+    match key {
+        // Revocation and expiry cut off scopes already resolved: the key must still be active.
+        Some(key) => {
+            let active = tx
+                .prepare_cached(
+                    "SELECT 1 FROM api_keys WHERE key_hash = ?1 AND tenant_id = ?2
+                       AND (revoked_at IS NULL OR revoked_at > ?3)
+                       AND (expires_at IS NULL OR expires_at > ?3)",
+                )
+                .map_err(db)?
+                .exists(params![key.as_bytes(), tid, now])
+                .map_err(db)?;
+            if !active {
+                return Err(Error::Unauthorized(
+                    "the API key of this scope is unknown, revoked or expired".into(),
+                ));
+            }
+        }
+        // An operator's scope, granted by this store for a tenant that existed then.
+        None => tenant_exists(&tx, tenant)?,
+    }
     let mut report = AppendReport::default();
     for run in batch.runs() {
         let rid = run.run_id().as_str();
@@ -519,6 +744,9 @@ pub(crate) fn append(
             }
         }
 
+        // Whenever this writes the row, the append stored something (a new run, rows, or
+        // metadata set for the first time): it is a receipt, and received_at moves to now. A
+        // re-push that stores nothing leaves the row, and so the run's retention, alone.
         if stored.is_none() || !decision.rows.is_empty() || meta_changed {
             let (lo, hi) = decision
                 .ts_range()
@@ -534,8 +762,8 @@ pub(crate) fn append(
             };
             tx.prepare_cached(
                 "INSERT INTO runs (tenant_id, run_id, source, graph, labels, next_seq, head_hash, status,
-                                   first_ts, last_ts, created_at, activity_at)
-                 VALUES (?1, ?2, ?3, ?4, coalesce(?5, '{}'), ?6, ?7, ?8, ?9, ?10, ?11, coalesce(?10, ?11))
+                                   first_ts, last_ts, created_at, activity_at, received_at)
+                 VALUES (?1, ?2, ?3, ?4, coalesce(?5, '{}'), ?6, ?7, ?8, ?9, ?10, ?11, coalesce(?10, ?11), ?11)
                  ON CONFLICT (tenant_id, run_id) DO UPDATE SET
                     source = coalesce(excluded.source, runs.source),
                     graph = coalesce(excluded.graph, runs.graph),
@@ -545,7 +773,8 @@ pub(crate) fn append(
                     status = coalesce(excluded.status, runs.status),
                     first_ts = min(coalesce(runs.first_ts, excluded.first_ts), coalesce(excluded.first_ts, runs.first_ts)),
                     last_ts = max(coalesce(runs.last_ts, excluded.last_ts), coalesce(excluded.last_ts, runs.last_ts)),
-                    activity_at = coalesce(max(coalesce(runs.last_ts, excluded.last_ts), coalesce(excluded.last_ts, runs.last_ts)), runs.created_at)",
+                    activity_at = coalesce(max(coalesce(runs.last_ts, excluded.last_ts), coalesce(excluded.last_ts, runs.last_ts)), runs.created_at),
+                    received_at = excluded.received_at",
             )
             .map_err(db)?
             .execute(params![
@@ -576,12 +805,18 @@ fn labels_json(labels: &Labels) -> Result<String> {
 // ---------------------------------------------------------------------------------------
 // Retention
 
-/// Every tenant with its retention, for a purge.
-pub(crate) fn retention(conn: &Connection) -> Result<Vec<(TenantId, u32)>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT id, retention_days FROM tenants ORDER BY id").map_err(db)?;
-    let rows =
-        stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))).map_err(db)?;
+/// Every tenant with its retention (or only `only`, when it exists), by id, for a purge.
+pub(crate) fn retention(conn: &Connection, only: Option<TenantId>) -> Result<Vec<(TenantId, u32)>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT id, retention_days FROM tenants WHERE ?1 IS NULL OR id = ?1 ORDER BY id",
+        )
+        .map_err(db)?;
+    let rows = stmt
+        .query_map(params![only.map(|t| *t.as_uuid().as_bytes())], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))
+        })
+        .map_err(db)?;
     rows.map(|row| {
         let (id, days) = row.map_err(db)?;
         Ok((
@@ -592,29 +827,68 @@ pub(crate) fn retention(conn: &Connection) -> Result<Vec<(TenantId, u32)>> {
     .collect()
 }
 
-/// Removes one tenant's runs (and their transitions) whose activity is older than `days`
-/// before `now`, in one transaction of its own, so appends interleave between tenants.
+const DAY_MICROS: i64 = 86_400_000_000;
+
+/// The receipts before which a run is past a retention of `days` at `now` (µs):
+/// `received_at + days < now` ⇔ `received_at < now - days`, as [`kahn_core::is_expired`]
+/// decides; `None` when nothing can be that old.
+fn cutoff(days: u32, now: i64) -> Option<i64> {
+    now.checked_sub(i64::from(days).checked_mul(DAY_MICROS)?)
+}
+
+/// What purging one tenant at `now` (µs) would remove, removing nothing.
+pub(crate) fn expired_of_tenant(
+    conn: &mut Connection,
+    tenant: TenantId,
+    days: u32,
+    now: i64,
+) -> Result<Option<PurgeReport>> {
+    let Some(cutoff) = cutoff(days, now) else { return Ok(None) };
+    let id = tenant.as_uuid().as_bytes();
+    // One read transaction: both counts from one snapshot.
+    let tx = conn.transaction().map_err(db)?;
+    let count = |sql: &str| -> Result<u64> {
+        let n: i64 = tx
+            .prepare_cached(sql)
+            .map_err(db)?
+            .query_row(params![id, cutoff], |r| r.get(0))
+            .map_err(db)?;
+        Ok(n as u64)
+    };
+    let runs = count("SELECT count(*) FROM runs WHERE tenant_id = ?1 AND received_at < ?2")?;
+    let transitions = count(
+        "SELECT count(*) FROM transitions WHERE tenant_id = ?1 AND run_id IN
+           (SELECT run_id FROM runs WHERE tenant_id = ?1 AND received_at < ?2)",
+    )?;
+    Ok((runs > 0).then_some(PurgeReport {
+        tenant_id: tenant,
+        runs_removed: runs,
+        transitions_removed: transitions,
+    }))
+}
+
+/// Removes one tenant's runs (and their transitions) received more than `days` before `now`
+/// (µs), in one transaction of its own, so appends interleave between tenants and one
+/// tenant's failure leaves the others' purges alone.
 pub(crate) fn purge_tenant(
     conn: &mut Connection,
     tenant: TenantId,
     days: u32,
-    now: DateTime<Utc>,
+    now: i64,
 ) -> Result<Option<PurgeReport>> {
-    let Some(cutoff) = now.checked_sub_signed(Duration::days(i64::from(days))) else {
-        return Ok(None); // nothing can be older than the earliest representable time
-    };
-    let (id, cutoff) = (tenant.as_uuid().as_bytes(), cutoff.timestamp_micros());
+    let Some(cutoff) = cutoff(days, now) else { return Ok(None) };
+    let id = tenant.as_uuid().as_bytes();
     let tx = write_tx(conn)?;
     let transitions = tx
         .prepare_cached(
             "DELETE FROM transitions WHERE tenant_id = ?1 AND run_id IN
-               (SELECT run_id FROM runs WHERE tenant_id = ?1 AND activity_at < ?2)",
+               (SELECT run_id FROM runs WHERE tenant_id = ?1 AND received_at < ?2)",
         )
         .map_err(db)?
         .execute(params![id, cutoff])
         .map_err(db)?;
     let runs = tx
-        .prepare_cached("DELETE FROM runs WHERE tenant_id = ?1 AND activity_at < ?2")
+        .prepare_cached("DELETE FROM runs WHERE tenant_id = ?1 AND received_at < ?2")
         .map_err(db)?
         .execute(params![id, cutoff])
         .map_err(db)?;

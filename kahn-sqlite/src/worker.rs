@@ -57,6 +57,16 @@ impl Pool {
         Ok(Self { jobs, name: name.to_owned(), capacity })
     }
 
+    /// Queues `f` to run on one of the pool's connections, without waiting for it: for work
+    /// off a request's path. Returns whether it was queued; with the queue full (or the
+    /// threads gone) it is dropped, never waited for.
+    pub(crate) fn submit<F>(&self, f: F) -> bool
+    where
+        F: FnOnce(&mut Connection) + Send + 'static,
+    {
+        self.jobs.try_send(Box::new(f)).is_ok()
+    }
+
     /// Runs `f` on one of the pool's connections and awaits its result.
     pub(crate) async fn run<R, F>(&self, f: F) -> Result<R>
     where

@@ -176,6 +176,9 @@ async fn a_full_writer_queue_answers_unavailable_at_once() {
     let opts = SqliteOptions::file(dir.path().join("kahn.db")).queue_capacity(2);
     let h = Harness::new(Arc::new(SqliteBackend::open(opts).await.unwrap()));
     let t = h.fresh_tenant().await;
+    // Resolving the fresh key queued the record of its first use (off the request path): let
+    // it finish before the lock is taken, so only the appends below wait on the writer.
+    tokio::time::sleep(Duration::from_millis(200)).await;
 
     let mut foreign = rusqlite::Connection::open(dir.path().join("kahn.db")).unwrap();
     let tx = foreign.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
