@@ -1,6 +1,8 @@
 //! Idempotent provisioning: a tenant, and a key only when it needs one.
 
-use kahn_core::{ApiKeyId, IssuedApiKey, NewTenant, Result, StorageBackend, Tenant};
+use kahn_core::{
+    ApiKeyId, IssuedApiKey, NewTenant, Result, StorageBackend, StorageBackendExt, Tenant,
+};
 
 /// What [`provision`] did.
 #[derive(Debug)]
