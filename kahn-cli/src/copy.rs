@@ -710,7 +710,8 @@ mod tests {
     #[tokio::test]
     async fn copies_resumes_and_skips_with_identical_heads() {
         let meta = r#"{"kind":"run","run_id":"a","source":"choco","graph":{"n":[1,2.5]},"labels":{"ci":"gh"}}"#;
-        let text = format!("{meta}\n{}{}", lines("a", 0, 50, "s"), lines("b", 0, 3, "t"));
+        let empty = r#"{"kind":"run","run_id":"empty"}"#;
+        let text = format!("{meta}\n{empty}\n{}{}", lines("a", 0, 50, "s"), lines("b", 0, 3, "t"));
         let (from, tenant, _) = store_with("t", &text).await;
         let key = from.issue_api_key(tenant.id).await.unwrap();
         let to = MemoryBackend::new();
@@ -724,9 +725,9 @@ mod tests {
         let t = &report.totals;
         assert_eq!(
             (t.tenants_created, t.tenants_already_there, t.runs_copied, t.runs_resumed),
-            (0, 1, 2, 1)
+            (0, 1, 3, 1)
         );
-        assert_eq!((t.transitions_appended, t.heads_verified, t.keys), (33, 2, 1));
+        assert_eq!((t.transitions_appended, t.heads_verified, t.keys), (33, 3, 1));
         let read = from.resolve_admin_override(tenant.id).await.unwrap();
         let a = RunId::new("a").unwrap();
         let copied = to.get_run(&dst.read(), &a).await.unwrap();
@@ -738,8 +739,8 @@ mod tests {
 
         let again = copy(&from, &to, &small(), &Quiet).await.unwrap();
         assert!(again.is_complete());
-        assert_eq!((again.totals.runs_copied, again.totals.runs_already_complete), (0, 2));
-        assert_eq!((again.totals.transitions_appended, again.totals.heads_verified), (0, 2));
+        assert_eq!((again.totals.runs_copied, again.totals.runs_already_complete), (0, 3));
+        assert_eq!((again.totals.transitions_appended, again.totals.heads_verified), (0, 3));
     }
 
     #[tokio::test]

@@ -25,11 +25,12 @@ Examples:
 Both are admin DSNs (or SQLite paths). Tenants keep their ids, settings and API keys (hashes only),
 so producers' keys keep working; runs keep every content and chain hash, and each run's head is
 verified on the target. Run it again to resume: complete runs are skipped, partial ones continue,
-and a run whose stored content differs is reported as a conflict, nothing rewritten.
+and a run whose stored content differs is reported as a conflict, nothing rewritten. Producers
+may keep pushing to the source meanwhile: copy again to bring over what arrived.
 Retention of a copied run counts from the copy (its received_at is the target's clock).")]
 pub(crate) struct CopyArgs {
-    /// The store to copy from: sqlite://PATH or an admin postgres:// DSN. Never written to
-    /// (an older schema is upgraded on open, as by every command).
+    /// The store to copy from: sqlite://PATH or an admin postgres:// DSN. Its tenants and runs
+    /// are only read (an older schema is migrated on open, as by every command).
     #[arg(long)]
     from: String,
     /// The store to copy into: an admin postgres:// DSN or sqlite://PATH, already at this
@@ -75,12 +76,28 @@ fn refuse(message: String) -> Failure {
     Failure { code: 2, message }
 }
 
+/// A schema check that could not be made: a URL `kahn` cannot open, or a database it cannot
+/// read.
+fn unreadable(flag: &str, shown: &str, e: &Error, otherwise: &str) -> Failure {
+    let hint = match e {
+        Error::InvalidInput { .. } => {
+            "name a database file (sqlite://PATH) or a Postgres database (postgres://USER@HOST/DB)"
+        }
+        _ => otherwise,
+    };
+    Failure { code: exit_code(e).0, message: format!("{flag} {shown}: {e}\nhint: {hint}") }
+}
+
 /// Checks the source can be read as a KAHN store without creating one by mistake.
 async fn check_source(url: &str) -> CliResult {
     let shown = redact_dsn(url);
-    let state = schema_state(url).await.map_err(|e| Failure {
-        code: exit_code(&e).0,
-        message: format!("--from {shown}: {e}\nhint: --from takes sqlite://PATH or an admin postgres:// DSN of a KAHN database"),
+    let state = schema_state(url).await.map_err(|e| {
+        unreadable(
+            "--from",
+            &shown,
+            &e,
+            "--from takes sqlite://PATH or the admin DSN of a KAHN database",
+        )
     })?;
     match state {
         SchemaState::Missing => Err(refuse(format!(
@@ -100,10 +117,10 @@ async fn check_source(url: &str) -> CliResult {
 async fn check_target(url: &str) -> CliResult {
     let shown = redact_dsn(url);
     let migrate = format!("kahn migrate --db {shown}");
-    let state = schema_state(url).await.map_err(|e| Failure {
-        code: exit_code(&e).0,
-        message: format!("--to {shown}: {e}\nhint: --to takes the admin DSN of a database migrated with `{migrate}` (or sqlite://PATH)"),
-    })?;
+    let otherwise = format!(
+        "--to takes the admin DSN of a database migrated with `{migrate}` (or sqlite://PATH)"
+    );
+    let state = schema_state(url).await.map_err(|e| unreadable("--to", &shown, &e, &otherwise))?;
     match state {
         SchemaState::Current { .. } => Ok(()),
         SchemaState::Missing | SchemaState::Empty => Err(refuse(format!(

@@ -317,6 +317,16 @@ async fn a_100k_sqlite_store_copies_to_postgres_resumably_and_verifies_every_hea
     let exported = files(&from_sqlite);
     assert_eq!(exported.keys().collect::<Vec<_>>(), ["g-1.ndjson", "g-2.ndjson"]);
     assert!(exported == files(&from_pg), "the exports of both stores differ");
+
+    // And back: Postgres into a fresh SQLite file, one tenant.
+    let back = format!("sqlite://{}", seeded.dir.path().join("back.db").display());
+    ok(&["migrate", "--db", &back], None);
+    let returned =
+        json(&["copy", "--from", &admin, "--to", &back, "--tenant", "gamma", "--json"], None);
+    assert_eq!(totals(&returned), [1, 0, 2, 0, 0, 0, 10_000, 2], "{returned}");
+    let from_back = seeded.dir.path().join("export-back");
+    ok(&["export", "--tenant", "gamma", "--db", &back, "--out", from_back.to_str().unwrap()], None);
+    assert!(exported == files(&from_back), "the export after the round trip differs");
     eprintln!(
         "seeding {seeding:.1?}, copies {copy_time:.1?}, whole test {:.1?}",
         started.elapsed()
