@@ -5,6 +5,7 @@
 --   retention, a run dated 2099 expires like any other. Runs stored before this migration get
 --   the migration's time (ADD COLUMN with a non-volatile default stores that one value for every
 --   existing row without rewriting the table): nothing is purged because of the change.
+-- * received_at is only ever set to the database's now() (a trigger refuses anything else).
 -- * kahn.api_keys.expires_at (a key stops resolving then) and last_used_at (recorded at most
 --   about once a minute, off the request path, through kahn.touch_api_key).
 -- * kahn.provision_personal_tenant(sub): the personal tenant `user:<sub>` of a JWT subject,
@@ -25,6 +26,27 @@
 ALTER TABLE kahn.runs ADD COLUMN received_at timestamptz NOT NULL DEFAULT pg_catalog.now();
 -- The purge's probe: per tenant, the runs received before its cutoff.
 CREATE INDEX runs_by_receipt ON kahn.runs (tenant_id, received_at);
+
+-- received_at can only ever be set to the database's now(). The app role may update it (the
+-- append renews it), and it picks its tenant itself, so without this a compromised server
+-- could set every tenant's runs to 1970 and have kahn.purge_expired() delete them all: the hole
+-- 0003 closed, reopened. With it, the app role can only make runs live longer. The WHEN clause
+-- keeps the append's path free of function calls; the function only raises. (The owner can
+-- still disable the trigger; the app role owns nothing.)
+CREATE FUNCTION kahn.refuse_forged_receipt() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION 'kahn.runs.received_at may only be set to the database''s now()'
+        USING ERRCODE = '42501';
+END
+$$;
+REVOKE ALL ON FUNCTION kahn.refuse_forged_receipt() FROM PUBLIC;
+CREATE TRIGGER received_at_is_now
+    BEFORE INSERT OR UPDATE OF received_at ON kahn.runs
+    FOR EACH ROW WHEN (NEW.received_at IS DISTINCT FROM pg_catalog.now())
+    EXECUTE FUNCTION kahn.refuse_forged_receipt();
 
 ALTER TABLE kahn.api_keys ADD COLUMN expires_at timestamptz;
 ALTER TABLE kahn.api_keys ADD COLUMN last_used_at timestamptz;

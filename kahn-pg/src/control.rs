@@ -9,9 +9,9 @@
 use chrono::{DateTime, Utc};
 use kahn_core::rules::truncate_micros;
 use kahn_core::{
-    ApiKey, ApiKeyHash, ApiKeyId, ApiKeyInfo, ApiKeyRecord, Digest, Error, IssuedApiKey,
-    NewApiKey, NewTenant, OrgId, PurgeFailure, PurgeOutcome, PurgeReport, PurgeRequest, Result,
-    RetiredKeys, Tenant, TenantChange, TenantId, TenantRecord, TenantSummary,
+    ApiKey, ApiKeyHash, ApiKeyId, ApiKeyInfo, ApiKeyRecord, Digest, Error, IssuedApiKey, NewApiKey,
+    NewTenant, OrgId, PurgeFailure, PurgeOutcome, PurgeReport, PurgeRequest, Result, RetiredKeys,
+    Tenant, TenantChange, TenantId, TenantRecord, TenantSummary,
 };
 use sqlx_core::query::query;
 use sqlx_core::row::Row;
@@ -188,9 +188,9 @@ pub(crate) async fn update_tenant(
     match q.fetch_optional(pool).await {
         Ok(Some(row)) => tenant_from_row(&row),
         Ok(None) => Err(Error::not_found("tenant", tenant)),
-        Err(e) => {
-            Err(unique_violation(&e).and_then(|c| tenant_conflict(c, name)).unwrap_or_else(|| db(e)))
-        }
+        Err(e) => Err(unique_violation(&e)
+            .and_then(|c| tenant_conflict(c, name))
+            .unwrap_or_else(|| db(e))),
     }
 }
 
@@ -358,10 +358,8 @@ pub(crate) async fn list_api_keys(pool: &PgPool, tenant: TenantId) -> Result<Vec
 
 /// A tenant and its keys, read in one snapshot.
 pub(crate) async fn export_tenant(pool: &PgPool, tenant: TenantId) -> Result<TenantRecord> {
-    let mut tx = pool
-        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .await
-        .map_err(db)?;
+    let mut tx =
+        pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(db)?;
     let row = query(concat!("SELECT ", tenant_columns!(), " FROM kahn.tenants WHERE id = $1"))
         .bind(tenant.as_uuid())
         .fetch_optional(&mut *tx)
@@ -405,7 +403,8 @@ fn check_imported(t: &Tenant) -> Result<()> {
 /// key of the record's.
 pub(crate) async fn import_tenant(pool: &PgPool, record: &TenantRecord) -> Result<Tenant> {
     record.check_keys()?;
-    let t = Tenant { created_at: truncate_micros(record.tenant.created_at), ..record.tenant.clone() };
+    let t =
+        Tenant { created_at: truncate_micros(record.tenant.created_at), ..record.tenant.clone() };
     check_imported(&t)?;
     let id = *t.id.as_uuid();
     let org = t.airlock_org_id.as_ref().map(OrgId::as_str);
@@ -469,7 +468,11 @@ pub(crate) async fn import_tenant(pool: &PgPool, record: &TenantRecord) -> Resul
 
 /// Inserts the record's keys that are not stored yet and propagates revocations to those that
 /// are; refuses a key whose hash or id is another key here.
-async fn import_keys(conn: &mut PgConnection, tenant: TenantId, keys: &[ApiKeyRecord]) -> Result<()> {
+async fn import_keys(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    keys: &[ApiKeyRecord],
+) -> Result<()> {
     if keys.is_empty() {
         return Ok(());
     }
@@ -542,14 +545,11 @@ pub(crate) async fn tenant_exists(pool: &PgPool, tenant: TenantId) -> Result<()>
 }
 
 pub(crate) async fn list_tenants(pool: &PgPool) -> Result<Vec<TenantSummary>> {
-    let rows = query(concat!(
-        "SELECT ",
-        tenant_columns!(),
-        ", run_count FROM kahn.admin_list_tenants()"
-    ))
-    .fetch_all(pool)
-    .await
-    .map_err(db)?;
+    let rows =
+        query(concat!("SELECT ", tenant_columns!(), ", run_count FROM kahn.admin_list_tenants()"))
+            .fetch_all(pool)
+            .await
+            .map_err(db)?;
     rows.iter()
         .map(|row| {
             let count: i64 = row.try_get("run_count").map_err(db)?;
@@ -661,7 +661,9 @@ async fn purge_all_at_database_clock(pool: &PgPool) -> Result<PurgeOutcome> {
 /// cutoff (the instant less up to 36,500 days) must stay representable. Nothing stored was
 /// received before it, so a purge as of an earlier instant removes nothing.
 fn earliest_purge_instant() -> Option<DateTime<Utc>> {
-    chrono::NaiveDate::from_ymd_opt(-4000, 1, 1).and_then(|d| d.and_hms_opt(0, 0, 0)).map(|d| d.and_utc())
+    chrono::NaiveDate::from_ymd_opt(-4000, 1, 1)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|d| d.and_utc())
 }
 
 async fn purge_as_operator(pool: &PgPool, req: &PurgeRequest) -> Result<PurgeOutcome> {
@@ -689,16 +691,15 @@ async fn purge_as_operator(pool: &PgPool, req: &PurgeRequest) -> Result<PurgeOut
     let mut outcome = PurgeOutcome::default();
     for row in &tenants {
         let tenant = TenantId::from_uuid(row.try_get("id").map_err(db)?);
-        let purged = query(
-            "SELECT runs_removed, transitions_removed FROM kahn.purge_tenant($1, $2, $3)",
-        )
-        .bind(tenant.as_uuid())
-        .bind(at)
-        .bind(req.is_dry_run())
-        .fetch_one(pool)
-        .await
-        .map_err(db)
-        .and_then(|row| report_from(tenant, &row));
+        let purged =
+            query("SELECT runs_removed, transitions_removed FROM kahn.purge_tenant($1, $2, $3)")
+                .bind(tenant.as_uuid())
+                .bind(at)
+                .bind(req.is_dry_run())
+                .fetch_one(pool)
+                .await
+                .map_err(db)
+                .and_then(|row| report_from(tenant, &row));
         match purged {
             Ok(report) if report.runs_removed > 0 => outcome.reports.push(report),
             Ok(_) => {}

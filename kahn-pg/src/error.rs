@@ -186,7 +186,7 @@ pub enum RoleProblem {
     /// PUBLIC).
     ExtraGrant {
         /// The object, as a `REVOKE` names it: `TABLE kahn.api_keys`, `kahn.runs (run_id)`,
-        /// `FUNCTION kahn.purge_expired_at(timestamp with time zone)`, `SCHEMA kahn`.
+        /// `FUNCTION kahn.purge_tenant(uuid,timestamp with time zone,boolean)`, `SCHEMA kahn`.
         object: String,
         /// The privilege.
         privilege: String,

@@ -335,8 +335,7 @@ impl PgBackend {
 
 /// What the app DSN answers the control-plane operations that are the operator's.
 mod admin_only {
-    pub(crate) const UPDATE_TENANT: &str =
-        "update_tenant (change tenants with the admin DSN: `kahn tenant set-retention`, `rename`, \
+    pub(crate) const UPDATE_TENANT: &str = "update_tenant (change tenants with the admin DSN: `kahn tenant set-retention`, `rename`, \
          `unlink-org`)";
     pub(crate) const DELETE_TENANT: &str =
         "delete_tenant (delete tenants with the admin DSN: `kahn tenant delete`)";
@@ -349,8 +348,7 @@ mod admin_only {
         "list_api_keys (list keys with the admin DSN: `kahn tenant keys`)";
     pub(crate) const EXPORT_TENANT: &str =
         "export_tenant (the app role may not read keys; export with the admin DSN)";
-    pub(crate) const IMPORT_TENANT: &str =
-        "import_tenant (the app role may not create tenants; import with the admin DSN: \
+    pub(crate) const IMPORT_TENANT: &str = "import_tenant (the app role may not create tenants; import with the admin DSN: \
          `kahn copy`)";
     pub(crate) const AUTHORIZE_OPERATOR: &str =
         "an operator's write scope (only the admin DSN may write any tenant: `kahn copy`)";

@@ -5,7 +5,7 @@
 mod support;
 
 use kahn_core::{
-    AppendBatch, Error, NewTenant, OrgId, ReadScope, RunId, RunQuery, StorageBackend,
+    AppendBatch, Error, NewTenant, OrgId, PurgeRequest, ReadScope, RunId, RunQuery, StorageBackend,
     StorageBackendExt, TenantId, WriteScope,
 };
 use kahn_pg::{PgBackend, PgPool, RoleProblem, UnsafeAppRole};
@@ -454,7 +454,7 @@ async fn app_dsn_refuses_a_stray_policy_and_an_altered_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_dsn_refuses_grants_beyond_the_design() {
     let (db, admin) = TestDb::new().await;
-    let cases: [(&str, &str, RoleProblem); 5] = [
+    let cases: [(&str, &str, RoleProblem); 8] = [
         (
             "GRANT SELECT ON kahn.api_keys TO kahn_app",
             "REVOKE SELECT ON kahn.api_keys FROM kahn_app",
@@ -472,11 +472,37 @@ async fn app_dsn_refuses_grants_beyond_the_design() {
             },
         ),
         (
-            "GRANT EXECUTE ON FUNCTION kahn.purge_expired_at(timestamptz) TO kahn_app",
-            "REVOKE EXECUTE ON FUNCTION kahn.purge_expired_at(timestamptz) FROM kahn_app",
+            "GRANT EXECUTE ON FUNCTION kahn.purge_tenant(uuid, timestamptz, boolean) TO kahn_app",
+            "REVOKE EXECUTE ON FUNCTION kahn.purge_tenant(uuid, timestamptz, boolean) FROM kahn_app",
             RoleProblem::ExtraGrant {
-                object: "FUNCTION kahn.purge_expired_at(timestamp with time zone)".into(),
+                object: "FUNCTION kahn.purge_tenant(uuid,timestamp with time zone,boolean)".into(),
                 privilege: "EXECUTE".into(),
+            },
+        ),
+        // Migration 0004's columns and functions: recording a key's use is the definer's,
+        // creating tenants is the definer's, renewing received_at is the app role's.
+        (
+            "GRANT UPDATE (last_used_at) ON kahn.api_keys TO kahn_app",
+            "REVOKE UPDATE (last_used_at) ON kahn.api_keys FROM kahn_app",
+            RoleProblem::ExtraGrant {
+                object: "kahn.api_keys (last_used_at)".into(),
+                privilege: "UPDATE".into(),
+            },
+        ),
+        (
+            "GRANT INSERT ON kahn.tenants TO kahn_app",
+            "REVOKE INSERT ON kahn.tenants FROM kahn_app",
+            RoleProblem::ExtraGrant {
+                object: "TABLE kahn.tenants".into(),
+                privilege: "INSERT".into(),
+            },
+        ),
+        (
+            "REVOKE UPDATE (received_at) ON kahn.runs FROM kahn_app",
+            "GRANT UPDATE (received_at) ON kahn.runs TO kahn_app",
+            RoleProblem::MissingGrant {
+                object: "column kahn.runs.received_at".into(),
+                privilege: "UPDATE".into(),
             },
         ),
         (
@@ -599,22 +625,43 @@ async fn app_role_cannot_purge_more_than_retention_allows_now() {
         assert_eq!(code, "42883", "{sql}: no purge takes the app role's time");
     }
     let code = sqlstate(
-        query("SELECT * FROM kahn.purge_expired_at('infinity')").execute(&mut *conn).await,
+        query("SELECT * FROM kahn.purge_tenant($1, 'infinity', false)")
+            .bind(t.id.as_uuid())
+            .execute(&mut *conn)
+            .await,
     );
     assert_eq!(code, INSUFFICIENT_PRIVILEGE, "the operator's purge is not the app role's");
     let rows =
         query("SELECT * FROM kahn.purge_expired()").fetch_all(&mut *conn).await.expect("purge");
     assert!(rows.is_empty(), "nothing is past retention at the database's clock");
-    // Through the adapter: the app backend's purge ignores a caller's far-future time.
+    // Through the adapter: the app backend purges only at the database's clock; a request
+    // with an instant, a tenant or a dry run is refused, naming the admin DSN, and removes
+    // nothing.
     let far = chrono::DateTime::<chrono::Utc>::MAX_UTC;
-    assert!(app.purge_expired(far).await.expect("app purge").is_empty());
+    for req in [
+        PurgeRequest::as_of(far),
+        PurgeRequest::at_store_clock().for_tenant(t.id),
+        PurgeRequest::at_store_clock().dry_run(),
+        PurgeRequest::as_of(far).for_tenant(t.id).dry_run(),
+    ] {
+        match app.purge_expired(&req).await {
+            Err(e @ Error::Unsupported { .. }) => {
+                let text = e.to_string();
+                assert!(text.contains("admin DSN") && text.contains("kahn purge"), "{text}");
+            }
+            other => panic!("{req:?}: the app role may not make this purge: {other:?}"),
+        }
+    }
+    let out = app.purge_expired(&PurgeRequest::at_store_clock()).await.expect("app purge");
+    assert!(out.reports.is_empty() && out.failures.is_empty(), "{out:?}");
     let run = RunId::new("fresh").expect("valid");
     assert_eq!(app.get_run(&t.read, &run).await.expect("still there").info.next_seq, 4);
     // The operator (admin DSN) may purge as of a time: the same run goes.
-    let reports = admin.purge_expired(far).await.expect("admin purge");
-    assert!(
-        reports.iter().any(|r| r.tenant_id == t.id && r.transitions_removed == 4),
-        "{reports:?}"
+    let out = admin.purge_expired(&PurgeRequest::as_of(far)).await.expect("admin purge");
+    assert_eq!(
+        out.report_for(t.id).map(|r| (r.runs_removed, r.transitions_removed)),
+        Some((1, 4)),
+        "{out:?}"
     );
 }
 
@@ -729,8 +776,11 @@ async fn security_definer_functions_resolve_without_tenant_context() {
     assert_eq!(over.tenant(), t.id);
     let tenants = app.list_tenants().await.expect("admin listing through the definer");
     assert!(tenants.iter().any(|s| s.tenant.id == t.id));
-    let purged = app.purge_expired(chrono::Utc::now()).await.expect("purge through the definer");
-    assert!(purged.is_empty(), "nothing is past retention: {purged:?}");
+    let purged = app
+        .purge_expired(&PurgeRequest::at_store_clock())
+        .await
+        .expect("purge through the definer");
+    assert!(purged.reports.is_empty(), "nothing is past retention: {purged:?}");
     // Control-plane writes are not the app's to make.
     assert!(matches!(
         app.provision_tenant(&NewTenant::new("nope").expect("valid")).await,
@@ -766,15 +816,17 @@ async fn security_definer_functions_expose_nothing_else() {
             "lookup_api_key",
             "lookup_tenant_by_org",
             "lookup_tenant_by_sub",
+            "provision_personal_tenant",
             "purge_expired",
-            "purge_expired_at"
+            "purge_tenant",
+            "touch_api_key"
         ]
     );
     for r in &rows {
         let name: String = r.try_get("name").expect("name");
         assert_eq!(r.try_get::<String, _>("owner").expect("owner"), "kahn_definer", "{name}");
         // The purge at a caller's time is the operator's, never the app role's.
-        let app_may = name != "purge_expired_at";
+        let app_may = name != "purge_tenant";
         assert_eq!(r.try_get::<bool, _>("app").expect("app"), app_may, "{name}: kahn_app EXECUTE");
         assert!(!r.try_get::<bool, _>("public").expect("public"), "{name}: PUBLIC may not");
     }

@@ -122,6 +122,15 @@ pub(crate) struct TestDb {
 impl TestDb {
     /// Creates and migrates a fresh database; returns it with its admin backend.
     pub(crate) async fn new() -> (Self, PgBackend) {
+        let (db, admin_pool) = Self::unmigrated().await;
+        let admin = PgBackend::admin_from_pool(admin_pool)
+            .await
+            .unwrap_or_else(|e| panic!("migrate {}: {e}", db.name));
+        (db, admin)
+    }
+
+    /// Creates a fresh database and migrates nothing; returns it with an admin pool on it.
+    pub(crate) async fn unmigrated() -> (Self, PgPool) {
         let mut conn = maintenance().await;
         drop_stale(&mut conn).await;
         let name = fresh_name();
@@ -137,10 +146,7 @@ impl TestDb {
             .connect_with(db.admin_options())
             .await
             .unwrap_or_else(|e| unreachable(e));
-        let admin = PgBackend::admin_from_pool(admin_pool)
-            .await
-            .unwrap_or_else(|e| panic!("migrate {}: {e}", db.name));
-        (db, admin)
+        (db, admin_pool)
     }
 
     /// The admin's connect options for this database.
