@@ -743,6 +743,18 @@ mod tests {
         assert_eq!((again.totals.transitions_appended, again.totals.heads_verified), (0, 3));
     }
 
+    /// Embedders can spawn a copy or an export on a multi-threaded runtime.
+    #[tokio::test]
+    async fn copy_and_export_futures_are_send() {
+        fn send<T: Send>(_: &T) {}
+        let (a, b) = (MemoryBackend::new(), MemoryBackend::new());
+        let opts = CopyOptions::default();
+        send(&copy(&a, &b, &opts, &Quiet));
+        let (_, _, scope) = store_with("t", "").await;
+        let (scope, dir) = (scope.read(), std::path::PathBuf::new());
+        send(&crate::export::export(&a, &scope, &dir, None));
+    }
+
     #[tokio::test]
     async fn differing_content_is_a_conflict_at_the_first_differing_seq() {
         let (from, tenant, _) = store_with("t", &lines("a", 0, 40, "s")).await;
