@@ -29,12 +29,14 @@
 //! ```
 
 pub use kahn_core::{
-    API_KEY_PREFIX, ApiKey, ApiKeyHash, ApiKeyId, ApiKeyInfo, AppendBatch, AppendReport,
-    BatchBuilder, ConflictAt, Cursor, Digest, Error, IssuedApiKey, Labels, MemoryBackend,
-    NdjsonLine, NewTenant, OrgId, PurgeReport, ReadScope, Result, RunAppend, RunAppendReport,
-    RunId, RunInfo, RunMeta, RunPage, RunQuery, RunSummary, Seq, StorageBackend, StorageBackendExt,
-    StoredTransition, Tenant, TenantId, TenantSource, TenantSummary, Transition, TransitionBody,
-    WriteScope, chain_link, content_hash, verify_chain,
+    API_KEY_PREFIX, ApiKey, ApiKeyHash, ApiKeyId, ApiKeyInfo, ApiKeyRecord, ApiKeyState,
+    AppendBatch, AppendReport, BatchBuilder, ConflictAt, Cursor, DEFAULT_RETENTION_DAYS, Digest,
+    Error, IssuedApiKey, Labels, MemoryBackend, NdjsonLine, NewApiKey, NewTenant, OrgId,
+    PurgeFailure, PurgeOutcome, PurgeReport, PurgeRequest, ReadScope, Result, RetentionDays,
+    RetiredKeys, RunAppend, RunAppendReport, RunId, RunInfo, RunMeta, RunPage, RunQuery,
+    RunSummary, Seq, StorageBackend, StorageBackendExt, StoredTransition, Tenant, TenantChange,
+    TenantId, TenantRecord, TenantSource, TenantSummary, Transition, TransitionBody, WriteScope,
+    chain_link, content_hash, is_expired, verify_chain,
 };
 
 /// The append rules as pure functions, for adapter authors.

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use kahn_core::{MemoryBackend, NewTenant, StorageBackend};
+use kahn_core::{MemoryBackend, NewTenant, StorageBackend, StorageBackendExt};
 use tower::ServiceExt;
 
 struct World {

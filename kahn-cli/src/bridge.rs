@@ -12,7 +12,7 @@ use std::path::Path;
 use kahn_core::{Error, NewTenant, Result, RunId, RunMeta, StorageBackend, WriteScope};
 use serde::Deserialize;
 
-use crate::provision::{Provisioned, provision};
+use crate::provision::{KeyPlan, Provisioned, provision};
 use crate::push::{self, Progress, PushOptions, PushReport, RunSource};
 
 /// One product's bridge settings.
@@ -189,7 +189,8 @@ impl Bridge {
     /// # Errors
     /// As [`provision`].
     pub async fn onboard(&self, store: &dyn StorageBackend, rotate: bool) -> Result<Provisioned> {
-        provision(store, &NewTenant::new(self.profile.tenant.clone())?, rotate).await
+        let plan = if rotate { KeyPlan::rotate() } else { KeyPlan::default() };
+        provision(store, &NewTenant::new(self.profile.tenant.clone())?, &plan).await
     }
 
     /// Pushes the run at `path` under the run id derived from `ci`, with the profile's source

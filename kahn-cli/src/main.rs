@@ -2,6 +2,7 @@
 
 mod logging;
 mod serve;
+mod tenant_cmd;
 mod transfer_cmd;
 
 use std::io::IsTerminal;
@@ -50,9 +51,17 @@ Audit events (target kahn::audit) are logged whatever KAHN_LOG says.")]
     /// Create or upgrade the database schema.
     #[command(after_help = "Example:\n  kahn migrate --db sqlite://kahn.db")]
     Migrate(DbArgs),
-    /// Provision tenants and their API keys.
+    /// Tenants and their API keys: provision, keys, retention, rename, org, delete.
     #[command(subcommand)]
-    Tenant(TenantCommand),
+    Tenant(tenant_cmd::TenantCommand),
+    /// Remove the runs past their tenant's retention (counted from each run's last receipt).
+    #[command(after_help = "\
+Examples:
+  kahn purge --dry-run                          # what would go, per tenant; nothing removed
+  kahn purge --tenant choco
+  kahn purge --db postgres://postgres@db.internal/kahn --json
+`kahn serve` also purges hourly at the database's clock.")]
+    Purge(tenant_cmd::PurgeArgs),
     /// Push a run (a directory with transitions.ndjson, or an NDJSON file), resuming from
     /// what is stored.
     #[command(after_help = "\
@@ -103,82 +112,6 @@ struct KeyTarget {
     /// The API key naming the tenant.
     #[arg(long, env = "KAHN_API_KEY", hide_env_values = true)]
     key: Option<String>,
-}
-
-#[derive(Subcommand, Debug)]
-enum TenantCommand {
-    /// Create a tenant (or find it by name) and print a key when one is issued.
-    #[command(after_help = "\
-Examples:
-  kahn tenant provision choco                  # first time: prints a key
-  kahn tenant provision choco                  # again: creates nothing, prints no key
-  kahn tenant provision choco --rotate         # new key; the old ones stop working
-  kahn tenant provision alice --owner-sub auth0|alice --json")]
-    Provision {
-        /// Unique tenant name.
-        name: String,
-        /// Make it the personal tenant of this JWT subject.
-        #[arg(long)]
-        owner_sub: Option<String>,
-        /// Link it to this organisation (JWT org_id).
-        #[arg(long)]
-        org: Option<String>,
-        /// Retention of its runs, in days.
-        #[arg(long)]
-        retention_days: Option<u32>,
-        /// Issue a new key and revoke the tenant's active ones.
-        #[arg(long)]
-        rotate: bool,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        db: DbArgs,
-    },
-    /// List tenants with their run counts.
-    #[command(
-        after_help = "Examples:\n  kahn tenant list\n  kahn tenant list --json --db postgres://postgres@db.internal/kahn"
-    )]
-    List {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        db: DbArgs,
-    },
-    /// List a tenant's API keys (ids and state; secrets are never stored).
-    #[command(after_help = "Example:\n  kahn tenant keys choco")]
-    Keys {
-        /// Tenant name.
-        name: String,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        db: DbArgs,
-    },
-    /// Link a tenant to an organisation (moves the org's tenancy in one update).
-    #[command(after_help = "Example:\n  kahn tenant link-org choco org_8f2k3")]
-    LinkOrg {
-        /// Tenant name.
-        name: String,
-        /// Organisation id (JWT org_id).
-        org: String,
-        #[command(flatten)]
-        db: DbArgs,
-    },
-    /// Revoke one API key of a tenant.
-    #[command(
-        after_help = "Example:\n  kahn tenant keys choco      # find the id\n  kahn tenant revoke-key choco 3d7a9453-86ca-4380-a10a-2383526fba23"
-    )]
-    RevokeKey {
-        /// Tenant name.
-        name: String,
-        /// The key's id (from `tenant provision` or `tenant keys`).
-        key_id: String,
-        #[command(flatten)]
-        db: DbArgs,
-    },
 }
 
 #[derive(Args, Debug)]
@@ -314,6 +247,13 @@ pub(crate) struct Failure {
     message: String,
 }
 
+impl Failure {
+    /// A failure exiting with `code`; `message` ends with a `hint:` line.
+    pub(crate) fn new(code: u8, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
 /// The exit code of an error, and what to do next.
 fn exit_code(e: &Error) -> (u8, &'static str) {
     match e {
@@ -445,7 +385,9 @@ fn print_provisioned(p: &Provisioned, json: bool, secret_name: &str) -> CliResul
             "tenant": p.tenant,
             "api_key": p.issued.as_ref().map(|k| k.secret.expose_secret()),
             "key_id": p.issued.as_ref().map(|k| k.id),
-            "revoked": p.revoked,
+            "expires_at": p.expires_at,
+            "retired": p.retired,
+            "retired_at": p.retired_at,
         }));
     }
     println!("tenant {} ({})", p.tenant.name, p.tenant.id);
@@ -453,8 +395,16 @@ fn print_provisioned(p: &Provisioned, json: bool, secret_name: &str) -> CliResul
         Some(k) => {
             println!("API key (shown once; store it as a secret): {}", k.secret.expose_secret());
             println!("key id: {}", k.id);
-            if !p.revoked.is_empty() {
-                println!("revoked {} previous key(s)", p.revoked.len());
+            if let Some(at) = p.expires_at {
+                println!("expires: {}", at.to_rfc3339());
+            }
+            match (p.retired.len(), p.retired_at) {
+                (0, _) => {}
+                (n, None) => println!("revoked {n} previous key(s): they stop working now"),
+                (n, Some(at)) => println!(
+                    "{n} previous key(s) keep working until {} (the grace period), then expire",
+                    at.to_rfc3339()
+                ),
             }
             println!("next: set {secret_name} to the key, then `kahn push PATH`");
         }
@@ -556,81 +506,8 @@ async fn run(cli: Cli) -> CliResult {
             println!("schema is current ({})", redact_dsn(&db.db));
             Ok(())
         }
-        Command::Tenant(TenantCommand::Provision {
-            name,
-            owner_sub,
-            org,
-            retention_days,
-            rotate,
-            json,
-            db,
-        }) => {
-            let store = open_db(&db).await?;
-            let mut req = NewTenant::new(name)?;
-            if let Some(sub) = owner_sub {
-                req = req.with_owner_sub(sub)?;
-            }
-            if let Some(org) = org {
-                req = req.with_org(OrgId::new(org)?);
-            }
-            if let Some(days) = retention_days {
-                req = req.with_retention_days(days)?;
-            }
-            let done = provision(store.as_ref(), &req, rotate).await?;
-            print_provisioned(&done, json, "KAHN_API_KEY")
-        }
-        Command::Tenant(TenantCommand::List { json, db }) => {
-            let store = open_db(&db).await?;
-            let tenants = store.list_tenants().await?;
-            if json {
-                return print_json(&tenants);
-            }
-            for t in tenants {
-                println!(
-                    "{:<24} {} runs={} org={} owner={}",
-                    t.tenant.name,
-                    t.tenant.id,
-                    t.run_count,
-                    t.tenant.airlock_org_id.as_ref().map_or("-", OrgId::as_str),
-                    t.tenant.owner_sub.as_deref().unwrap_or("-")
-                );
-            }
-            Ok(())
-        }
-        Command::Tenant(TenantCommand::Keys { name, json, db }) => {
-            let store = open_db(&db).await?;
-            let tenant = tenant_by_name(store.as_ref(), &name).await?;
-            let keys = store.list_api_keys(tenant.id).await?;
-            if json {
-                return print_json(&keys);
-            }
-            for k in keys {
-                let state = k
-                    .revoked_at
-                    .map_or("active".to_owned(), |t| format!("revoked {}", t.to_rfc3339()));
-                println!("{}  issued {}  {state}", k.id, k.created_at.to_rfc3339());
-            }
-            Ok(())
-        }
-        Command::Tenant(TenantCommand::LinkOrg { name, org, db }) => {
-            let store = open_db(&db).await?;
-            let tenant = tenant_by_name(store.as_ref(), &name).await?;
-            let t = store.link_org(tenant.id, &OrgId::new(org)?).await?;
-            println!(
-                "tenant {} is now linked to org {}",
-                t.name,
-                t.airlock_org_id.as_ref().map_or("-", OrgId::as_str)
-            );
-            Ok(())
-        }
-        Command::Tenant(TenantCommand::RevokeKey { name, key_id, db }) => {
-            let store = open_db(&db).await?;
-            let tenant = tenant_by_name(store.as_ref(), &name).await?;
-            let key: ApiKeyId = key_id.parse()?;
-            store.revoke_api_key(tenant.id, key).await?;
-            println!("revoked key {key} of tenant {}", tenant.name);
-            Ok(())
-        }
+        Command::Tenant(cmd) => tenant_cmd::run(cmd).await,
+        Command::Purge(args) => tenant_cmd::purge(args).await,
         Command::Push(args) => run_push(args).await,
         Command::Copy(args) => transfer_cmd::copy(args).await,
         Command::Export(args) => transfer_cmd::export(args).await,
@@ -674,6 +551,7 @@ async fn run(cli: Cli) -> CliResult {
             println!("transitions {}", i.next_seq);
             println!("first ts   {}", i.first_ts.map_or("-".into(), |t| t.to_rfc3339()));
             println!("last ts    {}", i.last_ts.map_or("-".into(), |t| t.to_rfc3339()));
+            println!("received   {}  (retention counts from here)", i.received_at.to_rfc3339());
             println!("head hash  {}", i.head_hash);
             for (k, v) in &i.labels {
                 println!("label      {k}={v}");

@@ -75,6 +75,10 @@ pub(crate) struct ServeArgs {
     /// Behind a reverse proxy all clients share one address [default: 20]
     #[arg(long, env = "KAHN_AUTH_FAILURES_PER_MINUTE")]
     auth_failures_per_minute: Option<NonZeroU32>,
+    /// Create no personal tenant (`user:<sub>`) when someone signs in with a JWT whose sub
+    /// and org match no tenant; they then see nothing until an operator provisions one.
+    #[arg(long, env = "KAHN_NO_PERSONAL_TENANTS")]
+    no_personal_tenants: bool,
     /// A TOML file with any of the settings above (snake_case keys); flags and environment win.
     #[arg(long, env = "KAHN_CONFIG")]
     config: Option<PathBuf>,
@@ -99,6 +103,8 @@ struct FileConfig {
     max_requests_in_flight: Option<NonZeroUsize>,
     retention_interval_secs: Option<u64>,
     auth_failures_per_minute: Option<NonZeroU32>,
+    #[serde(default)]
+    no_personal_tenants: bool,
 }
 
 fn usage(message: String) -> Failure {
@@ -127,6 +133,7 @@ impl ServeArgs {
         self.jwt_issuer = self.jwt_issuer.or(file.jwt_issuer);
         self.jwt_audience = self.jwt_audience.or(file.jwt_audience);
         self.jwt_insecure_no_issuer_audience_check |= file.jwt_insecure_no_issuer_audience_check;
+        self.no_personal_tenants |= file.no_personal_tenants;
         self.auth_failures_per_minute =
             self.auth_failures_per_minute.or(file.auth_failures_per_minute);
         self.ingest_rate = self.ingest_rate.or(file.ingest_rate);
@@ -196,7 +203,7 @@ impl ServeArgs {
         if let Some(n) = self.auth_failures_per_minute {
             config = config.with_auth_failures_per_minute(n);
         }
-        Ok(config)
+        Ok(config.with_personal_tenants(!self.no_personal_tenants))
     }
 }
 

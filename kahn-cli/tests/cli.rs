@@ -719,3 +719,172 @@ fn a_graph_with_a_number_no_double_holds_is_refused() {
     let listed = env.ok(&["runs", "list"], Some(&key));
     assert!(listed.contains("no runs yet"), "{listed}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Data lifecycle: retention by receipt, tenant administration, key rollover
+
+/// A `kahn serve` with the default retention timer (a purge at start, then hourly).
+fn serve_with_retention(env: &Env) -> Served {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kahn"));
+    cmd.args(["serve", "--db", &env.db(), "--listen", "127.0.0.1:0"])
+        .env("KAHN_LOG", "kahn_http::server=debug,kahn_http::retention=info,warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let url = first.split_whitespace().find(|w| w.starts_with("http://")).unwrap();
+    let addr = url.trim_start_matches("http://").to_owned();
+    let stderr = child.stderr.take().unwrap();
+    Served { child, addr, stderr }
+}
+
+/// A backfill dated a year ago is accepted, survives a server restart (which purges at start)
+/// with the default 90-day retention, and `kahn purge` finds nothing to remove: retention
+/// counts from receipt, not from the producer's `ts`.
+#[test]
+fn a_run_dated_a_year_ago_survives_a_restart_with_retention_90() {
+    let env = Env::new();
+    let key = env.key("backfill");
+    let run = env.dir.path().join("last-year.ndjson");
+    let year_ago = chrono::Utc::now() - chrono::Duration::days(365);
+    let text: String = (0..50)
+        .map(|i| {
+            let ts = (year_ago + chrono::Duration::seconds(i)).to_rfc3339();
+            format!("{{\"ts\":\"{ts}\",\"node\":\"n{}\",\"to\":\"succeeded\"}}\n", i % 3)
+        })
+        .collect();
+    std::fs::write(&run, text).unwrap();
+
+    let first = serve_with_retention(&env);
+    let url = format!("http://{}", first.addr);
+    let out = env.kahn(&["push", run.to_str().unwrap(), "--url", &url, "--json"], Some(&key));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let log = first.log();
+    assert!(log.contains("retention purge done"), "the first server purged at start: {log}");
+
+    let second = serve_with_retention(&env);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (status, body) = second.get("/v1/runs/last-year", &[("Authorization", &format!("Bearer {key}"))]);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"next_seq\":50"), "the backfill is intact after the restart: {body}");
+    let log = second.log();
+    assert!(log.contains("retention purge done"), "the restarted server purged at start: {log}");
+    assert!(!log.contains("runs_removed"), "it removed nothing: {log}");
+
+    let dry = env.ok(&["purge", "--dry-run"], None);
+    assert!(dry.contains("nothing to purge"), "{dry}");
+    assert!(env.ok(&["verify", "last-year"], Some(&key)).starts_with("OK"));
+}
+
+fn fails(env: &Env, args: &[&str], code: i32, needle: &str) -> String {
+    let out = env.kahn(args, None);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "kahn {args:?}: {err}");
+    assert!(err.contains(needle), "kahn {args:?} must say {needle:?}: {err}");
+    assert!(err.contains("hint:"), "kahn {args:?} gives a hint: {err}");
+    err
+}
+
+/// Retention and tenant settings as operators change them, each bad input refused with a
+/// hint and nothing changed.
+#[test]
+fn operators_change_retention_names_and_orgs_and_bad_input_changes_nothing() {
+    let env = Env::new();
+    env.key("team");
+    let err = fails(&env, &["tenant", "provision", "team", "--retention-days", "30"], 2, "retention");
+    assert!(err.contains("kahn tenant set-retention team 30"), "{err}");
+    env.ok(&["tenant", "provision", "team", "--retention-days", "90"], None);
+    fails(&env, &["tenant", "set-retention", "team", "0"], 2, "retention_days");
+    fails(&env, &["tenant", "set-retention", "nobody", "30"], 1, "no tenant named \"nobody\"");
+    let set = env.ok(&["tenant", "set-retention", "team", "30"], None);
+    assert!(set.contains("30 days"), "{set}");
+    env.ok(&["tenant", "provision", "team", "--retention-days", "30"], None);
+    let listed = env.ok(&["tenant", "list"], None);
+    assert!(listed.contains("retention=30d"), "{listed}");
+
+    env.key("other");
+    fails(&env, &["tenant", "rename", "team", "other"], 2, "name");
+    env.ok(&["tenant", "rename", "team", "team-ci"], None);
+    fails(&env, &["tenant", "rename", "team", "x"], 1, "no tenant named \"team\"");
+    env.ok(&["tenant", "link-org", "team-ci", "org_42"], None);
+    fails(&env, &["tenant", "link-org", "other", "org_42"], 2, "org_id");
+    let unlinked = env.ok(&["tenant", "unlink-org", "team-ci"], None);
+    assert!(unlinked.contains("no longer linked to org org_42"), "{unlinked}");
+    let again = env.ok(&["tenant", "unlink-org", "team-ci"], None);
+    assert!(again.contains("nothing changed"), "{again}");
+    env.ok(&["tenant", "link-org", "other", "org_42"], None);
+
+    let dry: serde_json::Value =
+        serde_json::from_str(&env.ok(&["purge", "--dry-run", "--tenant", "team-ci", "--json"], None))
+            .unwrap();
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["tenants"], serde_json::json!([]));
+    fails(&env, &["purge", "--tenant", "nobody"], 1, "no tenant named");
+}
+
+/// Key rollover without an outage: the old key keeps working through the grace period while
+/// the new one works at once; `tenant keys` shows each key's dates; an expiry that is not in
+/// the future is refused.
+#[test]
+fn keys_roll_over_with_a_grace_period_and_are_listed_with_their_dates() {
+    let env = Env::new();
+    let old = env.key("rolling");
+    let run = env.run_dir("r1", 5, "a");
+    push_json(&env, &run, &old, &[]);
+    let rotated: serde_json::Value = serde_json::from_str(&env.ok(
+        &["tenant", "provision", "rolling", "--rotate", "--grace", "24h", "--json"],
+        None,
+    ))
+    .unwrap();
+    let new = rotated["api_key"].as_str().unwrap().to_owned();
+    assert!(rotated["retired_at"].is_string(), "{rotated}");
+    env.ok(&["runs", "list"], Some(&old));
+    env.ok(&["runs", "list"], Some(&new));
+    let human = env.ok(&["tenant", "provision", "other", "--rotate", "--grace", "1h"], None);
+    assert!(human.contains("API key"), "{human}");
+
+    let keys = env.ok(&["tenant", "keys", "rolling"], None);
+    let header = keys.lines().next().unwrap();
+    for column in ["ID", "STATE", "CREATED", "EXPIRES", "REVOKED", "LAST USED"] {
+        assert!(header.contains(column), "{keys}");
+    }
+    assert_eq!(keys.lines().count(), 3, "{keys}");
+    assert_eq!(keys.matches("active").count(), 2, "both work during the grace: {keys}");
+
+    let issued: serde_json::Value = serde_json::from_str(
+        &env.ok(&["tenant", "issue-key", "rolling", "--expires-in", "30d", "--json"], None),
+    )
+    .unwrap();
+    assert!(issued["expires_at"].is_string(), "{issued}");
+    env.ok(&["runs", "list"], Some(issued["api_key"].as_str().unwrap()));
+    fails(&env, &["tenant", "issue-key", "rolling", "--expires-in", "0s"], 2, "expires_in");
+    let out = env.kahn(&["tenant", "issue-key", "rolling", "--expires-in", "soon"], None);
+    assert_eq!(out.status.code(), Some(2), "clap refuses a non-duration");
+    let out = env.kahn(&["tenant", "provision", "rolling", "--grace", "1h"], None);
+    assert_eq!(out.status.code(), Some(2), "--grace needs --rotate");
+    assert_eq!(env.ok(&["tenant", "keys", "rolling"], None).lines().count(), 4, "no key added");
+
+    // Without a grace, a rotation stops the old keys at once.
+    let now = env.provision("rolling", true)["api_key"].as_str().unwrap().to_owned();
+    assert_eq!(env.kahn(&["runs", "list"], Some(&new)).status.code(), Some(4));
+    env.ok(&["runs", "list"], Some(&now));
+}
+
+/// Deleting a tenant needs --yes, removes its runs and keys, and is audited.
+#[test]
+fn deleting_a_tenant_needs_yes_and_is_audited() {
+    let env = Env::new();
+    let key = env.key("doomed");
+    push_json(&env, &env.run_dir("d1", 7, "a"), &key, &[]);
+    fails(&env, &["tenant", "delete", "doomed"], 2, "--yes");
+    env.ok(&["runs", "list"], Some(&key));
+    let out = env.kahn(&["tenant", "delete", "doomed", "--yes"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("1 runs, 7 transitions"), "{said}");
+    let audit = String::from_utf8_lossy(&out.stderr);
+    assert!(audit.contains("kahn::audit") && audit.contains("tenant_deleted"), "{audit}");
+    assert_eq!(env.kahn(&["runs", "list"], Some(&key)).status.code(), Some(4));
+    fails(&env, &["tenant", "delete", "doomed", "--yes"], 1, "no tenant named");
+}

@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use kahn_core::{MemoryBackend, NewTenant, StorageBackend};
+use kahn_core::{MemoryBackend, NewTenant, StorageBackend, StorageBackendExt};
 use kahn_http::{AppState, JwtConfig, JwtKeySource, ServerConfig};
 
 fn usage() -> ! {
