@@ -14,12 +14,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use kahn_cli::bridge::{self, Bridge, CiContext, Profile};
-use kahn_cli::provision::{Provisioned, provision};
+use kahn_cli::provision::Provisioned;
 use kahn_cli::push::{self, Progress, PushOptions, RunSource};
 use kahn_cli::{ResumeCache, redact_dsn, redact_dsns_in};
 use kahn_core::{
-    ApiKey, ApiKeyId, Cursor, Error, NewTenant, OrgId, RunId, RunQuery, StorageBackend,
-    StorageBackendExt, Tenant, WriteScope,
+    ApiKey, Cursor, Error, RunId, RunQuery, StorageBackend, StorageBackendExt, Tenant, WriteScope,
 };
 use kahn_sqlite::SqliteBackend;
 
