@@ -3,6 +3,7 @@
 mod logging;
 mod serve;
 mod tenant_cmd;
+mod transfer_cmd;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -82,6 +83,10 @@ A re-run sends only what is missing; a fully stored run is a no-op.")]
         #[command(flatten)]
         target: KeyTarget,
     },
+    /// Copy tenants, keys and runs from one store into another (e.g. SQLite to Postgres).
+    Copy(transfer_cmd::CopyArgs),
+    /// Export a tenant's runs as NDJSON files `kahn push` accepts.
+    Export(transfer_cmd::ExportArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -503,6 +508,8 @@ async fn run(cli: Cli) -> CliResult {
         Command::Tenant(cmd) => tenant_cmd::run(cmd).await,
         Command::Purge(args) => tenant_cmd::purge(args).await,
         Command::Push(args) => run_push(args).await,
+        Command::Copy(args) => transfer_cmd::copy(args).await,
+        Command::Export(args) => transfer_cmd::export(args).await,
         Command::Runs(RunsCommand::List { source, status, limit, cursor, json, target }) => {
             let store = open_target(&target).await?;
             let scope = resolve_key(store.as_ref(), &target.key).await?.read();
