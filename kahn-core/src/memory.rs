@@ -27,11 +27,30 @@ use crate::transition::RunMeta;
 /// Everything in one mutex: appends serialize, reads see committed state only.
 ///
 /// It passes the same conformance suite as the database adapters, so embedders can test
-/// against it; nothing survives the process.
+/// against it; nothing survives the process. Its clock can be replaced
+/// ([`with_clock`](Self::with_clock)), so a test can let days pass for retention and key
+/// expiry without waiting.
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
     state: Mutex<State>,
     key_uses: KeyUseThrottle,
+    clock: Clock,
+}
+
+/// The store's clock: the system's, or a test's.
+#[derive(Clone, Default)]
+struct Clock(Option<std::sync::Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>>);
+
+impl Clock {
+    fn now(&self) -> DateTime<Utc> {
+        truncate_micros(self.0.as_ref().map_or_else(Utc::now, |f| f()))
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Clock(custom)" } else { "Clock(system)" })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -54,6 +73,12 @@ impl MemoryBackend {
         Self::default()
     }
 
+    /// An empty store whose clock is `now` instead of the system's: it stamps `received_at`,
+    /// key times, and decides expiry and purges at the store's clock.
+    pub fn with_clock(now: impl Fn() -> DateTime<Utc> + Send + Sync + 'static) -> Self {
+        Self { clock: Clock(Some(std::sync::Arc::new(now))), ..Self::default() }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave a half-applied append: appends compute
         // everything first and apply without fallible steps. So a poisoned lock is still sound.
@@ -70,12 +95,13 @@ impl State {
         &mut self,
         tenant: TenantId,
         expires_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
     ) -> Result<IssuedApiKey> {
         let secret = ApiKey::generate()?;
         let info = ApiKeyInfo {
             id: ApiKeyId::new_random(),
             tenant_id: tenant,
-            created_at: truncate_micros(Utc::now()),
+            created_at: now,
             expires_at,
             revoked_at: None,
             last_used_at: None,
@@ -119,12 +145,12 @@ impl State {
 
     /// A write scope's key must still be active: revocation cuts off scopes already resolved.
     /// An operator's scope (no key) was granted by this store for an existing tenant.
-    fn check_write_key(&self, scope: &WriteScope) -> Result<()> {
+    fn check_write_key(&self, scope: &WriteScope, now: DateTime<Utc>) -> Result<()> {
         let Some(key) = scope.api_key() else {
             return self.tenant(scope.tenant()).map(|_| ());
         };
         match self.keys.get(&key.hash()) {
-            Some(k) if k.tenant_id == scope.tenant() && k.is_active(Utc::now()) => Ok(()),
+            Some(k) if k.tenant_id == scope.tenant() && k.is_active(now) => Ok(()),
             _ => Err(Error::Unauthorized(
                 "the API key of this scope is unknown, revoked or expired".into(),
             )),
@@ -188,7 +214,7 @@ impl StorageBackend for MemoryBackend {
     async fn create_api_key(&self, tenant: TenantId, req: &NewApiKey) -> Result<IssuedApiKey> {
         let mut st = self.lock();
         st.tenant(tenant)?;
-        let now = truncate_micros(Utc::now());
+        let now = self.clock.now();
         let mut retired: Vec<ApiKeyHash> = Vec::new();
         if let Some((which, _)) = req.retirement() {
             retired = st
@@ -207,7 +233,7 @@ impl StorageBackend for MemoryBackend {
                 return Err(Error::not_found("api_key", id));
             }
         }
-        let issued = st.issue_key(tenant, req.expiry())?;
+        let issued = st.issue_key(tenant, req.expiry(), now)?;
         let at = req.retirement().and_then(|(_, at)| at);
         for hash in retired {
             if let Some(k) = st.keys.get_mut(&hash) {
@@ -224,7 +250,7 @@ impl StorageBackend for MemoryBackend {
         let mut st = self.lock();
         let k = st.key_mut(tenant, key).ok_or_else(|| Error::not_found("api_key", key))?;
         if k.revoked_at.is_none() {
-            k.revoked_at = Some(truncate_micros(Utc::now()));
+            k.revoked_at = Some(self.clock.now());
         }
         Ok(())
     }
@@ -254,7 +280,7 @@ impl StorageBackend for MemoryBackend {
 
     async fn authenticate_api_key(&self, key: &ApiKey) -> Result<Option<TenantId>> {
         let mut st = self.lock();
-        let now = truncate_micros(Utc::now());
+        let now = self.clock.now();
         let hash = key.hash();
         let Some(k) = st.keys.get_mut(&hash).filter(|k| k.is_active(now)) else {
             return Ok(None);
@@ -321,7 +347,8 @@ impl StorageBackend for MemoryBackend {
     async fn append(&self, scope: &WriteScope, batch: &AppendBatch) -> Result<AppendReport> {
         let mut st = self.lock();
         let tenant = scope.tenant();
-        st.check_write_key(scope)?;
+        let now = self.clock.now();
+        st.check_write_key(scope, now)?;
         // Decide every run first, reading only; apply when all runs pass (one transaction).
         let mut planned = Vec::with_capacity(batch.runs().len());
         for run in batch.runs() {
@@ -365,7 +392,6 @@ impl StorageBackend for MemoryBackend {
                 .collect::<Result<Vec<_>>>()?;
             planned.push((run, decision, meta, rows));
         }
-        let now = truncate_micros(Utc::now());
         let mut report = AppendReport::default();
         for (run, decision, meta, rows) in planned {
             let stored =
@@ -455,7 +481,7 @@ impl StorageBackend for MemoryBackend {
 
     async fn purge_expired(&self, req: &PurgeRequest) -> Result<PurgeOutcome> {
         let mut st = self.lock();
-        let now = req.instant_or(truncate_micros(Utc::now()));
+        let now = req.instant_or(self.clock.now());
         let tenants: Vec<(TenantId, u32)> = st
             .tenants
             .values()

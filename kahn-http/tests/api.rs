@@ -1191,13 +1191,25 @@ async fn graceful_shutdown_lets_an_in_flight_ingest_finish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_task_purges_expired_runs_on_its_interval() {
+    // The store's clock, moved forward by the test: retention counts from receipt.
+    let skew = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let clock = skew.clone();
+    let backend = MemoryBackend::with_clock(move || {
+        Utc::now() + chrono::Duration::seconds(clock.load(std::sync::atomic::Ordering::SeqCst))
+    });
     let keys = TestKeys::generate();
     let config = test_config(&keys).with_retention_interval(Some(Duration::from_millis(100)));
-    let s = TestServer::start(Arc::new(MemoryBackend::new()), keys, config).await;
+    let s = TestServer::start(Arc::new(backend), keys, config).await;
     let t = provision(&s, |t| t.with_retention_days(1).expect("valid")).await;
+    // Dated ten days ago, received now: a backfill is kept.
     let old = SourceLog::new("old", 3, "a", Utc::now() - chrono::Duration::days(10));
+    assert_eq!(ingest(&s, &t.key, lines(&old)).await.status(), StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(get(&s, "/v1/runs/old", Some(&t.key), None).await.status(), StatusCode::OK);
+    // Two days pass; a run received now is fresh, the backfill is past its day.
+    skew.store(2 * 86_400, std::sync::atomic::Ordering::SeqCst);
     let fresh = SourceLog::new("fresh", 2, "a", recent_base());
-    assert_eq!(ingest(&s, &t.key, lines(&old) + &lines(&fresh)).await.status(), StatusCode::OK);
+    assert_eq!(ingest(&s, &t.key, lines(&fresh)).await.status(), StatusCode::OK);
     let mut gone = false;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
