@@ -37,12 +37,19 @@ struct Pg {
 }
 
 impl Pg {
+    /// A server that creates no personal tenants: a stranger's JWT resolves to none.
     async fn start() -> Self {
+        Self::start_with(|c| c.with_personal_tenants(false)).await
+    }
+
+    async fn start_with(
+        f: impl FnOnce(kahn_http::ServerConfig) -> kahn_http::ServerConfig,
+    ) -> Self {
         let (db, admin) = TestDb::new().await;
         let app = db.app().await;
         assert_eq!(app.mode(), kahn_pg::Mode::App, "the server runs as the app role");
         let keys = TestKeys::generate();
-        let config = test_config(&keys);
+        let config = f(test_config(&keys));
         let s = TestServer::start(Arc::new(app.clone()), keys, config).await;
         Self { s, admin, app, _db: db }
     }
@@ -640,4 +647,28 @@ fn no_query_string_reaches_a_5xx_on_postgres() {
     if let Err(e) = result {
         panic!("{e}");
     }
+}
+
+/// First sign-in on Postgres: the app role creates the personal tenant through its SECURITY
+/// DEFINER function (it has no INSERT on tenants), once, and the person reads it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strangers_first_sign_in_creates_their_personal_tenant_as_the_app_role() {
+    let pg = Pg::start_with(|c| c).await;
+    let sub = format!("okta|{}", uuid::Uuid::new_v4().simple());
+    let token = pg.s.keys.sign(&claims(&sub, Some("member"), Some("org_unlinked")));
+    let r = pg.get("/v1/whoami", &token, None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let me = json_of(r).await;
+    assert_eq!(me["tenant_source"], "sub", "{me}");
+    let id = me["tenant_id"].as_str().expect("a tenant").to_owned();
+    let tenants = pg.admin.list_tenants().await.expect("list");
+    let created: Vec<_> =
+        tenants.iter().filter(|t| t.tenant.owner_sub.as_deref() == Some(sub.as_str())).collect();
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0].tenant.id.to_string(), id);
+    assert_eq!(created[0].tenant.name, format!("user:{sub}"));
+    let listed = pg.runs(&token, None, (&id, "sub")).await;
+    assert!(listed.is_empty());
+    let again = json_of(pg.get("/v1/whoami", &token, None).await).await;
+    assert_eq!(again["tenant_id"].as_str(), Some(id.as_str()));
 }
