@@ -395,14 +395,14 @@ fn print_provisioned(p: &Provisioned, json: bool, secret_name: &str) -> CliResul
             println!("API key (shown once; store it as a secret): {}", k.secret.expose_secret());
             println!("key id: {}", k.id);
             if let Some(at) = p.expires_at {
-                println!("expires: {}", at.to_rfc3339());
+                println!("expires: {}", at.format("%Y-%m-%d %H:%M:%SZ"));
             }
             match (p.retired.len(), p.retired_at) {
                 (0, _) => {}
                 (n, None) => println!("revoked {n} previous key(s): they stop working now"),
                 (n, Some(at)) => println!(
                     "{n} previous key(s) keep working until {} (the grace period), then expire",
-                    at.to_rfc3339()
+                    at.format("%Y-%m-%d %H:%M:%SZ")
                 ),
             }
             println!("next: set {secret_name} to the key, then `kahn push PATH`");

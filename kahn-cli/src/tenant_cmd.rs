@@ -368,7 +368,7 @@ async fn delete(db: &DbArgs, name: &str, yes: bool) -> CliResult {
             2,
             format!(
                 "not deleted: tenant {name} ({}) holds {runs} runs and its keys; deleting removes \
-                 them for good\nhint: re-run with --yes to delete (`kahn export --tenant {name}` \
+                 them for good\nhint: re-run with --yes to delete (`kahn export --tenant {name} --out DIR` \
                  keeps a copy first)",
                 tenant.id
             ),
