@@ -102,7 +102,10 @@ function serve(listen = '127.0.0.1:0') {
   return new Promise((resolve, reject) => {
     const proc = spawn(KAHN, ['serve', '--db', DB, '--listen', listen,
       '--jwt-public-key', PUB_PEM, '--jwt-issuer', JWT_ISSUER, '--jwt-audience', JWT_AUDIENCE,
-      '--retention-interval-secs', '0'],
+      // The empty states for a person with no tenant at all are under test here; a personal
+      // tenant created on first sign-in renders as the provisioned one (scenario "personal
+      // tenant"), and its creation is tested in kahn-http's API tests.
+      '--retention-interval-secs', '0', '--no-personal-tenants'],
     { env: { ...process.env, KAHN_LOG: 'warn' }, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
