@@ -45,3 +45,46 @@ pub fn migrator() -> Migrator {
             .collect(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::MIGRATIONS;
+
+    /// The list above is kept by hand; this ties it to `migrations/`: one entry per file, in
+    /// order, with the version and description `sqlx::migrate!` would derive from the file
+    /// name (`0004_a_b.sql` is version 4, "a b") and the file's exact text.
+    #[test]
+    fn migration_list_matches_the_migrations_directory() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .expect("read migrations/")
+            .map(|e| e.expect("directory entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+            .collect();
+        files.sort();
+        let on_disk: Vec<(i64, String, String)> = files
+            .iter()
+            .map(|p| {
+                let stem = p.file_stem().and_then(|s| s.to_str()).expect("UTF-8 file name");
+                let (version, words) = stem.split_once('_').expect("NNNN_description.sql");
+                let version = version.parse().expect("numeric version prefix");
+                let sql = std::fs::read_to_string(p).expect("read migration");
+                (version, words.replace('_', " "), sql)
+            })
+            .collect();
+        let listed: Vec<(i64, String, String)> =
+            MIGRATIONS.iter().map(|&(v, d, sql)| (v, d.to_owned(), sql.to_owned())).collect();
+        let names = |l: &[(i64, String, String)]| -> Vec<(i64, String)> {
+            l.iter().map(|(v, d, _)| (*v, d.clone())).collect()
+        };
+        assert_eq!(
+            names(&listed),
+            names(&on_disk),
+            "MIGRATIONS must list every file of migrations/"
+        );
+        assert!(listed == on_disk, "each listed migration embeds its own file");
+        let versions: Vec<i64> = listed.iter().map(|m| m.0).collect();
+        let expected: Vec<i64> = (1..=listed.len() as i64).collect();
+        assert_eq!(versions, expected, "versions are 1, 2, 3, … without gaps");
+    }
+}

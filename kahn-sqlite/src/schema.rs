@@ -34,3 +34,30 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::MIGRATIONS;
+
+    /// The list above is kept by hand; this ties it to `migrations/`: file `000N_….sql` is
+    /// entry `N - 1`, with its exact text, and no file is left out.
+    #[test]
+    fn migration_list_matches_the_migrations_directory() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .expect("read migrations/")
+            .map(|e| e.expect("directory entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+            .collect();
+        files.sort();
+        assert_eq!(files.len(), MIGRATIONS.len(), "MIGRATIONS must list every file of migrations/");
+        for (i, (path, listed)) in files.iter().zip(MIGRATIONS).enumerate() {
+            let name = path.file_name().and_then(|n| n.to_str()).expect("UTF-8 file name");
+            let version: usize =
+                name.split('_').next().and_then(|v| v.parse().ok()).expect("NNNN_ prefix");
+            assert_eq!(version, i + 1, "{name}: versions are 1, 2, 3, … without gaps");
+            let sql = std::fs::read_to_string(path).expect("read migration");
+            assert!(sql == *listed, "{name}: entry {i} of MIGRATIONS embeds another file");
+        }
+    }
+}
