@@ -213,7 +213,7 @@ pub(crate) async fn run(cmd: TenantCommand) -> CliResult {
                 req = req.with_owner_sub(sub)?;
             }
             if let Some(org) = org {
-                req = req.with_org(OrgId::new(org)?);
+                req = req.with_airlock_org_id(OrgId::new(org)?);
             }
             if let Some(days) = retention_days {
                 req = req.with_retention_days(days)?;

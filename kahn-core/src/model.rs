@@ -40,7 +40,7 @@ pub struct Tenant {
 pub struct NewTenant {
     name: String,
     owner_sub: Option<String>,
-    org_id: Option<OrgId>,
+    airlock_org_id: Option<OrgId>,
     /// `None`: not asked for (the default for a new tenant; any for an existing one).
     retention_days: Option<RetentionDays>,
 }
@@ -53,7 +53,7 @@ impl NewTenant {
     pub fn new(name: impl Into<String>) -> Result<Self, Error> {
         let name = name.into();
         validate_token("name", &name)?;
-        Ok(Self { name, owner_sub: None, org_id: None, retention_days: None })
+        Ok(Self { name, owner_sub: None, airlock_org_id: None, retention_days: None })
     }
 
     /// The personal tenant of JWT subject `sub`: named `user:<sub>`, owned by `sub`, default
@@ -77,9 +77,9 @@ impl NewTenant {
         Ok(self)
     }
 
-    /// Links it to an organisation.
-    pub fn with_org(mut self, org: OrgId) -> Self {
-        self.org_id = Some(org);
+    /// Links it to an identity provider organisation ([`Tenant::airlock_org_id`]).
+    pub fn with_airlock_org_id(mut self, org: OrgId) -> Self {
+        self.airlock_org_id = Some(org);
         self
     }
 
@@ -104,9 +104,9 @@ impl NewTenant {
         self.owner_sub.as_deref()
     }
 
-    /// The organisation.
-    pub fn org_id(&self) -> Option<&OrgId> {
-        self.org_id.as_ref()
+    /// The organisation it is linked to ([`Tenant::airlock_org_id`]).
+    pub fn airlock_org_id(&self) -> Option<&OrgId> {
+        self.airlock_org_id.as_ref()
     }
 
     /// The retention in days a new tenant gets: the explicit one, else
@@ -126,7 +126,7 @@ impl NewTenant {
             id: TenantId::new_random(),
             name: self.name.clone(),
             owner_sub: self.owner_sub.clone(),
-            airlock_org_id: self.org_id.clone(),
+            airlock_org_id: self.airlock_org_id.clone(),
             retention_days: self.retention_days(),
             created_at: crate::rules::truncate_micros(chrono::Utc::now()),
         }
@@ -147,8 +147,8 @@ impl NewTenant {
         if self.owner_sub.is_some() && self.owner_sub != existing.owner_sub {
             return Err(differs("owner_sub"));
         }
-        if self.org_id.is_some() && self.org_id != existing.airlock_org_id {
-            return Err(differs("org_id"));
+        if self.airlock_org_id.is_some() && self.airlock_org_id != existing.airlock_org_id {
+            return Err(differs("airlock_org_id"));
         }
         if let Some(days) = self.explicit_retention_days()
             && days != existing.retention_days

@@ -103,7 +103,7 @@ pub(crate) async fn provision_tenant(pool: &PgPool, req: &NewTenant) -> Result<T
     .bind(Uuid::new_v4())
     .bind(req.name())
     .bind(req.owner_sub())
-    .bind(req.org_id().map(OrgId::as_str))
+    .bind(req.airlock_org_id().map(OrgId::as_str))
     .bind(retention_param(req.retention_days())?)
     .bind(truncate_micros(Utc::now()))
     .fetch_optional(pool)
@@ -265,7 +265,7 @@ async fn insert_key(
     .await;
     match res {
         Ok(_) => Ok(IssuedApiKey { id, tenant_id: tenant, secret }),
-        Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("23503") => {
+        Err(e) if e.as_database_error().is_some_and(|d| d.is_foreign_key_violation()) => {
             Err(Error::not_found("tenant", tenant))
         }
         Err(e) => Err(db(e)),

@@ -87,17 +87,52 @@ fn classify(e: &SqlxError) -> PgErrorKind {
     }
 }
 
+/// The SQLSTATEs (and classes) this adapter tells apart, by their PostgreSQL names
+/// (Appendix A of the PostgreSQL manual).
+mod sqlstate {
+    pub(super) const READ_ONLY_SQL_TRANSACTION: &str = "25006";
+    pub(super) const INSUFFICIENT_PRIVILEGE: &str = "42501";
+    pub(super) const UNDEFINED_TABLE: &str = "42P01";
+    pub(super) const UNDEFINED_FUNCTION: &str = "42883";
+    pub(super) const UNDEFINED_COLUMN: &str = "42703";
+    pub(super) const INVALID_SCHEMA_NAME: &str = "3F000";
+    /// Class 08, connection exception.
+    pub(super) const CLASS_CONNECTION_EXCEPTION: &str = "08";
+    /// Class 57, operator intervention (shutdown, cancel).
+    pub(super) const CLASS_OPERATOR_INTERVENTION: &str = "57";
+    /// Class 53, insufficient resources.
+    pub(super) const CLASS_INSUFFICIENT_RESOURCES: &str = "53";
+    /// Class 40, transaction rollback (serialization failure, deadlock).
+    pub(super) const CLASS_TRANSACTION_ROLLBACK: &str = "40";
+    /// Class 23, integrity constraint violation.
+    pub(super) const CLASS_INTEGRITY_CONSTRAINT_VIOLATION: &str = "23";
+}
+
 fn classify_db(db: &dyn DatabaseError) -> PgErrorKind {
+    use sqlstate::*;
     let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
-    match code.as_str() {
-        "25006" | "42501" => PgErrorKind::Refused,
-        "42P01" | "42883" | "42703" | "3F000" => PgErrorKind::Schema,
-        c if c.starts_with("08") || c.starts_with("57") || c.starts_with("53") => {
-            PgErrorKind::Connection
-        }
-        c if c.starts_with("40") => PgErrorKind::Retryable,
-        c if c.starts_with("23") => PgErrorKind::Constraint,
-        _ => PgErrorKind::Other,
+    let code = code.as_str();
+    let class = code.get(..2).unwrap_or("");
+    if [READ_ONLY_SQL_TRANSACTION, INSUFFICIENT_PRIVILEGE].contains(&code) {
+        PgErrorKind::Refused
+    } else if [UNDEFINED_TABLE, UNDEFINED_FUNCTION, UNDEFINED_COLUMN, INVALID_SCHEMA_NAME]
+        .contains(&code)
+    {
+        PgErrorKind::Schema
+    } else if [
+        CLASS_CONNECTION_EXCEPTION,
+        CLASS_OPERATOR_INTERVENTION,
+        CLASS_INSUFFICIENT_RESOURCES,
+    ]
+    .contains(&class)
+    {
+        PgErrorKind::Connection
+    } else if class == CLASS_TRANSACTION_ROLLBACK {
+        PgErrorKind::Retryable
+    } else if class == CLASS_INTEGRITY_CONSTRAINT_VIOLATION {
+        PgErrorKind::Constraint
+    } else {
+        PgErrorKind::Other
     }
 }
 
@@ -119,7 +154,7 @@ pub(crate) fn db(e: SqlxError) -> Error {
 /// The constraint a unique violation names, when `e` is one.
 pub(crate) fn unique_violation(e: &SqlxError) -> Option<&str> {
     let d = e.as_database_error()?;
-    if d.code().as_deref() == Some("23505") { Some(d.constraint().unwrap_or("")) } else { None }
+    d.is_unique_violation().then(|| d.constraint().unwrap_or(""))
 }
 
 /// Stored data that cannot be read back as KAHN data (a corrupted or hand-edited row).

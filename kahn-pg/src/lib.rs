@@ -229,7 +229,7 @@ impl PgBackend {
     /// # Errors
     /// [`Error::Backend`] when the server fails.
     pub async fn read_transaction(&self, scope: &ReadScope) -> Result<PgTransaction<'static>> {
-        self.tenant_tx(scope.tenant(), true).await
+        self.read_tx(scope.tenant()).await
     }
 
     /// A read-write transaction whose tenant is the scope's: the same transaction
@@ -315,15 +315,11 @@ impl PgBackend {
         });
     }
 
-    /// Begins a transaction for `tenant`: `READ ONLY` when `read_only`, and always first
-    /// `set_config('kahn.tenant', tenant, true)` (transaction-local).
-    async fn tenant_tx(&self, tenant: TenantId, read_only: bool) -> Result<PgTransaction<'static>> {
-        let mut tx = if read_only {
-            self.pool.begin_with("BEGIN READ ONLY").await
-        } else {
-            self.pool.begin().await
-        }
-        .map_err(db)?;
+    /// Begins a `READ ONLY` transaction for `tenant`, first setting
+    /// `set_config('kahn.tenant', tenant, true)` (transaction-local). Writes go through
+    /// [`write_tx`](Self::write_tx), which also checks the key.
+    async fn read_tx(&self, tenant: TenantId) -> Result<PgTransaction<'static>> {
+        let mut tx = self.pool.begin_with("BEGIN READ ONLY").await.map_err(db)?;
         query("SELECT pg_catalog.set_config('kahn.tenant', $1, true)")
             .bind(tenant.to_string())
             .execute(&mut *tx)
@@ -455,14 +451,14 @@ impl StorageBackend for PgBackend {
 
     async fn list_runs(&self, scope: &ReadScope, q: &RunQuery) -> Result<RunPage> {
         q.validate()?;
-        let mut tx = self.tenant_tx(scope.tenant(), true).await?;
+        let mut tx = self.read_tx(scope.tenant()).await?;
         let page = read::list_runs(&mut tx, scope.tenant(), q).await?;
         tx.commit().await.map_err(db)?;
         Ok(page)
     }
 
     async fn get_run(&self, scope: &ReadScope, run: &RunId) -> Result<RunSummary> {
-        let mut tx = self.tenant_tx(scope.tenant(), true).await?;
+        let mut tx = self.read_tx(scope.tenant()).await?;
         let summary = read::get_run(&mut tx, scope.tenant(), run).await?;
         tx.commit().await.map_err(db)?;
         Ok(summary)
@@ -475,7 +471,7 @@ impl StorageBackend for PgBackend {
         after: Option<Seq>,
         limit: u32,
     ) -> Result<Vec<StoredTransition>> {
-        let mut tx = self.tenant_tx(scope.tenant(), true).await?;
+        let mut tx = self.read_tx(scope.tenant()).await?;
         let rows = read::read_transitions(&mut tx, scope.tenant(), run, after, limit).await?;
         tx.commit().await.map_err(db)?;
         Ok(rows)

@@ -716,7 +716,7 @@ async fn security_definer_functions_resolve_without_tenant_context() {
     let app = db.app().await;
     let org = OrgId::new("org-definer").expect("valid");
     let req = NewTenant::new("definer").expect("valid").with_owner_sub("sub-definer").expect("ok");
-    let t = admin.provision_tenant(&req.with_org(org.clone())).await.expect("provision");
+    let t = admin.provision_tenant(&req.with_airlock_org_id(org.clone())).await.expect("provision");
     let key = admin.issue_api_key(t.id).await.expect("key");
     let revoked = admin.issue_api_key(t.id).await.expect("key");
     admin.revoke_api_key(t.id, revoked.id).await.expect("revoke");
@@ -923,7 +923,7 @@ async fn tenant_strings_with_sql_metacharacters_round_trip_verbatim() {
         .expect("valid")
         .with_owner_sub(sub)
         .expect("valid")
-        .with_org(org.clone());
+        .with_airlock_org_id(org.clone());
     let t = admin.provision_tenant(&req).await.expect("provision");
     assert_eq!(admin.get_tenant(t.id).await.expect("get").name, name);
     assert_eq!(app.lookup_tenant_by_sub(sub).await.expect("sub"), Some(t.id));

@@ -129,8 +129,17 @@ pub struct SqliteBackend {
     key_uses: KeyUseThrottle,
 }
 
-fn configure(conn: &Connection, file: bool) -> Result<()> {
-    if file {
+/// Whether [`configure`] switches the connection's database to write-ahead logging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Journal {
+    /// Turn WAL on (the file's writer, once; readers and in-memory databases inherit or skip it).
+    EnableWal,
+    /// Leave the journal mode as it is.
+    Keep,
+}
+
+fn configure(conn: &Connection, journal: Journal) -> Result<()> {
+    if journal == Journal::EnableWal {
         let mode: String =
             conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(db)?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -208,7 +217,7 @@ impl SqliteBackend {
         match &options.location {
             Location::Memory => {
                 let mut conn = Connection::open_in_memory().map_err(db)?;
-                configure(&conn, false)?;
+                configure(&conn, Journal::Keep)?;
                 schema::migrate(&mut conn)?;
                 Ok(Self {
                     writer: Pool::start("rw", vec![conn], options.queue)?,
@@ -228,7 +237,7 @@ impl SqliteBackend {
                 }
                 create_private(path)?;
                 let mut writer = Connection::open(path).map_err(db)?;
-                configure(&writer, true)?;
+                configure(&writer, Journal::EnableWal)?;
                 schema::migrate(&mut writer)?;
                 let mut readers = Vec::with_capacity(options.readers);
                 for _ in 0..options.readers {
@@ -236,7 +245,7 @@ impl SqliteBackend {
                         | OpenFlags::SQLITE_OPEN_NO_MUTEX
                         | OpenFlags::SQLITE_OPEN_URI;
                     let conn = Connection::open_with_flags(path, flags).map_err(db)?;
-                    configure(&conn, false)?;
+                    configure(&conn, Journal::Keep)?;
                     conn.execute_batch("PRAGMA query_only = ON").map_err(db)?;
                     readers.push(conn);
                 }
@@ -357,12 +366,12 @@ impl StorageBackend for SqliteBackend {
 
     async fn lookup_tenant_by_org(&self, org: &OrgId) -> Result<Option<TenantId>> {
         let org = org.clone();
-        self.read(move |c| store::lookup_tenant_by(c, true, org.as_str())).await
+        self.read(move |c| store::lookup_tenant_by(c, store::TenantKey::Org(org.as_str()))).await
     }
 
     async fn lookup_tenant_by_sub(&self, sub: &str) -> Result<Option<TenantId>> {
         let sub = sub.to_owned();
-        self.read(move |c| store::lookup_tenant_by(c, false, &sub)).await
+        self.read(move |c| store::lookup_tenant_by(c, store::TenantKey::OwnerSub(&sub))).await
     }
 
     async fn append(&self, scope: &WriteScope, batch: &AppendBatch) -> Result<AppendReport> {

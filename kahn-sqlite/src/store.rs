@@ -184,7 +184,7 @@ pub(crate) fn provision_personal_tenant(conn: &mut Connection, sub: &str) -> Res
     // The writer is one connection and the transaction takes the write lock first: concurrent
     // first sign-ins (of this process or another) create one tenant.
     let tx = write_tx(conn)?;
-    if let Some(existing) = lookup_tenant_by(&tx, false, sub)? {
+    if let Some(existing) = lookup_tenant_by(&tx, TenantKey::OwnerSub(sub))? {
         return Ok(existing);
     }
     let tenant = req.to_tenant();
@@ -465,15 +465,19 @@ pub(crate) fn tenant_exists(conn: &Connection, id: TenantId) -> Result<()> {
     if found { Ok(()) } else { Err(Error::not_found("tenant", id)) }
 }
 
-pub(crate) fn lookup_tenant_by(
-    conn: &Connection,
-    column_is_org: bool,
-    value: &str,
-) -> Result<Option<TenantId>> {
-    let sql = if column_is_org {
-        "SELECT id FROM tenants WHERE airlock_org_id = ?1"
-    } else {
-        "SELECT id FROM tenants WHERE owner_sub = ?1"
+/// What a tenant is looked up by.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum TenantKey<'a> {
+    /// The airlock organization it is linked to.
+    Org(&'a str),
+    /// The `sub` of the person owning it.
+    OwnerSub(&'a str),
+}
+
+pub(crate) fn lookup_tenant_by(conn: &Connection, key: TenantKey<'_>) -> Result<Option<TenantId>> {
+    let (sql, value) = match key {
+        TenantKey::Org(org) => ("SELECT id FROM tenants WHERE airlock_org_id = ?1", org),
+        TenantKey::OwnerSub(sub) => ("SELECT id FROM tenants WHERE owner_sub = ?1", sub),
     };
     conn.prepare_cached(sql)
         .map_err(db)?
