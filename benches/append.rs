@@ -6,6 +6,8 @@
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
+#[path = "wire.rs"]
+mod wire;
 #[path = "workload.rs"]
 mod workload;
 
@@ -14,21 +16,12 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kahn_core::{AppendBatch, NewTenant, StorageBackend, StorageBackendExt, WriteScope};
 use kahn_sqlite::{SqliteBackend, SqliteOptions};
-use serde_json::{Map, Value, json};
 
 /// One chunk's wire NDJSON for `run` (run_id and seq on each line, as the pusher sends).
 fn chunk_text(run: &str) -> (String, u64) {
     let lines: Vec<String> = (0..5000).map(|s| workload::line(run, s)).collect();
     let (a, b) = workload::chunks(&lines)[0];
-    let mut text = String::new();
-    for (i, l) in lines[a..b].iter().enumerate() {
-        let mut v: Map<String, Value> = serde_json::from_str(l).unwrap();
-        v.insert("run_id".into(), json!(run));
-        v.insert("seq".into(), json!(i));
-        text.push_str(&Value::Object(v).to_string());
-        text.push('\n');
-    }
-    (text, (b - a) as u64)
+    (wire::text(run, 0..(b - a) as u64), (b - a) as u64)
 }
 
 fn bench(c: &mut Criterion) {

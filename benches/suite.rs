@@ -7,6 +7,8 @@
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
+#[path = "wire.rs"]
+mod wire;
 #[path = "workload.rs"]
 mod workload;
 
@@ -124,16 +126,7 @@ impl Workload {
         workload::chunks(&lines)
             .into_iter()
             .map(|(a, b)| {
-                let mut text = String::new();
-                for (i, l) in lines[a..b].iter().enumerate() {
-                    // The wire form the pusher sends: run_id and seq on every line.
-                    let mut v: Map<String, Value> = serde_json::from_str(l).unwrap();
-                    v.insert("run_id".into(), json!(self.run));
-                    v.insert("seq".into(), json!(a + i));
-                    text.push_str(&Value::Object(v).to_string());
-                    text.push('\n');
-                }
-                AppendBatch::from_ndjson(&text).unwrap()
+                AppendBatch::from_ndjson(&wire::text(&self.run, a as u64..b as u64)).unwrap()
             })
             .collect()
     }
@@ -601,15 +594,7 @@ async fn load(
         let mut ids = vec![];
         for r in 0..runs {
             let run = format!("load-{t}-{r}");
-            let text: String = (0..n)
-                .map(|s| {
-                    let mut v: Map<String, Value> =
-                        serde_json::from_str(&workload::line(&run, s)).unwrap();
-                    v.insert("run_id".into(), json!(run));
-                    v.insert("seq".into(), json!(s));
-                    format!("{}\n", Value::Object(v))
-                })
-                .collect();
+            let text = wire::text(&run, 0..n);
             store.append(&scope, &AppendBatch::from_ndjson(&text).unwrap()).await.unwrap();
             ids.push(RunId::new(&run).unwrap());
         }

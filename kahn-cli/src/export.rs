@@ -17,11 +17,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use kahn_core::{
-    Digest, Error, MAX_PAGE_SIZE, ReadScope, Result, RunId, RunQuery, RunSummary, Seq,
+    Digest, Error, MAX_PAGE_SIZE, ReadScope, Result, RunId, RunMeta, RunQuery, RunSummary, Seq,
     StorageBackend, TransitionBody, chain_link,
 };
 use serde::Serialize;
-use serde_json::Value;
 
 /// One exported run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -142,39 +141,28 @@ pub async fn export_run(
     })
 }
 
-/// The metadata line of a run, when it has metadata: `{"kind":"run","run_id":…,…}`.
+/// The run's metadata as [`RunMeta`], for the metadata line.
 ///
 /// # Errors
-/// [`Error::Backend`] when the labels cannot be serialised (they always can).
-pub fn metadata_line(run: &RunSummary) -> Result<Option<String>> {
+/// [`Error::Integrity`] when what is stored is not valid metadata.
+fn stored_meta(run: &RunSummary) -> Result<RunMeta> {
     let info = &run.info;
-    if info.source.is_none() && run.graph.is_none() && info.labels.is_empty() {
-        return Ok(None);
-    }
-    // Written member by member, so `kind` and `run_id` lead the line whatever the map order.
-    let mut line = format!(r#"{{"kind":"run","run_id":{}"#, Value::from(info.run_id.as_str()));
+    let corrupt = |e: Error| Error::Integrity {
+        run_id: Some(info.run_id.clone()),
+        seq: None,
+        message: format!("the stored metadata is not valid: {e}"),
+    };
+    let mut meta = RunMeta::new();
     if let Some(source) = &info.source {
-        line.push_str(&format!(r#","source":{}"#, Value::from(source.as_str())));
+        meta = meta.with_source(source.as_str()).map_err(corrupt)?;
     }
     if let Some(graph) = &run.graph {
-        line.push_str(&format!(r#","graph":{graph}"#));
+        meta = meta.with_graph(graph.clone()).map_err(corrupt)?;
     }
-    if !info.labels.is_empty() {
-        let labels =
-            serde_json::to_string(&info.labels).map_err(|e| Error::backend("export", e))?;
-        line.push_str(&format!(r#","labels":{labels}"#));
+    for (key, value) in &info.labels {
+        meta = meta.with_label(key.as_str(), value.as_str()).map_err(corrupt)?;
     }
-    line.push('}');
-    Ok(Some(line))
-}
-
-/// The NDJSON line of transition `seq` of `run` with `body`: `run_id` and `seq` first, then
-/// the body's canonical members (so the line's body is byte for byte what was hashed).
-pub fn transition_line(run: &RunId, seq: u64, body: &TransitionBody) -> String {
-    let canonical = body.canonical_json();
-    // A body always holds `ts` and `to`: its canonical form is `{"…":…}`, never `{}`.
-    let members = canonical.strip_prefix('{').unwrap_or(canonical);
-    format!("{{\"run_id\":{},\"seq\":{seq},{members}", Value::from(run.as_str()))
+    Ok(meta)
 }
 
 /// Writes the run's lines; returns transitions written, whether a metadata line was, and
@@ -189,14 +177,15 @@ async fn write_run(
     let n = summary.info.next_seq;
     let io = |e: std::io::Error| Error::invalid("out", e.to_string());
     let mut bytes = 0u64;
-    let metadata = match metadata_line(summary)? {
-        Some(line) => {
-            writeln!(out, "{line}").map_err(io)?;
-            bytes += line.len() as u64 + 1;
-            true
-        }
-        None => false,
-    };
+    // Lines are written by kahn-core's one NDJSON encoder, into one buffer reused per line.
+    let mut line = String::new();
+    let meta = stored_meta(summary)?;
+    let metadata = !meta.is_empty();
+    if metadata {
+        kahn_core::ndjson::write_run(&mut line, run, &meta);
+        out.write_all(line.as_bytes()).map_err(io)?;
+        bytes += line.len() as u64;
+    }
     let corrupt = |seq: u64, message: String| Error::Integrity {
         run_id: Some(run.clone()),
         seq: Some(seq),
@@ -227,9 +216,10 @@ async fn write_run(
             if head != link {
                 return Err(corrupt(next, format!("the chain link is {head}, stored {link}")));
             }
-            let line = transition_line(run, next, &body);
-            writeln!(out, "{line}").map_err(io)?;
-            bytes += line.len() as u64 + 1;
+            line.clear();
+            kahn_core::ndjson::write_transition(&mut line, run, next, &body);
+            out.write_all(line.as_bytes()).map_err(io)?;
+            bytes += line.len() as u64;
             next += 1;
         }
     }

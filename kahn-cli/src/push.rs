@@ -18,7 +18,7 @@ use kahn_core::{
     StorageBackend, Transition, TransitionBody, WriteScope, chain_link, parse_json_object,
 };
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::Digest as _;
 
 use crate::resume::{Mark, ResumeCache};
@@ -308,7 +308,7 @@ impl Chunk {
     fn with_meta(meta: &RunMeta, run_id: &RunId, max: usize) -> Result<Self> {
         let mut chunk = Self::empty();
         if !meta.is_empty() {
-            let wire = meta_wire_bytes(meta, run_id)?;
+            let wire = meta_wire_bytes(meta, run_id);
             if wire > max {
                 return Err(Error::invalid(
                     "graph",
@@ -440,7 +440,7 @@ impl Cutter {
             }
             let is_transition = matches!(line, NdjsonLine::Transition(_));
             saw_meta |= !is_transition;
-            let wire = line_wire_bytes(&line, run_id)?;
+            let wire = line.wire_len();
             if wire > max {
                 return Err(at_line(Error::invalid(
                     "line",
@@ -621,34 +621,12 @@ fn parse_line(text: &str, run_id: &RunId, next_seq: u64) -> Result<Option<Ndjson
     Ok(Some(NdjsonLine::Transition(t)))
 }
 
-/// An upper bound of the bytes a transition line takes as NDJSON on the wire: its canonical
-/// body with `run_id` and `seq` added, and the newline.
-fn line_wire_bytes(line: &NdjsonLine, run_id: &RunId) -> Result<usize> {
-    match line {
-        NdjsonLine::Transition(t) => {
-            // {"run_id":"<id>","seq":<n>,<body without its opening brace>\n
-            Ok(t.body.canonical_json().len() + run_id.as_str().len() + 20 + 20 + 2)
-        }
-        NdjsonLine::Run { meta, .. } => meta_wire_bytes(meta, run_id),
-    }
-}
-
-/// The exact bytes of a run metadata line as NDJSON, with the newline.
-fn meta_wire_bytes(meta: &RunMeta, run_id: &RunId) -> Result<usize> {
-    let mut line = Map::new();
-    line.insert("kind".into(), Value::from("run"));
-    line.insert("run_id".into(), Value::from(run_id.as_str()));
-    if let Some(source) = meta.source() {
-        line.insert("source".into(), Value::from(source));
-    }
-    if let Some(graph) = meta.graph() {
-        line.insert("graph".into(), graph.clone());
-    }
-    if !meta.labels().is_empty() {
-        let labels = serde_json::to_value(meta.labels()).map_err(|e| Error::backend("push", e))?;
-        line.insert("labels".into(), labels);
-    }
-    Ok(Value::Object(line).to_string().len() + 1)
+/// The exact bytes of a run metadata line on the wire, with its newline: as kahn-core's
+/// encoder (the one the HTTP client sends with) writes it.
+fn meta_wire_bytes(meta: &RunMeta, run_id: &RunId) -> usize {
+    let mut line = String::new();
+    kahn_core::ndjson::write_run(&mut line, run_id, meta);
+    line.len()
 }
 
 #[cfg(test)]
@@ -671,18 +649,54 @@ mod tests {
         );
     }
 
+    /// Chunks are measured with the encoder the HTTP client sends with, exactly: each fits
+    /// the limit as sent, and none could have taken the next line.
     #[test]
-    fn wire_sizes_bound_the_real_serialization() {
+    fn chunks_are_cut_by_their_exact_size_on_the_wire() {
         let run = RunId::new("r".repeat(200)).unwrap();
-        let text = r#"{"ts":"2026-01-01T00:00:00Z","to":"x","attrs":{"k":[1,2,"é"]}}"#;
-        let line = parse_line(text, &run, i64::MAX as u64).unwrap().unwrap();
-        let NdjsonLine::Transition(t) = &line else { panic!() };
-        let mut fields = t.body.fields();
-        fields.insert("run_id".into(), Value::from(run.as_str()));
-        fields.insert("seq".into(), Value::from(t.seq.get()));
-        let real = Value::Object(fields).to_string().len() + 1;
-        assert!(line_wire_bytes(&line, &run).unwrap() >= real);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.ndjson");
+        let mut text = String::from(r#"{"kind":"run","source":"choco","labels":{"é":"\"q\""}}"#);
+        for seq in 0..300 {
+            // JSON escapes the canonical form rewrites, so file bytes and wire bytes differ.
+            let pad = r"é\u0001\\".repeat(seq % 17);
+            text.push('\n');
+            text.push_str(&format!(
+                r#"{{"ts":"2026-01-01T00:00:00+02:00","to":"x","attrs":{{"k":[1.50,"{pad}"]}}}}"#
+            ));
+        }
+        std::fs::write(&path, &text).unwrap();
+        let max = 2_000;
+        let cutter = Cutter {
+            path,
+            run_id: run.clone(),
+            meta: RunMeta::new(),
+            max,
+            skip: 0,
+            skip_head: Digest::ZERO,
+            hint: None,
+        };
+        let mut sent = Vec::new();
+        cutter
+            .cut(|cut| {
+                if let Cut::Chunk { batch, .. } = cut {
+                    sent.push(kahn_core::ndjson::encode_batch(&batch));
+                }
+                true
+            })
+            .unwrap();
+        assert!(sent.len() > 10, "{} chunks", sent.len());
+        for pair in sent.windows(2) {
+            let next_line = pair[1].split_inclusive('\n').next().unwrap();
+            assert!(pair[0].len() <= max, "a chunk of {} bytes is over {max}", pair[0].len());
+            assert!(pair[0].len() + next_line.len() > max, "the next line would have fit");
+        }
+        assert!(sent.concat().lines().count() == 301, "every line sent once");
+    }
 
+    #[test]
+    fn a_metadata_line_over_the_chunk_size_is_refused() {
+        let run = RunId::new("r".repeat(200)).unwrap();
         let meta = RunMeta::new()
             .with_source("choco")
             .unwrap()
@@ -690,13 +704,10 @@ mod tests {
             .unwrap()
             .with_label("ci", "github")
             .unwrap();
-        let wire = meta_wire_bytes(&meta, &run).unwrap();
+        let wire = meta_wire_bytes(&meta, &run);
         assert!(wire > 1000 * 4, "the graph is counted: {wire}");
-        assert!(
-            Chunk::with_meta(&meta, &run, 1024).is_err(),
-            "a metadata line over the chunk size is refused"
-        );
-        let chunk = Chunk::with_meta(&meta, &run, MAX_CHUNK_BYTES).unwrap();
+        assert!(Chunk::with_meta(&meta, &run, wire - 1).is_err(), "one byte over is refused");
+        let chunk = Chunk::with_meta(&meta, &run, wire).unwrap();
         assert_eq!(chunk.wire, wire, "the metadata line counts toward the chunk");
     }
 

@@ -34,6 +34,7 @@ mod hash;
 mod id;
 mod memory;
 mod model;
+pub mod ndjson;
 pub mod rules;
 mod scope;
 mod secret;

@@ -13,7 +13,6 @@ use kahn_core::{
 use reqwest::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde::de::DeserializeOwned;
-use serde_json::{Map, Value};
 
 use crate::wire::{
     ErrorBody, IngestReport, RunDetail, RunsPage, TenantsList, TransitionsPage, WhoAmI,
@@ -349,45 +348,6 @@ async fn error_from(response: reqwest::Response) -> Error {
     }
 }
 
-/// The batch as NDJSON lines: per run, its metadata line (also when the run carries nothing
-/// else, so it still exists in the batch), then its transitions.
-fn ndjson(batch: &AppendBatch) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    for run in batch.runs() {
-        let id = run.run_id().as_str();
-        let meta = run.meta();
-        if !meta.is_empty() || run.bodies().is_empty() {
-            let mut line = Map::new();
-            line.insert("kind".into(), "run".into());
-            line.insert("run_id".into(), id.into());
-            if let Some(source) = meta.source() {
-                line.insert("source".into(), source.into());
-            }
-            if let Some(graph) = meta.graph() {
-                line.insert("graph".into(), graph.clone());
-            }
-            if !meta.labels().is_empty() {
-                let labels =
-                    meta.labels().iter().map(|(k, v)| (k.clone(), Value::from(v.as_str())));
-                line.insert("labels".into(), Value::Object(labels.collect()));
-            }
-            out.push_str(&Value::Object(line).to_string());
-            out.push('\n');
-        }
-        // A body is never empty (it holds `ts` and `to`) and never holds `run_id`, `seq` or
-        // `kind`, so its canonical object with those two prepended is the line.
-        let id = Value::from(id).to_string();
-        for (i, body) in run.bodies().iter().enumerate() {
-            let rest = body.canonical_json().strip_prefix('{').unwrap_or_default();
-            let seq = run.start() + i as u64;
-            // Writing into a String cannot fail.
-            let _ = writeln!(out, "{{\"run_id\":{id},\"seq\":{seq},{rest}");
-        }
-    }
-    out
-}
-
 #[async_trait]
 impl StorageBackend for HttpBackend {
     async fn provision_tenant(&self, _req: &NewTenant) -> Result<Tenant> {
@@ -479,7 +439,7 @@ impl StorageBackend for HttpBackend {
         let Some(key) = scope.api_key() else {
             return Self::unsupported("append with an operator scope");
         };
-        let body = ndjson(batch);
+        let body = kahn_core::ndjson::encode_batch(batch);
         let rb = self
             .request(Method::POST, &["v1", "ingest", "transitions"])?
             .bearer_auth(key.expose_secret())
@@ -549,23 +509,6 @@ impl StorageBackend for HttpBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn batches_round_trip_through_ndjson() {
-        let text = concat!(
-            r#"{"kind":"run","run_id":"a","source":"choco","labels":{"ci":"gh"},"graph":{"n":[1]}}"#,
-            "\n",
-            r#"{"run_id":"a","seq":3,"ts":"2026-01-01T00:00:00Z","to":"x","attrs":{"k":1}}"#,
-            "\n",
-            r#"{"run_id":"b","seq":0,"ts":"2026-01-01T00:00:00Z","to":"y"}"#,
-            "\n",
-            r#"{"kind":"run","run_id":"c"}"#,
-        );
-        let batch = AppendBatch::from_ndjson(text).expect("valid");
-        let again = AppendBatch::from_ndjson(&ndjson(&batch)).expect("valid");
-        assert_eq!(again, batch);
-        assert_eq!(again.runs().len(), 3);
-    }
 
     #[test]
     fn base_urls_are_normalised() {

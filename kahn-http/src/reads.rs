@@ -216,13 +216,8 @@ pub(crate) async fn read_transitions(
         let rows = state.inner.backend.read_transitions(scope, &run, after, limit).await?;
         if wants_ndjson(&headers) {
             let mut out = String::new();
-            for row in rows {
-                let mut line = serde_json::Map::new();
-                line.insert("run_id".into(), run.as_str().into());
-                line.insert("seq".into(), row.seq.get().into());
-                line.extend(row.body);
-                out.push_str(&serde_json::Value::Object(line).to_string());
-                out.push('\n');
+            for row in &rows {
+                kahn_core::ndjson::write_stored(&mut out, &run, row);
             }
             let mut r = out.into_response();
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::NDJSON));
