@@ -24,6 +24,7 @@ pub struct TransitionBody {
     content_hash: Digest,
     ts: DateTime<Utc>,
     to: Box<str>,
+    node: Option<Box<str>>,
 }
 
 impl TransitionBody {
@@ -73,9 +74,10 @@ impl TransitionBody {
         {
             return Err(Error::invalid("attrs", "must be an object"));
         }
+        let node = fields.get("node").and_then(Value::as_str).map(Into::into);
         let canonical: Box<str> = canonical_json("body", &Value::Object(fields))?.into();
         let content_hash = Digest::sha256(canonical.as_bytes());
-        Ok(Self { canonical, content_hash, ts, to })
+        Ok(Self { canonical, content_hash, ts, to, node })
     }
 
     /// The body's fields, parsed from its canonical form (so numbers read as their canonical
@@ -106,6 +108,11 @@ impl TransitionBody {
     /// The `to` state.
     pub fn to_state(&self) -> &str {
         &self.to
+    }
+
+    /// The `node`, when the transition is a node's (without one it is run-level).
+    pub fn node(&self) -> Option<&str> {
+        self.node.as_deref()
     }
 }
 
