@@ -21,13 +21,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kahn_cli::ResumeCache;
-use kahn_cli::push::{PushOptions, Quiet, RunSource, push};
 use kahn_core::{
     AppendBatch, Digest, NewTenant, ReadScope, RunId, RunQuery, Seq, StorageBackend,
     StorageBackendExt, WriteScope, chain_link,
 };
 use kahn_pg::PgBackend;
+use kahn_push::ResumeCache;
+use kahn_push::push::{PushOptions, Quiet, RunSource, push};
 use kahn_sqlite::{SqliteBackend, SqliteOptions};
 use serde_json::{Map, Value, json};
 use sqlx_core::query::query;

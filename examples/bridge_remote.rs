@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use kahn::{ApiKey, StorageBackendExt};
-use kahn_cli::bridge::{self, Bridge, CiContext};
-use kahn_cli::push::Quiet;
 use kahn_http::HttpBackend;
+use kahn_push::bridge::{self, Bridge, CiContext};
+use kahn_push::push::Quiet;
 
 async fn run(url: String, dir: PathBuf, explicit_id: Option<String>) -> kahn::Result<()> {
     let key = std::env::var("KAHN_API_KEY").map_err(|_| {

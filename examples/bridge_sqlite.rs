@@ -12,8 +12,8 @@ use std::process::ExitCode;
 
 use kahn::sqlite::SqliteBackend;
 use kahn::{StorageBackend, StorageBackendExt};
-use kahn_cli::bridge::{self, Bridge, CiContext};
-use kahn_cli::push::Quiet;
+use kahn_push::bridge::{self, Bridge, CiContext};
+use kahn_push::push::Quiet;
 
 async fn run(dir: PathBuf, explicit_id: Option<String>) -> kahn::Result<()> {
     let store = SqliteBackend::connect("sqlite://bridge-example.db").await?;

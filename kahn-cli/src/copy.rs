@@ -34,7 +34,7 @@ use kahn_core::{
 };
 use serde::Serialize;
 
-use crate::push;
+use kahn_push::push;
 
 /// Default largest append, in bytes of transition bodies (plus run id and seq).
 pub const MAX_BATCH_BYTES: usize = 1024 * 1024;

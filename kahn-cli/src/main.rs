@@ -13,13 +13,14 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use kahn_cli::bridge::{self, Bridge, CiContext, Profile};
-use kahn_cli::provision::Provisioned;
-use kahn_cli::push::{self, Progress, PushOptions, RunSource};
-use kahn_cli::{ResumeCache, redact_dsn, redact_dsns_in};
+use kahn_cli::{redact_dsn, redact_dsns_in};
 use kahn_core::{
     ApiKey, Cursor, Error, RunId, RunQuery, StorageBackend, StorageBackendExt, Tenant, WriteScope,
 };
+use kahn_push::ResumeCache;
+use kahn_push::bridge::{self, Bridge, CiContext, Profile};
+use kahn_push::provision::Provisioned;
+use kahn_push::push::{self, Progress, PushOptions, RunSource};
 use kahn_sqlite::SqliteBackend;
 
 /// KAHN: tamper-evident, idempotent, multi-tenant storage for orchestrator run histories.

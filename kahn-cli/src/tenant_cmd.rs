@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
-use kahn_cli::provision::{KeyPlan, Provisioned, provision};
 use kahn_core::{
     ApiKeyId, ApiKeyInfo, Error, NewApiKey, NewTenant, OrgId, PurgeOutcome, PurgeRequest, Tenant,
     TenantChange,
 };
+use kahn_push::provision::{KeyPlan, Provisioned, provision};
 
 use crate::{CliResult, DbArgs, Failure, open_db, print_json, print_provisioned, tenant_by_name};
 

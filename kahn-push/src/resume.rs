@@ -68,6 +68,7 @@ impl ResumeCache {
         &self.dir
     }
 
+    /// The entry of `file` pushed as `run`. Blocking: it canonicalises `file`.
     fn entry(&self, file: &Path, run: &RunId) -> PathBuf {
         let path = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_owned());
         let mut key = path.as_os_str().as_encoded_bytes().to_vec();
@@ -77,14 +78,38 @@ impl ResumeCache {
     }
 
     /// The mark recorded for `file` pushed as `run`, if any. Any failure to read it is a miss.
-    pub fn load(&self, file: &Path, run: &RunId) -> Option<Mark> {
+    ///
+    /// The file system is touched on Tokio's blocking pool, never on the async runtime's
+    /// threads: a cache on a slow or hung disk (a network home directory) delays this push,
+    /// not every task beside it.
+    ///
+    /// # Panics
+    /// When called outside a Tokio runtime.
+    pub async fn load(&self, file: &Path, run: &RunId) -> Option<Mark> {
+        let (cache, file, run) = (self.clone(), file.to_owned(), run.clone());
+        tokio::task::spawn_blocking(move || cache.load_blocking(&file, &run)).await.ok()?
+    }
+
+    fn load_blocking(&self, file: &Path, run: &RunId) -> Option<Mark> {
         let text = std::fs::read(self.entry(file, run)).ok()?;
         serde_json::from_slice(&text).ok()
     }
 
     /// Records `mark` for `file` pushed as `run`, replacing the previous one atomically. A
-    /// failure is logged, never an error: the cache only ever saves work.
-    pub fn save(&self, file: &Path, run: &RunId, mark: &Mark) {
+    /// failure is logged, never an error: the cache only ever saves work. Like
+    /// [`load`](Self::load), the writing runs on Tokio's blocking pool.
+    ///
+    /// # Panics
+    /// When called outside a Tokio runtime.
+    pub async fn save(&self, file: &Path, run: &RunId, mark: &Mark) {
+        let (cache, file, run, mark) = (self.clone(), file.to_owned(), run.clone(), mark.clone());
+        let saving = tokio::task::spawn_blocking(move || cache.save_blocking(&file, &run, &mark));
+        if let Err(e) = saving.await {
+            tracing::debug!(error = %e, "resume mark not saved");
+        }
+    }
+
+    fn save_blocking(&self, file: &Path, run: &RunId, mark: &Mark) {
         let entry = self.entry(file, run);
         let write = || -> std::io::Result<()> {
             let dir = entry.parent().unwrap_or(&self.dir);
@@ -103,28 +128,78 @@ impl ResumeCache {
 mod tests {
     use super::*;
 
-    #[test]
-    fn marks_round_trip_per_file_and_misses_are_none() {
+    fn mark() -> Mark {
+        Mark {
+            bytes: 10,
+            lines: 2,
+            transitions: 2,
+            raw_sha256: Digest::sha256(b"raw"),
+            head_hash: Digest::sha256(b"head"),
+        }
+    }
+
+    #[tokio::test]
+    async fn marks_round_trip_per_file_and_misses_are_none() {
         let dir = tempfile::tempdir().unwrap();
         let cache = ResumeCache::new(dir.path().join("cache"));
         let (a, b) = (dir.path().join("a.ndjson"), dir.path().join("b.ndjson"));
         std::fs::write(&a, "x").unwrap();
         std::fs::write(&b, "y").unwrap();
         let (r, other) = (RunId::new("r").unwrap(), RunId::new("other").unwrap());
-        assert_eq!(cache.load(&a, &r), None);
-        let mark = Mark {
-            bytes: 10,
-            lines: 2,
-            transitions: 2,
-            raw_sha256: Digest::sha256(b"raw"),
-            head_hash: Digest::sha256(b"head"),
-        };
-        cache.save(&a, &r, &mark);
-        assert_eq!(cache.load(&a, &r), Some(mark));
-        assert_eq!(cache.load(&b, &r), None, "marks are per file");
-        assert_eq!(cache.load(&a, &other), None, "and per run id");
+        assert_eq!(cache.load(&a, &r).await, None);
+        cache.save(&a, &r, &mark()).await;
+        assert_eq!(cache.load(&a, &r).await, Some(mark()));
+        assert_eq!(cache.load(&b, &r).await, None, "marks are per file");
+        assert_eq!(cache.load(&a, &other).await, None, "and per run id");
         // A corrupt entry is a miss, not an error.
         std::fs::write(cache.entry(&a, &r), "{").unwrap();
-        assert_eq!(cache.load(&a, &r), None);
+        assert_eq!(cache.load(&a, &r).await, None);
+    }
+
+    /// A load whose read hangs (the entry is a FIFO nobody writes yet, like a cache on a hung
+    /// network disk) must leave a single-threaded runtime free to run other tasks. The other
+    /// task here is the one that ends the hang: it polls on the runtime's timer until the
+    /// load has the FIFO open, then writes the mark into it. Were the load's I/O on the
+    /// runtime's only thread, that task could never run: the load would wait for it forever,
+    /// and the watchdog fails the test.
+    #[cfg(unix)]
+    #[test]
+    fn a_pending_load_does_not_block_the_runtime() {
+        use std::time::Duration;
+        use tokio::io::AsyncWriteExt as _;
+
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ResumeCache::new(dir.path().join("cache"));
+        let file = dir.path().join("a.ndjson");
+        std::fs::write(&file, "x").unwrap();
+        let run = RunId::new("r").unwrap();
+        let entry = cache.entry(&file, &run);
+        std::fs::create_dir_all(entry.parent().unwrap()).unwrap();
+        let made = std::process::Command::new("mkfifo").arg(&entry).status().unwrap();
+        assert!(made.success(), "mkfifo {}", entry.display());
+
+        let (done, outcome) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let loaded = rt.block_on(async {
+                let load = tokio::spawn(async move { cache.load(&file, &run).await });
+                // Opening a FIFO's write end without blocking succeeds only once a reader
+                // holds it open: the load is then pending in its read.
+                let mut writer = loop {
+                    match tokio::net::unix::pipe::OpenOptions::new().open_sender(&entry) {
+                        Ok(writer) => break writer,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                    }
+                };
+                writer.write_all(&serde_json::to_vec(&mark()).unwrap()).await.unwrap();
+                drop(writer);
+                load.await.unwrap()
+            });
+            let _ = done.send(loaded);
+        });
+        match outcome.recv_timeout(Duration::from_secs(30)) {
+            Ok(loaded) => assert_eq!(loaded, Some(mark()), "the pending load returns the mark"),
+            Err(_) => panic!("the runtime stalled while a resume-cache load was pending"),
+        }
     }
 }

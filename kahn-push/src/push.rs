@@ -494,6 +494,14 @@ impl Pass<'_> {
     async fn run(&self, report: &mut PushReport, skip: u64, skip_head: Digest) -> Result<Outcome> {
         let is_regular_file =
             tokio::fs::metadata(&self.source.transitions).await.is_ok_and(|m| m.is_file());
+        // Only a regular file can be re-read from its start when its mark is stale.
+        let hint = match &self.opts.resume_cache {
+            Some(cache) if is_regular_file => cache
+                .load(&self.source.transitions, &self.source.run_id)
+                .await
+                .filter(|m| skip > 0 && m.transitions == skip && m.head_hash == skip_head),
+            _ => None,
+        };
         let cutter = Cutter {
             path: self.source.transitions.clone(),
             run_id: self.source.run_id.clone(),
@@ -501,11 +509,7 @@ impl Pass<'_> {
             max: self.opts.max_chunk_bytes.clamp(1024, MAX_CHUNK_BYTES),
             skip,
             skip_head,
-            // Only a regular file can be re-read from its start when its mark is stale.
-            hint: self.opts.resume_cache.as_ref().filter(|_| is_regular_file).and_then(|c| {
-                c.load(&self.source.transitions, &self.source.run_id)
-                    .filter(|m| skip > 0 && m.transitions == skip && m.head_hash == skip_head)
-            }),
+            hint,
         };
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Cut>>(1);
         let reading = tokio::task::spawn_blocking(move || {
@@ -538,7 +542,7 @@ impl Pass<'_> {
             && mark.transitions == report.next_seq
         {
             mark.head_hash = report.head_hash;
-            cache.save(&self.source.transitions, &self.source.run_id, &mark);
+            cache.save(&self.source.transitions, &self.source.run_id, &mark).await;
         }
         Ok(Outcome::Done)
     }
@@ -756,7 +760,7 @@ mod tests {
         push_text(&store, &scope, labelled.path(), &with_meta).await;
         let run = RunId::new("run").unwrap();
         let cache = ResumeCache::new(labelled.path().join("cache"));
-        assert_eq!(cache.load(&labelled.path().join("run.ndjson"), &run), None);
+        assert_eq!(cache.load(&labelled.path().join("run.ndjson"), &run).await, None);
         let other = kahn_core::MemoryBackend::new();
         let tenant = other.provision_tenant(&NewTenant::new("t").unwrap()).await.unwrap();
         let key = other.issue_api_key(tenant.id).await.unwrap();
