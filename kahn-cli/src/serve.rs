@@ -12,7 +12,7 @@ use kahn_core::{Error, StorageBackend};
 use kahn_http::{AppState, JwtConfig, JwtKeySource, ServerConfig};
 use serde::Deserialize;
 
-use crate::{CliResult, Failure};
+use crate::failure::{CliResult, Failure};
 
 /// How the server logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]

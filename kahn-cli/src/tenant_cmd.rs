@@ -11,7 +11,10 @@ use kahn_core::{
 };
 use kahn_push::provision::{KeyPlan, Provisioned, provision};
 
-use crate::{CliResult, DbArgs, Failure, open_db, print_json, print_provisioned, tenant_by_name};
+use crate::args::DbArgs;
+use crate::failure::{CliResult, Failure};
+use crate::print::{print_json, print_provisioned};
+use crate::store::{open_db, tenant_by_name};
 
 /// A duration such as `24h`, `7d`, `90m` or `1h 30m` (humantime's syntax).
 fn duration(s: &str) -> Result<Duration, String> {

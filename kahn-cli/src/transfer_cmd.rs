@@ -13,7 +13,10 @@ use kahn_cli::redact_dsn;
 use kahn_cli::schema::{DbLocation, SchemaState, schema_state};
 use kahn_core::{Error, RunId, StorageBackendExt, Tenant};
 
-use crate::{CliResult, DbArgs, Failure, exit_code, open_db, print_json, tenant_by_name};
+use crate::args::DbArgs;
+use crate::failure::{CliResult, Failure, exit_code};
+use crate::print::print_json;
+use crate::store::{open_db, tenant_by_name};
 
 /// Copy tenants, keys and runs from one store into another, resumably.
 #[derive(Args, Debug)]

@@ -2,7 +2,7 @@
 //!
 //! KAHN's pusher as a library an embedder can take: the resumable chunked [`push`]er, which
 //! works over any [`StorageBackend`](kahn_core::StorageBackend) — a database or a remote
-//! server alike —, its [`resume`] cache, the CI [`bridge`]s and idempotent [`provision`]ing.
+//! server alike —, its [`resume`] cache, the CI [`bridge`]s and idempotent [`provision`](mod@provision)ing.
 //! It depends on `kahn-core` only; the `kahn` binary (`kahn-cli`) wires it to concrete
 //! backends.
 

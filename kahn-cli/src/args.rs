@@ -1,0 +1,213 @@
+//! What `kahn` accepts: the clap definitions of the commands and the flags they share. Their
+//! doc comments and attributes are the `--help` text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use kahn_push::push;
+
+use crate::{serve, tenant_cmd, transfer_cmd};
+
+/// KAHN: tamper-evident, idempotent, multi-tenant storage for orchestrator run histories.
+#[derive(Parser, Debug)]
+#[command(name = "kahn", version, about, long_about = None, after_help = "\
+Start here:
+  kahn tenant provision my-team         # create a tenant, print its API key (once)
+  export KAHN_API_KEY=kahn_live_sk_...
+  kahn push ./runs/nightly-42           # push a run directory (transitions.ndjson, graph.json)
+  kahn runs list                        # see it
+  kahn verify nightly-42                # recompute its hash chain")]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Command {
+    /// Serve the HTTP API over a database (default: sqlite://kahn.db on 127.0.0.1:8080).
+    #[command(after_help = "\
+Examples:
+  kahn serve                                        # sqlite://kahn.db on 127.0.0.1:8080
+  kahn serve --db sqlite:///var/lib/kahn/kahn.db --listen 0.0.0.0:8080 --log-format json
+  kahn serve --config kahn.toml                     # settings from TOML; flags and env win
+  kahn serve --jwt-public-key idp.pub.pem --jwt-issuer https://idp.example.com --jwt-audience kahn
+Audit events (target kahn::audit) are logged whatever KAHN_LOG says.")]
+    Serve(serve::ServeArgs),
+    /// Create or upgrade the database schema.
+    #[command(after_help = "Example:\n  kahn migrate --db sqlite://kahn.db")]
+    Migrate(DbArgs),
+    /// Tenants and their API keys: provision, keys, retention, rename, org, delete.
+    #[command(subcommand)]
+    Tenant(tenant_cmd::TenantCommand),
+    /// Remove the runs past their tenant's retention (counted from each run's last receipt).
+    #[command(after_help = "\
+Examples:
+  kahn purge --dry-run                          # what would go, per tenant; nothing removed
+  kahn purge --tenant choco
+  kahn purge --db postgres://postgres@db.internal/kahn --json
+`kahn serve` also purges hourly at the database's clock.")]
+    Purge(tenant_cmd::PurgeArgs),
+    /// Push a run (a directory with transitions.ndjson, or an NDJSON file), resuming from
+    /// what is stored.
+    #[command(after_help = "\
+Examples:
+  kahn push ./runs/nightly-42                       # into ./kahn.db, key from $KAHN_API_KEY
+  kahn push run.ndjson --run-id nightly-42 --json   # a file; machine-readable report
+A re-run sends only what is missing; a fully stored run is a no-op.")]
+    Push(PushArgs),
+    /// List and show runs of the key's tenant.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// CI bridges: onboard a product, push a CI job's run under a deterministic id.
+    #[command(subcommand)]
+    Bridge(BridgeCommand),
+    /// Recompute a run's hash chain from its transitions and compare it with the stored head.
+    #[command(after_help = "Example:\n  kahn verify nightly-42")]
+    Verify {
+        /// The run.
+        run_id: String,
+        #[command(flatten)]
+        target: KeyTarget,
+    },
+    /// Copy tenants, keys and runs from one store into another (e.g. SQLite to Postgres).
+    Copy(transfer_cmd::CopyArgs),
+    /// Export a tenant's runs as NDJSON files `kahn push` accepts.
+    Export(transfer_cmd::ExportArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct DbArgs {
+    /// The database: sqlite://PATH (created when missing).
+    #[arg(
+        long,
+        env = "KAHN_DATABASE_URL",
+        hide_env_values = true,
+        default_value = "sqlite://kahn.db"
+    )]
+    pub(crate) db: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct KeyTarget {
+    #[command(flatten)]
+    pub(crate) db: DbArgs,
+    /// A KAHN server to talk to instead of a database (e.g. http://127.0.0.1:8080).
+    #[arg(long, env = "KAHN_URL")]
+    pub(crate) url: Option<String>,
+    /// The API key naming the tenant.
+    #[arg(long, env = "KAHN_API_KEY", hide_env_values = true)]
+    pub(crate) key: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct PushArgs {
+    /// A run directory (transitions.ndjson, optional graph.json) or an NDJSON file.
+    pub(crate) path: PathBuf,
+    /// The run id (default: the directory's name or the file's stem).
+    #[arg(long)]
+    pub(crate) run_id: Option<String>,
+    /// Give up after this many retries of one call.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) max_retries: u32,
+    /// Largest chunk in bytes (at most 1 MiB).
+    #[arg(long, default_value_t = push::MAX_CHUNK_BYTES)]
+    pub(crate) chunk_bytes: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Do not use the resume cache ($KAHN_CACHE_DIR, else $XDG_CACHE_HOME/kahn, else
+    /// ~/.cache/kahn), which lets a re-push skip the stored part of the file unparsed.
+    #[arg(long)]
+    pub(crate) no_resume_cache: bool,
+    #[command(flatten)]
+    pub(crate) target: KeyTarget,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum RunsCommand {
+    /// The tenant's runs, newest activity first.
+    #[command(after_help = "Example:\n  kahn runs list --source choco --status failed")]
+    List {
+        /// Only runs from this source.
+        #[arg(long)]
+        source: Option<String>,
+        /// Only runs in this status (the `to` of their last transition).
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many (1–1000).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Continue after this cursor (printed by the previous page).
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: KeyTarget,
+    },
+    /// One run: summary and graph.
+    #[command(after_help = "Example:\n  kahn runs show nightly-42 --json")]
+    Show {
+        /// The run.
+        run_id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: KeyTarget,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum BridgeCommand {
+    /// Provision a product's tenant and key (idempotent) and print the CI secret to set.
+    #[command(after_help = "Example:\n  kahn bridge onboard choco --db sqlite://kahn.db")]
+    Onboard {
+        /// The profile: choco, stratt, traceo, or one from --profiles.
+        profile: String,
+        /// Issue a new key and revoke the active ones.
+        #[arg(long)]
+        rotate: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        profiles: ProfilesArg,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Push the run a CI job produced, under a run id derived from the CI environment
+    /// (GitHub Actions: repository, run id, attempt; GitLab CI: project, pipeline, job).
+    #[command(after_help = "\
+Example (in a GitHub Actions step):
+  KAHN_API_KEY=${{ secrets.KAHN_API_KEY }} kahn bridge push --profile choco ./out/run
+A retried step pushes nothing new: the run id is the same, and so is the content.")]
+    Push {
+        /// The profile.
+        #[arg(long)]
+        profile: String,
+        /// The run directory or NDJSON file.
+        path: PathBuf,
+        /// The run id outside CI (default: $KAHN_RUN_ID).
+        #[arg(long)]
+        run_id: Option<String>,
+        /// Give up after this many retries of one call.
+        #[arg(long, default_value_t = 8)]
+        max_retries: u32,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        profiles: ProfilesArg,
+        #[command(flatten)]
+        target: KeyTarget,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct ProfilesArg {
+    /// A TOML file of extra profiles ([[profile]] name, tenant, source).
+    #[arg(long, env = "KAHN_PROFILES")]
+    pub(crate) profiles: Option<PathBuf>,
+}

@@ -1,0 +1,59 @@
+//! `kahn bridge onboard` and `kahn bridge push`: a product's tenant and key, and a CI job's
+//! run under a run id derived from the CI environment.
+
+use kahn_core::Error;
+use kahn_push::bridge::{self, Bridge, CiContext, Profile};
+use kahn_push::push::{self, Progress};
+
+use crate::args::{BridgeCommand, ProfilesArg};
+use crate::failure::CliResult;
+use crate::print::{Lines, print_json, print_provisioned};
+use crate::store::{open_db, open_target, resolve_key};
+
+impl ProfilesArg {
+    /// The profile `name`: built in, or from the `--profiles` file (which takes precedence).
+    fn find(&self, name: &str) -> CliResult<Profile> {
+        let extra = match &self.profiles {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::invalid("profiles", format!("{}: {e}", path.display())))?;
+                bridge::parse_profiles(&text)?
+            }
+            None => Vec::new(),
+        };
+        Ok(bridge::find_profile(name, &extra)?)
+    }
+}
+
+/// Runs `kahn bridge …`.
+pub(crate) async fn run(cmd: BridgeCommand) -> CliResult {
+    match cmd {
+        BridgeCommand::Onboard { profile, rotate, json, profiles, db } => {
+            let bridge = Bridge::new(profiles.find(&profile)?);
+            let store = open_db(&db).await?;
+            let done = bridge.onboard(store.as_ref(), rotate).await?;
+            print_provisioned(&done, json, "the CI secret KAHN_API_KEY")
+        }
+        BridgeCommand::Push { profile, path, run_id, max_retries, json, profiles, target } => {
+            let bridge = Bridge::new(profiles.find(&profile)?);
+            let ci = CiContext::detect(|k| std::env::var(k).ok(), run_id.as_deref())?;
+            let store = open_target(&target).await?;
+            let scope = resolve_key(store.as_ref(), &target.key).await?;
+            let progress: &dyn Progress = if json { &push::Quiet } else { &Lines };
+            let report =
+                bridge.push(store.as_ref(), &scope, &ci, &path, max_retries, progress).await?;
+            if json {
+                return print_json(&report);
+            }
+            println!(
+                "{} run {} ({}): {} appended, {} already stored",
+                bridge.profile().name,
+                report.run_id,
+                ci.provider,
+                report.appended,
+                report.already_stored + report.skipped
+            );
+            Ok(())
+        }
+    }
+}

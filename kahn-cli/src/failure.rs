@@ -1,0 +1,61 @@
+//! How a command fails: an exit code a script can rely on, and a message ending with a hint.
+
+use kahn_core::Error;
+
+/// A failure with the exit code a script can rely on and a hint naming what to do next.
+pub(crate) struct Failure {
+    pub(crate) code: u8,
+    pub(crate) message: String,
+}
+
+impl Failure {
+    /// A failure exiting with `code`; `message` ends with a `hint:` line.
+    pub(crate) fn new(code: u8, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+/// The exit code of an error, and what to do next.
+pub(crate) fn exit_code(e: &Error) -> (u8, &'static str) {
+    match e {
+        Error::Conflict { .. } => {
+            (3, "the store holds different content for this run; nothing was changed")
+        }
+        Error::Gap { .. } => {
+            (3, "push from the expected seq (a plain re-run of `kahn push` resumes)")
+        }
+        Error::Integrity { .. } => {
+            (3, "stored data was altered outside KAHN or is corrupt; restore it from a backup")
+        }
+        Error::Unauthorized(_) => {
+            (4, "check the key; `kahn tenant provision NAME --rotate` issues a new one")
+        }
+        Error::Unavailable { .. } => (5, "the store is unavailable; retry later"),
+        Error::InvalidInput { .. } => (2, "fix the input named above and re-run"),
+        Error::NotFound { .. } => (1, "check the name or id"),
+        Error::Unsupported { .. } => {
+            (2, "this store does not offer that; operators' commands need --db with the admin DSN")
+        }
+        _ => (1, "see the error above"),
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let (code, hint) = exit_code(&e);
+        // An unavailable store keeps its cause apart from its message (a server never sends
+        // driver text to clients); the operator at the terminal gets it.
+        let mut cause = String::new();
+        if let Error::Unavailable { source: Some(source), .. } = &e {
+            let mut next: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+            while let Some(err) = next {
+                cause.push_str(&format!("\n  cause: {err}"));
+                next = err.source();
+            }
+        }
+        Failure { code, message: format!("{e}{cause}\nhint: {hint}") }
+    }
+}
+
+/// What a command returns.
+pub(crate) type CliResult<T = ()> = Result<T, Failure>;

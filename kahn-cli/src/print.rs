@@ -1,0 +1,92 @@
+//! What commands print: JSON reports, a provisioned key, and a push's progress (a bar on a
+//! terminal, one line per event otherwise).
+
+use std::time::Duration;
+
+use indicatif::ProgressBar;
+use kahn_core::Error;
+use kahn_push::provision::Provisioned;
+use kahn_push::push::Progress;
+
+use crate::failure::CliResult;
+
+/// Prints `value` as pretty JSON on stdout.
+pub(crate) fn print_json(value: &impl serde::Serialize) -> CliResult {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::backend("json", e))?;
+    println!("{text}");
+    Ok(())
+}
+
+/// Prints what provisioning did: the key (shown once), its expiry, the keys it retired.
+pub(crate) fn print_provisioned(p: &Provisioned, json: bool, secret_name: &str) -> CliResult {
+    if json {
+        return print_json(&serde_json::json!({
+            "tenant": p.tenant,
+            "api_key": p.issued.as_ref().map(|k| k.secret.expose_secret()),
+            "key_id": p.issued.as_ref().map(|k| k.id),
+            "expires_at": p.expires_at,
+            "retired": p.retired,
+            "retired_at": p.retired_at,
+        }));
+    }
+    println!("tenant {} ({})", p.tenant.name, p.tenant.id);
+    match &p.issued {
+        Some(k) => {
+            println!("API key (shown once; store it as a secret): {}", k.secret.expose_secret());
+            println!("key id: {}", k.id);
+            if let Some(at) = p.expires_at {
+                println!("expires: {}", at.format("%Y-%m-%d %H:%M:%SZ"));
+            }
+            match (p.retired.len(), p.retired_at) {
+                (0, _) => {}
+                (n, None) => println!("revoked {n} previous key(s): they stop working now"),
+                (n, Some(at)) => println!(
+                    "{n} previous key(s) keep working until {} (the grace period), then expire",
+                    at.format("%Y-%m-%d %H:%M:%SZ")
+                ),
+            }
+            println!("next: set {secret_name} to the key, then `kahn push PATH`");
+        }
+        None => println!("already provisioned; no key issued (use --rotate for a new one)"),
+    }
+    Ok(())
+}
+
+/// Progress on a terminal: a bar over the file's bytes.
+pub(crate) struct Bar(pub(crate) ProgressBar);
+
+impl Progress for Bar {
+    fn started(&self, file_bytes: u64, _already: u64) {
+        self.0.set_length(file_bytes);
+    }
+    fn resumed(&self, bytes: u64, transitions: u64) {
+        self.0.inc(bytes);
+        self.0.println(format!("resuming: {transitions} transitions already stored"));
+    }
+    fn chunk_done(&self, bytes: u64, _appended: u64, _skipped: u64) {
+        self.0.inc(bytes);
+    }
+    fn retrying(&self, attempt: u32, wait: Duration, error: &Error) {
+        self.0.println(format!("retry {attempt} in {wait:.1?}: {error}"));
+    }
+}
+
+/// Progress when not on a terminal: one line per event on stderr.
+pub(crate) struct Lines;
+
+impl Progress for Lines {
+    fn started(&self, file_bytes: u64, already: u64) {
+        eprintln!("push: {file_bytes} bytes in the file, {already} transitions already stored");
+    }
+    fn resumed(&self, bytes: u64, transitions: u64) {
+        eprintln!(
+            "push: the first {transitions} transitions ({bytes} bytes) are stored (one chain link confirms them)"
+        );
+    }
+    fn chunk_done(&self, bytes: u64, appended: u64, skipped: u64) {
+        eprintln!("push: chunk of {bytes} bytes: {appended} appended, {skipped} already stored");
+    }
+    fn retrying(&self, attempt: u32, wait: Duration, error: &Error) {
+        eprintln!("push: retry {attempt} in {wait:.1?}: {error}");
+    }
+}

@@ -1,0 +1,93 @@
+//! Opening the store a command works on, and resolving what names its tenant.
+
+use std::sync::Arc;
+
+use kahn_cli::redact_dsn;
+use kahn_core::{ApiKey, StorageBackend, StorageBackendExt, Tenant, WriteScope};
+use kahn_sqlite::SqliteBackend;
+
+use crate::args::{DbArgs, KeyTarget};
+use crate::failure::{CliResult, Failure, exit_code};
+
+/// Which Postgres DSN a command needs: operators' commands (migrate, tenant, bridge onboard)
+/// run as the schema's admin; the server and data commands as the app role, under RLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DbRole {
+    /// The schema's owner: operators' commands.
+    Admin,
+    /// The app role, under RLS: the server and data commands.
+    App,
+}
+
+/// The database `db` names, opened as `role` (on SQLite every role is the same handle).
+pub(crate) async fn open_db_as(db: &DbArgs, role: DbRole) -> CliResult<Arc<dyn StorageBackend>> {
+    let url = db.db.as_str();
+    if url.starts_with("sqlite:") || !url.contains("://") {
+        return Ok(Arc::new(SqliteBackend::connect(url).await?));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let store = match role {
+            DbRole::Admin => kahn_pg::PgBackend::connect_admin(url).await,
+            DbRole::App => kahn_pg::PgBackend::connect_app(url).await,
+        };
+        return store.map(|s| Arc::new(s) as Arc<dyn StorageBackend>).map_err(|e| {
+            let hint = match role {
+                DbRole::Admin => "this command needs the admin DSN (a role that owns the kahn schema)",
+                DbRole::App => "the server and data commands need the app DSN (role kahn_app); operators' commands take the admin DSN",
+            };
+            Failure { code: exit_code(&e).0, message: format!("{e}\nhint: {hint}") }
+        });
+    }
+    Err(Failure {
+        code: 2,
+        message: format!(
+            "unsupported database URL {:?}\nhint: use sqlite://PATH or postgres://USER@HOST/DB",
+            redact_dsn(url)
+        ),
+    })
+}
+
+/// The database for operators' commands.
+pub(crate) async fn open_db(db: &DbArgs) -> CliResult<Arc<dyn StorageBackend>> {
+    open_db_as(db, DbRole::Admin).await
+}
+
+/// The store a data command works on: the server named by `--url`, else the database.
+pub(crate) async fn open_target(target: &KeyTarget) -> CliResult<Arc<dyn StorageBackend>> {
+    match &target.url {
+        Some(url) => Ok(Arc::new(kahn_http::HttpBackend::new(url)?)),
+        None => open_db_as(&target.db, DbRole::App).await,
+    }
+}
+
+/// The write scope of the API key given (`--key` or `KAHN_API_KEY`).
+pub(crate) async fn resolve_key(
+    store: &dyn StorageBackend,
+    key: &Option<String>,
+) -> CliResult<WriteScope> {
+    let Some(key) = key else {
+        return Err(Failure {
+            code: 4,
+            message: "no API key\nhint: pass --key or set KAHN_API_KEY (`kahn tenant provision NAME` prints one)".into(),
+        });
+    };
+    let key = ApiKey::parse(key.trim()).map_err(|e| Failure {
+        code: 4,
+        message: format!(
+            "{e}\nhint: pass the key `kahn tenant provision` printed, via --key or KAHN_API_KEY"
+        ),
+    })?;
+    store.resolve_api_key(&key).await?.ok_or_else(|| Failure {
+        code: 4,
+        message: "the API key is unknown or revoked\nhint: `kahn tenant provision NAME --rotate` issues a new one".into(),
+    })
+}
+
+/// The tenant named `name`.
+pub(crate) async fn tenant_by_name(store: &dyn StorageBackend, name: &str) -> CliResult<Tenant> {
+    let all = store.list_tenants().await?;
+    all.into_iter().map(|s| s.tenant).find(|t| t.name == name).ok_or_else(|| Failure {
+        code: 1,
+        message: format!("no tenant named {name:?}\nhint: `kahn tenant list` shows them"),
+    })
+}
