@@ -61,7 +61,7 @@ async fn run(path: &str) -> kahn::Result<()> {
     println!(
         "run {}: status {}, {} transitions, hash chain verified (head {head})",
         summary.info.run_id,
-        summary.info.status.as_deref().unwrap_or("-"),
+        summary.info.status,
         summary.info.transition_count()
     );
     // The example's key has done its job: revoke it, as a careful operator would.

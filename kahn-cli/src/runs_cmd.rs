@@ -1,6 +1,8 @@
 //! `kahn runs list`, `kahn runs show` and `kahn verify`: reading the key's tenant's runs.
 
-use kahn_core::{Cursor, Error, RunId, RunQuery, StorageBackendExt};
+use kahn_core::{
+    Cursor, Error, NodeSummary, RunId, RunInfo, RunQuery, StateClass, StorageBackendExt,
+};
 
 use crate::args::{KeyTarget, RunsCommand};
 use crate::failure::{CliResult, Failure};
@@ -23,10 +25,11 @@ pub(crate) async fn run(cmd: RunsCommand) -> CliResult {
             }
             for r in page.runs {
                 println!(
-                    "{:<40} {:<10} {:<12} {:>7} transitions  last activity {}",
+                    "{:<40} {:<10} {:<24} {:>9} {:>7} transitions  last activity {}",
                     r.run_id.as_str(),
                     r.source.as_deref().unwrap_or("-"),
-                    r.status.as_deref().unwrap_or("-"),
+                    status_line(&r),
+                    r.duration().map_or_else(|| "-".to_owned(), human_duration),
                     r.next_seq,
                     r.activity_at().to_rfc3339()
                 );
@@ -46,7 +49,11 @@ pub(crate) async fn run(cmd: RunsCommand) -> CliResult {
             let i = &run.info;
             println!("run        {}", i.run_id);
             println!("source     {}", i.source.as_deref().unwrap_or("-"));
-            println!("status     {}", i.status.as_deref().unwrap_or("-"));
+            println!("status     {}", status_line(i));
+            println!("nodes      {}", node_counts(i));
+            println!("started    {}", i.started_at.map_or("-".into(), |t| t.to_rfc3339()));
+            println!("ended      {}", i.ended_at.map_or("-".into(), |t| t.to_rfc3339()));
+            println!("duration   {}", i.duration().map_or_else(|| "-".to_owned(), human_duration));
             println!("transitions {}", i.next_seq);
             println!("first ts   {}", i.first_ts.map_or("-".into(), |t| t.to_rfc3339()));
             println!("last ts    {}", i.last_ts.map_or("-".into(), |t| t.to_rfc3339()));
@@ -56,6 +63,7 @@ pub(crate) async fn run(cmd: RunsCommand) -> CliResult {
                 println!("label      {k}={v}");
             }
             println!("graph      {}", if run.graph.is_some() { "yes" } else { "no" });
+            print_nodes(&run.nodes);
             Ok(())
         }
     }
@@ -78,5 +86,87 @@ pub(crate) async fn verify(run_id: String, target: KeyTarget) -> CliResult {
             ),
         }),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// The status as a list shows it: with the failed nodes named when the status alone would
+/// hide them (`running · 1 failed`).
+fn status_line(r: &RunInfo) -> String {
+    let failed = r.node_counts.failed;
+    if failed > 0 && r.status_class != StateClass::Failed {
+        format!("{} · {failed} failed", r.status)
+    } else {
+        r.status.clone()
+    }
+}
+
+/// `2 failed, 3 succeeded, 1 active` (classes with nodes, most urgent first), or `none`.
+fn node_counts(r: &RunInfo) -> String {
+    let parts: Vec<String> = StateClass::ALL
+        .iter()
+        .filter_map(|c| {
+            let n = r.node_counts.get(*c);
+            (n > 0).then(|| format!("{n} {c}"))
+        })
+        .collect();
+    if parts.is_empty() { "none".to_owned() } else { parts.join(", ") }
+}
+
+/// The node table of `kahn runs show`: failed nodes first, then by node.
+fn print_nodes(nodes: &[NodeSummary]) {
+    if nodes.is_empty() {
+        return;
+    }
+    let mut rows: Vec<&NodeSummary> = nodes.iter().collect();
+    rows.sort_by_key(|n| (n.class != StateClass::Failed, n.node.as_str()));
+    let width = rows.iter().map(|n| n.node.chars().count()).max().unwrap_or(4).clamp(4, 48);
+    println!();
+    println!("{:<width$}  {:<14} {:<26} {:>9}  ATTEMPTS", "NODE", "STATE", "STARTED", "DURATION");
+    for n in rows {
+        println!(
+            "{:<width$}  {:<14} {:<26} {:>9}  {}",
+            n.node,
+            n.state,
+            n.started_at.map_or("-".into(), |t| t.to_rfc3339()),
+            n.duration().map_or_else(|| "-".to_owned(), human_duration),
+            n.attempts
+        );
+    }
+}
+
+/// A duration as a person reads it: `850ms`, `42s`, `3m05s`, `2h07m`, `3d04h`.
+pub(crate) fn human_duration(d: chrono::Duration) -> String {
+    let ms = d.num_milliseconds();
+    if ms < 0 {
+        return format!("-{}", human_duration(-d));
+    }
+    let s = ms / 1000;
+    match s {
+        0 => format!("{ms}ms"),
+        1..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_duration;
+    use chrono::Duration;
+
+    #[test]
+    fn durations_read_as_a_person_says_them() {
+        let cases = [
+            (Duration::milliseconds(850), "850ms"),
+            (Duration::seconds(42), "42s"),
+            (Duration::seconds(185), "3m05s"),
+            (Duration::seconds(2 * 3600 + 7 * 60 + 9), "2h07m"),
+            (Duration::seconds(3 * 86_400 + 4 * 3600), "3d04h"),
+            (Duration::seconds(-5), "-5s"),
+        ];
+        for (d, want) in cases {
+            assert_eq!(human_duration(d), want);
+        }
     }
 }

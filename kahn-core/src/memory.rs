@@ -22,6 +22,7 @@ use crate::model::{
 use crate::rules::{AppendPlan, Outcome, merge_meta, truncate_micros};
 use crate::scope::{ReadScope, WriteScope};
 use crate::secret::{ApiKey, ApiKeyHash};
+use crate::status::Progress;
 use crate::transition::RunMeta;
 
 /// Everything in one mutex: appends serialize, reads see committed state only.
@@ -65,6 +66,8 @@ struct StoredRun {
     info: RunInfo,
     meta: RunMeta,
     transitions: Vec<StoredTransition>,
+    /// The run's progress with every node's summary.
+    progress: Progress,
 }
 
 impl MemoryBackend {
@@ -396,20 +399,10 @@ impl StorageBackend for MemoryBackend {
         for (run, decision, meta, rows) in planned {
             let stored =
                 st.runs.entry((tenant, run.run_id().clone())).or_insert_with(|| StoredRun {
-                    info: RunInfo {
-                        run_id: run.run_id().clone(),
-                        source: None,
-                        labels: Default::default(),
-                        next_seq: 0,
-                        head_hash: Digest::ZERO,
-                        status: None,
-                        first_ts: None,
-                        last_ts: None,
-                        created_at: now,
-                        received_at: now,
-                    },
+                    info: RunInfo::new(run.run_id().clone(), now),
                     meta: RunMeta::new(),
                     transitions: Vec::new(),
+                    progress: Progress::default(),
                 });
             // Received: something was stored (a row, or metadata set for the first time).
             if !decision.rows.is_empty() || meta.is_some() {
@@ -424,9 +417,8 @@ impl StorageBackend for MemoryBackend {
                 stored.info.first_ts = Some(stored.info.first_ts.map_or(lo, |f| f.min(lo)));
                 stored.info.last_ts = Some(stored.info.last_ts.map_or(hi, |l| l.max(hi)));
             }
-            if let Some(status) = decision.status() {
-                stored.info.status = Some(status.to_owned());
-            }
+            decision.advance(&mut stored.progress);
+            stored.info.set_progress(&stored.progress.run);
             stored.transitions.extend(rows);
             stored.info.next_seq = decision.next_seq;
             stored.info.head_hash = decision.head_hash;
@@ -461,7 +453,11 @@ impl StorageBackend for MemoryBackend {
     async fn get_run(&self, scope: &ReadScope, run: &RunId) -> Result<RunSummary> {
         let st = self.lock();
         let r = st.run(scope, run)?;
-        Ok(RunSummary { info: r.info.clone(), graph: r.meta.graph().cloned() })
+        Ok(RunSummary {
+            info: r.info.clone(),
+            graph: r.meta.graph().cloned(),
+            nodes: r.progress.nodes.values().cloned().collect(),
+        })
     }
 
     async fn read_transitions(

@@ -9,6 +9,7 @@ use crate::error::Error;
 use crate::hash::Digest;
 use crate::id::{ApiKeyId, OrgId, RunId, Seq, TenantId, validate_token};
 use crate::secret::ApiKey;
+use crate::status::{ClassCounts, NodeSummary, RunProgress, StateClass};
 use crate::transition::Labels;
 
 /// Default retention of a tenant's runs, in days (counted from each run's `received_at`).
@@ -263,8 +264,18 @@ pub struct RunInfo {
     pub next_seq: u64,
     /// The last link of the hash chain ([`Digest::ZERO`] for a run with no transitions).
     pub head_hash: Digest,
-    /// The `to` of the last transition.
-    pub status: Option<String>,
+    /// The run's status (DESIGN.md "Run status and durations"): the `to` of its latest
+    /// run-level transition when it has one, otherwise derived from its nodes' latest states;
+    /// `pending` for a run with neither. Maintained at append time.
+    pub status: String,
+    /// The class of [`status`](Self::status).
+    pub status_class: StateClass,
+    /// How many of the run's nodes are in each class, by their latest state.
+    pub node_counts: ClassCounts,
+    /// The first transition's `ts`.
+    pub started_at: Option<DateTime<Utc>>,
+    /// The `ts` of the transition that made the status terminal; `None` while it is not.
+    pub ended_at: Option<DateTime<Utc>>,
     /// The earliest transition `ts`.
     pub first_ts: Option<DateTime<Utc>>,
     /// The latest transition `ts`.
@@ -277,9 +288,44 @@ pub struct RunInfo {
 }
 
 impl RunInfo {
+    /// A run the store has just seen, at `created_at`: no transitions, status `pending`.
+    pub fn new(run_id: RunId, created_at: DateTime<Utc>) -> Self {
+        let progress = RunProgress::default();
+        Self {
+            run_id,
+            source: None,
+            labels: Labels::new(),
+            next_seq: 0,
+            head_hash: Digest::ZERO,
+            status: progress.status().to_owned(),
+            status_class: progress.status_class(),
+            node_counts: progress.counts,
+            started_at: None,
+            ended_at: None,
+            first_ts: None,
+            last_ts: None,
+            created_at,
+            received_at: created_at,
+        }
+    }
+
     /// Number of transitions stored.
     pub fn transition_count(&self) -> u64 {
         self.next_seq
+    }
+
+    /// `ended_at - started_at`, once the run has ended.
+    pub fn duration(&self) -> Option<chrono::Duration> {
+        Some(self.ended_at? - self.started_at?)
+    }
+
+    /// Sets the derived fields from the run's progress.
+    pub fn set_progress(&mut self, progress: &RunProgress) {
+        self.status = progress.status().to_owned();
+        self.status_class = progress.status_class();
+        self.node_counts = progress.counts;
+        self.started_at = progress.started_at;
+        self.ended_at = progress.ended_at;
     }
 
     /// The run's last activity: its latest transition `ts`, or its creation when it has none.
@@ -298,6 +344,9 @@ pub struct RunSummary {
     pub info: RunInfo,
     /// The DAG, once set.
     pub graph: Option<Value>,
+    /// Every node's summary (state, times, attempts), in node order: maintained at append
+    /// time, so reading it never reads the run's transitions.
+    pub nodes: Vec<NodeSummary>,
 }
 
 /// A stored transition, as read back.
@@ -415,7 +464,7 @@ impl<'de> Deserialize<'de> for Cursor {
 pub struct RunQuery {
     /// Only runs with this source.
     pub source: Option<String>,
-    /// Only runs whose status (last `to`) is this.
+    /// Only runs whose status (see [`RunInfo::status`]) is this.
     pub status: Option<String>,
     /// Page size, 1 to [`MAX_PAGE_SIZE`].
     pub limit: u32,
@@ -462,7 +511,7 @@ impl RunQuery {
     /// Whether `run` passes the filters (not the cursor).
     pub fn matches(&self, run: &RunInfo) -> bool {
         self.source.as_ref().is_none_or(|s| run.source.as_ref() == Some(s))
-            && self.status.as_ref().is_none_or(|s| run.status.as_ref() == Some(s))
+            && self.status.as_ref().is_none_or(|s| run.status == *s)
     }
 }
 
@@ -599,18 +648,7 @@ mod tests {
             "status"
         );
         // A cursor made by hand from a run whose time no store can hold.
-        let mut info = RunInfo {
-            run_id: RunId::new("r").unwrap(),
-            source: None,
-            labels: Labels::new(),
-            next_seq: 0,
-            head_hash: Digest::ZERO,
-            status: None,
-            first_ts: None,
-            last_ts: None,
-            created_at: DateTime::<Utc>::MAX_UTC,
-            received_at: Utc::now(),
-        };
+        let mut info = RunInfo::new(RunId::new("r").unwrap(), DateTime::<Utc>::MAX_UTC);
         let far = RunQuery { cursor: Some(Cursor::after(&info)), ..RunQuery::default() };
         assert_eq!(refused(far), "cursor");
         info.created_at = Utc::now();

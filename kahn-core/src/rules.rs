@@ -19,6 +19,7 @@ use crate::batch::RunAppend;
 use crate::error::{ConflictAt, Error, Result};
 use crate::hash::{Digest, chain_link};
 use crate::id::RunId;
+use crate::status::Progress;
 use crate::transition::{RunMeta, TransitionBody};
 
 /// How one run's transitions meet what is stored.
@@ -65,9 +66,19 @@ impl Decision<'_> {
         }
     }
 
-    /// The `to` of the last new row: the run's new status, when rows are appended.
-    pub fn status(&self) -> Option<&str> {
-        self.rows.last().map(|r| r.body.to_state())
+    /// The nodes the new rows touch: the [`NodeSummary`](crate::NodeSummary) rows a backend
+    /// loads into the [`Progress`] it hands to [`advance`](Self::advance).
+    pub fn touched_nodes(&self) -> std::collections::BTreeSet<&str> {
+        self.rows.iter().filter_map(|r| r.body.node()).collect()
+    }
+
+    /// Applies the new rows to the run's `progress` (loaded with at least the
+    /// [`touched_nodes`](Self::touched_nodes)); the backend then stores `progress.run` and the
+    /// touched nodes' summaries.
+    pub fn advance(&self, progress: &mut Progress) {
+        for row in &self.rows {
+            progress.apply(row.seq, row.body);
+        }
     }
 
     /// Earliest and latest `ts` among the new rows.

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::rules::truncate_micros;
 use crate::transition::TransitionBody;
 
 /// The class of a state string. Classification is case-insensitive; the vocabulary covers
@@ -266,7 +267,8 @@ impl Progress {
 
     /// Applies transition `seq`, the run's next one. Returns the node it touched, if any.
     pub fn apply(&mut self, seq: u64, body: &TransitionBody) -> Option<&NodeSummary> {
-        let ts = body.ts();
+        // At the precision every backend stores, so every adapter reports the same times.
+        let ts = truncate_micros(body.ts());
         let to = body.to_state();
         let class = StateClass::of(to);
         if self.run.started_at.is_none() {

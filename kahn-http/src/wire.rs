@@ -3,8 +3,8 @@
 
 use chrono::{DateTime, Utc};
 use kahn_core::{
-    AppendReport, Digest, Labels, OrgId, RunAppendReport, RunId, RunInfo, RunSummary, Seq,
-    StoredTransition, TenantId, TenantSummary,
+    AppendReport, ClassCounts, Digest, Labels, NodeSummary, OrgId, RunAppendReport, RunId, RunInfo,
+    RunSummary, Seq, StateClass, StoredTransition, TenantId, TenantSummary,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -83,8 +83,25 @@ pub struct RunView {
     /// Last link of the hash chain, 64 hex digits (all zeros for no transitions).
     #[schema(value_type = String)]
     pub head_hash: Digest,
-    /// The `to` state of the last transition.
-    pub status: Option<String>,
+    /// The run's status: the `to` of its latest run-level transition (one without `node`)
+    /// when it has one, otherwise derived from its nodes' latest states (any active →
+    /// `running`; else any failed → `failed`; else any waiting → `pending`; else any cancelled
+    /// → `cancelled`; else `succeeded`); `pending` for a run with neither.
+    #[schema(example = "failed")]
+    pub status: String,
+    /// The class of `status`: `failed`, `cancelled`, `active`, `waiting`, `succeeded`,
+    /// `skipped` or `other`.
+    #[schema(value_type = String, example = "failed")]
+    pub status_class: StateClass,
+    /// How many of the run's nodes are in each class, by their latest state.
+    pub node_counts: NodeCounts,
+    /// The first transition's `ts`.
+    pub started_at: Option<DateTime<Utc>>,
+    /// The `ts` of the transition that made the status terminal; absent while it is not.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// `ended_at - started_at` in milliseconds, once the run has ended.
+    #[serde(default, skip_deserializing)]
+    pub duration_ms: Option<i64>,
     /// Earliest transition `ts`.
     pub first_ts: Option<DateTime<Utc>>,
     /// Latest transition `ts`.
@@ -100,12 +117,17 @@ impl From<RunInfo> for RunView {
     fn from(r: RunInfo) -> Self {
         Self {
             transition_count: r.transition_count(),
+            duration_ms: r.duration().map(|d| d.num_milliseconds()),
             run_id: r.run_id,
             source: r.source,
             labels: r.labels,
             next_seq: r.next_seq,
             head_hash: r.head_hash,
             status: r.status,
+            status_class: r.status_class,
+            node_counts: r.node_counts.into(),
+            started_at: r.started_at,
+            ended_at: r.ended_at,
             first_ts: r.first_ts,
             last_ts: r.last_ts,
             created_at: r.created_at,
@@ -123,10 +145,104 @@ impl From<RunView> for RunInfo {
             next_seq: r.next_seq,
             head_hash: r.head_hash,
             status: r.status,
+            status_class: r.status_class,
+            node_counts: r.node_counts.into(),
+            started_at: r.started_at,
+            ended_at: r.ended_at,
             first_ts: r.first_ts,
             last_ts: r.last_ts,
             created_at: r.created_at,
             received_at: r.received_at,
+        }
+    }
+}
+
+/// How many of a run's nodes are in each class (DESIGN.md "Run status and durations").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NodeCounts {
+    /// Nodes whose latest state is failed (failed, error, timed_out, …).
+    pub failed: u64,
+    /// … cancelled (cancelled, aborted, killed, …).
+    pub cancelled: u64,
+    /// … active (running, in_progress, retrying, …).
+    pub active: u64,
+    /// … waiting (pending, queued, scheduled, …).
+    pub waiting: u64,
+    /// … succeeded (succeeded, success, done, …).
+    pub succeeded: u64,
+    /// … skipped (skipped, upstream_skipped, excluded).
+    pub skipped: u64,
+    /// … of no known class.
+    pub other: u64,
+}
+
+impl From<ClassCounts> for NodeCounts {
+    fn from(c: ClassCounts) -> Self {
+        let ClassCounts { failed, cancelled, active, waiting, succeeded, skipped, other } = c;
+        Self { failed, cancelled, active, waiting, succeeded, skipped, other }
+    }
+}
+
+impl From<NodeCounts> for ClassCounts {
+    fn from(c: NodeCounts) -> Self {
+        let NodeCounts { failed, cancelled, active, waiting, succeeded, skipped, other } = c;
+        Self { failed, cancelled, active, waiting, succeeded, skipped, other }
+    }
+}
+
+/// One node of a run: its latest state and its times, maintained as transitions arrive.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NodeView {
+    /// The node (`node` of its transitions).
+    pub node: String,
+    /// Its latest state (`to` of its latest transition).
+    pub state: String,
+    /// The class of `state`.
+    #[schema(value_type = String, example = "succeeded")]
+    pub class: StateClass,
+    /// Its first active transition's `ts`.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Its first terminal transition's `ts` since it last became active; absent while it is
+    /// active again (a retry) or has not ended.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// `ended_at - started_at` in milliseconds, when both are known.
+    #[serde(default, skip_deserializing)]
+    pub duration_ms: Option<i64>,
+    /// How many times it became active.
+    pub attempts: u64,
+    /// The seq of its first transition.
+    pub first_seq: u64,
+    /// The seq of its latest transition.
+    pub last_seq: u64,
+}
+
+impl From<NodeSummary> for NodeView {
+    fn from(n: NodeSummary) -> Self {
+        Self {
+            duration_ms: n.duration().map(|d| d.num_milliseconds()),
+            node: n.node,
+            state: n.state,
+            class: n.class,
+            started_at: n.started_at,
+            ended_at: n.ended_at,
+            attempts: n.attempts,
+            first_seq: n.first_seq,
+            last_seq: n.last_seq,
+        }
+    }
+}
+
+impl From<NodeView> for NodeSummary {
+    fn from(n: NodeView) -> Self {
+        Self {
+            node: n.node,
+            state: n.state,
+            class: n.class,
+            started_at: n.started_at,
+            ended_at: n.ended_at,
+            attempts: n.attempts,
+            first_seq: n.first_seq,
+            last_seq: n.last_seq,
         }
     }
 }
@@ -149,17 +265,28 @@ pub struct RunDetail {
     /// The DAG (`graph.json`), once set.
     #[schema(value_type = Option<Object>)]
     pub graph: Option<Value>,
+    /// Every node's summary, in node order: read from summaries kept at append time, never
+    /// from the run's transitions.
+    pub nodes: Vec<NodeView>,
 }
 
 impl From<RunSummary> for RunDetail {
     fn from(s: RunSummary) -> Self {
-        Self { run: s.info.into(), graph: s.graph }
+        Self {
+            run: s.info.into(),
+            graph: s.graph,
+            nodes: s.nodes.into_iter().map(NodeView::from).collect(),
+        }
     }
 }
 
 impl From<RunDetail> for RunSummary {
     fn from(d: RunDetail) -> Self {
-        Self { info: d.run.into(), graph: d.graph }
+        Self {
+            info: d.run.into(),
+            graph: d.graph,
+            nodes: d.nodes.into_iter().map(NodeSummary::from).collect(),
+        }
     }
 }
 

@@ -21,13 +21,15 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use kahn_core::rules::{AppendPlan, Decision, Divergence, Outcome, merge_meta, truncate_micros};
 use kahn_core::{
-    AppendBatch, AppendReport, Digest, Error, Labels, Result, RunAppend, RunMeta, TenantId,
+    AppendBatch, AppendReport, Digest, Error, Labels, NodeSummary, Progress, Result, RunAppend,
+    RunMeta, RunProgress, TenantId,
 };
 use sqlx_core::query::query;
 use sqlx_core::row::Row;
 use sqlx_postgres::PgConnection;
 
 use crate::error::{corrupt, db};
+use crate::progress::{self, ProgressColumns, run_progress};
 
 /// Appends `batch` inside the caller's transaction (whose tenant is already set).
 pub(crate) async fn append(
@@ -49,6 +51,7 @@ pub(crate) async fn append(
         .collect();
     let links = read_links(conn, tenant, runs, &plans).await?;
 
+    let stored_progress: Vec<RunProgress> = stored.iter().map(|s| s.progress.clone()).collect();
     let mut decisions: Vec<Decision<'_>> = Vec::with_capacity(runs.len());
     let mut metas: Vec<Option<RunMeta>> = Vec::with_capacity(runs.len());
     for (index, ((run, plan), stored)) in runs.iter().zip(plans).zip(stored).enumerate() {
@@ -69,7 +72,8 @@ pub(crate) async fn append(
     }
 
     insert_rows(conn, tenant, runs, &decisions).await?;
-    update_runs(conn, tenant, runs, &decisions, &metas).await?;
+    let progress = advance(conn, tenant, runs, &decisions, stored_progress).await?;
+    update_runs(conn, tenant, runs, &decisions, &metas, &progress).await?;
 
     Ok(AppendReport {
         runs: runs.iter().zip(&decisions).map(|(run, d)| d.report(run.run_id())).collect(),
@@ -112,6 +116,8 @@ struct StoredRun {
     labels: String,
     /// Read only when the incoming metadata carries a graph (it can be large).
     graph: Option<String>,
+    /// Status, node counts and times, as the append left them.
+    progress: RunProgress,
 }
 
 /// Creates the batch's missing run rows, then locks every one of them, both in run id order:
@@ -145,7 +151,9 @@ async fn lock_runs(
 
     let rows = query(
         "SELECT r.run_id, r.next_seq, r.head_hash, r.source, r.labels, \
-                CASE WHEN w.want_graph THEN r.graph END AS graph \
+                CASE WHEN w.want_graph THEN r.graph END AS graph, r.run_state_json, \
+                r.started_at, r.ended_at, r.nodes_failed, r.nodes_cancelled, r.nodes_active, \
+                r.nodes_waiting, r.nodes_succeeded, r.nodes_skipped, r.nodes_other \
          FROM UNNEST($2::text[], $3::bool[]) WITH ORDINALITY AS w(run_id, want_graph, ord) \
          JOIN kahn.runs AS r ON r.tenant_id = $1 AND r.run_id = w.run_id \
          ORDER BY w.ord \
@@ -178,6 +186,7 @@ async fn lock_runs(
             source: row.try_get("source").map_err(db)?,
             labels: row.try_get("labels").map_err(db)?,
             graph: row.try_get("graph").map_err(db)?,
+            progress: run_progress(row)?,
         });
     }
     stored
@@ -287,6 +296,42 @@ async fn insert_rows(
     Ok(())
 }
 
+/// Applies each run's new rows to its progress (kahn-core's rule), reading and writing the
+/// summaries of the nodes they touch in one statement each. Returns every run's progress,
+/// advanced or as stored.
+async fn advance(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    runs: &[RunAppend],
+    decisions: &[Decision<'_>],
+    stored: Vec<RunProgress>,
+) -> Result<Vec<RunProgress>> {
+    let touched: Vec<_> = decisions.iter().map(Decision::touched_nodes).collect();
+    let wanted: Vec<(&str, &str)> = runs
+        .iter()
+        .zip(&touched)
+        .flat_map(|(run, nodes)| nodes.iter().map(move |n| (run.run_id().as_str(), *n)))
+        .collect();
+    let mut loaded = progress::load_nodes(conn, tenant, &wanted).await?;
+    let mut advanced = Vec::with_capacity(runs.len());
+    for ((run, d), stored) in runs.iter().zip(decisions).zip(stored) {
+        let nodes = loaded.remove(run.run_id().as_str()).unwrap_or_default();
+        let mut p = Progress::new(stored, nodes);
+        d.advance(&mut p);
+        advanced.push(p);
+    }
+    let changed: Vec<(&str, &NodeSummary)> = runs
+        .iter()
+        .zip(&touched)
+        .zip(&advanced)
+        .flat_map(|((run, nodes), p)| {
+            nodes.iter().filter_map(|n| p.nodes.get(*n)).map(|n| (run.run_id().as_str(), n))
+        })
+        .collect();
+    progress::store_nodes(conn, tenant, &changed).await?;
+    Ok(advanced.into_iter().map(|p| p.run).collect())
+}
+
 /// Updates, in one statement, the summary of every run that gained rows or metadata, and
 /// renews its `received_at` (the database's clock): exactly the runs this append stored
 /// something for. A run the batch only re-pushed is not touched, so its retention is not
@@ -297,6 +342,7 @@ async fn update_runs(
     runs: &[RunAppend],
     decisions: &[Decision<'_>],
     metas: &[Option<RunMeta>],
+    progress: &[RunProgress],
 ) -> Result<()> {
     let mut ids: Vec<&str> = Vec::new();
     let mut sources: Vec<Option<&str>> = Vec::new();
@@ -304,10 +350,10 @@ async fn update_runs(
     let mut labels: Vec<Option<String>> = Vec::new();
     let mut next_seqs: Vec<i64> = Vec::new();
     let mut heads: Vec<&[u8]> = Vec::new();
-    let mut statuses: Vec<Option<String>> = Vec::new();
+    let mut cols = ProgressColumns::of([])?;
     let mut firsts: Vec<Option<DateTime<Utc>>> = Vec::new();
     let mut lasts: Vec<Option<DateTime<Utc>>> = Vec::new();
-    for ((run, d), meta) in runs.iter().zip(decisions).zip(metas) {
+    for (((run, d), meta), p) in runs.iter().zip(decisions).zip(metas).zip(progress) {
         if d.rows.is_empty() && meta.is_none() {
             continue;
         }
@@ -321,7 +367,7 @@ async fn update_runs(
         );
         next_seqs.push(seq_param(d.next_seq)?);
         heads.push(d.head_hash.as_bytes().as_slice());
-        statuses.push(d.status().map(status_json));
+        cols.push(p)?;
         let (lo, hi) = d.ts_range().unzip();
         firsts.push(lo);
         lasts.push(hi);
@@ -329,16 +375,24 @@ async fn update_runs(
     if ids.is_empty() {
         return Ok(());
     }
+    let [failed, cancelled, active, waiting, succeeded, skipped, other] = &cols.counts;
     query(
         "UPDATE kahn.runs AS r SET source = COALESCE(u.source, r.source), \
                 graph = COALESCE(u.graph, r.graph), labels = COALESCE(u.labels, r.labels), \
-                next_seq = u.next_seq, head_hash = u.head_hash, \
-                status_json = COALESCE(u.status_json, r.status_json), \
+                next_seq = u.next_seq, head_hash = u.head_hash, status_json = u.status_json, \
                 first_ts = LEAST(r.first_ts, u.first_ts), last_ts = GREATEST(r.last_ts, u.last_ts), \
-                received_at = pg_catalog.now() \
+                received_at = pg_catalog.now(), run_state_json = u.run_state_json, \
+                started_at = u.started_at, ended_at = u.ended_at, nodes_failed = u.failed, \
+                nodes_cancelled = u.cancelled, nodes_active = u.active, \
+                nodes_waiting = u.waiting, nodes_succeeded = u.succeeded, \
+                nodes_skipped = u.skipped, nodes_other = u.other \
          FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bytea[], \
-                     $8::text[], $9::timestamptz[], $10::timestamptz[]) \
-              AS u(run_id, source, graph, labels, next_seq, head_hash, status_json, first_ts, last_ts) \
+                     $8::text[], $9::timestamptz[], $10::timestamptz[], $11::text[], \
+                     $12::timestamptz[], $13::timestamptz[], $14::bigint[], $15::bigint[], \
+                     $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[]) \
+              AS u(run_id, source, graph, labels, next_seq, head_hash, status_json, first_ts, \
+                   last_ts, run_state_json, started_at, ended_at, failed, cancelled, active, \
+                   waiting, succeeded, skipped, other) \
          WHERE r.tenant_id = $1 AND r.run_id = u.run_id",
     )
     .bind(tenant.as_uuid())
@@ -348,9 +402,19 @@ async fn update_runs(
     .bind(&labels)
     .bind(&next_seqs)
     .bind(&heads)
-    .bind(&statuses)
+    .bind(&cols.status)
     .bind(&firsts)
     .bind(&lasts)
+    .bind(&cols.run_state)
+    .bind(&cols.started)
+    .bind(&cols.ended)
+    .bind(failed)
+    .bind(cancelled)
+    .bind(active)
+    .bind(waiting)
+    .bind(succeeded)
+    .bind(skipped)
+    .bind(other)
     .execute(&mut *conn)
     .await
     .map_err(db)?;
@@ -381,10 +445,4 @@ fn stored_meta(source: Option<String>, graph: Option<String>, labels: &str) -> R
         meta = meta.with_label(k, v).map_err(corrupt)?;
     }
     Ok(meta)
-}
-
-/// A status as stored: its JSON string literal, so any string (even one holding `\u0000`,
-/// which Postgres text refuses) is stored and compared exactly.
-pub(crate) fn status_json(status: &str) -> String {
-    serde_json::Value::String(status.to_owned()).to_string()
 }

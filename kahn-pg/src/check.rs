@@ -9,29 +9,46 @@ use sqlx_postgres::PgPool;
 use crate::error::{BACKEND, RoleProblem, UnsafeAppRole, db};
 
 /// The tables holding tenant data. Every one must have RLS enabled and forced.
-pub const TENANT_TABLES: [&str; 4] = ["tenants", "api_keys", "runs", "transitions"];
+pub const TENANT_TABLES: [&str; 5] = ["tenants", "api_keys", "runs", "transitions", "run_nodes"];
 
 /// The table privileges the app role holds, per tenant table: the log is append-only, the
 /// run summary is inserted and (by column, below) updated; tenants and keys are reached only
 /// through SECURITY DEFINER functions. Anything else is refused at startup.
-const APP_TABLE_GRANTS: [(&str, &[&str]); 4] = [
+const APP_TABLE_GRANTS: [(&str, &[&str]); 5] = [
     ("tenants", &[]),
     ("api_keys", &[]),
     ("runs", &["SELECT", "INSERT"]),
     ("transitions", &["SELECT", "INSERT"]),
+    ("run_nodes", &["SELECT", "INSERT"]),
 ];
 
-/// The columns of `kahn.runs` the append keeps current: the app role's only UPDATE grants.
-const APP_RUNS_UPDATE_COLUMNS: [&str; 9] = [
-    "source",
-    "graph",
-    "labels",
-    "next_seq",
-    "head_hash",
-    "status_json",
-    "first_ts",
-    "last_ts",
-    "received_at",
+/// The columns the append keeps current, per table: the app role's only UPDATE grants.
+const APP_UPDATE_COLUMNS: [(&str, &[&str]); 2] = [
+    (
+        "runs",
+        &[
+            "source",
+            "graph",
+            "labels",
+            "next_seq",
+            "head_hash",
+            "status_json",
+            "first_ts",
+            "last_ts",
+            "received_at",
+            "run_state_json",
+            "started_at",
+            "ended_at",
+            "nodes_failed",
+            "nodes_cancelled",
+            "nodes_active",
+            "nodes_waiting",
+            "nodes_succeeded",
+            "nodes_skipped",
+            "nodes_other",
+        ],
+    ),
+    ("run_nodes", &["state_json", "started_at", "ended_at", "attempts", "last_seq"]),
 ];
 
 /// Privileges checked on each tenant table and on each of its columns.
@@ -327,9 +344,10 @@ async fn check_grants(
         if table_level.iter().any(|(t, p)| *t == table && *p == privilege) {
             continue;
         }
-        let designed = table == "runs"
-            && privilege == "UPDATE"
-            && APP_RUNS_UPDATE_COLUMNS.contains(&column.as_str());
+        let designed = privilege == "UPDATE"
+            && APP_UPDATE_COLUMNS
+                .iter()
+                .any(|(t, columns)| *t == table && columns.contains(&column.as_str()));
         if held && !designed {
             problems.push(RoleProblem::ExtraGrant {
                 object: format!("kahn.{table} ({column})"),

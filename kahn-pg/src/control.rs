@@ -221,6 +221,11 @@ pub(crate) async fn delete_tenant(pool: &PgPool, tenant: TenantId) -> Result<Pur
         .await
         .map_err(db)?
         .rows_affected();
+    query("DELETE FROM kahn.run_nodes WHERE tenant_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
     query("DELETE FROM kahn.api_keys WHERE tenant_id = $1")
         .bind(id)
         .execute(&mut *tx)

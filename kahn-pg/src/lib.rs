@@ -59,6 +59,7 @@ mod check;
 mod control;
 mod error;
 mod migrate;
+mod progress;
 mod read;
 
 use std::sync::Arc;
@@ -204,7 +205,14 @@ impl PgBackend {
     /// [`Error::Unsupported`] in app mode; [`Error::Backend`] when a migration fails.
     pub async fn migrate(&self) -> Result<()> {
         self.require_admin("migrate (run the migrations with the admin DSN: `kahn migrate`)")?;
-        migrator().run(&self.pool).await.map_err(|e| db(e.into()))
+        migrator().run(&self.pool).await.map_err(|e| db(e.into()))?;
+        // Runs stored under the old status rule (marked by migration 0005) get the new one's
+        // values, computed by kahn-core from their transitions.
+        let runs = progress::recompute_marked(&self.pool).await?;
+        if runs > 0 {
+            tracing::info!(runs, "recomputed run status and node summaries");
+        }
+        Ok(())
     }
 
     /// The pool.

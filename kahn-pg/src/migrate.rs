@@ -25,6 +25,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "retention by receipt keys and personal tenants",
         include_str!("../migrations/0004_retention_by_receipt_keys_and_personal_tenants.sql"),
     ),
+    (5, "run status", include_str!("../migrations/0005_run_status.sql")),
 ];
 
 /// The migrator holding every migration of `migrations/`, as `sqlx::migrate!` would build it

@@ -12,29 +12,25 @@ use sqlx_core::query::query;
 use sqlx_core::row::Row;
 use sqlx_postgres::{PgConnection, PgRow};
 
-use crate::append::status_json;
 use crate::error::{corrupt, db};
+use crate::progress::{json_literal, read_nodes, run_progress};
 
 fn run_info(row: &PgRow) -> Result<RunInfo> {
     let run_id: String = row.try_get("run_id").map_err(db)?;
     let labels: String = row.try_get("labels").map_err(db)?;
-    let labels: Labels = serde_json::from_str(&labels).map_err(corrupt)?;
-    let status: Option<String> = row.try_get("status_json").map_err(db)?;
-    let status = status.map(|s| serde_json::from_str::<String>(&s)).transpose().map_err(corrupt)?;
     let next: i64 = row.try_get("next_seq").map_err(db)?;
     let head: Vec<u8> = row.try_get("head_hash").map_err(db)?;
-    Ok(RunInfo {
-        run_id: RunId::new(run_id).map_err(corrupt)?,
-        source: row.try_get("source").map_err(db)?,
-        labels,
-        next_seq: u64::try_from(next).map_err(corrupt)?,
-        head_hash: kahn_core::Digest::try_from_slice(&head).map_err(corrupt)?,
-        status,
-        first_ts: row.try_get("first_ts").map_err(db)?,
-        last_ts: row.try_get("last_ts").map_err(db)?,
-        created_at: row.try_get("created_at").map_err(db)?,
-        received_at: row.try_get("received_at").map_err(db)?,
-    })
+    let mut info =
+        RunInfo::new(RunId::new(run_id).map_err(corrupt)?, row.try_get("created_at").map_err(db)?);
+    info.source = row.try_get("source").map_err(db)?;
+    info.labels = serde_json::from_str::<Labels>(&labels).map_err(corrupt)?;
+    info.next_seq = u64::try_from(next).map_err(corrupt)?;
+    info.head_hash = kahn_core::Digest::try_from_slice(&head).map_err(corrupt)?;
+    info.first_ts = row.try_get("first_ts").map_err(db)?;
+    info.last_ts = row.try_get("last_ts").map_err(db)?;
+    info.received_at = row.try_get("received_at").map_err(db)?;
+    info.set_progress(&run_progress(row)?);
+    Ok(info)
 }
 
 pub(crate) async fn list_runs(
@@ -44,8 +40,9 @@ pub(crate) async fn list_runs(
 ) -> Result<RunPage> {
     let limit = q.effective_limit() as usize;
     let rows = query(
-        "SELECT run_id, source, labels, next_seq, head_hash, status_json, first_ts, last_ts, \
-                created_at, received_at \
+        "SELECT run_id, source, labels, next_seq, head_hash, first_ts, last_ts, created_at, \
+                received_at, run_state_json, started_at, ended_at, nodes_failed, nodes_cancelled, \
+                nodes_active, nodes_waiting, nodes_succeeded, nodes_skipped, nodes_other \
          FROM kahn.runs \
          WHERE tenant_id = $1 \
            AND ($2::text IS NULL OR source = $2) \
@@ -57,7 +54,7 @@ pub(crate) async fn list_runs(
     )
     .bind(tenant.as_uuid())
     .bind(q.source.as_deref())
-    .bind(q.status.as_deref().map(status_json))
+    .bind(q.status.as_deref().map(json_literal))
     .bind(q.cursor.as_ref().map(|c| from_micros(c.activity_micros())))
     .bind(q.cursor.as_ref().map(|c| c.run_id().as_str().to_owned()))
     .bind(limit as i64 + 1)
@@ -77,8 +74,9 @@ pub(crate) async fn get_run(
     run: &RunId,
 ) -> Result<RunSummary> {
     let row = query(
-        "SELECT run_id, source, labels, next_seq, head_hash, status_json, first_ts, last_ts, \
-                created_at, received_at, graph \
+        "SELECT run_id, source, labels, next_seq, head_hash, first_ts, last_ts, created_at, \
+                received_at, run_state_json, started_at, ended_at, nodes_failed, nodes_cancelled, \
+                nodes_active, nodes_waiting, nodes_succeeded, nodes_skipped, nodes_other, graph \
          FROM kahn.runs WHERE tenant_id = $1 AND run_id = $2",
     )
     .bind(tenant.as_uuid())
@@ -91,6 +89,7 @@ pub(crate) async fn get_run(
     Ok(RunSummary {
         info: run_info(&row)?,
         graph: graph.map(|g| serde_json::from_str(&g)).transpose().map_err(corrupt)?,
+        nodes: read_nodes(conn, tenant, run.as_str()).await?,
     })
 }
 

@@ -9,6 +9,7 @@ use crate::error::db;
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_lifecycle.sql"),
+    include_str!("../migrations/0003_run_status.sql"),
 ];
 
 /// The schema version this build writes.
@@ -28,6 +29,12 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
         tx.execute_batch(sql).map_err(db)?;
+        if i + 1 == 3 {
+            // Runs stored under the old status rule ("the last `to`") get the new one's
+            // values, computed by kahn-core from their transitions.
+            let runs = crate::store::recompute_progress(&tx)?;
+            tracing::info!(runs, "recomputed run status and node summaries");
+        }
         tx.pragma_update(None, "user_version", i as i64 + 1).map_err(db)?;
         tx.commit().map_err(db)?;
         tracing::info!(version = i + 1, "applied sqlite migration");

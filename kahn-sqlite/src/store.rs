@@ -7,10 +7,11 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use kahn_core::rules::{AppendPlan, Outcome, from_micros, merge_meta, truncate_micros};
 use kahn_core::{
-    ApiKey, ApiKeyHash, ApiKeyId, ApiKeyInfo, ApiKeyRecord, AppendBatch, AppendReport, Cursor,
-    Digest, Error, IssuedApiKey, Labels, NewApiKey, NewTenant, OrgId, PurgeReport, Result,
-    RetiredKeys, RunId, RunInfo, RunMeta, RunPage, RunQuery, RunSummary, Seq, StoredTransition,
-    Tenant, TenantChange, TenantId, TenantRecord, TenantSummary,
+    ApiKey, ApiKeyHash, ApiKeyId, ApiKeyInfo, ApiKeyRecord, AppendBatch, AppendReport, ClassCounts,
+    Cursor, Digest, Error, IssuedApiKey, Labels, NewApiKey, NewTenant, NodeSummary, OrgId,
+    Progress, PurgeReport, Result, RetiredKeys, RunId, RunInfo, RunMeta, RunPage, RunProgress,
+    RunQuery, RunSummary, Seq, StateClass, StoredTransition, Tenant, TenantChange, TenantId,
+    TenantRecord, TenantSummary, TransitionBody,
 };
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 use uuid::Uuid;
@@ -172,6 +173,7 @@ pub(crate) fn delete_tenant(conn: &mut Connection, id: TenantId) -> Result<Purge
         Ok(tx.prepare_cached(sql).map_err(db)?.execute(params![tid]).map_err(db)? as u64)
     };
     let transitions_removed = delete("DELETE FROM transitions WHERE tenant_id = ?1")?;
+    delete("DELETE FROM run_nodes WHERE tenant_id = ?1")?;
     let runs_removed = delete("DELETE FROM runs WHERE tenant_id = ?1")?;
     delete("DELETE FROM api_keys WHERE tenant_id = ?1")?;
     delete("DELETE FROM tenants WHERE id = ?1")?;
@@ -494,34 +496,140 @@ pub(crate) fn lookup_tenant_by(conn: &Connection, key: TenantKey<'_>) -> Result<
 /// The columns of a listed run. The graph (possibly large) is read only where it is used:
 /// `get_run`, and an append that carries metadata.
 const RUN_COLS: &str = "run_id, source, labels, next_seq, head_hash, status, first_ts, last_ts, \
-     created_at, received_at";
+     created_at, received_at, run_state, started_at, ended_at, nodes_failed, nodes_cancelled, \
+     nodes_active, nodes_waiting, nodes_succeeded, nodes_skipped, nodes_other";
 
-fn run_row(r: &Row<'_>) -> rusqlite::Result<Result<RunInfo>> {
+/// A run row: what is listed, and the progress an append continues from.
+fn run_row(r: &Row<'_>) -> rusqlite::Result<Result<(RunInfo, RunProgress)>> {
     let run_id: String = r.get(0)?;
     let labels: String = r.get(2)?;
     let next_seq: i64 = r.get(3)?;
     let head: Vec<u8> = r.get(4)?;
     let (first, last, created): (Option<i64>, Option<i64>, i64) = (r.get(6)?, r.get(7)?, r.get(8)?);
     let received: i64 = r.get(9)?;
-    let (source, status) = (r.get(1)?, r.get(5)?);
+    let source = r.get(1)?;
+    let count = |i: usize| r.get::<_, i64>(i).map(|n| n.max(0) as u64);
+    let progress = RunProgress {
+        run_state: r.get(10)?,
+        counts: ClassCounts {
+            failed: count(13)?,
+            cancelled: count(14)?,
+            active: count(15)?,
+            waiting: count(16)?,
+            succeeded: count(17)?,
+            skipped: count(18)?,
+            other: count(19)?,
+        },
+        started_at: r.get::<_, Option<i64>>(11)?.map(from_micros),
+        ended_at: r.get::<_, Option<i64>>(12)?.map(from_micros),
+    };
     Ok((|| {
-        Ok(RunInfo {
-            run_id: RunId::new(run_id).map_err(corrupt)?,
-            source,
-            labels: serde_json::from_str::<Labels>(&labels)
-                .map_err(|e| Error::backend("sqlite", e))?,
-            next_seq: next_seq as u64,
-            head_hash: digest(&head)?,
-            status,
-            first_ts: first.map(from_micros),
-            last_ts: last.map(from_micros),
-            created_at: from_micros(created),
-            received_at: from_micros(received),
-        })
+        let mut info = RunInfo::new(RunId::new(run_id).map_err(corrupt)?, from_micros(created));
+        info.source = source;
+        info.labels =
+            serde_json::from_str::<Labels>(&labels).map_err(|e| Error::backend("sqlite", e))?;
+        info.next_seq = next_seq as u64;
+        info.head_hash = digest(&head)?;
+        info.first_ts = first.map(from_micros);
+        info.last_ts = last.map(from_micros);
+        info.received_at = from_micros(received);
+        info.set_progress(&progress);
+        Ok((info, progress))
     })())
 }
 
-fn find_run(conn: &Connection, tenant: TenantId, run: &RunId) -> Result<Option<RunInfo>> {
+const NODE_COLS: &str = "node, state, started_at, ended_at, attempts, first_seq, last_seq";
+
+fn node_row(r: &Row<'_>) -> rusqlite::Result<NodeSummary> {
+    let state: String = r.get(1)?;
+    Ok(NodeSummary {
+        node: r.get(0)?,
+        class: StateClass::of(&state),
+        state,
+        started_at: r.get::<_, Option<i64>>(2)?.map(from_micros),
+        ended_at: r.get::<_, Option<i64>>(3)?.map(from_micros),
+        attempts: r.get::<_, i64>(4)?.max(0) as u64,
+        first_seq: r.get::<_, i64>(5)?.max(0) as u64,
+        last_seq: r.get::<_, i64>(6)?.max(0) as u64,
+    })
+}
+
+/// Every node summary of a run, in node order (byte order, as `String`'s).
+fn read_nodes(conn: &Connection, tid: &[u8], run: &str) -> Result<Vec<NodeSummary>> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {NODE_COLS} FROM run_nodes WHERE tenant_id = ?1 AND run_id = ?2 ORDER BY node"
+        ))
+        .map_err(db)?;
+    let rows = stmt.query_map(params![tid, run], node_row).map_err(db)?;
+    rows.map(|r| r.map_err(db)).collect()
+}
+
+/// The run's stored progress with the summaries of `nodes` (those stored).
+fn load_progress<'a>(
+    tx: &Connection,
+    tid: &[u8],
+    run: &str,
+    stored: RunProgress,
+    nodes: impl IntoIterator<Item = &'a str>,
+) -> Result<Progress> {
+    let mut stmt = tx
+        .prepare_cached(&format!(
+            "SELECT {NODE_COLS} FROM run_nodes WHERE tenant_id = ?1 AND run_id = ?2 AND node = ?3"
+        ))
+        .map_err(db)?;
+    let mut loaded = Vec::new();
+    for node in nodes {
+        if let Some(row) =
+            stmt.query_row(params![tid, run, node], node_row).optional().map_err(db)?
+        {
+            loaded.push(row);
+        }
+    }
+    Ok(Progress::new(stored, loaded))
+}
+
+/// Writes the summaries of `nodes` from `progress`.
+fn store_nodes<'a>(
+    tx: &Connection,
+    tid: &[u8],
+    run: &str,
+    progress: &Progress,
+    nodes: impl IntoIterator<Item = &'a str>,
+) -> Result<()> {
+    let mut stmt = tx
+        .prepare_cached(
+            "INSERT INTO run_nodes (tenant_id, run_id, node, state, started_at, ended_at, attempts,
+                                    first_seq, last_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (tenant_id, run_id, node) DO UPDATE SET
+                state = excluded.state, started_at = excluded.started_at,
+                ended_at = excluded.ended_at, attempts = excluded.attempts,
+                last_seq = excluded.last_seq",
+        )
+        .map_err(db)?;
+    for node in nodes.into_iter().filter_map(|n| progress.nodes.get(n)) {
+        stmt.execute(params![
+            tid,
+            run,
+            node.node,
+            node.state,
+            node.started_at.map(|t| t.timestamp_micros()),
+            node.ended_at.map(|t| t.timestamp_micros()),
+            node.attempts as i64,
+            node.first_seq as i64,
+            node.last_seq as i64,
+        ])
+        .map_err(db)?;
+    }
+    Ok(())
+}
+
+fn find_run(
+    conn: &Connection,
+    tenant: TenantId,
+    run: &RunId,
+) -> Result<Option<(RunInfo, RunProgress)>> {
     conn.prepare_cached(&format!(
         "SELECT {RUN_COLS} FROM runs WHERE tenant_id = ?1 AND run_id = ?2"
     ))
@@ -545,11 +653,12 @@ fn stored_graph(conn: &Connection, tenant: TenantId, run: &RunId) -> Result<Opti
 pub(crate) fn get_run(conn: &mut Connection, tenant: TenantId, run: &RunId) -> Result<RunSummary> {
     // One read transaction: the summary and the graph come from the same snapshot.
     let tx = conn.transaction().map_err(db)?;
-    let info = find_run(&tx, tenant, run)?.ok_or_else(|| Error::not_found("run", run))?;
+    let (info, _) = find_run(&tx, tenant, run)?.ok_or_else(|| Error::not_found("run", run))?;
     let graph = stored_graph(&tx, tenant, run)?
         .map(|g| serde_json::from_str(&g).map_err(|e| Error::backend("sqlite", e)))
         .transpose()?;
-    Ok(RunSummary { info, graph })
+    let nodes = read_nodes(&tx, tenant.as_uuid().as_bytes(), run.as_str())?;
+    Ok(RunSummary { info, graph, nodes })
 }
 
 pub(crate) fn list_runs(conn: &Connection, tenant: TenantId, q: &RunQuery) -> Result<RunPage> {
@@ -577,7 +686,7 @@ pub(crate) fn list_runs(conn: &Connection, tenant: TenantId, q: &RunQuery) -> Re
         .map_err(db)?;
     let mut runs = Vec::with_capacity(limit as usize + 1);
     for row in rows {
-        runs.push(row.map_err(db)??);
+        runs.push(row.map_err(db)??.0);
     }
     let more = runs.len() > limit as usize;
     runs.truncate(limit as usize);
@@ -635,6 +744,63 @@ pub(crate) fn read_transitions(
     .collect()
 }
 
+/// Recomputes every stored run's status, node counts, times and node summaries from its
+/// transitions, by kahn-core's rule: schema version 3 runs it once, in its own transaction,
+/// for runs stored under the old rule. Returns the runs recomputed.
+pub(crate) fn recompute_progress(tx: &Connection) -> Result<u64> {
+    let runs: Vec<(Vec<u8>, String)> = tx
+        .prepare("SELECT tenant_id, run_id FROM runs WHERE next_seq > 0")
+        .map_err(db)?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(db)?
+        .collect::<rusqlite::Result<_>>()
+        .map_err(db)?;
+    let mut read = tx
+        .prepare(
+            "SELECT seq, body FROM transitions WHERE tenant_id = ?1 AND run_id = ?2 ORDER BY seq",
+        )
+        .map_err(db)?;
+    for (tid, rid) in &runs {
+        let mut progress = Progress::default();
+        let mut rows = read.query(params![tid, rid]).map_err(db)?;
+        while let Some(row) = rows.next().map_err(db)? {
+            let (seq, body): (i64, String) = (row.get(0).map_err(db)?, row.get(1).map_err(db)?);
+            let body =
+                kahn_core::parse_json_object(&body).and_then(TransitionBody::new).map_err(|e| {
+                    corrupt(Error::invalid("body", format!("run {rid} seq {seq}: {e}")))
+                })?;
+            progress.apply(seq.max(0) as u64, &body);
+        }
+        let names: Vec<String> = progress.nodes.keys().cloned().collect();
+        store_nodes(tx, tid, rid, &progress, names.iter().map(String::as_str))?;
+        let run = &progress.run;
+        tx.prepare_cached(
+            "UPDATE runs SET status = ?3, run_state = ?4, started_at = ?5, ended_at = ?6,
+                nodes_failed = ?7, nodes_cancelled = ?8, nodes_active = ?9, nodes_waiting = ?10,
+                nodes_succeeded = ?11, nodes_skipped = ?12, nodes_other = ?13
+             WHERE tenant_id = ?1 AND run_id = ?2",
+        )
+        .map_err(db)?
+        .execute(params![
+            tid,
+            rid,
+            run.status(),
+            run.run_state,
+            run.started_at.map(|t| t.timestamp_micros()),
+            run.ended_at.map(|t| t.timestamp_micros()),
+            run.counts.failed as i64,
+            run.counts.cancelled as i64,
+            run.counts.active as i64,
+            run.counts.waiting as i64,
+            run.counts.succeeded as i64,
+            run.counts.skipped as i64,
+            run.counts.other as i64,
+        ])
+        .map_err(db)?;
+    }
+    Ok(runs.len() as u64)
+}
+
 // ---------------------------------------------------------------------------------------
 // Append
 
@@ -671,7 +837,10 @@ pub(crate) fn append(
     let mut report = AppendReport::default();
     for run in batch.runs() {
         let rid = run.run_id().as_str();
-        let stored = find_run(&tx, tenant, run.run_id())?;
+        let (stored, stored_progress) = match find_run(&tx, tenant, run.run_id())? {
+            Some((info, progress)) => (Some(info), progress),
+            None => (None, RunProgress::default()),
+        };
         let (next, head) = stored.as_ref().map_or((0, Digest::ZERO), |r| (r.next_seq, r.head_hash));
         let plan = AppendPlan::new(run, next, head)?;
 
@@ -727,6 +896,12 @@ pub(crate) fn append(
             meta = Some(m);
         }
 
+        // Status and node summaries, maintained here so no read scans the transitions.
+        let touched = decision.touched_nodes();
+        let mut progress = load_progress(&tx, tid, rid, stored_progress, touched.iter().copied())?;
+        decision.advance(&mut progress);
+        store_nodes(&tx, tid, rid, &progress, touched.iter().copied())?;
+
         if !decision.rows.is_empty() {
             let mut insert = tx
                 .prepare_cached(
@@ -766,15 +941,29 @@ pub(crate) fn append(
             };
             tx.prepare_cached(
                 "INSERT INTO runs (tenant_id, run_id, source, graph, labels, next_seq, head_hash, status,
-                                   first_ts, last_ts, created_at, activity_at, received_at)
-                 VALUES (?1, ?2, ?3, ?4, coalesce(?5, '{}'), ?6, ?7, ?8, ?9, ?10, ?11, coalesce(?10, ?11), ?11)
+                                   first_ts, last_ts, created_at, activity_at, received_at,
+                                   run_state, started_at, ended_at, nodes_failed, nodes_cancelled,
+                                   nodes_active, nodes_waiting, nodes_succeeded, nodes_skipped,
+                                   nodes_other)
+                 VALUES (?1, ?2, ?3, ?4, coalesce(?5, '{}'), ?6, ?7, ?8, ?9, ?10, ?11, coalesce(?10, ?11), ?11,
+                         ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)
                  ON CONFLICT (tenant_id, run_id) DO UPDATE SET
                     source = coalesce(excluded.source, runs.source),
                     graph = coalesce(excluded.graph, runs.graph),
                     labels = coalesce(?5, runs.labels),
                     next_seq = excluded.next_seq,
                     head_hash = excluded.head_hash,
-                    status = coalesce(excluded.status, runs.status),
+                    status = excluded.status,
+                    run_state = excluded.run_state,
+                    started_at = excluded.started_at,
+                    ended_at = excluded.ended_at,
+                    nodes_failed = excluded.nodes_failed,
+                    nodes_cancelled = excluded.nodes_cancelled,
+                    nodes_active = excluded.nodes_active,
+                    nodes_waiting = excluded.nodes_waiting,
+                    nodes_succeeded = excluded.nodes_succeeded,
+                    nodes_skipped = excluded.nodes_skipped,
+                    nodes_other = excluded.nodes_other,
                     first_ts = min(coalesce(runs.first_ts, excluded.first_ts), coalesce(excluded.first_ts, runs.first_ts)),
                     last_ts = max(coalesce(runs.last_ts, excluded.last_ts), coalesce(excluded.last_ts, runs.last_ts)),
                     activity_at = coalesce(max(coalesce(runs.last_ts, excluded.last_ts), coalesce(excluded.last_ts, runs.last_ts)), runs.created_at),
@@ -789,10 +978,20 @@ pub(crate) fn append(
                 labels,
                 decision.next_seq as i64,
                 decision.head_hash.as_bytes(),
-                decision.status(),
+                progress.run.status(),
                 lo,
                 hi,
                 now,
+                progress.run.run_state,
+                progress.run.started_at.map(|t| t.timestamp_micros()),
+                progress.run.ended_at.map(|t| t.timestamp_micros()),
+                progress.run.counts.failed as i64,
+                progress.run.counts.cancelled as i64,
+                progress.run.counts.active as i64,
+                progress.run.counts.waiting as i64,
+                progress.run.counts.succeeded as i64,
+                progress.run.counts.skipped as i64,
+                progress.run.counts.other as i64,
             ])
             .map_err(db)?;
         }
@@ -891,6 +1090,13 @@ pub(crate) fn purge_tenant(
         .map_err(db)?
         .execute(params![id, cutoff])
         .map_err(db)?;
+    tx.prepare_cached(
+        "DELETE FROM run_nodes WHERE tenant_id = ?1 AND run_id IN
+           (SELECT run_id FROM runs WHERE tenant_id = ?1 AND received_at < ?2)",
+    )
+    .map_err(db)?
+    .execute(params![id, cutoff])
+    .map_err(db)?;
     let runs = tx
         .prepare_cached("DELETE FROM runs WHERE tenant_id = ?1 AND received_at < ?2")
         .map_err(db)?

@@ -76,7 +76,8 @@ async fn a_schema_1_file_migrates_and_keeps_its_year_old_run() {
                 log.run_id.as_str(),
                 run.next_seq as i64,
                 run.head_hash.as_bytes(),
-                run.status,
+                // The old rule: the `to` of the last transition.
+                rows.last().unwrap().body["to"].as_str().unwrap(),
                 run.first_ts.unwrap().timestamp_micros(),
                 last_ts,
                 created,
@@ -117,6 +118,15 @@ async fn a_schema_1_file_migrates_and_keeps_its_year_old_run() {
         info.received_at
     );
     assert_eq!((info.created_at, info.last_ts), (year_ago, run.last_ts), "dates are kept");
+    // Schema 3 recomputed the status (and node summaries) by the new rule.
+    assert_ne!(rows.last().unwrap().body["to"], "running", "the old rule said otherwise");
+    let migrated = store.get_run(&read, &log.run_id).await.unwrap();
+    let want = reference.store.get_run(&rt.read, &log.run_id).await.unwrap();
+    assert_eq!(
+        (migrated.info.status.as_str(), migrated.info.node_counts, migrated.info.ended_at),
+        ("running", want.info.node_counts, None)
+    );
+    assert_eq!(migrated.nodes, want.nodes);
 
     let out = store.purge_expired(&PurgeRequest::at_store_clock()).await.unwrap();
     assert!(out.reports.is_empty() && out.failures.is_empty(), "{out:?}");

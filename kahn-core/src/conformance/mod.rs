@@ -28,6 +28,7 @@ use crate::{
 pub mod fixtures;
 mod lifecycle;
 mod model;
+mod status;
 
 pub use fixtures::{Harness, SourceLog, TestTenant};
 pub use lifecycle::{
@@ -38,6 +39,11 @@ pub use lifecycle::{
     tenants_export_and_import,
 };
 pub use model::model_based_interleavings;
+pub use status::{
+    a_failed_node_fails_the_run, a_run_is_running_while_a_node_is_active_and_skips_do_not_skip_it,
+    a_run_level_transition_decides_the_status, node_summaries_track_state_times_and_attempts,
+    status_is_the_same_however_the_run_is_chunked,
+};
 
 use fixtures::{batch, batch_of, meta_line, recent_base};
 
@@ -69,6 +75,11 @@ macro_rules! conformance_suite {
             batch_with_one_bad_run_writes_nothing,
             metadata_is_set_once,
             run_summary_tracks_status_counts_and_head,
+            a_failed_node_fails_the_run,
+            a_run_is_running_while_a_node_is_active_and_skips_do_not_skip_it,
+            a_run_level_transition_decides_the_status,
+            node_summaries_track_state_times_and_attempts,
+            status_is_the_same_however_the_run_is_chunked,
             list_runs_orders_filters_and_pages,
             read_transitions_pages_by_seq,
             chain_recomputed_from_reads_equals_head,
@@ -314,8 +325,8 @@ pub async fn metadata_is_set_once(h: &Harness) {
     assert_eq!((r.runs[0].appended, r.runs[0].next_seq, r.runs[0].head_hash), (0, 0, Digest::ZERO));
     let s = h.store.get_run(&t.read, &run).await.expect("a metadata-only run exists");
     assert_eq!(
-        (s.info.source.as_deref(), s.graph.as_ref(), s.info.status.as_ref()),
-        (Some("choco"), None, None)
+        (s.info.source.as_deref(), s.graph.as_ref(), s.info.status.as_str()),
+        (Some("choco"), None, "pending")
     );
     h.store
         .append(&t.write, &push(json!({"source": "choco", "graph": graph})))
@@ -360,22 +371,20 @@ pub async fn metadata_is_set_once(h: &Harness) {
     assert_eq!(s.info.labels.get("ci").map(String::as_str), Some("github"));
 }
 
-/// Run summaries: status is the last `to`, counts and head follow every append, ts range.
+/// Run summaries: status (by kahn-core's rule), counts and head follow every append, ts range.
 pub async fn run_summary_tracks_status_counts_and_head(h: &Harness) {
     let t = h.fresh_tenant().await;
     let base = recent_base();
     let log = SourceLog::new("summary", 7, "a", base);
     let r = h.store.append(&t.write, &log.chunk(0, 3)).await.expect("push");
     let s = h.store.get_run(&t.read, &log.run_id).await.expect("get").info;
-    let last = log.body(2);
     assert_eq!((s.next_seq, s.transition_count(), s.head_hash), (3, 3, r.runs[0].head_hash));
-    assert_eq!(s.status.as_deref(), Some(last.to_state()));
+    assert_eq!(s.status, status::expected(&log.lines[..3]).run.status());
     assert_eq!((s.first_ts, s.last_ts), (Some(base), Some(base + Duration::seconds(2))));
     let r = h.store.append(&t.write, &log.all()).await.expect("push rest");
     let s = h.store.get_run(&t.read, &log.run_id).await.expect("get").info;
-    let last = log.body(6);
     assert_eq!((s.next_seq, s.head_hash), (7, r.runs[0].head_hash));
-    assert_eq!(s.status.as_deref(), Some(last.to_state()));
+    assert_eq!(s.status, status::expected(&log.lines).run.status());
     assert_eq!(s.last_ts, Some(base + Duration::seconds(6)));
     assert_eq!(s.activity_at(), base + Duration::seconds(6));
     // A later chunk may carry earlier timestamps: first_ts is the minimum, last_ts the maximum.
@@ -386,11 +395,9 @@ pub async fn run_summary_tracks_status_counts_and_head(h: &Harness) {
     assert_eq!(s.next_seq, 9);
     assert_eq!(s.first_ts, Some(base - Duration::hours(2) + Duration::seconds(7)));
     assert_eq!(s.last_ts, Some(base + Duration::seconds(6)));
-    assert_eq!(
-        s.status.as_deref(),
-        Some(early.body(8).to_state()),
-        "status is the last seq's, not the latest ts's"
-    );
+    let mut all = log.lines.clone();
+    all.extend_from_slice(&early.lines[7..]);
+    assert_eq!(s.status, status::expected(&all).run.status(), "status follows seq order, not ts");
 }
 
 /// Listing: newest activity first, filters by source and status, cursor pages that cover
@@ -427,7 +434,7 @@ pub async fn list_runs_orders_filters_and_pages(h: &Harness) {
         .expect("list by source");
     let ids: Vec<_> = choco.runs.iter().map(|r| r.run_id.as_str()).collect();
     assert_eq!(ids, ["list-6", "list-3", "list-0"]);
-    let status = all.runs[0].status.clone().expect("runs with transitions have a status");
+    let status = all.runs[0].status.clone();
     let by_status = h
         .store
         .list_runs(
@@ -436,8 +443,7 @@ pub async fn list_runs_orders_filters_and_pages(h: &Harness) {
         )
         .await
         .expect("list by status");
-    let expected: Vec<_> =
-        all.runs.iter().filter(|r| r.status.as_ref() == Some(&status)).cloned().collect();
+    let expected: Vec<_> = all.runs.iter().filter(|r| r.status == status).cloned().collect();
     assert_eq!(by_status.runs, expected);
     let mut paged = Vec::new();
     let mut cursor = None;
@@ -649,6 +655,7 @@ pub async fn hostile_strings_round_trip_verbatim(h: &Harness) {
     let lines = [
         json!({"kind": "run", "run_id": run, "source": "src'\"--", "labels": {"k'\"": nasty}, "graph": {"n": [nasty]}}).to_string(),
         json!({"run_id": run, "seq": 0, "ts": ts, "to": nasty, "node": nasty, "attrs": {nasty: nasty}, nasty: [nasty]}).to_string(),
+        json!({"run_id": run, "seq": 1, "ts": ts, "to": nasty}).to_string(),
     ];
     let err = RunId::new("a';--").expect_err("quotes are outside the run id alphabet");
     assert!(matches!(err, Error::InvalidInput { .. }));
@@ -657,13 +664,14 @@ pub async fn hostile_strings_round_trip_verbatim(h: &Harness) {
     let s = h.store.get_run(&t.read, &run).await.expect("get");
     assert_eq!(s.info.source.as_deref(), Some("src'\"--"));
     assert_eq!(s.info.labels.get("k'\"").map(String::as_str), Some(nasty));
-    assert_eq!(s.info.status.as_deref(), Some(nasty));
+    assert_eq!(s.info.status, nasty, "a run-level state is the status, verbatim");
+    assert_eq!((s.nodes[0].node.as_str(), s.nodes[0].state.as_str()), (nasty, nasty));
     assert_eq!(s.graph, Some(json!({"n": [nasty]})));
     let rows = h.store.read_all_transitions(&t.read, &run).await.expect("read");
     assert_eq!(rows[0].body["attrs"][nasty], json!(nasty));
     assert_eq!(rows[0].body[nasty], json!([nasty]));
     let r = h.store.append(&t.write, &batch(&lines)).await.expect("re-push");
-    assert_eq!(r.skipped(), 1, "read-back content hashes the same");
+    assert_eq!(r.skipped(), 2, "read-back content hashes the same");
     let listed = h
         .store
         .list_runs(&t.read, &RunQuery { status: Some(nasty.into()), ..RunQuery::default() })
@@ -680,18 +688,8 @@ pub async fn list_runs_refuses_queries_ingest_would_refuse(h: &Harness) {
     let t = h.fresh_tenant().await;
     let log = SourceLog::new("listed", 2, "a", recent_base());
     h.store.append(&t.write, &log.all()).await.expect("seed");
-    let far_future = crate::RunInfo {
-        run_id: RunId::new("r").expect("valid"),
-        source: None,
-        labels: crate::Labels::new(),
-        next_seq: 0,
-        head_hash: Digest::ZERO,
-        status: None,
-        first_ts: None,
-        last_ts: None,
-        created_at: chrono::DateTime::<Utc>::MAX_UTC,
-        received_at: Utc::now(),
-    };
+    let far_future =
+        crate::RunInfo::new(RunId::new("r").expect("valid"), chrono::DateTime::<Utc>::MAX_UTC);
     let cases = [
         (RunQuery { source: Some("\0".into()), ..RunQuery::default() }, "source"),
         (RunQuery { source: Some("a b".into()), ..RunQuery::default() }, "source"),
