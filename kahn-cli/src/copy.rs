@@ -654,17 +654,20 @@ fn checked_body(
 /// The run's metadata as stored: source, graph, labels.
 ///
 /// # Errors
-/// [`Error::InvalidInput`] when the stored metadata is not valid metadata (a corrupt store).
+/// [`Error::Integrity`] ([`Error::corrupt`]) when the stored metadata is not valid metadata:
+/// a corrupt store, not the caller's input.
 pub fn source_meta(run: &RunSummary) -> Result<RunMeta> {
+    let corrupt =
+        |e: Error| Error::corrupt("stored run metadata", e).in_run(&run.info.run_id, None);
     let mut meta = RunMeta::new();
     if let Some(source) = &run.info.source {
-        meta = meta.with_source(source.clone())?;
+        meta = meta.with_source(source.clone()).map_err(corrupt)?;
     }
     if let Some(graph) = &run.graph {
-        meta = meta.with_graph(graph.clone())?;
+        meta = meta.with_graph(graph.clone()).map_err(corrupt)?;
     }
     for (k, v) in &run.info.labels {
-        meta = meta.with_label(k.clone(), v.clone())?;
+        meta = meta.with_label(k.clone(), v.clone()).map_err(corrupt)?;
     }
     Ok(meta)
 }

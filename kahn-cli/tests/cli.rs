@@ -299,6 +299,19 @@ fn verify_detects_a_tampered_sqlite_file(env: &Env) {
     assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("BROKEN") && err.contains("seq 17"), "{err}");
+    // A body that no longer decodes at all is the same corrupt store, not a backend failure.
+    let conn = rusqlite::Connection::open(env.dir.path().join("kahn.db")).unwrap();
+    let changed = conn
+        .execute(
+            "UPDATE transitions SET body = '{not json' WHERE run_id = 'tamper' AND seq = 3",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    let out = env.kahn(&["verify", "tamper"], Some(&key));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("BROKEN") && err.contains("seq 3"), "{err}");
 }
 
 /// Alters one stored body behind KAHN's back, as an attacker with the file would.

@@ -175,6 +175,35 @@ impl Error {
         self
     }
 
+    /// The [`Error::Integrity`] for stored data that does not read back as KAHN data — a row
+    /// that does not decode, a stored value that breaks its own rules, a chain link that is
+    /// missing or does not match: `what` names the stored thing (`"stored graph"`), `detail`
+    /// what is wrong with it. Every backend reports a corrupt store with this, so a caller sees
+    /// one variant whatever the adapter: never [`Error::InvalidInput`] (it is not the caller's
+    /// input) nor [`Error::Backend`]. Name the run with [`in_run`](Self::in_run).
+    pub fn corrupt(what: impl fmt::Display, detail: impl fmt::Display) -> Self {
+        Error::Integrity {
+            run_id: None,
+            seq: None,
+            message: format!("{what} is corrupt: {detail}"),
+        }
+    }
+
+    /// This error naming `run` and, when given, `seq`, when it is an [`Error::Integrity`] that
+    /// names no run (or seq) yet; any other error unchanged.
+    #[must_use]
+    pub fn in_run(mut self, run: &RunId, at: Option<u64>) -> Self {
+        if let Error::Integrity { run_id, seq, .. } = &mut self {
+            if run_id.is_none() {
+                *run_id = Some(run.clone());
+            }
+            if seq.is_none() {
+                *seq = at;
+            }
+        }
+        self
+    }
+
     /// An [`Error::Backend`] wrapping `source`.
     pub fn backend(backend: &'static str, source: impl Into<BoxError>) -> Self {
         Error::Backend { backend, source: source.into() }

@@ -157,13 +157,10 @@ pub(crate) fn unique_violation(e: &SqlxError) -> Option<&str> {
     d.is_unique_violation().then(|| d.constraint().unwrap_or(""))
 }
 
-/// Stored data that cannot be read back as KAHN data (a corrupted or hand-edited row).
+/// Stored data that cannot be read back as KAHN data (a corrupted or hand-edited row):
+/// [`Error::corrupt`], as every backend reports it.
 pub(crate) fn corrupt(what: impl fmt::Display) -> Error {
-    Error::Integrity {
-        run_id: None,
-        seq: None,
-        message: format!("a stored postgres row is not valid KAHN data: {what}"),
-    }
+    Error::corrupt("a stored postgres row", what)
 }
 
 /// One reason the app-DSN constructor refuses to start.

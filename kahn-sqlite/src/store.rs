@@ -22,17 +22,18 @@ pub(crate) fn now_micros() -> i64 {
     Utc::now().timestamp_micros()
 }
 
-fn uuid_from(bytes: Vec<u8>) -> Result<Uuid> {
-    Uuid::from_slice(&bytes).map_err(|e| Error::backend("sqlite", e))
+/// A stored value of `column` that does not decode: the file is corrupt, not the caller's
+/// input.
+fn corrupt(column: &str, e: impl std::fmt::Display) -> Error {
+    Error::corrupt(format_args!("stored sqlite {column}"), e)
 }
 
-/// A stored value that does not decode: the file is corrupt, not the caller's input.
-fn corrupt(e: Error) -> Error {
-    Error::backend("sqlite", format!("stored row does not decode: {e}"))
+fn uuid_from(bytes: Vec<u8>) -> Result<Uuid> {
+    Uuid::from_slice(&bytes).map_err(|e| corrupt("id", e))
 }
 
 fn digest(bytes: &[u8]) -> Result<Digest> {
-    Digest::try_from_slice(bytes).map_err(|e| Error::backend("sqlite", e.to_string()))
+    Digest::try_from_slice(bytes).map_err(|e| corrupt("hash", e))
 }
 
 fn write_tx(conn: &mut Connection) -> Result<Transaction<'_>> {
@@ -56,8 +57,11 @@ fn tenant_from((id, name, owner_sub, org, retention, created): TenantRow) -> Res
         id: TenantId::from_uuid(uuid_from(id)?),
         name,
         owner_sub,
-        airlock_org_id: org.map(OrgId::new).transpose().map_err(corrupt)?,
-        retention_days: u32::try_from(retention).map_err(|e| Error::backend("sqlite", e))?,
+        airlock_org_id: org
+            .map(OrgId::new)
+            .transpose()
+            .map_err(|e| corrupt("airlock_org_id", e))?,
+        retention_days: u32::try_from(retention).map_err(|e| corrupt("retention_days", e))?,
         created_at: from_micros(created),
     })
 }
@@ -506,11 +510,10 @@ fn run_row(r: &Row<'_>) -> rusqlite::Result<Result<RunInfo>> {
     let (source, status) = (r.get(1)?, r.get(5)?);
     Ok((|| {
         Ok(RunInfo {
-            run_id: RunId::new(run_id).map_err(corrupt)?,
+            run_id: RunId::new(run_id).map_err(|e| corrupt("run_id", e))?,
             source,
-            labels: serde_json::from_str::<Labels>(&labels)
-                .map_err(|e| Error::backend("sqlite", e))?,
-            next_seq: next_seq as u64,
+            labels: serde_json::from_str::<Labels>(&labels).map_err(|e| corrupt("labels", e))?,
+            next_seq: u64::try_from(next_seq).map_err(|e| corrupt("next_seq", e))?,
             head_hash: digest(&head)?,
             status,
             first_ts: first.map(from_micros),
@@ -547,7 +550,7 @@ pub(crate) fn get_run(conn: &mut Connection, tenant: TenantId, run: &RunId) -> R
     let tx = conn.transaction().map_err(db)?;
     let info = find_run(&tx, tenant, run)?.ok_or_else(|| Error::not_found("run", run))?;
     let graph = stored_graph(&tx, tenant, run)?
-        .map(|g| serde_json::from_str(&g).map_err(|e| Error::backend("sqlite", e)))
+        .map(|g| serde_json::from_str(&g).map_err(|e| corrupt("graph", e).in_run(run, None)))
         .transpose()?;
     Ok(RunSummary { info, graph })
 }
@@ -626,8 +629,9 @@ pub(crate) fn read_transitions(
     rows.map(|row| {
         let (seq, body, content, chain) = row.map_err(db)?;
         Ok(StoredTransition {
-            seq: Seq::try_from(seq).map_err(corrupt)?,
-            body: serde_json::from_str(&body).map_err(|e| Error::backend("sqlite", e))?,
+            seq: Seq::try_from(seq).map_err(|e| corrupt("seq", e).in_run(run, None))?,
+            body: serde_json::from_str(&body)
+                .map_err(|e| corrupt("body", e).in_run(run, u64::try_from(seq).ok()))?,
             content_hash: digest(&content)?,
             chain_hash: digest(&chain)?,
         })
@@ -720,7 +724,8 @@ pub(crate) fn append(
                     r.source.clone(),
                     stored_graph(&tx, tenant, run.run_id())?.as_deref(),
                     r.labels.clone(),
-                )?,
+                )
+                .map_err(|e| e.in_run(run.run_id(), None))?,
                 None => RunMeta::new(),
             };
             meta_changed = merge_meta(run.run_id(), &mut m, run.meta())?;
@@ -825,7 +830,7 @@ pub(crate) fn retention(conn: &Connection, only: Option<TenantId>) -> Result<Vec
         let (id, days) = row.map_err(db)?;
         Ok((
             TenantId::from_uuid(uuid_from(id)?),
-            u32::try_from(days).map_err(|e| Error::backend("sqlite", e))?,
+            u32::try_from(days).map_err(|e| corrupt("retention_days", e))?,
         ))
     })
     .collect()
