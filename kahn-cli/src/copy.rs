@@ -298,7 +298,7 @@ fn record(
         tenant: tenant.name.clone(),
         tenant_id: tenant.id,
         run_id: run_id.cloned(),
-        message: error.to_string(),
+        message: error.chain().to_string(),
         error,
     });
     if stop { Err(Stopped) } else { Ok(()) }

@@ -13,7 +13,9 @@ use kahn_cli::redact_dsn;
 use kahn_cli::schema::{DbLocation, SchemaState, schema_state};
 use kahn_core::{Error, RunId, StorageBackendExt, Tenant};
 
-use crate::{CliResult, DbArgs, Failure, exit_code, open_db, print_json, tenant_by_name};
+use crate::{
+    CliResult, DbArgs, Failure, exit_code, explained, open_db, print_json, tenant_by_name,
+};
 
 /// Copy tenants, keys and runs from one store into another, resumably.
 #[derive(Args, Debug)]
@@ -85,7 +87,8 @@ fn unreadable(flag: &str, shown: &str, e: &Error, otherwise: &str) -> Failure {
         }
         _ => otherwise,
     };
-    Failure { code: exit_code(e).0, message: format!("{flag} {shown}: {e}\nhint: {hint}") }
+    let (code, e) = (exit_code(e).0, explained(e));
+    Failure { code, message: format!("{flag} {shown}: {e}\nhint: {hint}") }
 }
 
 /// Checks the source can be read as a KAHN store without creating one by mistake.

@@ -717,6 +717,28 @@ fn a_config_error_quoting_a_dsn_does_not_show_its_password() {
     assert!(text.contains("postgres://kahn_app:***@db.internal/kahn"), "{text}");
 }
 
+/// A wrapped error prints each layer once: the message names only its own layer and the CLI
+/// walks the source chain, so the cause (SQLite's own error under KAHN's hint) is shown —
+/// once, not once in the message and again as a cause.
+#[test]
+fn a_wrapped_error_prints_its_cause_once() {
+    let env = Env::new();
+    let file = env.dir.path().join("garbage.db");
+    std::fs::write(&file, vec![0x5a; 8192]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kahn"))
+        .args(["tenant", "list", "--db", &format!("sqlite://{}", file.display())])
+        .env_remove("KAHN_DATABASE_URL")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for cause in ["not a KAHN SQLite database", "file is not a database"] {
+        assert_eq!(text.matches(cause).count(), 1, "{cause:?} once: {text}");
+    }
+    assert!(text.contains("\n  cause: "), "the causes are listed: {text}");
+    assert!(text.contains("hint:"), "{text}");
+}
+
 /// A run's graph.json is read as strictly as a line: a number no double holds (`1e-400`,
 /// which would be stored as 0) is refused naming the graph, and nothing is pushed.
 #[test]

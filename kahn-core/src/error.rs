@@ -121,8 +121,9 @@ pub enum Error {
         operation: &'static str,
     },
 
-    /// The backend failed in a way KAHN cannot classify; the source is kept.
-    #[error("{backend} backend error: {source}")]
+    /// The backend failed in a way KAHN cannot classify; the source is kept. Its message
+    /// names only this layer: the cause is the `source`, which [`ErrorChain`] prints.
+    #[error("{backend} backend error")]
     Backend {
         /// Which backend (`sqlite`, `postgres`, `http`, `memory`).
         backend: &'static str,
@@ -239,5 +240,91 @@ impl Error {
     /// Whether retrying the same call later may succeed (the backend was unavailable).
     pub fn is_retryable(&self) -> bool {
         matches!(self, Error::Unavailable { .. })
+    }
+
+    /// This error with its causes, for people: see [`ErrorChain`].
+    pub fn chain(&self) -> ErrorChain<'_> {
+        ErrorChain::new(self)
+    }
+}
+
+/// An error and every cause under it, for a person to read: `error: cause: cause's cause`.
+///
+/// Every error type of KAHN names only its own layer in `Display` and hands the layer below
+/// out as `source()`, so printing one layer never repeats another; what users and logs see
+/// is this chain. Some libraries do repeat their source in their own message; the chain says
+/// such text once (see [`causes`](Self::causes)).
+#[derive(Clone, Copy)]
+pub struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl<'a> ErrorChain<'a> {
+    /// The chain of `error`.
+    pub fn new(error: &'a (dyn std::error::Error + 'static)) -> Self {
+        Self(error)
+    }
+
+    /// The messages of the causes under the error, outermost first, each said once: a cause
+    /// whose text the message above it already holds is left out, and one whose text holds
+    /// the cause above it (a library quoting its own source) stands in for that one.
+    pub fn causes(&self) -> impl Iterator<Item = String> + use<> {
+        let top = self.0.to_string();
+        let mut kept: Vec<String> = Vec::new();
+        let mut next = self.0.source();
+        while let Some(cause) = next {
+            next = cause.source();
+            let text = cause.to_string();
+            let above = kept.last().unwrap_or(&top);
+            if text.is_empty() || above.contains(&text) {
+                continue;
+            }
+            match kept.last_mut() {
+                Some(last) if text.contains(last.as_str()) => *last = text,
+                _ => kept.push(text),
+            }
+        }
+        kept.into_iter()
+    }
+}
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        for cause in self.causes() {
+            write!(f, ": {cause}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct Layer(&'static str, #[source] Option<Box<Layer>>);
+
+    /// Each layer is printed once: a wrapping error names only itself, the chain adds each
+    /// cause, and a cause its wrapper already quotes (as some libraries do) is not repeated.
+    #[test]
+    fn the_chain_prints_every_cause_once() {
+        let e = Error::backend("sqlite", Layer("disk full", Some(Box::new(Layer("EIO", None)))));
+        assert_eq!(e.to_string(), "sqlite backend error");
+        assert_eq!(e.chain().to_string(), "sqlite backend error: disk full: EIO");
+        assert_eq!(e.chain().causes().collect::<Vec<_>>(), ["disk full", "EIO"]);
+        let quoting = Layer("query failed: EIO", Some(Box::new(Layer("EIO", None))));
+        let e = Error::backend("postgres", quoting);
+        assert_eq!(e.chain().to_string(), "postgres backend error: query failed: EIO");
+        let quoted = Layer("EIO", Some(Box::new(Layer("code 5: EIO", None))));
+        let e = Error::backend("sqlite", Layer("disk", Some(Box::new(quoted))));
+        assert_eq!(e.chain().to_string(), "sqlite backend error: disk: code 5: EIO");
+        let plain = Error::invalid("seq", "must be a number");
+        assert_eq!(plain.chain().to_string(), plain.to_string());
     }
 }

@@ -9,9 +9,10 @@ use sqlx_core::error::{DatabaseError, Error as SqlxError};
 pub(crate) const BACKEND: &str = "postgres";
 
 /// What kind of database failure an [`Error::Backend`] from this adapter holds. It is the
-/// `source` of that error; `downcast_ref::<PgError>()` to inspect it.
+/// `source` of that error; `downcast_ref::<PgError>()` to inspect it. Its message is the
+/// classification; the driver's error is its own `source`.
 #[derive(Debug, thiserror::Error)]
-#[error("{kind}: {source}")]
+#[error("{kind}")]
 pub struct PgError {
     kind: PgErrorKind,
     #[source]

@@ -250,7 +250,7 @@ async fn one_tenants_failed_purge_leaves_the_others_purged() {
         let out = backend.purge_expired(&PurgeRequest::at_store_clock()).await.expect("purge");
         let failed: Vec<TenantId> = out.failures.iter().map(|f| f.tenant_id).collect();
         assert_eq!(failed, [stuck.id], "{who}: {out:?}");
-        let why = out.failures[0].error.to_string();
+        let why = out.failures[0].error.chain().to_string();
         assert!(why.contains("lock"), "{who}: the failure says why: {why}");
         assert_eq!(
             out.report_for(free.id).map(|r| (r.runs_removed, r.transitions_removed)),

@@ -51,7 +51,7 @@ async fn a_newer_schema_is_refused_with_a_clear_error() {
     raw.pragma_update(None, "user_version", 99).unwrap();
     drop(raw);
     let err = SqliteBackend::connect(&url(&dir)).await.unwrap_err();
-    assert!(err.to_string().contains("newer than this build"), "{err}");
+    assert!(err.chain().to_string().contains("newer than this build"), "{err:?}");
 }
 
 #[tokio::test]
@@ -60,7 +60,11 @@ async fn a_file_that_is_not_a_database_is_refused() {
     std::fs::write(dir.path().join("kahn.db"), vec![0x5a; 8192]).unwrap();
     let err = SqliteBackend::connect(&url(&dir)).await.unwrap_err();
     assert!(matches!(err, Error::Backend { backend: "sqlite", .. }), "{err:?}");
-    assert!(err.to_string().contains("not a KAHN SQLite database"), "{err}");
+    // The message names this layer; the hint and SQLite's own error are causes, each once.
+    assert_eq!(err.to_string(), "sqlite backend error");
+    let causes: Vec<String> = err.chain().causes().collect();
+    assert!(causes[0].contains("not a KAHN SQLite database"), "{causes:?}");
+    assert_eq!(causes.iter().filter(|c| c.contains("not a KAHN SQLite database")).count(), 1);
 }
 
 #[tokio::test]
