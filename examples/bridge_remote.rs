@@ -44,7 +44,7 @@ async fn main() -> ExitCode {
     match run(url, dir, args.next()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", e.chain());
             ExitCode::FAILURE
         }
     }

@@ -52,7 +52,7 @@ async fn main() -> ExitCode {
     match run(dir, args.next()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", e.chain());
             ExitCode::FAILURE
         }
     }

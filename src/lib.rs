@@ -31,8 +31,8 @@
 pub use kahn_core::{
     API_KEY_PREFIX, ApiKey, ApiKeyHash, ApiKeyId, ApiKeyInfo, ApiKeyRecord, ApiKeyState,
     AppendBatch, AppendReport, BatchBuilder, ConflictAt, Cursor, DEFAULT_RETENTION_DAYS, Digest,
-    Error, IssuedApiKey, Labels, MemoryBackend, NdjsonLine, NewApiKey, NewTenant, OrgId,
-    PurgeFailure, PurgeOutcome, PurgeReport, PurgeRequest, ReadScope, Result, RetentionDays,
+    Error, ErrorChain, IssuedApiKey, Labels, MemoryBackend, NdjsonLine, NewApiKey, NewTenant,
+    OrgId, PurgeFailure, PurgeOutcome, PurgeReport, PurgeRequest, ReadScope, Result, RetentionDays,
     RetiredKeys, RunAppend, RunAppendReport, RunId, RunInfo, RunMeta, RunPage, RunQuery,
     RunSummary, Seq, StorageBackend, StorageBackendExt, StoredTransition, Tenant, TenantChange,
     TenantId, TenantRecord, TenantSource, TenantSummary, Transition, TransitionBody, WriteScope,

@@ -298,7 +298,7 @@ fn record(
         tenant: tenant.name.clone(),
         tenant_id: tenant.id,
         run_id: run_id.cloned(),
-        message: error.to_string(),
+        message: error.chain().to_string(),
         error,
     });
     if stop { Err(Stopped) } else { Ok(()) }
@@ -654,17 +654,20 @@ fn checked_body(
 /// The run's metadata as stored: source, graph, labels.
 ///
 /// # Errors
-/// [`Error::InvalidInput`] when the stored metadata is not valid metadata (a corrupt store).
+/// [`Error::Integrity`] ([`Error::corrupt`]) when the stored metadata is not valid metadata:
+/// a corrupt store, not the caller's input.
 pub fn source_meta(run: &RunSummary) -> Result<RunMeta> {
+    let corrupt =
+        |e: Error| Error::corrupt("stored run metadata", e).in_run(&run.info.run_id, None);
     let mut meta = RunMeta::new();
     if let Some(source) = &run.info.source {
-        meta = meta.with_source(source.clone())?;
+        meta = meta.with_source(source.clone()).map_err(corrupt)?;
     }
     if let Some(graph) = &run.graph {
-        meta = meta.with_graph(graph.clone())?;
+        meta = meta.with_graph(graph.clone()).map_err(corrupt)?;
     }
     for (k, v) in &run.info.labels {
-        meta = meta.with_label(k.clone(), v.clone())?;
+        meta = meta.with_label(k.clone(), v.clone()).map_err(corrupt)?;
     }
     Ok(meta)
 }

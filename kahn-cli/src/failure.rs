@@ -40,20 +40,18 @@ pub(crate) fn exit_code(e: &Error) -> (u8, &'static str) {
     }
 }
 
+/// `e` for the terminal: its message, then each cause under it once, a line each. Errors keep
+/// their causes apart from their message (a server never sends driver text to clients; a
+/// wrapper names only its own layer); the operator at the terminal gets them all.
+pub(crate) fn explained(e: &(dyn std::error::Error + 'static)) -> String {
+    let causes = kahn_core::ErrorChain::new(e).causes();
+    causes.fold(e.to_string(), |text, cause| format!("{text}\n  cause: {cause}"))
+}
+
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         let (code, hint) = exit_code(&e);
-        // An unavailable store keeps its cause apart from its message (a server never sends
-        // driver text to clients); the operator at the terminal gets it.
-        let mut cause = String::new();
-        if let Error::Unavailable { source: Some(source), .. } = &e {
-            let mut next: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
-            while let Some(err) = next {
-                cause.push_str(&format!("\n  cause: {err}"));
-                next = err.source();
-            }
-        }
-        Failure { code, message: format!("{e}{cause}\nhint: {hint}") }
+        Failure { code, message: format!("{}\nhint: {hint}", explained(&e)) }
     }
 }
 

@@ -221,8 +221,12 @@ pub(crate) async fn run(
     })?;
     let config = args.server_config()?;
     let store = open(&db).await?;
-    let state = AppState::new(store, config)
-        .map_err(|e| usage(format!("{e}\nhint: check --jwt-public-key / --jwt-jwks")))?;
+    let state = AppState::new(store, config).map_err(|e| {
+        usage(format!(
+            "{}\nhint: check --jwt-public-key / --jwt-jwks",
+            crate::failure::explained(&e)
+        ))
+    })?;
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| Failure {
         code: 5,
         message: format!("cannot listen on {addr}: {e}\nhint: is another server using it? pass --listen 127.0.0.1:PORT"),
@@ -251,9 +255,10 @@ pub(crate) async fn run(
     let _ = std::io::Write::write_all(&mut stdout, banner.as_bytes());
     let _ = std::io::Write::flush(&mut stdout);
     drop(stdout);
-    kahn_http::serve(listener, state, kahn_http::shutdown_signal())
-        .await
-        .map_err(|e| Failure { code: 5, message: format!("server stopped: {e}") })
+    kahn_http::serve(listener, state, kahn_http::shutdown_signal()).await.map_err(|e| Failure {
+        code: 5,
+        message: format!("server stopped: {}", crate::failure::explained(&e)),
+    })
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use kahn_core::{ApiKey, StorageBackend, StorageBackendExt, Tenant, WriteScope};
 use kahn_sqlite::SqliteBackend;
 
 use crate::args::{DbArgs, KeyTarget};
-use crate::failure::{CliResult, Failure, exit_code};
+use crate::failure::{CliResult, Failure, exit_code, explained};
 
 /// Which Postgres DSN a command needs: operators' commands (migrate, tenant, bridge onboard)
 /// run as the schema's admin; the server and data commands as the app role, under RLS.
@@ -35,7 +35,7 @@ pub(crate) async fn open_db_as(db: &DbArgs, role: DbRole) -> CliResult<Arc<dyn S
                 DbRole::Admin => "this command needs the admin DSN (a role that owns the kahn schema)",
                 DbRole::App => "the server and data commands need the app DSN (role kahn_app); operators' commands take the admin DSN",
             };
-            Failure { code: exit_code(&e).0, message: format!("{e}\nhint: {hint}") }
+            Failure { code: exit_code(&e).0, message: format!("{}\nhint: {hint}", explained(&e)) }
         });
     }
     Err(Failure {

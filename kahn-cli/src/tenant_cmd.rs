@@ -430,7 +430,7 @@ pub(crate) async fn purge(args: PurgeArgs) -> CliResult {
                 outcome.failures.len(),
                 name(f.tenant_id),
                 f.tenant_id,
-                f.error
+                f.error.chain()
             ),
         )),
     }
@@ -463,7 +463,7 @@ fn print_purge(
         );
     }
     for f in &outcome.failures {
-        println!("{:<24} {}  FAILED: {}", name(f.tenant_id), f.tenant_id, f.error);
+        println!("{:<24} {}  FAILED: {}", name(f.tenant_id), f.tenant_id, f.error.chain());
     }
 }
 
@@ -483,7 +483,7 @@ fn purge_json(
         "failures": outcome.failures.iter().map(|f| serde_json::json!({
             "tenant_id": f.tenant_id,
             "name": name(f.tenant_id),
-            "error": f.error.to_string(),
+            "error": f.error.chain().to_string(),
         })).collect::<Vec<_>>(),
     })
 }

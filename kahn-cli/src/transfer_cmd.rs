@@ -14,7 +14,7 @@ use kahn_cli::schema::{DbLocation, SchemaState, schema_state};
 use kahn_core::{Error, RunId, StorageBackendExt, Tenant};
 
 use crate::args::DbArgs;
-use crate::failure::{CliResult, Failure, exit_code};
+use crate::failure::{CliResult, Failure, exit_code, explained};
 use crate::print::print_json;
 use crate::store::{open_db, tenant_by_name};
 
@@ -88,7 +88,8 @@ fn unreadable(flag: &str, shown: &str, e: &Error, otherwise: &str) -> Failure {
         }
         _ => otherwise,
     };
-    Failure { code: exit_code(e).0, message: format!("{flag} {shown}: {e}\nhint: {hint}") }
+    let (code, e) = (exit_code(e).0, explained(e));
+    Failure { code, message: format!("{flag} {shown}: {e}\nhint: {hint}") }
 }
 
 /// Checks the source can be read as a KAHN store without creating one by mistake.

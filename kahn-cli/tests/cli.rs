@@ -299,6 +299,19 @@ fn verify_detects_a_tampered_sqlite_file(env: &Env) {
     assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("BROKEN") && err.contains("seq 17"), "{err}");
+    // A body that no longer decodes at all is the same corrupt store, not a backend failure.
+    let conn = rusqlite::Connection::open(env.dir.path().join("kahn.db")).unwrap();
+    let changed = conn
+        .execute(
+            "UPDATE transitions SET body = '{not json' WHERE run_id = 'tamper' AND seq = 3",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    let out = env.kahn(&["verify", "tamper"], Some(&key));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("BROKEN") && err.contains("seq 3"), "{err}");
 }
 
 /// Alters one stored body behind KAHN's back, as an attacker with the file would.
@@ -702,6 +715,28 @@ fn a_config_error_quoting_a_dsn_does_not_show_its_password() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(!text.contains("CfgPw-0d9a4b"), "the error shows the password: {text}");
     assert!(text.contains("postgres://kahn_app:***@db.internal/kahn"), "{text}");
+}
+
+/// A wrapped error prints each layer once: the message names only its own layer and the CLI
+/// walks the source chain, so the cause (SQLite's own error under KAHN's hint) is shown —
+/// once, not once in the message and again as a cause.
+#[test]
+fn a_wrapped_error_prints_its_cause_once() {
+    let env = Env::new();
+    let file = env.dir.path().join("garbage.db");
+    std::fs::write(&file, vec![0x5a; 8192]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kahn"))
+        .args(["tenant", "list", "--db", &format!("sqlite://{}", file.display())])
+        .env_remove("KAHN_DATABASE_URL")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for cause in ["not a KAHN SQLite database", "file is not a database"] {
+        assert_eq!(text.matches(cause).count(), 1, "{cause:?} once: {text}");
+    }
+    assert!(text.contains("\n  cause: "), "the causes are listed: {text}");
+    assert!(text.contains("hint:"), "{text}");
 }
 
 /// A run's graph.json is read as strictly as a line: a number no double holds (`1e-400`,

@@ -216,3 +216,46 @@ async fn no_output_log_or_error_shows_a_dsn_password() {
         "the hint names the admin DSN: {banner}"
     );
 }
+
+/// `kahn verify` on Postgres, as on SQLite: a store altered behind KAHN's back exits 3 with
+/// `BROKEN` — a body edited so the chain no longer recomputes (the seq named), and a body that
+/// no longer decodes at all (the one corrupt variant, not an unclassified backend error).
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_exits_3_broken_for_a_store_altered_behind_kahns_back() {
+    let (db, admin) = pg_support::TestDb::new().await;
+    let admin_url = dsn(&db.name, None);
+    let app = dsn(&db.name, Some(kahn_pg::APP_ROLE));
+    let provisioned: serde_json::Value = serde_json::from_str(&ok(
+        &["tenant", "provision", "pg-tamper", "--db", &admin_url, "--json"],
+        None,
+    ))
+    .unwrap();
+    let key = provisioned["api_key"].as_str().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tamper.ndjson");
+    let text: String = (0..40)
+        .map(|i| format!("{{\"ts\":\"2026-11-23T09:00:{:02}Z\",\"to\":\"s{i}\"}}\n", i % 60))
+        .collect();
+    std::fs::write(&file, text).unwrap();
+    ok(&["push", file.to_str().unwrap(), "--db", &app, "--json"], Some(&key));
+    assert!(ok(&["verify", "tamper", "--db", &app], Some(&key)).starts_with("OK"));
+
+    let broken = |what: &str, needle: &str| {
+        let out = kahn(&["verify", "tamper", "--db", &app], Some(&key));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{what}: {err}");
+        assert!(err.contains("BROKEN") && err.contains(needle), "{what}: {err}");
+    };
+    let edit = |sql: &'static str| {
+        let pool = admin.pool().clone();
+        async move {
+            let done = sqlx_core::query::query(sql).execute(&pool).await.unwrap();
+            assert_eq!(done.rows_affected(), 1, "{sql}");
+        }
+    };
+    edit("UPDATE kahn.transitions SET body = replace(body, '\"s17\"', '\"s71\"') WHERE run_id = 'tamper' AND seq = 17").await;
+    broken("an edited body", "seq 17");
+    edit("UPDATE kahn.transitions SET body = '{not json' WHERE run_id = 'tamper' AND seq = 3")
+        .await;
+    broken("a body that is not JSON", "seq 3");
+}

@@ -333,12 +333,6 @@ pub trait StorageBackendExt: StorageBackend {
     async fn verify_run(&self, scope: &ReadScope, run: &RunId) -> Result<crate::Digest> {
         let summary = self.get_run(scope, run).await?.info;
         let mut verifier = crate::hash::ChainVerifier::new();
-        let in_run = |e: Error| match e {
-            Error::Integrity { seq, message, .. } => {
-                Error::Integrity { run_id: Some(run.clone()), seq, message }
-            }
-            other => other,
-        };
         while verifier.verified() < summary.next_seq {
             let after = verifier.verified().checked_sub(1).map(Seq::new).transpose()?;
             let page =
@@ -347,7 +341,7 @@ pub trait StorageBackendExt: StorageBackend {
                 break;
             }
             for t in page.iter().take_while(|t| t.seq.get() < summary.next_seq) {
-                verifier.push(t).map_err(in_run)?;
+                verifier.push(t).map_err(|e| e.in_run(run, None))?;
             }
         }
         if verifier.verified() != summary.next_seq {

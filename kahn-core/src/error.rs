@@ -121,8 +121,9 @@ pub enum Error {
         operation: &'static str,
     },
 
-    /// The backend failed in a way KAHN cannot classify; the source is kept.
-    #[error("{backend} backend error: {source}")]
+    /// The backend failed in a way KAHN cannot classify; the source is kept. Its message
+    /// names only this layer: the cause is the `source`, which [`ErrorChain`] prints.
+    #[error("{backend} backend error")]
     Backend {
         /// Which backend (`sqlite`, `postgres`, `http`, `memory`).
         backend: &'static str,
@@ -175,6 +176,35 @@ impl Error {
         self
     }
 
+    /// The [`Error::Integrity`] for stored data that does not read back as KAHN data — a row
+    /// that does not decode, a stored value that breaks its own rules, a chain link that is
+    /// missing or does not match: `what` names the stored thing (`"stored graph"`), `detail`
+    /// what is wrong with it. Every backend reports a corrupt store with this, so a caller sees
+    /// one variant whatever the adapter: never [`Error::InvalidInput`] (it is not the caller's
+    /// input) nor [`Error::Backend`]. Name the run with [`in_run`](Self::in_run).
+    pub fn corrupt(what: impl fmt::Display, detail: impl fmt::Display) -> Self {
+        Error::Integrity {
+            run_id: None,
+            seq: None,
+            message: format!("{what} is corrupt: {detail}"),
+        }
+    }
+
+    /// This error naming `run` and, when given, `seq`, when it is an [`Error::Integrity`] that
+    /// names no run (or seq) yet; any other error unchanged.
+    #[must_use]
+    pub fn in_run(mut self, run: &RunId, at: Option<u64>) -> Self {
+        if let Error::Integrity { run_id, seq, .. } = &mut self {
+            if run_id.is_none() {
+                *run_id = Some(run.clone());
+            }
+            if seq.is_none() {
+                *seq = at;
+            }
+        }
+        self
+    }
+
     /// An [`Error::Backend`] wrapping `source`.
     pub fn backend(backend: &'static str, source: impl Into<BoxError>) -> Self {
         Error::Backend { backend, source: source.into() }
@@ -210,5 +240,91 @@ impl Error {
     /// Whether retrying the same call later may succeed (the backend was unavailable).
     pub fn is_retryable(&self) -> bool {
         matches!(self, Error::Unavailable { .. })
+    }
+
+    /// This error with its causes, for people: see [`ErrorChain`].
+    pub fn chain(&self) -> ErrorChain<'_> {
+        ErrorChain::new(self)
+    }
+}
+
+/// An error and every cause under it, for a person to read: `error: cause: cause's cause`.
+///
+/// Every error type of KAHN names only its own layer in `Display` and hands the layer below
+/// out as `source()`, so printing one layer never repeats another; what users and logs see
+/// is this chain. Some libraries do repeat their source in their own message; the chain says
+/// such text once (see [`causes`](Self::causes)).
+#[derive(Clone, Copy)]
+pub struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl<'a> ErrorChain<'a> {
+    /// The chain of `error`.
+    pub fn new(error: &'a (dyn std::error::Error + 'static)) -> Self {
+        Self(error)
+    }
+
+    /// The messages of the causes under the error, outermost first, each said once: a cause
+    /// whose text the message above it already holds is left out, and one whose text holds
+    /// the cause above it (a library quoting its own source) stands in for that one.
+    pub fn causes(&self) -> impl Iterator<Item = String> + use<> {
+        let top = self.0.to_string();
+        let mut kept: Vec<String> = Vec::new();
+        let mut next = self.0.source();
+        while let Some(cause) = next {
+            next = cause.source();
+            let text = cause.to_string();
+            let above = kept.last().unwrap_or(&top);
+            if text.is_empty() || above.contains(&text) {
+                continue;
+            }
+            match kept.last_mut() {
+                Some(last) if text.contains(last.as_str()) => *last = text,
+                _ => kept.push(text),
+            }
+        }
+        kept.into_iter()
+    }
+}
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        for cause in self.causes() {
+            write!(f, ": {cause}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct Layer(&'static str, #[source] Option<Box<Layer>>);
+
+    /// Each layer is printed once: a wrapping error names only itself, the chain adds each
+    /// cause, and a cause its wrapper already quotes (as some libraries do) is not repeated.
+    #[test]
+    fn the_chain_prints_every_cause_once() {
+        let e = Error::backend("sqlite", Layer("disk full", Some(Box::new(Layer("EIO", None)))));
+        assert_eq!(e.to_string(), "sqlite backend error");
+        assert_eq!(e.chain().to_string(), "sqlite backend error: disk full: EIO");
+        assert_eq!(e.chain().causes().collect::<Vec<_>>(), ["disk full", "EIO"]);
+        let quoting = Layer("query failed: EIO", Some(Box::new(Layer("EIO", None))));
+        let e = Error::backend("postgres", quoting);
+        assert_eq!(e.chain().to_string(), "postgres backend error: query failed: EIO");
+        let quoted = Layer("EIO", Some(Box::new(Layer("code 5: EIO", None))));
+        let e = Error::backend("sqlite", Layer("disk", Some(Box::new(quoted))));
+        assert_eq!(e.chain().to_string(), "sqlite backend error: disk: code 5: EIO");
+        let plain = Error::invalid("seq", "must be a number");
+        assert_eq!(plain.chain().to_string(), plain.to_string());
     }
 }

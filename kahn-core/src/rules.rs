@@ -117,10 +117,8 @@ impl Divergence {
             }
         }
         // Every content hash matched but the link did not: the stored chain itself is broken.
-        Error::backend(
-            "store",
-            format!("run {}: stored chain links do not match stored content", run.run_id()),
-        )
+        Error::corrupt("stored chain", "its links do not match the stored content")
+            .in_run(run.run_id(), None)
     }
 }
 
@@ -176,7 +174,8 @@ impl<'a> AppendPlan<'a> {
     /// Decides the append, given the stored chain links of [`links_needed`](Self::links_needed).
     ///
     /// # Errors
-    /// [`Error::Backend`] when a needed link is missing (the store is inconsistent).
+    /// [`Error::Integrity`] ([`Error::corrupt`]) when a needed link is missing: the store is
+    /// inconsistent.
     pub fn decide(&self, link: impl Fn(u64) -> Option<Digest>) -> Result<Outcome<'a>> {
         let run = self.run;
         let (s, e, stored_next) = (run.start(), run.end(), self.stored_next);
@@ -193,7 +192,8 @@ impl<'a> AppendPlan<'a> {
                 return Ok(self.stored_head);
             }
             link(seq).ok_or_else(|| {
-                Error::backend("store", format!("run {}: chain link {seq} missing", run.run_id()))
+                Error::corrupt("stored chain", format!("link {seq} is missing below next_seq"))
+                    .in_run(run.run_id(), Some(seq))
             })
         };
         let mut prev = if s == 0 { Digest::ZERO } else { need(s - 1)? };
@@ -307,6 +307,29 @@ mod tests {
             div.conflict(&other.runs()[0], &hashes),
             Error::Conflict { at: ConflictAt::Seq(2), .. }
         ));
+    }
+
+    /// A stored chain that lacks a link below `next_seq`, or whose links do not follow its
+    /// content, is a corrupt store: [`Error::Integrity`] naming the run, never `Backend`.
+    #[test]
+    fn an_inconsistent_stored_chain_is_corrupt() {
+        let stored = batch(0..10, "s");
+        let links = chain(&stored);
+        let chunk = batch(3..6, "s");
+        let plan = AppendPlan::new(&chunk.runs()[0], 10, links[9]).unwrap();
+        let missing = plan.decide(|_| None).unwrap_err();
+        assert!(
+            matches!(&missing, Error::Integrity { run_id: Some(r), seq: Some(2), .. } if r.as_str() == "r"),
+            "{missing:?}"
+        );
+        let other = batch(2..5, "x");
+        let plan = AppendPlan::new(&other.runs()[0], 10, links[9]).unwrap();
+        let Outcome::Diverged(div) = plan.decide(|seq| Some(links[seq as usize])).unwrap() else {
+            panic!()
+        };
+        let same: Vec<_> = other.runs()[0].bodies().iter().map(|b| b.content_hash()).collect();
+        let broken = div.conflict(&other.runs()[0], &same);
+        assert!(matches!(&broken, Error::Integrity { run_id: Some(_), .. }), "{broken:?}");
     }
 
     #[test]

@@ -262,7 +262,8 @@ impl RunMeta {
     /// Rebuilds stored metadata: `graph` is the stored canonical JSON text.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] when the stored parts are not valid metadata (a corrupt store).
+    /// [`Error::Integrity`] ([`Error::corrupt`]) when the stored graph is not JSON: a corrupt
+    /// store, never the caller's input.
     pub fn from_stored(
         source: Option<String>,
         graph: Option<&str>,
@@ -271,7 +272,7 @@ impl RunMeta {
         let mut meta = RunMeta { source, graph: None, labels };
         if let Some(text) = graph {
             let value: Value = serde_json::from_str(text)
-                .map_err(|e| Error::invalid("graph", format!("stored graph is not JSON: {e}")))?;
+                .map_err(|e| Error::corrupt("stored graph", format!("not JSON: {e}")))?;
             meta.graph = Some((value, text.into()));
         }
         Ok(meta)
@@ -391,6 +392,19 @@ mod tests {
             json!({"run_id": "r", "seq": -1, "ts": "2026-01-01T00:00:00Z", "to": "x"}),
         ));
         assert!(matches!(neg, Err(Error::InvalidInput { field, .. }) if field == "seq"));
+    }
+
+    /// A stored graph that is not JSON is a corrupt store, not the caller's input: the
+    /// corrupt variant (a 500 over HTTP), never `InvalidInput` (a 400 blaming the client).
+    #[test]
+    fn a_corrupt_stored_graph_is_integrity_not_invalid_input() {
+        let err = RunMeta::from_stored(None, Some("{not json"), Labels::new()).unwrap_err();
+        assert!(
+            matches!(&err, Error::Integrity { message, .. } if message.contains("stored graph")),
+            "{err:?}"
+        );
+        let ok = RunMeta::from_stored(Some("choco".into()), Some(r#"{"n":[1]}"#), Labels::new());
+        assert_eq!(ok.unwrap().graph_canonical(), Some(r#"{"n":[1]}"#));
     }
 
     #[test]

@@ -271,8 +271,15 @@ fn check_tenant(response: &reqwest::Response, expected: TenantId) -> Result<()> 
     }
 }
 
-fn digest(s: Option<&str>) -> Digest {
-    s.and_then(|s| s.parse().ok()).unwrap_or(Digest::ZERO)
+/// A hash the server sent as `field` of a conflict response. A missing or malformed one is a
+/// protocol error naming the field and what was wrong — never a made-up hash (the zero digest
+/// would tell the caller the store holds content it does not).
+fn conflict_hash(field: &str, value: Option<&str>) -> Result<Digest> {
+    let value = value
+        .ok_or_else(|| transport(format!("malformed conflict response: {field} is missing")))?;
+    value.parse().map_err(|e| {
+        transport(format!("malformed conflict response: {field} {value:?} is not a hash: {e}"))
+    })
 }
 
 fn known_what(what: Option<&str>) -> &'static str {
@@ -303,14 +310,17 @@ async fn error_from(response: reqwest::Response) -> Error {
                 (None, Some(field)) => ConflictAt::Metadata(field.clone()),
                 (None, None) => return transport(format!("malformed conflict response: {text}")),
             };
-            match run_id() {
-                Some(run_id) => Error::Conflict {
-                    run_id,
-                    at,
-                    stored_hash: digest(body.stored_hash.as_deref()),
-                    incoming_hash: digest(body.incoming_hash.as_deref()),
-                },
-                None => transport(format!("malformed conflict response: {text}")),
+            let Some(run_id) = run_id() else {
+                return transport(format!("malformed conflict response: {text}"));
+            };
+            let hashes = conflict_hash("stored_hash", body.stored_hash.as_deref()).and_then(|s| {
+                Ok((s, conflict_hash("incoming_hash", body.incoming_hash.as_deref())?))
+            });
+            match hashes {
+                Ok((stored_hash, incoming_hash)) => {
+                    Error::Conflict { run_id, at, stored_hash, incoming_hash }
+                }
+                Err(e) => e,
             }
         }
         (StatusCode::NOT_FOUND, _) => Error::NotFound {
@@ -508,7 +518,43 @@ impl StorageBackend for HttpBackend {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
+
+    /// A conflict response whose hash is missing or not a hash is a protocol error naming the
+    /// field, not a conflict against the zero digest.
+    #[tokio::test]
+    async fn a_conflict_with_a_malformed_hash_is_an_error_naming_it() {
+        let response = |stored: Value| {
+            let body = serde_json::json!({
+                "error": "conflict", "message": "conflict", "run_id": "r", "seq": 2,
+                "stored_hash": stored, "incoming_hash": Digest::sha256(b"in").to_string(),
+            });
+            let http = axum::http::Response::builder()
+                .status(StatusCode::CONFLICT)
+                .body(body.to_string())
+                .expect("a response");
+            reqwest::Response::from(http)
+        };
+        let good = Digest::sha256(b"stored");
+        let ok = error_from(response(good.to_string().into())).await;
+        assert!(
+            matches!(&ok, Error::Conflict { stored_hash, .. } if *stored_hash == good),
+            "{ok:?}"
+        );
+        for (bad, says) in [
+            (Value::from("zz"), "stored_hash \"zz\" is not a hash"),
+            (Value::from("0".repeat(63)), "is not a hash"),
+            (Value::Null, "stored_hash is missing"),
+        ] {
+            let err = error_from(response(bad.clone())).await;
+            let Error::Backend { backend: BACKEND, source } = &err else {
+                panic!("{bad}: not a protocol error: {err:?}")
+            };
+            assert!(source.to_string().contains(says), "{bad}: {source}");
+        }
+    }
 
     #[test]
     fn base_urls_are_normalised() {

@@ -260,8 +260,8 @@ impl ServerConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// A key file could not be read.
-    #[error("cannot read JWT key file {path}: {source}")]
+    /// A key file could not be read (why is the `source`).
+    #[error("cannot read JWT key file {path}")]
     ReadKey {
         /// The file.
         path: PathBuf,

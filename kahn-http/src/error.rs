@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use kahn_core::{ConflictAt, Error};
+use kahn_core::{ConflictAt, Error, ErrorChain};
 
 use crate::wire::ErrorBody;
 
@@ -256,7 +256,8 @@ impl From<Error> for ApiError {
                 // caller learns that it may retry, and when, never the internals.
                 match &source {
                     Some(cause) => {
-                        tracing::warn!(backend, error = %message, cause = %cause, "backend unavailable");
+                        let cause = ErrorChain::new(cause.as_ref());
+                        tracing::warn!(backend, error = %message, %cause, "backend unavailable");
                     }
                     None => tracing::warn!(backend, error = %message, "backend unavailable"),
                 }
@@ -275,11 +276,13 @@ impl From<Error> for ApiError {
                 Self::new(StatusCode::NOT_IMPLEMENTED, ErrorBody::new("not_implemented", message))
             }
             Error::Backend { backend, source } => {
-                tracing::error!(backend, error = %source, "backend failure");
+                // The whole chain of causes, each once: the driver's error, its I/O cause…
+                let cause = ErrorChain::new(source.as_ref());
+                tracing::error!(backend, error = %cause, "backend failure");
                 Self::internal()
             }
             other => {
-                tracing::error!(error = %other, "unclassified failure");
+                tracing::error!(error = %other.chain(), "unclassified failure");
                 Self::internal()
             }
         }

@@ -169,7 +169,7 @@ pub(crate) async fn ingest(
                 break;
             };
             let chunk = chunk.map_err(|e| {
-                tracing::debug!(error = %e, "ingest body read failed");
+                tracing::debug!(error = %kahn_core::ErrorChain::new(&e), "ingest body read failed");
                 ApiError::bad_request("body", "the body could not be read")
             })?;
             seen += chunk.len();

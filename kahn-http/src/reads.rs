@@ -319,7 +319,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Health>
     match state.inner.backend.ping().await {
         Ok(()) => Ok(Json(Health { status: "ok".into() })),
         Err(e) => {
-            tracing::warn!(error = %e, "readiness check failed");
+            tracing::warn!(error = %e.chain(), "readiness check failed");
             Err(ApiError::service_unavailable(crate::error::DEFAULT_RETRY_AFTER))
         }
     }

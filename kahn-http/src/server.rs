@@ -13,7 +13,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use kahn_core::PurgeRequest;
+use kahn_core::{ErrorChain, PurgeRequest};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_http::trace::TraceLayer;
@@ -83,13 +83,13 @@ pub fn spawn_retention(
                         tracing::error!(
                             target: "kahn_http::retention",
                             tenant = %f.tenant_id,
-                            error = %f.error,
+                            error = %f.error.chain(),
                             "retention purge of a tenant failed; its runs are kept until the next purge"
                         );
                     }
                     tracing::debug!(tenants = outcome.reports.len(), "retention purge done");
                 }
-                Err(e) => tracing::error!(error = %e, "retention purge failed"),
+                Err(e) => tracing::error!(error = %e.chain(), "retention purge failed"),
             }
             state.inner.limits.shrink();
         }
@@ -158,7 +158,7 @@ pub async fn serve(
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
-                tracing::trace!(error = %e, "connection ended with an error");
+                tracing::trace!(error = %ErrorChain::new(&e), "connection ended with an error");
             }
         });
     }

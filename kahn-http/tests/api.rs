@@ -1397,3 +1397,52 @@ async fn http_backend_maps_errors_back_to_the_same_variants() {
     let err = gone.ping().await.expect_err("no server");
     assert!(err.is_retryable(), "{err:?}");
 }
+
+/// A corrupt store is the server's failure, never the caller's: a stored graph that is not
+/// JSON answers 500 `integrity` (with the run named), not 400 — whether the request reads the
+/// run or appends metadata that must be merged into it — and the client maps it back to the
+/// same corrupt variant a local backend returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_stored_graph_is_a_500_not_a_400() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("kahn.db");
+    let backend = kahn_sqlite::SqliteBackend::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .expect("sqlite");
+    let keys = TestKeys::generate();
+    let config = test_config(&keys);
+    let s = TestServer::start(Arc::new(backend), keys, config).await.with_guard(dir);
+    let t = tenant(&s).await;
+    let meta = |meta: Value| {
+        let mut line = meta;
+        line["kind"] = json!("run");
+        line["run_id"] = json!("rotten");
+        line.to_string() + "\n"
+    };
+    let r = ingest(&s, &t.key, meta(json!({"graph": {"nodes": ["a"]}}))).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let raw = rusqlite::Connection::open(&db).expect("open the file");
+    let changed = raw
+        .execute("UPDATE runs SET graph = '{not json' WHERE run_id = 'rotten'", [])
+        .expect("sql");
+    assert_eq!(changed, 1);
+
+    let r = ingest(&s, &t.key, meta(json!({"source": "choco"}))).await;
+    let body = expect_error(r, StatusCode::INTERNAL_SERVER_ERROR, "integrity").await;
+    assert_eq!(body["run_id"], "rotten", "{body}");
+    assert!(body.get("field").is_none(), "nothing the caller sent is blamed: {body}");
+    let r = get(&s, "/v1/runs/rotten", Some(&t.key), None).await;
+    expect_error(r, StatusCode::INTERNAL_SERVER_ERROR, "integrity").await;
+
+    let client = s.client();
+    let scope = client
+        .resolve_api_key(&ApiKey::parse(&t.key).expect("key"))
+        .await
+        .expect("ok")
+        .expect("scope");
+    let err = client.get_run(&scope.read(), &RunId::new("rotten").expect("id")).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Integrity { run_id: Some(r), .. } if r.as_str() == "rotten"),
+        "{err:?}"
+    );
+}

@@ -62,7 +62,9 @@ pub(crate) async fn append(
         };
         let mut meta_update = None;
         if !run.meta().is_empty() {
-            let mut meta = stored_meta(stored.source, stored.graph, &stored.labels)?;
+            let labels: Labels = serde_json::from_str(&stored.labels).map_err(corrupt)?;
+            let mut meta = RunMeta::from_stored(stored.source, stored.graph.as_deref(), labels)
+                .map_err(|e| e.in_run(run.run_id(), None))?;
             if merge_meta(run.run_id(), &mut meta, run.meta())? {
                 meta_update = Some(meta);
             }
@@ -428,21 +430,4 @@ fn digest(bytes: &[u8]) -> Result<Digest> {
 /// A seq as Postgres stores it (`bigint`); seqs are validated below `i64::MAX` at parse time.
 fn seq_param(seq: u64) -> Result<i64> {
     i64::try_from(seq).map_err(corrupt)
-}
-
-/// Rebuilds the stored metadata, to merge the incoming metadata into.
-fn stored_meta(source: Option<String>, graph: Option<String>, labels: &str) -> Result<RunMeta> {
-    let mut meta = RunMeta::new();
-    if let Some(source) = source {
-        meta = meta.with_source(source).map_err(corrupt)?;
-    }
-    if let Some(graph) = graph {
-        let value: serde_json::Value = serde_json::from_str(&graph).map_err(corrupt)?;
-        meta = meta.with_graph(value).map_err(corrupt)?;
-    }
-    let labels: Labels = serde_json::from_str(labels).map_err(corrupt)?;
-    for (k, v) in labels {
-        meta = meta.with_label(k, v).map_err(corrupt)?;
-    }
-    Ok(meta)
 }

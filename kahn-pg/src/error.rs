@@ -9,9 +9,10 @@ use sqlx_core::error::{DatabaseError, Error as SqlxError};
 pub(crate) const BACKEND: &str = "postgres";
 
 /// What kind of database failure an [`Error::Backend`] from this adapter holds. It is the
-/// `source` of that error; `downcast_ref::<PgError>()` to inspect it.
+/// `source` of that error; `downcast_ref::<PgError>()` to inspect it. Its message is the
+/// classification; the driver's error is its own `source`.
 #[derive(Debug, thiserror::Error)]
-#[error("{kind}: {source}")]
+#[error("{kind}")]
 pub struct PgError {
     kind: PgErrorKind,
     #[source]
@@ -157,13 +158,10 @@ pub(crate) fn unique_violation(e: &SqlxError) -> Option<&str> {
     d.is_unique_violation().then(|| d.constraint().unwrap_or(""))
 }
 
-/// Stored data that cannot be read back as KAHN data (a corrupted or hand-edited row).
+/// Stored data that cannot be read back as KAHN data (a corrupted or hand-edited row):
+/// [`Error::corrupt`], as every backend reports it.
 pub(crate) fn corrupt(what: impl fmt::Display) -> Error {
-    Error::Integrity {
-        run_id: None,
-        seq: None,
-        message: format!("a stored postgres row is not valid KAHN data: {what}"),
-    }
+    Error::corrupt("a stored postgres row", what)
 }
 
 /// One reason the app-DSN constructor refuses to start.

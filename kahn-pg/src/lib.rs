@@ -316,9 +316,14 @@ impl PgBackend {
             match control::touch_api_key(&pool, &hash).await {
                 Ok(()) => {}
                 Err(e) if pool.is_closed() => {
-                    tracing::debug!(error = %e, "not recording an API key's last use: pool closed");
+                    tracing::debug!(
+                        error = %e.chain(),
+                        "not recording an API key's last use: pool closed"
+                    );
                 }
-                Err(e) => tracing::warn!(error = %e, "could not record an API key's last use"),
+                Err(e) => {
+                    tracing::warn!(error = %e.chain(), "could not record an API key's last use");
+                }
             }
         });
     }

@@ -88,7 +88,10 @@ pub(crate) async fn get_run(
     let graph: Option<String> = row.try_get("graph").map_err(db)?;
     Ok(RunSummary {
         info: run_info(&row)?,
-        graph: graph.map(|g| serde_json::from_str(&g)).transpose().map_err(corrupt)?,
+        graph: graph
+            .map(|g| serde_json::from_str(&g))
+            .transpose()
+            .map_err(|e| corrupt(e).in_run(run, None))?,
         nodes: read_nodes(conn, tenant, run.as_str()).await?,
     })
 }
@@ -129,9 +132,10 @@ pub(crate) async fn read_transitions(
             let body: String = row.try_get("body").map_err(db)?;
             let content: Vec<u8> = row.try_get("content_hash").map_err(db)?;
             let chain: Vec<u8> = row.try_get("chain_hash").map_err(db)?;
+            let at = |e: String| corrupt(e).in_run(run, u64::try_from(seq).ok());
             Ok(StoredTransition {
-                seq: Seq::try_from(seq).map_err(corrupt)?,
-                body: serde_json::from_str(&body).map_err(corrupt)?,
+                seq: Seq::try_from(seq).map_err(|e| at(e.to_string()))?,
+                body: serde_json::from_str(&body).map_err(|e| at(e.to_string()))?,
                 content_hash: kahn_core::Digest::try_from_slice(&content).map_err(corrupt)?,
                 chain_hash: kahn_core::Digest::try_from_slice(&chain).map_err(corrupt)?,
             })

@@ -250,7 +250,7 @@ async fn one_tenants_failed_purge_leaves_the_others_purged() {
         let out = backend.purge_expired(&PurgeRequest::at_store_clock()).await.expect("purge");
         let failed: Vec<TenantId> = out.failures.iter().map(|f| f.tenant_id).collect();
         assert_eq!(failed, [stuck.id], "{who}: {out:?}");
-        let why = out.failures[0].error.to_string();
+        let why = out.failures[0].error.chain().to_string();
         assert!(why.contains("lock"), "{who}: the failure says why: {why}");
         assert_eq!(
             out.report_for(free.id).map(|r| (r.runs_removed, r.transitions_removed)),
@@ -612,4 +612,59 @@ async fn rollover_with_grace_keeps_earlier_expiries_and_issues_nothing_on_a_bad_
     // An immediate rotation revokes the old key at once.
     admin.rotate_api_key(t.id, new.id).await.expect("rotate");
     assert_eq!(app.authenticate_api_key(&new.secret).await.expect("auth"), None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A store altered behind KAHN's back.
+// ---------------------------------------------------------------------------------------------
+
+/// Stored data that fails its own checks is the one corrupt variant (`Error::Integrity`), as on
+/// every backend: a body edited in place breaks the chain and verification names the seq; a
+/// stored graph that is not JSON is corrupt when the run is read and when an append's graph
+/// is compared with it (the append rebuilds stored metadata with `RunMeta::from_stored`, as the
+/// SQLite adapter does) — never `InvalidInput`, which would blame the caller, nor `Backend`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_altered_behind_kahns_back_is_corrupt() {
+    let (db, admin) = TestDb::new().await;
+    let app = db.app().await;
+    let t = tenant(&admin, &app, 30).await;
+    let read = t.write.read();
+    let run = kahn_core::RunId::new("altered").expect("valid");
+    app.append(&t.write, &ndjson("altered", 8)).await.expect("append");
+    let graph = AppendBatch::from_ndjson(
+        &json!({"kind": "run", "run_id": "altered", "graph": {"nodes": ["a"]}}).to_string(),
+    )
+    .expect("valid");
+    app.append(&t.write, &graph).await.expect("append the graph");
+    app.verify_run(&read, &run).await.expect("intact");
+
+    let edited = query(
+        "UPDATE kahn.transitions SET body = replace(body, '\"s5\"', '\"s9\"') \
+         WHERE tenant_id = $1 AND run_id = 'altered' AND seq = 5",
+    )
+    .bind(t.id.as_uuid())
+    .execute(admin.pool())
+    .await
+    .expect("edit a body as the operator");
+    assert_eq!(edited.rows_affected(), 1);
+    let err = app.verify_run(&read, &run).await.expect_err("the chain no longer recomputes");
+    assert!(
+        matches!(&err, Error::Integrity { run_id: Some(r), seq: Some(5), .. } if *r == run),
+        "{err:?}"
+    );
+
+    query("UPDATE kahn.runs SET graph = '{not json' WHERE tenant_id = $1 AND run_id = 'altered'")
+        .bind(t.id.as_uuid())
+        .execute(admin.pool())
+        .await
+        .expect("corrupt the graph as the operator");
+    let corrupt = |e: &Error| matches!(e, Error::Integrity { run_id: Some(r), .. } if *r == run);
+    let err = app.get_run(&read, &run).await.expect_err("the graph does not decode");
+    assert!(corrupt(&err), "{err:?}");
+    let meta = AppendBatch::from_ndjson(
+        &json!({"kind": "run", "run_id": "altered", "graph": {"nodes": ["a"]}}).to_string(),
+    )
+    .expect("valid");
+    let err = app.append(&t.write, &meta).await.expect_err("comparing with a corrupt graph");
+    assert!(corrupt(&err), "{err:?}");
 }

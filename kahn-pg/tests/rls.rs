@@ -331,7 +331,9 @@ async fn app_dsn_refuses_a_superuser() {
     let (db, admin) = TestDb::new().await;
     db.app().await; // kahn_app passes
     let err = PgBackend::app_from_pool(admin.pool().clone()).await.expect_err("superuser");
-    let text = err.to_string();
+    // The message says a backend refused; the refusal, naming each problem and its fix, is
+    // the cause the chain prints.
+    let text = err.chain().to_string();
     let refused = refused_with(err);
     assert!(refused.problems.contains(&RoleProblem::Superuser), "{refused}");
     assert!(text.contains("superuser") && text.contains("fix:"), "{text}");

@@ -26,8 +26,9 @@ pub(crate) fn db(e: rusqlite::Error) -> Error {
     }
 }
 
+/// What an operator can do about a SQLite failure; the failure is its `source`.
 #[derive(Debug, thiserror::Error)]
-#[error("{hint}: {source}")]
+#[error("{hint}")]
 struct Hinted {
     hint: &'static str,
     #[source]

@@ -354,7 +354,7 @@ impl StorageBackend for SqliteBackend {
         if tenant.is_some() && self.key_uses.due(&hash) {
             let queued = self.writer.submit(move |c| {
                 if let Err(e) = store::record_key_use(c, hash, now) {
-                    tracing::warn!(error = %e, "could not record an API key's last use");
+                    tracing::warn!(error = %e.chain(), "could not record an API key's last use");
                 }
             });
             if !queued {
@@ -424,7 +424,7 @@ impl StorageBackend for SqliteBackend {
                 Ok(Some(report)) => outcome.reports.push(report),
                 Ok(None) => {}
                 Err(error) => {
-                    tracing::warn!(%tenant, error = %error, "purging a tenant failed");
+                    tracing::warn!(%tenant, error = %error.chain(), "purging a tenant failed");
                     outcome.failures.push(PurgeFailure { tenant_id: tenant, error });
                 }
             }

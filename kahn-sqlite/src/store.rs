@@ -23,17 +23,18 @@ pub(crate) fn now_micros() -> i64 {
     Utc::now().timestamp_micros()
 }
 
-fn uuid_from(bytes: Vec<u8>) -> Result<Uuid> {
-    Uuid::from_slice(&bytes).map_err(|e| Error::backend("sqlite", e))
+/// A stored value of `column` that does not decode: the file is corrupt, not the caller's
+/// input.
+fn corrupt(column: &str, e: impl std::fmt::Display) -> Error {
+    Error::corrupt(format_args!("stored sqlite {column}"), e)
 }
 
-/// A stored value that does not decode: the file is corrupt, not the caller's input.
-fn corrupt(e: Error) -> Error {
-    Error::backend("sqlite", format!("stored row does not decode: {e}"))
+fn uuid_from(bytes: Vec<u8>) -> Result<Uuid> {
+    Uuid::from_slice(&bytes).map_err(|e| corrupt("id", e))
 }
 
 fn digest(bytes: &[u8]) -> Result<Digest> {
-    Digest::try_from_slice(bytes).map_err(|e| Error::backend("sqlite", e.to_string()))
+    Digest::try_from_slice(bytes).map_err(|e| corrupt("hash", e))
 }
 
 fn write_tx(conn: &mut Connection) -> Result<Transaction<'_>> {
@@ -57,8 +58,11 @@ fn tenant_from((id, name, owner_sub, org, retention, created): TenantRow) -> Res
         id: TenantId::from_uuid(uuid_from(id)?),
         name,
         owner_sub,
-        airlock_org_id: org.map(OrgId::new).transpose().map_err(corrupt)?,
-        retention_days: u32::try_from(retention).map_err(|e| Error::backend("sqlite", e))?,
+        airlock_org_id: org
+            .map(OrgId::new)
+            .transpose()
+            .map_err(|e| corrupt("airlock_org_id", e))?,
+        retention_days: u32::try_from(retention).map_err(|e| corrupt("retention_days", e))?,
         created_at: from_micros(created),
     })
 }
@@ -524,11 +528,13 @@ fn run_row(r: &Row<'_>) -> rusqlite::Result<Result<(RunInfo, RunProgress)>> {
         ended_at: r.get::<_, Option<i64>>(12)?.map(from_micros),
     };
     Ok((|| {
-        let mut info = RunInfo::new(RunId::new(run_id).map_err(corrupt)?, from_micros(created));
+        let mut info = RunInfo::new(
+            RunId::new(run_id).map_err(|e| corrupt("run_id", e))?,
+            from_micros(created),
+        );
         info.source = source;
-        info.labels =
-            serde_json::from_str::<Labels>(&labels).map_err(|e| Error::backend("sqlite", e))?;
-        info.next_seq = next_seq as u64;
+        info.labels = serde_json::from_str::<Labels>(&labels).map_err(|e| corrupt("labels", e))?;
+        info.next_seq = u64::try_from(next_seq).map_err(|e| corrupt("next_seq", e))?;
         info.head_hash = digest(&head)?;
         info.first_ts = first.map(from_micros);
         info.last_ts = last.map(from_micros);
@@ -655,7 +661,7 @@ pub(crate) fn get_run(conn: &mut Connection, tenant: TenantId, run: &RunId) -> R
     let tx = conn.transaction().map_err(db)?;
     let (info, _) = find_run(&tx, tenant, run)?.ok_or_else(|| Error::not_found("run", run))?;
     let graph = stored_graph(&tx, tenant, run)?
-        .map(|g| serde_json::from_str(&g).map_err(|e| Error::backend("sqlite", e)))
+        .map(|g| serde_json::from_str(&g).map_err(|e| corrupt("graph", e).in_run(run, None)))
         .transpose()?;
     let nodes = read_nodes(&tx, tenant.as_uuid().as_bytes(), run.as_str())?;
     Ok(RunSummary { info, graph, nodes })
@@ -735,8 +741,9 @@ pub(crate) fn read_transitions(
     rows.map(|row| {
         let (seq, body, content, chain) = row.map_err(db)?;
         Ok(StoredTransition {
-            seq: Seq::try_from(seq).map_err(corrupt)?,
-            body: serde_json::from_str(&body).map_err(|e| Error::backend("sqlite", e))?,
+            seq: Seq::try_from(seq).map_err(|e| corrupt("seq", e).in_run(run, None))?,
+            body: serde_json::from_str(&body)
+                .map_err(|e| corrupt("body", e).in_run(run, u64::try_from(seq).ok()))?,
             content_hash: digest(&content)?,
             chain_hash: digest(&chain)?,
         })
@@ -746,7 +753,8 @@ pub(crate) fn read_transitions(
 
 /// Recomputes every stored run's status, node counts, times and node summaries from its
 /// transitions, by kahn-core's rule: schema version 3 runs it once, in its own transaction,
-/// for runs stored under the old rule. Returns the runs recomputed.
+/// for runs stored under the old rule. A run whose stored transitions do not decode keeps
+/// what those before it give, with a warning. Returns the runs recomputed.
 pub(crate) fn recompute_progress(tx: &Connection) -> Result<u64> {
     let runs: Vec<(Vec<u8>, String)> = tx
         .prepare("SELECT tenant_id, run_id FROM runs WHERE next_seq > 0")
@@ -765,11 +773,15 @@ pub(crate) fn recompute_progress(tx: &Connection) -> Result<u64> {
         let mut rows = read.query(params![tid, rid]).map_err(db)?;
         while let Some(row) = rows.next().map_err(db)? {
             let (seq, body): (i64, String) = (row.get(0).map_err(db)?, row.get(1).map_err(db)?);
-            let body =
-                kahn_core::parse_json_object(&body).and_then(TransitionBody::new).map_err(|e| {
-                    corrupt(Error::invalid("body", format!("run {rid} seq {seq}: {e}")))
-                })?;
-            progress.apply(seq.max(0) as u64, &body);
+            match kahn_core::parse_json_object(&body).and_then(TransitionBody::new) {
+                Ok(body) => progress.apply(seq.max(0) as u64, &body),
+                Err(e) => {
+                    // A corrupt store is `kahn verify`'s to name; the migration does not refuse
+                    // the whole file because of one run.
+                    tracing::warn!(run = rid, seq, error = %e, "a stored transition does not decode: its run's status counts the transitions before it");
+                    break;
+                }
+            };
         }
         let names: Vec<String> = progress.nodes.keys().cloned().collect();
         store_nodes(tx, tid, rid, &progress, names.iter().map(String::as_str))?;
@@ -889,7 +901,8 @@ pub(crate) fn append(
                     r.source.clone(),
                     stored_graph(&tx, tenant, run.run_id())?.as_deref(),
                     r.labels.clone(),
-                )?,
+                )
+                .map_err(|e| e.in_run(run.run_id(), None))?,
                 None => RunMeta::new(),
             };
             meta_changed = merge_meta(run.run_id(), &mut m, run.meta())?;
@@ -1024,7 +1037,7 @@ pub(crate) fn retention(conn: &Connection, only: Option<TenantId>) -> Result<Vec
         let (id, days) = row.map_err(db)?;
         Ok((
             TenantId::from_uuid(uuid_from(id)?),
-            u32::try_from(days).map_err(|e| Error::backend("sqlite", e))?,
+            u32::try_from(days).map_err(|e| corrupt("retention_days", e))?,
         ))
     })
     .collect()

@@ -51,7 +51,7 @@ async fn a_newer_schema_is_refused_with_a_clear_error() {
     raw.pragma_update(None, "user_version", 99).unwrap();
     drop(raw);
     let err = SqliteBackend::connect(&url(&dir)).await.unwrap_err();
-    assert!(err.to_string().contains("newer than this build"), "{err}");
+    assert!(err.chain().to_string().contains("newer than this build"), "{err:?}");
 }
 
 #[tokio::test]
@@ -60,7 +60,11 @@ async fn a_file_that_is_not_a_database_is_refused() {
     std::fs::write(dir.path().join("kahn.db"), vec![0x5a; 8192]).unwrap();
     let err = SqliteBackend::connect(&url(&dir)).await.unwrap_err();
     assert!(matches!(err, Error::Backend { backend: "sqlite", .. }), "{err:?}");
-    assert!(err.to_string().contains("not a KAHN SQLite database"), "{err}");
+    // The message names this layer; the hint and SQLite's own error are causes, each once.
+    assert_eq!(err.to_string(), "sqlite backend error");
+    let causes: Vec<String> = err.chain().causes().collect();
+    assert!(causes[0].contains("not a KAHN SQLite database"), "{causes:?}");
+    assert_eq!(causes.iter().filter(|c| c.contains("not a KAHN SQLite database")).count(), 1);
 }
 
 #[tokio::test]
@@ -163,7 +167,50 @@ async fn tampering_with_the_file_is_detected() {
         .unwrap();
     assert_eq!(changed, 1);
     let err = h.store.verify_run(&t.read, &log.run_id).await.unwrap_err();
-    assert!(err.to_string().contains("seq 6"), "{err}");
+    assert!(
+        matches!(&err, Error::Integrity { run_id: Some(r), seq: Some(6), .. } if *r == log.run_id),
+        "{err:?}"
+    );
+}
+
+/// Stored values that do not decode — a body that is not JSON, a graph that is not JSON, a
+/// negative next_seq — are the one corrupt variant (`Error::Integrity`), as on every backend:
+/// not `Backend`, and never `InvalidInput`, which would blame the caller (a 400 over HTTP).
+#[tokio::test(flavor = "multi_thread")]
+async fn stored_values_that_do_not_decode_are_corrupt() {
+    use kahn_core::conformance::fixtures::{batch, meta_line};
+
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::new(Arc::new(SqliteBackend::connect(&url(&dir)).await.unwrap()));
+    let t = h.fresh_tenant().await;
+    let log = SourceLog::new("rotten", 10, "a", recent_base());
+    h.store.append(&t.write, &log.all()).await.unwrap();
+    let graph = batch(&[meta_line("rotten", serde_json::json!({"graph": {"nodes": ["a"]}}))]);
+    h.store.append(&t.write, &graph).await.unwrap();
+    let raw = rusqlite::Connection::open(dir.path().join("kahn.db")).unwrap();
+    let corrupt =
+        |err: &Error| matches!(err, Error::Integrity { run_id: Some(r), .. } if *r == log.run_id);
+
+    raw.execute(
+        "UPDATE transitions SET body = '{not json' WHERE run_id = 'rotten' AND seq = 4",
+        [],
+    )
+    .unwrap();
+    let err = h.store.read_transitions(&t.read, &log.run_id, None, 100).await.unwrap_err();
+    assert!(corrupt(&err) && matches!(err, Error::Integrity { seq: Some(4), .. }), "{err:?}");
+    let err = h.store.verify_run(&t.read, &log.run_id).await.unwrap_err();
+    assert!(corrupt(&err), "{err:?}");
+
+    raw.execute("UPDATE runs SET graph = '{not json' WHERE run_id = 'rotten'", []).unwrap();
+    let err = h.store.get_run(&t.read, &log.run_id).await.unwrap_err();
+    assert!(corrupt(&err), "{err:?}");
+    let other = batch(&[meta_line("rotten", serde_json::json!({"source": "choco"}))]);
+    let err = h.store.append(&t.write, &other).await.unwrap_err();
+    assert!(corrupt(&err), "an append merging into a corrupt graph: {err:?}");
+
+    raw.execute("UPDATE runs SET next_seq = -1 WHERE run_id = 'rotten'", []).unwrap();
+    let err = h.store.list_runs(&t.read, &RunQuery::default()).await.unwrap_err();
+    assert!(matches!(err, Error::Integrity { .. }), "{err:?}");
 }
 
 /// The writer's queue is bounded: with the writer stuck (another process holds the write
