@@ -448,6 +448,20 @@ fn serve_prints_where_it_listens_and_what_to_do_next() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("hint:"));
 }
 
+/// The test kit's server guard: dropping it kills `kahn serve` and reaps it (no process, not
+/// even a zombie, is left).
+#[test]
+fn a_dropped_server_guard_leaves_no_process_behind() {
+    let env = Env::new();
+    let server = KahnServer::start(KAHN, env.db());
+    let pid = server.id();
+    assert_eq!(server.get("/healthz", &[]).0, 200);
+    assert!(server.stdout().contains(server.url()), "the banner names the URL");
+    drop(server);
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    assert!(!proc.exists(), "kahn serve (pid {pid}) is still there, running or a zombie");
+}
+
 // ---------------------------------------------------------------------------------------
 // `kahn serve` security settings: JWT issuer/audience, the audit log, the failed-auth limit
 
