@@ -12,12 +12,8 @@ mod wire;
 #[path = "workload.rs"]
 mod workload;
 
-#[path = "../kahn-pg/tests/support/mod.rs"]
-mod pg_support;
-
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +25,7 @@ use kahn_pg::PgBackend;
 use kahn_push::ResumeCache;
 use kahn_push::push::{PushOptions, Quiet, RunSource, push};
 use kahn_sqlite::{SqliteBackend, SqliteOptions};
+use kahn_testkit::{KahnServer, ServerStderr, TestDb, kahn_bin};
 use serde_json::{Map, Value, json};
 use sqlx_core::query::query;
 use sqlx_core::sql_str::AssertSqlSafe;
@@ -403,65 +400,15 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// The `kahn` binary built beside this bench (`target/<profile>/kahn`), or `KAHN_BIN`.
-fn kahn_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("KAHN_BIN") {
-        return p.into();
-    }
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(Path::parent).unwrap().join("kahn");
-    assert!(
-        bin.is_file(),
-        "{} not found: build it first (cargo build -p kahn-cli --bin kahn, with --release for \
-         cargo bench) or set KAHN_BIN",
-        bin.display()
-    );
-    bin
+/// `kahn serve` over `db` on a free loopback port (its log on the bench's stderr); killed on
+/// drop.
+fn serve(db: &str) -> KahnServer {
+    KahnServer::builder(kahn_bin()).db(db).stderr(ServerStderr::Inherit).start()
 }
 
-/// `kahn serve` on a free loopback port; killed on drop.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(db: &str) -> Self {
-        let mut child = Command::new(kahn_bin())
-            .args([
-                "serve",
-                "--db",
-                db,
-                "--listen",
-                "127.0.0.1:0",
-                "--retention-interval-secs",
-                "0",
-            ])
-            .env("KAHN_LOG", "warn")
-            .env_remove("KAHN_CONFIG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut first = String::new();
-        out.read_line(&mut first).unwrap();
-        let url = first.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
-        // Keep draining stdout so the server never blocks on it.
-        std::thread::spawn(move || for _ in out.lines() {});
-        Self { child, url }
-    }
-
-    fn hwm_kib(&self) -> u64 {
-        vm_hwm_kib(self.child.id()).unwrap_or(0)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The peak resident set of a running server, in KiB.
+fn server_hwm_kib(server: &KahnServer) -> u64 {
+    vm_hwm_kib(server.id()).unwrap_or(0)
 }
 
 /// Peak resident set (VmHWM) of a live process, in KiB.
@@ -504,7 +451,7 @@ fn kahn_push(url: &str, key: &str, file: &Path, run: &str) -> (f64, u64) {
 fn http_ingest(
     res: &mut Results,
     label: &str,
-    server: &Server,
+    server: &KahnServer,
     key: &str,
     dir: &Path,
     n: u64,
@@ -516,14 +463,14 @@ fn http_ingest(
         let run = format!("{label}-http-{n}-{rep}");
         let file = dir.join(format!("{run}.ndjson"));
         workload::write_file(&file, &run, n).unwrap();
-        let (t, hwm) = kahn_push(&server.url, key, &file, &run);
+        let (t, hwm) = kahn_push(server.url(), key, &file, &run);
         tps.push(n as f64 / t);
         pusher_hwm = pusher_hwm.max(hwm);
         let _ = std::fs::remove_file(&file);
     }
     res.put(&format!("{label}.n{n}.http_push_first_tps"), med(tps));
     res.put(&format!("{label}.n{n}.http_pusher_hwm_mib"), json!(pusher_hwm / 1024));
-    res.put(&format!("{label}.n{n}.http_server_hwm_mib"), json!(server.hwm_kib() / 1024));
+    res.put(&format!("{label}.n{n}.http_server_hwm_mib"), json!(server_hwm_kib(server) / 1024));
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -633,7 +580,7 @@ async fn main() {
             sqlite_baseline(&mut res, dir.path(), n, cfg.reps);
             drop(sq);
 
-            let (db, admin) = pg_support::TestDb::new().await;
+            let (db, admin) = TestDb::new().await;
             let app: Arc<dyn StorageBackend> = Arc::new(db.app().await);
             let admin = Arc::new(admin);
             ingest(&mut res, "pg", app, admin.clone(), dir.path(), n, cfg.reps).await;
@@ -683,7 +630,7 @@ async fn main() {
                 .unwrap(),
         );
         many_runs(&mut res, "sqlite", sq.clone(), sq, runs, cfg.reps).await;
-        let (db, admin) = pg_support::TestDb::new().await;
+        let (db, admin) = TestDb::new().await;
         let app: Arc<dyn StorageBackend> = Arc::new(db.app().await);
         let admin = Arc::new(admin);
         many_runs(&mut res, "pg", app, admin.clone(), runs, cfg.reps).await;
@@ -707,7 +654,7 @@ async fn main() {
             let t = store.provision_tenant(&NewTenant::new("http").unwrap()).await.unwrap();
             let key = store.issue_api_key(t.id).await.unwrap();
             drop(store);
-            let server = Server::start(&format!("sqlite://{}", path.display()));
+            let server = serve(&format!("sqlite://{}", path.display()));
             http_ingest(
                 &mut res,
                 "sqlite",
@@ -719,11 +666,10 @@ async fn main() {
             );
             drop(server);
 
-            let (db, admin) = pg_support::TestDb::new().await;
+            let (db, admin) = TestDb::new().await;
             let t = admin.provision_tenant(&NewTenant::new("http").unwrap()).await.unwrap();
             let key = admin.issue_api_key(t.id).await.unwrap();
-            let app_dsn = format!("postgres://{}@127.0.0.1:5432/{}", kahn_pg::APP_ROLE, db.name);
-            let server = Server::start(&app_dsn);
+            let server = serve(&db.url_as_app());
             http_ingest(
                 &mut res,
                 "pg",
@@ -758,13 +704,13 @@ async fn main() {
         let t = store.provision_tenant(&NewTenant::new("big").unwrap()).await.unwrap();
         let key = store.issue_api_key(t.id).await.unwrap();
         drop(store);
-        let server = Server::start(&format!("sqlite://{}", path.display()));
-        let (secs, hwm) = kahn_push(&server.url, key.secret.expose_secret(), &file, run);
+        let server = serve(&format!("sqlite://{}", path.display()));
+        let (secs, hwm) = kahn_push(server.url(), key.secret.expose_secret(), &file, run);
         res.put("memory.big_run_mib", json!(bytes / (1024 * 1024)));
         res.put("memory.big_run_transitions", json!(n));
         res.put("memory.big_run_http_tps", json!((n as f64 / secs).round()));
         res.put("memory.pusher_hwm_mib", json!(hwm / 1024));
-        res.put("memory.server_hwm_mib", json!(server.hwm_kib() / 1024));
+        res.put("memory.server_hwm_mib", json!(server_hwm_kib(&server) / 1024));
         drop(server);
         let _ = std::fs::remove_file(&file);
         for suffix in ["", "-wal", "-shm"] {
@@ -783,8 +729,8 @@ async fn main() {
         let scopes: Vec<_> = loaded.iter().map(|(s, r, _)| (s.clone(), r.clone())).collect();
         read_latency(&mut res, &[("reads.sqlite.direct", &sq)], &scopes, calls).await;
         drop(sq);
-        let server = Server::start(&format!("sqlite://{}", path.display()));
-        let http = kahn_http::HttpBackend::new(&server.url).unwrap();
+        let server = serve(&format!("sqlite://{}", path.display()));
+        let http = kahn_http::HttpBackend::new(server.url()).unwrap();
         let mut hscopes = vec![];
         for (_, runs, key) in &loaded {
             let key = kahn_core::ApiKey::parse(key).unwrap();
@@ -795,7 +741,7 @@ async fn main() {
 
         // Postgres: the app role under RLS vs the owner (a superuser: RLS does not apply), the
         // same backend code and queries.
-        let (db, admin) = pg_support::TestDb::new().await;
+        let (db, admin) = TestDb::new().await;
         let loaded = load(&admin, cfg.read_shape).await;
         query(AssertSqlSafe("VACUUM ANALYZE".to_owned())).execute(admin.pool()).await.unwrap();
         let scopes: Vec<_> = loaded.iter().map(|(s, r, _)| (s.clone(), r.clone())).collect();
@@ -805,9 +751,8 @@ async fn main() {
             [("reads.pg.rls_on_app_role", &app), ("reads.pg.rls_off_owner", &admin)];
         read_latency(&mut Results::default(), &pair, &scopes, calls.min(50)).await;
         read_latency(&mut res, &pair, &scopes, calls).await;
-        let app_dsn = format!("postgres://{}@127.0.0.1:5432/{}", kahn_pg::APP_ROLE, db.name);
-        let server = Server::start(&app_dsn);
-        let http = kahn_http::HttpBackend::new(&server.url).unwrap();
+        let server = serve(&db.url_as_app());
+        let http = kahn_http::HttpBackend::new(server.url()).unwrap();
         let mut hscopes = vec![];
         for (_, runs, key) in &loaded {
             let key = kahn_core::ApiKey::parse(key).unwrap();

@@ -2,71 +2,41 @@
 //! `kahn serve` on a loopback port (`--url`). Each scenario runs both ways.
 #![allow(clippy::unwrap_used)] // test helpers: a failed setup step should panic right there
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
+
+use kahn_testkit::{KahnServer, ServerStderr};
+
+/// The `kahn` binary cargo built for these tests.
+const KAHN: &str = env!("CARGO_BIN_EXE_kahn");
 
 struct Env {
+    /// A `kahn serve` over the same database, when data commands go through HTTP. Declared
+    /// before `dir`, so the server is stopped before its directory is removed.
+    server: Option<KahnServer>,
     dir: tempfile::TempDir,
-    /// A `kahn serve` over the same database, when data commands go through HTTP.
-    server: Option<(Child, String)>,
-    /// The server's stdout, kept open for its lifetime.
-    _server_out: Option<BufReader<std::process::ChildStdout>>,
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        if let Some((child, _)) = &mut self.server {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 impl Env {
     fn new() -> Self {
-        Self { dir: tempfile::tempdir().unwrap(), server: None, _server_out: None }
+        Self { server: None, dir: tempfile::tempdir().unwrap() }
     }
 
     /// An environment whose data commands talk to a real `kahn serve` started on a free
     /// loopback port over this environment's database.
     fn served(extra: &[&str]) -> Self {
         let mut env = Self::new();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kahn"))
-            .args(["serve", "--db", &env.db(), "--listen", "127.0.0.1:0"])
-            .args(["--retention-interval-secs", "0"])
-            .args(extra)
-            .env("KAHN_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut first = String::new();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        out.read_line(&mut first).unwrap();
-        let url = first
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("kahn serve printed no URL: {first:?}"))
-            .to_owned();
-        env.server = Some((child, url));
-        env._server_out = Some(out);
+        env.server = Some(KahnServer::builder(KAHN).db(env.db()).args(extra).start());
         env
     }
 
     fn url(&self) -> Option<&str> {
-        self.server.as_ref().map(|(_, url)| url.as_str())
+        self.server.as_ref().map(KahnServer::url)
     }
 
-    /// GET `path` from the server, returning the body.
+    /// GET `path` from the server, returning the whole response.
     fn http_get(&self, path: &str) -> String {
-        let url = self.url().expect("a served environment");
-        let addr = url.trim_start_matches("http://");
-        let mut conn = std::net::TcpStream::connect(addr).unwrap();
-        write!(conn, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-        let mut response = String::new();
-        conn.read_to_string(&mut response).unwrap();
-        response
+        self.server.as_ref().expect("a served environment").get(path, &[]).1
     }
 
     fn db(&self) -> String {
@@ -79,7 +49,7 @@ impl Env {
 
     /// Runs `kahn` with a clean CI environment plus `vars`.
     fn kahn_in(&self, args: &[&str], key: Option<&str>, vars: &[(&str, &str)]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kahn"));
+        let mut cmd = Command::new(KAHN);
         cmd.args(args).env("KAHN_DATABASE_URL", self.db()).env_remove("KAHN_API_KEY");
         cmd.env("KAHN_CACHE_DIR", self.dir.path().join("cache"));
         match self.url() {
@@ -385,7 +355,7 @@ fn bridges_onboard_idempotently_and_repush_a_retried_job_as_one_run(env: &Env) {
 fn a_pusher_killed_mid_run_is_resumed_by_a_rerun_and_the_log_equals_the_source(env: &Env) {
     let key = env.key("choco");
     let run = env.run_dir("killed", 24_000, "a"); // about 9 MiB: several chunks
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kahn"))
+    let mut child = Command::new(KAHN)
         .args(["push", run.to_str().unwrap(), "--chunk-bytes", "262144"])
         .env("KAHN_DATABASE_URL", env.db())
         .env("KAHN_API_KEY", &key)
@@ -486,12 +456,23 @@ fn serve_prints_where_it_listens_and_what_to_do_next() {
     let env = Env::served(&[]);
     let health = env.http_get("/healthz");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
-    let out = Command::new(env!("CARGO_BIN_EXE_kahn"))
-        .args(["serve", "--listen", "nonsense"])
-        .output()
-        .unwrap();
+    let out = Command::new(KAHN).args(["serve", "--listen", "nonsense"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("hint:"));
+}
+
+/// The test kit's server guard: dropping it kills `kahn serve` and reaps it (no process, not
+/// even a zombie, is left).
+#[test]
+fn a_dropped_server_guard_leaves_no_process_behind() {
+    let env = Env::new();
+    let server = KahnServer::start(KAHN, env.db());
+    let pid = server.id();
+    assert_eq!(server.get("/healthz", &[]).0, 200);
+    assert!(server.stdout().contains(server.url()), "the banner names the URL");
+    drop(server);
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    assert!(!proc.exists(), "kahn serve (pid {pid}) is still there, running or a zombie");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -528,67 +509,22 @@ fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
-/// A `kahn serve` whose stdout (the banner) and stderr (the log) are kept.
-struct Served {
-    child: Child,
-    addr: String,
-    stderr: std::process::ChildStderr,
-}
-
-impl Served {
-    /// Starts `kahn serve` over `env`'s database with `args` and `vars`; `Err` carries the
-    /// exit code and stderr when it does not start.
-    fn start(
-        env: &Env,
-        args: &[&str],
-        vars: &[(&str, &str)],
-    ) -> Result<Self, (Option<i32>, String)> {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kahn"));
-        cmd.args(["serve", "--db", &env.db(), "--listen", "127.0.0.1:0"])
-            .args(["--retention-interval-secs", "0"])
-            .args(args)
-            .env_remove("KAHN_LOG")
-            .envs(vars.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
-        let mut stderr = child.stderr.take().unwrap();
-        let Some(url) = first.split_whitespace().find(|w| w.starts_with("http://")) else {
-            let status = child.wait().unwrap();
-            let mut err = String::new();
-            stderr.read_to_string(&mut err).unwrap();
-            return Err((status.code(), err));
-        };
-        let addr = url.trim_start_matches("http://").to_owned();
-        Ok(Self { child, addr, stderr })
+/// Starts `kahn serve` over `env`'s database with `args` and `vars`, at its default log
+/// level, its log kept; `Err` carries the exit code and stderr when it does not start.
+fn serve(
+    env: &Env,
+    args: &[&str],
+    vars: &[(&str, &str)],
+) -> Result<KahnServer, (Option<i32>, String)> {
+    let mut server = KahnServer::builder(KAHN)
+        .db(env.db())
+        .args(args)
+        .env_remove("KAHN_LOG")
+        .stderr(ServerStderr::Capture);
+    for (k, v) in vars {
+        server = server.env(k, v);
     }
-
-    /// GET `path` with `headers`; the status code and the whole response.
-    fn get(&self, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
-        let mut conn = std::net::TcpStream::connect(&self.addr).unwrap();
-        let mut head =
-            format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", self.addr);
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str("\r\n");
-        conn.write_all(head.as_bytes()).unwrap();
-        let mut response = String::new();
-        conn.read_to_string(&mut response).unwrap();
-        let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        (status, response)
-    }
-
-    /// Stops the server and returns everything it logged.
-    fn log(mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let mut log = String::new();
-        self.stderr.read_to_string(&mut log).unwrap();
-        log
-    }
+    server.try_start().map_err(|e| (e.code(), e.stderr))
 }
 
 const JWT_FLAGS: [&str; 4] = ["--jwt-issuer", "https://idp.test", "--jwt-audience", "kahn"];
@@ -611,11 +547,11 @@ fn serve_audit_lines_cannot_be_forged_and_survive_kahn_log_warn() {
     for format in ["pretty", "json"] {
         let mut args = vec!["--jwt-public-key", pem, "--log-format", format];
         args.extend(JWT_FLAGS);
-        let server = Served::start(&env, &args, &[("KAHN_LOG", "warn")]).unwrap();
+        let server = serve(&env, &args, &[("KAHN_LOG", "warn")]).unwrap();
         let (status, response) =
             server.get("/v1/whoami", &[("Authorization", &auth), ("X-KAHN-Tenant", &tenant)]);
         assert_eq!(status, 200, "{response}");
-        let log = server.log();
+        let log = server.stop();
         let audit: Vec<&str> = log.lines().filter(|l| l.contains("kahn::audit")).collect();
         assert_eq!(audit.len(), 1, "{format}: exactly one audit line:\n{log}");
         assert!(
@@ -659,24 +595,21 @@ fn serve_refuses_a_jwt_key_without_issuer_and_audience_unless_opted_out() {
     ] {
         let mut args = vec!["--jwt-public-key", pem];
         args.extend(extra);
-        let Err((code, err)) = Served::start(&env, &args, &[]) else {
+        let Err((code, err)) = serve(&env, &args, &[]) else {
             panic!("kahn serve started with {extra:?}");
         };
         assert_eq!(code, Some(2), "{err}");
         assert!(err.contains(names), "{extra:?}: {err}");
         assert!(err.contains("another service") && err.contains("hint:"), "{err}");
     }
-    let server = Served::start(
-        &env,
-        &["--jwt-public-key", pem, "--jwt-insecure-no-issuer-audience-check"],
-        &[],
-    )
-    .unwrap();
+    let server =
+        serve(&env, &["--jwt-public-key", pem, "--jwt-insecure-no-issuer-audience-check"], &[])
+            .unwrap();
     let token = idp.sign(&serde_json::json!({"sub": "someone", "exp": now() + 600}));
     let (status, response) =
         server.get("/v1/whoami", &[("Authorization", &format!("Bearer {token}"))]);
     assert_eq!(status, 200, "{response}");
-    let log = server.log();
+    let log = server.stop();
     assert!(log.contains("WARN") && log.contains("INSECURE"), "a startup warning:\n{log}");
 }
 
@@ -686,7 +619,7 @@ fn serve_refuses_a_jwt_key_without_issuer_and_audience_unless_opted_out() {
 fn serve_limits_failed_authentications_per_address() {
     let env = Env::new();
     let key = env.key("guarded");
-    let server = Served::start(&env, &["--auth-failures-per-minute", "3"], &[]).unwrap();
+    let server = serve(&env, &["--auth-failures-per-minute", "3"], &[]).unwrap();
     let bearer = |k: &str| format!("Bearer {k}");
     let bad = bearer("kahn_live_sk_not-a-real-key");
     for _ in 0..3 {
@@ -696,7 +629,7 @@ fn serve_limits_failed_authentications_per_address() {
     assert_eq!(status, 429, "{response}");
     assert!(response.to_ascii_lowercase().contains("retry-after: "), "{response}");
     assert_eq!(server.get("/healthz", &[]).0, 200);
-    drop(server.log());
+    drop(server.stop());
 }
 
 /// A config file's error excerpt quotes the faulty line: a DSN on it is shown without its
@@ -706,7 +639,7 @@ fn a_config_error_quoting_a_dsn_does_not_show_its_password() {
     let env = Env::new();
     let file = env.dir.path().join("kahn.toml");
     std::fs::write(&file, "db = postgres://kahn_app:CfgPw-0d9a4b@db.internal/kahn\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_kahn"))
+    let out = Command::new(KAHN)
         .args(["serve", "--config", file.to_str().unwrap()])
         .env_remove("KAHN_DATABASE_URL")
         .output()
@@ -759,19 +692,13 @@ fn a_graph_with_a_number_no_double_holds_is_refused() {
 // Data lifecycle: retention by receipt, tenant administration, key rollover
 
 /// A `kahn serve` with the default retention timer (a purge at start, then hourly).
-fn serve_with_retention(env: &Env) -> Served {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kahn"));
-    cmd.args(["serve", "--db", &env.db(), "--listen", "127.0.0.1:0"])
+fn serve_with_retention(env: &Env) -> KahnServer {
+    KahnServer::builder(KAHN)
+        .db(env.db())
+        .retention_timer(true)
         .env("KAHN_LOG", "kahn_http::server=debug,kahn_http::retention=info,warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
-    let url = first.split_whitespace().find(|w| w.starts_with("http://")).unwrap();
-    let addr = url.trim_start_matches("http://").to_owned();
-    let stderr = child.stderr.take().unwrap();
-    Served { child, addr, stderr }
+        .stderr(ServerStderr::Capture)
+        .start()
 }
 
 /// A backfill dated a year ago is accepted, survives a server restart (which purges at start)
@@ -792,10 +719,10 @@ fn a_run_dated_a_year_ago_survives_a_restart_with_retention_90() {
     std::fs::write(&run, text).unwrap();
 
     let first = serve_with_retention(&env);
-    let url = format!("http://{}", first.addr);
+    let url = first.url().to_owned();
     let out = env.kahn(&["push", run.to_str().unwrap(), "--url", &url, "--json"], Some(&key));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let log = first.log();
+    let log = first.stop();
     assert!(log.contains("retention purge done"), "the first server purged at start: {log}");
 
     let second = serve_with_retention(&env);
@@ -804,7 +731,7 @@ fn a_run_dated_a_year_ago_survives_a_restart_with_retention_90() {
         second.get("/v1/runs/last-year", &[("Authorization", &format!("Bearer {key}"))]);
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"next_seq\":50"), "the backfill is intact after the restart: {body}");
-    let log = second.log();
+    let log = second.stop();
     assert!(log.contains("retention purge done"), "the restarted server purged at start: {log}");
     assert!(!log.contains("runs_removed"), "it removed nothing: {log}");
 

@@ -5,9 +5,6 @@
 
 #![allow(clippy::unwrap_used)] // test setup: a failed step should panic right there
 
-#[path = "../../kahn-pg/tests/support/mod.rs"]
-mod pg_support;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -17,11 +14,10 @@ use kahn_core::{
     BatchBuilder, RunId, Seq, StorageBackend, StorageBackendExt, TenantId, Transition,
     TransitionBody,
 };
+use kahn_testkit::TestDb;
 use serde_json::Value;
-use sqlx_core::connection::Connection;
 use sqlx_core::query::query;
 use sqlx_core::row::Row;
-use sqlx_core::sql_str::AssertSqlSafe;
 
 fn kahn(args: &[&str], key: Option<&str>) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kahn"));
@@ -56,7 +52,7 @@ fn refused(args: &[&str]) -> (i32, String) {
 
 /// `url` with its database replaced by `db` and, when given, its user by `user`.
 fn dsn(db: &str, user: Option<&str>) -> String {
-    let admin = pg_support::admin_url();
+    let admin = kahn_testkit::admin_url();
     let (base, _) = admin.rsplit_once('/').unwrap();
     let base = match user {
         Some(user) => {
@@ -249,7 +245,7 @@ async fn a_100k_sqlite_store_copies_to_postgres_resumably_and_verifies_every_hea
     let started = Instant::now();
     let seeded = seed();
     let seeding = started.elapsed();
-    let (db, admin_backend) = pg_support::TestDb::new().await;
+    let (db, admin_backend) = TestDb::new().await;
     let (admin, app) = (dsn(&db.name, None), dsn(&db.name, Some(kahn_pg::APP_ROLE)));
     let src = seeded.db.as_str();
 
@@ -421,21 +417,9 @@ fn exported_runs_pushed_into_another_tenant_reproduce_their_heads() {
     assert!(!nowhere.exists());
 }
 
-/// A database on the test server that only this test uses, dropped when the test ends.
-async fn empty_database() -> pg_support::TestDb {
-    let admin = pg_support::admin_url();
-    let mut conn = sqlx_postgres::PgConnection::connect(&admin).await.unwrap();
-    let secs =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let name = format!("kahn_t_{secs}_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    query(AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&mut conn).await.unwrap();
-    let _ = conn.close().await;
-    pg_support::TestDb { name }
-}
-
 /// What a Postgres database holds of KAHN: its migration versions and its tenants (when it
 /// has the tables).
-async fn pg_state(db: &pg_support::TestDb) -> (Vec<i64>, Option<Vec<String>>) {
+async fn pg_state(db: &TestDb) -> (Vec<i64>, Option<Vec<String>>) {
     let pool = kahn_pg::PgPoolOptions::new()
         .max_connections(1)
         .connect_with(db.admin_options())
@@ -493,7 +477,7 @@ async fn bad_input_is_refused_with_a_hint_and_changes_nothing() {
     let source_list = ok(&["tenant", "list", "--db", &src, "--json"], None);
 
     // A migrated, empty Postgres target.
-    let (migrated, _admin) = pg_support::TestDb::new().await;
+    let (migrated, _admin) = TestDb::new().await;
     let admin = dsn(&migrated.name, None);
     let current: Vec<i64> = kahn_pg::migrator().iter().map(|m| m.version).collect();
     let empty_target = (current.clone(), Some(Vec::<String>::new()));
@@ -520,7 +504,7 @@ async fn bad_input_is_refused_with_a_hint_and_changes_nothing() {
     assert_eq!(pg_state(&migrated).await, empty_target);
 
     // A Postgres target with an older schema: refused, not migrated.
-    let older = empty_database().await;
+    let older = TestDb::empty().await;
     let pool = kahn_pg::PgPoolOptions::new()
         .max_connections(1)
         .connect_with(older.admin_options())
@@ -543,7 +527,7 @@ async fn bad_input_is_refused_with_a_hint_and_changes_nothing() {
     assert_eq!(pg_state(&older).await, before, "the older target was not migrated");
 
     // A Postgres database with no KAHN schema: refused, nothing created.
-    let blank = empty_database().await;
+    let blank = TestDb::empty().await;
     let blank_url = dsn(&blank.name, None);
     let (code, err) = refused(&["copy", "--from", &src, "--to", &blank_url]);
     assert_eq!(code, 2, "{err}");

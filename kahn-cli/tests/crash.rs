@@ -11,11 +11,7 @@
 //! it restarts the machine's shared cluster.
 #![allow(clippy::unwrap_used)] // test scaffolding: a failed setup step should panic right there
 
-#[path = "../../kahn-pg/tests/support/mod.rs"]
-mod pg;
-
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -26,50 +22,17 @@ use kahn_core::{
     ApiKey, NewTenant, RunId, StorageBackend, StorageBackendExt, WriteScope, chain_link,
 };
 use kahn_http::HttpBackend;
+use kahn_testkit::{KahnServer, TestDb};
 
 const LEN: u64 = 4000;
 const CHUNK: u64 = 40;
 
-/// A `kahn serve` child process.
-struct Server {
-    child: Child,
-    url: String,
-    _out: BufReader<std::process::ChildStdout>,
-}
-
-impl Server {
-    fn start(db: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kahn"))
-            .args(["serve", "--db", db, "--listen", "127.0.0.1:0"])
-            .args(["--retention-interval-secs", "0", "--ingest-rate", "1000000"])
-            .env("KAHN_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut first = String::new();
-        out.read_line(&mut first).unwrap();
-        let url = first
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("kahn serve printed no URL: {first:?}"))
-            .to_owned();
-        Self { child, url, _out: out }
-    }
-
-    /// SIGKILL: no graceful shutdown, no flush, nothing.
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A `kahn serve` over `db` as the crash tests run it: no practical ingest limit.
+fn serve(db: &str) -> KahnServer {
+    KahnServer::builder(env!("CARGO_BIN_EXE_kahn"))
+        .db(db)
+        .args(["--ingest-rate", "1000000"])
+        .start()
 }
 
 /// Two runs pushed together, chunk by chunk, one request (one transaction) per chunk pair.
@@ -156,9 +119,9 @@ async fn crash_cycle(db: &str, key: &ApiKey, kill_after: &[u64], tag: &str) -> S
     let acked = Arc::new(AtomicU64::new(0));
     let mut lost_windows = Vec::new();
     for &point in kill_after {
-        let server = Server::start(db);
+        let server = serve(db);
         let pusher = tokio::spawn(push_until_failure(
-            server.url.clone(),
+            server.url().to_owned(),
             key.clone(),
             w.clone(),
             acked.clone(),
@@ -170,12 +133,12 @@ async fn crash_cycle(db: &str, key: &ApiKey, kill_after: &[u64], tag: &str) -> S
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         // The pusher is mid-request (it sends back to back): kill -9 now.
-        server.kill9();
+        server.kill();
         pusher.await.unwrap();
         let at_kill = acked.load(Ordering::SeqCst);
         // Restart on the same database and check against what was acknowledged.
-        let server = Server::start(db);
-        let client = HttpBackend::new(&server.url).unwrap();
+        let server = serve(db);
+        let client = HttpBackend::new(server.url()).unwrap();
         let scope = client.resolve_api_key(key).await.unwrap().unwrap();
         let stored = check_store(&client, &scope, &w, at_kill).await;
         // Stored beyond the last ack: a request that committed but whose answer was lost.
@@ -184,8 +147,8 @@ async fn crash_cycle(db: &str, key: &ApiKey, kill_after: &[u64], tag: &str) -> S
         drop(server);
     }
     // Re-push everything from seq 0 to the end.
-    let server = Server::start(db);
-    let client = HttpBackend::new(&server.url).unwrap();
+    let server = serve(db);
+    let client = HttpBackend::new(server.url()).unwrap();
     let scope = client.resolve_api_key(key).await.unwrap().unwrap();
     let (mut appended, mut skipped) = (0, 0);
     let mut start = 0;
@@ -228,19 +191,9 @@ async fn kill_9_of_a_sqlite_server_under_ingest_loses_nothing_acknowledged() {
     eprintln!("sqlite server: {report}");
 }
 
-/// The app DSN of a test database (role `kahn_app`, as the server runs).
-fn app_url(db: &pg::TestDb) -> String {
-    let o = db.options_as(kahn_pg::APP_ROLE);
-    let auth = match std::env::var("KAHN_TEST_PG_APP_PASSWORD") {
-        Ok(pw) => format!("{}:{pw}", kahn_pg::APP_ROLE),
-        Err(_) => kahn_pg::APP_ROLE.to_owned(),
-    };
-    format!("postgres://{auth}@{}:{}/{}", o.get_host(), o.get_port(), db.name)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_a_postgres_server_under_ingest_loses_nothing_acknowledged() {
-    let (db, admin) = pg::TestDb::new().await;
+    let (db, admin) = TestDb::new().await;
     let tenant = admin
         .provision_tenant(
             &NewTenant::new(format!("crash-{}", uuid::Uuid::new_v4().simple())).unwrap(),
@@ -248,7 +201,7 @@ async fn kill_9_of_a_postgres_server_under_ingest_loses_nothing_acknowledged() {
         .await
         .unwrap();
     let key = admin.issue_api_key(tenant.id).await.unwrap().secret;
-    let report = crash_cycle(&app_url(&db), &key, &[40, 1200, 2600], "pg").await;
+    let report = crash_cycle(&db.url_as_app(), &key, &[40, 1200, 2600], "pg").await;
     eprintln!("postgres server: {report}");
 }
 
@@ -264,7 +217,7 @@ async fn kill_9_of_a_postgres_server_under_ingest_loses_nothing_acknowledged() {
 async fn postgres_restarted_under_load_reports_unready_recovers_and_loses_nothing() {
     let restart = std::env::var("KAHN_PG_RESTART")
         .unwrap_or_else(|_| "pg_ctlcluster --skip-systemctl-redirect 15 main restart".to_owned());
-    let (db, admin) = pg::TestDb::new().await;
+    let (db, admin) = TestDb::new().await;
     let tenant = admin
         .provision_tenant(
             &NewTenant::new(format!("restart-{}", uuid::Uuid::new_v4().simple())).unwrap(),
@@ -272,11 +225,11 @@ async fn postgres_restarted_under_load_reports_unready_recovers_and_loses_nothin
         .await
         .unwrap();
     let key = admin.issue_api_key(tenant.id).await.unwrap().secret;
-    let server = Server::start(&app_url(&db));
+    let server = serve(&db.url_as_app());
     let w = Arc::new(Workload::new("restart"));
     let acked = Arc::new(AtomicU64::new(0));
     let pusher = {
-        let (url, key, w, acked) = (server.url.clone(), key.clone(), w.clone(), acked.clone());
+        let (url, key, w, acked) = (server.url().to_owned(), key.clone(), w.clone(), acked.clone());
         tokio::spawn(async move {
             // Like `kahn push`: retry Unavailable until the end, counting the retries.
             let mut retries = 0u64;
@@ -298,7 +251,7 @@ async fn postgres_restarted_under_load_reports_unready_recovers_and_loses_nothin
         http.get(format!("{url}/readyz")).send().await.map(|r| r.status().as_u16()).unwrap_or(0)
     };
     let watcher = {
-        let (http, url) = (http.clone(), server.url.clone());
+        let (http, url) = (http.clone(), server.url().to_owned());
         tokio::spawn(async move {
             let mut seen = Vec::new();
             for _ in 0..600 {
@@ -320,7 +273,7 @@ async fn postgres_restarted_under_load_reports_unready_recovers_and_loses_nothin
     assert!(seen.contains(&503), "readyz never reported unready: {seen:?}");
     assert_eq!(seen.last(), Some(&200), "readyz recovered by itself: {seen:?}");
     let retries = tokio::time::timeout(Duration::from_secs(120), pusher).await.unwrap().unwrap();
-    let client = HttpBackend::new(&server.url).unwrap();
+    let client = HttpBackend::new(server.url()).unwrap();
     let scope = client.resolve_api_key(&key).await.unwrap().unwrap();
     assert_eq!(check_store(&client, &scope, &w, LEN).await, LEN);
     eprintln!(

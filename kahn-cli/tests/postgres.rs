@@ -4,14 +4,16 @@
 
 #![allow(clippy::unwrap_used)] // test setup: a failed step should panic right there
 
-#[path = "../../kahn-pg/tests/support/mod.rs"]
-mod pg_support;
+use std::process::{Command, Output};
+use std::time::Duration;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Output, Stdio};
+use kahn_testkit::{KahnServer, ServerStderr, TestDb};
+
+/// The `kahn` binary cargo built for these tests.
+const KAHN: &str = env!("CARGO_BIN_EXE_kahn");
 
 fn kahn(args: &[&str], key: Option<&str>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kahn"));
+    let mut cmd = Command::new(KAHN);
     cmd.args(args)
         .env_remove("KAHN_DATABASE_URL")
         .env_remove("KAHN_URL")
@@ -31,7 +33,7 @@ fn ok(args: &[&str], key: Option<&str>) -> String {
 
 /// `url` with its database replaced by `db` and, when given, its user by `user`.
 fn dsn(db: &str, user: Option<&str>) -> String {
-    let admin = pg_support::admin_url();
+    let admin = kahn_testkit::admin_url();
     let (base, _) = admin.rsplit_once('/').unwrap();
     let base = match user {
         Some(user) => {
@@ -46,7 +48,7 @@ fn dsn(db: &str, user: Option<&str>) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn migrate_provision_serve_and_push_on_postgres() {
-    let (db, _admin) = pg_support::TestDb::new().await;
+    let (db, _admin) = TestDb::new().await;
     let admin = dsn(&db.name, None);
     let app = dsn(&db.name, Some(kahn_pg::APP_ROLE));
     assert!(ok(&["migrate", "--db", &admin], None).contains("schema is current"));
@@ -62,17 +64,8 @@ async fn migrate_provision_serve_and_push_on_postgres() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("kahn_app"));
 
-    let mut server = Command::new(env!("CARGO_BIN_EXE_kahn"))
-        .args(["serve", "--db", &app, "--listen", "127.0.0.1:0", "--retention-interval-secs", "0"])
-        .env("KAHN_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(server.stdout.take().unwrap());
-    let mut banner = String::new();
-    out.read_line(&mut banner).unwrap();
-    let url = banner.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
+    let server = KahnServer::start(KAHN, &app);
+    let url = server.url().to_owned();
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("pg-run.ndjson");
@@ -108,8 +101,7 @@ async fn migrate_provision_serve_and_push_on_postgres() {
     // Operators' commands need the admin DSN: the app role cannot provision.
     let out = kahn(&["tenant", "provision", "other", "--db", &app], None);
     assert!(!out.status.success());
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     drop(out);
 }
 
@@ -132,9 +124,9 @@ fn assert_hidden(what: &str, text: &str, secrets: &[&str]) {
 /// error shows a password, wherever it sits in the DSN.
 #[tokio::test(flavor = "multi_thread")]
 async fn no_output_log_or_error_shows_a_dsn_password() {
-    let (db, _admin) = pg_support::TestDb::new().await;
+    let (db, _admin) = TestDb::new().await;
     // Trust auth accepts any password; a server that checks them gets the real ones.
-    let admin_pw = pg_support::admin_url()
+    let admin_pw = kahn_testkit::admin_url()
         .split_once("://")
         .and_then(|(_, rest)| rest.rsplit_once('@'))
         .and_then(|(user, _)| user.split_once(':'))
@@ -174,7 +166,7 @@ async fn no_output_log_or_error_shows_a_dsn_password() {
     assert_hidden("kahn serve on an unsupported URL", &text, &secrets);
     assert!(text.contains("mysql://root:***@h/db"), "{text}");
     // `--help` does not show the DSN from the environment.
-    let help = Command::new(env!("CARGO_BIN_EXE_kahn"))
+    let help = Command::new(KAHN)
         .args(["serve", "--help"])
         .env("KAHN_DATABASE_URL", &app)
         .output()
@@ -188,25 +180,14 @@ async fn no_output_log_or_error_shows_a_dsn_password() {
     ))
     .unwrap();
     let key = provisioned["api_key"].as_str().unwrap().to_owned();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_kahn"))
-        .args(["serve", "--db", &app, "--listen", "127.0.0.1:0", "--retention-interval-secs", "0"])
+    let server = KahnServer::builder(KAHN)
+        .db(&app)
         .env("KAHN_LOG", "debug")
-        .env_remove("KAHN_DATABASE_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(server.stdout.take().unwrap());
-    let mut banner = String::new();
-    while !banner.contains("openapi.json") {
-        assert!(out.read_line(&mut banner).unwrap() > 0, "the banner ended early: {banner}");
-    }
-    let url = banner.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
-    assert!(ok(&["runs", "list", "--url", &url], Some(&key)).contains("no runs yet"));
-    let _ = server.kill();
-    let _ = server.wait();
-    let mut logs = String::new();
-    std::io::Read::read_to_string(&mut server.stderr.take().unwrap(), &mut logs).unwrap();
+        .stderr(ServerStderr::Capture)
+        .start();
+    let banner = server.wait_for_stdout("openapi.json", Duration::from_secs(30));
+    assert!(ok(&["runs", "list", "--url", server.url()], Some(&key)).contains("no runs yet"));
+    let logs = server.stop();
     assert_hidden("the kahn serve banner", &banner, &secrets);
     assert_hidden("the kahn serve logs", &logs, &secrets);
     assert!(banner.contains("kahn_app:***@"), "the banner names the database: {banner}");
@@ -222,7 +203,7 @@ async fn no_output_log_or_error_shows_a_dsn_password() {
 /// no longer decodes at all (the one corrupt variant, not an unclassified backend error).
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_exits_3_broken_for_a_store_altered_behind_kahns_back() {
-    let (db, admin) = pg_support::TestDb::new().await;
+    let (db, admin) = TestDb::new().await;
     let admin_url = dsn(&db.name, None);
     let app = dsn(&db.name, Some(kahn_pg::APP_ROLE));
     let provisioned: serde_json::Value = serde_json::from_str(&ok(

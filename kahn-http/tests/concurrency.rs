@@ -9,9 +9,6 @@
 
 mod support;
 
-#[path = "../../kahn-pg/tests/support/mod.rs"]
-mod pg;
-
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -185,7 +182,7 @@ async fn thirty_two_pushers_over_http_into_sqlite_leave_exactly_the_sources() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thirty_two_pushers_over_http_into_postgres_leave_exactly_the_sources() {
-    let (db, admin) = pg::TestDb::new().await;
+    let (db, admin) = kahn_testkit::TestDb::new().await;
     let app = db.app().await;
     let keys = TestKeys::generate();
     let config = config(&keys);
@@ -207,7 +204,7 @@ async fn soak_pushers_over_http_into_sqlite_and_postgres() {
     let shape = Shape { pushers: 32, tenants: 4, runs_per_tenant: 4, len: 2000, passes: 3 };
     let deadline = Instant::now() + Duration::from_secs(secs);
     let s = sqlite_server().await;
-    let (db, admin) = pg::TestDb::new().await;
+    let (db, admin) = kahn_testkit::TestDb::new().await;
     let keys = TestKeys::generate();
     let config = config(&keys);
     let p = TestServer::start(Arc::new(db.app().await), keys, config).await;
@@ -229,7 +226,7 @@ async fn soak_pushers_over_http_into_sqlite_and_postgres() {
 /// 200, and C's requests answer 200 or 429 (its cap of ingests in flight) — never 5xx.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flood_of_many_run_requests_from_one_tenant_never_starves_anothers_reads() {
-    let (db, admin) = pg::TestDb::new().await;
+    let (db, admin) = kahn_testkit::TestDb::new().await;
     let app = db.app().await;
     let keys = TestKeys::generate();
     let config = test_config(&keys);

@@ -7,8 +7,6 @@
 //! Over Postgres the server runs as the app role (`kahn_app`, under Row-Level Security) and
 //! the harness provisions through the admin backend, as a deployment would.
 
-#[path = "../../kahn-pg/tests/support/mod.rs"]
-mod pg_support;
 mod support;
 
 use std::num::NonZeroU32;
@@ -66,7 +64,7 @@ mod postgres {
     /// A fresh database per check: the server over the app-role backend (RLS enforced), the
     /// admin backend as the control plane; the database is dropped with the server.
     async fn harness() -> Harness {
-        let (db, admin) = pg_support::TestDb::new().await;
+        let (db, admin) = kahn_testkit::TestDb::new().await;
         let app = db.app().await;
         assert_eq!(app.mode(), kahn_pg::Mode::App);
         through_http(Arc::new(app), Arc::new(admin), db).await

@@ -4,12 +4,10 @@
 //! set in the read transaction → RLS returns exactly that tenant's rows. A non-admin's header
 //! changes nothing, an override cannot write, and two tenants side by side never meet.
 //!
-//! Each test has its own fresh database (kahn-pg's test support, included by path); tenants
+//! Each test has its own fresh database (the test kit's `TestDb`); tenants
 //! and keys are provisioned with the admin backend, as an operator would. No PostgreSQL
 //! server → every test fails, saying how to start one.
 
-#[path = "../../kahn-pg/tests/support/mod.rs"]
-mod pg_support;
 mod support;
 
 use std::sync::Arc;
@@ -19,7 +17,7 @@ use kahn_core::conformance::fixtures::recent_base;
 use kahn_core::{NewTenant, OrgId, StorageBackend, StorageBackendExt, Tenant, TenantId};
 use kahn_http::{HEADER_EFFECTIVE_TENANT, HEADER_TENANT_SOURCE, NDJSON};
 use kahn_pg::PgBackend;
-use pg_support::TestDb;
+use kahn_testkit::TestDb;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use serde_json::{Value, json};

@@ -2,17 +2,15 @@
 //! so a flood of appends (here, appends all stuck behind one run's lock) leaves connections
 //! for reads and key lookups. Against the real PostgreSQL server as the app role.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use kahn_core::{AppendBatch, Error, NewTenant, RunId, StorageBackend, StorageBackendExt};
 use kahn_pg::PgBackend;
+use kahn_testkit::TestDb;
 use serde_json::json;
 use sqlx_core::query::query;
 use sqlx_postgres::PgPoolOptions;
-use support::TestDb;
 
 fn one_run(run: &str) -> AppendBatch {
     let line = json!({"run_id": run, "seq": 0, "ts": "2026-01-01T00:00:00Z", "to": "running"});

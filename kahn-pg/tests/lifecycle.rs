@@ -3,8 +3,6 @@
 //! runs' receipt) and what it may not (anything else of the control plane, a purge of its own
 //! timing or scope, a forged or another tenant's receipt). Each test has a fresh database.
 
-mod support;
-
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Utc};
@@ -13,11 +11,11 @@ use kahn_core::{
     StorageBackendExt, TenantChange, TenantId, WriteScope,
 };
 use kahn_pg::{PgBackend, PgConnectOptions, PgPool, PgPoolOptions};
+use kahn_testkit::TestDb;
 use serde_json::json;
 use sqlx_core::query::query;
 use sqlx_core::row::Row;
 use sqlx_postgres::PgConnection;
-use support::TestDb;
 
 const INSUFFICIENT_PRIVILEGE: &str = "42501";
 const INVALID_PARAMETER_VALUE: &str = "22023";

@@ -2,14 +2,12 @@
 //! at the migration (received_at is the migration's time), so nothing is purged because of
 //! the change, however old the runs' own timestamps.
 
-mod support;
-
 use chrono::{Duration, Utc};
 use kahn_core::{PurgeRequest, RunId, StorageBackend, StorageBackendExt, TenantId};
 use kahn_pg::PgBackend;
+use kahn_testkit::TestDb;
 use sqlx_core::query::query;
 use sqlx_core::row::Row;
-use support::TestDb;
 
 /// A database at 0003 with a run whose transitions are a year old, in a tenant keeping runs
 /// one day, is migrated to 0004: the run is intact, its received_at is the migration's time,

@@ -2,19 +2,17 @@
 //! app role `kahn_app` (NOSUPERUSER NOBYPASSRLS, owns nothing). Each test has its own fresh
 //! database; roles made for negative tests are uniquely named and dropped afterwards.
 
-mod support;
-
 use kahn_core::{
     AppendBatch, Error, NewTenant, OrgId, PurgeRequest, ReadScope, RunId, RunQuery, StorageBackend,
     StorageBackendExt, TenantId, WriteScope,
 };
 use kahn_pg::{PgBackend, PgPool, RoleProblem, UnsafeAppRole};
+use kahn_testkit::{TestDb, TestRole};
 use serde_json::json;
 use sqlx_core::query::query;
 use sqlx_core::row::Row;
 use sqlx_core::sql_str::AssertSqlSafe;
 use sqlx_postgres::PgConnection;
-use support::{TestDb, TestRole};
 
 /// A tenant provisioned by the admin, its scopes resolved through the app backend.
 struct T {
