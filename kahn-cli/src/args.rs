@@ -131,7 +131,8 @@ pub(crate) enum RunsCommand {
         /// Only runs from this source.
         #[arg(long)]
         source: Option<String>,
-        /// Only runs in this status (the `to` of their last transition).
+        /// Only runs in this status: their latest run-level state, else derived from their
+        /// nodes (running, failed, pending, cancelled, succeeded).
         #[arg(long)]
         status: Option<String>,
         /// At most this many (1–1000).

@@ -58,8 +58,9 @@ pub(crate) struct ListRunsParams {
     /// bytes, no whitespace or control characters (else 400 naming `source`).
     #[param(min_length = 1, max_length = 256)]
     source: Option<String>,
-    /// Only runs whose status (last `to`) is this. Follows the rule of a transition's `to`:
-    /// not empty (else 400 naming `status`).
+    /// Only runs whose status is this: the latest run-level state, else derived from the
+    /// nodes (`running`, `failed`, `pending`, `cancelled`, `succeeded`). Not empty (else 400
+    /// naming `status`).
     #[param(min_length = 1)]
     status: Option<String>,
     /// Page size, 1 to 1000 (default 50).
