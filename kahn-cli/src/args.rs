@@ -147,12 +147,33 @@ pub(crate) enum RunsCommand {
         #[command(flatten)]
         target: KeyTarget,
     },
-    /// One run: summary and graph.
+    /// One run: status, times, and its nodes (state, start, duration), failed first.
     #[command(after_help = "Example:\n  kahn runs show nightly-42 --json")]
     Show {
         /// The run.
         run_id: String,
         /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: KeyTarget,
+    },
+    /// A run's transitions in seq order, read page by page (any size of run).
+    #[command(after_help = "\
+Examples:
+  kahn runs transitions nightly-42                    # seq, ts, node, from → to
+  kahn runs transitions nightly-42 --after-seq 999 --json > tail.ndjson
+With --json each line is the transition as NDJSON (`kahn push` takes it back).")]
+    Transitions {
+        /// The run.
+        run_id: String,
+        /// Start after this seq.
+        #[arg(long)]
+        after_seq: Option<u64>,
+        /// At most this many transitions (default: all).
+        #[arg(long)]
+        limit: Option<u64>,
+        /// One NDJSON line per transition, as the API's NDJSON and `kahn export` write it.
         #[arg(long)]
         json: bool,
         #[command(flatten)]

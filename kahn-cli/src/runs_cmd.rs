@@ -1,7 +1,12 @@
-//! `kahn runs list`, `kahn runs show` and `kahn verify`: reading the key's tenant's runs.
+//! `kahn runs list`, `kahn runs show`, `kahn runs transitions` and `kahn verify`: reading the
+//! key's tenant's runs.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
 
 use kahn_core::{
-    Cursor, Error, NodeSummary, RunId, RunInfo, RunQuery, StateClass, StorageBackendExt,
+    Cursor, Error, MAX_PAGE_SIZE, NodeSummary, RunId, RunInfo, RunQuery, Seq, StateClass,
+    StorageBackendExt, StoredTransition,
 };
 
 use crate::args::{KeyTarget, RunsCommand};
@@ -64,6 +69,35 @@ pub(crate) async fn run(cmd: RunsCommand) -> CliResult {
             }
             println!("graph      {}", if run.graph.is_some() { "yes" } else { "no" });
             print_nodes(&run.nodes);
+            Ok(())
+        }
+        RunsCommand::Transitions { run_id, after_seq, limit, json, target } => {
+            let store = open_target(&target).await?;
+            let scope = resolve_key(store.as_ref(), &target.key).await?.read();
+            let run = RunId::new(run_id)?;
+            let mut after = after_seq.map(Seq::new).transpose()?;
+            let mut left = limit.unwrap_or(u64::MAX);
+            let mut out = std::io::stdout().lock();
+            let mut line = String::new();
+            while left > 0 {
+                let page_size = left.min(u64::from(MAX_PAGE_SIZE)) as u32;
+                let page = store.read_transitions(&scope, &run, after, page_size).await?;
+                let Some(last) = page.last() else { break };
+                after = Some(last.seq);
+                left -= page.len() as u64;
+                for t in &page {
+                    line.clear();
+                    if json {
+                        kahn_core::ndjson::write_stored(&mut line, &run, t);
+                    } else {
+                        transition_row(&mut line, t);
+                    }
+                    if out.write_all(line.as_bytes()).is_err() {
+                        // The reader went away (`| head`): stop quietly, as Unix tools do.
+                        return Ok(());
+                    }
+                }
+            }
             Ok(())
         }
     }
@@ -169,4 +203,18 @@ mod tests {
             assert_eq!(human_duration(d), want);
         }
     }
+}
+
+/// `seq  ts  node  from → to`, one line.
+fn transition_row(out: &mut String, t: &StoredTransition) {
+    let text = |k: &str| t.body.get(k).and_then(|v| v.as_str()).unwrap_or("-");
+    let _ = writeln!(
+        out,
+        "{:>7}  {:<30} {:<24} {} → {}",
+        t.seq.get(),
+        text("ts"),
+        text("node"),
+        text("from"),
+        text("to")
+    );
 }

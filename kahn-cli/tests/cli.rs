@@ -399,6 +399,54 @@ fn a_pusher_killed_mid_run_is_resumed_by_a_rerun_and_the_log_equals_the_source(e
     );
 }
 
+/// The issue's CI run: `migrate-db` fails, `notify` then succeeds. Every reader calls the run
+/// failed — `runs list`, `--status failed`, `runs show` (its node table, failed first) — and
+/// `runs transitions` prints the log, as text and as NDJSON `kahn push` takes back.
+fn a_failed_node_reads_as_a_failed_run_everywhere(env: &Env) {
+    let key = env.key("ci");
+    let file = env.dir.path().join("ci-7.ndjson");
+    let lines = [
+        r#"{"ts":"2026-11-30T10:00:00Z","node":"migrate-db","to":"running"}"#,
+        r#"{"ts":"2026-11-30T10:00:41Z","node":"migrate-db","from":"running","to":"failed"}"#,
+        r#"{"ts":"2026-11-30T10:00:42Z","node":"notify","to":"running"}"#,
+        r#"{"ts":"2026-11-30T10:00:43Z","node":"notify","from":"running","to":"succeeded"}"#,
+    ];
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    push_json(env, &file, &key, &[]);
+
+    let list = env.ok(&["runs", "list"], Some(&key));
+    assert!(list.contains("ci-7") && list.contains("failed") && list.contains("43s"), "{list}");
+    let failed = env.ok(&["runs", "list", "--status", "failed", "--json"], Some(&key));
+    let failed: serde_json::Value = serde_json::from_str(&failed).unwrap();
+    assert_eq!(failed["runs"][0]["run_id"], "ci-7", "{failed}");
+    let succeeded = env.ok(&["runs", "list", "--status", "succeeded", "--json"], Some(&key));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&succeeded).unwrap()["runs"],
+        serde_json::json!([])
+    );
+
+    let show = env.ok(&["runs", "show", "ci-7"], Some(&key));
+    assert!(show.contains("status     failed"), "{show}");
+    assert!(show.contains("nodes      1 failed, 1 succeeded"), "{show}");
+    assert!(show.contains("duration   43s"), "{show}");
+    let table: Vec<&str> = show.lines().skip_while(|l| !l.starts_with("NODE")).collect();
+    assert!(table[1].starts_with("migrate-db") && table[1].contains("41s"), "{show}");
+    assert!(table[2].starts_with("notify"), "{show}");
+
+    let text = env.ok(&["runs", "transitions", "ci-7", "--after-seq", "1"], Some(&key));
+    let rows: Vec<&str> = text.lines().collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    assert!(rows[0].contains("notify") && rows[0].contains("→ running"), "{text}");
+    let three = env.ok(&["runs", "transitions", "ci-7", "--json", "--limit", "3"], Some(&key));
+    assert_eq!(three.lines().count(), 3, "{three}");
+    let ndjson = env.ok(&["runs", "transitions", "ci-7", "--json"], Some(&key));
+    assert!(ndjson.starts_with(three.as_str()), "{ndjson}");
+    let back = env.dir.path().join("back.ndjson");
+    std::fs::write(&back, &ndjson).unwrap();
+    let again = push_json(env, &back, &key, &["--run-id", "ci-7"]);
+    assert_eq!((again["appended"].as_u64(), again["already_stored"].as_u64()), (Some(0), Some(4)));
+}
+
 /// Each scenario once against the SQLite file, once through a real `kahn serve`.
 macro_rules! over_db_and_http {
     ($($name:ident),* $(,)?) => {
@@ -428,6 +476,7 @@ over_db_and_http!(
     verify_detects_a_tampered_sqlite_file,
     bridges_onboard_idempotently_and_repush_a_retried_job_as_one_run,
     a_pusher_killed_mid_run_is_resumed_by_a_rerun_and_the_log_equals_the_source,
+    a_failed_node_reads_as_a_failed_run_everywhere,
 );
 
 /// A server that answers 429 for a while: the pusher waits as told and finishes, and the log
