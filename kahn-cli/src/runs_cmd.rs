@@ -184,6 +184,20 @@ pub(crate) fn human_duration(d: chrono::Duration) -> String {
     }
 }
 
+/// `seq  ts  node  from → to`, one line.
+fn transition_row(out: &mut String, t: &StoredTransition) {
+    let text = |k: &str| t.body.get(k).and_then(|v| v.as_str()).unwrap_or("-");
+    let _ = writeln!(
+        out,
+        "{:>7}  {:<30} {:<24} {} → {}",
+        t.seq.get(),
+        text("ts"),
+        text("node"),
+        text("from"),
+        text("to")
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::human_duration;
@@ -203,18 +217,4 @@ mod tests {
             assert_eq!(human_duration(d), want);
         }
     }
-}
-
-/// `seq  ts  node  from → to`, one line.
-fn transition_row(out: &mut String, t: &StoredTransition) {
-    let text = |k: &str| t.body.get(k).and_then(|v| v.as_str()).unwrap_or("-");
-    let _ = writeln!(
-        out,
-        "{:>7}  {:<30} {:<24} {} → {}",
-        t.seq.get(),
-        text("ts"),
-        text("node"),
-        text("from"),
-        text("to")
-    );
 }
