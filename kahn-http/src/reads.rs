@@ -251,7 +251,10 @@ pub(crate) async fn read_transitions(
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
     )
 )]
-pub(crate) async fn whoami(ReadAccess(view): ReadAccess) -> Response {
+pub(crate) async fn whoami(
+    State(state): State<AppState>,
+    ReadAccess(view): ReadAccess,
+) -> Response {
     let message = match view.scope.as_ref().map(|s| s.source()) {
         Some(kahn_core::TenantSource::ApiKey) => "the tenant of this API key".to_owned(),
         Some(kahn_core::TenantSource::Org) => "the tenant linked to the token's org_id".to_owned(),
@@ -261,13 +264,22 @@ pub(crate) async fn whoami(ReadAccess(view): ReadAccess) -> Response {
         }
         None => "no tenant: the token's org_id is linked to none, its sub owns none, and this server creates no personal tenant for it, so there is nothing to show".to_owned(),
     };
-    let body = WhoAmI {
-        principal: view.principal.clone(),
-        tenant_id: view.scope.as_ref().map(|s| s.tenant()),
-        tenant_source: view.source().to_owned(),
-        message,
-    };
-    stamped(&view, Ok(Json(body).into_response()))
+    let result = async {
+        let tenant_name = match &view.scope {
+            Some(scope) => Some(state.inner.backend.get_tenant(scope.tenant()).await?.name),
+            None => None,
+        };
+        let body = WhoAmI {
+            principal: view.principal.clone(),
+            tenant_id: view.scope.as_ref().map(|s| s.tenant()),
+            tenant_name,
+            tenant_source: view.source().to_owned(),
+            message,
+        };
+        Ok(Json(body).into_response())
+    }
+    .await;
+    stamped(&view, result)
 }
 
 /// Every tenant with its run count. JWT with role `admin` only.

@@ -425,6 +425,9 @@ pub struct WhoAmI {
     /// The effective tenant; absent when the caller has none.
     #[schema(value_type = Option<String>, format = Uuid)]
     pub tenant_id: Option<TenantId>,
+    /// The effective tenant's name (what a person recognises); absent when there is none.
+    #[serde(default)]
+    pub tenant_name: Option<String>,
     /// `api_key`, `org`, `sub`, `admin_override`, or `none`.
     pub tenant_source: String,
     /// What that means, in words.

@@ -520,13 +520,15 @@ fn forged(alg: &str, claims: &Value, sig: &[u8]) -> String {
 async fn jwt_attacks_are_all_401() {
     let s = TestServer::memory().await;
     let sub = format!("user-{}", uuid::Uuid::new_v4().simple());
-    provision(&s, |t| t.with_owner_sub(sub.clone()).expect("valid")).await;
+    let mine = provision(&s, |t| t.with_owner_sub(sub.clone()).expect("valid")).await;
     // The test servers require iss https://idp.test and aud kahn (support::test_config).
     let good = claims(&sub, None, None);
     assert_eq!((&good["iss"], &good["aud"]), (&json!("https://idp.test"), &json!("kahn")));
     let ok = get(&s, "/v1/whoami", Some(&s.keys.sign(&good)), None).await;
     assert_eq!(ok.status(), StatusCode::OK, "the well-formed token is accepted");
-    assert_eq!(json_of(ok).await["tenant_source"], "sub");
+    let who = json_of(ok).await;
+    assert_eq!(who["tenant_source"], "sub");
+    assert_eq!(who["tenant_name"], json!(mine.tenant.name), "whoami names the tenant");
 
     let with = |f: &dyn Fn(&mut Value)| {
         let mut c = good.clone();

@@ -172,7 +172,8 @@ function renderIdentity() {
   }
   const { principal, tenant_id: tenant, tenant_source: source, message } = app.who;
   const p = principalText(principal);
-  const name = tenant ? tenantName(tenant) : null;
+  // The server names the tenant (/v1/whoami); an admin's listing is the fallback.
+  const name = tenant ? (app.who.tenant_name || tenantName(tenant)) : null;
   const isAdmin = principal.kind === 'jwt' && principal.role === 'admin';
   const parts = [
     h('div', { class: 'who' },
