@@ -1,6 +1,6 @@
-//! Migration 0004 on a database holding data: stored runs are kept, and their retention starts
+//! Migrations on a database holding data. 0004: stored runs are kept, and their retention starts
 //! at the migration (received_at is the migration's time), so nothing is purged because of
-//! the change, however old the runs' own timestamps.
+//! the change, however old the runs' own timestamps. 0005: stored runs get the new status rule.
 
 use chrono::{Duration, Utc};
 use kahn_core::{PurgeRequest, RunId, StorageBackend, StorageBackendExt, TenantId};
@@ -89,4 +89,87 @@ async fn a_run_stored_before_0004_keeps_its_data_and_counts_from_the_migration()
         out.report_for(tenant).map(|r| (r.runs_removed, r.transitions_removed)),
         Some((1, 1))
     );
+}
+
+/// Migration 0005 on a database holding data: runs stored under the old status rule ("the last
+/// `to`") are recomputed by the new one from their transitions — status, node counts, times and
+/// node summaries equal what the reference adapter computes at append time — and the run then
+/// takes appends that keep them current.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_stored_before_0005_get_the_new_status_from_their_transitions() {
+    use kahn_core::conformance::{Harness, SourceLog, fixtures::recent_base};
+
+    let (db, pool) = TestDb::unmigrated().await;
+    kahn_pg::migrator().run_to(4, &pool).await.expect("migrate to 0004");
+
+    // The rows as any store computes them, from the reference adapter.
+    let log = SourceLog::new("before-0005", 12, "a", recent_base());
+    let reference = Harness::new(std::sync::Arc::new(kahn_core::MemoryBackend::new()));
+    let rt = reference.fresh_tenant().await;
+    reference.store.append(&rt.write, &log.chunk(0, 8)).await.expect("reference append");
+    let want = reference.store.get_run(&rt.read, &log.run_id).await.expect("reference run");
+    let rows = reference.store.read_all_transitions(&rt.read, &log.run_id).await.expect("rows");
+    let old_status = rows.last().expect("rows").body["to"].clone();
+    assert_ne!(old_status, serde_json::json!(want.info.status), "the rules disagree here");
+
+    let tenant = TenantId::new_random();
+    query("INSERT INTO kahn.tenants (id, name, created_at) VALUES ($1, 'before-0005', now())")
+        .bind(tenant.as_uuid())
+        .execute(&pool)
+        .await
+        .expect("tenant at 0004");
+    query(
+        "INSERT INTO kahn.runs (tenant_id, run_id, next_seq, head_hash, status_json, first_ts, \
+                                last_ts, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, now())",
+    )
+    .bind(tenant.as_uuid())
+    .bind(log.run_id.as_str())
+    .bind(want.info.next_seq as i64)
+    .bind(want.info.head_hash.as_bytes().as_slice())
+    .bind(old_status.to_string())
+    .bind(want.info.first_ts)
+    .bind(want.info.last_ts)
+    .execute(&pool)
+    .await
+    .expect("run at 0004");
+    for t in &rows {
+        query(
+            "INSERT INTO kahn.transitions (tenant_id, run_id, seq, body, content_hash, chain_hash) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(tenant.as_uuid())
+        .bind(log.run_id.as_str())
+        .bind(t.seq.as_i64())
+        .bind(serde_json::to_string(&t.body).expect("json"))
+        .bind(t.content_hash.as_bytes().as_slice())
+        .bind(t.chain_hash.as_bytes().as_slice())
+        .execute(&pool)
+        .await
+        .expect("transition at 0004");
+    }
+
+    let admin = PgBackend::admin_from_pool(pool).await.expect("migrate to 0005 and recompute");
+    let app = db.app().await; // the startup check passes with kahn.run_nodes in place
+    let scope = admin.resolve_admin_override(tenant).await.expect("read scope");
+    let migrated = app.get_run(&scope, &log.run_id).await.expect("the migrated run");
+    assert_eq!(
+        (
+            &migrated.info.status,
+            migrated.info.node_counts,
+            migrated.info.started_at,
+            migrated.info.ended_at
+        ),
+        (&want.info.status, want.info.node_counts, want.info.started_at, want.info.ended_at)
+    );
+    assert_eq!(migrated.nodes, want.nodes);
+
+    // Appends continue from the recomputed progress, as the reference does.
+    let key = admin.issue_api_key(tenant).await.expect("key");
+    let write = app.resolve_api_key(&key.secret).await.expect("resolve").expect("active key");
+    app.append(&write, &log.all()).await.expect("append the rest");
+    reference.store.append(&rt.write, &log.all()).await.expect("reference append the rest");
+    let after = app.get_run(&scope, &log.run_id).await.expect("run");
+    let want = reference.store.get_run(&rt.read, &log.run_id).await.expect("reference run");
+    assert_eq!((after.info.status, after.nodes), (want.info.status, want.nodes));
 }
