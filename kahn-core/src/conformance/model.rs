@@ -149,6 +149,22 @@ async fn check_state(
                         .map_err(|e| TestCaseError::fail(e.to_string()))?;
                     let stored: Vec<Digest> = rows.iter().map(|r| r.content_hash).collect();
                     prop_assert_eq!(&stored, hashes, "stored content of {}", run_id);
+                    // The status and node summaries kept at append time are what kahn-core's
+                    // rule gives over the stored log, whatever interleaving built it.
+                    let mut progress = crate::Progress::default();
+                    for row in &rows {
+                        let body = crate::TransitionBody::new(row.body.clone())
+                            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                        progress.apply(row.seq.get(), &body);
+                    }
+                    prop_assert_eq!(
+                        (summary.info.status.as_str(), summary.info.node_counts),
+                        (progress.run.status(), progress.run.counts),
+                        "status of {}",
+                        run_id
+                    );
+                    let nodes: Vec<_> = progress.nodes.into_values().collect();
+                    prop_assert_eq!(&summary.nodes, &nodes, "node summaries of {}", run_id);
                     h.store
                         .verify_run(&t.read, run_id)
                         .await
