@@ -138,6 +138,10 @@ pub(crate) enum RunsCommand {
         /// Only runs whose id starts with this.
         #[arg(long)]
         prefix: Option<String>,
+        /// Only runs with a node in this class (failed, cancelled, active, waiting, succeeded,
+        /// skipped, other): `--status running --node-class failed`.
+        #[arg(long, value_parser = parse_class)]
+        node_class: Option<kahn_core::StateClass>,
         /// At most this many (1–1000).
         #[arg(long, default_value_t = 50)]
         limit: u32,
@@ -235,4 +239,13 @@ pub(crate) struct ProfilesArg {
     /// A TOML file of extra profiles ([[profile]] name, tenant, source).
     #[arg(long, env = "KAHN_PROFILES")]
     pub(crate) profiles: Option<PathBuf>,
+}
+
+/// A `--node-class` value.
+fn parse_class(name: &str) -> Result<kahn_core::StateClass, String> {
+    kahn_core::StateClass::from_name(name).ok_or_else(|| {
+        format!(
+            "{name:?} is not a class: failed, cancelled, active, waiting, succeeded, skipped, other"
+        )
+    })
 }

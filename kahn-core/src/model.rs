@@ -471,6 +471,9 @@ pub struct RunQuery {
     ///
     /// [`RUN_ID_MAX_LEN`]: crate::RUN_ID_MAX_LEN
     pub run_id_prefix: Option<String>,
+    /// Only runs with at least one node whose latest state is of this class (e.g. the running
+    /// runs where something already failed).
+    pub node_class: Option<StateClass>,
     /// Page size, 1 to [`MAX_PAGE_SIZE`].
     pub limit: u32,
     /// Continue after this position.
@@ -483,6 +486,7 @@ impl Default for RunQuery {
             source: None,
             status: None,
             run_id_prefix: None,
+            node_class: None,
             limit: DEFAULT_PAGE_SIZE,
             cursor: None,
         }
@@ -545,6 +549,7 @@ impl RunQuery {
                 .run_id_prefix
                 .as_ref()
                 .is_none_or(|p| run.run_id.as_str().starts_with(p.as_str()))
+            && self.node_class.is_none_or(|c| run.node_counts.get(c) > 0)
     }
 }
 
@@ -687,6 +692,7 @@ mod tests {
         info.created_at = Utc::now();
         let ok = RunQuery {
             run_id_prefix: Some("nightly-4".into()),
+            node_class: Some(crate::StateClass::Failed),
             source: Some("choco".into()),
             // `to` may hold any non-empty text, NUL included; so may the filter.
             status: Some("failed \0 ✓".into()),

@@ -102,6 +102,11 @@ impl StateClass {
         }
     }
 
+    /// The class named `name` (as [`as_str`](Self::as_str) writes it), if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
     /// True for the classes that end a node: failed, cancelled, succeeded, skipped.
     pub fn is_terminal(self) -> bool {
         matches!(

@@ -473,6 +473,9 @@ impl StorageBackend for HttpBackend {
         if let Some(p) = &query.run_id_prefix {
             params.push(("run_id_prefix", p.clone()));
         }
+        if let Some(c) = query.node_class {
+            params.push(("node_class", c.as_str().to_owned()));
+        }
         if let Some(s) = &query.status {
             params.push(("status", s.clone()));
         }

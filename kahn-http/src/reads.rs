@@ -67,6 +67,11 @@ pub(crate) struct ListRunsParams {
     /// `[A-Za-z0-9._:-]` (else 400 naming `run_id_prefix`).
     #[param(min_length = 1, max_length = 200, pattern = r"^[A-Za-z0-9._:-]+$")]
     run_id_prefix: Option<String>,
+    /// Only runs with at least one node whose latest state is of this class: `failed`,
+    /// `cancelled`, `active`, `waiting`, `succeeded`, `skipped` or `other` (else 400 naming
+    /// `node_class`). `?status=running&node_class=failed`: running, something already failed.
+    #[param(pattern = "^(failed|cancelled|active|waiting|succeeded|skipped|other)$")]
+    node_class: Option<String>,
     /// Page size, 1 to 1000 (default 50).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
@@ -103,6 +108,7 @@ pub(crate) async fn list_runs(
             source: p.source,
             status: p.status,
             run_id_prefix: p.run_id_prefix,
+            node_class: p.node_class.as_deref().map(node_class).transpose()?,
             limit: page_limit(p.limit, DEFAULT_PAGE_SIZE, 1)?,
             cursor,
         };
@@ -358,4 +364,16 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     responses((status = 200, description = "The OpenAPI 3 document", body = Object)))]
 pub(crate) async fn openapi() -> Response {
     (StatusCode::OK, Json(crate::openapi::openapi_document())).into_response()
+}
+
+/// A `node_class` parameter: one of the class names.
+fn node_class(name: &str) -> Result<kahn_core::StateClass, ApiError> {
+    kahn_core::StateClass::from_name(name).ok_or_else(|| {
+        ApiError::from(kahn_core::Error::invalid(
+            "node_class",
+            format!(
+                "{name:?} is not a class (failed, cancelled, active, waiting, succeeded, skipped, other)"
+            ),
+        ))
+    })
 }

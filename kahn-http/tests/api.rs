@@ -417,6 +417,30 @@ async fn reads_list_page_filter_get_and_transitions_as_json_and_ndjson() {
         "invalid_input",
     )
     .await;
+    for (bad, field) in [
+        ("node_class=broken", "node_class"),
+        ("node_class=", "node_class"),
+        ("run_id_prefix=a%25", "run_id_prefix"),
+    ] {
+        let r = get(&s, &format!("/v1/runs?{bad}"), Some(&t.key), None).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(json_of(r).await["field"], field, "{bad}");
+    }
+    // The fixture's states are pending, running and succeeded: runs with an active node, none
+    // with a failed one.
+    let runs_with = |class: &'static str| {
+        let s = &s;
+        let key = t.key.clone();
+        async move {
+            let path = format!("/v1/runs?node_class={class}&limit=100");
+            let page = json_of(get(s, &path, Some(&key), None).await).await;
+            page["runs"].as_array().expect("runs").clone()
+        }
+    };
+    let active = runs_with("active").await;
+    assert!(!active.is_empty());
+    assert!(active.iter().all(|r| r["node_counts"]["active"].as_u64().is_some_and(|n| n > 0)));
+    assert!(runs_with("failed").await.is_empty());
 
     let run = json_of(get(&s, "/v1/runs/read-4", Some(&t.key), None).await).await;
     assert_eq!(

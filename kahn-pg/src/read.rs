@@ -6,7 +6,7 @@
 use kahn_core::rules::from_micros;
 use kahn_core::{
     Cursor, Error, Labels, MAX_PAGE_SIZE, Result, RunId, RunInfo, RunPage, RunQuery, RunSummary,
-    Seq, StoredTransition, TenantId,
+    Seq, StateClass, StoredTransition, TenantId,
 };
 use sqlx_core::query::query;
 use sqlx_core::row::Row;
@@ -48,6 +48,13 @@ pub(crate) async fn list_runs(
            AND ($2::text IS NULL OR source = $2) \
            AND ($3::text IS NULL OR status_json = $3) \
            AND ($7::text IS NULL OR pg_catalog.starts_with(run_id, $7)) \
+           AND ($8::text IS NULL OR CASE $8 WHEN 'failed' THEN nodes_failed \
+                                            WHEN 'cancelled' THEN nodes_cancelled \
+                                            WHEN 'active' THEN nodes_active \
+                                            WHEN 'waiting' THEN nodes_waiting \
+                                            WHEN 'succeeded' THEN nodes_succeeded \
+                                            WHEN 'skipped' THEN nodes_skipped \
+                                            ELSE nodes_other END > 0) \
            AND ($4::timestamptz IS NULL OR activity_at < $4 \
                 OR (activity_at = $4 AND run_id > $5)) \
          ORDER BY activity_at DESC, run_id \
@@ -60,6 +67,7 @@ pub(crate) async fn list_runs(
     .bind(q.cursor.as_ref().map(|c| c.run_id().as_str().to_owned()))
     .bind(limit as i64 + 1)
     .bind(q.run_id_prefix.as_deref())
+    .bind(q.node_class.map(StateClass::as_str))
     .fetch_all(&mut *conn)
     .await
     .map_err(db)?;

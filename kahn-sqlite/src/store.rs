@@ -680,6 +680,13 @@ pub(crate) fn list_runs(conn: &Connection, tenant: TenantId, q: &RunQuery) -> Re
                AND (?2 IS NULL OR source = ?2)
                AND (?3 IS NULL OR status = ?3)
                AND (?7 IS NULL OR substr(run_id, 1, length(?7)) = ?7)
+               AND (?8 IS NULL OR CASE ?8 WHEN 'failed' THEN nodes_failed
+                                          WHEN 'cancelled' THEN nodes_cancelled
+                                          WHEN 'active' THEN nodes_active
+                                          WHEN 'waiting' THEN nodes_waiting
+                                          WHEN 'succeeded' THEN nodes_succeeded
+                                          WHEN 'skipped' THEN nodes_skipped
+                                          ELSE nodes_other END > 0)
                AND (?4 IS NULL OR activity_at < ?4 OR (activity_at = ?4 AND run_id > ?5))
              ORDER BY activity_at DESC, run_id ASC
              LIMIT ?6"
@@ -694,7 +701,8 @@ pub(crate) fn list_runs(conn: &Connection, tenant: TenantId, q: &RunQuery) -> Re
                 after_t,
                 after_run,
                 limit + 1,
-                q.run_id_prefix
+                q.run_id_prefix,
+                q.node_class.map(StateClass::as_str)
             ],
             run_row,
         )

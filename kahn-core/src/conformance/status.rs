@@ -75,7 +75,7 @@ pub async fn a_failed_node_fails_the_run(h: &Harness) {
 }
 
 /// Skipped nodes do not make a run skipped; a run is running while any node is active, and
-/// has no end until its status is terminal.
+/// has no end until its status is terminal; lists filter on node classes.
 pub async fn a_run_is_running_while_a_node_is_active_and_skips_do_not_skip_it(h: &Harness) {
     let t = h.fresh_tenant().await;
     let base = recent_base();
@@ -102,6 +102,22 @@ pub async fn a_run_is_running_while_a_node_is_active_and_skips_do_not_skip_it(h:
     let page = h.store.list_runs(&t.read, &q).await.expect("list");
     let listed: Vec<_> = page.runs.iter().map(|r| (r.run_id.as_str(), r.ended_at)).collect();
     assert_eq!(listed, [("ci-running", None)]);
+    // Filtering on node classes: the running runs where something already failed; the runs
+    // with a skipped node.
+    for (status, class, want) in [
+        (Some("running"), StateClass::Failed, vec!["ci-running"]),
+        (None, StateClass::Skipped, vec!["ci-skip"]),
+        (Some("succeeded"), StateClass::Failed, vec![]),
+    ] {
+        let q = RunQuery {
+            status: status.map(str::to_owned),
+            node_class: Some(class),
+            ..RunQuery::default()
+        };
+        let page = h.store.list_runs(&t.read, &q).await.expect("list by node class");
+        let got: Vec<_> = page.runs.iter().map(|r| r.run_id.as_str()).collect();
+        assert_eq!(got, want, "status {status:?}, node_class {class}");
+    }
 }
 
 /// A transition without `node` is run-level: the latest one is the status, whatever the
