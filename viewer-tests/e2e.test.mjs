@@ -75,6 +75,57 @@ const NIGHTLY_STEPS = [
   ['test', 'running', 'failed', { failed: ['auth::login', 'db::migrate'], exit_code: 101, ratio: 0.25 }],
 ];
 
+/** A ~300-node layered DAG and a 200,000-transition log over it (the perf scenario). */
+const BIG_TRANSITIONS = 200000;
+function bigRun(id) {
+  const layers = 15;
+  const width = 20;
+  const nodes = [];
+  const edges = [];
+  for (let l = 0; l < layers; l++) {
+    for (let i = 0; i < width; i++) {
+      const name = `L${String(l).padStart(2, '0')}-task-${String(i).padStart(2, '0')}`;
+      nodes.push(name);
+      if (l > 0) {
+        edges.push([`L${String(l - 1).padStart(2, '0')}-task-${String(i).padStart(2, '0')}`, name]);
+        if (i % 3 === 0) edges.push([`L${String(l - 1).padStart(2, '0')}-task-${String((i + 7) % width).padStart(2, '0')}`, name]);
+      }
+    }
+  }
+  const failing = new Set(['L03-task-07', 'L09-task-12']);
+  const start = Date.now() - 6 * 3600_000;
+  const perNode = Math.floor(BIG_TRANSITIONS / nodes.length);
+  const events = [];
+  nodes.forEach((name, k) => {
+    const l = Math.floor(k / width);
+    const t0 = start + l * 20 * 60_000 + (k % width) * 15_000;
+    const span = 8 * 60_000 + (k % 7) * 90_000;
+    const extra = k < BIG_TRANSITIONS - perNode * nodes.length ? 1 : 0;
+    const n = perNode + extra;
+    events.push([t0, { node: name, from: 'pending', to: 'running' }]);
+    for (let j = 1; j < n - 1; j++) {
+      events.push([t0 + Math.floor((span * j) / n), { node: name, from: 'running', to: 'running', attrs: { progress: j } }]);
+    }
+    events.push([t0 + span, failing.has(name)
+      ? { node: name, from: 'running', to: 'failed', attrs: { exit_code: 1, reason: `${name} broke` } }
+      : { node: name, from: 'running', to: 'succeeded', attrs: { rows: k * 10 } }]);
+  });
+  events.sort((a, b) => a[0] - b[0]);
+  const dir = path.join(tmp, 'runs', id);
+  fs.mkdirSync(dir, { recursive: true });
+  const lines = [JSON.stringify({ kind: 'run', source: 'warehouse', labels: { team: 'data' } })];
+  for (const [ts, body] of events) lines.push(JSON.stringify({ ts: new Date(ts).toISOString(), ...body }));
+  fs.writeFileSync(path.join(dir, 'transitions.ndjson'), `${lines.join('\n')}\n`);
+  fs.writeFileSync(path.join(dir, 'graph.json'), JSON.stringify({ nodes, edges }));
+  return dir;
+}
+
+const LIVE_START = Date.now() - 600_000;
+const LIVE_STEPS = [
+  ['fetch', null, 'running'], ['fetch', 'running', 'succeeded', { files: 12 }],
+  ['compile', null, 'running', { target: 'x86_64' }], ['lint', null, 'failed', { exit_code: 2 }],
+];
+
 // ------------------------------------------------------------------ JWTs signed here
 
 const { publicKey, privateKey } = crypto.generateKeyPairSync('ed25519');
@@ -242,6 +293,32 @@ describe('KAHN viewer in headless Chromium', () => {
         edges: [{ from: 'fetch', to: 'package' }, { from: 'package', to: 'sign' }, { from: 'sign', to: 'publish' }] },
       steps: [['fetch', 'pending', 'succeeded'], ['package', 'pending', 'succeeded'], ['sign', 'pending', 'running']],
     }), tenants.team.key, ['--db', DB]);
+
+    // Issue 13's viewer scenarios live in tenants of their own, so the lists above stay as they are.
+    tenants.lab = provision('lab-a');
+    tenants.labB = provision('lab-b');
+    tenants.adminHome = provision('admins-home', '--org', 'org-admins');
+    const t0 = Date.now();
+    push(bigRun('big-1'), tenants.lab.key, ['--db', DB]);
+    console.log(`# seeded big-1 (${BIG_TRANSITIONS} transitions) in ${Date.now() - t0} ms`);
+    push(runDir('live-1', { source: 'ci', labels: { repository: 'https://github.com/acme/app' }, start: LIVE_START, steps: LIVE_STEPS }),
+      tenants.lab.key, ['--db', DB]);
+    push(runDir('labelled-1', {
+      source: 'ci', start: Date.now() - 9000_000,
+      labels: {
+        repository: 'https://github.com/acme/app', commit: '9f3c2ab41d0e', docs: 'https://docs.acme.test/runs?id=1',
+        evil: 'javascript:alert(1)', ftp: 'ftp://files.acme.test/x', branch: 'main',
+      },
+      steps: [['build', null, 'running'], ['build', 'running', 'succeeded']],
+    }), tenants.lab.key, ['--db', DB]);
+    for (const key of [tenants.lab.key, tenants.labB.key]) {
+      push(runDir('shared-1', {
+        source: 'ci', graph: { nodes: ['one', 'two'], edges: [['one', 'two']] }, start: Date.now() - 8000_000,
+        steps: [['one', null, 'running'], ['one', 'running', 'succeeded'], ['two', null, 'succeeded']],
+      }), key, ['--db', DB]);
+    }
+    push(runDir('only-in-b', { source: 'ci', start: Date.now() - 7000_000, steps: [['x', null, 'succeeded']] }),
+      tenants.labB.key, ['--db', DB]);
 
     server = await serve();
   });
