@@ -658,19 +658,31 @@ function graphSectionFor(run, onSelect) {
     btn('+', 'Zoom in', () => zoomBy(1.25), { 'data-testid': 'zoom-in' }),
     btn('Fit', 'Fit to width', () => { zoom = 0; apply(); }, { class: 'fit' }),
     btn('1:1', 'Actual size', () => { zoom = 1; apply(); }));
-  // Drag to pan when zoomed in (the box scrolls).
+  // Drag to pan (the box scrolls); a drag that moved does not also click the node under it.
   let drag = null;
   box.addEventListener('pointerdown', (e) => {
-    if (e.button !== 0 || e.target.closest('g.node')) return;
-    drag = { x: e.clientX, y: e.clientY, l: box.scrollLeft, t: box.scrollTop };
-    box.classList.add('panning');
+    if (e.button !== 0) return;
+    drag = { x: e.clientX, y: e.clientY, l: box.scrollLeft, t: box.scrollTop, moved: false };
   });
   window.addEventListener('pointermove', (e) => {
     if (!drag) return;
-    box.scrollLeft = drag.l - (e.clientX - drag.x);
-    box.scrollTop = drag.t - (e.clientY - drag.y);
+    const dx = e.clientX - drag.x;
+    const dy = e.clientY - drag.y;
+    if (!drag.moved && Math.abs(dx) + Math.abs(dy) < 5) return;
+    drag.moved = true;
+    box.classList.add('panning');
+    box.scrollLeft = drag.l - dx;
+    box.scrollTop = drag.t - dy;
   });
-  window.addEventListener('pointerup', () => { drag = null; box.classList.remove('panning'); });
+  window.addEventListener('pointerup', () => {
+    box.classList.remove('panning');
+    if (drag && drag.moved) {
+      const swallow = (e) => { e.stopPropagation(); e.preventDefault(); };
+      box.addEventListener('click', swallow, { capture: true, once: true });
+      setTimeout(() => box.removeEventListener('click', swallow, { capture: true }), 0);
+    }
+    drag = null;
+  });
   // A large DAG starts readable (actual size, scrollable) rather than shrunk to a smudge.
   if (graph.nodes.length > 40) zoom = 1;
   apply();
