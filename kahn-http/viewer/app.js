@@ -280,7 +280,7 @@ function labelChips(labels) {
   const entries = Object.entries(labels || {});
   if (!entries.length) return h('span', { class: 'muted' }, '—');
   return h('ul', { class: 'chips' }, entries.map(([k, v]) =>
-    h('li', { 'data-label': k }, h('span', { class: 'k' }, `${k} `), labelValue(k, v, labels))));
+    h('li', { 'data-label': k, title: `${k}: ${v}` }, h('span', { class: 'k' }, `${k} `), labelValue(k, v, labels))));
 }
 
 // ---------------------------------------------------------------- runs
