@@ -135,6 +135,9 @@ pub(crate) enum RunsCommand {
         /// nodes (running, failed, pending, cancelled, succeeded).
         #[arg(long)]
         status: Option<String>,
+        /// Only runs whose id starts with this.
+        #[arg(long)]
+        prefix: Option<String>,
         /// At most this many (1–1000).
         #[arg(long, default_value_t = 50)]
         limit: u32,

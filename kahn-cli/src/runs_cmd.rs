@@ -17,11 +17,12 @@ use crate::store::{open_target, resolve_key};
 /// Runs `kahn runs …`.
 pub(crate) async fn run(cmd: RunsCommand) -> CliResult {
     match cmd {
-        RunsCommand::List { source, status, limit, cursor, json, target } => {
+        RunsCommand::List { source, status, prefix, limit, cursor, json, target } => {
             let store = open_target(&target).await?;
             let scope = resolve_key(store.as_ref(), &target.key).await?.read();
             let cursor = cursor.as_deref().map(Cursor::decode).transpose()?;
-            let page = store.list_runs(&scope, &RunQuery { source, status, limit, cursor }).await?;
+            let query = RunQuery { source, status, run_id_prefix: prefix, limit, cursor };
+            let page = store.list_runs(&scope, &query).await?;
             if json {
                 return print_json(&page);
             }

@@ -466,6 +466,11 @@ pub struct RunQuery {
     pub source: Option<String>,
     /// Only runs whose status (see [`RunInfo::status`]) is this.
     pub status: Option<String>,
+    /// Only runs whose id starts with this (1 to [`RUN_ID_MAX_LEN`] characters of the run id
+    /// alphabet).
+    ///
+    /// [`RUN_ID_MAX_LEN`]: crate::RUN_ID_MAX_LEN
+    pub run_id_prefix: Option<String>,
     /// Page size, 1 to [`MAX_PAGE_SIZE`].
     pub limit: u32,
     /// Continue after this position.
@@ -474,7 +479,13 @@ pub struct RunQuery {
 
 impl Default for RunQuery {
     fn default() -> Self {
-        Self { source: None, status: None, limit: DEFAULT_PAGE_SIZE, cursor: None }
+        Self {
+            source: None,
+            status: None,
+            run_id_prefix: None,
+            limit: DEFAULT_PAGE_SIZE,
+            cursor: None,
+        }
     }
 }
 
@@ -487,20 +498,38 @@ impl RunQuery {
     /// Checks the query by the rules its fields follow at ingest, so every backend refuses
     /// the same queries the same way (and none reaches a database that cannot represent it):
     /// `source` as a run's `source` (1–256 bytes, no whitespace or control characters),
-    /// `status` as a transition's `to` (not empty), the cursor's time within
+    /// `status` as a transition's `to` (not empty), `run_id_prefix` as the start of a run id
+    /// (1–200 characters of `[A-Za-z0-9._:-]`), the cursor's time within
     /// [`MIN_CURSOR_MICROS`]..=[`MAX_CURSOR_MICROS`]. Every [`StorageBackend::list_runs`]
     /// calls it first.
     ///
     /// [`StorageBackend::list_runs`]: crate::StorageBackend::list_runs
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] naming `source`, `status` or `cursor`.
+    /// [`Error::InvalidInput`] naming `source`, `status`, `run_id_prefix` or `cursor`.
     pub fn validate(&self) -> Result<(), Error> {
         if let Some(source) = &self.source {
             validate_token("source", source)?;
         }
         if self.status.as_deref().is_some_and(str::is_empty) {
             return Err(Error::invalid("status", "must not be empty"));
+        }
+        if let Some(prefix) = &self.run_id_prefix {
+            let bad = prefix
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')));
+            if prefix.is_empty() || prefix.len() > crate::RUN_ID_MAX_LEN {
+                return Err(Error::invalid(
+                    "run_id_prefix",
+                    format!("must be 1 to {} characters", crate::RUN_ID_MAX_LEN),
+                ));
+            }
+            if let Some(bad) = bad {
+                return Err(Error::invalid(
+                    "run_id_prefix",
+                    format!("contains {bad:?}; run ids hold only A-Z a-z 0-9 . _ : -"),
+                ));
+            }
         }
         if let Some(cursor) = &self.cursor {
             cursor.check_range()?;
@@ -512,6 +541,10 @@ impl RunQuery {
     pub fn matches(&self, run: &RunInfo) -> bool {
         self.source.as_ref().is_none_or(|s| run.source.as_ref() == Some(s))
             && self.status.as_ref().is_none_or(|s| run.status == *s)
+            && self
+                .run_id_prefix
+                .as_ref()
+                .is_none_or(|p| run.run_id.as_str().starts_with(p.as_str()))
     }
 }
 
@@ -653,6 +686,7 @@ mod tests {
         assert_eq!(refused(far), "cursor");
         info.created_at = Utc::now();
         let ok = RunQuery {
+            run_id_prefix: Some("nightly-4".into()),
             source: Some("choco".into()),
             // `to` may hold any non-empty text, NUL included; so may the filter.
             status: Some("failed \0 ✓".into()),

@@ -470,6 +470,9 @@ impl StorageBackend for HttpBackend {
         if let Some(s) = &query.source {
             params.push(("source", s.clone()));
         }
+        if let Some(p) = &query.run_id_prefix {
+            params.push(("run_id_prefix", p.clone()));
+        }
         if let Some(s) = &query.status {
             params.push(("status", s.clone()));
         }

@@ -63,6 +63,10 @@ pub(crate) struct ListRunsParams {
     /// naming `status`).
     #[param(min_length = 1)]
     status: Option<String>,
+    /// Only runs whose id starts with this: 1 to 200 characters of the run id alphabet
+    /// `[A-Za-z0-9._:-]` (else 400 naming `run_id_prefix`).
+    #[param(min_length = 1, max_length = 200, pattern = r"^[A-Za-z0-9._:-]+$")]
+    run_id_prefix: Option<String>,
     /// Page size, 1 to 1000 (default 50).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
@@ -98,6 +102,7 @@ pub(crate) async fn list_runs(
         let query = RunQuery {
             source: p.source,
             status: p.status,
+            run_id_prefix: p.run_id_prefix,
             limit: page_limit(p.limit, DEFAULT_PAGE_SIZE, 1)?,
             cursor,
         };

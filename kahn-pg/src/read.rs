@@ -47,6 +47,7 @@ pub(crate) async fn list_runs(
          WHERE tenant_id = $1 \
            AND ($2::text IS NULL OR source = $2) \
            AND ($3::text IS NULL OR status_json = $3) \
+           AND ($7::text IS NULL OR pg_catalog.starts_with(run_id, $7)) \
            AND ($4::timestamptz IS NULL OR activity_at < $4 \
                 OR (activity_at = $4 AND run_id > $5)) \
          ORDER BY activity_at DESC, run_id \
@@ -58,6 +59,7 @@ pub(crate) async fn list_runs(
     .bind(q.cursor.as_ref().map(|c| from_micros(c.activity_micros())))
     .bind(q.cursor.as_ref().map(|c| c.run_id().as_str().to_owned()))
     .bind(limit as i64 + 1)
+    .bind(q.run_id_prefix.as_deref())
     .fetch_all(&mut *conn)
     .await
     .map_err(db)?;

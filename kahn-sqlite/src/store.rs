@@ -679,6 +679,7 @@ pub(crate) fn list_runs(conn: &Connection, tenant: TenantId, q: &RunQuery) -> Re
              WHERE tenant_id = ?1
                AND (?2 IS NULL OR source = ?2)
                AND (?3 IS NULL OR status = ?3)
+               AND (?7 IS NULL OR substr(run_id, 1, length(?7)) = ?7)
                AND (?4 IS NULL OR activity_at < ?4 OR (activity_at = ?4 AND run_id > ?5))
              ORDER BY activity_at DESC, run_id ASC
              LIMIT ?6"
@@ -686,7 +687,15 @@ pub(crate) fn list_runs(conn: &Connection, tenant: TenantId, q: &RunQuery) -> Re
         .map_err(db)?;
     let rows = stmt
         .query_map(
-            params![tenant.as_uuid().as_bytes(), q.source, q.status, after_t, after_run, limit + 1],
+            params![
+                tenant.as_uuid().as_bytes(),
+                q.source,
+                q.status,
+                after_t,
+                after_run,
+                limit + 1,
+                q.run_id_prefix
+            ],
             run_row,
         )
         .map_err(db)?;

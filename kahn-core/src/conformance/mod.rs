@@ -445,6 +445,16 @@ pub async fn list_runs_orders_filters_and_pages(h: &Harness) {
         .expect("list by status");
     let expected: Vec<_> = all.runs.iter().filter(|r| r.status == status).cloned().collect();
     assert_eq!(by_status.runs, expected);
+    // Run id prefix: `list-1` matches only itself among list-0..list-8; `list-` and `lis` all.
+    let every: Vec<&str> = all.runs.iter().map(|r| r.run_id.as_str()).collect();
+    for (prefix, want) in [("list-1", vec!["list-1"]), ("list-", every.clone()), ("lis", every)] {
+        let q = RunQuery { run_id_prefix: Some(prefix.into()), limit: 100, ..RunQuery::default() };
+        let page = h.store.list_runs(&t.read, &q).await.expect("list by prefix");
+        let got: Vec<_> = page.runs.iter().map(|r| r.run_id.as_str()).collect();
+        assert_eq!(got, want, "run_id_prefix {prefix}");
+    }
+    let q = RunQuery { run_id_prefix: Some("list-9".into()), ..RunQuery::default() };
+    assert!(h.store.list_runs(&t.read, &q).await.expect("no match").runs.is_empty());
     let mut paged = Vec::new();
     let mut cursor = None;
     loop {
@@ -696,6 +706,10 @@ pub async fn list_runs_refuses_queries_ingest_would_refuse(h: &Harness) {
         (RunQuery { source: Some(String::new()), ..RunQuery::default() }, "source"),
         (RunQuery { source: Some("s".repeat(257)), ..RunQuery::default() }, "source"),
         (RunQuery { status: Some(String::new()), ..RunQuery::default() }, "status"),
+        (RunQuery { run_id_prefix: Some(String::new()), ..RunQuery::default() }, "run_id_prefix"),
+        (RunQuery { run_id_prefix: Some("a%".into()), ..RunQuery::default() }, "run_id_prefix"),
+        (RunQuery { run_id_prefix: Some("a\0".into()), ..RunQuery::default() }, "run_id_prefix"),
+        (RunQuery { run_id_prefix: Some("r".repeat(201)), ..RunQuery::default() }, "run_id_prefix"),
         (
             RunQuery { cursor: Some(crate::Cursor::after(&far_future)), ..RunQuery::default() },
             "cursor",
