@@ -667,6 +667,12 @@ describe('KAHN viewer in headless Chromium', () => {
     await page.waitForFunction(() => /showing 2000 of 200000/.test(document.querySelector('[data-testid="transition-count"]').textContent), null, { timeout: WAIT });
     assert.match(page.requests.filter((r) => /\/transitions\?/.test(r.url)).pop().url, /after_seq=999&limit=1000/);
     // A 300-node DAG is readable: it starts at actual size in a pannable box, and zooms.
+    // It opens scrolled to the first failed node.
+    assert.ok(await page.getByTestId('graph-scroll').evaluate((el) => {
+      const g = el.querySelector('g.node[data-state="failed"]').getBoundingClientRect();
+      const b = el.getBoundingClientRect();
+      return g.top >= b.top && g.bottom <= b.bottom && g.left >= b.left && g.right <= b.right;
+    }), 'the first failed node is in view');
     const w0 = Number(await page.locator('svg.dag').getAttribute('width'));
     await page.getByTestId('zoom-out').click();
     const w1 = Number(await page.locator('svg.dag').getAttribute('width'));
@@ -676,6 +682,7 @@ describe('KAHN viewer in headless Chromium', () => {
     assert.ok(Number(await page.locator('svg.dag').getAttribute('width')) > w0, 'zoom in grows');
     const scroll = page.getByTestId('graph-scroll');
     const box = await scroll.boundingBox();
+    await scroll.evaluate((el) => { el.scrollLeft = 0; el.scrollTop = 0; });
     await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
     await page.mouse.down();
     await page.mouse.move(box.x + box.width / 2 - 200, box.y + box.height / 2 - 100, { steps: 4 });
@@ -693,6 +700,8 @@ describe('KAHN viewer in headless Chromium', () => {
     await page.locator('li.step[data-seq="3"]').waitFor({ timeout: WAIT });
     assert.ok(await page.getByTestId('live').isVisible(), 'a live indicator');
     assert.equal(await text(page, '[data-testid="run-status"]'), 'running · 1 failed');
+    assert.match(await page.locator('.gantt-row[data-node="lint"] .track').getAttribute('data-empty'), /never ran · failed/,
+      'a node that never became active has no invented bar');
     // The user expands a row and scrolls; the page marks its elements to prove they survive.
     await page.locator('li.step[data-seq="1"] summary').click();
     await page.evaluate(() => {

@@ -624,6 +624,7 @@ function graphSectionFor(run, onSelect) {
         emptyState('no-graph', 'No graph for this run',
           h('p', {}, 'The producer sent no graph.json (or one with no nodes). The timeline above has every node.'))),
       update: () => {},
+      reveal: () => {},
     };
   }
   const known = new Set(graph.nodes.map((n) => n.id));
@@ -697,6 +698,16 @@ function graphSectionFor(run, onSelect) {
       h('div', { class: 'title-row' },
         h('h2', { id: 'graph-title' }, `Graph · ${graph.nodes.length} nodes`), controls),
       box, legend),
+    /** A large graph opens scrolled to its first failed node, the one a reader looks for. */
+    reveal: () => {
+      const failed = (run.nodes || []).find((n) => n.class === 'failed');
+      if (!failed || zoom === 0) return;
+      const g = [...box.querySelectorAll('g.node')].find((x) => x.dataset.node === failed.node);
+      const m = g && g.transform.baseVal.consolidate();
+      if (!m) return;
+      box.scrollLeft = Math.max(0, m.matrix.e * zoom - box.clientWidth / 2);
+      box.scrollTop = Math.max(0, m.matrix.f * zoom - box.clientHeight / 3);
+    },
     update: (now) => {
       const st = statesOf(now);
       recolourGraph(box, st);
@@ -775,7 +786,7 @@ async function renderRun(r, gen) {
     integrity.el,
     list.el));
   main.dataset.view = 'run';
-  main.dataset.painted = String(performance.now());
+  graph.reveal();
 
   try {
     await list.loadMore();

@@ -98,11 +98,15 @@ export function createGantt(run, fetchLatest) {
     row.stateEl.className = `gstate cls-${n.class}`;
     const dur = n.duration_ms ?? (n.started_at && !n.ended_at && n.class === 'active' ? Date.now() - s0 : null);
     row.durEl.textContent = formatDuration(dur);
+    const track = row.bar.parentElement;
     if (Number.isNaN(s0)) {
+      // Never active (e.g. pending → failed): no period to draw, and no time to guess.
       row.bar.style.left = '0%';
-      row.bar.style.width = '0';
+      row.bar.style.width = '100%';
       row.bar.classList.add('unstarted');
+      track.dataset.empty = `never ran · ${n.state}`;
     } else {
+      delete track.dataset.empty;
       const e0 = n.ended_at ? ms(n.ended_at) : (n.class === 'active' ? Math.max(span.end, s0) : s0);
       const left = Math.max(0, Math.min(100, ((s0 - span.start) / width) * 100));
       const w = Math.max(0, Math.min(100 - left, ((e0 - s0) / width) * 100));
