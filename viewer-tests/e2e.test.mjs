@@ -626,6 +626,11 @@ describe('KAHN viewer in headless Chromium', () => {
     assert.ok(await page.locator('.gantt-tip').isVisible());
     await page.keyboard.press('Escape');
     assert.ok(!(await page.locator('.gantt-tip').isVisible()), 'Escape closes the details');
+    // Enter on a bar shows that node's transitions.
+    await page.keyboard.press('Enter');
+    await page.waitForFunction(() => document.querySelectorAll('[data-testid="timeline"] li').length === 2);
+    assert.equal(await page.inputValue('#node-filter'), 'build');
+    await page.selectOption('#node-filter', '');
     // The hash-chain panel comes after the graph, the transitions after both.
     const order2 = await page.evaluate(() => ['[data-testid="gantt"]', '[data-testid="graph"]', '.integrity', '.steps']
       .map((q) => document.querySelector(q)).every((el, i, all) => i === 0
@@ -762,7 +767,7 @@ describe('KAHN viewer in headless Chromium', () => {
     // Sort the loaded rows: the UI says it sorts this page only.
     assert.match(await text(page, '.filters .sort'), /sorts the rows loaded on this page/);
     await page.selectOption('#f-sort', 'duration');
-    await page.waitForFunction(() => window.location.hash.includes('sort=duration'));
+    await page.locator('.runs-body[data-sort="duration"]').waitFor({ timeout: WAIT });
     // The redraw follows the hash change: wait for the sorted table, then read it.
     await page.waitForFunction(() => {
       const v = [...document.querySelectorAll('tbody td[data-label="Duration"]')].map((t) => Number(t.dataset.ms || -1));
@@ -772,7 +777,7 @@ describe('KAHN viewer in headless Chromium', () => {
     assert.equal(ms[0], Math.max(...ms), `longest first: ${ms}`);
     assert.equal(await page.locator('#f-sort').inputValue(), 'duration', 'the choice is kept across the redraw');
     await page.selectOption('#f-sort', 'failed');
-    await page.waitForFunction(() => window.location.hash.includes('sort=failed'));
+    await page.locator('.runs-body[data-sort="failed"]').waitFor({ timeout: WAIT });
     await page.waitForFunction(() => document.querySelector('tbody tr')?.dataset.class === 'failed', null, { timeout: WAIT });
     // Search by run id prefix, on the server.
     await page.fill('#f-prefix', 'big');

@@ -434,6 +434,7 @@ async function renderRuns(r, gen) {
       ? document.activeElement.getAttribute('href') || document.activeElement.textContent : null;
     mount(body, content);
     body.setAttribute('aria-busy', 'false');
+    body.dataset.sort = r.sort || 'server';
     if (focused) {
       const again = [...body.querySelectorAll('a, button')].find((el) =>
         (el.getAttribute('href') || el.textContent) === focused);
@@ -764,8 +765,11 @@ async function renderRun(r, gen) {
     const page = await app.api.transitions(run.run_id, n.last_seq > 0 ? n.last_seq - 1 : undefined, 1);
     return page.body.transitions[0];
   };
-  const gantt = createGantt(run, fetchLatest);
   const list = createTransitionList(run);
+  const gantt = createGantt(run, fetchLatest, (id) => {
+    list.showNode(id);
+    list.el.scrollIntoView({ block: 'nearest' });
+  });
   const graph = graphSectionFor(run, (id) => {
     list.showNode(id);
     list.el.scrollIntoView({ block: 'nearest' });

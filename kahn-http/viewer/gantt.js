@@ -32,9 +32,9 @@ function sortNodes(nodes) {
 /**
  * Creates the Gantt section. `fetchLatest(node)` resolves with the node's latest transition
  * (lazily, on hover or focus). Returns `{el, update(run)}`; `update` moves bars in place and
- * adds rows for new nodes.
+ * adds rows for new nodes. `onSelect(node)` runs when a bar is clicked or chosen with Enter.
  */
-export function createGantt(run, fetchLatest) {
+export function createGantt(run, fetchLatest, onSelect = () => {}) {
   const rows = new Map();
   const list = h('div', { class: 'gantt-rows', role: 'list' });
   const axis = h('div', { class: 'gantt-axis', 'aria-hidden': 'true' });
@@ -130,7 +130,14 @@ export function createGantt(run, fetchLatest) {
     bar.addEventListener('focus', () => showTip(row, bar));
     bar.addEventListener('mouseleave', () => { if (document.activeElement !== bar) hideTip(); });
     bar.addEventListener('blur', hideTip);
-    bar.addEventListener('keydown', (e) => { if (e.key === 'Escape') hideTip(); });
+    bar.addEventListener('keydown', (e) => {
+      if (e.key === 'Escape') hideTip();
+      if (e.key === 'Enter' || e.key === ' ') {
+        e.preventDefault();
+        onSelect(row.node.node);
+      }
+    });
+    bar.addEventListener('click', () => onSelect(row.node.node));
     rows.set(n.node, row);
     return row;
   };
