@@ -732,6 +732,20 @@ describe('KAHN viewer in headless Chromium', () => {
     assert.equal(await page.locator('[data-testid="timeline"]').getAttribute('data-mark'), 'kept', 'rows are appended, not redrawn');
     assert.match(await text(page, '[data-testid="transition-count"]'), /showing 6 of 6/);
     await shot(page, '18-live-run');
+    // A hidden tab does not poll; it catches up as soon as it is visible again.
+    const setHidden = (hidden) => page.evaluate((v) => {
+      Object.defineProperty(document, 'hidden', { configurable: true, get: () => v });
+      document.dispatchEvent(new Event('visibilitychange'));
+    }, hidden);
+    const runPolls = () => page.requests.filter((r) => r.url.endsWith('/v1/runs/live-1')).length;
+    await setHidden(true);
+    await page.waitForTimeout(500);
+    const hiddenAt = runPolls();
+    await page.waitForTimeout(4000);
+    assert.equal(runPolls(), hiddenAt, 'no polling while the page is hidden');
+    await setHidden(false);
+    for (let i = 0; i < 20 && runPolls() === hiddenAt; i++) await page.waitForTimeout(100);
+    assert.ok(runPolls() > hiddenAt, 'visible again: it polls at once');
     // The run ends: the status follows and polling stops.
     push(runDir('live-1', { source: 'ci', labels: { repository: 'https://github.com/acme/app' }, graph: LIVE_GRAPH, start: LIVE_START,
       steps: [...LIVE_STEPS, ['compile', 'running', 'running', { progress: 50 }], ['test', null, 'running'],

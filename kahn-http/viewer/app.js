@@ -802,8 +802,17 @@ async function renderRun(r, gen) {
   await verifyInto(integrity, list, run, gen);
 
   // Follow a live run: poll the summary, append the new rows, move the bars; nothing redrawn.
+  let inFlight = false;
   const poll = async () => {
-    if (document.hidden || gen !== app.generation) return;
+    if (document.hidden || gen !== app.generation || inFlight) return;
+    inFlight = true;
+    try {
+      await pollOnce();
+    } finally {
+      inFlight = false;
+    }
+  };
+  const pollOnce = async () => {
     let now;
     try {
       now = (await app.api.run(r.id)).body;
