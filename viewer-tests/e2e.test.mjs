@@ -803,6 +803,11 @@ describe('KAHN viewer in headless Chromium', () => {
     await page.getByRole('button', { name: 'Filter' }).click();
     await page.locator('[data-empty="no-match"]').waitFor({ timeout: WAIT });
     assert.match(await text(page, '[data-empty="no-match"]'), /starting with “zzz”/);
+    // A prefix the server refuses is explained next to the filters, which stay usable.
+    await page.fill('#f-prefix', 'a b');
+    await page.getByRole('button', { name: 'Filter' }).click();
+    await page.getByTestId('filter-problem').waitFor({ timeout: WAIT });
+    assert.ok(await page.locator('#f-prefix').isVisible());
     // On the run page the labels link too.
     await page.goto(`${server.url}/#/runs/labelled-1`);
     await page.locator('.facts a[href="https://github.com/acme/app/commit/9f3c2ab41d0e"]').waitFor({ timeout: WAIT });

@@ -410,6 +410,13 @@ async function renderRuns(r, gen) {
       });
     } catch (e) {
       if (gen !== app.generation) return;
+      if (e instanceof ApiError && e.status === 400) {
+        // A filter the server refuses (say, a character no run id has): say so next to them.
+        mount(body, h('p', { class: 'problem', role: 'alert', 'data-testid': 'filter-problem' }, `The server refused these filters: ${e.message}`));
+        body.setAttribute('aria-busy', 'false');
+        stopTimer();
+        return;
+      }
       showError(e);
       return;
     }
