@@ -75,6 +75,58 @@ const NIGHTLY_STEPS = [
   ['test', 'running', 'failed', { failed: ['auth::login', 'db::migrate'], exit_code: 101, ratio: 0.25 }],
 ];
 
+/** A ~300-node layered DAG and a 200,000-transition log over it (the perf scenario). */
+const BIG_TRANSITIONS = 200000;
+function bigRun(id) {
+  const layers = 15;
+  const width = 20;
+  const nodes = [];
+  const edges = [];
+  for (let l = 0; l < layers; l++) {
+    for (let i = 0; i < width; i++) {
+      const name = `L${String(l).padStart(2, '0')}-task-${String(i).padStart(2, '0')}`;
+      nodes.push(name);
+      if (l > 0) {
+        edges.push([`L${String(l - 1).padStart(2, '0')}-task-${String(i).padStart(2, '0')}`, name]);
+        if (i % 3 === 0) edges.push([`L${String(l - 1).padStart(2, '0')}-task-${String((i + 7) % width).padStart(2, '0')}`, name]);
+      }
+    }
+  }
+  const failing = new Set(['L03-task-07', 'L09-task-12']);
+  const start = Date.now() - 6 * 3600_000;
+  const perNode = Math.floor(BIG_TRANSITIONS / nodes.length);
+  const events = [];
+  nodes.forEach((name, k) => {
+    const l = Math.floor(k / width);
+    const t0 = start + l * 20 * 60_000 + (k % width) * 15_000;
+    const span = 8 * 60_000 + (k % 7) * 90_000;
+    const extra = k < BIG_TRANSITIONS - perNode * nodes.length ? 1 : 0;
+    const n = perNode + extra;
+    events.push([t0, { node: name, from: 'pending', to: 'running' }]);
+    for (let j = 1; j < n - 1; j++) {
+      events.push([t0 + Math.floor((span * j) / n), { node: name, from: 'running', to: 'running', attrs: { progress: j } }]);
+    }
+    events.push([t0 + span, failing.has(name)
+      ? { node: name, from: 'running', to: 'failed', attrs: { exit_code: 1, reason: `${name} broke` } }
+      : { node: name, from: 'running', to: 'succeeded', attrs: { rows: k * 10 } }]);
+  });
+  events.sort((a, b) => a[0] - b[0]);
+  const dir = path.join(tmp, 'runs', id);
+  fs.mkdirSync(dir, { recursive: true });
+  const lines = [JSON.stringify({ kind: 'run', source: 'warehouse', labels: { team: 'data' } })];
+  for (const [ts, body] of events) lines.push(JSON.stringify({ ts: new Date(ts).toISOString(), ...body }));
+  fs.writeFileSync(path.join(dir, 'transitions.ndjson'), `${lines.join('\n')}\n`);
+  fs.writeFileSync(path.join(dir, 'graph.json'), JSON.stringify({ nodes, edges }));
+  return dir;
+}
+
+const LIVE_START = Date.now() - 600_000;
+const LIVE_GRAPH = { nodes: ['fetch', 'compile', 'lint', 'test'], edges: [['fetch', 'compile'], ['fetch', 'lint'], ['compile', 'test']] };
+const LIVE_STEPS = [
+  ['fetch', null, 'running'], ['fetch', 'running', 'succeeded', { files: 12 }],
+  ['compile', null, 'running', { target: 'x86_64' }], ['lint', null, 'failed', { exit_code: 2 }],
+];
+
 // ------------------------------------------------------------------ JWTs signed here
 
 const { publicKey, privateKey } = crypto.generateKeyPairSync('ed25519');
@@ -242,6 +294,32 @@ describe('KAHN viewer in headless Chromium', () => {
         edges: [{ from: 'fetch', to: 'package' }, { from: 'package', to: 'sign' }, { from: 'sign', to: 'publish' }] },
       steps: [['fetch', 'pending', 'succeeded'], ['package', 'pending', 'succeeded'], ['sign', 'pending', 'running']],
     }), tenants.team.key, ['--db', DB]);
+
+    // Issue 13's viewer scenarios live in tenants of their own, so the lists above stay as they are.
+    tenants.lab = provision('lab-a');
+    tenants.labB = provision('lab-b');
+    tenants.adminHome = provision('admins-home', '--org', 'org-admins');
+    const t0 = Date.now();
+    push(bigRun('big-1'), tenants.lab.key, ['--db', DB]);
+    console.log(`# seeded big-1 (${BIG_TRANSITIONS} transitions) in ${Date.now() - t0} ms`);
+    push(runDir('live-1', { source: 'ci', labels: { repository: 'https://github.com/acme/app' }, graph: LIVE_GRAPH, start: LIVE_START, steps: LIVE_STEPS }),
+      tenants.lab.key, ['--db', DB]);
+    push(runDir('labelled-1', {
+      source: 'ci', start: Date.now() - 9000_000,
+      labels: {
+        repository: 'https://github.com/acme/app', commit: '9f3c2ab41d0e', docs: 'https://docs.acme.test/runs?id=1',
+        evil: 'javascript:alert(1)', ftp: 'ftp://files.acme.test/x', branch: 'main',
+      },
+      steps: [['build', null, 'running'], ['build', 'running', 'succeeded']],
+    }), tenants.lab.key, ['--db', DB]);
+    for (const key of [tenants.lab.key, tenants.labB.key]) {
+      push(runDir('shared-1', {
+        source: 'ci', graph: { nodes: ['one', 'two'], edges: [['one', 'two']] }, start: Date.now() - 8000_000,
+        steps: [['one', null, 'running'], ['one', 'running', 'succeeded'], ['two', null, 'succeeded']],
+      }), key, ['--db', DB]);
+    }
+    push(runDir('only-in-b', { source: 'ci', start: Date.now() - 7000_000, steps: [['x', null, 'succeeded']] }),
+      tenants.labB.key, ['--db', DB]);
 
     server = await serve();
   });
@@ -507,6 +585,261 @@ describe('KAHN viewer in headless Chromium', () => {
     await page.getByRole('button', { name: 'Back to my tenant' }).click();
     await page.locator('[data-empty="no-tenant"]').waitFor({ timeout: WAIT });
     assert.ok(!(await page.locator('#override').isVisible()));
+    await assertReadOnly(page);
+    assertNoProblems(page);
+    await page.context().close();
+  });
+
+  test('run page: Gantt from the node summaries, failed first, details on hover and on keyboard focus', async () => {
+    const page = await newPage();
+    await signIn(page, tenants.choco.key);
+    await page.goto(`${server.url}/#/runs/nightly-42`);
+    await page.locator('[data-testid="gantt"] .gantt-row').first().waitFor({ timeout: WAIT });
+    const order = await page.locator('.gantt-row').evaluateAll((rs) => rs.map((r) => [r.dataset.node, r.dataset.class]));
+    assert.deepEqual(order[0], ['test', 'failed'], `failed nodes first: ${JSON.stringify(order)}`);
+    assert.equal(order.length, 4, 'one bar per node with a transition');
+    // Bars sit on the run's time axis: plan starts at the left edge, test ends at the right.
+    const geo = await page.locator('.gantt-row').evaluateAll((rs) => Object.fromEntries(rs.map((r) => {
+      const t = r.querySelector('.track').getBoundingClientRect();
+      const b = r.querySelector('.bar').getBoundingClientRect();
+      return [r.dataset.node, [(b.left - t.left) / t.width, (b.right - t.left) / t.width]];
+    })));
+    assert.ok(geo.plan[0] < 0.02, JSON.stringify(geo));
+    assert.ok(geo.test[1] > 0.98, JSON.stringify(geo));
+    assert.ok(geo.build[0] > geo.plan[1] - 0.01, 'build starts after plan ends');
+    // Hover: state, start, duration, attempts, then the latest transition's attrs, fetched lazily.
+    const before = page.requests.filter((r) => r.url.includes('/transitions')).length;
+    await page.locator('.gantt-row[data-node="test"] .bar').hover();
+    await page.locator('.gantt-tip pre[data-loaded="true"]').waitFor({ timeout: WAIT });
+    const tip = await text(page, '.gantt-tip');
+    assert.match(tip, /test[\s\S]*failed[\s\S]*start[\s\S]*duration[\s\S]*7\.0 s[\s\S]*attempts\s*1/);
+    assert.match(tip, /auth::login/);
+    const lazy = page.requests.filter((r) => r.url.includes('/transitions')).slice(before);
+    assert.equal(lazy.length, 1, 'one request for the hovered node');
+    assert.match(lazy[0].url, /after_seq=6&limit=1/);
+    await shot(page, '15-gantt-hover');
+    // Keyboard focus shows the same, for another node.
+    await page.mouse.move(0, 0);
+    await page.locator('.gantt-row[data-node="build"] .bar').focus();
+    await page.waitForFunction(() => document.querySelector('.gantt-tip')?.dataset.node === 'build'
+      && /app-1\.4\.2/.test(document.querySelector('.gantt-tip pre').textContent), null, { timeout: WAIT });
+    assert.ok(await page.locator('.gantt-tip').isVisible());
+    await page.keyboard.press('Escape');
+    assert.ok(!(await page.locator('.gantt-tip').isVisible()), 'Escape closes the details');
+    // Enter on a bar shows that node's transitions.
+    await page.keyboard.press('Enter');
+    await page.waitForFunction(() => document.querySelectorAll('[data-testid="timeline"] li').length === 2);
+    assert.equal(await page.inputValue('#node-filter'), 'build');
+    await page.selectOption('#node-filter', '');
+    // The hash-chain panel comes after the graph, the transitions after both.
+    const order2 = await page.evaluate(() => ['[data-testid="gantt"]', '[data-testid="graph"]', '.integrity', '.steps']
+      .map((q) => document.querySelector(q)).every((el, i, all) => i === 0
+        || Boolean(all[i - 1].compareDocumentPosition(el) & Node.DOCUMENT_POSITION_FOLLOWING)));
+    assert.ok(order2, 'Gantt, graph, hash chain, transitions, in that order');
+    assert.match(await text(page, '[data-testid="transition-count"]'), /showing 8 of 8/);
+    assertNoProblems(page);
+    await page.context().close();
+  });
+
+  test('a 200,000-transition run paints from the node summary (time measured, not asserted)', async () => {
+    const page = await newPage();
+    await signIn(page, tenants.lab.key);
+    const t0 = Date.now();
+    await page.goto(`${server.url}/#/runs/big-1`);
+    await page.locator('[data-testid="gantt"] .gantt-row').first().waitFor({ state: 'visible', timeout: 60000 });
+    const ganttMs = Date.now() - t0;
+    await page.locator('svg.dag g.node').first().waitFor({ timeout: 60000 });
+    const graphMs = Date.now() - t0;
+    await page.waitForFunction(() => /showing 1000 of 200000/.test(document.querySelector('[data-testid="transition-count"]')?.textContent || ''), null, { timeout: 60000 });
+    const listMs = Date.now() - t0;
+    const perf = { run: 'big-1', transitions: BIG_TRANSITIONS, nodes: 300, navigation_to_gantt_visible_ms: ganttMs,
+      navigation_to_graph_ms: graphMs, navigation_to_first_transition_page_ms: listMs };
+    fs.mkdirSync(SHOTS, { recursive: true });
+    fs.writeFileSync(path.join(SHOTS, 'perf.json'), `${JSON.stringify(perf, null, 2)}\n`);
+    console.log(`# perf: ${JSON.stringify(perf)}`);
+    assert.equal(await page.locator('.gantt-row').count(), 300);
+    const first = await page.locator('.gantt-row').evaluateAll((rs) => rs.slice(0, 2).map((r) => r.dataset.class));
+    assert.deepEqual(first, ['failed', 'failed'], 'the two failed nodes head the Gantt');
+    assert.equal(await page.locator('svg.dag g.node').count(), 300);
+    assert.equal(await text(page, '[data-testid="run-status"]'), 'failed');
+    // Only the first page of transitions was fetched; the rest comes on demand.
+    const pages = page.requests.filter((r) => /\/transitions\?/.test(r.url));
+    assert.equal(pages.length, 1, pages.map((r) => r.url).join(' '));
+    assert.equal(await page.locator('[data-testid="timeline"] li').count(), 1000);
+    assert.match(await text(page, '[data-testid="verify"]'), /Not verified in the page yet[\s\S]*1000 of 200000/);
+    await shot(page, '16-big-run');
+    await page.getByTestId('load-more').click();
+    await page.waitForFunction(() => /showing 2000 of 200000/.test(document.querySelector('[data-testid="transition-count"]').textContent), null, { timeout: WAIT });
+    assert.match(page.requests.filter((r) => /\/transitions\?/.test(r.url)).pop().url, /after_seq=999&limit=1000/);
+    // A 300-node DAG is readable: it starts at actual size in a pannable box, and zooms.
+    // It opens scrolled to the first failed node.
+    assert.ok(await page.getByTestId('graph-scroll').evaluate((el) => {
+      const g = el.querySelector('g.node[data-state="failed"]').getBoundingClientRect();
+      const b = el.getBoundingClientRect();
+      return g.top >= b.top && g.bottom <= b.bottom && g.left >= b.left && g.right <= b.right;
+    }), 'the first failed node is in view');
+    const w0 = Number(await page.locator('svg.dag').getAttribute('width'));
+    await page.getByTestId('zoom-out').click();
+    const w1 = Number(await page.locator('svg.dag').getAttribute('width'));
+    assert.ok(w1 < w0, `zoom out shrinks (${w0} → ${w1})`);
+    await page.getByTestId('zoom-in').click();
+    await page.getByTestId('zoom-in').click();
+    assert.ok(Number(await page.locator('svg.dag').getAttribute('width')) > w0, 'zoom in grows');
+    const scroll = page.getByTestId('graph-scroll');
+    const box = await scroll.boundingBox();
+    await scroll.evaluate((el) => { el.scrollLeft = 0; el.scrollTop = 0; });
+    await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+    await page.mouse.down();
+    await page.mouse.move(box.x + box.width / 2 - 200, box.y + box.height / 2 - 100, { steps: 4 });
+    await page.mouse.up();
+    assert.ok(await scroll.evaluate((el) => el.scrollLeft > 0 || el.scrollTop > 0), 'dragging pans the graph');
+    await page.locator('[data-testid="graph"]').screenshot({ path: path.join(SHOTS, '17-big-graph.png') });
+    assertNoProblems(page);
+    await page.context().close();
+  });
+
+  test('a live run updates in place: new rows, moved bars, scroll and expansion kept', async () => {
+    const page = await newPage({ width: 1280, height: 600 });
+    await signIn(page, tenants.lab.key);
+    await page.goto(`${server.url}/#/runs/live-1`);
+    await page.locator('li.step[data-seq="3"]').waitFor({ timeout: WAIT });
+    assert.ok(await page.getByTestId('live').isVisible(), 'a live indicator');
+    assert.equal(await text(page, '[data-testid="run-status"]'), 'running · 1 failed');
+    assert.match(await page.locator('.gantt-row[data-node="lint"] .track').getAttribute('data-empty'), /never ran · failed/,
+      'a node that never became active has no invented bar');
+    // The user expands a row and scrolls; the page marks its elements to prove they survive.
+    await page.locator('li.step[data-seq="1"] summary').click();
+    await page.evaluate(() => {
+      document.querySelector('.gantt-row[data-node="compile"]').dataset.mark = 'kept';
+      document.querySelector('svg.dag')?.setAttribute('data-mark', 'kept');
+      document.querySelector('[data-testid="timeline"]').dataset.mark = 'kept';
+    });
+    await page.evaluate(() => window.scrollTo(0, 400));
+    assert.ok(await page.evaluate(() => window.scrollY) > 100, 'the page scrolled');
+    // What the user looks at stays where it is on screen (rows added above move the scroll
+    // offset by exactly their height: the browser's scroll anchoring, not a jump to the top).
+    const anchor = () => page.locator('li.step[data-seq="1"]').evaluate((el) => el.getBoundingClientRect().top);
+    const top0 = await anchor();
+    push(runDir('live-1', { source: 'ci', labels: { repository: 'https://github.com/acme/app' }, graph: LIVE_GRAPH, start: LIVE_START,
+      steps: [...LIVE_STEPS, ['compile', 'running', 'running', { progress: 50 }], ['test', null, 'running']] }),
+    tenants.lab.key, ['--url', server.url]);
+    await page.locator('li.step[data-seq="5"]').waitFor({ timeout: 12000 });
+    await page.locator('.gantt-row[data-node="test"]').waitFor({ timeout: WAIT });
+    assert.ok(Math.abs((await anchor()) - top0) <= 2, `the expanded row stays put on screen (${top0} → ${await anchor()})`);
+    assert.ok(await page.evaluate(() => window.scrollY) > 100, 'not scrolled back to the top');
+    assert.ok(await page.locator('li.step[data-seq="1"] details').evaluate((d) => d.open), 'the expanded row stays expanded');
+    assert.equal(await page.locator('.gantt-row[data-node="compile"]').getAttribute('data-mark'), 'kept', 'bars are updated, not redrawn');
+    assert.equal(await page.locator('[data-testid="timeline"]').getAttribute('data-mark'), 'kept', 'rows are appended, not redrawn');
+    assert.match(await text(page, '[data-testid="transition-count"]'), /showing 6 of 6/);
+    await shot(page, '18-live-run');
+    // A hidden tab does not poll; it catches up as soon as it is visible again.
+    const setHidden = (hidden) => page.evaluate((v) => {
+      Object.defineProperty(document, 'hidden', { configurable: true, get: () => v });
+      document.dispatchEvent(new Event('visibilitychange'));
+    }, hidden);
+    const runPolls = () => page.requests.filter((r) => r.url.endsWith('/v1/runs/live-1')).length;
+    await setHidden(true);
+    await page.waitForTimeout(500);
+    const hiddenAt = runPolls();
+    await page.waitForTimeout(4000);
+    assert.equal(runPolls(), hiddenAt, 'no polling while the page is hidden');
+    await setHidden(false);
+    for (let i = 0; i < 20 && runPolls() === hiddenAt; i++) await page.waitForTimeout(100);
+    assert.ok(runPolls() > hiddenAt, 'visible again: it polls at once');
+    // The run ends: the status follows and polling stops.
+    push(runDir('live-1', { source: 'ci', labels: { repository: 'https://github.com/acme/app' }, graph: LIVE_GRAPH, start: LIVE_START,
+      steps: [...LIVE_STEPS, ['compile', 'running', 'running', { progress: 50 }], ['test', null, 'running'],
+        ['compile', 'running', 'succeeded'], ['test', 'running', 'succeeded']] }),
+    tenants.lab.key, ['--url', server.url]);
+    await page.waitForFunction(() => document.querySelector('[data-testid="run-status"]').textContent === 'failed', null, { timeout: 12000 });
+    await page.getByTestId('live').waitFor({ state: 'hidden', timeout: WAIT });
+    assert.equal(await page.locator('.gantt-row[data-node="compile"]').getAttribute('data-class'), 'succeeded');
+    assert.equal(await page.locator('svg.dag g.node[data-node="compile"]').getAttribute('data-state'), 'succeeded', 'the graph is recoloured');
+    assert.equal(await page.locator('svg.dag').getAttribute('data-mark'), 'kept', 'the graph is not redrawn');
+    const polls = page.requests.filter((r) => r.url.endsWith('/v1/runs/live-1')).length;
+    await page.waitForTimeout(4000);
+    assert.equal(page.requests.filter((r) => r.url.endsWith('/v1/runs/live-1')).length, polls, 'a terminal run is not polled');
+    assertNoProblems(page);
+    await page.context().close();
+  });
+
+  test('list: label links, commit links, run id search, sort of the loaded page, failed counts, durations', async () => {
+    const page = await newPage();
+    await signIn(page, tenants.lab.key);
+    await page.locator('tr[data-run="labelled-1"]').waitFor({ timeout: WAIT });
+    const row = page.locator('tr[data-run="labelled-1"]');
+    assert.equal(await row.locator('a[href="https://github.com/acme/app/commit/9f3c2ab41d0e"]').count(), 1, 'commit → repository/commit/sha');
+    assert.equal(await row.locator('a[href="https://docs.acme.test/runs?id=1"]').count(), 1, 'an https label is a link');
+    assert.equal(await row.locator('a[href="https://github.com/acme/app"]').count(), 1);
+    for (const k of ['evil', 'ftp', 'branch']) {
+      assert.equal(await row.locator(`li[data-label="${k}"] a`).count(), 0, `${k} stays text`);
+    }
+    assert.match(await row.locator('li[data-label="evil"]').innerText(), /javascript:alert\(1\)/);
+    assert.match(await text(page, 'tr[data-run="live-1"] [data-testid="status-cell"]'), /running · 1 failed|failed/);
+    assert.match(await text(page, 'tr[data-run="labelled-1"] td[data-label="Duration"]'), /7\.0 s/);
+    await shot(page, '19-list-labels');
+    // Sort the loaded rows: the UI says it sorts this page only.
+    assert.match(await text(page, '.filters .sort'), /sorts the rows loaded on this page/);
+    await page.selectOption('#f-sort', 'duration');
+    await page.locator('.runs-body[data-sort="duration"]').waitFor({ timeout: WAIT });
+    // The redraw follows the hash change: wait for the sorted table, then read it.
+    await page.waitForFunction(() => {
+      const v = [...document.querySelectorAll('tbody td[data-label="Duration"]')].map((t) => Number(t.dataset.ms || -1));
+      return v.length > 1 && v.every((x, i) => i === 0 || v[i - 1] >= x);
+    }, null, { timeout: WAIT });
+    const ms = await page.locator('tbody td[data-label="Duration"]').evaluateAll((tds) => tds.map((t) => Number(t.dataset.ms || -1)));
+    assert.equal(ms[0], Math.max(...ms), `longest first: ${ms}`);
+    assert.equal(await page.locator('#f-sort').inputValue(), 'duration', 'the choice is kept across the redraw');
+    await page.selectOption('#f-sort', 'failed');
+    await page.locator('.runs-body[data-sort="failed"]').waitFor({ timeout: WAIT });
+    await page.waitForFunction(() => document.querySelector('tbody tr')?.dataset.class === 'failed', null, { timeout: WAIT });
+    // Search by run id prefix, on the server.
+    await page.fill('#f-prefix', 'big');
+    await page.getByRole('button', { name: 'Filter' }).click();
+    await page.waitForFunction(() => [...document.querySelectorAll('tbody tr')].map((r) => r.dataset.run).join() === 'big-1', null, { timeout: WAIT });
+    assert.ok(page.requests.some((r) => r.url.includes('run_id_prefix=big')), 'the search is the API\'s run_id_prefix');
+    await shot(page, '20-list-search');
+    await page.fill('#f-prefix', 'zzz');
+    await page.getByRole('button', { name: 'Filter' }).click();
+    await page.locator('[data-empty="no-match"]').waitFor({ timeout: WAIT });
+    assert.match(await text(page, '[data-empty="no-match"]'), /starting with “zzz”/);
+    // A prefix the server refuses is explained next to the filters, which stay usable.
+    await page.fill('#f-prefix', 'a b');
+    await page.getByRole('button', { name: 'Filter' }).click();
+    await page.getByTestId('filter-problem').waitFor({ timeout: WAIT });
+    assert.ok(await page.locator('#f-prefix').isVisible());
+    // On the run page the labels link too.
+    await page.goto(`${server.url}/#/runs/labelled-1`);
+    await page.locator('.facts a[href="https://github.com/acme/app/commit/9f3c2ab41d0e"]').waitFor({ timeout: WAIT });
+    await assertReadOnly(page);
+    assertNoProblems(page);
+    await page.context().close();
+  });
+
+  test('admin with an empty own tenant: pointed at the selector; a tenant switch repaints the same run or says why not', async () => {
+    const page = await newPage();
+    await signIn(page, jwt({ sub: 'admin-erin', name: 'Erin', role: 'admin', org_id: 'org-admins' }));
+    await page.locator('[data-empty="no-runs"]').waitFor({ timeout: WAIT });
+    assert.match(await text(page, '[data-empty="no-runs"]'), /administrator[\s\S]*selector/);
+    await shot(page, '21-admin-empty-own-tenant');
+    await page.selectOption('#tenant-select', tenants.lab.id);
+    await page.locator('tr[data-run="shared-1"]').waitFor({ timeout: WAIT });
+    await page.locator('tr[data-run="shared-1"] a').click();
+    await page.waitForSelector('[data-testid="verify"][data-verified="true"]', { timeout: WAIT });
+    // The same run id exists in lab-b: the run page is painted again, in that tenant.
+    await page.selectOption('#tenant-select', tenants.labB.id);
+    await page.waitForFunction(() => /lab-b/.test(document.querySelector('#override')?.textContent || ''), null, { timeout: WAIT });
+    await page.waitForSelector('article.run-view[data-run="shared-1"] [data-testid="verify"][data-verified="true"]', { timeout: WAIT });
+    assert.match(page.url(), /#\/runs\/shared-1$/);
+    const head = await (await fetch(`${server.url}/v1/runs/shared-1`, { headers: { Authorization: `Bearer ${tenants.labB.key}` } })).json();
+    assert.equal(await text(page, '[data-testid="head-hash"]'), head.head_hash, 'lab-b\'s copy of the run');
+    // choco has no such run: its list, with a one-line note.
+    await page.selectOption('#tenant-select', tenants.choco.id);
+    await page.locator('[data-testid="note"]').waitFor({ timeout: WAIT });
+    assert.match(await text(page, '[data-testid="note"]'), /shared-1[\s\S]*not in tenant choco/);
+    await page.locator('[data-testid="runs-table"] tbody tr').first().waitFor({ timeout: WAIT });
+    assert.match(await text(page, '#override'), /choco/);
+    await shot(page, '22-admin-switch-note');
     await assertReadOnly(page);
     assertNoProblems(page);
     await page.context().close();

@@ -42,6 +42,7 @@ const ASSETS: &[Asset] = &[
     Asset { name: "api.js", content_type: JS, body: include_bytes!("../viewer/api.js") },
     Asset { name: "dom.js", content_type: JS, body: include_bytes!("../viewer/dom.js") },
     Asset { name: "graph.js", content_type: JS, body: include_bytes!("../viewer/graph.js") },
+    Asset { name: "gantt.js", content_type: JS, body: include_bytes!("../viewer/gantt.js") },
     Asset { name: "verify.js", content_type: JS, body: include_bytes!("../viewer/verify.js") },
     Asset { name: "favicon.svg", content_type: SVG, body: include_bytes!("../viewer/favicon.svg") },
 ];

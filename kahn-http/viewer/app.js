@@ -3,6 +3,7 @@
 
 import { ApiError, createApi } from './api.js';
 import { ago, h, mount, stateClass } from './dom.js';
+import { createGantt, formatDuration } from './gantt.js';
 import { parseGraph, renderGraph } from './graph.js';
 import { verifyChain } from './verify.js';
 
@@ -11,7 +12,7 @@ const TENANT_KEY = 'kahn.viewer.tenant';
 const REFRESH_MS = 5000;
 const PAGE_SIZE = 25;
 const TRANSITION_PAGE = 1000;
-const MAX_TRANSITIONS = 50000;
+const LIVE_MS = 3000;
 
 const main = document.getElementById('main');
 const identityEl = document.getElementById('identity');
@@ -24,6 +25,9 @@ const app = {
   timer: null,
   generation: 0,
   cursors: [],
+  note: null,
+  switching: false,
+  onVisible: null,
 };
 
 const store = {
@@ -58,13 +62,18 @@ function route() {
   const params = new URLSearchParams(query);
   const m = path.match(/^\/runs\/(.+)$/);
   if (m) return { name: 'run', id: decodeURIComponent(m[1]) };
-  return { name: 'runs', source: params.get('source') || '', status: params.get('status') || '' };
+  return {
+    name: 'runs', source: params.get('source') || '', status: params.get('status') || '',
+    prefix: params.get('q') || '', sort: params.get('sort') || '',
+  };
 }
 
-function runsHash(source, status) {
+function runsHash(source, status, prefix = '', sort = '') {
   const q = new URLSearchParams();
+  if (prefix) q.set('q', prefix);
   if (source) q.set('source', source);
   if (status) q.set('status', status);
+  if (sort) q.set('sort', sort);
   const qs = q.toString();
   return qs ? `#/?${qs}` : '#/';
 }
@@ -207,13 +216,14 @@ function tenantSelector() {
     h('span', { id: 'tenant-select-help', class: 'muted' }, 'read-only'));
 }
 
-/** An admin reads another tenant (or their own again): run ids and filters are per tenant,
- * so the view starts over at that tenant's runs. */
+/** An admin reads another tenant (or their own again). The current view is painted again
+ * in the new tenant: the same run when it exists there, else that tenant's runs with a note;
+ * a list keeps its filters but starts at the first page. */
 function switchTenant(id) {
   store.setTenant(id);
   app.cursors = [];
-  if (window.location.hash && window.location.hash !== '#/') window.location.hash = '#/';
-  else render();
+  app.switching = route().name === 'run';
+  render();
 }
 
 function renderOverride() {
@@ -233,6 +243,46 @@ function renderOverride() {
     h('button', { type: 'button', onclick: () => switchTenant(null) }, 'Back to my tenant'));
 }
 
+// ---------------------------------------------------------------- labels
+
+/** The labels that may hold a repository's web address, checked in this order, for `commit`. */
+const REPO_LABELS = ['repository', 'repository_url', 'repo', 'repo_url'];
+
+function httpUrl(v) {
+  if (typeof v !== 'string' || !/^https?:\/\//i.test(v)) return null;
+  try {
+    const u = new URL(v);
+    return u.protocol === 'http:' || u.protocol === 'https:' ? u : null;
+  } catch {
+    return null;
+  }
+}
+
+/** A label's value: a link when it is an http(s) URL, a commit link when the run names its
+ * repository's URL, text otherwise. */
+function labelValue(k, v, labels) {
+  const text = String(v);
+  const url = httpUrl(text);
+  const ext = { rel: 'noopener noreferrer', target: '_blank' };
+  if (url) return h('a', { href: url.href, class: 'label-link', ...ext }, text);
+  if (k === 'commit' && /^[0-9a-f]{4,64}$/i.test(text)) {
+    const repoKey = REPO_LABELS.find((r) => httpUrl(String((labels || {})[r] || '')));
+    if (repoKey) {
+      const base = String(labels[repoKey]).replace(/\/+$/, '');
+      return h('a', { href: `${base}/commit/${encodeURIComponent(text)}`, class: 'label-link commit', ...ext }, h('code', {}, text.slice(0, 12)));
+    }
+    return h('code', {}, text.slice(0, 12));
+  }
+  return text;
+}
+
+function labelChips(labels) {
+  const entries = Object.entries(labels || {});
+  if (!entries.length) return h('span', { class: 'muted' }, '—');
+  return h('ul', { class: 'chips' }, entries.map(([k, v]) =>
+    h('li', { 'data-label': k, title: `${k}: ${v}` }, h('span', { class: 'k' }, `${k} `), labelValue(k, v, labels))));
+}
+
 // ---------------------------------------------------------------- runs
 
 function noRunsState(filtered, r) {
@@ -240,7 +290,7 @@ function noRunsState(filtered, r) {
   const origin = window.location.origin;
   if (filtered) {
     return emptyState('no-match', 'No runs match these filters',
-      h('p', {}, `Nothing in this tenant has ${[r.source && `source “${r.source}”`, r.status && `status “${r.status}”`].filter(Boolean).join(' and ')}.`),
+      h('p', {}, `Nothing in this tenant has ${[r.prefix && `a run id starting with “${r.prefix}”`, r.source && `source “${r.source}”`, r.status && `status “${r.status}”`].filter(Boolean).join(' and ')}.`),
       h('p', {}, h('a', { href: '#/' }, 'Clear the filters')));
   }
   const src = who.tenant_source;
@@ -263,72 +313,124 @@ function noRunsState(filtered, r) {
         ? `Ask an operator to link it: kahn tenant link-org TEAM_TENANT ${org}; then sign in again.`
         : 'Sign in with a token issued for your organisation (one carrying its org_id), or with the producer API key of the team\'s tenant.'));
   }
+  const admin = who.principal.kind === 'jwt' && who.principal.role === 'admin' && src !== 'admin_override';
   return emptyState('no-runs', 'No runs yet in this tenant',
+    admin ? h('p', { class: 'admin-hint' }, 'You are an administrator: to read another tenant\'s runs, choose it in the “Admin: read tenant” selector above.') : null,
     h('p', {}, src === 'admin_override'
       ? 'The tenant you are reading has no runs.'
       : 'Nothing has been pushed to this tenant so far. Runs appear here within seconds of a push:'),
     src === 'admin_override' ? null : h('pre', {}, `kahn push ./runs/my-run --url ${origin}`));
 }
 
+function runDuration(r) {
+  if (r.duration_ms !== null && r.duration_ms !== undefined) return r.duration_ms;
+  return r.started_at && !r.ended_at ? Date.now() - Date.parse(r.started_at) : null;
+}
+
+const SORTS = {
+  '': { label: 'Newest activity (server order)', fn: null },
+  duration: { label: 'Longest duration first', fn: (a, b) => (runDuration(b) ?? -1) - (runDuration(a) ?? -1) },
+  failed: {
+    label: 'Failed first',
+    fn: (a, b) => (Number(b.status_class === 'failed') - Number(a.status_class === 'failed'))
+      || ((b.node_counts?.failed || 0) - (a.node_counts?.failed || 0)),
+  },
+};
+
 function runsTable(runs) {
   return h('table', { class: 'runs', 'data-testid': 'runs-table' },
-    h('caption', { class: 'sr-only' }, 'Runs, newest activity first'),
+    h('caption', { class: 'sr-only' }, 'Runs'),
     h('thead', {}, h('tr', {},
       h('th', { scope: 'col' }, 'Run'), h('th', { scope: 'col' }, 'Source'),
-      h('th', { scope: 'col' }, 'Status'), h('th', { scope: 'col', class: 'num' }, 'Transitions'),
+      h('th', { scope: 'col' }, 'Status'), h('th', { scope: 'col', class: 'num' }, 'Duration'),
+      h('th', { scope: 'col', class: 'num' }, 'Transitions'),
+      h('th', { scope: 'col' }, 'Labels'),
       h('th', { scope: 'col' }, 'Last activity'))),
-    h('tbody', {}, runs.map((r) => h('tr', { 'data-run': r.run_id },
-      h('td', { 'data-label': 'Run' }, h('a', { href: `#/runs/${encodeURIComponent(r.run_id)}` }, r.run_id)),
-      h('td', { 'data-label': 'Source' }, r.source || '—'),
-      h('td', { 'data-label': 'Status' }, h('span', { class: `badge ${stateClass(r.status)}` }, r.status || 'empty')),
-      h('td', { 'data-label': 'Transitions', class: 'num' }, String(r.transition_count)),
-      h('td', { 'data-label': 'Last activity' }, h('time', { datetime: r.last_ts || '', title: r.last_ts || '' }, ago(r.last_ts)))))));
+    h('tbody', {}, runs.map((r) => {
+      const d = runDuration(r);
+      return h('tr', { 'data-run': r.run_id, 'data-class': r.status_class || '' },
+        h('td', { 'data-label': 'Run' }, h('a', { href: `#/runs/${encodeURIComponent(r.run_id)}` }, r.run_id)),
+        h('td', { 'data-label': 'Source' }, r.source || '—'),
+        h('td', { 'data-label': 'Status', 'data-testid': 'status-cell' },
+          h('span', { class: `badge cls-${r.status_class} ${stateClass(r.status)}` }, statusText(r))),
+        h('td', { 'data-label': 'Duration', class: 'num', 'data-ms': d ?? '' },
+          d === null ? '—' : `${formatDuration(d)}${r.ended_at ? '' : ' so far'}`),
+        h('td', { 'data-label': 'Transitions', class: 'num' }, String(r.transition_count)),
+        h('td', { 'data-label': 'Labels', class: 'labels' }, labelChips(r.labels)),
+        h('td', { 'data-label': 'Last activity' }, h('time', { datetime: r.last_ts || '', title: r.last_ts || '' }, ago(r.last_ts))));
+    })));
 }
 
 async function renderRuns(r, gen) {
   const sources = new Set();
   const statuses = new Set();
+  const prefixIn = h('input', {
+    id: 'f-prefix', name: 'q', value: r.prefix, autocomplete: 'off', spellcheck: 'false',
+    type: 'search', placeholder: 'run id starts with…',
+  });
   const sourceIn = h('input', { id: 'f-source', name: 'source', value: r.source, list: 'sources', autocomplete: 'off' });
   const statusIn = h('input', { id: 'f-status', name: 'status', value: r.status, list: 'statuses', autocomplete: 'off' });
+  const sortIn = h('select', { id: 'f-sort', name: 'sort', 'aria-describedby': 'sort-help' },
+    Object.entries(SORTS).map(([k, v]) => h('option', { value: k, selected: k === r.sort }, v.label)));
   const sourceList = h('datalist', { id: 'sources' });
   const statusList = h('datalist', { id: 'statuses' });
+  const go = () => {
+    app.cursors = [];
+    window.location.hash = runsHash(sourceIn.value.trim(), statusIn.value.trim(), prefixIn.value.trim(), sortIn.value);
+  };
   const filters = h('form', {
-    class: 'filters', role: 'search', 'aria-label': 'Filter runs',
+    class: 'filters', role: 'search', 'aria-label': 'Find runs',
     onsubmit: (e) => {
       e.preventDefault();
-      app.cursors = [];
-      window.location.hash = runsHash(sourceIn.value.trim(), statusIn.value.trim());
+      go();
     },
   },
+  h('div', { class: 'grow' }, h('label', { for: 'f-prefix' }, 'Run id'), prefixIn),
   h('div', {}, h('label', { for: 'f-source' }, 'Source'), sourceIn, sourceList),
   h('div', {}, h('label', { for: 'f-status' }, 'Status'), statusIn, statusList),
   h('button', { type: 'submit' }, 'Filter'),
-  (r.source || r.status) ? h('a', { href: '#/', class: 'clear' }, 'Clear') : null);
+  (r.source || r.status || r.prefix) ? h('a', { href: '#/', class: 'clear' }, 'Clear') : null,
+  h('div', { class: 'sort' }, h('label', { for: 'f-sort' }, 'Sort'), sortIn,
+    h('span', { id: 'sort-help', class: 'help' }, 'sorts the rows loaded on this page')));
+  sortIn.addEventListener('change', go);
+  const note = app.note ? h('p', { class: 'note', role: 'status', 'data-testid': 'note' }, app.note) : null;
+  app.note = null;
   const body = h('div', { class: 'runs-body', 'aria-live': 'polite', 'aria-busy': 'true' }, h('p', { class: 'muted' }, 'Loading runs…'));
   const status = h('p', { class: 'refresh muted', 'data-testid': 'refresh' });
   mount(main, h('section', { class: 'runs-view' },
     h('div', { class: 'title-row' }, h('h1', {}, 'Runs'), status),
-    filters, body));
+    note, filters, body));
 
   const cursor = app.cursors[app.cursors.length - 1];
   const load = async (first) => {
     let page;
     try {
-      page = await app.api.runs({ source: r.source, status: r.status, limit: PAGE_SIZE, cursor });
+      page = await app.api.runs({
+        source: r.source, status: r.status, run_id_prefix: r.prefix, limit: PAGE_SIZE, cursor,
+      });
     } catch (e) {
       if (gen !== app.generation) return;
+      if (e instanceof ApiError && e.status === 400) {
+        // A filter the server refuses (say, a character no run id has): say so next to them.
+        mount(body, h('p', { class: 'problem', role: 'alert', 'data-testid': 'filter-problem' }, `The server refused these filters: ${e.message}`));
+        body.setAttribute('aria-busy', 'false');
+        stopTimer();
+        return;
+      }
       showError(e);
       return;
     }
     if (gen !== app.generation) return;
-    const { runs, next_cursor: next } = page.body;
+    const { runs: serverRuns, next_cursor: next } = page.body;
+    const sort = SORTS[r.sort] || SORTS[''];
+    const runs = sort.fn ? [...serverRuns].sort(sort.fn) : serverRuns;
     for (const run of runs) {
       if (run.source) sources.add(run.source);
       if (run.status) statuses.add(run.status);
     }
     mount(sourceList, [...sources].sort().map((v) => h('option', { value: v })));
     mount(statusList, [...statuses].sort().map((v) => h('option', { value: v })));
-    const filtered = Boolean(r.source || r.status);
+    const filtered = Boolean(r.source || r.status || r.prefix);
     const pager = h('nav', { class: 'pager', 'aria-label': 'Pages' },
       app.cursors.length ? h('button', { type: 'button', onclick: () => { app.cursors.pop(); render(); } }, '← Newer') : null,
       app.cursors.length ? h('button', { type: 'button', onclick: () => { app.cursors = []; render(); } }, 'First page') : null,
@@ -339,6 +441,7 @@ async function renderRuns(r, gen) {
       ? document.activeElement.getAttribute('href') || document.activeElement.textContent : null;
     mount(body, content);
     body.setAttribute('aria-busy', 'false');
+    body.dataset.sort = r.sort || 'server';
     if (focused) {
       const again = [...body.querySelectorAll('a, button')].find((el) =>
         (el.getAttribute('href') || el.textContent) === focused);
@@ -353,176 +456,399 @@ async function renderRuns(r, gen) {
 
 // ---------------------------------------------------------------- one run
 
-async function loadTransitions(id, count) {
-  const all = [];
-  let after;
-  while (all.length < Math.min(count, MAX_TRANSITIONS)) {
-    const page = await app.api.transitions(id, after, TRANSITION_PAGE);
-    const rows = page.body.transitions;
-    all.push(...rows);
-    if (rows.length < TRANSITION_PAGE) break;
-    after = rows[rows.length - 1].seq;
-  }
-  return all;
+const LIVE_CLASSES = new Set(['active', 'waiting']);
+const isLive = (run) => LIVE_CLASSES.has(run.status_class);
+
+function notFoundState(id) {
+  return emptyState('run-not-found', 'No such run in this tenant',
+    h('p', {}, `Run “${id}” is not in tenant ${app.who.tenant_id || '(none)'} (${SOURCE_TEXT[app.who.tenant_source] || app.who.tenant_source}). It may belong to another tenant, or have been removed by retention.`),
+    h('p', {}, h('a', { href: '#/' }, '← All runs')));
 }
 
-function latestStates(transitions) {
-  const states = new Map();
-  for (const t of transitions) if (t.body.node !== undefined) states.set(String(t.body.node), t.body.to);
-  return states;
-}
-
-function timeline(transitions, nodeFilter) {
-  const rows = nodeFilter ? transitions.filter((t) => String(t.body.node) === nodeFilter) : transitions;
-  if (rows.length === 0) {
-    return emptyState('no-transitions', 'No transitions', h('p', {}, nodeFilter
-      ? `Node “${nodeFilter}” has no transitions yet.`
-      : 'This run has no transitions yet.'));
-  }
+function transitionRow(t) {
+  const b = t.body;
   const CORE = new Set(['ts', 'node', 'from', 'to', 'attrs']);
-  return h('ol', { class: 'timeline', 'data-testid': 'timeline' }, rows.map((t) => {
-    const b = t.body;
-    const extra = Object.fromEntries(Object.entries(b).filter(([k]) => !CORE.has(k)));
-    const details = {};
-    if (b.attrs !== undefined) details.attrs = b.attrs;
-    Object.assign(details, extra);
-    return h('li', { class: 'step', 'data-seq': t.seq },
-      h('span', { class: 'seq' }, `#${t.seq}`),
-      h('time', { datetime: b.ts, class: 'ts' }, b.ts),
-      h('span', { class: 'node' }, b.node !== undefined ? String(b.node) : '(run)'),
-      h('span', { class: 'move' },
-        b.from !== undefined ? h('span', { class: `badge ${stateClass(b.from)}` }, String(b.from)) : h('span', { class: 'muted' }, '∅'),
-        h('span', { class: 'arrow', 'aria-label': 'to' }, ' → '),
-        h('span', { class: `badge ${stateClass(b.to)}` }, String(b.to))),
-      Object.keys(details).length
-        ? h('details', { class: 'attrs' },
-          h('summary', {}, b.attrs !== undefined ? 'attrs' : 'fields'),
-          h('pre', {}, JSON.stringify(details, null, 2)))
-        : null);
-  }));
+  const extra = Object.fromEntries(Object.entries(b).filter(([k]) => !CORE.has(k)));
+  const details = {};
+  if (b.attrs !== undefined) details.attrs = b.attrs;
+  Object.assign(details, extra);
+  return h('li', { class: 'step', 'data-seq': t.seq },
+    h('span', { class: 'seq' }, `#${t.seq}`),
+    h('time', { datetime: b.ts, class: 'ts' }, b.ts),
+    h('span', { class: 'node' }, b.node !== undefined ? String(b.node) : '(run)'),
+    h('span', { class: 'move' },
+      b.from !== undefined ? h('span', { class: `badge ${stateClass(b.from)}` }, String(b.from)) : h('span', { class: 'muted' }, '∅'),
+      h('span', { class: 'arrow', 'aria-label': 'to' }, ' → '),
+      h('span', { class: `badge ${stateClass(b.to)}` }, String(b.to))),
+    Object.keys(details).length
+      ? h('details', { class: 'attrs' },
+        h('summary', {}, b.attrs !== undefined ? 'attrs' : 'fields'),
+        h('pre', {}, JSON.stringify(details, null, 2)))
+      : null);
+}
+
+/**
+ * The raw transition list, one page (1000) at a time and only on demand: it never downloads
+ * the whole run first. `append` adds rows at the end (a live run), keeping what is expanded.
+ */
+function createTransitionList(run) {
+  const loaded = [];
+  let total = run.transition_count;
+  let filter = '';
+  let busy = false;
+  const list = h('ol', { class: 'timeline', 'data-testid': 'timeline' });
+  const count = h('p', { class: 'count muted', 'data-testid': 'transition-count', role: 'status' });
+  const more = h('button', { type: 'button', class: 'more', 'data-testid': 'load-more' });
+  const nodeSelect = h('select', { id: 'node-filter' }, h('option', { value: '' }, 'All nodes'),
+    (run.nodes || []).map((n) => h('option', { value: n.node }, n.node)));
+  const empty = h('div', {});
+  const matches = (t) => !filter || String(t.body.node) === filter;
+  const lastSeq = () => (loaded.length ? loaded[loaded.length - 1].seq : -1);
+  const complete = () => lastSeq() + 1 >= total;
+  const refresh = () => {
+    const shown = filter ? loaded.filter(matches).length : loaded.length;
+    count.textContent = filter
+      ? `showing ${shown} transitions of node “${filter}” among the ${loaded.length} loaded of ${total}`
+      : `showing ${loaded.length} of ${total} transitions`;
+    more.hidden = complete();
+    more.textContent = busy ? 'Loading…' : `Load ${Math.min(TRANSITION_PAGE, total - loaded.length)} more`;
+    mount(empty, loaded.length && shown === 0
+      ? emptyState('no-transitions', 'No transitions', h('p', {}, `Node “${filter}” has no transitions among the loaded ones.`))
+      : (total === 0 ? emptyState('no-transitions', 'No transitions', h('p', {}, 'This run has no transitions yet.')) : null));
+  };
+  const add = (rows) => {
+    const fresh = rows.filter((t) => t.seq > lastSeq());
+    loaded.push(...fresh);
+    list.append(...fresh.filter(matches).map(transitionRow));
+    return fresh.length;
+  };
+  const loadMore = async () => {
+    if (busy || complete()) return;
+    busy = true;
+    refresh();
+    try {
+      const page = await app.api.transitions(run.run_id, loaded.length ? lastSeq() : undefined, TRANSITION_PAGE);
+      add(page.body.transitions);
+    } finally {
+      busy = false;
+      refresh();
+    }
+  };
+  more.addEventListener('click', () => loadMore().catch(showError));
+  const showNode = (id) => {
+    filter = id || '';
+    nodeSelect.value = filter;
+    mount(list, loaded.filter(matches).map(transitionRow));
+    refresh();
+  };
+  nodeSelect.addEventListener('change', () => showNode(nodeSelect.value));
+  const el = h('section', { class: 'steps', 'aria-labelledby': 'timeline-title' },
+    h('div', { class: 'title-row' },
+      h('h2', { id: 'timeline-title' }, 'Transitions'),
+      h('div', { class: 'node-filter' }, h('label', { for: 'node-filter' }, 'Node'), nodeSelect)),
+    count, list, empty, more);
+  return {
+    el,
+    loaded,
+    loadMore,
+    showNode,
+    complete,
+    /** A fresh summary arrived: new total, new nodes in the filter; new rows when at the end. */
+    async follow(now) {
+      const wasComplete = complete();
+      total = now.transition_count;
+      const known = new Set([...nodeSelect.options].map((o) => o.value));
+      for (const n of now.nodes || []) if (!known.has(n.node)) nodeSelect.append(h('option', { value: n.node }, n.node));
+      let added = 0;
+      if (wasComplete && !complete() && !busy) {
+        busy = true;
+        try {
+          const page = await app.api.transitions(run.run_id, loaded.length ? lastSeq() : undefined, TRANSITION_PAGE);
+          added = add(page.body.transitions);
+        } finally {
+          busy = false;
+        }
+      }
+      refresh();
+      return added;
+    },
+    refresh,
+  };
 }
 
 function integrityPanel(run) {
   const mark = h('p', { class: 'verify', 'data-testid': 'verify', 'data-verified': 'pending', role: 'status' },
     'Verifying the hash chain in this page…');
+  const head = h('code', { class: 'hash', 'data-testid': 'head-hash' }, run.head_hash);
   return {
     el: h('section', { class: 'integrity', 'aria-labelledby': 'integrity-title' },
       h('h2', { id: 'integrity-title' }, 'Hash chain'),
-      h('p', {}, h('span', { class: 'k' }, 'Head hash '), h('code', { class: 'hash', 'data-testid': 'head-hash' }, run.head_hash)),
+      h('p', {}, h('span', { class: 'k' }, 'Head hash '), head),
       mark),
     mark,
+    head,
   };
+}
+
+async function verifyInto(integrity, list, run, gen) {
+  if (!list.complete()) {
+    integrity.mark.dataset.verified = 'partial';
+    integrity.mark.className = 'verify';
+    integrity.mark.textContent = `Not verified in the page yet: it checks the chain once every transition is loaded (${list.loaded.length} of ${run.transition_count} are). Load the rest below, or use kahn verify ${run.run_id}.`;
+    return;
+  }
+  const v = await verifyChain(list.loaded, run.head_hash);
+  if (gen !== app.generation) return;
+  integrity.mark.dataset.verified = String(v.ok);
+  integrity.mark.className = `verify ${v.ok ? 'ok' : 'bad'}`;
+  integrity.mark.textContent = v.ok
+    ? `✓ Verified: this page recomputed ${v.checked} content hash${v.checked === 1 ? '' : 'es'} (SHA-256 of RFC 8785 JSON) and the chain, and it ends at the head hash above.`
+    : `✗ Not verified: ${v.problem}.`;
+}
+
+function statesOf(run) {
+  return new Map((run.nodes || []).map((n) => [n.node, n.state]));
+}
+
+/** Recolours the drawn graph in place from fresh node states. */
+function recolourGraph(box, states) {
+  for (const g of box.querySelectorAll('g.node')) {
+    const st = states.get(g.dataset.node);
+    if ((st || 'none') === g.dataset.state) continue;
+    g.setAttribute('class', `node ${stateClass(st)}`);
+    g.dataset.state = st || 'none';
+    const label = g.querySelector('text.state');
+    if (label) label.textContent = st || '—';
+  }
+}
+
+function graphSectionFor(run, onSelect) {
+  const graph = parseGraph(run.graph);
+  const states = statesOf(run);
+  if (!graph) {
+    return {
+      el: h('section', { class: 'graph', 'data-testid': 'graph' },
+        h('h2', {}, 'Graph'),
+        emptyState('no-graph', 'No graph for this run',
+          h('p', {}, 'The producer sent no graph.json (or one with no nodes). The timeline above has every node.'))),
+      update: () => {},
+      reveal: () => {},
+    };
+  }
+  const known = new Set(graph.nodes.map((n) => n.id));
+  for (const id of states.keys()) if (!known.has(id)) graph.nodes.push({ id, label: id });
+  const svg = renderGraph(graph, states, onSelect);
+  const natural = { w: Number(svg.getAttribute('width')), h: Number(svg.getAttribute('height')) };
+  const box = h('div', { class: 'graph-scroll', 'data-testid': 'graph-scroll' }, svg);
+  let zoom = 0; // 0 = fit to width
+  const zoomLabel = h('span', { class: 'zoom-label muted', 'aria-live': 'polite' });
+  const apply = () => {
+    if (zoom === 0) {
+      box.classList.remove('actual');
+      svg.setAttribute('width', natural.w);
+      svg.setAttribute('height', natural.h);
+      zoomLabel.textContent = 'fit';
+    } else {
+      box.classList.add('actual');
+      svg.setAttribute('width', Math.round(natural.w * zoom));
+      svg.setAttribute('height', Math.round(natural.h * zoom));
+      zoomLabel.textContent = `${Math.round(zoom * 100)} %`;
+    }
+  };
+  const current = () => (zoom || Math.min(1, box.clientWidth / natural.w || 1));
+  const zoomBy = (f) => {
+    zoom = Math.max(0.1, Math.min(4, current() * f));
+    apply();
+  };
+  const btn = (label, title, fn, extra = {}) => h('button', { type: 'button', title, 'aria-label': title, onclick: fn, ...extra }, label);
+  const controls = h('div', { class: 'zoom', role: 'group', 'aria-label': 'Zoom' },
+    btn('−', 'Zoom out', () => zoomBy(1 / 1.25), { 'data-testid': 'zoom-out' }),
+    zoomLabel,
+    btn('+', 'Zoom in', () => zoomBy(1.25), { 'data-testid': 'zoom-in' }),
+    btn('Fit', 'Fit to width', () => { zoom = 0; apply(); }, { class: 'fit' }),
+    btn('1:1', 'Actual size', () => { zoom = 1; apply(); }));
+  // Drag to pan (the box scrolls); a drag that moved does not also click the node under it.
+  let drag = null;
+  box.addEventListener('pointerdown', (e) => {
+    if (e.button !== 0) return;
+    drag = { x: e.clientX, y: e.clientY, l: box.scrollLeft, t: box.scrollTop, moved: false };
+  });
+  window.addEventListener('pointermove', (e) => {
+    if (!drag) return;
+    const dx = e.clientX - drag.x;
+    const dy = e.clientY - drag.y;
+    if (!drag.moved && Math.abs(dx) + Math.abs(dy) < 5) return;
+    drag.moved = true;
+    box.classList.add('panning');
+    box.scrollLeft = drag.l - dx;
+    box.scrollTop = drag.t - dy;
+  });
+  window.addEventListener('pointerup', () => {
+    box.classList.remove('panning');
+    if (drag && drag.moved) {
+      const swallow = (e) => { e.stopPropagation(); e.preventDefault(); };
+      box.addEventListener('click', swallow, { capture: true, once: true });
+      setTimeout(() => box.removeEventListener('click', swallow, { capture: true }), 0);
+    }
+    drag = null;
+  });
+  // A large DAG starts readable (actual size, scrollable) rather than shrunk to a smudge.
+  if (graph.nodes.length > 40) zoom = 1;
+  apply();
+  const legend = h('ul', { class: 'legend', 'aria-label': 'Legend' });
+  const drawLegend = (st) => mount(legend,
+    [...new Set(st.values())].sort().map((x) => h('li', {}, h('span', { class: `swatch ${stateClass(x)}` }), x)),
+    h('li', {}, h('span', { class: 'swatch st-none' }), 'no transition yet'),
+    graph.nodes.length > 40 ? h('li', { class: 'muted' }, 'drag to pan, − / + to zoom') : null);
+  drawLegend(states);
+  return {
+    el: h('section', { class: 'graph', 'aria-labelledby': 'graph-title', 'data-testid': 'graph' },
+      h('div', { class: 'title-row' },
+        h('h2', { id: 'graph-title' }, `Graph · ${graph.nodes.length} nodes`), controls),
+      box, legend),
+    /** A large graph opens scrolled to its first failed node, the one a reader looks for. */
+    reveal: () => {
+      const failed = (run.nodes || []).find((n) => n.class === 'failed');
+      if (!failed || zoom === 0) return;
+      const g = [...box.querySelectorAll('g.node')].find((x) => x.dataset.node === failed.node);
+      const m = g && g.transform.baseVal.consolidate();
+      if (!m) return;
+      box.scrollLeft = Math.max(0, m.matrix.e * zoom - box.clientWidth / 2);
+      box.scrollTop = Math.max(0, m.matrix.f * zoom - box.clientHeight / 3);
+    },
+    update: (now) => {
+      const st = statesOf(now);
+      recolourGraph(box, st);
+      drawLegend(st);
+    },
+  };
+}
+
+function statusText(run) {
+  const failed = run.node_counts ? run.node_counts.failed : 0;
+  const base = run.status || 'pending';
+  return failed && run.status_class !== 'failed' ? `${base} · ${failed} failed` : base;
+}
+
+function factsOf(run) {
+  const labels = Object.entries(run.labels || {});
+  const dur = run.duration_ms ?? (run.started_at ? Date.now() - Date.parse(run.started_at) : null);
+  return [
+    h('div', {}, h('dt', {}, 'Source'), h('dd', {}, run.source || '—')),
+    h('div', {}, h('dt', {}, 'Transitions'), h('dd', { 'data-testid': 'fact-count' }, String(run.transition_count))),
+    h('div', {}, h('dt', {}, 'Started'), h('dd', {}, run.started_at || run.first_ts || '—')),
+    h('div', {}, h('dt', {}, run.ended_at ? 'Ended' : 'Last activity'), h('dd', {}, run.ended_at || run.last_ts || '—')),
+    h('div', {}, h('dt', {}, 'Duration'), h('dd', { 'data-testid': 'run-duration' },
+      `${formatDuration(dur)}${run.ended_at || !run.started_at ? '' : ' so far'}`)),
+    labels.map(([k, v]) => h('div', {}, h('dt', {}, k), h('dd', {}, labelValue(k, v, run.labels)))),
+  ];
 }
 
 async function renderRun(r, gen) {
   mount(main, h('p', { class: 'muted' }, 'Loading run…'));
   let run;
-  let transitions;
   try {
     run = (await app.api.run(r.id)).body;
-    transitions = await loadTransitions(r.id, run.transition_count);
   } catch (e) {
     if (gen !== app.generation) return;
+    if (app.switching) {
+      // An admin switched tenant on a run page and the run is not there: the list, with a note.
+      app.note = `Run “${r.id}” is not in tenant ${tenantName(app.who.tenant_id) || app.who.tenant_id || '(none)'}; here are its runs instead.`;
+      app.switching = false;
+      window.location.hash = '#/';
+      return;
+    }
     if (e instanceof ApiError && e.kind === 'not_found') {
-      mount(main, emptyState('run-not-found', 'No such run in this tenant',
-        h('p', {}, `Run “${r.id}” is not in tenant ${app.who.tenant_id || '(none)'} (${SOURCE_TEXT[app.who.tenant_source] || app.who.tenant_source}). It may belong to another tenant, or have been removed by retention.`),
-        h('p', {}, h('a', { href: '#/' }, '← All runs'))));
+      mount(main, notFoundState(r.id));
       return;
     }
     showError(e);
     return;
   }
   if (gen !== app.generation) return;
+  app.switching = false;
 
-  const states = latestStates(transitions);
-  const graph = parseGraph(run.graph);
-  if (graph) {
-    const known = new Set(graph.nodes.map((n) => n.id));
-    for (const id of states.keys()) if (!known.has(id)) graph.nodes.push({ id, label: id });
-  }
-  const timelineBox = h('div', { class: 'timeline-box' });
-  const nodeSelect = h('select', { id: 'node-filter' },
-    h('option', { value: '' }, 'All nodes'),
-    [...new Set(transitions.filter((t) => t.body.node !== undefined).map((t) => String(t.body.node)))]
-      .map((n) => h('option', { value: n }, n)));
-  const showNode = (id) => {
-    nodeSelect.value = id || '';
-    mount(timelineBox, timeline(transitions, id || ''));
+  const fetchLatest = async (n) => {
+    const page = await app.api.transitions(run.run_id, n.last_seq > 0 ? n.last_seq - 1 : undefined, 1);
+    return page.body.transitions[0];
   };
-  nodeSelect.addEventListener('change', () => showNode(nodeSelect.value));
-  showNode('');
-
-  const graphBox = h('div', { class: 'graph-scroll' });
-  let graphSection;
-  if (graph) {
-    graphBox.append(renderGraph(graph, states, (id) => {
-      showNode(id);
-      timelineBox.scrollIntoView({ block: 'nearest' });
-    }));
-    const seenStates = [...new Set(states.values())].sort();
-    const fit = h('button', { type: 'button', 'aria-pressed': 'true', class: 'fit' }, 'Fit to width');
-    fit.addEventListener('click', () => {
-      const on = fit.getAttribute('aria-pressed') !== 'true';
-      fit.setAttribute('aria-pressed', String(on));
-      graphBox.classList.toggle('actual', !on);
-    });
-    graphSection = h('section', { class: 'graph', 'aria-labelledby': 'graph-title', 'data-testid': 'graph' },
-      h('div', { class: 'title-row' }, h('h2', { id: 'graph-title' }, 'Graph'), fit),
-      graphBox,
-      h('ul', { class: 'legend', 'aria-label': 'Legend' },
-        seenStates.map((st) => h('li', {}, h('span', { class: `swatch ${stateClass(st)}` }), st)),
-        h('li', {}, h('span', { class: 'swatch st-none' }), 'no transition yet')));
-  } else {
-    graphSection = h('section', { class: 'graph', 'data-testid': 'graph' },
-      h('h2', {}, 'Graph'),
-      emptyState('no-graph', 'No graph for this run',
-        h('p', {}, 'The producer sent no graph.json (or one with no nodes). The timeline below has every transition.')));
-  }
-
+  const list = createTransitionList(run);
+  const gantt = createGantt(run, fetchLatest, (id) => {
+    list.showNode(id);
+    list.el.scrollIntoView({ block: 'nearest' });
+  });
+  const graph = graphSectionFor(run, (id) => {
+    list.showNode(id);
+    list.el.scrollIntoView({ block: 'nearest' });
+  });
   const integrity = integrityPanel(run);
-  const labels = Object.entries(run.labels || {});
+  const badge = h('span', { class: `badge big cls-${run.status_class} ${stateClass(run.status)}`, 'data-testid': 'run-status' }, statusText(run));
+  const live = h('span', { class: 'live', 'data-testid': 'live', role: 'status', hidden: !isLive(run) },
+    h('span', { class: 'dot', 'aria-hidden': 'true' }), 'Live · following new transitions');
+  const facts = h('dl', { class: 'facts' }, factsOf(run));
   mount(main, h('article', { class: 'run-view', 'data-run': run.run_id },
-    h('p', {}, h('a', { href: '#/' }, '← All runs')),
+    h('p', { class: 'crumbs' }, h('a', { href: '#/' }, '← All runs')),
     h('div', { class: 'title-row' },
       h('h1', {}, run.run_id),
-      h('span', { class: `badge big ${stateClass(run.status)}`, 'data-testid': 'run-status' }, run.status || 'empty')),
-    h('dl', { class: 'facts' },
-      h('div', {}, h('dt', {}, 'Source'), h('dd', {}, run.source || '—')),
-      h('div', {}, h('dt', {}, 'Transitions'), h('dd', {}, String(run.transition_count))),
-      h('div', {}, h('dt', {}, 'First'), h('dd', {}, run.first_ts || '—')),
-      h('div', {}, h('dt', {}, 'Last'), h('dd', {}, run.last_ts || '—')),
-      labels.map(([k, v]) => h('div', {}, h('dt', {}, k), h('dd', {}, String(v))))),
+      h('div', { class: 'status-row' }, live, badge)),
+    facts,
+    gantt.el,
+    graph.el,
     integrity.el,
-    graphSection,
-    h('section', { class: 'steps', 'aria-labelledby': 'timeline-title' },
-      h('div', { class: 'title-row' },
-        h('h2', { id: 'timeline-title' }, 'Timeline'),
-        h('div', { class: 'node-filter' }, h('label', { for: 'node-filter' }, 'Node'), nodeSelect)),
-      timelineBox)));
+    list.el));
   main.dataset.view = 'run';
+  graph.reveal();
 
-  if (transitions.length < run.transition_count) {
-    integrity.mark.dataset.verified = 'false';
-    integrity.mark.textContent = `Not verified in the page: the run has ${run.transition_count} transitions, more than the ${MAX_TRANSITIONS} this page checks. Use kahn verify ${run.run_id}.`;
-  } else {
-    const v = await verifyChain(transitions, run.head_hash);
-    if (gen !== app.generation) return;
-    integrity.mark.dataset.verified = String(v.ok);
-    integrity.mark.className = `verify ${v.ok ? 'ok' : 'bad'}`;
-    integrity.mark.textContent = v.ok
-      ? `✓ Verified: this page recomputed ${v.checked} content hash${v.checked === 1 ? '' : 'es'} (SHA-256 of RFC 8785 JSON) and the chain, and it ends at the head hash above.`
-      : `✗ Not verified: ${v.problem}.`;
+  try {
+    await list.loadMore();
+  } catch (e) {
+    if (gen === app.generation) showError(e);
+    return;
   }
+  if (gen !== app.generation) return;
+  await verifyInto(integrity, list, run, gen);
 
-  // Follow a live run: redraw when new transitions arrive.
-  every(REFRESH_MS, async () => {
+  // Follow a live run: poll the summary, append the new rows, move the bars; nothing redrawn.
+  let inFlight = false;
+  const poll = async () => {
+    if (document.hidden || gen !== app.generation || inFlight) return;
+    inFlight = true;
     try {
-      const now = (await app.api.run(r.id)).body;
-      if (gen === app.generation && now.next_seq !== run.next_seq) render();
+      await pollOnce();
+    } finally {
+      inFlight = false;
+    }
+  };
+  const pollOnce = async () => {
+    let now;
+    try {
+      now = (await app.api.run(r.id)).body;
     } catch (e) {
       if (gen === app.generation && e instanceof ApiError && e.kind === 'unreachable') showError(e);
+      return;
     }
-  });
+    if (gen !== app.generation) return;
+    if (now.next_seq !== run.next_seq || now.status !== run.status) {
+      gantt.update(now);
+      graph.update(now);
+      badge.className = `badge big cls-${now.status_class} ${stateClass(now.status)}`;
+      badge.textContent = statusText(now);
+      mount(facts, factsOf(now));
+      integrity.head.textContent = now.head_hash;
+      await list.follow(now);
+      if (gen !== app.generation) return;
+      run = now;
+      await verifyInto(integrity, list, run, gen);
+    } else if (isLive(now)) {
+      gantt.update(now); // the running bars grow with the clock
+    }
+    if (!isLive(now)) {
+      live.hidden = true;
+      stopTimer();
+    }
+  };
+  if (isLive(run)) every(LIVE_MS, poll);
+  app.onVisible = () => { if (isLive(run) && gen === app.generation) poll(); };
 }
 
 // ---------------------------------------------------------------- main loop
@@ -531,6 +857,7 @@ async function render() {
   app.generation += 1;
   const gen = app.generation;
   stopTimer();
+  app.onVisible = null;
   const token = store.token();
   if (!token) {
     renderSignIn();
@@ -566,6 +893,11 @@ async function render() {
   if (r.name === 'run') await renderRun(r, gen);
   else await renderRuns(r, gen);
 }
+
+// A hidden page does not poll; it catches up as soon as it is visible again.
+document.addEventListener('visibilitychange', () => {
+  if (!document.hidden && app.onVisible) app.onVisible();
+});
 
 window.addEventListener('hashchange', () => {
   render().then(focusMain);
