@@ -33,7 +33,9 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
             // Runs stored under the old status rule ("the last `to`") get the new one's
             // values, computed by kahn-core from their transitions.
             let runs = crate::store::recompute_progress(&tx)?;
-            tracing::info!(runs, "recomputed run status and node summaries");
+            if runs > 0 {
+                tracing::info!(runs, "recomputed run status and node summaries");
+            }
         }
         tx.pragma_update(None, "user_version", i as i64 + 1).map_err(db)?;
         tx.commit().map_err(db)?;
