@@ -84,7 +84,12 @@ impl Progress for Lines {
         );
     }
     fn chunk_done(&self, bytes: u64, appended: u64, skipped: u64) {
-        eprintln!("push: chunk of {bytes} bytes: {appended} appended, {skipped} already stored");
+        if bytes == 0 && appended == 0 && skipped == 0 {
+            // Only the run's metadata (graph.json, labels) went: checked against what is set.
+            eprintln!("push: run metadata sent (set once: an equal copy changes nothing)");
+        } else {
+            eprintln!("push: chunk of {bytes} bytes: {appended} appended, {skipped} already stored");
+        }
     }
     fn retrying(&self, attempt: u32, wait: Duration, error: &Error) {
         eprintln!("push: retry {attempt} in {wait:.1?}: {error}");
