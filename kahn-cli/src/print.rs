@@ -88,7 +88,9 @@ impl Progress for Lines {
             // Only the run's metadata (graph.json, labels) went: checked against what is set.
             eprintln!("push: run metadata sent (set once: an equal copy changes nothing)");
         } else {
-            eprintln!("push: chunk of {bytes} bytes: {appended} appended, {skipped} already stored");
+            eprintln!(
+                "push: chunk of {bytes} bytes: {appended} appended, {skipped} already stored"
+            );
         }
     }
     fn retrying(&self, attempt: u32, wait: Duration, error: &Error) {

@@ -71,15 +71,13 @@ const APP_FUNCTIONS: [&str; 9] = [
     "kahn.purge_expired()",
 ];
 
-/// The one tenant-isolation predicate of every tenant table, in the spellings `pg_get_expr`
-/// prints for it: wrapped in a sub-select (migration 0001), or plain (as DESIGN.md's
-/// "Scale-out" wants it for Citus).
-fn isolation_predicates(table: &str) -> [String; 2] {
+/// The one tenant-isolation predicate of every tenant table, as `pg_get_expr` prints it: plain,
+/// without a subquery (migration 0006; DESIGN.md "Scale-out": Citus refuses subqueries in the
+/// policies of distributed tables). The sub-select spelling of migrations 0001–0005 is refused:
+/// a database that has not run 0006 is told to migrate.
+fn isolation_predicate(table: &str) -> String {
     let column = if table == "tenants" { "id" } else { "tenant_id" };
-    [
-        format!("({column} = ( SELECT kahn.current_tenant() AS current_tenant))"),
-        format!("({column} = kahn.current_tenant())"),
-    ]
+    format!("({column} = kahn.current_tenant())")
 }
 
 /// Checks the role the pool logs in as; every problem found is reported at once.
@@ -209,7 +207,7 @@ async fn check_policies(
     .await
     .map_err(db)?;
     for table in TENANT_TABLES {
-        let predicates = isolation_predicates(table);
+        let predicate = isolation_predicate(table);
         let mut seen = (false, false);
         for row in &rows {
             let tbl: String = row.try_get("tbl").map_err(db)?;
@@ -229,7 +227,7 @@ async fn check_policies(
                     permissive
                         && cmd == "*"
                         && roles == ["public"]
-                        && qual.as_ref().is_some_and(|q| predicates.contains(q))
+                        && qual.as_deref() == Some(predicate.as_str())
                         && qual == with_check
                 }
                 "definer_all" => {

@@ -26,6 +26,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0004_retention_by_receipt_keys_and_personal_tenants.sql"),
     ),
     (5, "run status", include_str!("../migrations/0005_run_status.sql")),
+    (
+        6,
+        "policies without subqueries",
+        include_str!("../migrations/0006_policies_without_subqueries.sql"),
+    ),
 ];
 
 /// The migrator holding every migration of `migrations/`, as `sqlx::migrate!` would build it
