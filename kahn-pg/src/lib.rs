@@ -331,13 +331,22 @@ impl PgBackend {
     /// Begins a `READ ONLY` transaction for `tenant`, first setting
     /// `set_config('kahn.tenant', tenant, true)` (transaction-local). Writes go through
     /// [`write_tx`](Self::write_tx), which also checks the key.
+    ///
+    /// Reads are planned with their parameters (`plan_cache_mode = force_custom_plan`, also
+    /// transaction-local, set in the same statement). A prepared statement's generic plan knows
+    /// neither the `LIMIT` nor which filters are NULL: for the run listing it scanned all the
+    /// tenant's runs and sorted them (15 ms at 50,000 runs, linear) where the custom plan walks
+    /// `runs_by_activity` and stops after the page (0.09 ms).
     async fn read_tx(&self, tenant: TenantId) -> Result<PgTransaction<'static>> {
         let mut tx = self.pool.begin_with("BEGIN READ ONLY").await.map_err(db)?;
-        query("SELECT pg_catalog.set_config('kahn.tenant', $1, true)")
-            .bind(tenant.to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
+        query(
+            "SELECT pg_catalog.set_config('kahn.tenant', $1, true), \
+                    pg_catalog.set_config('plan_cache_mode', 'force_custom_plan', true)",
+        )
+        .bind(tenant.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
         Ok(tx)
     }
 }
