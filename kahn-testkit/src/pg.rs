@@ -197,6 +197,11 @@ impl TestDb {
         TestDb { name }
     }
 
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The admin's connect options for this database.
     pub fn admin_options(&self) -> PgConnectOptions {
         admin_options().database(&self.name)
