@@ -81,9 +81,8 @@ pub fn spawn_retention(
                 Ok(PurgeTurn::NotShared(outcome) | PurgeTurn::Ran(outcome)) => {
                     tracing::info!(
                         target: "kahn_http::retention",
-                        runs_removed = outcome.runs_removed(),
-                        transitions_removed = outcome.transitions_removed(),
-                        failures = outcome.failures.len(),
+                        tenants_purged = outcome.reports.len(),
+                        tenants_failed = outcome.failures.len(),
                         "retention purge ran"
                     );
                     for r in &outcome.reports {

@@ -31,21 +31,40 @@ pub async fn ingest_allowance_is_shared_per_tenant(h: &Harness) {
         return;
     }
     assert_eq!(first, Admission::Admitted, "a fresh tenant has its whole allowance");
-    // Both within a second of the first (a machine too slow for that would refill it).
-    match h.store.charge_ingest(&a.write, units(1), one_a_second).await.expect("charge") {
-        Admission::Refused { retry_after } => assert!(
-            retry_after > Duration::ZERO && retry_after <= Duration::from_secs(1),
-            "the wait is what refills one unit at one a second: {retry_after:?}"
-        ),
-        other => panic!("the allowance is spent, yet {other:?}"),
+    // The next unit, within a second of the first, is refused; a machine so loaded that a
+    // second passed between the two refilled the allowance, so that try proves nothing and
+    // a fresh tenant tries again.
+    let mut tries = 0;
+    loop {
+        let t = h.fresh_tenant().await;
+        let started = std::time::Instant::now();
+        let first = h.store.charge_ingest(&t.write, units(1), one_a_second).await.expect("charge");
+        let second = h.store.charge_ingest(&t.write, units(1), one_a_second).await.expect("charge");
+        if started.elapsed() >= Duration::from_secs(1) && tries < 3 {
+            tries += 1;
+            continue;
+        }
+        assert_eq!(first, Admission::Admitted, "a fresh tenant has its whole allowance");
+        match second {
+            Admission::Refused { retry_after } => assert!(
+                retry_after > Duration::ZERO && retry_after <= Duration::from_secs(1),
+                "the wait is what refills one unit at one a second: {retry_after:?}"
+            ),
+            other => panic!("the allowance is spent, yet {other:?}"),
+        }
+        break;
     }
     let other = h.store.charge_ingest(&b.write, units(1), one_a_second).await.expect("charge");
     assert_eq!(other, Admission::Admitted, "another tenant's allowance is its own");
     let c = h.fresh_tenant().await;
+    let started = std::time::Instant::now();
     let big = h.store.charge_ingest(&c.write, units(1000), one_a_second).await.expect("charge");
     assert_eq!(big, Admission::Admitted, "a cost above the burst counts as the burst");
     let after = h.store.charge_ingest(&c.write, units(1), one_a_second).await.expect("charge");
-    assert!(matches!(after, Admission::Refused { .. }), "and it spends it: {after:?}");
+    assert!(
+        matches!(after, Admission::Refused { .. }) || started.elapsed() >= Duration::from_secs(1),
+        "and it spends it: {after:?}"
+    );
 }
 
 /// The retention timer's purge: a store that shares its purger's turn gives it to one caller
