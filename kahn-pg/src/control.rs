@@ -741,6 +741,12 @@ async fn purge_as_operator(pool: &PgPool, req: &PurgeRequest) -> Result<PurgeOut
 
 /// Charges `cost` units of `tenant`'s ingest allowance (`kahn.charge_ingest`: one statement,
 /// at the database's clock, shared by every server on the database).
+///
+/// Its transaction commits without waiting for the WAL flush (`synchronous_commit = off`,
+/// transaction-local, set in the same statement): a charge is not data, and a database crash
+/// can at most forget the last fraction of a second of charges (a tenant gets that much more
+/// after the restart), while a durable commit made each charge several times slower than the
+/// key lookup every request already does (pgbench: ~2.7–3.8 ms against ~0.5–0.8 ms).
 pub(crate) async fn charge_ingest(
     pool: &PgPool,
     tenant: TenantId,
@@ -751,15 +757,18 @@ pub(crate) async fn charge_ingest(
     let cost = i32::try_from(cost.get()).unwrap_or(i32::MAX);
     let rate = i32::try_from(quota.rate().get()).unwrap_or(i32::MAX);
     let mut tx = pool.begin().await.map_err(db)?;
-    let wait: i64 = query("SELECT kahn.charge_ingest($1, $2, $3) AS wait_us")
-        .bind(tenant.as_uuid())
-        .bind(cost)
-        .bind(rate)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db)?
-        .try_get("wait_us")
-        .map_err(db)?;
+    let wait: i64 = query(
+        "SELECT pg_catalog.set_config('synchronous_commit', 'off', true) AS async_commit, \
+                kahn.charge_ingest($1, $2, $3) AS wait_us",
+    )
+    .bind(tenant.as_uuid())
+    .bind(cost)
+    .bind(rate)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db)?
+    .try_get("wait_us")
+    .map_err(db)?;
     tx.commit().await.map_err(db)?;
     Ok(match u64::try_from(wait) {
         Ok(0) | Err(_) => Admission::Admitted,
