@@ -4,8 +4,9 @@
 -- each is one statement (or one transaction), so a transaction-pooling pgbouncer in front
 -- changes nothing.
 --
--- * kahn.ingest_budget: one row per tenant, its GCRA "theoretical arrival time" (tat) at the
---   database's clock. Tenant data like the rest: tenant_id leads the key, RLS enabled and
+-- * kahn.ingest_budget: one row per tenant, its GCRA "theoretical arrival time" (tat_us, in
+--   microseconds since the Unix epoch, at the database's clock: integer arithmetic, which Citus
+--   accepts in an ON CONFLICT DO UPDATE where timestamptz + interval, being STABLE, is refused). Tenant data like the rest: tenant_id leads the key, RLS enabled and
 --   forced, the isolation predicate without a subquery (Citus distributes it by tenant_id).
 --   The app role holds no privilege on it: it charges through kahn.charge_ingest (SECURITY
 --   DEFINER, owned by kahn_definer), which reads the clock itself — never the caller's.
@@ -16,7 +17,7 @@
 
 CREATE TABLE kahn.ingest_budget (
     tenant_id uuid        NOT NULL,
-    tat       timestamptz NOT NULL,
+    tat_us    bigint      NOT NULL,
     CONSTRAINT ingest_budget_pkey PRIMARY KEY (tenant_id)
 );
 
@@ -28,42 +29,41 @@ CREATE POLICY tenant_isolation ON kahn.ingest_budget
 CREATE POLICY definer_all ON kahn.ingest_budget TO kahn_definer USING (true) WITH CHECK (true);
 
 REVOKE ALL ON kahn.ingest_budget FROM PUBLIC;
-GRANT SELECT, INSERT, UPDATE (tat) ON kahn.ingest_budget TO kahn_definer;
+GRANT SELECT, INSERT, UPDATE (tat_us) ON kahn.ingest_budget TO kahn_definer;
 
 -- Charges p_cost units of p_tenant's allowance of p_rate units a second (burst p_rate; a
 -- cost above it counts as the whole burst). Returns 0 when admitted; else, charging nothing,
 -- the microseconds until the same charge would be admitted. GCRA: each unit moves tat by
 -- 1/p_rate s; a charge is admitted while tat stays within one second (the burst) of now.
+-- Microseconds throughout (bigint).
 CREATE FUNCTION kahn.charge_ingest(p_tenant uuid, p_cost integer, p_rate integer)
     RETURNS bigint
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, kahn, pg_temp
 AS $$
 DECLARE
-    v_now  timestamptz := pg_catalog.clock_timestamp();
-    v_step interval;
-    v_tat  timestamptz;
+    v_now  bigint := (pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 1000000)::bigint;
+    v_step bigint;
+    v_tat  bigint;
 BEGIN
     IF p_tenant IS NULL OR p_cost IS NULL OR p_rate IS NULL OR p_cost < 1 OR p_rate < 1 THEN
         RAISE EXCEPTION 'kahn.charge_ingest needs a tenant, a cost of at least 1 and a rate of at least 1'
             USING ERRCODE = '22023';
     END IF;
-    v_step := pg_catalog.make_interval(
-        secs => LEAST(p_cost, p_rate)::double precision / p_rate::double precision);
-    INSERT INTO kahn.ingest_budget AS b (tenant_id, tat)
+    v_step := (LEAST(p_cost, p_rate)::bigint * 1000000) / p_rate;
+    INSERT INTO kahn.ingest_budget AS b (tenant_id, tat_us)
     VALUES (p_tenant, v_now + v_step)
     ON CONFLICT ON CONSTRAINT ingest_budget_pkey DO UPDATE
-        SET tat = GREATEST(b.tat, v_now) + v_step
-        WHERE GREATEST(b.tat, v_now) + v_step <= v_now + interval '1 second'
-    RETURNING b.tat INTO v_tat;
+        SET tat_us = GREATEST(b.tat_us, v_now) + v_step
+        WHERE GREATEST(b.tat_us, v_now) + v_step <= v_now + 1000000
+    RETURNING b.tat_us INTO v_tat;
     IF FOUND THEN
         RETURN 0;
     END IF;
     -- Refused: the conflicting row is locked by the INSERT above, so this reads the tat that
     -- refused it.
-    SELECT b.tat INTO v_tat FROM kahn.ingest_budget AS b WHERE b.tenant_id = p_tenant;
-    RETURN GREATEST(1, pg_catalog.ceil(pg_catalog.date_part('epoch',
-        GREATEST(v_tat, v_now) + v_step - interval '1 second' - v_now) * 1000000))::bigint;
+    SELECT b.tat_us INTO v_tat FROM kahn.ingest_budget AS b WHERE b.tenant_id = p_tenant;
+    RETURN GREATEST(1, GREATEST(v_tat, v_now) + v_step - 1000000 - v_now);
 END
 $$;
 

@@ -551,10 +551,10 @@ async fn app_dsn_refuses_grants_beyond_the_design() {
         // Migration 0008: the ingest allowance is charged only through kahn.charge_ingest,
         // and the purge's turn only through kahn.take_purge_turn.
         (
-            "GRANT UPDATE (tat) ON kahn.ingest_budget TO kahn_app",
-            "REVOKE UPDATE (tat) ON kahn.ingest_budget FROM kahn_app",
+            "GRANT UPDATE (tat_us) ON kahn.ingest_budget TO kahn_app",
+            "REVOKE UPDATE (tat_us) ON kahn.ingest_budget FROM kahn_app",
             RoleProblem::ExtraGrant {
-                object: "kahn.ingest_budget (tat)".into(),
+                object: "kahn.ingest_budget (tat_us)".into(),
                 privilege: "UPDATE".into(),
             },
         ),
@@ -919,7 +919,7 @@ async fn security_definer_functions_expose_nothing_else() {
     for sql in [
         "SELECT count(*) FROM kahn.purge_turn",
         "UPDATE kahn.purge_turn SET last_started_at = NULL",
-        "INSERT INTO kahn.ingest_budget (tenant_id, tat) VALUES (gen_random_uuid(), now())",
+        "INSERT INTO kahn.ingest_budget (tenant_id, tat_us) VALUES (gen_random_uuid(), 0)",
     ] {
         assert_eq!(sqlstate(query(sql).execute(&mut *conn).await), INSUFFICIENT_PRIVILEGE, "{sql}");
     }

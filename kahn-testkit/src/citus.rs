@@ -139,6 +139,10 @@ impl Citus {
     ///
     /// When a node refuses any step.
     pub async fn fresh_database(&self) -> CitusDb {
+        // Registering a node makes Citus sync every role to it (ALTER ROLE on the worker), and
+        // two databases registering at once race on the same role rows ("tuple concurrently
+        // updated"): one registration at a time, across every test process.
+        let _turn = self.registration_turn().await;
         let name = format!("kahn_c_{}_{}", now_secs(), random_hex());
         let db = CitusDb { name: name.clone(), coordinator: self.clone() };
         // The workers first: registering a node checks its database has the extension.
@@ -168,6 +172,38 @@ impl Citus {
         }
         let _ = conn.close().await;
         db
+    }
+}
+
+/// A session advisory lock on the coordinator's maintenance database, held while the
+/// connection lives: the turn to register nodes in a database.
+pub struct RegistrationTurn {
+    _conn: PgConnection,
+}
+
+impl std::fmt::Debug for RegistrationTurn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RegistrationTurn")
+    }
+}
+
+/// The advisory lock key of [`RegistrationTurn`] ("kahn" "citus" in ASCII, any fixed value).
+const REGISTRATION_LOCK: i64 = 0x6b61_686e_6369_7473;
+
+impl Citus {
+    /// Waits for, and holds until dropped, the turn to register nodes in a database.
+    ///
+    /// # Panics
+    ///
+    /// When the coordinator cannot be reached.
+    pub async fn registration_turn(&self) -> RegistrationTurn {
+        let mut conn = self.connection().await;
+        query("SELECT pg_advisory_lock($1)")
+            .bind(REGISTRATION_LOCK)
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("take the node registration lock: {e}"));
+        RegistrationTurn { _conn: conn }
     }
 }
 
@@ -214,6 +250,31 @@ impl CitusDb {
     /// The admin DSN of this database on the coordinator.
     pub fn url(&self) -> String {
         with_database(&self.coordinator.url, &self.name, None)
+    }
+
+    /// Adds the worker at `host:port` (a Citus node already running) to this database: creates
+    /// the database there with the `citus` extension and registers the node
+    /// (`citus_add_node`). It holds no shard until a rebalance moves some; the database is
+    /// dropped there too when this one is.
+    ///
+    /// # Panics
+    ///
+    /// When the node refuses any step.
+    pub async fn add_worker(&mut self, host: &str, port: u16) {
+        let _turn = self.coordinator.registration_turn().await;
+        let node = self.coordinator.options.clone().host(host).port(port);
+        create_with_citus(&node, &self.name).await;
+        let mut conn = PgConnection::connect_with(&self.options())
+            .await
+            .unwrap_or_else(|e| panic!("connect to {} on the coordinator: {e}", self.name));
+        query("SELECT citus_add_node($1, $2)")
+            .bind(host)
+            .bind(i32::from(port))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("add worker {host}:{port} to {}: {e}", self.name));
+        let _ = conn.close().await;
+        self.coordinator.workers.push((host.to_owned(), port));
     }
 
     /// A pool on this database on the coordinator, as the admin.

@@ -275,6 +275,12 @@ impl TestDb {
         self.citus.is_some()
     }
 
+    /// The database on the Citus cluster, to grow it ([`CitusDb::add_worker`]); `None` on plain
+    /// Postgres.
+    pub fn citus_mut(&mut self) -> Option<&mut CitusDb> {
+        self.citus.as_mut()
+    }
+
     /// Connect options for this database as `role` (no password unless
     /// `KAHN_TEST_PG_APP_PASSWORD` is set).
     pub fn options_as(&self, role: &str) -> PgConnectOptions {
