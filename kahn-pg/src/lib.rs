@@ -11,7 +11,8 @@
 //!   policies, and that the role's privileges are exactly the designed ones, and refuses to
 //!   start otherwise ([`UnsafeAppRole`], naming each problem's fix).
 //! * **Tenant per transaction.** Every tenant-data operation runs in one transaction that
-//!   first does `SELECT set_config('kahn.tenant', $1, true)`: the setting ends with the
+//!   first enters the tenant (`SELECT kahn.enter_tenant($1)`, a `SET LOCAL kahn.tenant` that
+//!   Citus also carries to its workers): the setting ends with the
 //!   transaction, so a pooled connection never carries a tenant into the next request. Reads
 //!   run in `READ ONLY` transactions, so the database refuses a write even if code tried one.
 //! * **Fast, serialized append, set-wise.** A constant number of statements per batch, however
@@ -230,7 +231,9 @@ impl PgBackend {
     }
 
     /// Runs the pending migrations (admin mode only). Re-runnable; the role creation is
-    /// guarded, so it runs in every database of one cluster.
+    /// guarded, so it runs in every database of one cluster. On a database with the `citus`
+    /// extension it then places the tables ([`citus`]: reference, or distributed by
+    /// `tenant_id`).
     ///
     /// # Errors
     /// [`Error::Unsupported`] in app mode; [`Error::Backend`] when a migration fails.
