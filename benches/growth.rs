@@ -154,6 +154,8 @@ struct Target {
     name: String,
     admin: PgBackend,
     app: PgBackend,
+    /// The app role on a pool of one connection, whose prepared statements can be read back.
+    one: PgBackend,
     app_url: String,
     _db: Db,
 }
@@ -173,8 +175,9 @@ impl Target {
             "pg" => {
                 let (db, admin) = TestDb::new().await;
                 let app = db.app().await;
+                let one = db.app_as(kahn_pg::APP_ROLE, 1).await.unwrap();
                 let app_url = db.url_as_app();
-                Self { name: name.to_owned(), admin, app, app_url, _db: Db::Pg(db) }
+                Self { name: name.to_owned(), admin, app, one, app_url, _db: Db::Pg(db) }
             }
             "citus" => {
                 let citus = Citus::connect().await;
@@ -196,21 +199,28 @@ impl Target {
                      a Citus figure would be the coordinator's local tables"
                 );
                 let app_url = with_user(&db.url(), kahn_pg::APP_ROLE);
-                let pool = kahn_pg::PgPoolOptions::new()
-                    .max_connections(16)
-                    .connect_with(db.options().username(kahn_pg::APP_ROLE))
-                    .await
-                    .unwrap_or_else(|e| panic!("connect to {} as kahn_app: {e}", db.name));
-                let app = PgBackend::app_from_pool(pool)
-                    .await
-                    .unwrap_or_else(|e| panic!("app backend on Citus: {}", e.chain()));
-                Self { name: name.to_owned(), admin, app, app_url, _db: Db::Citus(db) }
+                let app_on = |max: u32| {
+                    let opts = db.options().username(kahn_pg::APP_ROLE);
+                    async move {
+                        let pool = kahn_pg::PgPoolOptions::new()
+                            .max_connections(max)
+                            .connect_with(opts)
+                            .await
+                            .unwrap_or_else(|e| panic!("connect to Citus as kahn_app: {e}"));
+                        PgBackend::app_from_pool(pool)
+                            .await
+                            .unwrap_or_else(|e| panic!("app backend on Citus: {}", e.chain()))
+                    }
+                };
+                let (app, one) = (app_on(16).await, app_on(1).await);
+                Self { name: name.to_owned(), admin, app, one, app_url, _db: Db::Citus(db) }
             }
             other => panic!("KAHN_GROWTH_TARGETS: unknown target {other:?} (pg, citus)"),
         }
     }
 
     async fn close(&self) {
+        self.one.close().await;
         self.app.close().await;
         self.admin.close().await;
     }
@@ -410,35 +420,23 @@ async fn read_latency(
     }
 }
 
-/// The listing statement exactly as `kahn-pg`'s `list_runs` sends it (read.rs), so its plan
-/// can be read as the app role, in a read transaction of the adapter's, with the values bound.
-const LIST_SQL: &str = "SELECT run_id, source, labels, next_seq, head_hash, first_ts, last_ts, created_at, \
-                received_at, run_state_json, started_at, ended_at, nodes_failed, nodes_cancelled, \
-                nodes_active, nodes_waiting, nodes_succeeded, nodes_skipped, nodes_other \
-         FROM kahn.runs \
-         WHERE tenant_id = $1 \
-           AND ($2::text IS NULL OR source = $2) \
-           AND ($3::text IS NULL OR status_json = $3) \
-           AND ($7::text IS NULL OR pg_catalog.starts_with(run_id, $7)) \
-           AND ($8::text IS NULL OR CASE $8 WHEN 'failed' THEN nodes_failed \
-                                            WHEN 'cancelled' THEN nodes_cancelled \
-                                            WHEN 'active' THEN nodes_active \
-                                            WHEN 'waiting' THEN nodes_waiting \
-                                            WHEN 'succeeded' THEN nodes_succeeded \
-                                            WHEN 'skipped' THEN nodes_skipped \
-                                            ELSE nodes_other END > 0) \
-           AND ($4::timestamptz IS NULL OR activity_at < $4 \
-                OR (activity_at = $4 AND run_id > $5)) \
-         ORDER BY activity_at DESC, run_id \
-         LIMIT $6";
-
 /// `EXPLAIN (ANALYZE, BUFFERS)` of the listing (first page, or after `cursor`) as the app role
-/// inside the adapter's own read transaction (tenant and plan_cache_mode set as it sets them).
-/// Returns the plan's lines.
-async fn explain_list(app: &PgBackend, scope: &ReadScope, cursor: Option<&Cursor>) -> Vec<String> {
-    let mut tx = app.read_transaction(scope).await.unwrap();
-    let sql = format!("EXPLAIN (ANALYZE, BUFFERS) {LIST_SQL}");
-    let rows = query(AssertSqlSafe(sql))
+/// inside the adapter's own read transaction (tenant and plan_cache_mode set as it sets them),
+/// with the values bound. The statement is the adapter's own: `one` (a pool of one connection)
+/// lists once, and its text is read back from `pg_prepared_statements`. Returns the plan.
+async fn explain_list(one: &PgBackend, scope: &ReadScope, cursor: Option<&Cursor>) -> Vec<String> {
+    let q = RunQuery { limit: 50, cursor: cursor.cloned(), ..RunQuery::default() };
+    one.list_runs(scope, &q).await.unwrap();
+    let mut tx = one.read_transaction(scope).await.unwrap();
+    let sql: String = query(
+        "SELECT statement FROM pg_catalog.pg_prepared_statements \
+         WHERE statement LIKE 'SELECT run_id, source, labels, %FROM kahn.runs%ORDER BY activity_at%'",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .expect("the listing is a prepared statement of the one connection")
+    .get("statement");
+    let rows = query(AssertSqlSafe(format!("EXPLAIN (ANALYZE, BUFFERS) {sql}")))
         .bind(scope.tenant().as_uuid())
         .bind(None::<String>)
         .bind(None::<String>)
@@ -533,9 +531,9 @@ async fn grow(res: &mut Results, cfg: &Config, target: &Target) {
         // The cursor after the tenant's middle run (by activity): a page half-way down.
         let middle = RunId::new(run_id(0, step / 2)).unwrap();
         let deep = Cursor::after(&target.app.get_run(&scope, &middle).await.unwrap().info);
-        let plan = explain_list(&target.app, &scope, None).await;
+        let plan = explain_list(&target.one, &scope, None).await;
         res.put(&format!("{prefix}.explain_first50"), plan_value(&prefix, &plan));
-        let plan = explain_list(&target.app, &scope, Some(&deep)).await;
+        let plan = explain_list(&target.one, &scope, Some(&deep)).await;
         res.put(&format!("{prefix}.explain_deep50"), plan_value(&prefix, &plan));
 
         let stores: [(&str, &dyn StorageBackend, ReadScope); 2] =
