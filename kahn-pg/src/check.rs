@@ -9,14 +9,16 @@ use sqlx_postgres::PgPool;
 use crate::error::{BACKEND, RoleProblem, UnsafeAppRole, db};
 
 /// The tables holding tenant data. Every one must have RLS enabled and forced.
-pub const TENANT_TABLES: [&str; 5] = ["tenants", "api_keys", "runs", "transitions", "run_nodes"];
+pub const TENANT_TABLES: [&str; 6] =
+    ["tenants", "api_keys", "key_directory", "runs", "transitions", "run_nodes"];
 
 /// The table privileges the app role holds, per tenant table: the log is append-only, the
 /// run summary is inserted and (by column, below) updated; tenants and keys are reached only
 /// through SECURITY DEFINER functions. Anything else is refused at startup.
-const APP_TABLE_GRANTS: [(&str, &[&str]); 5] = [
+const APP_TABLE_GRANTS: [(&str, &[&str]); 6] = [
     ("tenants", &[]),
     ("api_keys", &[]),
+    ("key_directory", &[]),
     ("runs", &["SELECT", "INSERT"]),
     ("transitions", &["SELECT", "INSERT"]),
     ("run_nodes", &["SELECT", "INSERT"]),
@@ -59,8 +61,9 @@ const COLUMN_PRIVILEGES: [&str; 4] = ["SELECT", "INSERT", "UPDATE", "REFERENCES"
 /// The functions of schema `kahn` the app role may execute (as `regprocedure` text); it may
 /// execute no other function of the schema (`kahn.purge_tenant`, which purges as of a time of
 /// the caller's choosing, above all).
-const APP_FUNCTIONS: [&str; 9] = [
+const APP_FUNCTIONS: [&str; 10] = [
     "kahn.current_tenant()",
+    "kahn.enter_tenant(uuid)",
     "kahn.lookup_api_key(bytea)",
     "kahn.touch_api_key(bytea)",
     "kahn.lookup_tenant_by_org(text)",

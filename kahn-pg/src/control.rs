@@ -266,15 +266,41 @@ async fn insert_key(
     .bind(secret.hash().as_bytes().as_slice())
     .bind(truncate_micros(Utc::now()))
     .bind(expires_at)
-    .execute(conn)
+    .execute(&mut *conn)
     .await;
     match res {
-        Ok(_) => Ok(IssuedApiKey { id, tenant_id: tenant, secret }),
+        Ok(_) => {}
         Err(e) if e.as_database_error().is_some_and(|d| d.is_foreign_key_violation()) => {
-            Err(Error::not_found("tenant", tenant))
+            return Err(Error::not_found("tenant", tenant));
         }
-        Err(e) => Err(db(e)),
+        Err(e) => return Err(db(e)),
     }
+    list_in_directory(conn, tenant, &[secret.hash().as_bytes().as_slice()]).await?;
+    Ok(IssuedApiKey { id, tenant_id: tenant, secret })
+}
+
+/// Lists keys in `kahn.key_directory` (migration 0007), where `kahn.lookup_api_key` finds a
+/// key's tenant before reading the key on that tenant's shard only. A hash listed already (an
+/// import of a key stored before) stays as it is.
+async fn list_in_directory(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    hashes: &[&[u8]],
+) -> Result<()> {
+    // One row per statement (a tenant has a handful of keys): an INSERT … SELECT FROM UNNEST
+    // would reach a Citus reference table as a COPY, which Postgres refuses under RLS.
+    for hash in hashes {
+        query(
+            "INSERT INTO kahn.key_directory (key_hash, tenant_id) VALUES ($2, $1) \
+             ON CONFLICT (key_hash) DO NOTHING",
+        )
+        .bind(tenant.as_uuid())
+        .bind(*hash)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    }
+    Ok(())
 }
 
 /// Issues a key as `req` says, retiring the keys it names, in one transaction: when a named
@@ -483,9 +509,25 @@ async fn import_keys(
     }
     let ids: Vec<Uuid> = keys.iter().map(|k| *k.info.id.as_uuid()).collect();
     let hashes: Vec<&[u8]> = keys.iter().map(|k| k.hash.as_bytes().as_slice()).collect();
+    // Another tenant's key with one of these hashes: the directory knows every key's tenant.
+    let elsewhere = query(
+        "SELECT 1 AS found FROM kahn.key_directory \
+         WHERE key_hash = ANY($2::bytea[]) AND tenant_id <> $1 LIMIT 1",
+    )
+    .bind(tenant.as_uuid())
+    .bind(&hashes)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db)?;
+    if elsewhere.is_some() {
+        return Err(Error::invalid(
+            "keys",
+            "a key with this hash or id is another key here; nothing was imported",
+        ));
+    }
     let stored = query(
         "SELECT tenant_id, key_id, key_hash FROM kahn.api_keys \
-         WHERE key_hash = ANY($2::bytea[]) OR (tenant_id = $1 AND key_id = ANY($3::uuid[]))",
+         WHERE tenant_id = $1 AND (key_hash = ANY($2::bytea[]) OR key_id = ANY($3::uuid[]))",
     )
     .bind(tenant.as_uuid())
     .bind(&hashes)
@@ -529,6 +571,7 @@ async fn import_keys(
     .execute(&mut *conn)
     .await
     .map_err(db)?;
+    list_in_directory(conn, tenant, &hashes).await?;
     query(
         "UPDATE kahn.api_keys AS k SET revoked_at = u.revoked_at \
          FROM UNNEST($2::uuid[], $3::timestamptz[]) AS u(key_id, revoked_at) \

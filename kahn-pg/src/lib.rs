@@ -56,6 +56,7 @@
 
 mod append;
 mod check;
+pub mod citus;
 mod control;
 mod error;
 mod migrate;
@@ -212,6 +213,13 @@ impl PgBackend {
         if runs > 0 {
             tracing::info!(runs, "recomputed run status and node summaries");
         }
+        // On Citus, the tables are then placed: reference or distributed by tenant_id.
+        if citus::is_citus(&self.pool).await? {
+            let placed = citus::distribute(&self.pool).await?;
+            if placed > 0 {
+                tracing::info!(tables = placed, "distributed the tables on Citus");
+            }
+        }
         Ok(())
     }
 
@@ -269,10 +277,9 @@ impl PgBackend {
             )?;
             let mut tx = self.pool.begin().await.map_err(db)?;
             let exists: bool = query(
-                "SELECT pg_catalog.set_config('kahn.tenant', $1, true) AS tenant, \
-                        EXISTS (SELECT FROM kahn.tenants WHERE id = $2) AS exists",
+                "SELECT kahn.enter_tenant($1) AS tenant, \
+                        EXISTS (SELECT FROM kahn.tenants WHERE id = $1) AS exists",
             )
-            .bind(scope.tenant().to_string())
             .bind(scope.tenant().as_uuid())
             .fetch_one(&mut *tx)
             .await
@@ -285,17 +292,15 @@ impl PgBackend {
             return Ok(tx);
         };
         let mut tx = self.pool.begin().await.map_err(db)?;
-        let owner: Option<uuid::Uuid> = query(
-            "SELECT pg_catalog.set_config('kahn.tenant', $1, true) AS tenant, \
-                    kahn.lookup_api_key($2) AS owner",
-        )
-        .bind(scope.tenant().to_string())
-        .bind(key.hash().as_bytes().as_slice())
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db)?
-        .try_get("owner")
-        .map_err(db)?;
+        let owner: Option<uuid::Uuid> =
+            query("SELECT kahn.enter_tenant($1) AS tenant, kahn.lookup_api_key($2) AS owner")
+                .bind(scope.tenant().as_uuid())
+                .bind(key.hash().as_bytes().as_slice())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db)?
+                .try_get("owner")
+                .map_err(db)?;
         if owner != Some(*scope.tenant().as_uuid()) {
             return Err(Error::Unauthorized(
                 "the API key of this scope is unknown, revoked or expired".into(),
@@ -328,8 +333,9 @@ impl PgBackend {
         });
     }
 
-    /// Begins a `READ ONLY` transaction for `tenant`, first setting
-    /// `set_config('kahn.tenant', tenant, true)` (transaction-local). Writes go through
+    /// Begins a `READ ONLY` transaction for `tenant`, first entering it with
+    /// `kahn.enter_tenant` (a transaction-local `SET LOCAL kahn.tenant`, which Citus carries to
+    /// the workers where `set_config` would not reach them). Writes go through
     /// [`write_tx`](Self::write_tx), which also checks the key.
     ///
     /// Reads are planned with their parameters (`plan_cache_mode = force_custom_plan`, also
@@ -340,10 +346,10 @@ impl PgBackend {
     async fn read_tx(&self, tenant: TenantId) -> Result<PgTransaction<'static>> {
         let mut tx = self.pool.begin_with("BEGIN READ ONLY").await.map_err(db)?;
         query(
-            "SELECT pg_catalog.set_config('kahn.tenant', $1, true), \
+            "SELECT kahn.enter_tenant($1), \
                     pg_catalog.set_config('plan_cache_mode', 'force_custom_plan', true)",
         )
-        .bind(tenant.to_string())
+        .bind(tenant.as_uuid())
         .execute(&mut *tx)
         .await
         .map_err(db)?;

@@ -31,6 +31,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "policies without subqueries",
         include_str!("../migrations/0006_policies_without_subqueries.sql"),
     ),
+    (7, "citus ready", include_str!("../migrations/0007_citus_ready.sql")),
 ];
 
 /// The migrator holding every migration of `migrations/`, as `sqlx::migrate!` would build it

@@ -145,11 +145,12 @@ pub(crate) async fn store_nodes(
     query(
         "INSERT INTO kahn.run_nodes (tenant_id, run_id, node_json, state_json, started_at, \
                                      ended_at, attempts, first_seq, last_seq) \
-         SELECT $1, u.run_id, u.node_json, u.state_json, u.started_at, u.ended_at, u.attempts, \
-                u.first_seq, u.last_seq \
+         SELECT r.tenant_id, u.run_id, u.node_json, u.state_json, u.started_at, u.ended_at, \
+                u.attempts, u.first_seq, u.last_seq \
          FROM UNNEST($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[], \
                      $7::bigint[], $8::bigint[], $9::bigint[]) \
               AS u(run_id, node_json, state_json, started_at, ended_at, attempts, first_seq, last_seq) \
+         JOIN kahn.runs AS r ON r.tenant_id = $1 AND r.run_id = u.run_id \
          ON CONFLICT (tenant_id, run_id, node_json) DO UPDATE SET \
             state_json = excluded.state_json, started_at = excluded.started_at, \
             ended_at = excluded.ended_at, attempts = excluded.attempts, \

@@ -46,8 +46,8 @@ async fn appends_stuck_on_a_lock_leave_a_connection_for_reads() {
     // Another session (its own connection, outside the backend's pool) locks the hot run.
     let blocker = db.pool_as(kahn_pg::APP_ROLE, 1).await;
     let mut lock = blocker.begin().await.expect("begin");
-    query("SELECT set_config('kahn.tenant', $1, true)")
-        .bind(writer.tenant().to_string())
+    query("SELECT kahn.enter_tenant($1)")
+        .bind(writer.tenant().as_uuid())
         .execute(&mut *lock)
         .await
         .expect("tenant");

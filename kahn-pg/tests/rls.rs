@@ -68,8 +68,8 @@ async fn backend_pid(conn: &mut PgConnection) -> i32 {
 }
 
 async fn set_tenant(conn: &mut PgConnection, tenant: TenantId) {
-    query("SELECT set_config('kahn.tenant', $1, true)")
-        .bind(tenant.to_string())
+    query("SELECT kahn.enter_tenant($1)")
+        .bind(tenant.as_uuid())
         .execute(&mut *conn)
         .await
         .expect("set tenant");
@@ -133,8 +133,14 @@ async fn no_tenant_set_returns_zero_rows_from_every_tenant_table() {
         {
             let mut tx = pool.begin().await.expect("begin");
             if let Some(s) = setting {
-                query("SELECT set_config('kahn.tenant', $1, true)")
-                    .bind(s)
+                // SET LOCAL, as kahn.enter_tenant does, so that on Citus the workers see the
+                // same setting (set_config would not reach them). `s` is one of the fixed
+                // values above.
+                query("SET LOCAL citus.propagate_set_commands = 'local'")
+                    .execute(&mut *tx)
+                    .await
+                    .expect("propagate");
+                query(AssertSqlSafe(format!("SET LOCAL kahn.tenant = '{s}'")))
                     .execute(&mut *tx)
                     .await
                     .expect("set");

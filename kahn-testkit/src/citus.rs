@@ -2,11 +2,11 @@
 //! 127.0.0.1:5440 and two workers (5441, 5442), started by
 //! `bash ../shared/scripts/citus-cluster.sh` from the repository root ([`CITUS_SCRIPT`]).
 //!
-//! Only the Citus tier needs it: tests that use it are `#[ignore = "needs the Citus cluster:
-//! scripts/test-citus"]`, and `scripts/test-citus` starts the cluster and runs them with
-//! `--ignored`. [`Citus::connect`] fails — never skips — with a message naming the script
-//! when the coordinator is not up. `KAHN_TEST_CITUS_URL` overrides the coordinator's admin
-//! URL.
+//! `scripts/ensure-citus.sh` starts it for `scripts/test`, which runs the Citus tests and, with
+//! `KAHN_TEST_PG_TARGET=citus` ([`Target`](crate::Target)), the conformance suite, the RLS
+//! guarantees and the composition test on it. [`Citus::connect`] fails — never skips — with a
+//! message naming the script when the coordinator is not up. `KAHN_TEST_CITUS_URL` overrides
+//! the coordinator's admin URL.
 //!
 //! Citus keeps its node list per database, so [`Citus::fresh_database`] creates the database
 //! on every node, creates the `citus` extension in each, and registers the coordinator and
@@ -36,8 +36,8 @@ pub(crate) fn not_up_message(url: &str, e: &dyn std::fmt::Display) -> String {
         "\n\nThis test needs the Citus cluster and could not use its coordinator at {url}: {e}\n\
          Start it (idempotent; builds Citus once, about 6 minutes) with\n    \
          bash {CITUS_SCRIPT}\n\
-         from the repository root, or run the whole Citus tier with\n    \
-         scripts/test-citus\n\
+         from the repository root, or with\n    \
+         scripts/ensure-citus.sh\n\
          (KAHN_TEST_CITUS_URL overrides the coordinator's admin URL.)\n\n"
     )
 }
@@ -206,6 +206,11 @@ impl CitusDb {
         self.coordinator.options.clone().database(&self.name)
     }
 
+    /// The coordinator's admin URL (its maintenance database).
+    pub fn server_url(&self) -> &str {
+        &self.coordinator.url
+    }
+
     /// The admin DSN of this database on the coordinator.
     pub fn url(&self) -> String {
         with_database(&self.coordinator.url, &self.name, None)
@@ -255,7 +260,7 @@ mod tests {
     fn the_message_names_the_script_that_starts_the_cluster() {
         let text = not_up_message(DEFAULT_URL, &"connection refused");
         assert!(text.contains("bash ../shared/scripts/citus-cluster.sh"), "{text}");
-        assert!(text.contains("scripts/test-citus"), "{text}");
+        assert!(text.contains("scripts/ensure-citus.sh"), "{text}");
         assert!(text.contains("127.0.0.1:5440"), "{text}");
     }
 }

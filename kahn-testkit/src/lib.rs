@@ -9,8 +9,9 @@
 //! - [`KahnServer`]: the real `kahn serve` binary on a free loopback port; waits for its URL,
 //!   exposes it, and kills and reaps the process on drop.
 //! - [`Citus`]: the local Citus cluster (coordinator on 127.0.0.1:5440, started by
-//!   `bash ../shared/scripts/citus-cluster.sh`), and a fresh database on it ([`CitusDb`]).
-//!   Only the Citus tier needs it (`scripts/test-citus`); the default test run never does.
+//!   `bash ../shared/scripts/citus-cluster.sh` through `scripts/ensure-citus.sh`), and a fresh
+//!   database on it ([`CitusDb`]). With `KAHN_TEST_PG_TARGET=citus` ([`Target`]), every
+//!   [`TestDb`] of the process is on the cluster, migrated and distributed.
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -32,5 +33,5 @@ pub mod pg;
 pub mod server;
 
 pub use citus::{CITUS_SCRIPT, Citus, CitusDb};
-pub use pg::{TestDb, TestRole, admin_url};
+pub use pg::{Target, TestDb, TestRole, admin_url};
 pub use server::{KahnServer, KahnServerBuilder, ServerStderr, StartError, kahn_bin};

@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kahn_pg::{PgBackend, PgConnectOptions, PgPool, PgPoolOptions};
+
+use crate::citus::{Citus, CitusDb};
 use sqlx_core::connection::Connection;
 use sqlx_core::query::query;
 use sqlx_core::row::Row;
@@ -141,12 +143,41 @@ where
     }
 }
 
-/// A fresh database on the test server, only this test's. Dropping it drops the database
-/// (best effort, `WITH (FORCE)`).
+/// Where the test databases live: the environment's choice for [`TestDb::new`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The PostgreSQL server of [`admin_url`] (the default).
+    Postgres,
+    /// The local Citus cluster ([`Citus::connect`]): the database is created on the coordinator
+    /// and every worker, and migrating it distributes the tables.
+    Citus,
+}
+
+impl Target {
+    /// `KAHN_TEST_PG_TARGET`: `citus` runs every Postgres test of the process on the Citus
+    /// cluster (what `scripts/test` does for the conformance suite, the RLS guarantees and the
+    /// composition test), anything else or unset on plain PostgreSQL.
+    ///
+    /// # Panics
+    ///
+    /// On a value other than `postgres` or `citus`: a typo must not quietly test plain
+    /// Postgres twice.
+    pub fn from_env() -> Self {
+        match std::env::var("KAHN_TEST_PG_TARGET").as_deref() {
+            Err(_) | Ok("" | "postgres") => Target::Postgres,
+            Ok("citus") => Target::Citus,
+            Ok(other) => panic!("KAHN_TEST_PG_TARGET={other:?}: expected `postgres` or `citus`"),
+        }
+    }
+}
+
+/// A fresh database on the test server (or on every node of the Citus cluster), only this
+/// test's. Dropping it drops the database (best effort, `WITH (FORCE)`).
 #[derive(Debug)]
 pub struct TestDb {
-    /// The database's name (`kahn_t_<unix seconds>_<random hex>`).
+    /// The database's name (`kahn_t_<unix seconds>_<random hex>`, or `kahn_c_…` on Citus).
     pub name: String,
+    citus: Option<CitusDb>,
 }
 
 impl TestDb {
@@ -157,10 +188,24 @@ impl TestDb {
     /// When no server is reachable (naming `scripts/ensure-postgres.sh`), or creating or
     /// migrating the database fails.
     pub async fn new() -> (Self, PgBackend) {
-        let (db, admin_pool) = Self::unmigrated().await;
+        Self::new_on(Target::from_env()).await
+    }
+
+    /// As [`TestDb::new`], on `target`. On Citus, the migration distributes the tables; this
+    /// checks it did, so a test meant for the cluster never runs on local tables.
+    ///
+    /// # Panics
+    ///
+    /// As [`TestDb::new`]; on Citus also when the cluster is not up (naming the script that
+    /// starts it) or a table was left undistributed.
+    pub async fn new_on(target: Target) -> (Self, PgBackend) {
+        let (db, admin_pool) = Self::unmigrated_on(target).await;
         let admin = PgBackend::admin_from_pool(admin_pool)
             .await
             .unwrap_or_else(|e| panic!("migrate {}: {e}", db.name));
+        if db.citus.is_some() {
+            assert_distributed(&admin).await;
+        }
         (db, admin)
     }
 
@@ -170,7 +215,22 @@ impl TestDb {
     ///
     /// When no server is reachable, or creating the database fails.
     pub async fn unmigrated() -> (Self, PgPool) {
-        let db = Self::empty().await;
+        Self::unmigrated_on(Target::from_env()).await
+    }
+
+    /// As [`TestDb::unmigrated`], on `target`.
+    ///
+    /// # Panics
+    ///
+    /// As [`TestDb::unmigrated`].
+    pub async fn unmigrated_on(target: Target) -> (Self, PgPool) {
+        let db = match target {
+            Target::Postgres => Self::empty().await,
+            Target::Citus => {
+                let citus = Citus::connect().await.fresh_database().await;
+                TestDb { name: citus.name.clone(), citus: Some(citus) }
+            }
+        };
         let admin_pool = PgPoolOptions::new()
             .max_connections(4)
             .connect_with(db.admin_options())
@@ -194,12 +254,20 @@ impl TestDb {
             .await
             .unwrap_or_else(|e| panic!("create test database {name}: {e}"));
         let _ = conn.close().await;
-        TestDb { name }
+        TestDb { name, citus: None }
     }
 
     /// The admin's connect options for this database.
     pub fn admin_options(&self) -> PgConnectOptions {
-        admin_options().database(&self.name)
+        match &self.citus {
+            Some(citus) => citus.options(),
+            None => admin_options().database(&self.name),
+        }
+    }
+
+    /// Whether the database is on the Citus cluster.
+    pub fn is_citus(&self) -> bool {
+        self.citus.is_some()
     }
 
     /// Connect options for this database as `role` (no password unless
@@ -214,14 +282,22 @@ impl TestDb {
 
     /// The admin DSN of this database: [`admin_url`] with its database replaced.
     pub fn url(&self) -> String {
-        with_database(&admin_url(), &self.name, None)
+        with_database(&self.server_url(), &self.name, None)
+    }
+
+    /// The admin URL of the server (the coordinator, on Citus).
+    fn server_url(&self) -> String {
+        match &self.citus {
+            Some(citus) => citus.server_url().to_owned(),
+            None => admin_url(),
+        }
     }
 
     /// A DSN of this database as `role`, with `KAHN_TEST_PG_APP_PASSWORD` as its password
     /// when that is set (as [`TestDb::options_as`]).
     pub fn url_as(&self, role: &str) -> String {
         let password = std::env::var("KAHN_TEST_PG_APP_PASSWORD").ok();
-        with_database(&admin_url(), &self.name, Some((role, password.as_deref())))
+        with_database(&self.server_url(), &self.name, Some((role, password.as_deref())))
     }
 
     /// The app DSN of this database (role `kahn_app`): what `kahn serve` runs with.
@@ -268,6 +344,9 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        if self.citus.is_some() {
+            return; // CitusDb drops it on every node.
+        }
         let name = std::mem::take(&mut self.name);
         block_on_side_thread("dropping a test database", async move {
             let mut conn = maintenance().await;
@@ -283,7 +362,8 @@ impl Drop for TestDb {
 pub struct TestRole {
     /// The role's name.
     pub name: String,
-    db: String,
+    /// The admin's options on the test database (its server: the coordinator on Citus).
+    db: PgConnectOptions,
 }
 
 impl TestRole {
@@ -310,7 +390,7 @@ impl TestRole {
         query(AssertSqlSafe(sql)).execute(admin.pool()).await.expect("grant usage");
         let sql = format!("GRANT {} TO \"{name}\"", kahn_pg::APP_ROLE);
         query(AssertSqlSafe(sql)).execute(admin.pool()).await.expect("grant the app role");
-        TestRole { name, db: db.name.clone() }
+        TestRole { name, db: db.admin_options() }
     }
 }
 
@@ -319,21 +399,18 @@ impl Drop for TestRole {
         let (name, db) = (std::mem::take(&mut self.name), self.db.clone());
         block_on_side_thread("dropping a test role", async move {
             // Objects it owns in the test database go first, then the role.
-            if let Ok(pool) = PgPoolOptions::new()
-                .max_connections(1)
-                .connect_with(admin_options().database(&db))
-                .await
+            // Objects it owns go first, then the role (on Citus, the coordinator propagates
+            // both to the workers).
+            if let Ok(pool) = PgPoolOptions::new().max_connections(1).connect_with(db.clone()).await
             {
                 let sql = format!("DROP OWNED BY \"{name}\" CASCADE");
                 let _ = query(AssertSqlSafe(sql)).execute(&pool).await;
+                let sql = format!("DROP ROLE IF EXISTS \"{name}\"");
+                if let Err(e) = query(AssertSqlSafe(sql)).execute(&pool).await {
+                    eprintln!("warning: could not drop test role {name}: {e}");
+                }
                 pool.close().await;
             }
-            let mut conn = maintenance().await;
-            let sql = format!("DROP ROLE IF EXISTS \"{name}\"");
-            if let Err(e) = query(AssertSqlSafe(sql)).execute(&mut conn).await {
-                eprintln!("warning: could not drop test role {name}: {e}");
-            }
-            let _ = conn.close().await;
         });
     }
 }
@@ -420,4 +497,27 @@ mod tests {
         assert!(text.contains("KAHN_TEST_PG_URL"), "{text}");
         assert!(text.contains("connection refused"), "{text}");
     }
+}
+
+/// Panics unless every table KAHN places on Citus is placed: reference or hash-distributed.
+async fn assert_distributed(admin: &PgBackend) {
+    let tables: Vec<String> = kahn_pg::citus::REFERENCE
+        .iter()
+        .chain(kahn_pg::citus::DISTRIBUTED.iter())
+        .map(|t| (*t).to_owned())
+        .collect();
+    let placed: i64 = sqlx_core::query_scalar::query_scalar(
+        "SELECT count(*) FROM pg_dist_partition AS p \
+         JOIN pg_catalog.unnest($1::text[]) AS t(name) ON p.logicalrelid = t.name::regclass \
+         WHERE p.partmethod = 'h' OR p.repmodel = 't'",
+    )
+    .bind(&tables)
+    .fetch_one(admin.pool())
+    .await
+    .unwrap_or_else(|e| panic!("read the Citus placement: {e}"));
+    assert_eq!(
+        placed,
+        tables.len() as i64,
+        "`kahn migrate` on Citus must place every table of {tables:?}"
+    );
 }
