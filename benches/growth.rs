@@ -37,7 +37,7 @@ use kahn_core::{
 };
 use kahn_http::HttpBackend;
 use kahn_pg::PgBackend;
-use kahn_testkit::{Citus, CitusDb, KahnServer, ServerStderr, TestDb, kahn_bin};
+use kahn_testkit::{KahnServer, ServerStderr, TestDb, kahn_bin};
 use serde_json::{Map, Value, json};
 use sqlx_core::query::query;
 use sqlx_core::row::Row;
@@ -157,66 +157,23 @@ struct Target {
     /// The app role on a pool of one connection, whose prepared statements can be read back.
     one: PgBackend,
     app_url: String,
-    _db: Db,
-}
-
-/// The database, held for its `Drop` (which drops it on every node).
-#[allow(dead_code)]
-enum Db {
-    Pg(TestDb),
-    Citus(CitusDb),
+    _db: TestDb,
 }
 
 impl Target {
-    /// A fresh, migrated database of `name` (`pg`: the test server; `citus`: the local
-    /// cluster's coordinator, whose migration distributes the tables).
+    /// A fresh, migrated database on `name`: `pg`, the test server; `citus`, the local
+    /// cluster, where the migration distributes the tables (the test kit checks it did).
     async fn new(name: &str) -> Self {
-        match name {
-            "pg" => {
-                let (db, admin) = TestDb::new().await;
-                let app = db.app().await;
-                let one = db.app_as(kahn_pg::APP_ROLE, 1).await.unwrap();
-                let app_url = db.url_as_app();
-                Self { name: name.to_owned(), admin, app, one, app_url, _db: Db::Pg(db) }
-            }
-            "citus" => {
-                let citus = Citus::connect().await;
-                let db = citus.fresh_database().await;
-                let admin = PgBackend::admin_from_pool(db.pool(4).await)
-                    .await
-                    .unwrap_or_else(|e| panic!("migrate {} on Citus: {}", db.name, e.chain()));
-                let distributed: i64 = query(
-                    "SELECT count(*) AS n FROM pg_catalog.pg_dist_partition \
-                     WHERE logicalrelid IN ('kahn.runs'::regclass, 'kahn.transitions'::regclass)",
-                )
-                .fetch_one(admin.pool())
-                .await
-                .unwrap()
-                .get("n");
-                assert_eq!(
-                    distributed, 2,
-                    "kahn migrate on Citus left kahn.runs/kahn.transitions undistributed: \
-                     a Citus figure would be the coordinator's local tables"
-                );
-                let app_url = with_user(&db.url(), kahn_pg::APP_ROLE);
-                let app_on = |max: u32| {
-                    let opts = db.options().username(kahn_pg::APP_ROLE);
-                    async move {
-                        let pool = kahn_pg::PgPoolOptions::new()
-                            .max_connections(max)
-                            .connect_with(opts)
-                            .await
-                            .unwrap_or_else(|e| panic!("connect to Citus as kahn_app: {e}"));
-                        PgBackend::app_from_pool(pool)
-                            .await
-                            .unwrap_or_else(|e| panic!("app backend on Citus: {}", e.chain()))
-                    }
-                };
-                let (app, one) = (app_on(16).await, app_on(1).await);
-                Self { name: name.to_owned(), admin, app, one, app_url, _db: Db::Citus(db) }
-            }
+        let on = match name {
+            "pg" => kahn_testkit::Target::Postgres,
+            "citus" => kahn_testkit::Target::Citus,
             other => panic!("KAHN_GROWTH_TARGETS: unknown target {other:?} (pg, citus)"),
-        }
+        };
+        let (db, admin) = TestDb::new_on(on).await;
+        let app = db.app().await;
+        let one = db.app_as(kahn_pg::APP_ROLE, 1).await.unwrap();
+        let app_url = db.url_as_app();
+        Self { name: name.to_owned(), admin, app, one, app_url, _db: db }
     }
 
     async fn close(&self) {
@@ -224,13 +181,6 @@ impl Target {
         self.app.close().await;
         self.admin.close().await;
     }
-}
-
-/// `url` with its user replaced by `user` (and no password).
-fn with_user(url: &str, user: &str) -> String {
-    let (scheme, rest) = url.split_once("://").expect("a postgres:// URL");
-    let rest = rest.split_once('@').map_or(rest, |(_, host)| host);
-    format!("{scheme}://{user}@{rest}")
 }
 
 /// The run id of a tenant's `i`-th run.
