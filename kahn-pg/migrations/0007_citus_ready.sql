@@ -126,3 +126,100 @@ BEGIN
            OR k.last_used_at < pg_catalog.now() - pg_catalog.make_interval(mins => 1));
 END
 $$;
+
+-- ---------------------------------------------------------------------------------------------
+-- The app role's purge: which tenants have expired runs, as a join
+-- ---------------------------------------------------------------------------------------------
+
+-- Citus plans no correlated subquery over a reference table (the EXISTS of 0004 over
+-- kahn.tenants); the join below is pushed down to every shard. Otherwise as 0004: each tenant
+-- purged on its own, a failure reported and the others kept. (Replaced in place: owner and
+-- grants stay.)
+CREATE OR REPLACE FUNCTION kahn.purge_expired()
+    RETURNS TABLE (tenant_id uuid, runs_removed bigint, transitions_removed bigint, failure text)
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, kahn, pg_temp
+AS $$
+DECLARE
+    v_tenant uuid;
+    v_runs   bigint;
+    v_rows   bigint;
+BEGIN
+    FOR v_tenant IN
+        SELECT DISTINCT r.tenant_id FROM kahn.runs AS r
+          JOIN kahn.tenants AS t ON t.id = r.tenant_id
+         WHERE r.received_at < pg_catalog.now()
+               - pg_catalog.make_interval(hours => 24 * t.retention_days)
+         ORDER BY 1
+    LOOP
+        BEGIN
+            SELECT p.runs_removed, p.transitions_removed INTO v_runs, v_rows
+              FROM kahn.purge_tenant(v_tenant, pg_catalog.now(), false) AS p;
+            IF v_runs > 0 THEN
+                tenant_id := v_tenant;
+                runs_removed := v_runs;
+                transitions_removed := v_rows;
+                failure := NULL;
+                RETURN NEXT;
+            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            tenant_id := v_tenant;
+            runs_removed := 0;
+            transitions_removed := 0;
+            failure := SQLSTATE || ': ' || SQLERRM;
+            RETURN NEXT;
+        END;
+    END LOOP;
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Personal tenants and the admin's tenant list, in forms Citus runs
+-- ---------------------------------------------------------------------------------------------
+
+-- As 0004, but a concurrent or squatted insert is caught as a unique violation instead of
+-- ON CONFLICT DO NOTHING: on Citus an INSERT … ON CONFLICT into a reference table locks the
+-- table's shard in a mode reserved to roles that may UPDATE, DELETE or TRUNCATE it, and
+-- kahn_definer may only insert tenants. Same outcome: one tenant per subject, NULL when the
+-- name is someone else's. (Replaced in place: owner and grants stay.)
+CREATE OR REPLACE FUNCTION kahn.provision_personal_tenant(p_sub text) RETURNS uuid
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, kahn, pg_temp
+AS $$
+DECLARE
+    v_id uuid;
+BEGIN
+    IF p_sub IS NULL OR p_sub = '' OR pg_catalog.octet_length('user:' || p_sub) > 256
+       OR p_sub ~ '[[:space:][:cntrl:]]' THEN
+        RAISE EXCEPTION 'invalid subject for a personal tenant' USING ERRCODE = '22023';
+    END IF;
+    SELECT t.id INTO v_id FROM kahn.tenants AS t WHERE t.owner_sub = p_sub;
+    IF FOUND THEN
+        RETURN v_id;
+    END IF;
+    BEGIN
+        INSERT INTO kahn.tenants AS t (id, name, owner_sub, retention_days, created_at)
+        VALUES (pg_catalog.gen_random_uuid(), 'user:' || p_sub, p_sub, 90, pg_catalog.now());
+    EXCEPTION WHEN unique_violation THEN
+        NULL; -- created meanwhile for this subject, or the name is held by another owner
+    END;
+    SELECT t.id INTO v_id FROM kahn.tenants AS t WHERE t.owner_sub = p_sub;
+    RETURN v_id;
+END
+$$;
+
+-- As 0001, with the run counts joined instead of a correlated subquery per tenant (which
+-- Citus does not plan over a reference table). (Replaced in place: owner and grants stay.)
+CREATE OR REPLACE FUNCTION kahn.admin_list_tenants()
+    RETURNS TABLE (id uuid, name text, owner_sub text, airlock_org_id text,
+                   retention_days integer, created_at timestamptz, run_count bigint)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, kahn, pg_temp
+AS $$
+    SELECT t.id, t.name, t.owner_sub, t.airlock_org_id, t.retention_days, t.created_at,
+           coalesce(c.runs, 0)
+    FROM kahn.tenants AS t
+    LEFT JOIN (SELECT r.tenant_id, pg_catalog.count(*) AS runs
+                 FROM kahn.runs AS r GROUP BY r.tenant_id) AS c ON c.tenant_id = t.id
+    ORDER BY t.name COLLATE "C"
+$$;

@@ -15,6 +15,7 @@ use kahn_core::{
 };
 use sqlx_core::query::query;
 use sqlx_core::row::Row;
+use sqlx_core::sql_str::AssertSqlSafe;
 use sqlx_postgres::{PgConnection, PgPool, PgRow};
 use uuid::Uuid;
 
@@ -326,24 +327,24 @@ pub(crate) async fn create_api_key(
             RetiredKeys::One(id) => Some(id),
             RetiredKeys::AllActive => None,
         };
-        // $3 NULL: revoked now; else they expire at $3, or earlier if they already expire
-        // sooner (LEAST skips NULLs). Active: at the database's clock, as lookups see it.
-        let sql = "UPDATE kahn.api_keys \
-                   SET revoked_at = CASE WHEN $3::timestamptz IS NULL \
-                                         THEN pg_catalog.now() ELSE revoked_at END, \
-                       expires_at = CASE WHEN $3::timestamptz IS NULL \
-                                         THEN expires_at ELSE LEAST(expires_at, $3) END \
-                   WHERE tenant_id = $1 AND ($2::uuid IS NULL OR key_id = $2) \
-                     AND revoked_at IS NULL \
-                     AND (expires_at IS NULL OR expires_at > pg_catalog.now())";
-        let retired = query(sql)
-            .bind(tenant.as_uuid())
-            .bind(one.map(|id| *id.as_uuid()))
-            .bind(at)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?
-            .rows_affected();
+        // No grace: revoked now; else they expire at `at`, or earlier if they already expire
+        // sooner (LEAST skips NULLs). Active: at the database's clock, as lookups see it. Two
+        // statements, not a CASE around now(): Citus refuses a non-immutable function there.
+        const ACTIVE: &str = "WHERE tenant_id = $1 AND ($2::uuid IS NULL OR key_id = $2) \
+                              AND revoked_at IS NULL \
+                              AND (expires_at IS NULL OR expires_at > pg_catalog.now())";
+        let sql = match at {
+            None => format!("UPDATE kahn.api_keys SET revoked_at = pg_catalog.now() {ACTIVE}"),
+            Some(_) => {
+                format!("UPDATE kahn.api_keys SET expires_at = LEAST(expires_at, $3) {ACTIVE}")
+            }
+        };
+        let mut retire =
+            query(AssertSqlSafe(sql)).bind(tenant.as_uuid()).bind(one.map(|id| *id.as_uuid()));
+        if let Some(at) = at {
+            retire = retire.bind(at);
+        }
+        let retired = retire.execute(&mut *tx).await.map_err(db)?.rows_affected();
         if let Some(id) = one
             && retired == 0
         {
@@ -357,7 +358,9 @@ pub(crate) async fn create_api_key(
 
 pub(crate) async fn revoke_api_key(pool: &PgPool, tenant: TenantId, key: ApiKeyId) -> Result<()> {
     let res = query(
-        "UPDATE kahn.api_keys SET revoked_at = COALESCE(revoked_at, pg_catalog.now()) \
+        // LEAST skips a NULL: revoked now, or when it already was (never in the future). Not
+        // COALESCE: Citus refuses a non-immutable function inside one.
+        "UPDATE kahn.api_keys SET revoked_at = LEAST(revoked_at, pg_catalog.now()) \
          WHERE tenant_id = $1 AND key_id = $2",
     )
     .bind(tenant.as_uuid())
@@ -723,13 +726,14 @@ async fn purge_as_operator(pool: &PgPool, req: &PurgeRequest) -> Result<PurgeOut
     }
     // Only the tenants with something to purge (the index on (tenant_id, received_at) answers).
     let tenants = query(
-        "SELECT t.id FROM kahn.tenants AS t \
-         WHERE ($1::uuid IS NULL OR t.id = $1) \
-           AND EXISTS (SELECT FROM kahn.runs AS r \
-                       WHERE r.tenant_id = t.id \
-                         AND r.received_at < COALESCE($2, pg_catalog.now()) \
-                             - pg_catalog.make_interval(hours => 24 * t.retention_days)) \
-         ORDER BY t.id",
+        // A join, not a correlated EXISTS: Citus plans no correlated subquery over a reference
+        // table (tenants), and pushes this join down to each shard.
+        "SELECT DISTINCT r.tenant_id AS id FROM kahn.runs AS r \
+         JOIN kahn.tenants AS t ON t.id = r.tenant_id \
+         WHERE ($1::uuid IS NULL OR r.tenant_id = $1) \
+           AND r.received_at < COALESCE($2, pg_catalog.now()) \
+               - pg_catalog.make_interval(hours => 24 * t.retention_days) \
+         ORDER BY 1",
     )
     .bind(req.tenant().map(|t| *t.as_uuid()))
     .bind(at)

@@ -152,10 +152,27 @@ pub(crate) fn db(e: SqlxError) -> Error {
     }
 }
 
-/// The constraint a unique violation names, when `e` is one.
+/// The constraint a unique violation names, when `e` is one: the table's constraint, also when
+/// Citus reports it from a shard (`tenants_name_key_102008` is `tenants_name_key`).
+/// Citus relays a worker's violation without the constraint field; its message names it.
 pub(crate) fn unique_violation(e: &SqlxError) -> Option<&str> {
     let d = e.as_database_error()?;
-    d.is_unique_violation().then(|| d.constraint().unwrap_or(""))
+    if !d.is_unique_violation() {
+        return None;
+    }
+    let named = d.constraint().or_else(|| {
+        let (_, rest) = d.message().split_once("unique constraint \"")?;
+        rest.split_once('"').map(|(name, _)| name)
+    });
+    Some(without_shard_suffix(named.unwrap_or("")))
+}
+
+/// `name` without the `_<shard id>` Citus appends to a shard's objects.
+fn without_shard_suffix(name: &str) -> &str {
+    match name.rsplit_once('_') {
+        Some((base, id)) if !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) => base,
+        _ => name,
+    }
 }
 
 /// Stored data that cannot be read back as KAHN data (a corrupted or hand-edited row):
@@ -337,6 +354,15 @@ impl fmt::Display for UnsafeAppRole {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_shards_constraint_is_its_tables() {
+        use super::without_shard_suffix as base;
+        assert_eq!(base("tenants_name_key_102008"), "tenants_name_key");
+        assert_eq!(base("tenants_name_key"), "tenants_name_key");
+        assert_eq!(base("runs_pkey"), "runs_pkey");
+        assert_eq!(base("x_"), "x_");
+    }
+
     use super::*;
 
     #[test]
