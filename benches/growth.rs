@@ -422,6 +422,12 @@ fn plan_value(label: &str, lines: &[String]) -> Value {
     json!({"execution_ms": exec, "nodes": scans})
 }
 
+/// The machine's load average (1, 5, 15 min), to show what else ran beside a figure.
+fn loadavg() -> Value {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    json!(text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+}
+
 /// `(runs, transitions)` in the whole store.
 async fn totals(admin: &PgBackend) -> (i64, i64) {
     let row = query(
@@ -468,6 +474,7 @@ async fn grow(res: &mut Results, cfg: &Config, target: &Target) {
         res.put(&format!("{prefix}.load_transitions"), json!(appended));
         res.put(&format!("{prefix}.load_secs"), json!((secs * 10.0).round() / 10.0));
         res.put(&format!("{prefix}.ingest_tps"), json!((appended as f64 / secs).round()));
+        res.put(&format!("{prefix}.loadavg_after_load"), loadavg());
         let v = Instant::now();
         query(AssertSqlSafe("VACUUM ANALYZE".to_owned()))
             .execute(target.admin.pool())
@@ -501,13 +508,12 @@ async fn grow(res: &mut Results, cfg: &Config, target: &Target) {
 /// pooler in front of it): `cfg.server_clients` concurrent HTTP clients, client `c` writing
 /// tenant `c` through server `c % servers`, batches pre-built. Transitions/s over the wall.
 async fn ingest_servers(
-    res: &mut Results,
     label: &str,
     target: &Target,
     app_url: &str,
     servers: usize,
     cfg: &Config,
-) {
+) -> f64 {
     let procs: Vec<KahnServer> = (0..servers).map(|_| serve(app_url)).collect();
     let tenants = provision(
         &target.admin,
@@ -552,11 +558,74 @@ async fn ingest_servers(
     }
     let secs = start.elapsed().as_secs_f64();
     assert_eq!(appended, per_client * cfg.server_clients as u64 * cfg.per_run);
-    res.put(
-        &format!("{label}.servers{servers}.ingest_tps"),
-        json!((appended as f64 / secs).round()),
-    );
     drop(procs);
+    appended as f64 / secs
+}
+
+/// Ingest through 1, 2, 3… servers on `app_url`, `reps` rounds (the order rotating each
+/// round); the median per server count, and its ratio to the first count.
+async fn servers_section(
+    res: &mut Results,
+    label: &str,
+    target: &Target,
+    app_url: &str,
+    cfg: &Config,
+) {
+    let reps = if cfg.smoke { 1 } else { 3 };
+    let mut tps = vec![Vec::new(); cfg.servers.len()];
+    for rep in 0..reps {
+        for k in 0..cfg.servers.len() {
+            let i = (k + rep) % cfg.servers.len();
+            let name = format!("{label}-r{rep}");
+            tps[i].push(ingest_servers(&name, target, app_url, cfg.servers[i], cfg).await);
+        }
+    }
+    for (i, n) in cfg.servers.iter().enumerate() {
+        let samples: Vec<f64> = tps[i].iter().map(|x| x.round()).collect();
+        let median = workload::median(&mut tps[i]).round();
+        res.put(
+            &format!("{label}.servers{n}.ingest_tps"),
+            json!({"p50": median, "samples": samples}),
+        );
+    }
+    for &n in cfg.servers.iter().skip(1) {
+        let key = |s: usize| format!("{label}.servers{s}.ingest_tps");
+        ratio(
+            res,
+            &format!("ratio.{label}.servers{n}/servers{}", cfg.servers[0]),
+            &key(n),
+            &key(cfg.servers[0]),
+        );
+    }
+}
+
+/// Ingest on every target, interleaved: `reps` rounds, each appending the same workload to
+/// each target in turn (the first alternating), `appenders` tenants growing by `ab_runs` runs
+/// each per round. Transitions/s per round; the median is reported. Interleaving keeps a
+/// drift in the machine's other load from landing on one target only.
+async fn ingest_ab(res: &mut Results, cfg: &Config, targets: &[Target], reps: usize, ab_runs: u64) {
+    let mut tenants = Vec::new();
+    for t in targets {
+        tenants.push(provision(&t.admin, &t.app, "ab", cfg.appenders as u64).await);
+    }
+    let cfg = Config { others_div: 1, ..cfg.clone() };
+    let mut tps = vec![Vec::new(); targets.len()];
+    let mut order = vec![0; targets.len()];
+    for rep in 0..reps {
+        for k in 0..targets.len() {
+            let i = (k + rep) % targets.len();
+            let step = (rep as u64 + 1) * ab_runs;
+            let (n, secs) =
+                load_step(&targets[i].app, &mut tenants[i], step, &cfg, &mut order[i]).await;
+            tps[i].push(n as f64 / secs);
+        }
+    }
+    for (i, t) in targets.iter().enumerate() {
+        let mut xs = tps[i].clone();
+        let median = workload::median(&mut xs).round();
+        let samples: Vec<f64> = tps[i].iter().map(|x| x.round()).collect();
+        res.put(&format!("ingest_ab.{}.tps", t.name), json!({"p50": median, "samples": samples}));
+    }
 }
 
 fn ratio(res: &mut Results, key: &str, num: &str, den: &str) {
@@ -573,6 +642,7 @@ async fn main() {
     let cfg = Config::from_env();
     println!("kahn growth bench ({}): {cfg:?}", if cfg.smoke { "smoke" } else { "full" });
     let mut res = Results::default();
+    res.put("loadavg_at_start", loadavg());
     let only = std::env::var("KAHN_BENCH_ONLY").unwrap_or_default();
     let want = |s: &str| only.is_empty() || only.split(',').any(|o| o == s);
 
@@ -619,20 +689,33 @@ async fn main() {
         }
     }
 
+    if want("ingest") && cfg.targets.len() > 1 {
+        let mut targets = Vec::new();
+        for name in &cfg.targets {
+            targets.push(Target::new(name).await);
+        }
+        let (reps, runs) = if cfg.smoke { (2, 20) } else { (7, 2500) };
+        res.put("ingest_ab.loadavg_before", loadavg());
+        ingest_ab(&mut res, &cfg, &targets, reps, runs).await;
+        res.put("ingest_ab.loadavg_after", loadavg());
+        let (a, b) = (&cfg.targets[1], &cfg.targets[0]);
+        ratio(
+            &mut res,
+            &format!("ratio.ingest_ab.tps.{a}/{b}"),
+            &format!("ingest_ab.{a}.tps"),
+            &format!("ingest_ab.{b}.tps"),
+        );
+        for t in &targets {
+            t.close().await;
+        }
+    }
+
     if want("servers") {
         let target = Target::new("pg").await;
-        for &n in &cfg.servers {
-            ingest_servers(&mut res, "servers.pg.direct", &target, &target.app_url, n, &cfg).await;
-        }
-        for &n in cfg.servers.iter().skip(1) {
-            let key = |s: usize| format!("servers.pg.direct.servers{s}.ingest_tps");
-            ratio(
-                &mut res,
-                &format!("ratio.servers.pg.direct.servers{n}/servers{}", cfg.servers[0]),
-                &key(n),
-                &key(cfg.servers[0]),
-            );
-        }
+        res.put("servers.loadavg_before", loadavg());
+        let direct = target.app_url.clone();
+        servers_section(&mut res, "servers.pg.direct", &target, &direct, &cfg).await;
+        res.put("servers.loadavg_after", loadavg());
         target.close().await;
     }
 
