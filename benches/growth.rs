@@ -19,6 +19,11 @@
 //! after the tenant's middle run: a deep cursor), `read_transitions` (first page of one run,
 //! runs spread over the tenant), directly and through a real `kahn serve` over HTTP, and the
 //! `EXPLAIN ANALYZE` of the listing as the adapter runs it.
+//!
+//! Sections (`KAHN_BENCH_ONLY`): `growth` (the above, per target), `ingest` (the same append
+//! workload on every target, interleaved round by round, for the Citus/Postgres ratio) and
+//! `servers` (ingest through 1, 2, 3 `kahn serve` processes; `servers_section` takes the DSN
+//! the servers connect with, the database's own or a pooler's).
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
@@ -237,6 +242,9 @@ async fn provision(admin: &PgBackend, app: &PgBackend, prefix: &str, n: u64) -> 
     out
 }
 
+/// One batch to append: the tenant's index and its runs as (run index, load order).
+type Work = (u64, Vec<(u64, u64)>);
+
 /// Grows every tenant to its size at `step`, batches built on a blocking thread one ahead of
 /// `appenders` concurrent appends. Returns (transitions appended, seconds).
 async fn load_step(
@@ -248,7 +256,7 @@ async fn load_step(
 ) -> (u64, f64) {
     // The work: every tenant's missing runs, cut into batches, interleaved across tenants
     // (tenant after tenant, one batch each) so activity times interleave as real traffic's do.
-    let mut queues: Vec<Vec<(u64, Vec<(u64, u64)>)>> = Vec::new();
+    let mut queues: Vec<Vec<Work>> = Vec::new();
     for (t, tenant) in tenants.iter_mut().enumerate() {
         let want = if t == 0 { step } else { step / cfg.others_div };
         let mut q = Vec::new();
