@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use kahn_core::{Error, StorageBackend};
+use kahn_core::{Error, StorageBackend, TenantId};
 use kahn_http::{AppState, JwtConfig, JwtKeySource, ServerConfig};
 use serde::Deserialize;
 
@@ -58,6 +58,11 @@ pub(crate) struct ServeArgs {
     /// [default: 100]
     #[arg(long, env = "KAHN_INGEST_RATE")]
     ingest_rate: Option<NonZeroU32>,
+    /// One tenant's ingest allowance instead of --ingest-rate, as TENANT_ID=UNITS_PER_SECOND;
+    /// repeat for several tenants. Give every server on one database the same rates: the
+    /// allowance itself is shared through the database
+    #[arg(long = "tenant-ingest-rate", value_name = "TENANT_ID=RATE", value_parser = parse_tenant_rate)]
+    tenant_ingest_rates: Vec<(TenantId, NonZeroU32)>,
     /// Most distinct runs one ingest request may name (413 beyond) [default: 10000]
     #[arg(long, env = "KAHN_MAX_RUNS_PER_REQUEST")]
     max_runs_per_request: Option<NonZeroUsize>,
@@ -98,6 +103,9 @@ struct FileConfig {
     #[serde(default)]
     jwt_insecure_no_issuer_audience_check: bool,
     ingest_rate: Option<NonZeroU32>,
+    /// Tenant id → units per second.
+    #[serde(default)]
+    tenant_ingest_rates: std::collections::BTreeMap<String, NonZeroU32>,
     max_runs_per_request: Option<NonZeroUsize>,
     max_ingests_in_flight: Option<NonZeroUsize>,
     max_requests_in_flight: Option<NonZeroUsize>,
@@ -105,6 +113,19 @@ struct FileConfig {
     auth_failures_per_minute: Option<NonZeroU32>,
     #[serde(default)]
     no_personal_tenants: bool,
+}
+
+/// `TENANT_ID=RATE`, for `--tenant-ingest-rate`.
+fn parse_tenant_rate(text: &str) -> Result<(TenantId, NonZeroU32), String> {
+    let (tenant, rate) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not TENANT_ID=RATE (e.g. 0c8f…=10)"))?;
+    let tenant: TenantId =
+        tenant.trim().parse().map_err(|e| format!("tenant id {tenant:?}: {e}"))?;
+    let rate: NonZeroU32 = rate.trim().parse().map_err(|e| {
+        format!("rate {rate:?}: {e} (a whole number of units a second, at least 1)")
+    })?;
+    Ok((tenant, rate))
 }
 
 fn usage(message: String) -> Failure {
@@ -137,6 +158,15 @@ impl ServeArgs {
         self.auth_failures_per_minute =
             self.auth_failures_per_minute.or(file.auth_failures_per_minute);
         self.ingest_rate = self.ingest_rate.or(file.ingest_rate);
+        for (tenant, rate) in &file.tenant_ingest_rates {
+            let tenant: TenantId = tenant.parse().map_err(|e| {
+                usage(format!("config {}: tenant_ingest_rates: {e}", path.display()))
+            })?;
+            // A flag for the same tenant wins.
+            if !self.tenant_ingest_rates.iter().any(|(t, _)| *t == tenant) {
+                self.tenant_ingest_rates.push((tenant, *rate));
+            }
+        }
         self.max_runs_per_request = self.max_runs_per_request.or(file.max_runs_per_request);
         self.max_ingests_in_flight = self.max_ingests_in_flight.or(file.max_ingests_in_flight);
         self.max_requests_in_flight = self.max_requests_in_flight.or(file.max_requests_in_flight);
@@ -187,6 +217,9 @@ impl ServeArgs {
         }
         if let Some(rate) = self.ingest_rate {
             config = config.with_ingest_rate(rate);
+        }
+        for (tenant, rate) in &self.tenant_ingest_rates {
+            config = config.with_tenant_ingest_rate(*tenant, *rate);
         }
         if let Some(runs) = self.max_runs_per_request {
             config = config.with_max_runs_per_request(runs.get());
@@ -285,6 +318,17 @@ mod tests {
         assert_eq!(resolved.db.as_deref(), Some("sqlite://from-flag.db"));
         assert_eq!(resolved.listen.as_deref(), Some("127.0.0.1:9999"));
         assert_eq!(resolved.server_config().map(|c| c.ingest_rate.get()).ok(), Some(7));
+        let (t, u) = (TenantId::new_random(), TenantId::new_random());
+        std::fs::write(&file, format!("[tenant_ingest_rates]\n\"{t}\" = 3\n\"{u}\" = 4\n"))
+            .unwrap();
+        let args = ServeArgs {
+            config: Some(file.clone()),
+            tenant_ingest_rates: vec![(u, NonZeroU32::new(9).unwrap())],
+            ..ServeArgs::default()
+        };
+        let rates = args.resolve().ok().unwrap().server_config().ok().unwrap().tenant_ingest_rates;
+        assert_eq!(rates.get(&t).map(|r| r.get()), Some(3), "from the file");
+        assert_eq!(rates.get(&u).map(|r| r.get()), Some(9), "the flag wins");
         std::fs::write(&file, "colour = \"red\"\n").unwrap();
         let bad = ServeArgs { config: Some(file), ..ServeArgs::default() }.resolve();
         assert!(bad.is_err_and(|f| f.code == 2 && f.message.contains("colour")));

@@ -772,7 +772,7 @@ fn a_run_dated_a_year_ago_survives_a_restart_with_retention_90() {
     let out = env.kahn(&["push", run.to_str().unwrap(), "--url", &url, "--json"], Some(&key));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let log = first.stop();
-    assert!(log.contains("retention purge done"), "the first server purged at start: {log}");
+    assert!(log.contains("retention purge ran"), "the first server purged at start: {log}");
 
     let second = serve_with_retention(&env);
     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -781,7 +781,7 @@ fn a_run_dated_a_year_ago_survives_a_restart_with_retention_90() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"next_seq\":50"), "the backfill is intact after the restart: {body}");
     let log = second.stop();
-    assert!(log.contains("retention purge done"), "the restarted server purged at start: {log}");
+    assert!(log.contains("retention purge ran"), "the restarted server purged at start: {log}");
     assert!(!log.contains("runs_removed"), "it removed nothing: {log}");
 
     let dry = env.ok(&["purge", "--dry-run"], None);

@@ -16,6 +16,7 @@ use crate::model::{
 };
 use crate::scope::{ReadScope, TenantSource, WriteScope};
 use crate::secret::ApiKey;
+use crate::shared::{Admission, IngestQuota, PurgeTurn};
 
 /// A store of tenants, API keys, runs and their transitions.
 ///
@@ -206,6 +207,42 @@ pub trait StorageBackend: Debug + Send + Sync + 'static {
     /// role purges only at the database's own clock ([`PurgeRequest::at_store_clock`]);
     /// [`Error::Backend`] when the store fails before any tenant is purged.
     async fn purge_expired(&self, req: &PurgeRequest) -> Result<PurgeOutcome>;
+
+    /// Charges `cost` units of the scope's tenant's ingest allowance `quota` in state every
+    /// server on this store shares, at the store's clock (a GCRA: the allowance refills at
+    /// `quota.rate()` units a second up to `quota.burst()`; a cost above the burst counts as
+    /// the whole burst). [`Admission::Refused`] charges nothing and says how long until the
+    /// same charge fits; tenants never share an allowance.
+    ///
+    /// The default, for stores one process serves, answers [`Admission::NotShared`]: the
+    /// caller then limits in its own memory.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] or [`Error::Unavailable`] when the store fails; nothing is charged.
+    async fn charge_ingest(
+        &self,
+        scope: &WriteScope,
+        cost: std::num::NonZeroU32,
+        quota: IngestQuota,
+    ) -> Result<Admission> {
+        let _ = (scope, cost, quota);
+        Ok(Admission::NotShared)
+    }
+
+    /// The purge a server's retention timer runs, every `every`: a purge at the store's clock
+    /// ([`PurgeRequest::at_store_clock`]), by one server at a time and at most about once per
+    /// `every` across every server on this store. [`PurgeTurn::Taken`] when another server
+    /// purged less than `every` ago or is purging now.
+    ///
+    /// The default, for stores one process serves, purges every time
+    /// ([`PurgeTurn::NotShared`]).
+    ///
+    /// # Errors
+    /// As [`purge_expired`](Self::purge_expired).
+    async fn purge_expired_in_turn(&self, every: std::time::Duration) -> Result<PurgeTurn> {
+        let _ = every;
+        self.purge_expired(&PurgeRequest::at_store_clock()).await.map(PurgeTurn::NotShared)
+    }
 
     /// Checks the store is reachable (readiness).
     ///

@@ -38,6 +38,7 @@ pub mod ndjson;
 pub mod rules;
 mod scope;
 mod secret;
+mod shared;
 mod status;
 mod transition;
 
@@ -62,5 +63,6 @@ pub use model::{
 };
 pub use scope::{ReadScope, TenantSource, WriteScope};
 pub use secret::{API_KEY_PREFIX, ApiKey, ApiKeyHash};
+pub use shared::{Admission, IngestQuota, PurgeTurn};
 pub use status::{ClassCounts, NodeSummary, Progress, RunProgress, StateClass};
 pub use transition::{Labels, RunMeta, Transition, TransitionBody};

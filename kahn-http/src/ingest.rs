@@ -10,6 +10,7 @@ use kahn_core::{BatchBuilder, Error, NdjsonLine};
 
 use crate::auth::{IngestScope, TenantView};
 use crate::error::ApiError;
+use crate::ratelimit::{Charge, charge};
 use crate::state::AppState;
 use crate::wire::{ErrorBody, IngestReport};
 
@@ -131,15 +132,11 @@ pub(crate) async fn ingest(
     // its next request into a socket the server is about to drop.
     let mut body_done = false;
     let limits = &state.inner.limits;
-    let rate_limited = |wait: std::time::Duration| {
-        state.inner.metrics.rate_limited.inc();
-        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        ApiError::rate_limited(secs.max(1))
-    };
     let result = async {
         // One unit up front, before the body is read; the rest of the request's cost once its
-        // body is parsed (see `ratelimit`).
-        limits.charge_upfront(scope.tenant()).map_err(rate_limited)?;
+        // body is parsed (see `ratelimit`: in the store when it shares the allowance between
+        // servers, else in this process).
+        charge(&state, &scope, Charge::Upfront).await?;
         let Some(_in_flight) = limits.enter(scope.tenant()) else {
             state.inner.metrics.rate_limited.inc();
             return Err(ApiError::too_many_in_flight(limits.in_flight_cap()));
@@ -180,7 +177,7 @@ pub(crate) async fn ingest(
         }
         let batch = parser.finish()?.build();
         let cost = crate::ratelimit::ingest_cost(batch.runs().len(), batch.transition_count());
-        limits.charge_rest(scope.tenant(), cost).map_err(rate_limited)?;
+        charge(&state, &scope, Charge::Rest(cost)).await?;
         let report = state.inner.backend.append(&scope, &batch).await?;
         state.inner.metrics.appended.inc_by(report.appended());
         state.inner.metrics.skipped.inc_by(report.skipped());

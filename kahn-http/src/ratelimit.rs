@@ -5,6 +5,15 @@
 //! one unit per started [`RUNS_PER_UNIT`] runs or [`TRANSITIONS_PER_UNIT`] transitions,
 //! whichever is more, minus the unit already paid. So a tenant's allowance of N units a second
 //! is N ordinary pushes (one run, a 1 MiB chunk), but only N/100 requests of 10,000 runs each.
+//!
+//! The allowance is kept where every server on the store sees it: a store several servers can
+//! serve (Postgres) charges it itself ([`StorageBackend::charge_ingest`], one statement at the
+//! database's clock), so N servers allow a tenant its rate once, not N times, and the
+//! `Retry-After` comes from that shared state. A store one process serves answers
+//! [`Admission::NotShared`] and the allowance is kept here, in this process (governor's GCRA).
+//! The cap of ingests in flight stays per process: it protects this server.
+//!
+//! [`StorageBackend::charge_ingest`]: kahn_core::StorageBackend::charge_ingest
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -13,7 +22,10 @@ use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
-use kahn_core::TenantId;
+use kahn_core::{Admission, IngestQuota, TenantId, WriteScope};
+
+use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Runs per unit of ingest cost.
 pub(crate) const RUNS_PER_UNIT: usize = 100;
@@ -101,21 +113,28 @@ impl IngestLimits {
         Some(InFlight { limits: self, tenant })
     }
 
-    /// Charges one unit of `tenant`'s allowance, before a request's body is read: `Ok` when
-    /// it may ingest now, else how long to wait.
+    /// `tenant`'s allowance: its override, else the default rate.
+    pub(crate) fn quota(&self, tenant: TenantId) -> IngestQuota {
+        IngestQuota::per_second(self.overrides.get(&tenant).map_or(self.default_burst, |(_, b)| *b))
+    }
+
+    /// Charges one unit of `tenant`'s allowance in this process, before a request's body is
+    /// read: `Ok` when it may ingest now, else how long to wait.
+    #[cfg(test)]
     pub(crate) fn charge_upfront(&self, tenant: TenantId) -> Result<(), Duration> {
-        self.charge(tenant, 1)
+        self.charge_local(tenant, 1)
     }
 
-    /// Charges the rest of a request's `cost` once its body is parsed (the unit paid up front
-    /// deducted). A cost above the tenant's burst counts as the whole burst: the request
-    /// passes only on a full allowance, and empties it.
+    /// Charges the rest of a request's `cost` in this process once its body is parsed (the
+    /// unit paid up front deducted). A cost above the tenant's burst counts as the whole
+    /// burst: the request passes only on a full allowance, and empties it.
+    #[cfg(test)]
     pub(crate) fn charge_rest(&self, tenant: TenantId, cost: u32) -> Result<(), Duration> {
-        let burst = self.overrides.get(&tenant).map_or(self.default_burst, |(_, b)| *b);
-        self.charge(tenant, cost.min(burst.get()).saturating_sub(1))
+        self.charge_local(tenant, rest_of(cost, self.quota(tenant)))
     }
 
-    fn charge(&self, tenant: TenantId, units: u32) -> Result<(), Duration> {
+    /// Charges `units` of `tenant`'s allowance kept in this process.
+    pub(crate) fn charge_local(&self, tenant: TenantId, units: u32) -> Result<(), Duration> {
         let Some(units) = NonZeroU32::new(units) else { return Ok(()) };
         let outcome = match self.overrides.get(&tenant) {
             Some((limiter, _)) => limiter.check_n(units),
@@ -134,6 +153,54 @@ impl IngestLimits {
         self.default.retain_recent();
         self.default.shrink_to_fit();
     }
+}
+
+/// What is left to charge of a request's `cost` once the unit paid up front is deducted, a cost
+/// above the burst counting as the whole burst.
+fn rest_of(cost: u32, quota: IngestQuota) -> u32 {
+    cost.min(quota.burst().get()).saturating_sub(1)
+}
+
+/// Which part of a request's cost is charged.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Charge {
+    /// One unit, before the body is read.
+    Upfront,
+    /// The rest of the request's whole cost, once its body is parsed.
+    Rest(u32),
+}
+
+/// Charges the scope's tenant for an ingest: in the store when it keeps the allowance for
+/// every server ([`Admission::Admitted`] / [`Admission::Refused`]), else in this process.
+/// A refusal is 429 `rate_limited` with `Retry-After` (whole seconds, rounded up, at least 1).
+///
+/// # Errors
+/// [`ApiError`] 429 when the allowance is spent; the store's error when it fails (503 when
+/// it is unavailable).
+pub(crate) async fn charge(
+    state: &AppState,
+    scope: &WriteScope,
+    part: Charge,
+) -> Result<(), ApiError> {
+    let limits = &state.inner.limits;
+    let tenant = scope.tenant();
+    let quota = limits.quota(tenant);
+    let units = match part {
+        Charge::Upfront => 1,
+        Charge::Rest(cost) => rest_of(cost, quota),
+    };
+    let Some(cost) = NonZeroU32::new(units) else { return Ok(()) };
+    let wait = match state.inner.backend.charge_ingest(scope, cost, quota).await? {
+        Admission::Admitted => return Ok(()),
+        Admission::Refused { retry_after } => retry_after,
+        Admission::NotShared => match limits.charge_local(tenant, units) {
+            Ok(()) => return Ok(()),
+            Err(wait) => wait,
+        },
+    };
+    state.inner.metrics.rate_limited.inc();
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    Err(ApiError::rate_limited(secs.max(1)))
 }
 
 /// Middleware: serves at most `max_requests_in_flight` requests to `/v1` and `/api` at once;

@@ -13,7 +13,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use kahn_core::{ErrorChain, PurgeRequest};
+use kahn_core::{ErrorChain, PurgeTurn};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_http::trace::TraceLayer;
@@ -52,9 +52,14 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Spawns the retention task: every `interval` (first at once), a purge at the store's own
-/// clock ([`PurgeRequest::at_store_clock`]: runs whose `received_at + retention_days` has
-/// passed), logging what each tenant lost and each tenant whose purge failed. It stops when
-/// `stop` changes or its sender drops.
+/// clock (runs whose `received_at + retention_days` has passed), logging what each tenant
+/// lost and each tenant whose purge failed. It stops when `stop` changes or its sender drops.
+///
+/// The purge runs in turn ([`StorageBackend::purge_expired_in_turn`]): on a store several
+/// servers share (Postgres), one server at a time purges, about once per `interval` over all
+/// of them; a server whose timer fires while another has the turn says so at debug level.
+///
+/// [`StorageBackend::purge_expired_in_turn`]: kahn_core::StorageBackend::purge_expired_in_turn
 pub fn spawn_retention(
     state: AppState,
     interval: Duration,
@@ -68,8 +73,18 @@ pub fn spawn_retention(
                 _ = stop.changed() => return,
                 _ = ticker.tick() => {}
             }
-            match state.inner.backend.purge_expired(&PurgeRequest::at_store_clock()).await {
-                Ok(outcome) => {
+            match state.inner.backend.purge_expired_in_turn(interval).await {
+                Ok(PurgeTurn::Taken) => tracing::debug!(
+                    target: "kahn_http::retention",
+                    "retention purge skipped: another server has the turn or purged within the interval"
+                ),
+                Ok(PurgeTurn::NotShared(outcome) | PurgeTurn::Ran(outcome)) => {
+                    tracing::info!(
+                        target: "kahn_http::retention",
+                        tenants_purged = outcome.reports.len(),
+                        tenants_failed = outcome.failures.len(),
+                        "retention purge ran"
+                    );
                     for r in &outcome.reports {
                         tracing::info!(
                             target: "kahn_http::retention",
@@ -87,7 +102,6 @@ pub fn spawn_retention(
                             "retention purge of a tenant failed; its runs are kept until the next purge"
                         );
                     }
-                    tracing::debug!(tenants = outcome.reports.len(), "retention purge done");
                 }
                 Err(e) => tracing::error!(error = %e.chain(), "retention purge failed"),
             }

@@ -9,19 +9,21 @@ use sqlx_postgres::PgPool;
 use crate::error::{BACKEND, RoleProblem, UnsafeAppRole, db};
 
 /// The tables holding tenant data. Every one must have RLS enabled and forced.
-pub const TENANT_TABLES: [&str; 6] =
-    ["tenants", "api_keys", "key_directory", "runs", "transitions", "run_nodes"];
+pub const TENANT_TABLES: [&str; 7] =
+    ["tenants", "api_keys", "key_directory", "runs", "transitions", "run_nodes", "ingest_budget"];
 
 /// The table privileges the app role holds, per tenant table: the log is append-only, the
 /// run summary is inserted and (by column, below) updated; tenants and keys are reached only
-/// through SECURITY DEFINER functions. Anything else is refused at startup.
-const APP_TABLE_GRANTS: [(&str, &[&str]); 6] = [
+/// through SECURITY DEFINER functions, and so is each tenant's ingest allowance
+/// (`kahn.charge_ingest`). Anything else is refused at startup.
+const APP_TABLE_GRANTS: [(&str, &[&str]); 7] = [
     ("tenants", &[]),
     ("api_keys", &[]),
     ("key_directory", &[]),
     ("runs", &["SELECT", "INSERT"]),
     ("transitions", &["SELECT", "INSERT"]),
     ("run_nodes", &["SELECT", "INSERT"]),
+    ("ingest_budget", &[]),
 ];
 
 /// The columns the append keeps current, per table: the app role's only UPDATE grants.
@@ -61,7 +63,7 @@ const COLUMN_PRIVILEGES: [&str; 4] = ["SELECT", "INSERT", "UPDATE", "REFERENCES"
 /// The functions of schema `kahn` the app role may execute (as `regprocedure` text); it may
 /// execute no other function of the schema (`kahn.purge_tenant`, which purges as of a time of
 /// the caller's choosing, above all).
-const APP_FUNCTIONS: [&str; 10] = [
+const APP_FUNCTIONS: [&str; 12] = [
     "kahn.current_tenant()",
     "kahn.enter_tenant(uuid)",
     "kahn.lookup_api_key(bytea)",
@@ -72,6 +74,8 @@ const APP_FUNCTIONS: [&str; 10] = [
     "kahn.get_tenant(uuid)",
     "kahn.admin_list_tenants()",
     "kahn.purge_expired()",
+    "kahn.charge_ingest(uuid,integer,integer)",
+    "kahn.take_purge_turn(interval)",
 ];
 
 /// The one tenant-isolation predicate of every tenant table, as `pg_get_expr` prints it: plain,
@@ -85,7 +89,9 @@ fn isolation_predicate(table: &str) -> String {
 
 /// Checks the role the pool logs in as; every problem found is reported at once.
 pub(crate) async fn check_app_role(pool: &PgPool) -> Result<()> {
-    let mut conn = pool.acquire().await.map_err(db)?;
+    // One transaction (read only): behind a transaction-pooling pgbouncer, statements outside
+    // one may land on different server connections.
+    let mut conn = pool.begin_with("BEGIN READ ONLY").await.map_err(db)?;
     let role = query(
         "SELECT r.rolname::text AS role, r.rolsuper, r.rolbypassrls, \
                 EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'kahn_definer') AS definer \
@@ -177,6 +183,7 @@ pub(crate) async fn check_app_role(pool: &PgPool) -> Result<()> {
         }
     }
 
+    conn.commit().await.map_err(db)?;
     if problems.is_empty() {
         Ok(())
     } else {

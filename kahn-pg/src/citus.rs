@@ -19,9 +19,11 @@ use crate::error::db;
 /// `key_directory` by the key lookup before the tenant is known).
 pub const REFERENCE: [&str; 2] = ["kahn.tenants", "kahn.key_directory"];
 
-/// Tables distributed by `tenant_id`, co-located with the first.
-pub const DISTRIBUTED: [&str; 4] =
-    ["kahn.runs", "kahn.transitions", "kahn.run_nodes", "kahn.api_keys"];
+/// Tables distributed by `tenant_id`, co-located with the first. (`kahn.purge_turn`, one row
+/// the retention purger locks, stays a local table on the coordinator, where every server's
+/// purge takes its turn.)
+pub const DISTRIBUTED: [&str; 5] =
+    ["kahn.runs", "kahn.transitions", "kahn.run_nodes", "kahn.api_keys", "kahn.ingest_budget"];
 
 /// Whether the database the pool reaches has the `citus` extension.
 ///

@@ -119,6 +119,18 @@ pub struct PgBackend {
     write_slots: usize,
     /// Which keys' use is due to be recorded (shared by the clones of this backend).
     key_uses: Arc<KeyUseThrottle>,
+    /// How lone statements run: in a transaction of their own behind a transaction pooler.
+    lone: control::Lone,
+}
+
+/// Whether `url` turns sqlx's statement cache off (`statement-cache-capacity=0`): what an app
+/// DSN through a transaction-pooling pgbouncer without prepared-statement support must say.
+fn statement_cache_off(url: &str) -> bool {
+    url.split_once('?').is_some_and(|(_, params)| {
+        params.split('&').any(|kv| {
+            kv.split_once('=').is_some_and(|(k, v)| k == "statement-cache-capacity" && v == "0")
+        })
+    })
 }
 
 /// The connections of a pool of `max` that appends may hold at once: all but a quarter of
@@ -159,9 +171,26 @@ impl PgBackend {
     /// # Errors
     /// [`Error::Backend`] whose source is an [`UnsafeAppRole`] naming every problem and its
     /// fix; or, when the server is unreachable, a [`PgError`].
+    ///
+    /// A DSN that turns sqlx's statement cache off (`?statement-cache-capacity=0`, for a
+    /// transaction-pooling pgbouncer without prepared-statement support: `kahn-pg/README.md`,
+    /// "Running several servers") also makes the backend
+    /// [`behind_transaction_pooler`](Self::behind_transaction_pooler).
     pub async fn connect_app(url: &str) -> Result<Self> {
         let pool = PgPoolOptions::new().max_connections(10).connect(url).await.map_err(db)?;
-        Self::app_from_pool(pool).await
+        Ok(Self::app_from_pool(pool).await?.behind_transaction_pooler(statement_cache_off(url)))
+    }
+
+    /// Runs every statement inside an explicit transaction, lone lookups and charges included
+    /// (two more round trips each), when `on`: behind a transaction-pooling pgbouncer without
+    /// prepared-statement support (Debian 12's 1.18), where the pool's statement cache must be
+    /// off too, sqlx's parse and execute of a statement outside a transaction may reach two
+    /// different server connections. Off by default; [`connect_app`](Self::connect_app) turns
+    /// it on for a DSN with `statement-cache-capacity=0`.
+    #[must_use]
+    pub fn behind_transaction_pooler(mut self, on: bool) -> Self {
+        self.lone = if on { control::Lone::InTransaction } else { control::Lone::Direct };
+        self
     }
 
     /// An app backend on an existing pool (logged in with the app DSN); runs the role check
@@ -182,6 +211,7 @@ impl PgBackend {
             writes: Arc::new(Semaphore::new(write_slots)),
             write_slots,
             key_uses: Arc::new(KeyUseThrottle::new()),
+            lone: control::Lone::Direct,
         }
     }
 
@@ -317,8 +347,9 @@ impl PgBackend {
             return;
         }
         let pool = self.pool.clone();
+        let lone = self.lone;
         tokio::spawn(async move {
-            match control::touch_api_key(&pool, &hash).await {
+            match control::touch_api_key(&pool, lone, &hash).await {
                 Ok(()) => {}
                 Err(e) if pool.is_closed() => {
                     tracing::debug!(
@@ -386,7 +417,7 @@ impl StorageBackend for PgBackend {
     }
 
     async fn get_tenant(&self, tenant: TenantId) -> Result<Tenant> {
-        control::get_tenant(&self.pool, tenant).await
+        control::get_tenant(&self.pool, self.lone, tenant).await
     }
 
     async fn update_tenant(&self, tenant: TenantId, change: &TenantChange) -> Result<Tenant> {
@@ -400,7 +431,7 @@ impl StorageBackend for PgBackend {
     }
 
     async fn provision_personal_tenant(&self, sub: &str) -> Result<TenantId> {
-        control::provision_personal_tenant(&self.pool, sub).await
+        control::provision_personal_tenant(&self.pool, self.lone, sub).await
     }
 
     async fn create_api_key(&self, tenant: TenantId, req: &NewApiKey) -> Result<IssuedApiKey> {
@@ -434,11 +465,11 @@ impl StorageBackend for PgBackend {
     }
 
     async fn list_tenants(&self) -> Result<Vec<TenantSummary>> {
-        control::list_tenants(&self.pool).await
+        control::list_tenants(&self.pool, self.lone).await
     }
 
     async fn authenticate_api_key(&self, key: &ApiKey) -> Result<Option<TenantId>> {
-        let tenant = control::lookup(&self.pool, control::Lookup::ApiKey(key)).await?;
+        let tenant = control::lookup(&self.pool, self.lone, control::Lookup::ApiKey(key)).await?;
         if tenant.is_some() {
             self.record_key_use(key);
         }
@@ -446,11 +477,11 @@ impl StorageBackend for PgBackend {
     }
 
     async fn lookup_tenant_by_org(&self, org: &OrgId) -> Result<Option<TenantId>> {
-        control::lookup(&self.pool, control::Lookup::Org(org)).await
+        control::lookup(&self.pool, self.lone, control::Lookup::Org(org)).await
     }
 
     async fn lookup_tenant_by_sub(&self, sub: &str) -> Result<Option<TenantId>> {
-        control::lookup(&self.pool, control::Lookup::Sub(sub)).await
+        control::lookup(&self.pool, self.lone, control::Lookup::Sub(sub)).await
     }
 
     async fn append(&self, scope: &WriteScope, batch: &AppendBatch) -> Result<AppendReport> {
@@ -509,8 +540,44 @@ impl StorageBackend for PgBackend {
         control::purge_expired(&self.pool, self.mode, req).await
     }
 
+    /// Shared by every server on the database: one row per tenant in `kahn.ingest_budget`,
+    /// charged by `kahn.charge_ingest` at the database's clock.
+    async fn charge_ingest(
+        &self,
+        scope: &WriteScope,
+        cost: std::num::NonZeroU32,
+        quota: kahn_core::IngestQuota,
+    ) -> Result<kahn_core::Admission> {
+        control::charge_ingest(&self.pool, self.lone, scope.tenant(), cost, quota).await
+    }
+
+    /// One purger at a time across every server on the database, about once per `every`:
+    /// `kahn.take_purge_turn`, then `kahn.purge_expired()` in the same transaction.
+    async fn purge_expired_in_turn(
+        &self,
+        every: std::time::Duration,
+    ) -> Result<kahn_core::PurgeTurn> {
+        control::purge_in_turn(&self.pool, every).await
+    }
+
     async fn ping(&self) -> Result<()> {
-        query("SELECT 1").execute(&self.pool).await.map_err(db)?;
+        // The simple protocol (no prepared statement): one round trip, safe behind a
+        // transaction-pooling pgbouncer.
+        sqlx_core::raw_sql::raw_sql("SELECT 1").execute(&self.pool).await.map_err(db)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod pooler_tests {
+    use super::statement_cache_off;
+
+    #[test]
+    fn a_dsn_without_statement_cache_is_behind_a_pooler() {
+        assert!(statement_cache_off("postgres://kahn_app@h:6432/kahn?statement-cache-capacity=0"));
+        assert!(statement_cache_off("postgres://u@h/d?sslmode=disable&statement-cache-capacity=0"));
+        assert!(!statement_cache_off("postgres://u@h/d"));
+        assert!(!statement_cache_off("postgres://u@h/d?statement-cache-capacity=10"));
+        assert!(!statement_cache_off("postgres://u@h/d?x-statement-cache-capacity=0"));
     }
 }

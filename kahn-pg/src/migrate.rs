@@ -32,6 +32,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0006_policies_without_subqueries.sql"),
     ),
     (7, "citus ready", include_str!("../migrations/0007_citus_ready.sql")),
+    (
+        8,
+        "shared ingest budget and purge turn",
+        include_str!("../migrations/0008_shared_ingest_budget_and_purge_turn.sql"),
+    ),
 ];
 
 /// The migrator holding every migration of `migrations/`, as `sqlx::migrate!` would build it

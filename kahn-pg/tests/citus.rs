@@ -17,8 +17,8 @@ use sqlx_core::query_scalar::query_scalar;
 use sqlx_core::row::Row;
 
 /// The distributed tables, co-located, and the reference tables, as `kahn migrate` leaves them.
-const DISTRIBUTED: [&str; 4] = ["kahn.runs", "kahn.transitions", "kahn.run_nodes", "kahn.api_keys"];
-const REFERENCE: [&str; 2] = ["kahn.tenants", "kahn.key_directory"];
+const DISTRIBUTED: [&str; 5] = kahn_pg::citus::DISTRIBUTED;
+const REFERENCE: [&str; 2] = kahn_pg::citus::REFERENCE;
 
 /// `(table, method, replication model, colocation id, distribution column)` of KAHN's tables.
 async fn placements(pool: &PgPool) -> Vec<(String, String, String, i32, Option<String>)> {

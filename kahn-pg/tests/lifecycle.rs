@@ -77,10 +77,15 @@ async fn received_at(admin: &PgBackend, tenant: TenantId, run: &str) -> DateTime
         .expect("received_at")
 }
 
-/// Moves a run's receipt into the past as the operator: the trigger refuses any received_at
-/// but now(), so the superuser switches triggers off for its own session (replica mode).
+/// Moves a run's receipt into the past as the operator: the trigger stamps now() over any
+/// other received_at, so the superuser switches triggers off for its own transaction (replica
+/// mode; on Citus also on the workers, where the shards' triggers run).
 async fn backdate(admin: &PgBackend, tenant: TenantId, run: &str, days: i32) {
     let mut tx = admin.pool().begin().await.expect("begin");
+    query("SET LOCAL citus.propagate_set_commands = 'local'")
+        .execute(&mut *tx)
+        .await
+        .expect("propagate");
     query("SET LOCAL session_replication_role = replica").execute(&mut *tx).await.expect("replica");
     query(
         "UPDATE kahn.runs SET received_at = now() - make_interval(days => $3) \

@@ -48,6 +48,9 @@ async fn seeded() -> (TestDb, PgBackend, PgBackend, T, T) {
     for (t, tag) in [(&a, "a"), (&b, "b")] {
         app.append(&t.write, &ndjson("shared", 3, tag)).await.expect("append");
         app.append(&t.write, &ndjson(&format!("{tag}-only"), 2, tag)).await.expect("append");
+        let quota = kahn_core::IngestQuota::per_second(std::num::NonZeroU32::MIN);
+        let charged = app.charge_ingest(&t.write, std::num::NonZeroU32::MIN, quota).await;
+        assert_eq!(charged.expect("charge"), kahn_core::Admission::Admitted);
     }
     (db, admin, app, a, b)
 }
@@ -123,6 +126,7 @@ async fn no_tenant_set_returns_zero_rows_from_every_tenant_table() {
     let mut conn = admin.pool().acquire().await.expect("conn");
     assert_eq!(count(&mut conn, "runs").await.expect("count"), 4);
     assert_eq!(count(&mut conn, "transitions").await.expect("count"), 10);
+    assert_eq!(count(&mut conn, "ingest_budget").await.expect("count"), 2);
     drop(conn);
 
     let app = app_pool(&db, 1).await;
@@ -155,9 +159,9 @@ async fn no_tenant_set_returns_zero_rows_from_every_tenant_table() {
             tx.rollback().await.expect("rollback");
         }
     }
-    // The app role cannot read tenants or api_keys at all.
+    // The app role cannot read tenants, api_keys or ingest allowances at all.
     let mut conn = app.acquire().await.expect("conn");
-    for table in ["tenants", "api_keys"] {
+    for table in ["tenants", "api_keys", "ingest_budget"] {
         assert_eq!(sqlstate(count(&mut conn, table).await), INSUFFICIENT_PRIVILEGE, "{table}");
     }
 }
@@ -388,6 +392,15 @@ async fn app_dsn_refuses_a_table_with_rls_disabled() {
         "{refusal}"
     );
     assert!(refusal.to_string().contains("ENABLE ROW LEVEL SECURITY"));
+    admin_exec(&admin, "ALTER TABLE kahn.transitions ENABLE ROW LEVEL SECURITY").await;
+    // The shared ingest allowances (migration 0008) are tenant data like the rest.
+    admin_exec(&admin, "ALTER TABLE kahn.ingest_budget DISABLE ROW LEVEL SECURITY").await;
+    let refusal = refused_with(db.app_as(kahn_pg::APP_ROLE, 1).await.expect_err("RLS disabled"));
+    assert_eq!(
+        refusal.problems,
+        [RoleProblem::RlsDisabled { table: "kahn.ingest_budget".into() }],
+        "{refusal}"
+    );
 }
 
 /// The app-DSN constructor refuses a database where a tenant table's RLS is not forced (the
@@ -471,7 +484,7 @@ async fn app_dsn_refuses_a_stray_policy_and_an_altered_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_dsn_refuses_grants_beyond_the_design() {
     let (db, admin) = TestDb::new().await;
-    let cases: [(&str, &str, RoleProblem); 8] = [
+    let cases: [(&str, &str, RoleProblem); 11] = [
         (
             "GRANT SELECT ON kahn.api_keys TO kahn_app",
             "REVOKE SELECT ON kahn.api_keys FROM kahn_app",
@@ -533,6 +546,32 @@ async fn app_dsn_refuses_grants_beyond_the_design() {
             RoleProblem::MissingGrant {
                 object: "table kahn.transitions".into(),
                 privilege: "INSERT".into(),
+            },
+        ),
+        // Migration 0008: the ingest allowance is charged only through kahn.charge_ingest,
+        // and the purge's turn only through kahn.take_purge_turn.
+        (
+            "GRANT UPDATE (tat) ON kahn.ingest_budget TO kahn_app",
+            "REVOKE UPDATE (tat) ON kahn.ingest_budget FROM kahn_app",
+            RoleProblem::ExtraGrant {
+                object: "kahn.ingest_budget (tat)".into(),
+                privilege: "UPDATE".into(),
+            },
+        ),
+        (
+            "REVOKE EXECUTE ON FUNCTION kahn.charge_ingest(uuid, integer, integer) FROM kahn_app",
+            "GRANT EXECUTE ON FUNCTION kahn.charge_ingest(uuid, integer, integer) TO kahn_app",
+            RoleProblem::MissingGrant {
+                object: "function kahn.charge_ingest(uuid,integer,integer)".into(),
+                privilege: "EXECUTE".into(),
+            },
+        ),
+        (
+            "REVOKE EXECUTE ON FUNCTION kahn.take_purge_turn(interval) FROM kahn_app",
+            "GRANT EXECUTE ON FUNCTION kahn.take_purge_turn(interval) TO kahn_app",
+            RoleProblem::MissingGrant {
+                object: "function kahn.take_purge_turn(interval)".into(),
+                privilege: "EXECUTE".into(),
             },
         ),
     ];
@@ -829,6 +868,7 @@ async fn security_definer_functions_expose_nothing_else() {
         names,
         [
             "admin_list_tenants",
+            "charge_ingest",
             "get_tenant",
             "lookup_api_key",
             "lookup_tenant_by_org",
@@ -836,6 +876,7 @@ async fn security_definer_functions_expose_nothing_else() {
             "provision_personal_tenant",
             "purge_expired",
             "purge_tenant",
+            "take_purge_turn",
             "touch_api_key"
         ]
     );
@@ -872,8 +913,15 @@ async fn security_definer_functions_expose_nothing_else() {
         }
     }
     // Calling the functions opened no door to the tables behind them.
-    for table in ["tenants", "api_keys"] {
+    for table in ["tenants", "api_keys", "ingest_budget"] {
         assert_eq!(sqlstate(count(&mut conn, table).await), INSUFFICIENT_PRIVILEGE, "{table}");
+    }
+    for sql in [
+        "SELECT count(*) FROM kahn.purge_turn",
+        "UPDATE kahn.purge_turn SET last_started_at = NULL",
+        "INSERT INTO kahn.ingest_budget (tenant_id, tat) VALUES (gen_random_uuid(), now())",
+    ] {
+        assert_eq!(sqlstate(query(sql).execute(&mut *conn).await), INSUFFICIENT_PRIVILEGE, "{sql}");
     }
     assert_eq!(count(&mut conn, "runs").await.expect("count"), 0);
     // The app role cannot take the definer's identity.

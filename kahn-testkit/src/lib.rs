@@ -12,6 +12,9 @@
 //!   `bash ../shared/scripts/citus-cluster.sh` through `scripts/ensure-citus.sh`), and a fresh
 //!   database on it ([`CitusDb`]). With `KAHN_TEST_PG_TARGET=citus` ([`Target`]), every
 //!   [`TestDb`] of the process is on the cluster, migrated and distributed.
+//! - [`PgBouncer`]: a transaction-pooling pgbouncer on a free loopback port in front of a
+//!   Postgres server, for several `kahn serve` processes on one database; killed on drop. No
+//!   binary → the test fails naming `scripts/ensure-pgbouncer.sh`.
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -30,8 +33,10 @@
 
 pub mod citus;
 pub mod pg;
+pub mod pgbouncer;
 pub mod server;
 
 pub use citus::{CITUS_SCRIPT, Citus, CitusDb};
 pub use pg::{Target, TestDb, TestRole, admin_url};
+pub use pgbouncer::{PGBOUNCER_SCRIPT, PgBouncer};
 pub use server::{KahnServer, KahnServerBuilder, ServerStderr, StartError, kahn_bin};

@@ -257,6 +257,11 @@ impl TestDb {
         TestDb { name, citus: None }
     }
 
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The admin's connect options for this database.
     pub fn admin_options(&self) -> PgConnectOptions {
         match &self.citus {

@@ -1,5 +1,4 @@
-//! The Citus handle. The cluster-backed test is `#[ignore]`d: the default test run never needs
-//! Citus; `scripts/test-citus` starts the cluster and runs it.
+//! The Citus handle, on the cluster `scripts/ensure-citus.sh` starts (scripts/test runs it).
 
 use kahn_testkit::Citus;
 use sqlx_core::query::query;
@@ -15,7 +14,6 @@ async fn no_cluster_fails_naming_the_script_that_starts_it() {
 /// A fresh database is a working Citus database: its workers are registered, and a table
 /// distributed by `tenant_id` spreads its shards over them and routes a tenant's rows back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the Citus cluster: scripts/test-citus"]
 async fn a_fresh_database_spans_the_cluster_and_distributes_a_table() {
     let citus = Citus::connect().await;
     assert!(citus.workers().len() >= 2, "{:?}", citus.workers());

@@ -28,6 +28,7 @@ use crate::{
 pub mod fixtures;
 mod lifecycle;
 mod model;
+mod shared;
 mod status;
 
 pub use fixtures::{Harness, SourceLog, TestTenant};
@@ -39,6 +40,7 @@ pub use lifecycle::{
     tenants_export_and_import,
 };
 pub use model::model_based_interleavings;
+pub use shared::{ingest_allowance_is_shared_per_tenant, purge_turn_is_taken_once_per_interval};
 pub use status::{
     a_failed_node_fails_the_run, a_run_is_running_while_a_node_is_active_and_skips_do_not_skip_it,
     a_run_level_transition_decides_the_status, node_summaries_track_state_times_and_attempts,
@@ -105,6 +107,8 @@ macro_rules! conformance_suite {
             racing_divergent_creators_one_wins_whole,
             batches_in_opposite_run_orders_do_not_deadlock,
             model_based_interleavings,
+            ingest_allowance_is_shared_per_tenant,
+            purge_turn_is_taken_once_per_interval,
         }
     };
     (@names; $($check:ident),* $(,)?) => {
