@@ -22,8 +22,8 @@
 //!
 //! Sections (`KAHN_BENCH_ONLY`): `growth` (the above, per target), `ingest` (the same append
 //! workload on every target, interleaved round by round, for the Citus/Postgres ratio) and
-//! `servers` (ingest through 1, 2, 3 `kahn serve` processes; `servers_section` takes the DSN
-//! the servers connect with, the database's own or a pooler's).
+//! `servers` (ingest through 1, 2, 3 `kahn serve` processes connecting to Postgres directly
+//! and through a transaction-pooling pgbouncer, interleaved).
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
@@ -42,7 +42,7 @@ use kahn_core::{
 };
 use kahn_http::HttpBackend;
 use kahn_pg::PgBackend;
-use kahn_testkit::{KahnServer, ServerStderr, TestDb, kahn_bin};
+use kahn_testkit::{KahnServer, PgBouncer, ServerStderr, TestDb, kahn_bin};
 use serde_json::{Map, Value, json};
 use sqlx_core::query::query;
 use sqlx_core::row::Row;
@@ -162,7 +162,7 @@ struct Target {
     /// The app role on a pool of one connection, whose prepared statements can be read back.
     one: PgBackend,
     app_url: String,
-    _db: TestDb,
+    db: TestDb,
 }
 
 impl Target {
@@ -178,7 +178,7 @@ impl Target {
         let app = db.app().await;
         let one = db.app_as(kahn_pg::APP_ROLE, 1).await.unwrap();
         let app_url = db.url_as_app();
-        Self { name: name.to_owned(), admin, app, one, app_url, _db: db }
+        Self { name: name.to_owned(), admin, app, one, app_url, db }
     }
 
     async fn close(&self) {
@@ -570,40 +570,53 @@ async fn ingest_servers(
     appended as f64 / secs
 }
 
-/// Ingest through 1, 2, 3… servers on `app_url`, `reps` rounds (the order rotating each
-/// round); the median per server count, and its ratio to the first count.
+/// Ingest through 1, 2, 3… servers on each of `routes` (a label and the DSN the servers
+/// connect with: the database's own, or a pooler's in front of it), `reps` rounds, every
+/// (route, server count) once per round in an order that rotates each round; the median per
+/// figure, its ratio to the first server count, and each route's ratio to the first route.
 async fn servers_section(
     res: &mut Results,
-    label: &str,
     target: &Target,
-    app_url: &str,
+    routes: &[(&str, String)],
     cfg: &Config,
 ) {
     let reps = if cfg.smoke { 1 } else { 3 };
-    let mut tps = vec![Vec::new(); cfg.servers.len()];
+    let combos: Vec<(usize, usize)> =
+        (0..routes.len()).flat_map(|r| (0..cfg.servers.len()).map(move |n| (r, n))).collect();
+    let mut tps = vec![Vec::new(); combos.len()];
     for rep in 0..reps {
-        for k in 0..cfg.servers.len() {
-            let i = (k + rep) % cfg.servers.len();
-            let name = format!("{label}-r{rep}");
-            tps[i].push(ingest_servers(&name, target, app_url, cfg.servers[i], cfg).await);
+        for k in 0..combos.len() {
+            let i = (k + rep) % combos.len();
+            let (r, n) = combos[i];
+            let name = format!("srv-r{rep}-{}", routes[r].0);
+            tps[i].push(ingest_servers(&name, target, &routes[r].1, cfg.servers[n], cfg).await);
         }
     }
-    for (i, n) in cfg.servers.iter().enumerate() {
+    let key = |r: usize, n: usize| {
+        format!("servers.pg.{}.servers{}.ingest_tps", routes[r].0, cfg.servers[n])
+    };
+    for (i, &(r, n)) in combos.iter().enumerate() {
         let samples: Vec<f64> = tps[i].iter().map(|x| x.round()).collect();
         let median = workload::median(&mut tps[i]).round();
-        res.put(
-            &format!("{label}.servers{n}.ingest_tps"),
-            json!({"p50": median, "samples": samples}),
-        );
+        res.put(&key(r, n), json!({"p50": median, "samples": samples}));
     }
-    for &n in cfg.servers.iter().skip(1) {
-        let key = |s: usize| format!("{label}.servers{s}.ingest_tps");
-        ratio(
-            res,
-            &format!("ratio.{label}.servers{n}/servers{}", cfg.servers[0]),
-            &key(n),
-            &key(cfg.servers[0]),
-        );
+    for r in 0..routes.len() {
+        for n in 1..cfg.servers.len() {
+            let label = format!(
+                "ratio.servers.pg.{}.servers{}/servers{}",
+                routes[r].0, cfg.servers[n], cfg.servers[0]
+            );
+            ratio(res, &label, &key(r, n), &key(r, 0));
+        }
+    }
+    for r in 1..routes.len() {
+        for n in 0..cfg.servers.len() {
+            let label = format!(
+                "ratio.servers.pg.servers{}.{}/{}",
+                cfg.servers[n], routes[r].0, routes[0].0
+            );
+            ratio(res, &label, &key(r, n), &key(0, n));
+        }
     }
 }
 
@@ -720,11 +733,18 @@ async fn main() {
 
     if want("servers") {
         let target = Target::new("pg").await;
+        // The servers connect to Postgres directly, and through a transaction-pooling
+        // pgbouncer in front of it (scripts/ensure-pgbouncer.sh installs the binary).
+        let bouncer = PgBouncer::start(&target.db.admin_options());
+        let routes = [
+            ("direct", target.app_url.clone()),
+            ("pgbouncer", bouncer.url_as(&target.db.name, kahn_pg::APP_ROLE)),
+        ];
         res.put("servers.loadavg_before", loadavg());
-        let direct = target.app_url.clone();
-        servers_section(&mut res, "servers.pg.direct", &target, &direct, &cfg).await;
+        servers_section(&mut res, &target, &routes, &cfg).await;
         res.put("servers.loadavg_after", loadavg());
         target.close().await;
+        drop(bouncer);
     }
 
     let out = std::env::var("KAHN_BENCH_OUT").map(PathBuf::from).unwrap_or_else(|_| {
