@@ -600,11 +600,11 @@ async fn servers_section(
         let median = workload::median(&mut tps[i]).round();
         res.put(&key(r, n), json!({"p50": median, "samples": samples}));
     }
-    for r in 0..routes.len() {
+    for (r, (route, _)) in routes.iter().enumerate() {
         for n in 1..cfg.servers.len() {
             let label = format!(
-                "ratio.servers.pg.{}.servers{}/servers{}",
-                routes[r].0, cfg.servers[n], cfg.servers[0]
+                "ratio.servers.pg.{route}.servers{}/servers{}",
+                cfg.servers[n], cfg.servers[0]
             );
             ratio(res, &label, &key(r, n), &key(r, 0));
         }
