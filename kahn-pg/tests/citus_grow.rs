@@ -37,8 +37,9 @@ fn chunk(run: &str, from: u64, to: u64) -> AppendBatch {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "adds a third worker to the machine's Citus cluster: run by scripts/citus-grow.sh"]
 async fn a_worker_added_and_rebalanced_while_pushers_run_loses_nothing() {
-    let new_worker = std::env::var("KAHN_TEST_CITUS_NEW_WORKER")
-        .expect("KAHN_TEST_CITUS_NEW_WORKER=host:port of a running Citus node (scripts/citus-grow.sh)");
+    let new_worker = std::env::var("KAHN_TEST_CITUS_NEW_WORKER").expect(
+        "KAHN_TEST_CITUS_NEW_WORKER=host:port of a running Citus node (scripts/citus-grow.sh)",
+    );
     let (host, port) = new_worker.rsplit_once(':').expect("host:port");
     let port: u16 = port.parse().expect("a port");
 
@@ -47,7 +48,10 @@ async fn a_worker_added_and_rebalanced_while_pushers_run_loses_nothing() {
     let mut scopes: Vec<WriteScope> = Vec::new();
     for i in 0..TENANTS {
         let t = admin
-            .provision_tenant(&NewTenant::new(format!("grow-{i}-{}", uuid::Uuid::new_v4().simple())).expect("name"))
+            .provision_tenant(
+                &NewTenant::new(format!("grow-{i}-{}", uuid::Uuid::new_v4().simple()))
+                    .expect("name"),
+            )
             .await
             .expect("provision");
         let key = admin.issue_api_key(t.id).await.expect("key");
@@ -101,7 +105,10 @@ async fn a_worker_added_and_rebalanced_while_pushers_run_loses_nothing() {
     let citus = db.citus_mut().expect("a Citus database");
     citus.add_worker(host, port).await;
     let started = Instant::now();
-    query("SELECT citus_rebalance_start()").execute(admin.pool()).await.expect("start the rebalance");
+    query("SELECT citus_rebalance_start()")
+        .execute(admin.pool())
+        .await
+        .expect("start the rebalance");
     query("SELECT citus_rebalance_wait()").execute(admin.pool()).await.expect("the rebalance ends");
     let rebalance = started.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -115,12 +122,23 @@ async fn a_worker_added_and_rebalanced_while_pushers_run_loses_nothing() {
             for r in 0..RUNS_PER_TENANT {
                 let n = next[k * RUNS_PER_TENANT + r];
                 let run = format!("run-{r}");
-                let again = app.append(&scopes[t], &chunk(&run, 0, n)).await.expect("re-push the whole run");
-                assert_eq!(again.appended(), 0, "tenant {t} {run}: every pushed transition was stored");
+                let again = app
+                    .append(&scopes[t], &chunk(&run, 0, n))
+                    .await
+                    .expect("re-push the whole run");
+                assert_eq!(
+                    again.appended(),
+                    0,
+                    "tenant {t} {run}: every pushed transition was stored"
+                );
                 let id = RunId::new(&run).expect("id");
                 let read = scopes[t].read();
                 let summary = app.get_run(&read, &id).await.expect("get run");
-                assert_eq!(summary.info.transition_count(), n, "tenant {t} {run}: exactly the pushed log");
+                assert_eq!(
+                    summary.info.transition_count(),
+                    n,
+                    "tenant {t} {run}: exactly the pushed log"
+                );
                 app.verify_run(&read, &id).await.expect("the chain verifies");
                 runs_checked += 1;
                 transitions += n;

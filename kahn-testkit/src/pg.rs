@@ -472,6 +472,29 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
+/// Panics unless every table KAHN places on Citus is placed: reference or hash-distributed.
+async fn assert_distributed(admin: &PgBackend) {
+    let tables: Vec<String> = kahn_pg::citus::REFERENCE
+        .iter()
+        .chain(kahn_pg::citus::DISTRIBUTED.iter())
+        .map(|t| (*t).to_owned())
+        .collect();
+    let placed: i64 = sqlx_core::query_scalar::query_scalar(
+        "SELECT count(*) FROM pg_dist_partition AS p \
+         JOIN pg_catalog.unnest($1::text[]) AS t(name) ON p.logicalrelid = t.name::regclass \
+         WHERE p.partmethod = 'h' OR p.repmodel = 't'",
+    )
+    .bind(&tables)
+    .fetch_one(admin.pool())
+    .await
+    .unwrap_or_else(|e| panic!("read the Citus placement: {e}"));
+    assert_eq!(
+        placed,
+        tables.len() as i64,
+        "`kahn migrate` on Citus must place every table of {tables:?}"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,27 +531,4 @@ mod tests {
         assert!(text.contains("KAHN_TEST_PG_URL"), "{text}");
         assert!(text.contains("connection refused"), "{text}");
     }
-}
-
-/// Panics unless every table KAHN places on Citus is placed: reference or hash-distributed.
-async fn assert_distributed(admin: &PgBackend) {
-    let tables: Vec<String> = kahn_pg::citus::REFERENCE
-        .iter()
-        .chain(kahn_pg::citus::DISTRIBUTED.iter())
-        .map(|t| (*t).to_owned())
-        .collect();
-    let placed: i64 = sqlx_core::query_scalar::query_scalar(
-        "SELECT count(*) FROM pg_dist_partition AS p \
-         JOIN pg_catalog.unnest($1::text[]) AS t(name) ON p.logicalrelid = t.name::regclass \
-         WHERE p.partmethod = 'h' OR p.repmodel = 't'",
-    )
-    .bind(&tables)
-    .fetch_one(admin.pool())
-    .await
-    .unwrap_or_else(|e| panic!("read the Citus placement: {e}"));
-    assert_eq!(
-        placed,
-        tables.len() as i64,
-        "`kahn migrate` on Citus must place every table of {tables:?}"
-    );
 }
