@@ -1,10 +1,10 @@
 //! The content-aligned append, set-wise: a constant number of statements per batch, however
 //! many runs and rows it holds.
 //!
-//! 1. Every run row the batch names is created if missing (one `INSERT … SELECT FROM UNNEST`,
-//!    in run id order), then all of them are locked `FOR UPDATE` in run id order by one
-//!    `SELECT … ORDER BY … FOR UPDATE`: two batches touching the same runs lock them in the
-//!    same order, so they serialize and never deadlock.
+//! 1. Every run row the batch names is created if missing (one multi-row `INSERT … VALUES`
+//!    per 10,000 runs, in run id order), then all of them are locked `FOR UPDATE` in run id
+//!    order by one `SELECT … ORDER BY … FOR UPDATE`: two batches touching the same runs lock
+//!    them in the same order, so they serialize and never deadlock.
 //! 2. Each run is planned in Rust ([`AppendPlan`]); the (at most two per run) stored chain
 //!    links the plans need are read by one query over all runs.
 //! 3. The runs are decided in batch order, so the error reported is that of the first failing
@@ -434,7 +434,6 @@ fn digest(bytes: &[u8]) -> Result<Digest> {
     Digest::try_from_slice(bytes).map_err(corrupt)
 }
 
-/// A seq as Postgres stores it (`bigint`); seqs are validated below `i64::MAX` at parse time.
 /// Runs created per statement: three parameters are shared, one is each run's id, well under
 /// Postgres's 65,535 parameters.
 const RUNS_PER_CREATE: usize = 10_000;
@@ -456,6 +455,7 @@ fn create_runs_sql(n: usize) -> String {
     sql
 }
 
+/// A seq as Postgres stores it (`bigint`); seqs are validated below `i64::MAX` at parse time.
 fn seq_param(seq: u64) -> Result<i64> {
     i64::try_from(seq).map_err(corrupt)
 }
