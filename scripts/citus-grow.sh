@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Growing the Citus cluster with data in place (issue 14, kahn-pg/README.md "Growing the
 # cluster"): brings up a third worker on 127.0.0.1:5443 the way ../shared/scripts/citus-cluster.sh
-# creates the other two (a PostgreSQL 15 cluster with citus preloaded, wal_level = logical for
-# shard moves, trust on loopback), then runs the test that adds it to a KAHN database and
+# creates the other two (a PostgreSQL 15 cluster with citus preloaded, wal_level = logical like
+# the others, trust on loopback), then runs the test that adds it to a KAHN database and
 # rebalances (citus_rebalance_start) while 8 pushers append, and checks nothing was lost.
 #
 #   scripts/citus-grow.sh          # idempotent; leaves the third worker running
