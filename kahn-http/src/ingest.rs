@@ -95,7 +95,9 @@ fn is_ndjson(headers: &HeaderMap) -> Result<(), ApiError> {
 ///
 /// The body is read as a stream, line by line, each line validated as it arrives; the first
 /// invalid line answers 400 and nothing is written. The whole body is one `append`: one
-/// transaction over every run it names.
+/// transaction over every run it names. Requests naming the same run reach the store in the
+/// order they were parsed in this server: a pusher's next chunk, sent while the previous one
+/// is appended, waits for it instead of being refused as a gap.
 #[utoipa::path(
     post,
     path = "/v1/ingest/transitions",
@@ -178,6 +180,10 @@ pub(crate) async fn ingest(
         let batch = parser.finish()?.build();
         let cost = crate::ratelimit::ingest_cost(batch.runs().len(), batch.transition_count());
         charge(&state, &scope, Charge::Rest(cost)).await?;
+        // Parsed while the append before it (of the same run, from this pusher) ran; it goes
+        // to the store once that one is done (see `queue`).
+        let (_place, ahead) = state.inner.run_queue.enter(scope.tenant(), &batch);
+        ahead.wait().await;
         let report = state.inner.backend.append(&scope, &batch).await?;
         state.inner.metrics.appended.inc_by(report.appended());
         state.inner.metrics.skipped.inc_by(report.skipped());

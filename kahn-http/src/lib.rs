@@ -33,6 +33,7 @@ mod error;
 mod ingest;
 mod metrics;
 mod openapi;
+mod queue;
 mod ratelimit;
 mod reads;
 mod server;

@@ -9,6 +9,7 @@ use crate::auth::JwtVerifier;
 use crate::auth_limit::AuthFailures;
 use crate::config::{ConfigError, ServerConfig};
 use crate::metrics::Metrics;
+use crate::queue::RunQueue;
 use crate::ratelimit::IngestLimits;
 
 /// Everything a request handler needs: the backend, the config, the JWT verifier, rate
@@ -27,6 +28,8 @@ pub(crate) struct Inner {
     /// Permits for the requests served at once (`max_requests_in_flight`).
     pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
     pub(crate) auth_failures: AuthFailures,
+    /// Appends to one run, in arrival order within this server.
+    pub(crate) run_queue: RunQueue,
 }
 
 impl fmt::Debug for AppState {
@@ -99,6 +102,7 @@ impl AppState {
                 metrics,
                 in_flight,
                 auth_failures,
+                run_queue: RunQueue::default(),
             }),
         })
     }

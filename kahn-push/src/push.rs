@@ -13,9 +13,12 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use kahn_core::{
-    AppendBatch, BatchBuilder, Digest, Error, NdjsonLine, ReadScope, Result, RunId, RunMeta, Seq,
-    StorageBackend, Transition, TransitionBody, WriteScope, chain_link, parse_json_object,
+    AppendBatch, AppendReport, BatchBuilder, Digest, Error, NdjsonLine, ReadScope, Result, RunId,
+    RunMeta, Seq, StorageBackend, Transition, TransitionBody, WriteScope, chain_link,
+    parse_json_object,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -95,6 +98,12 @@ pub struct PushOptions {
     /// Where to remember what pushed files hold, so a re-push skips the stored prefix without
     /// parsing it (see [`ResumeCache`]). `None`: every resume re-hashes the prefix.
     pub resume_cache: Option<ResumeCache>,
+    /// Appends sent before the previous one is answered (at least 1). With 2, the store (or
+    /// the server in front of it) works on chunk k+1 while chunk k is appended; a store that
+    /// takes them out of order refuses the later one as a gap (nothing written) and the pusher
+    /// sends it again once the earlier one is stored, so any store stays correct. `kahn serve`
+    /// queues a run's appends in arrival order, which is what makes 2 pay off over HTTP.
+    pub appends_in_flight: usize,
 }
 
 impl Default for PushOptions {
@@ -104,6 +113,7 @@ impl Default for PushOptions {
             max_retries: 8,
             meta: RunMeta::new(),
             resume_cache: None,
+            appends_in_flight: 2,
         }
     }
 }
@@ -288,6 +298,14 @@ enum Cut {
     /// The whole file was read: what it holds, for the resume cache (its `head_hash` is not
     /// known here; the store's report gives it).
     End(Mark),
+}
+
+/// A chunk's append, answered.
+struct Sent {
+    batch: AppendBatch,
+    file_bytes: u64,
+    retries: u64,
+    result: Result<AppendReport>,
 }
 
 /// One chunk being cut: its lines, grouped and checked, its size on the wire (bounded by
@@ -488,9 +506,11 @@ impl Pass<'_> {
     /// One pass over the file: resumes after the first `skip` transitions when they hash to
     /// `skip_head`, and sends the rest chunk by chunk.
     ///
-    /// Reading and appending overlap: a blocking thread reads and hashes chunk k+1 while
-    /// chunk k is appended, handing chunks over a channel of one. At most three chunks are
-    /// alive at once (being appended, waiting, being read), whatever the file's size.
+    /// Reading and appending overlap: a blocking thread reads and hashes the next chunk while
+    /// the store works, handing chunks over a channel of one, and up to
+    /// [`appends_in_flight`](PushOptions::appends_in_flight) appends are sent before the
+    /// oldest is answered; answers are taken in order. At most that many chunks plus two are
+    /// alive at once (in flight, waiting, being read), whatever the file's size.
     async fn run(&self, report: &mut PushReport, skip: u64, skip_head: Digest) -> Result<Outcome> {
         let is_regular_file =
             tokio::fs::metadata(&self.source.transitions).await.is_ok_and(|m| m.is_file());
@@ -520,15 +540,39 @@ impl Pass<'_> {
         });
         // Returning early drops `rx`: the reading thread's next hand-over fails and it stops.
         let mut end = None;
-        while let Some(cut) = rx.recv().await {
-            match cut? {
-                Cut::Resumed { bytes, transitions, by_mark } => {
-                    report.resumed_by_mark = by_mark;
-                    self.progress.resumed(bytes, transitions);
+        let depth = self.opts.appends_in_flight.max(1);
+        let mut sent = FuturesOrdered::new();
+        let mut read_all = false;
+        loop {
+            tokio::select! {
+                // Answers first, in the order the chunks were sent.
+                biased;
+                Some(answer) = sent.next(), if !sent.is_empty() => {
+                    self.settle(report, answer, depth).await?;
                 }
-                Cut::Chunk { batch, file_bytes } => self.flush(report, batch, file_bytes).await?,
-                Cut::Diverged => return Ok(Outcome::Diverged),
-                Cut::End(mark) => end = Some(mark),
+                cut = rx.recv(), if !read_all && sent.len() < depth => match cut {
+                    None => read_all = true,
+                    Some(Err(e)) => {
+                        // What was read before the bad line is stored before it is reported,
+                        // as when the chunks went one at a time.
+                        while let Some(answer) = sent.next().await {
+                            self.settle(report, answer, depth).await?;
+                        }
+                        return Err(e);
+                    }
+                    Some(Ok(cut)) => match cut {
+                        Cut::Resumed { bytes, transitions, by_mark } => {
+                            report.resumed_by_mark = by_mark;
+                            self.progress.resumed(bytes, transitions);
+                        }
+                        Cut::Chunk { batch, file_bytes } => {
+                            sent.push_back(self.send(batch, file_bytes));
+                        }
+                        Cut::Diverged => return Ok(Outcome::Diverged),
+                        Cut::End(mark) => end = Some(mark),
+                    },
+                },
+                else => break,
             }
         }
         reading.await.map_err(|e| Error::backend("push", e))?;
@@ -547,18 +591,33 @@ impl Pass<'_> {
         Ok(Outcome::Done)
     }
 
-    async fn flush(
-        &self,
-        report: &mut PushReport,
-        batch: AppendBatch,
-        file_bytes: u64,
-    ) -> Result<()> {
-        let mut retries = 0;
-        let result = with_retries(self.opts.max_retries, self.progress, &mut retries, || {
-            self.store.append(self.scope, &batch)
-        })
-        .await;
+    /// Appends one chunk, retrying what is retryable; answers with the chunk, for a re-send.
+    fn send(&self, batch: AppendBatch, file_bytes: u64) -> impl Future<Output = Sent> + '_ {
+        async move {
+            let mut retries = 0;
+            let result = with_retries(self.opts.max_retries, self.progress, &mut retries, || {
+                self.store.append(self.scope, &batch)
+            })
+            .await;
+            Sent { batch, file_bytes, retries, result }
+        }
+    }
+
+    /// Takes the answer of the oldest chunk in flight (every earlier one was stored). A gap
+    /// while another chunk was in flight means this one reached the store before the one
+    /// before it: nothing was written, and it is sent again, now after it.
+    async fn settle(&self, report: &mut PushReport, answer: Sent, depth: usize) -> Result<()> {
+        let Sent { batch, file_bytes, retries, result } = answer;
         report.retries += retries;
+        let result = match result {
+            Err(Error::Gap { .. }) if depth > 1 => {
+                tracing::debug!(run = %self.source.run_id, "a chunk overtook the one before it; sending it again");
+                let again = self.send(batch, file_bytes).await;
+                report.retries += again.retries + 1;
+                again.result
+            }
+            other => other,
+        };
         let appended = result?;
         for run in &appended.runs {
             report.appended += run.appended;
