@@ -20,11 +20,14 @@ use tokio::sync::watch;
 
 type Key = (TenantId, RunId);
 
+/// Per run, the requests queued: their entry number and what signals they left.
+type Queued = Vec<(u64, watch::Receiver<()>)>;
+
 /// The appends in flight in this server, by run.
 #[derive(Debug, Default)]
 pub(crate) struct RunQueue {
     next: AtomicU64,
-    entered: Mutex<HashMap<Key, Vec<(u64, watch::Receiver<()>)>>>,
+    entered: Mutex<HashMap<Key, Queued>>,
 }
 
 /// A request's place in the queues of the runs of its batch; leaving (drop) lets the requests

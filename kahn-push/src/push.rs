@@ -592,15 +592,13 @@ impl Pass<'_> {
     }
 
     /// Appends one chunk, retrying what is retryable; answers with the chunk, for a re-send.
-    fn send(&self, batch: AppendBatch, file_bytes: u64) -> impl Future<Output = Sent> + '_ {
-        async move {
-            let mut retries = 0;
-            let result = with_retries(self.opts.max_retries, self.progress, &mut retries, || {
-                self.store.append(self.scope, &batch)
-            })
-            .await;
-            Sent { batch, file_bytes, retries, result }
-        }
+    async fn send(&self, batch: AppendBatch, file_bytes: u64) -> Sent {
+        let mut retries = 0;
+        let result = with_retries(self.opts.max_retries, self.progress, &mut retries, || {
+            self.store.append(self.scope, &batch)
+        })
+        .await;
+        Sent { batch, file_bytes, retries, result }
     }
 
     /// Takes the answer of the oldest chunk in flight (every earlier one was stored). A gap
