@@ -10,6 +10,10 @@ pub(crate) fn run(data: &[u8]) {
     for line in text.lines() {
         match NdjsonLine::parse(line) {
             Ok(Some(parsed)) => {
+                // A line in the wire form is read in place (no tree): it must come out exactly
+                // as the general reader reads it.
+                let general = kahn_core::parse_json_object(line).and_then(NdjsonLine::from_object);
+                assert_eq!(general.ok().as_ref(), Some(&parsed), "{line}");
                 if builder.push(parsed).is_err() {
                     return;
                 }

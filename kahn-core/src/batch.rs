@@ -113,6 +113,11 @@ impl NdjsonLine {
     /// [`Error::InvalidInput`] naming the field: `json` when the line is not JSON, `line`
     /// when it is not an object, `kind` when unknown, or the transition's/metadata's field.
     pub fn parse(line: &str) -> Result<Option<Self>, Error> {
+        // A line in the wire form (what KAHN's own clients send) is read in place; any other
+        // line, and every error, the general way.
+        if let Some(t) = crate::wire_read::transition(line) {
+            return Ok(Some(NdjsonLine::Transition(t)));
+        }
         if line.trim().is_empty() {
             return Ok(None);
         }

@@ -101,7 +101,7 @@ pub(crate) fn canonical_json(field: &str, value: &serde_json::Value) -> Result<S
 
 /// The largest integer magnitude RFC 8785 represents exactly (it treats numbers as IEEE-754
 /// doubles): 2^53.
-const MAX_EXACT_INTEGER: u64 = 1 << 53;
+pub(crate) const MAX_EXACT_INTEGER: u64 = 1 << 53;
 
 /// Whether JCS writes `f` as plain digits beyond ±2^53: a whole double below 1e21 (from 1e21
 /// on it writes an exponent). Those digits read back as an integer RFC 8785 cannot hash
@@ -110,10 +110,25 @@ fn prints_as_inexact_integer(f: f64) -> bool {
     f.fract() == 0.0 && f.abs() > MAX_EXACT_INTEGER as f64 && f.abs() < 1e21
 }
 
+/// How RFC 8785 prints the double `f` that is not written as an integer literal (the
+/// formatter [`Canonical`] uses for every such number); `None` when it has no canonical form
+/// (not finite, or a whole number beyond ±2^53 printed as digits).
+pub(crate) fn canonical_float(f: f64) -> Option<String> {
+    if !f.is_finite() || prints_as_inexact_integer(f) {
+        return None;
+    }
+    let n = serde_json::Number::from_f64(f)?;
+    let mut buf = Vec::with_capacity(24);
+    let mut ser =
+        serde_json::Serializer::with_formatter(&mut buf, canon_json::CanonicalFormatter::new());
+    serde::Serialize::serialize(&n, &mut ser).ok()?;
+    String::from_utf8(buf).ok()
+}
+
 /// RFC 8785's property order: by UTF-16 code units. UTF-8 byte order is code point order,
 /// which differs from UTF-16 order only when a character at or above U+E000 (UTF-8 lead byte
 /// 0xEE or above) meets a supplementary one; only then are the keys re-encoded.
-fn jcs_key_order(a: &str, b: &str) -> std::cmp::Ordering {
+pub(crate) fn jcs_key_order(a: &str, b: &str) -> std::cmp::Ordering {
     if a.bytes().chain(b.bytes()).all(|x| x < 0xEE) {
         a.cmp(b)
     } else {
@@ -346,7 +361,7 @@ pub fn verify_chain<'a>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
@@ -411,7 +426,9 @@ mod tests {
         );
     }
 
-    fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+    /// Any JSON value with an exact canonical form: the strings hold the characters JCS treats
+    /// specially, the numbers its edge cases.
+    pub(crate) fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
         use proptest::prelude::*;
         // Characters that stress escaping and key order: controls, quotes, backslashes, DEL,
         // U+2028, the BMP's top, supplementary planes.

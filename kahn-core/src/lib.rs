@@ -41,6 +41,7 @@ mod secret;
 mod shared;
 mod status;
 mod transition;
+mod wire_read;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

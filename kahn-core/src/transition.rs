@@ -80,6 +80,19 @@ impl TransitionBody {
         Ok(Self { canonical, content_hash, ts, to, node })
     }
 
+    /// A body read in place by the wire reader (`wire_read`), which checked that `canonical`
+    /// is canonical JSON with these `ts`, `to` and `node`, as [`new`](Self::new) would have
+    /// written and checked them.
+    pub(crate) fn from_canonical(
+        canonical: Box<str>,
+        ts: DateTime<Utc>,
+        to: Box<str>,
+        node: Option<Box<str>>,
+    ) -> Self {
+        let content_hash = Digest::sha256(canonical.as_bytes());
+        Self { canonical, content_hash, ts, to, node }
+    }
+
     /// The body's fields, parsed from its canonical form (so numbers read as their canonical
     /// text does: `350.0` sent is `350` here).
     pub fn fields(&self) -> Map<String, Value> {
