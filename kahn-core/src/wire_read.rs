@@ -139,10 +139,12 @@ impl<'a> Scan<'a> {
                     b'u' => {
                         let hex = self.bytes().get(self.i..self.i + 4)?;
                         self.i += 4;
-                        let lower = |b: u8| matches!(b, b'0'..=b'9' | b'a'..=b'f');
-                        if !(hex[0] == b'0' && hex[1] == b'0' && matches!(hex[2], b'0' | b'1'))
-                            || !lower(hex[3])
-                        {
+                        // `\u00xx`, lower-case hex, a control character (below U+0020).
+                        let control = hex[0] == b'0'
+                            && hex[1] == b'0'
+                            && matches!(hex[2], b'0' | b'1')
+                            && matches!(hex[3], b'0'..=b'9' | b'a'..=b'f');
+                        if !control {
                             return None;
                         }
                         // Those five have a short form, which is the canonical one.
