@@ -409,6 +409,7 @@ impl Cutter {
             }
         }
         let mut chunk = Chunk::with_meta(&self.meta, run_id, max)?;
+        let mut cut_so_far = 0usize;
         let mut buf = Vec::with_capacity(4096);
         // Whether what was read so far ends at a line's end (a mark ends at one), and whether
         // it held a metadata line (a mark covers transition lines only: the store's count and
@@ -465,11 +466,11 @@ impl Cutter {
                     format!("is {wire} bytes on the wire; a line must fit in one {max}-byte chunk"),
                 )));
             }
-            if chunk.wire + wire > max
-                && chunk.lines > 0
-                && !emit(std::mem::replace(&mut chunk, Chunk::empty()).cut())
-            {
-                return Ok(());
+            if chunk.wire + wire > chunk_limit(max, cut_so_far) && chunk.lines > 0 {
+                cut_so_far += 1;
+                if !emit(std::mem::replace(&mut chunk, Chunk::empty()).cut()) {
+                    return Ok(());
+                }
             }
             chunk.builder.push(line).map_err(at_line)?;
             chunk.wire += wire;
@@ -629,6 +630,19 @@ impl Pass<'_> {
     }
 }
 
+/// The size the chunk cut after `cut_so_far` others aims at: a sixteenth of `max`, then a
+/// quarter, then `max`. The store starts on the first chunk while the rest is read (the
+/// pipeline fills after ~64 KiB instead of 1 MiB), which is most of a small run's time; a
+/// large run still goes in `max`-sized chunks. A line longer than the aim still goes whole,
+/// in a chunk of its own (lines are bounded by `max`).
+fn chunk_limit(max: usize, cut_so_far: usize) -> usize {
+    match cut_so_far {
+        0 => max / 16,
+        1 => max / 4,
+        _ => max,
+    }
+}
+
 fn at_line(e: Error, line: u64) -> Error {
     match e {
         Error::InvalidInput { field, message } => {
@@ -747,10 +761,19 @@ mod tests {
             })
             .unwrap();
         assert!(sent.len() > 10, "{} chunks", sent.len());
-        for pair in sent.windows(2) {
+        for (k, pair) in sent.windows(2).enumerate() {
             let next_line = pair[1].split_inclusive('\n').next().unwrap();
-            assert!(pair[0].len() <= max, "a chunk of {} bytes is over {max}", pair[0].len());
-            assert!(pair[0].len() + next_line.len() > max, "the next line would have fit");
+            let aim = chunk_limit(max, k);
+            assert!(aim <= max && (k < 2 || aim == max), "chunk {k} aims at {aim}");
+            // Over its aim only as one line longer than it (never over `max`).
+            let one_line = pair[0].lines().count() == 1;
+            assert!(pair[0].len() <= max, "chunk {k} of {} bytes is over {max}", pair[0].len());
+            assert!(
+                pair[0].len() <= aim || one_line,
+                "chunk {k} ({}) is over {aim}",
+                pair[0].len()
+            );
+            assert!(pair[0].len() + next_line.len() > aim, "the next line would have fit");
         }
         assert!(sent.concat().lines().count() == 301, "every line sent once");
     }
