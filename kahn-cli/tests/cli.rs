@@ -500,6 +500,30 @@ fn the_pusher_waits_out_rate_limits_and_finishes() {
     assert!(env.ok(&["verify", "limited"], Some(&key)).starts_with("OK"));
 }
 
+/// The pusher keeps two chunks of a run in flight. With a cap of one ingest in flight per
+/// tenant every second request is refused (429 `too_many_in_flight`): each is sent again once
+/// the one before it is stored, and the log is exact.
+#[test]
+fn a_pipelined_push_refused_its_second_request_sends_it_again_and_is_exact() {
+    let env = Env::served(&["--max-ingests-in-flight", "1"]);
+    let key = env.key("choco");
+    let run = env.run_dir("capped", 3000, "a");
+    let report = push_json(&env, &run, &key, &["--chunk-bytes", "65536"]);
+    assert_eq!(report["next_seq"].as_u64(), Some(3000), "{report}");
+    assert_eq!(report["appended"].as_u64(), Some(3000), "{report}");
+    assert!(report["chunks"].as_u64().unwrap() >= 10, "{report}");
+    let metrics = env.http_get("/metrics");
+    let limited = metrics
+        .lines()
+        .find(|l| l.starts_with("kahn_ingest_rate_limited_total"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no rate-limit metric in {metrics}"));
+    assert!(limited >= 1.0, "a second request in flight was refused ({limited} times)");
+    assert!(report["retries"].as_u64().unwrap() >= 1, "{report}");
+    assert!(env.ok(&["verify", "capped"], Some(&key)).starts_with("OK"));
+}
+
 #[test]
 fn serve_prints_where_it_listens_and_what_to_do_next() {
     let env = Env::served(&[]);

@@ -304,6 +304,8 @@ enum Cut {
 struct Sent {
     batch: AppendBatch,
     file_bytes: u64,
+    /// Sent while an earlier chunk was in flight.
+    behind: bool,
     retries: u64,
     result: Result<AppendReport>,
 }
@@ -549,7 +551,7 @@ impl Pass<'_> {
                 // Answers first, in the order the chunks were sent.
                 biased;
                 Some(answer) = sent.next(), if !sent.is_empty() => {
-                    self.settle(report, answer, depth).await?;
+                    self.settle(report, answer).await?;
                 }
                 cut = rx.recv(), if !read_all && sent.len() < depth => match cut {
                     None => read_all = true,
@@ -557,7 +559,7 @@ impl Pass<'_> {
                         // What was read before the bad line is stored before it is reported,
                         // as when the chunks went one at a time.
                         while let Some(answer) = sent.next().await {
-                            self.settle(report, answer, depth).await?;
+                            self.settle(report, answer).await?;
                         }
                         return Err(e);
                     }
@@ -567,7 +569,8 @@ impl Pass<'_> {
                             self.progress.resumed(bytes, transitions);
                         }
                         Cut::Chunk { batch, file_bytes } => {
-                            sent.push_back(self.send(batch, file_bytes));
+                            let behind = !sent.is_empty();
+                            sent.push_back(self.send(batch, file_bytes, behind));
                         }
                         Cut::Diverged => return Ok(Outcome::Diverged),
                         Cut::End(mark) => end = Some(mark),
@@ -592,26 +595,34 @@ impl Pass<'_> {
         Ok(Outcome::Done)
     }
 
-    /// Appends one chunk, retrying what is retryable; answers with the chunk, for a re-send.
-    async fn send(&self, batch: AppendBatch, file_bytes: u64) -> Sent {
+    /// Appends one chunk; answers with the chunk, for a re-send. The oldest chunk in flight
+    /// retries what is retryable; one sent `behind` another gets one attempt: its failure is
+    /// settled once the one before it is stored (see [`settle`](Self::settle)), so a store
+    /// that says "not now" to the second of a pusher's requests costs no back-off.
+    async fn send(&self, batch: AppendBatch, file_bytes: u64, behind: bool) -> Sent {
         let mut retries = 0;
-        let result = with_retries(self.opts.max_retries, self.progress, &mut retries, || {
-            self.store.append(self.scope, &batch)
-        })
-        .await;
-        Sent { batch, file_bytes, retries, result }
+        let result = if behind {
+            self.store.append(self.scope, &batch).await
+        } else {
+            with_retries(self.opts.max_retries, self.progress, &mut retries, || {
+                self.store.append(self.scope, &batch)
+            })
+            .await
+        };
+        Sent { batch, file_bytes, behind, retries, result }
     }
 
-    /// Takes the answer of the oldest chunk in flight (every earlier one was stored). A gap
-    /// while another chunk was in flight means this one reached the store before the one
-    /// before it: nothing was written, and it is sent again, now after it.
-    async fn settle(&self, report: &mut PushReport, answer: Sent, depth: usize) -> Result<()> {
-        let Sent { batch, file_bytes, retries, result } = answer;
+    /// Takes the answer of the oldest chunk in flight (every earlier one is stored). A chunk
+    /// sent behind another that came back with a gap (it reached the store first: nothing
+    /// was written) or a retryable refusal (a cap of requests in flight) is sent again now,
+    /// after it, retrying as the oldest chunk does.
+    async fn settle(&self, report: &mut PushReport, answer: Sent) -> Result<()> {
+        let Sent { batch, file_bytes, behind, retries, result } = answer;
         report.retries += retries;
         let result = match result {
-            Err(Error::Gap { .. }) if depth > 1 => {
-                tracing::debug!(run = %self.source.run_id, "a chunk overtook the one before it; sending it again");
-                let again = self.send(batch, file_bytes).await;
+            Err(e) if behind && (matches!(e, Error::Gap { .. }) || e.is_retryable()) => {
+                tracing::debug!(run = %self.source.run_id, error = %e, "a chunk sent ahead is sent again after the one before it");
+                let again = self.send(batch, file_bytes, false).await;
                 report.retries += again.retries + 1;
                 again.result
             }
