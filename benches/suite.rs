@@ -12,8 +12,9 @@ mod wire;
 #[path = "workload.rs"]
 mod workload;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,10 @@ struct Config {
     read_calls: usize,
     /// The pusher's large run, in MiB.
     big_mib: u64,
+    /// Transitions of the run whose ingest CPU is measured.
+    cpu_n: u64,
+    /// Concurrent pushers into one server, and transitions per pusher's run.
+    concurrent: (usize, u64),
 }
 
 impl Config {
@@ -59,6 +64,8 @@ impl Config {
                 read_shape: (2, 3, 1200),
                 read_calls: 10,
                 big_mib: 2,
+                cpu_n: 600,
+                concurrent: (4, 300),
             };
         }
         let sizes = std::env::var("KAHN_BENCH_SIZES")
@@ -76,6 +83,11 @@ impl Config {
             ),
             read_calls: num("KAHN_BENCH_READ_CALLS", 300) as usize,
             big_mib: num("KAHN_BENCH_BIG_MIB", 1024),
+            cpu_n: num("KAHN_BENCH_CPU_N", 1_000_000),
+            concurrent: (
+                num("KAHN_BENCH_PUSHERS", 32) as usize,
+                num("KAHN_BENCH_PUSHER_N", 20_000),
+            ),
         }
     }
 }
@@ -408,14 +420,70 @@ fn serve(db: &str) -> KahnServer {
 
 /// The peak resident set of a running server, in KiB.
 fn server_hwm_kib(server: &KahnServer) -> u64 {
-    vm_hwm_kib(server.id()).unwrap_or(0)
+    status_kib(server.id(), "VmHWM").unwrap_or(0)
 }
 
-/// Peak resident set (VmHWM) of a live process, in KiB.
-fn vm_hwm_kib(pid: u32) -> Option<u64> {
+/// A `/proc/<pid>/status` figure of a live process in KiB: `VmHWM` (peak resident set) or
+/// `VmRSS` (resident now).
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let l = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let l = s.lines().find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
     l.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Clock ticks per second of the CPU times in `/proc` (`getconf CLK_TCK`; 100, Linux's
+/// value, when getconf cannot say).
+fn clk_tck() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// CPU time (user + system, in clock ticks) from `/proc/<pid>/stat` (`pid` may be `self`):
+/// the process's own, or with `reaped_children` that of its children it has waited for
+/// (`cutime + cstime`, what `getrusage(RUSAGE_CHILDREN)` reports).
+fn cpu_ticks(pid: &str, reaped_children: bool) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14,
+    // stime 15, cutime 16, cstime 17.
+    let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+    let at = if reaped_children { 13 } else { 11 };
+    Some(f.get(at)?.parse::<u64>().ok()? + f.get(at + 1)?.parse::<u64>().ok()?)
+}
+
+/// `kahn push FILE --run-id RUN --url URL --no-resume-cache`, the key in its environment and
+/// its stdout discarded; the caller sets its stderr and flags and spawns it.
+fn push_command(url: &str, key: &str, file: &Path, run: &str) -> Command {
+    let mut cmd = Command::new(kahn_bin());
+    cmd.args(["push", file.to_str().unwrap(), "--run-id", run, "--url", url])
+        .arg("--no-resume-cache")
+        .env("KAHN_API_KEY", key)
+        .env("KAHN_LOG", "warn")
+        .env_remove("KAHN_DATABASE_URL")
+        .stdout(Stdio::null());
+    cmd
+}
+
+/// Waits for every child, calling `tick` every 20 ms (first before any is reaped) until the
+/// last has exited; each one's exit status.
+fn wait_all(children: &mut [Child], mut tick: impl FnMut()) -> Vec<ExitStatus> {
+    let mut status = vec![None; children.len()];
+    loop {
+        tick();
+        for (child, s) in children.iter_mut().zip(&mut status) {
+            if s.is_none() {
+                *s = child.try_wait().unwrap();
+            }
+        }
+        if status.iter().all(Option::is_some) {
+            return status.into_iter().map(Option::unwrap).collect();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Runs `kahn push FILE --url URL --json`; returns seconds and the pusher's peak RSS (KiB),
@@ -423,27 +491,12 @@ fn vm_hwm_kib(pid: u32) -> Option<u64> {
 /// ~20 ms before exit).
 fn kahn_push(url: &str, key: &str, file: &Path, run: &str) -> (f64, u64) {
     let start = Instant::now();
-    let mut child = Command::new(kahn_bin())
-        .args(["push", file.to_str().unwrap(), "--run-id", run, "--url", url, "--json"])
-        .arg("--no-resume-cache")
-        .env("KAHN_API_KEY", key)
-        .env("KAHN_LOG", "warn")
-        .env_remove("KAHN_DATABASE_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let mut child =
+        [push_command(url, key, file, run).arg("--json").stderr(Stdio::inherit()).spawn().unwrap()];
+    let pid = child[0].id();
     let mut hwm = 0;
-    loop {
-        if let Some(v) = vm_hwm_kib(child.id()) {
-            hwm = hwm.max(v);
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "kahn push failed: {status}");
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let status = wait_all(&mut child, || hwm = hwm.max(status_kib(pid, "VmHWM").unwrap_or(0)));
+    assert!(status[0].success(), "kahn push failed: {}", status[0]);
     (start.elapsed().as_secs_f64(), hwm)
 }
 
@@ -471,6 +524,161 @@ fn http_ingest(
     res.put(&format!("{label}.n{n}.http_push_first_tps"), med(tps));
     res.put(&format!("{label}.n{n}.http_pusher_hwm_mib"), json!(pusher_hwm / 1024));
     res.put(&format!("{label}.n{n}.http_server_hwm_mib"), json!(server_hwm_kib(server) / 1024));
+}
+
+/// A fresh database served by `kahn serve` (the release binary, as the `http` section runs
+/// it): SQLite (a file in `dir`), or Postgres (a fresh test database, served as the app role)
+/// with its admin backend; `tenants` tenants provisioned beforehand, one API key each.
+struct Served {
+    server: KahnServer,
+    keys: Vec<String>,
+    /// SQLite: the database file.
+    path: Option<PathBuf>,
+    /// Postgres: the database (dropped after the server) and its admin backend.
+    pg: Option<(TestDb, PgBackend)>,
+}
+
+impl Served {
+    async fn start(label: &str, dir: &Path, name: &str, tenants: usize) -> Self {
+        if label == "sqlite" {
+            let path = dir.join(format!("{name}.db"));
+            let store = SqliteBackend::open(SqliteOptions::file(&path)).await.unwrap();
+            let keys = provision(&store, name, tenants).await;
+            drop(store);
+            let server = serve(&format!("sqlite://{}", path.display()));
+            Self { server, keys, path: Some(path), pg: None }
+        } else {
+            let (db, admin) = TestDb::new().await;
+            let keys = provision(&admin, name, tenants).await;
+            Self { server: serve(&db.url_as_app()), keys, path: None, pg: Some((db, admin)) }
+        }
+    }
+
+    /// Postgres: the CPU ticks so far of each backend serving the server's connections (the
+    /// app role's in this database, per `pg_stat_activity`, read as the superuser admin).
+    async fn pg_backend_ticks(&self) -> Option<HashMap<i32, u64>> {
+        let (db, admin) = self.pg.as_ref()?;
+        let pids: Vec<i32> = sqlx_core::query_scalar::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND usename = $2",
+        )
+        .bind(db.name())
+        .bind(kahn_pg::APP_ROLE)
+        .fetch_all(admin.pool())
+        .await
+        .unwrap();
+        Some(
+            pids.into_iter().filter_map(|p| Some((p, cpu_ticks(&p.to_string(), false)?))).collect(),
+        )
+    }
+
+    async fn stop(self) {
+        drop(self.server);
+        if let Some(path) = self.path {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+            }
+        }
+        if let Some((db, admin)) = self.pg {
+            admin.close().await;
+            drop(db);
+        }
+    }
+}
+
+/// Provisions `tenants` tenants named `name-<i>`; one API key secret each.
+async fn provision(store: &dyn StorageBackend, name: &str, tenants: usize) -> Vec<String> {
+    let mut keys = vec![];
+    for t in 0..tenants {
+        let tenant =
+            store.provision_tenant(&NewTenant::new(format!("{name}-{t}")).unwrap()).await.unwrap();
+        let key = store.issue_api_key(tenant.id).await.unwrap();
+        keys.push(key.secret.expose_secret().to_owned());
+    }
+    keys
+}
+
+/// CPU seconds per 1M transitions of `ticks` clock ticks spent on `n` transitions.
+fn cpu_per_1m(ticks: u64, tck: f64, n: u64) -> Value {
+    json!((ticks as f64 / tck * 1e6 / n as f64 * 100.0).round() / 100.0)
+}
+
+/// CPU time of ingest over HTTP: one `kahn push --url` of `n` transitions into `s`'s server.
+/// The server's utime + stime from `/proc/<pid>/stat` before and after; the pusher's from the
+/// bench's reaped-children times (`cutime + cstime`) around it; on Postgres, the backends
+/// serving the server's connections, read before the server stops (a backend that closed
+/// during the push is lost: reported, expected 0 with the pool's 10-minute idle timeout).
+async fn http_cpu(res: &mut Results, label: &str, s: &Served, dir: &Path, n: u64, tck: f64) {
+    let run = format!("{label}-cpu-{n}");
+    let file = dir.join(format!("{run}.ndjson"));
+    workload::write_file(&file, &run, n).unwrap();
+    let server = s.server.id().to_string();
+    let pg_before = s.pg_backend_ticks().await;
+    let (server0, pusher0) = (cpu_ticks(&server, false).unwrap(), cpu_ticks("self", true).unwrap());
+    let (secs, _) = kahn_push(s.server.url(), &s.keys[0], &file, &run);
+    let (server1, pusher1) = (cpu_ticks(&server, false).unwrap(), cpu_ticks("self", true).unwrap());
+    let pg_after = s.pg_backend_ticks().await;
+    let key = |m: &str| format!("cpu.{label}.n{n}.{m}");
+    res.put(&key("http_tps"), json!((n as f64 / secs).round()));
+    res.put(&key("server_cpu_s_per_1m"), cpu_per_1m(server1 - server0, tck, n));
+    res.put(&key("pusher_cpu_s_per_1m"), cpu_per_1m(pusher1 - pusher0, tck, n));
+    if let (Some(before), Some(after)) = (pg_before, pg_after) {
+        let ticks = after.iter().map(|(p, t)| t.saturating_sub(*before.get(p).unwrap_or(&0))).sum();
+        let closed = before.keys().filter(|p| !after.contains_key(p)).count();
+        res.put(&key("pg_backends_cpu_s_per_1m"), cpu_per_1m(ticks, tck, n));
+        res.put(&key("pg_backends"), json!({"at_end": after.len(), "closed_during_push": closed}));
+    }
+    let _ = std::fs::remove_file(&file);
+}
+
+/// One `kahn push --url` process per key of `s`, all at once, each its tenant's own run of `n`
+/// transitions: the server's resident set (VmRSS sampled every 20 ms, VmHWM at the end), the
+/// aggregate throughput, the server's CPU, and the pushers' retries (from their progress
+/// lines). A failed push fails the bench with its stderr.
+fn concurrent_push(res: &mut Results, label: &str, s: &Served, dir: &Path, n: u64, tck: f64) {
+    let pushers = s.keys.len();
+    let runs: Vec<(String, PathBuf, PathBuf)> = (0..pushers)
+        .map(|i| {
+            let run = format!("{label}-concurrent-{i}");
+            let file = dir.join(format!("{run}.ndjson"));
+            workload::write_file(&file, &run, n).unwrap();
+            (run.clone(), file, dir.join(format!("{run}.stderr")))
+        })
+        .collect();
+    let server = s.server.id();
+    let cpu0 = cpu_ticks(&server.to_string(), false).unwrap();
+    let start = Instant::now();
+    let mut children: Vec<Child> = runs
+        .iter()
+        .zip(&s.keys)
+        .map(|((run, file, err), key)| {
+            push_command(s.server.url(), key, file, run)
+                .stderr(std::fs::File::create(err).unwrap())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut peak_rss = 0;
+    let status = wait_all(&mut children, || {
+        peak_rss = peak_rss.max(status_kib(server, "VmRSS").unwrap_or(0));
+    });
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = cpu_ticks(&server.to_string(), false).unwrap() - cpu0;
+    let mut retries = 0;
+    for ((run, file, err), status) in runs.iter().zip(&status) {
+        let log = std::fs::read_to_string(err).unwrap_or_default();
+        assert!(status.success(), "kahn push of {run} failed ({status}):\n{log}");
+        retries += log.lines().filter(|l| l.starts_with("push: retry")).count();
+        let _ = std::fs::remove_file(file);
+        let _ = std::fs::remove_file(err);
+    }
+    let total = pushers as u64 * n;
+    let key = |m: &str| format!("concurrent.{label}.{pushers}x{n}.{m}");
+    res.put(&key("pushes_ok"), json!(pushers));
+    res.put(&key("retries"), json!(retries));
+    res.put(&key("aggregate_tps"), json!((total as f64 / secs).round()));
+    res.put(&key("server_peak_rss_mib"), json!(peak_rss / 1024));
+    res.put(&key("server_hwm_mib"), json!(server_hwm_kib(&s.server) / 1024));
+    res.put(&key("server_cpu_s_per_1m"), cpu_per_1m(cpu, tck, total));
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -649,39 +857,11 @@ async fn main() {
     // ---- HTTP end to end: the kahn binary (serve + push) over loopback -------------------
     if want("http") {
         for &n in &cfg.sizes {
-            let path = dir.path().join(format!("http-{n}.db"));
-            let store = SqliteBackend::open(SqliteOptions::file(&path)).await.unwrap();
-            let t = store.provision_tenant(&NewTenant::new("http").unwrap()).await.unwrap();
-            let key = store.issue_api_key(t.id).await.unwrap();
-            drop(store);
-            let server = serve(&format!("sqlite://{}", path.display()));
-            http_ingest(
-                &mut res,
-                "sqlite",
-                &server,
-                key.secret.expose_secret(),
-                dir.path(),
-                n,
-                cfg.reps,
-            );
-            drop(server);
-
-            let (db, admin) = TestDb::new().await;
-            let t = admin.provision_tenant(&NewTenant::new("http").unwrap()).await.unwrap();
-            let key = admin.issue_api_key(t.id).await.unwrap();
-            let server = serve(&db.url_as_app());
-            http_ingest(
-                &mut res,
-                "pg",
-                &server,
-                key.secret.expose_secret(),
-                dir.path(),
-                n,
-                cfg.reps,
-            );
-            drop(server);
-            admin.close().await;
-            drop(db);
+            for label in ["sqlite", "pg"] {
+                let s = Served::start(label, dir.path(), &format!("http-{n}"), 1).await;
+                http_ingest(&mut res, label, &s.server, &s.keys[0], dir.path(), n, cfg.reps);
+                s.stop().await;
+            }
             for a in ["sqlite", "pg"] {
                 ratio(
                     &mut res,
@@ -699,22 +879,35 @@ async fn main() {
         let file = dir.path().join("big.ndjson");
         let n = cfg.big_mib * 1024 * 1024 / 305;
         let bytes = workload::write_file(&file, run, n).unwrap();
-        let path = dir.path().join("big.db");
-        let store = SqliteBackend::open(SqliteOptions::file(&path)).await.unwrap();
-        let t = store.provision_tenant(&NewTenant::new("big").unwrap()).await.unwrap();
-        let key = store.issue_api_key(t.id).await.unwrap();
-        drop(store);
-        let server = serve(&format!("sqlite://{}", path.display()));
-        let (secs, hwm) = kahn_push(server.url(), key.secret.expose_secret(), &file, run);
+        let s = Served::start("sqlite", dir.path(), "big", 1).await;
+        let (secs, hwm) = kahn_push(s.server.url(), &s.keys[0], &file, run);
         res.put("memory.big_run_mib", json!(bytes / (1024 * 1024)));
         res.put("memory.big_run_transitions", json!(n));
         res.put("memory.big_run_http_tps", json!((n as f64 / secs).round()));
         res.put("memory.pusher_hwm_mib", json!(hwm / 1024));
-        res.put("memory.server_hwm_mib", json!(server_hwm_kib(&server) / 1024));
-        drop(server);
+        res.put("memory.server_hwm_mib", json!(server_hwm_kib(&s.server) / 1024));
+        s.stop().await;
         let _ = std::fs::remove_file(&file);
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+
+    // ---- CPU per 1M transitions ingested over HTTP: server, pusher, Postgres backends -----
+    let tck = clk_tck();
+    if want("cpu") {
+        res.put("cpu.clk_tck", json!(tck));
+        for label in ["sqlite", "pg"] {
+            let s = Served::start(label, dir.path(), "cpu", 1).await;
+            http_cpu(&mut res, label, &s, dir.path(), cfg.cpu_n, tck).await;
+            s.stop().await;
+        }
+    }
+
+    // ---- concurrent pushers into one server: its memory, the aggregate throughput ---------
+    if want("concurrent") {
+        let (pushers, n) = cfg.concurrent;
+        for label in ["sqlite", "pg"] {
+            let s = Served::start(label, dir.path(), "concurrent", pushers).await;
+            concurrent_push(&mut res, label, &s, dir.path(), n, tck);
+            s.stop().await;
         }
     }
 
