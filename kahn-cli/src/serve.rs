@@ -72,6 +72,10 @@ pub(crate) struct ServeArgs {
     /// Most API requests served at once (503 with Retry-After beyond) [default: 512]
     #[arg(long, env = "KAHN_MAX_REQUESTS_IN_FLIGHT")]
     max_requests_in_flight: Option<NonZeroUsize>,
+    /// Ingests read, parsed or appended at once, all tenants together; later ones wait their
+    /// turn. Bounds the server's memory (a few MiB each) [default: 16]
+    #[arg(long, env = "KAHN_INGEST_SLOTS")]
+    ingest_slots: Option<NonZeroUsize>,
     /// Seconds between retention purges; 0 disables them [default: 3600]
     #[arg(long, env = "KAHN_RETENTION_INTERVAL_SECS")]
     retention_interval_secs: Option<u64>,
@@ -109,6 +113,7 @@ struct FileConfig {
     max_runs_per_request: Option<NonZeroUsize>,
     max_ingests_in_flight: Option<NonZeroUsize>,
     max_requests_in_flight: Option<NonZeroUsize>,
+    ingest_slots: Option<NonZeroUsize>,
     retention_interval_secs: Option<u64>,
     auth_failures_per_minute: Option<NonZeroU32>,
     #[serde(default)]
@@ -170,6 +175,7 @@ impl ServeArgs {
         self.max_runs_per_request = self.max_runs_per_request.or(file.max_runs_per_request);
         self.max_ingests_in_flight = self.max_ingests_in_flight.or(file.max_ingests_in_flight);
         self.max_requests_in_flight = self.max_requests_in_flight.or(file.max_requests_in_flight);
+        self.ingest_slots = self.ingest_slots.or(file.ingest_slots);
         self.retention_interval_secs =
             self.retention_interval_secs.or(file.retention_interval_secs);
         Ok(self)
@@ -226,6 +232,9 @@ impl ServeArgs {
         }
         if let Some(n) = self.max_ingests_in_flight {
             config = config.with_max_ingests_in_flight_per_tenant(n.get());
+        }
+        if let Some(n) = self.ingest_slots {
+            config = config.with_ingest_slots(n.get());
         }
         if let Some(n) = self.max_requests_in_flight {
             config = config.with_max_requests_in_flight(n.get());

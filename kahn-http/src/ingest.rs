@@ -119,7 +119,7 @@ fn is_ndjson(headers: &HeaderMap) -> Result<(), ApiError> {
         (status = 415, description = "Content-Type is not application/x-ndjson, or the body is compressed (Content-Encoding other than identity)", body = ErrorBody),
         (status = 429, description = "`rate_limited`: the tenant's ingest allowance (charged by runs and transitions) or too many failed authentications from this address; `too_many_in_flight`: the tenant's cap of ingests at once; see `Retry-After`", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 503, description = "The backend is temporarily unavailable, or the server is at its cap of requests in flight (nothing written); see `Retry-After`", body = ErrorBody),
+        (status = 503, description = "The backend is temporarily unavailable, the server is at its cap of requests in flight, or no ingest slot freed within the body timeout (nothing written); see `Retry-After`", body = ErrorBody),
         (status = 500, description = "`integrity`: stored data fails its own checks; or `internal`", body = ErrorBody),
     )
 )]
@@ -152,12 +152,24 @@ pub(crate) async fn ingest(
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(ApiError::payload_too_large(limit));
         }
+        let patience = state.inner.config.body_timeout;
+        // A slot before the body is read: the server holds at most `ingest_slots` bodies and
+        // batches, whatever the number of pushers. A request holding one waits in the run
+        // queue only for requests that hold one too (they entered it after parsing), so the
+        // wait always ends.
+        let slots = &state.inner.ingest_slots;
+        let _slot = match tokio::time::timeout(patience, slots.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) | Err(_) => {
+                state.inner.metrics.overloaded.inc();
+                return Err(ApiError::service_unavailable(std::time::Duration::from_secs(1)));
+            }
+        };
         let mut parser = LineParser::new(state.inner.config.max_runs_per_request);
         let mut seen = 0usize;
         let mut stream = body.into_data_stream();
         // The whole body has one deadline, not one per read: a client trickling a byte a
         // second would pass any per-read timeout while holding the request open forever.
-        let patience = state.inner.config.body_timeout;
         let deadline = tokio::time::Instant::now() + patience;
         loop {
             let Ok(next) = tokio::time::timeout_at(deadline, stream.next()).await else {

@@ -28,6 +28,8 @@ pub(crate) struct Inner {
     /// Permits for the requests served at once (`max_requests_in_flight`).
     pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
     pub(crate) auth_failures: AuthFailures,
+    /// Permits for the ingests read, parsed or appended at once (`ingest_slots`).
+    pub(crate) ingest_slots: Arc<tokio::sync::Semaphore>,
     /// Appends to one run, in arrival order within this server.
     pub(crate) run_queue: RunQueue,
 }
@@ -68,6 +70,7 @@ impl AppState {
             ("max_runs_per_request", config.max_runs_per_request),
             ("max_ingests_in_flight_per_tenant", config.max_ingests_in_flight_per_tenant),
             ("max_requests_in_flight", config.max_requests_in_flight),
+            ("ingest_slots", config.ingest_slots),
         ] {
             if value == 0 {
                 return Err(ConfigError::Invalid { setting, message: "must be at least 1".into() });
@@ -90,6 +93,7 @@ impl AppState {
             config.max_ingests_in_flight_per_tenant,
         );
         let in_flight = Arc::new(tokio::sync::Semaphore::new(config.max_requests_in_flight));
+        let ingest_slots = Arc::new(tokio::sync::Semaphore::new(config.ingest_slots));
         let metrics = Metrics::new()
             .map_err(|e| ConfigError::Invalid { setting: "metrics", message: e.to_string() })?;
         let auth_failures = AuthFailures::new(config.auth_failures_per_minute);
@@ -102,6 +106,7 @@ impl AppState {
                 metrics,
                 in_flight,
                 auth_failures,
+                ingest_slots,
                 run_queue: RunQueue::default(),
             }),
         })

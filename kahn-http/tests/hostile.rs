@@ -996,3 +996,38 @@ async fn past_the_servers_cap_of_requests_in_flight_it_answers_503_with_retry_af
     drop(held);
     until_ok(&s, &t.key).await;
 }
+
+/// The server holds at most `ingest_slots` bodies at once, all tenants together: one more
+/// waits its turn, in arrival order (it is not refused while a slot may free up), is served
+/// once one frees, and is answered 503 with `Retry-After` when none frees within the body
+/// timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_servers_ingest_slots_an_ingest_waits_its_turn_then_503s() {
+    let patience = Duration::from_secs(3);
+    let s =
+        sqlite_server_with(|config| config.with_body_timeout(patience).with_ingest_slots(1)).await;
+    let (c, a) = (provision(&s, None).await, provision(&s, None).await);
+    let addr = s.url.trim_start_matches("http://").to_owned();
+
+    // The one slot is held by a body that never ends: it times out (408) after 3 s, which
+    // frees the slot; another tenant's ingest, sent 1 s in, waits and is then served.
+    let held = held_ingest(&addr, &c.key).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let r = post(&s, &a.key, NDJSON, line("waited", 0, "{}").into_bytes()).await;
+    assert_eq!(r.status(), StatusCode::OK, "served once the slot freed");
+    drop(held);
+
+    // Now two held bodies: the first holds the slot for 3 s, the second waits for it and then
+    // holds it for 3 s more. An ingest sent 1 s in waits its 3 s behind both: 503.
+    let first = held_ingest(&addr, &c.key).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = held_ingest(&addr, &c.key).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let r = post(&s, &a.key, NDJSON, line("late", 0, "{}").into_bytes()).await;
+    assert_eq!(r.headers().get("retry-after").map(|v| v.as_bytes()), Some(&b"1"[..]));
+    let (status, body) = status_and_body(r).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"], "unavailable", "{body}");
+    drop((first, second));
+    until_ok(&s, &a.key).await;
+}
