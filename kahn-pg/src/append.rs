@@ -1,17 +1,27 @@
 //! The content-aligned append, set-wise: a constant number of statements per batch, however
 //! many runs and rows it holds.
 //!
-//! 1. Every run row the batch names is created if missing (one multi-row `INSERT … VALUES`
-//!    per 10,000 runs, in run id order), then all of them are locked `FOR UPDATE` in run id
-//!    order by one `SELECT … ORDER BY … FOR UPDATE`: two batches touching the same runs lock
-//!    them in the same order, so they serialize and never deadlock.
+//! 1. Every run row of the batch that exists is locked `FOR UPDATE` in run id order by one
+//!    `SELECT … ORDER BY … FOR UPDATE`: two batches touching the same runs lock them in the
+//!    same order, so they serialize and never deadlock. A run not found is new, planned as an
+//!    empty run.
 //! 2. Each run is planned in Rust ([`AppendPlan`]); the (at most two per run) stored chain
 //!    links the plans need are read by one query over all runs.
 //! 3. The runs are decided in batch order, so the error reported is that of the first failing
 //!    run of the batch (a conflict reads that one run's content hashes to name the seq).
-//! 4. The new rows of every run go in with one `INSERT … SELECT FROM UNNEST`, and every run
-//!    summary changed is updated by one `UPDATE … FROM UNNEST`, which also sets `received_at`
-//!    to the database's `now()` (a run created by the append gets it at creation).
+//! 4. The new runs are created once, with their final summary (next seq, head, status, counts,
+//!    times, metadata; `received_at` the database's `now()`), in run id order: on Postgres by
+//!    one `INSERT … SELECT FROM UNNEST`, on Citus by multi-row `INSERT … VALUES` of up to
+//!    3,000 runs ([`Engine`]). If a concurrent append created one of them after the lock, the
+//!    insert waits for it to commit and then violates the primary key: the plan for that run
+//!    assumed an empty run, so [`append`] returns `None`, and the caller rolls back and appends
+//!    again, the run then locked like any other. No deadlock: an insert only waits for an
+//!    append past its locking, and two appends creating the same runs insert them in the same
+//!    order.
+//! 5. The new rows of every run go in with one `INSERT … SELECT FROM UNNEST` (on Citus their
+//!    tenant taken from the run rows), the node summaries they change with one upsert, and
+//!    every run that existed and gained rows or metadata is updated by one `UPDATE … FROM
+//!    UNNEST`, which also renews its `received_at`.
 //!
 //! Before, each run cost five round trips; a request of 10,000 one-transition runs held a
 //! pooled connection for 13 s (see docs/RELIABILITY.md, "red team, round two").
@@ -24,25 +34,50 @@ use kahn_core::{
     AppendBatch, AppendReport, Digest, Error, Labels, NodeSummary, Progress, Result, RunAppend,
     RunMeta, RunProgress, TenantId,
 };
+use sqlx_core::error::Error as SqlxError;
 use sqlx_core::query::query;
 use sqlx_core::row::Row;
 use sqlx_core::sql_str::AssertSqlSafe;
-use sqlx_postgres::PgConnection;
+use sqlx_postgres::{PgConnection, PgQueryResult};
 
-use crate::error::{corrupt, db};
+use crate::error::{corrupt, db, unique_violation};
 use crate::progress::{self, ProgressColumns, run_progress};
 
-/// Appends `batch` inside the caller's transaction (whose tenant is already set).
+/// How the adapter writes rows that are not in any table yet, which depends on the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Engine {
+    /// Plain PostgreSQL: `INSERT … SELECT FROM UNNEST` of one array per column, one statement
+    /// (planned once, whatever the batch's size; bound as a few arrays, not one parameter per
+    /// value).
+    Postgres,
+    /// Citus: an `INSERT … SELECT` that reads no distributed table runs through the
+    /// coordinator with `COPY`, which Postgres refuses into a table under RLS; a multi-row
+    /// `VALUES` of one tenant is one `INSERT` on its shard. Chunked under the 65,535 bind
+    /// parameters a statement may carry.
+    Citus,
+}
+
+/// Appends `batch` inside the caller's transaction (whose tenant is already set). `None` when
+/// a run the append found missing was created by a concurrent transaction before this one
+/// could create it: its plan assumed an empty run, so the caller rolls the transaction back
+/// and appends again (the run then exists and is locked like any other).
 pub(crate) async fn append(
     conn: &mut PgConnection,
     tenant: TenantId,
     batch: &AppendBatch,
-) -> Result<AppendReport> {
+    engine: Engine,
+) -> Result<Option<AppendReport>> {
     let runs = batch.runs();
     if runs.is_empty() {
-        return Ok(AppendReport::default());
+        return Ok(Some(AppendReport::default()));
     }
-    let stored = lock_runs(conn, tenant, runs).await?;
+    // Run ids compare bytewise in Rust, as `COLLATE "C"` orders them in the table.
+    let mut order: Vec<usize> = (0..runs.len()).collect();
+    order.sort_unstable_by(|&a, &b| runs[a].run_id().cmp(runs[b].run_id()));
+    let locked = lock_runs(conn, tenant, runs, &order).await?;
+    let is_new: Vec<bool> = locked.iter().map(Option::is_none).collect();
+    let stored: Vec<StoredRun> =
+        locked.into_iter().map(|s| s.unwrap_or_else(StoredRun::empty)).collect();
 
     // Plans in batch order; a gap is only reported when no earlier run fails.
     let plans: Vec<Result<AppendPlan<'_>>> = runs
@@ -74,13 +109,26 @@ pub(crate) async fn append(
         metas.push(meta_update);
     }
 
-    insert_rows(conn, tenant, runs, &decisions).await?;
-    let progress = advance(conn, tenant, runs, &decisions, stored_progress).await?;
-    update_runs(conn, tenant, runs, &decisions, &metas, &progress).await?;
+    let advanced = advance(conn, tenant, runs, &decisions, &is_new, stored_progress).await?;
+    // The new runs first, written once with their final summary (the transitions and node
+    // summaries below take their tenant from the run rows). Fewer created than planned: a
+    // concurrent append created one meanwhile, and its plan here assumed an empty run.
+    let created = order.iter().copied().filter(|&i| is_new[i]);
+    let created = Summaries::of(runs, &decisions, &metas, &advanced, created, true)?;
+    if !created.is_empty() && !create_runs(conn, tenant, &created, engine).await? {
+        return Ok(None);
+    }
+    insert_rows(conn, tenant, runs, &decisions, engine).await?;
+    progress::store_nodes(conn, tenant, &changed_nodes(runs, &decisions, &advanced)).await?;
+    // Then the runs that existed and gained rows or metadata.
+    let changed = (0..runs.len())
+        .filter(|&i| !is_new[i] && (!decisions[i].rows.is_empty() || metas[i].is_some()));
+    update_runs(conn, tenant, &Summaries::of(runs, &decisions, &metas, &advanced, changed, false)?)
+        .await?;
 
-    Ok(AppendReport {
+    Ok(Some(AppendReport {
         runs: runs.iter().zip(&decisions).map(|(run, d)| d.report(run.run_id())).collect(),
-    })
+    }))
 }
 
 /// The conflict a divergence comes to: reads the diverging range's stored content hashes to
@@ -123,37 +171,32 @@ struct StoredRun {
     progress: RunProgress,
 }
 
-/// Creates the batch's missing run rows, then locks every one of them, both in run id order:
-/// concurrent appends to one run serialize here, for the rest of the transaction. Returns
-/// the stored rows in batch order.
+impl StoredRun {
+    /// A run that does not exist yet, as the append plans it: nothing stored.
+    fn empty() -> Self {
+        Self {
+            next_seq: 0,
+            head_hash: Digest::ZERO,
+            source: None,
+            labels: "{}".to_owned(),
+            graph: None,
+            progress: RunProgress::default(),
+        }
+    }
+}
+
+/// Locks every run row of the batch that exists, in run id order (`order`, the batch's
+/// indexes sorted by run id): concurrent appends to one run serialize here, for the rest of
+/// the transaction, and never deadlock. Returns the stored rows in batch order, `None` for a
+/// run that does not exist (yet).
 async fn lock_runs(
     conn: &mut PgConnection,
     tenant: TenantId,
     runs: &[RunAppend],
-) -> Result<Vec<StoredRun>> {
-    // Run ids compare bytewise in Rust, as `COLLATE "C"` orders them in the table.
-    let mut order: Vec<usize> = (0..runs.len()).collect();
-    order.sort_unstable_by(|&a, &b| runs[a].run_id().cmp(runs[b].run_id()));
+    order: &[usize],
+) -> Result<Vec<Option<StoredRun>>> {
     let ids: Vec<&str> = order.iter().map(|&i| runs[i].run_id().as_str()).collect();
     let want_graph: Vec<bool> = order.iter().map(|&i| runs[i].meta().graph().is_some()).collect();
-
-    // Multi-row VALUES, not INSERT … SELECT FROM UNNEST: on Citus an INSERT whose SELECT reads
-    // no distributed table is run through the coordinator with COPY, which Postgres refuses
-    // into a table under RLS. A multi-row VALUES of one tenant is one INSERT on its shard.
-    let created_at = truncate_micros(Utc::now());
-    for chunk in ids.chunks(RUNS_PER_CREATE) {
-        let sql = create_runs_sql(chunk.len());
-        let mut q = query(AssertSqlSafe(sql))
-            .persistent(chunk.len() <= 16)
-            .bind(tenant.as_uuid())
-            .bind(Digest::ZERO.as_bytes().as_slice())
-            .bind(created_at);
-        for id in chunk {
-            q = q.bind(*id);
-        }
-        q.execute(&mut *conn).await.map_err(db)?;
-    }
-
     let rows = query(
         "SELECT r.run_id, r.next_seq, r.head_hash, r.source, r.labels, \
                 CASE WHEN w.want_graph THEN r.graph END AS graph, r.run_state_json, \
@@ -170,23 +213,18 @@ async fn lock_runs(
     .fetch_all(&mut *conn)
     .await
     .map_err(db)?;
-    if rows.len() != runs.len() {
-        return Err(corrupt(format!(
-            "{} of the batch's {} run rows could be locked",
-            rows.len(),
-            runs.len()
-        )));
-    }
 
+    // The rows come in run id order, a subsequence of `order`.
     let mut stored: Vec<Option<StoredRun>> = vec![None; runs.len()];
-    for (row, &i) in rows.iter().zip(&order) {
+    let mut next = order.iter();
+    for row in &rows {
         let run_id: String = row.try_get("run_id").map_err(db)?;
-        if run_id != runs[i].run_id().as_str() {
+        let Some(&i) = next.by_ref().find(|&&i| runs[i].run_id().as_str() == run_id) else {
             return Err(corrupt("run rows were locked out of order"));
-        }
-        let next: i64 = row.try_get("next_seq").map_err(db)?;
+        };
+        let seq: i64 = row.try_get("next_seq").map_err(db)?;
         stored[i] = Some(StoredRun {
-            next_seq: u64::try_from(next).map_err(corrupt)?,
+            next_seq: u64::try_from(seq).map_err(corrupt)?,
             head_hash: digest(&row.try_get::<Vec<u8>, _>("head_hash").map_err(db)?)?,
             source: row.try_get("source").map_err(db)?,
             labels: row.try_get("labels").map_err(db)?,
@@ -194,10 +232,7 @@ async fn lock_runs(
             progress: run_progress(row)?,
         });
     }
-    stored
-        .into_iter()
-        .map(|s| s.ok_or_else(|| corrupt("a run of the batch was not locked")))
-        .collect()
+    Ok(stored)
 }
 
 /// Reads, in one query, the stored chain links every plan needs (at most two per run), keyed
@@ -253,6 +288,7 @@ async fn insert_rows(
     tenant: TenantId,
     runs: &[RunAppend],
     decisions: &[Decision<'_>],
+    engine: Engine,
 ) -> Result<()> {
     let total: usize = decisions.iter().map(|d| d.rows.len()).sum();
     if total == 0 {
@@ -280,46 +316,62 @@ async fn insert_rows(
     }
     // Borrowed, not copied: the arrays are encoded straight from the batch's rows.
     let contents: Vec<&[u8]> = contents.iter().map(|d| d.as_bytes().as_slice()).collect();
-    // The tenant comes from the run rows (locked already, co-located): on Citus that makes the
-    // INSERT … SELECT one statement on the tenant's shard, never a COPY through the coordinator
-    // (refused under RLS). On Postgres it costs one index probe per run.
-    query(
-        "INSERT INTO kahn.transitions (tenant_id, run_id, seq, body, content_hash, chain_hash) \
-         SELECT s.tenant_id, s.run_id, t.seq, t.body, t.content_hash, t.chain_hash \
-         FROM UNNEST($3::int4[], $4::bigint[], $5::text[], $6::bytea[], $7::bytea[]) \
-              AS t(run_index, seq, body, content_hash, chain_hash) \
-         JOIN UNNEST($2::text[]) WITH ORDINALITY AS r(run_id, run_index) \
-           ON r.run_index = t.run_index \
-         JOIN kahn.runs AS s ON s.tenant_id = $1 AND s.run_id = r.run_id",
-    )
-    .bind(tenant.as_uuid())
-    .bind(&run_ids)
-    .bind(&run_index)
-    .bind(&seqs)
-    .bind(&bodies)
-    .bind(&contents)
-    .bind(&chains)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
+    // On Citus the tenant comes from the run rows (locked or just created, co-located): that
+    // makes the INSERT … SELECT one statement on the tenant's shard, never a COPY through the
+    // coordinator (refused under RLS). On Postgres that join would cost an index probe per run
+    // (20 ms of 75 for 10,000 one-row runs), so the tenant is the bound one.
+    let sql = match engine {
+        Engine::Postgres => {
+            "INSERT INTO kahn.transitions (tenant_id, run_id, seq, body, content_hash, chain_hash) \
+             SELECT $1, r.run_id, t.seq, t.body, t.content_hash, t.chain_hash \
+             FROM UNNEST($3::int4[], $4::bigint[], $5::text[], $6::bytea[], $7::bytea[]) \
+                  AS t(run_index, seq, body, content_hash, chain_hash) \
+             JOIN UNNEST($2::text[]) WITH ORDINALITY AS r(run_id, run_index) \
+               ON r.run_index = t.run_index"
+        }
+        Engine::Citus => {
+            "INSERT INTO kahn.transitions (tenant_id, run_id, seq, body, content_hash, chain_hash) \
+             SELECT s.tenant_id, s.run_id, t.seq, t.body, t.content_hash, t.chain_hash \
+             FROM UNNEST($3::int4[], $4::bigint[], $5::text[], $6::bytea[], $7::bytea[]) \
+                  AS t(run_index, seq, body, content_hash, chain_hash) \
+             JOIN UNNEST($2::text[]) WITH ORDINALITY AS r(run_id, run_index) \
+               ON r.run_index = t.run_index \
+             JOIN kahn.runs AS s ON s.tenant_id = $1 AND s.run_id = r.run_id"
+        }
+    };
+    query(sql)
+        .bind(tenant.as_uuid())
+        .bind(&run_ids)
+        .bind(&run_index)
+        .bind(&seqs)
+        .bind(&bodies)
+        .bind(&contents)
+        .bind(&chains)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
     Ok(())
 }
 
-/// Applies each run's new rows to its progress (kahn-core's rule), reading and writing the
-/// summaries of the nodes they touch in one statement each. Returns every run's progress,
-/// advanced or as stored.
+/// Applies each run's new rows to its progress (kahn-core's rule), reading the stored
+/// summaries of the nodes they touch in one statement (a new run has none). Returns every
+/// run's progress, advanced or as stored; [`changed_nodes`] are then what to store.
 async fn advance(
     conn: &mut PgConnection,
     tenant: TenantId,
     runs: &[RunAppend],
     decisions: &[Decision<'_>],
+    is_new: &[bool],
     stored: Vec<RunProgress>,
-) -> Result<Vec<RunProgress>> {
-    let touched: Vec<_> = decisions.iter().map(Decision::touched_nodes).collect();
+) -> Result<Vec<Progress>> {
     let wanted: Vec<(&str, &str)> = runs
         .iter()
-        .zip(&touched)
-        .flat_map(|(run, nodes)| nodes.iter().map(move |n| (run.run_id().as_str(), *n)))
+        .zip(decisions)
+        .zip(is_new)
+        .filter(|(_, new)| !**new)
+        .flat_map(|((run, d), _)| {
+            d.touched_nodes().into_iter().map(move |n| (run.run_id().as_str(), n))
+        })
         .collect();
     let mut loaded = progress::load_nodes(conn, tenant, &wanted).await?;
     let mut advanced = Vec::with_capacity(runs.len());
@@ -329,62 +381,205 @@ async fn advance(
         d.advance(&mut p);
         advanced.push(p);
     }
-    let changed: Vec<(&str, &NodeSummary)> = runs
-        .iter()
-        .zip(&touched)
-        .zip(&advanced)
-        .flat_map(|((run, nodes), p)| {
-            nodes.iter().filter_map(|n| p.nodes.get(*n)).map(|n| (run.run_id().as_str(), n))
-        })
-        .collect();
-    progress::store_nodes(conn, tenant, &changed).await?;
-    Ok(advanced.into_iter().map(|p| p.run).collect())
+    Ok(advanced)
 }
 
-/// Updates, in one statement, the summary of every run that gained rows or metadata, and
-/// renews its `received_at` (the database's clock): exactly the runs this append stored
-/// something for. A run the batch only re-pushed is not touched, so its retention is not
-/// extended.
+/// The node summaries the new rows changed, `(run, summary)`.
+fn changed_nodes<'a>(
+    runs: &'a [RunAppend],
+    decisions: &'a [Decision<'_>],
+    advanced: &'a [Progress],
+) -> Vec<(&'a str, &'a NodeSummary)> {
+    runs.iter()
+        .zip(decisions)
+        .zip(advanced)
+        .flat_map(|((run, d), p)| {
+            d.touched_nodes()
+                .into_iter()
+                .filter_map(|n| p.nodes.get(n))
+                .map(|n| (run.run_id().as_str(), n))
+        })
+        .collect()
+}
+
+/// Run summaries to write, one array per column (for `UNNEST`, or bound row by row into a
+/// multi-row `VALUES`).
+struct Summaries<'a> {
+    ids: Vec<&'a str>,
+    /// For a run that exists, `None` keeps what is stored.
+    sources: Vec<Option<&'a str>>,
+    graphs: Vec<Option<&'a str>>,
+    labels: Vec<Option<String>>,
+    next_seqs: Vec<i64>,
+    heads: Vec<&'a [u8]>,
+    progress: ProgressColumns,
+    firsts: Vec<Option<DateTime<Utc>>>,
+    lasts: Vec<Option<DateTime<Utc>>>,
+}
+
+impl<'a> Summaries<'a> {
+    /// The summaries of the batch's runs at `indexes`, in that order. `new`: they are created,
+    /// so a run without labels gets the empty object.
+    fn of(
+        runs: &'a [RunAppend],
+        decisions: &'a [Decision<'_>],
+        metas: &'a [Option<RunMeta>],
+        advanced: &[Progress],
+        indexes: impl IntoIterator<Item = usize>,
+        new: bool,
+    ) -> Result<Self> {
+        let mut s = Self {
+            ids: Vec::new(),
+            sources: Vec::new(),
+            graphs: Vec::new(),
+            labels: Vec::new(),
+            next_seqs: Vec::new(),
+            heads: Vec::new(),
+            progress: ProgressColumns::of([])?,
+            firsts: Vec::new(),
+            lasts: Vec::new(),
+        };
+        for i in indexes {
+            let (d, meta) = (&decisions[i], metas[i].as_ref());
+            s.ids.push(runs[i].run_id().as_str());
+            s.sources.push(meta.and_then(RunMeta::source));
+            s.graphs.push(meta.and_then(RunMeta::graph_canonical));
+            let labels = meta.map(|m| serde_json::to_string(m.labels()).map_err(corrupt));
+            s.labels.push(match labels.transpose()? {
+                None if new => Some("{}".to_owned()),
+                labels => labels,
+            });
+            s.next_seqs.push(seq_param(d.next_seq)?);
+            s.heads.push(d.head_hash.as_bytes().as_slice());
+            s.progress.push(&advanced[i].run)?;
+            let (lo, hi) = d.ts_range().unzip();
+            s.firsts.push(lo);
+            s.lasts.push(hi);
+        }
+        Ok(s)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// Creates the new runs with their final summary, in the order given (run id order, so two
+/// appends creating the same runs wait for each other in the same order), `received_at` the
+/// database's clock. `false` when one of them was created by a concurrent transaction
+/// meanwhile: the insert waited for that transaction to commit, then hit the primary key, and
+/// this transaction is aborted (a plain `INSERT`, not `ON CONFLICT DO NOTHING`: it costs a
+/// fifth less, and a clash means the append is made again anyway).
+async fn create_runs(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    runs: &Summaries<'_>,
+    engine: Engine,
+) -> Result<bool> {
+    let created_at = truncate_micros(Utc::now());
+    let p = &runs.progress;
+    if engine == Engine::Postgres {
+        let [failed, cancelled, active, waiting, succeeded, skipped, other] = &p.counts;
+        let done = query(
+            "INSERT INTO kahn.runs (tenant_id, run_id, source, graph, labels, next_seq, \
+                    head_hash, status_json, first_ts, last_ts, created_at, received_at, \
+                    run_state_json, started_at, ended_at, nodes_failed, nodes_cancelled, \
+                    nodes_active, nodes_waiting, nodes_succeeded, nodes_skipped, nodes_other) \
+             SELECT $1, u.run_id, u.source, u.graph, u.labels, u.next_seq, u.head_hash, \
+                    u.status_json, u.first_ts, u.last_ts, $2, pg_catalog.now(), \
+                    u.run_state_json, u.started_at, u.ended_at, u.failed, u.cancelled, \
+                    u.active, u.waiting, u.succeeded, u.skipped, u.other \
+             FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], \
+                         $8::bytea[], $9::text[], $10::timestamptz[], $11::timestamptz[], \
+                         $12::text[], $13::timestamptz[], $14::timestamptz[], $15::bigint[], \
+                         $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[], \
+                         $20::bigint[], $21::bigint[]) \
+                  AS u(run_id, source, graph, labels, next_seq, head_hash, status_json, \
+                       first_ts, last_ts, run_state_json, started_at, ended_at, failed, \
+                       cancelled, active, waiting, succeeded, skipped, other)",
+        )
+        .bind(tenant.as_uuid())
+        .bind(created_at)
+        .bind(&runs.ids)
+        .bind(&runs.sources)
+        .bind(&runs.graphs)
+        .bind(&runs.labels)
+        .bind(&runs.next_seqs)
+        .bind(&runs.heads)
+        .bind(&p.status)
+        .bind(&runs.firsts)
+        .bind(&runs.lasts)
+        .bind(&p.run_state)
+        .bind(&p.started)
+        .bind(&p.ended)
+        .bind(failed)
+        .bind(cancelled)
+        .bind(active)
+        .bind(waiting)
+        .bind(succeeded)
+        .bind(skipped)
+        .bind(other)
+        .execute(&mut *conn)
+        .await;
+        return created(done);
+    }
+    let mut start = 0;
+    while start < runs.ids.len() {
+        let end = runs.ids.len().min(start + RUNS_PER_VALUES);
+        let mut q = query(AssertSqlSafe(create_runs_values_sql(end - start)))
+            .persistent(end - start <= 16)
+            .bind(tenant.as_uuid())
+            .bind(created_at);
+        for i in start..end {
+            q = q
+                .bind(runs.ids[i])
+                .bind(runs.sources[i])
+                .bind(runs.graphs[i])
+                .bind(runs.labels[i].as_deref())
+                .bind(runs.next_seqs[i])
+                .bind(runs.heads[i])
+                .bind(p.status[i].as_str())
+                .bind(runs.firsts[i])
+                .bind(runs.lasts[i])
+                .bind(p.run_state[i].as_deref())
+                .bind(p.started[i])
+                .bind(p.ended[i]);
+            for column in &p.counts {
+                q = q.bind(column[i]);
+            }
+        }
+        if !created(q.execute(&mut *conn).await)? {
+            return Ok(false);
+        }
+        start = end;
+    }
+    Ok(true)
+}
+
+/// Whether a run creation went through: `false` on the primary key's violation (a run
+/// created concurrently), the error of anything else.
+fn created(done: std::result::Result<PgQueryResult, SqlxError>) -> Result<bool> {
+    match done {
+        Ok(_) => Ok(true),
+        Err(e) if unique_violation(&e) == Some("runs_pkey") => Ok(false),
+        Err(e) => Err(db(e)),
+    }
+}
+
+/// Updates, in one statement, the summary of every run that existed and gained rows or
+/// metadata, and renews its `received_at` (the database's clock): exactly the runs this append
+/// stored something for. A run the batch only re-pushed is not touched, so its retention is
+/// not extended.
 async fn update_runs(
     conn: &mut PgConnection,
     tenant: TenantId,
-    runs: &[RunAppend],
-    decisions: &[Decision<'_>],
-    metas: &[Option<RunMeta>],
-    progress: &[RunProgress],
+    runs: &Summaries<'_>,
 ) -> Result<()> {
-    let mut ids: Vec<&str> = Vec::new();
-    let mut sources: Vec<Option<&str>> = Vec::new();
-    let mut graphs: Vec<Option<&str>> = Vec::new();
-    let mut labels: Vec<Option<String>> = Vec::new();
-    let mut next_seqs: Vec<i64> = Vec::new();
-    let mut heads: Vec<&[u8]> = Vec::new();
-    let mut cols = ProgressColumns::of([])?;
-    let mut firsts: Vec<Option<DateTime<Utc>>> = Vec::new();
-    let mut lasts: Vec<Option<DateTime<Utc>>> = Vec::new();
-    for (((run, d), meta), p) in runs.iter().zip(decisions).zip(metas).zip(progress) {
-        if d.rows.is_empty() && meta.is_none() {
-            continue;
-        }
-        ids.push(run.run_id().as_str());
-        sources.push(meta.as_ref().and_then(RunMeta::source));
-        graphs.push(meta.as_ref().and_then(RunMeta::graph_canonical));
-        labels.push(
-            meta.as_ref()
-                .map(|m| serde_json::to_string(m.labels()).map_err(corrupt))
-                .transpose()?,
-        );
-        next_seqs.push(seq_param(d.next_seq)?);
-        heads.push(d.head_hash.as_bytes().as_slice());
-        cols.push(p)?;
-        let (lo, hi) = d.ts_range().unzip();
-        firsts.push(lo);
-        lasts.push(hi);
-    }
-    if ids.is_empty() {
+    if runs.is_empty() {
         return Ok(());
     }
-    let [failed, cancelled, active, waiting, succeeded, skipped, other] = &cols.counts;
+    let p = &runs.progress;
+    let [failed, cancelled, active, waiting, succeeded, skipped, other] = &p.counts;
     query(
         "UPDATE kahn.runs AS r SET source = COALESCE(u.source, r.source), \
                 graph = COALESCE(u.graph, r.graph), labels = COALESCE(u.labels, r.labels), \
@@ -405,18 +600,18 @@ async fn update_runs(
          WHERE r.tenant_id = $1 AND r.run_id = u.run_id",
     )
     .bind(tenant.as_uuid())
-    .bind(&ids)
-    .bind(&sources)
-    .bind(&graphs)
-    .bind(&labels)
-    .bind(&next_seqs)
-    .bind(&heads)
-    .bind(&cols.status)
-    .bind(&firsts)
-    .bind(&lasts)
-    .bind(&cols.run_state)
-    .bind(&cols.started)
-    .bind(&cols.ended)
+    .bind(&runs.ids)
+    .bind(&runs.sources)
+    .bind(&runs.graphs)
+    .bind(&runs.labels)
+    .bind(&runs.next_seqs)
+    .bind(&runs.heads)
+    .bind(&p.status)
+    .bind(&runs.firsts)
+    .bind(&runs.lasts)
+    .bind(&p.run_state)
+    .bind(&p.started)
+    .bind(&p.ended)
     .bind(failed)
     .bind(cancelled)
     .bind(active)
@@ -434,24 +629,32 @@ fn digest(bytes: &[u8]) -> Result<Digest> {
     Digest::try_from_slice(bytes).map_err(corrupt)
 }
 
-/// Runs created per statement: three parameters are shared, one is each run's id, well under
-/// Postgres's 65,535 parameters.
-const RUNS_PER_CREATE: usize = 10_000;
+/// Runs created per multi-row `VALUES` (Citus): two parameters are shared (the tenant, the
+/// creation time), 19 are each run's, so 3,000 runs take 57,002 of Postgres's 65,535.
+const RUNS_PER_VALUES: usize = 3_000;
 
-/// `INSERT INTO kahn.runs … VALUES …` creating `n` runs if missing, in the order given: `$1`
-/// the tenant, `$2` the zero head hash, `$3` the creation time, `$4…` the run ids. Built from
-/// `n` only; every value is bound.
-fn create_runs_sql(n: usize) -> String {
+/// The parameters [`create_runs_values_sql`] takes per run.
+const VALUES_PER_RUN: usize = 19;
+
+/// `INSERT INTO kahn.runs … VALUES …` creating `n` runs, with their summaries, in
+/// the order given: `$1` the tenant, `$2` the creation time, then 19 parameters per run (run
+/// id, source, graph, labels, next_seq, head_hash, status_json, first_ts, last_ts,
+/// run_state_json, started_at, ended_at and the seven node counts, in `StateClass::ALL`
+/// order). Built from `n` only; every value is bound.
+fn create_runs_values_sql(n: usize) -> String {
     let mut sql = String::from(
-        "INSERT INTO kahn.runs (tenant_id, run_id, head_hash, created_at, received_at) VALUES ",
+        "INSERT INTO kahn.runs (tenant_id, run_id, source, graph, labels, next_seq, head_hash, \
+         status_json, first_ts, last_ts, run_state_json, started_at, ended_at, nodes_failed, \
+         nodes_cancelled, nodes_active, nodes_waiting, nodes_succeeded, nodes_skipped, \
+         nodes_other, created_at, received_at) VALUES ",
     );
     for i in 0..n {
-        if i > 0 {
-            sql.push_str(", ");
+        sql.push_str(if i > 0 { ", ($1" } else { "($1" });
+        for k in 0..VALUES_PER_RUN {
+            sql.push_str(&format!(", ${}", 3 + i * VALUES_PER_RUN + k));
         }
-        sql.push_str(&format!("($1, ${}, $2, $3, pg_catalog.now())", i + 4));
+        sql.push_str(", $2, pg_catalog.now())");
     }
-    sql.push_str(" ON CONFLICT (tenant_id, run_id) DO NOTHING");
     sql
 }
 

@@ -11,7 +11,7 @@
 use kahn_core::Result;
 use sqlx_core::query::query;
 use sqlx_core::query_scalar::query_scalar;
-use sqlx_postgres::PgPool;
+use sqlx_postgres::{PgPool, Postgres};
 
 use crate::error::db;
 
@@ -25,13 +25,15 @@ pub const REFERENCE: [&str; 2] = ["kahn.tenants", "kahn.key_directory"];
 pub const DISTRIBUTED: [&str; 5] =
     ["kahn.runs", "kahn.transitions", "kahn.run_nodes", "kahn.api_keys", "kahn.ingest_budget"];
 
-/// Whether the database the pool reaches has the `citus` extension.
+/// Whether the database the pool (or connection) reaches has the `citus` extension.
 ///
 /// # Errors
 /// A [`PgError`](crate::PgError) when the catalog cannot be read.
-pub async fn is_citus(pool: &PgPool) -> Result<bool> {
+pub async fn is_citus<'c, E: sqlx_core::executor::Executor<'c, Database = Postgres>>(
+    conn: E,
+) -> Result<bool> {
     query_scalar("SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus')")
-        .fetch_one(pool)
+        .fetch_one(conn)
         .await
         .map_err(db)
 }

@@ -16,10 +16,12 @@
 //!   transaction, so a pooled connection never carries a tenant into the next request. Reads
 //!   run in `READ ONLY` transactions, so the database refuses a write even if code tried one.
 //! * **Fast, serialized append, set-wise.** A constant number of statements per batch, however
-//!   many runs it names: every run row is created if missing and all are locked (`FOR UPDATE`)
-//!   in run id order, [`AppendPlan`](kahn_core::rules::AppendPlan) asks for at most two chain
-//!   links per run (one query for the batch), the new rows of every run go in with one
-//!   `INSERT … SELECT FROM UNNEST(…)` and the run summaries change with one `UPDATE`.
+//!   many runs it names: the run rows that exist are locked (`FOR UPDATE`) in run id order,
+//!   [`AppendPlan`](kahn_core::rules::AppendPlan) asks for at most two chain links per run (one
+//!   query for the batch), the new runs are created once with their final summary (one
+//!   `INSERT`; the append is made again if another created one of them meanwhile), the new rows
+//!   of every run go in with one `INSERT … SELECT FROM UNNEST(…)` and the summaries of the runs
+//!   that existed change with one `UPDATE`.
 //! * **Exact content.** Transition bodies and graphs are stored as their RFC 8785 canonical
 //!   JSON *text* (not jsonb, which refuses `\u0000` and reformats), so reading back gives the
 //!   hashed content and the chain recomputes.
@@ -64,7 +66,7 @@ mod migrate;
 mod progress;
 mod read;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use kahn_core::{
@@ -122,6 +124,8 @@ pub struct PgBackend {
     key_uses: Arc<KeyUseThrottle>,
     /// How lone statements run: in a transaction of their own behind a transaction pooler.
     lone: control::Lone,
+    /// Plain Postgres or Citus, learned at the first append (shared by the clones).
+    engine: Arc<OnceLock<append::Engine>>,
 }
 
 /// Whether `url` turns sqlx's statement cache off (`statement-cache-capacity=0`): what an app
@@ -213,6 +217,7 @@ impl PgBackend {
             write_slots,
             key_uses: Arc::new(KeyUseThrottle::new()),
             lone: control::Lone::Direct,
+            engine: Arc::new(OnceLock::new()),
         }
     }
 
@@ -289,6 +294,20 @@ impl PgBackend {
     /// [`Error::Backend`] when the server fails.
     pub async fn write_transaction(&self, scope: &WriteScope) -> Result<PgTransaction<'static>> {
         self.write_tx(scope).await
+    }
+
+    /// Plain Postgres or Citus ([`citus::is_citus`]), asked once, in the append's transaction
+    /// (behind a transaction pooler a lone statement would need one of its own).
+    async fn engine(&self, conn: &mut sqlx_postgres::PgConnection) -> Result<append::Engine> {
+        if let Some(engine) = self.engine.get() {
+            return Ok(*engine);
+        }
+        let engine = if citus::is_citus(conn).await? {
+            append::Engine::Citus
+        } else {
+            append::Engine::Postgres
+        };
+        Ok(*self.engine.get_or_init(|| engine))
     }
 
     /// Refuses `operation` (which names the admin DSN as the way to do it) in app mode.
@@ -505,10 +524,34 @@ impl StorageBackend for PgBackend {
                 .with_retry_after(std::time::Duration::from_secs(1)));
             }
         };
-        let mut tx = self.write_tx(scope).await?;
-        let report = append::append(&mut tx, scope.tenant(), batch).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(report)
+        // A run the append found missing but a concurrent append created before this one
+        // could: the plan assumed an empty run, so the append is rolled back and made again,
+        // that run then existing and locked like any other. Every attempt but the last follows
+        // the creation of one more of the batch's runs by another append, so one attempt more
+        // than the batch has runs is enough (the bound only matters if purges keep removing
+        // runs that other appends keep creating again).
+        let attempts = batch.runs().len() + 1;
+        for attempt in 1..=attempts {
+            let mut tx = self.write_tx(scope).await?;
+            let engine = self.engine(&mut tx).await?;
+            if let Some(report) = append::append(&mut tx, scope.tenant(), batch, engine).await? {
+                tx.commit().await.map_err(db)?;
+                return Ok(report);
+            }
+            tx.rollback().await.map_err(db)?;
+            tracing::debug!(
+                attempt,
+                "runs of the batch were created concurrently; appending again"
+            );
+        }
+        Err(Error::unavailable(
+            error::BACKEND,
+            format!(
+                "runs of the batch kept being created by concurrent appends ({attempts} \
+                 attempts); nothing was written"
+            ),
+        )
+        .with_retry_after(std::time::Duration::from_secs(1)))
     }
 
     async fn list_runs(&self, scope: &ReadScope, q: &RunQuery) -> Result<RunPage> {

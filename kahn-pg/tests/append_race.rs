@@ -1,0 +1,153 @@
+//! An append plans the runs it does not find as empty runs and creates them with their final
+//! summary. When another transaction creates one of them first (it commits while the append's
+//! insert waits on its row), the plan was made on a wrong assumption: the append is rolled back
+//! and made again, the run then stored and locked like any other. Here the other transaction is
+//! held open by the test until the append waits on it, so the race happens every time. Against
+//! the real PostgreSQL server as the app role (and, with `KAHN_TEST_PG_TARGET=citus`, on the
+//! Citus cluster).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kahn_core::{
+    AppendBatch, ConflictAt, Digest, Error, NewTenant, RunId, StorageBackend, StorageBackendExt,
+    WriteScope,
+};
+use kahn_pg::PgBackend;
+use kahn_testkit::TestDb;
+use serde_json::json;
+use sqlx_core::query::query;
+use sqlx_core::query_scalar::query_scalar;
+use sqlx_postgres::{PgPoolOptions, PgTransaction};
+
+fn batch(lines: &[serde_json::Value]) -> AppendBatch {
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    AppendBatch::from_ndjson(&text).expect("valid batch")
+}
+
+fn transition(run: &str, seq: u64) -> serde_json::Value {
+    json!({"run_id": run, "seq": seq, "ts": "2026-01-01T00:00:00Z", "to": "running"})
+}
+
+async fn setup() -> (TestDb, Arc<PgBackend>, WriteScope) {
+    let (db, admin) = TestDb::new().await;
+    let app = Arc::new(db.app().await);
+    let t = admin.provision_tenant(&NewTenant::new("racer").expect("valid")).await.expect("t");
+    let key = admin.issue_api_key(t.id).await.expect("key");
+    let scope = app.resolve_api_key(&key.secret).await.expect("resolve").expect("active");
+    (db, app, scope)
+}
+
+/// Another session creates `runs` (`(run id, source)`) in a transaction it keeps open.
+async fn create_elsewhere(
+    db: &TestDb,
+    scope: &WriteScope,
+    runs: &[(&str, Option<&str>)],
+) -> PgTransaction<'static> {
+    let pool = db.pool_as(kahn_pg::APP_ROLE, 1).await;
+    let mut tx = pool.begin().await.expect("begin");
+    query("SELECT kahn.enter_tenant($1)")
+        .bind(scope.tenant().as_uuid())
+        .execute(&mut *tx)
+        .await
+        .expect("tenant");
+    for (run, source) in runs {
+        query(
+            "INSERT INTO kahn.runs (tenant_id, run_id, source, head_hash, created_at) \
+             VALUES ($1, $2, $3, $4, pg_catalog.now())",
+        )
+        .bind(scope.tenant().as_uuid())
+        .bind(*run)
+        .bind(*source)
+        .bind(Digest::ZERO.as_bytes().as_slice())
+        .execute(&mut *tx)
+        .await
+        .expect("create the run elsewhere");
+    }
+    tx
+}
+
+/// Waits until some session waits for another's lock (on Citus, on a worker: the coordinator's
+/// `citus_lock_waits` shows it).
+async fn until_someone_waits(db: &TestDb) {
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(db.admin_options())
+        .await
+        .expect("admin pool");
+    let sql = if db.is_citus() {
+        "SELECT count(*) FROM citus_lock_waits"
+    } else {
+        "SELECT count(*) FROM pg_catalog.pg_stat_activity \
+         WHERE datname = pg_catalog.current_database() AND wait_event_type = 'Lock'"
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = query_scalar(sql).fetch_one(&admin).await.expect("lock waits");
+        if waiting > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the append never waited for the other transaction");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The other transaction creates `raced` empty: the append, which planned it as new, appends
+/// to it as stored, and creates the run nobody else touched; everything once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_created_meanwhile_is_appended_to_as_stored() {
+    let (db, app, scope) = setup().await;
+    let other = create_elsewhere(&db, &scope, &[("raced", None)]).await;
+
+    let lines = [transition("raced", 0), transition("raced", 1), transition("fresh", 0)];
+    let append = {
+        let (app, scope, batch) = (app.clone(), scope.clone(), batch(&lines));
+        tokio::spawn(async move { app.append(&scope, &batch).await })
+    };
+    until_someone_waits(&db).await;
+    other.commit().await.expect("commit the other creation");
+
+    let report = append.await.expect("task").expect("the append is made again, and succeeds");
+    assert_eq!((report.appended(), report.skipped()), (3, 0));
+    let read = scope.read();
+    for (run, next) in [("raced", 2), ("fresh", 1)] {
+        let summary = app.get_run(&read, &RunId::new(run).expect("id")).await.expect("run");
+        assert_eq!(summary.info.next_seq, next, "{run}");
+    }
+    // Nothing twice: a re-push is all duplicates.
+    let again = app.append(&scope, &batch(&lines)).await.expect("re-push");
+    assert_eq!((again.appended(), again.skipped()), (0, 3));
+}
+
+/// The other transaction creates `raced` with a source: the append, whose batch names another
+/// source for it, is decided again on the stored run and refused with the metadata conflict;
+/// the run it would have created beside it is not created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_created_meanwhile_is_decided_on_its_stored_metadata() {
+    let (db, app, scope) = setup().await;
+    let other = create_elsewhere(&db, &scope, &[("raced", Some("theirs"))]).await;
+
+    let lines = [
+        json!({"kind": "run", "run_id": "raced", "source": "mine"}),
+        transition("raced", 0),
+        transition("fresh", 0),
+    ];
+    let append = {
+        let (app, scope, batch) = (app.clone(), scope.clone(), batch(&lines));
+        tokio::spawn(async move { app.append(&scope, &batch).await })
+    };
+    until_someone_waits(&db).await;
+    other.commit().await.expect("commit the other creation");
+
+    let refused = append.await.expect("task").expect_err("the stored source differs");
+    assert!(
+        matches!(&refused, Error::Conflict { at: ConflictAt::Metadata(_), run_id, .. }
+            if run_id.as_str() == "raced"),
+        "{refused:?}"
+    );
+    let read = scope.read();
+    assert!(matches!(
+        app.get_run(&read, &RunId::new("fresh").expect("id")).await,
+        Err(Error::NotFound { .. })
+    ));
+}
