@@ -177,7 +177,13 @@ async fn push_file(
     src: &RunSource,
     cache: Option<&ResumeCache>,
 ) -> f64 {
-    let opts = PushOptions { resume_cache: cache.cloned(), ..PushOptions::default() };
+    // KAHN_BENCH_APPENDS_IN_FLIGHT: the pusher's window (default: the library's, 2), to
+    // measure what pipelining does to a direct push.
+    let in_flight = std::env::var("KAHN_BENCH_APPENDS_IN_FLIGHT").ok().and_then(|v| v.parse().ok());
+    let mut opts = PushOptions { resume_cache: cache.cloned(), ..PushOptions::default() };
+    if let Some(n) = in_flight {
+        opts.appends_in_flight = n;
+    }
     let start = Instant::now();
     let r = push(store, scope, src, &opts, &Quiet).await.unwrap();
     assert!(r.next_seq > 0);
