@@ -479,6 +479,17 @@ over_db_and_http!(
     a_failed_node_reads_as_a_failed_run_everywhere,
 );
 
+/// The server's count of ingests it refused for now (429), from `/metrics`.
+fn rate_limited_total(env: &Env) -> f64 {
+    let metrics = env.http_get("/metrics");
+    metrics
+        .lines()
+        .find(|l| l.starts_with("kahn_ingest_rate_limited_total"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no rate-limit metric in {metrics}"))
+}
+
 /// A server that answers 429 for a while: the pusher waits as told and finishes, and the log
 /// is exact.
 #[test]
@@ -489,13 +500,7 @@ fn the_pusher_waits_out_rate_limits_and_finishes() {
     let report = push_json(&env, &run, &key, &["--chunk-bytes", "131072"]);
     assert_eq!(report["next_seq"].as_u64(), Some(1500));
     assert!(report["chunks"].as_u64().unwrap() >= 4, "{report}");
-    let metrics = env.http_get("/metrics");
-    let limited = metrics
-        .lines()
-        .find(|l| l.starts_with("kahn_ingest_rate_limited_total"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no rate-limit metric in {metrics}"));
+    let limited = rate_limited_total(&env);
     assert!(limited >= 1.0, "the server did answer 429 ({limited} times)");
     assert!(env.ok(&["verify", "limited"], Some(&key)).starts_with("OK"));
 }
@@ -512,13 +517,7 @@ fn a_pipelined_push_refused_its_second_request_sends_it_again_and_is_exact() {
     assert_eq!(report["next_seq"].as_u64(), Some(3000), "{report}");
     assert_eq!(report["appended"].as_u64(), Some(3000), "{report}");
     assert!(report["chunks"].as_u64().unwrap() >= 10, "{report}");
-    let metrics = env.http_get("/metrics");
-    let limited = metrics
-        .lines()
-        .find(|l| l.starts_with("kahn_ingest_rate_limited_total"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no rate-limit metric in {metrics}"));
+    let limited = rate_limited_total(&env);
     assert!(limited >= 1.0, "a second request in flight was refused ({limited} times)");
     assert!(report["retries"].as_u64().unwrap() >= 1, "{report}");
     assert!(env.ok(&["verify", "capped"], Some(&key)).starts_with("OK"));

@@ -35,10 +35,10 @@ use kahn_core::{
     RunMeta, RunProgress, TenantId,
 };
 use sqlx_core::error::Error as SqlxError;
-use sqlx_core::query::query;
+use sqlx_core::query::{Query, query};
 use sqlx_core::row::Row;
 use sqlx_core::sql_str::AssertSqlSafe;
-use sqlx_postgres::{PgConnection, PgQueryResult};
+use sqlx_postgres::{PgArguments, PgConnection, PgQueryResult, Postgres};
 
 use crate::error::{corrupt, db, unique_violation};
 use crate::progress::{self, ProgressColumns, run_progress};
@@ -462,6 +462,35 @@ impl<'a> Summaries<'a> {
     fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
+
+    /// Binds the summaries' 19 columns, as arrays, in the order the `UNNEST` of the insert of
+    /// new runs and of the update of stored ones lists them (after their own parameters).
+    fn bind_columns<'q>(
+        &'q self,
+        q: Query<'q, Postgres, PgArguments>,
+    ) -> Query<'q, Postgres, PgArguments> {
+        let p = &self.progress;
+        let [failed, cancelled, active, waiting, succeeded, skipped, other] = &p.counts;
+        q.bind(&self.ids)
+            .bind(&self.sources)
+            .bind(&self.graphs)
+            .bind(&self.labels)
+            .bind(&self.next_seqs)
+            .bind(&self.heads)
+            .bind(&p.status)
+            .bind(&self.firsts)
+            .bind(&self.lasts)
+            .bind(&p.run_state)
+            .bind(&p.started)
+            .bind(&p.ended)
+            .bind(failed)
+            .bind(cancelled)
+            .bind(active)
+            .bind(waiting)
+            .bind(succeeded)
+            .bind(skipped)
+            .bind(other)
+    }
 }
 
 /// Creates the new runs with their final summary, in the order given (run id order, so two
@@ -479,8 +508,7 @@ async fn create_runs(
     let created_at = truncate_micros(Utc::now());
     let p = &runs.progress;
     if engine == Engine::Postgres {
-        let [failed, cancelled, active, waiting, succeeded, skipped, other] = &p.counts;
-        let done = query(
+        let q = query(
             "INSERT INTO kahn.runs (tenant_id, run_id, source, graph, labels, next_seq, \
                     head_hash, status_json, first_ts, last_ts, created_at, received_at, \
                     run_state_json, started_at, ended_at, nodes_failed, nodes_cancelled, \
@@ -499,28 +527,8 @@ async fn create_runs(
                        cancelled, active, waiting, succeeded, skipped, other)",
         )
         .bind(tenant.as_uuid())
-        .bind(created_at)
-        .bind(&runs.ids)
-        .bind(&runs.sources)
-        .bind(&runs.graphs)
-        .bind(&runs.labels)
-        .bind(&runs.next_seqs)
-        .bind(&runs.heads)
-        .bind(&p.status)
-        .bind(&runs.firsts)
-        .bind(&runs.lasts)
-        .bind(&p.run_state)
-        .bind(&p.started)
-        .bind(&p.ended)
-        .bind(failed)
-        .bind(cancelled)
-        .bind(active)
-        .bind(waiting)
-        .bind(succeeded)
-        .bind(skipped)
-        .bind(other)
-        .execute(&mut *conn)
-        .await;
+        .bind(created_at);
+        let done = runs.bind_columns(q).execute(&mut *conn).await;
         return created(done);
     }
     let mut start = 0;
@@ -578,9 +586,7 @@ async fn update_runs(
     if runs.is_empty() {
         return Ok(());
     }
-    let p = &runs.progress;
-    let [failed, cancelled, active, waiting, succeeded, skipped, other] = &p.counts;
-    query(
+    let q = query(
         "UPDATE kahn.runs AS r SET source = COALESCE(u.source, r.source), \
                 graph = COALESCE(u.graph, r.graph), labels = COALESCE(u.labels, r.labels), \
                 next_seq = u.next_seq, head_hash = u.head_hash, status_json = u.status_json, \
@@ -599,29 +605,8 @@ async fn update_runs(
                    waiting, succeeded, skipped, other) \
          WHERE r.tenant_id = $1 AND r.run_id = u.run_id",
     )
-    .bind(tenant.as_uuid())
-    .bind(&runs.ids)
-    .bind(&runs.sources)
-    .bind(&runs.graphs)
-    .bind(&runs.labels)
-    .bind(&runs.next_seqs)
-    .bind(&runs.heads)
-    .bind(&p.status)
-    .bind(&runs.firsts)
-    .bind(&runs.lasts)
-    .bind(&p.run_state)
-    .bind(&p.started)
-    .bind(&p.ended)
-    .bind(failed)
-    .bind(cancelled)
-    .bind(active)
-    .bind(waiting)
-    .bind(succeeded)
-    .bind(skipped)
-    .bind(other)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
+    .bind(tenant.as_uuid());
+    runs.bind_columns(q).execute(&mut *conn).await.map_err(db)?;
     Ok(())
 }
 
