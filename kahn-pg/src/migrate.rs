@@ -37,6 +37,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "shared ingest budget and purge turn",
         include_str!("../migrations/0008_shared_ingest_budget_and_purge_turn.sql"),
     ),
+    (
+        9,
+        "inlinable current tenant",
+        include_str!("../migrations/0009_inlinable_current_tenant.sql"),
+    ),
 ];
 
 /// The migrator holding every migration of `migrations/`, as `sqlx::migrate!` would build it

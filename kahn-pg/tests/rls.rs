@@ -1064,3 +1064,37 @@ async fn tenant_strings_with_sql_metacharacters_round_trip_verbatim() {
         .expect("list");
     assert_eq!(by_status.runs.len(), 1);
 }
+
+/// The isolation predicate costs a setting read per row, not a function call: the planner
+/// inlines `kahn.current_tenant()` into every policy (migration 0009; with a `SET` clause it
+/// could not, and a 100k-transition push spent twice as long in its INSERTs). Seen in the plans
+/// the app role gets for an append's INSERT (WITH CHECK) and a read's scan (USING): they name
+/// `current_setting`, never `current_tenant`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_isolation_predicate_is_inlined_into_every_plan() {
+    let (db, _admin, _app, a, _b) = seeded().await;
+    let pool = app_pool(&db, 1).await;
+    let mut tx = pool.begin().await.expect("begin");
+    set_tenant(&mut tx, a.id).await;
+    for sql in [
+        "EXPLAIN (VERBOSE, COSTS OFF) SELECT seq FROM kahn.transitions \
+         WHERE run_id = 'shared' AND body <> ''",
+        "EXPLAIN (VERBOSE, COSTS OFF) SELECT run_id FROM kahn.runs WHERE next_seq > 1",
+        "EXPLAIN (VERBOSE, COSTS OFF) INSERT INTO kahn.transitions \
+         (tenant_id, run_id, seq, body, content_hash, chain_hash) \
+         SELECT kahn.current_tenant(), 'shared', s, '{}', '\\x00'::bytea, '\\x00'::bytea \
+         FROM generate_series(10, 12) AS s",
+    ] {
+        let plan: Vec<String> = query(sql)
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .iter()
+            .map(|r| r.try_get::<String, _>(0).expect("plan line"))
+            .collect();
+        let plan = plan.join("\n");
+        assert!(!plan.contains("current_tenant"), "a function call per row in:\n{plan}");
+        assert!(plan.contains("current_setting"), "the predicate is in the plan:\n{plan}");
+    }
+    tx.rollback().await.expect("rollback");
+}
