@@ -118,6 +118,14 @@ impl NdjsonLine {
         if let Some(t) = crate::wire_read::transition(line) {
             return Ok(Some(NdjsonLine::Transition(t)));
         }
+        // A transition a producer wrote (members in any order, whitespace) is canonicalised as
+        // it is scanned, when every value is in its canonical spelling.
+        if let Some(read) = crate::wire_read::any_order(line)
+            && let (Some(run_id), Some(seq)) = (read.run_id, read.seq)
+            && let (Ok(run_id), Ok(seq)) = (RunId::new(run_id), Seq::new(seq))
+        {
+            return Ok(Some(NdjsonLine::Transition(Transition { run_id, seq, body: read.body })));
+        }
         if line.trim().is_empty() {
             return Ok(None);
         }

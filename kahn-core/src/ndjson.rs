@@ -19,6 +19,37 @@ use crate::id::RunId;
 use crate::model::StoredTransition;
 use crate::transition::{RunMeta, TransitionBody};
 
+/// A transition line read by [`read_transition`]: the `run_id` and `seq` it named, if it
+/// named them, and its validated, hashed body.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct TransitionLine<'a> {
+    /// The line's `run_id`, as written (not yet checked to be a valid run id).
+    pub run_id: Option<&'a str>,
+    /// The line's `seq`, when it named one.
+    pub seq: Option<u64>,
+    /// The body: every other member, canonical, with its content hash.
+    pub body: TransitionBody,
+}
+
+/// Reads a transition line without building a JSON tree, when it can: members in any order,
+/// insignificant whitespace, `run_id` and `seq` optional (a run file's lines may omit them),
+/// every value in its RFC 8785 spelling (strings escaped only as JCS escapes them, numbers in
+/// their shortest form). The body is written canonically as the line is scanned.
+///
+/// `None` means "read it the general way" ([`parse_json_object`](crate::parse_json_object)
+/// and [`TransitionBody::new`]), which alone decides what is invalid and why: a line this
+/// accepts reads the same both ways (a property test and the `ndjson` fuzz target hold it
+/// to that), and a line it declines may still be valid (an escaped key, `1.0`, a metadata
+/// line).
+pub fn read_transition(line: &str) -> Option<TransitionLine<'_>> {
+    crate::wire_read::any_order(line).map(|r| TransitionLine {
+        run_id: r.run_id,
+        seq: r.seq,
+        body: r.body,
+    })
+}
+
 /// Appends `s` as a JSON string literal.
 fn push_json_str(out: &mut String, s: &str) {
     // A `Value`'s `Display` is its compact JSON and cannot fail.

@@ -12,6 +12,14 @@
 //! valid: whatever it accepts, the general reader accepts with the same result, which a
 //! property test and the `ndjson` fuzz target hold it to.
 //!
+//!
+//! A second fast way, [`any_order`], reads the lines producers write: members in any order,
+//! insignificant whitespace, `run_id` and `seq` optional (a run file's lines may omit them).
+//! It writes the canonical body as it scans, reordering an object's members only when they
+//! came out of order, and is held to the same rule: `None` at anything it is not sure of
+//! (an escape in a key, a number not in its canonical spelling, a repeated key), never an error
+//! of its own.
+//!
 //! [`HttpBackend`]: https://docs.rs/kahn-http
 
 use chrono::{DateTime, Utc};
@@ -76,6 +84,134 @@ pub(crate) fn transition(line: &str) -> Option<Transition> {
     let body =
         TransitionBody::from_canonical(canonical.into(), ts, to.into(), node.map(Into::into));
     Some(Transition { run_id, seq, body })
+}
+
+/// A transition line as [`any_order`] read it: the `run_id` and `seq` it named (if it did),
+/// and its body.
+#[derive(Debug)]
+pub(crate) struct AnyOrder<'a> {
+    pub(crate) run_id: Option<&'a str>,
+    pub(crate) seq: Option<u64>,
+    pub(crate) body: TransitionBody,
+}
+
+/// Reads `line` as a transition whose members come in any order, with any insignificant
+/// whitespace, each value in its canonical spelling; `None` otherwise (the general reader then
+/// decides, errors included). `run_id` and `seq` are optional here: whoever calls decides
+/// whether the line needed them.
+pub(crate) fn any_order(line: &str) -> Option<AnyOrder<'_>> {
+    let mut s = Scan { text: line, i: 0 };
+    s.ws();
+    s.eat(b'{')?;
+    let mut canonical = String::with_capacity(line.len());
+    canonical.push('{');
+    let (mut run_id, mut seq, mut ts, mut to, mut node) = (None, None, None, None, None);
+    // Every key of the line (run_id and seq too, so a repeated one is seen), and where each
+    // body member's canonical text lies in `canonical`.
+    let mut members: Vec<Member<'_>> = Vec::with_capacity(8);
+    s.ws();
+    if s.peek()? == b'}' {
+        s.i += 1;
+    } else {
+        loop {
+            s.ws();
+            let key = s.plain_string()?;
+            s.ws();
+            s.eat(b':')?;
+            s.ws();
+            match key {
+                "run_id" => {
+                    run_id = Some(s.plain_string()?);
+                    members.push(Member { key, range: None });
+                }
+                "seq" => {
+                    seq = Some(s.unsigned_integer()?);
+                    members.push(Member { key, range: None });
+                }
+                // A metadata line: the general reader reads those.
+                "kind" => return None,
+                _ => {
+                    let start = begin_member(&mut canonical, key);
+                    match key {
+                        "ts" | "to" | "from" | "node" => {
+                            let text = s.plain_string()?;
+                            canonical.push('"');
+                            canonical.push_str(text);
+                            canonical.push('"');
+                            match key {
+                                "ts" => ts = Some(text),
+                                "to" => to = Some(text),
+                                "node" => node = Some(text),
+                                _ => {}
+                            }
+                        }
+                        "attrs" if s.peek()? != b'{' => return None,
+                        _ => s.write_value(&mut canonical, 1)?,
+                    }
+                    members.push(Member { key, range: Some((start, canonical.len())) });
+                }
+            }
+            s.ws();
+            match s.next()? {
+                b',' => {}
+                b'}' => break,
+                _ => return None,
+            }
+        }
+    }
+    s.ws();
+    if s.i != line.len() {
+        return None;
+    }
+    let ts: DateTime<Utc> = DateTime::parse_from_rfc3339(ts?).ok()?.with_timezone(&Utc);
+    let to = to.filter(|t| !t.is_empty())?;
+    end_object(&mut canonical, 1, &mut members)?;
+    let body =
+        TransitionBody::from_canonical(canonical.into(), ts, to.into(), node.map(Into::into));
+    Some(AnyOrder { run_id, seq, body })
+}
+
+/// One member of an object being written: its key, and where its `"key":value` text lies in
+/// the output (`None` for a member read but not written: a line's `run_id` and `seq`).
+struct Member<'a> {
+    key: &'a str,
+    range: Option<(usize, usize)>,
+}
+
+/// Writes the separator before a member and its `"key":`; returns where the member starts.
+fn begin_member(out: &mut String, key: &str) -> usize {
+    if !out.ends_with('{') {
+        out.push(',');
+    }
+    let start = out.len();
+    out.push('"');
+    out.push_str(key);
+    out.push_str("\":");
+    start
+}
+
+/// Ends the object whose members were written from `out[base..]` as they came: when their keys
+/// came in RFC 8785 order (the common case) that is one `}`; otherwise they are written again
+/// in that order. `None` when a key repeats.
+fn end_object(out: &mut String, base: usize, members: &mut [Member<'_>]) -> Option<()> {
+    use std::cmp::Ordering::Less;
+    let in_order =
+        |m: &[Member<'_>]| m.windows(2).all(|w| jcs_key_order(w[0].key, w[1].key) == Less);
+    if !in_order(members) {
+        members.sort_unstable_by(|a, b| jcs_key_order(a.key, b.key));
+        if !in_order(members) {
+            return None;
+        }
+        let written = out.split_off(base);
+        for (i, (start, end)) in members.iter().filter_map(|m| m.range).enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(written.get(start - base..end - base)?);
+        }
+    }
+    out.push('}');
+    Some(())
 }
 
 /// A cursor over the line's bytes. Every method answers `None` at the first byte that is not
@@ -213,6 +349,86 @@ impl<'a> Scan<'a> {
         Some(())
     }
 
+    /// Skips JSON's insignificant whitespace.
+    fn ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.i += 1;
+        }
+    }
+
+    /// Reads any value (whitespace around tokens allowed, every scalar in its canonical
+    /// spelling, members in any order) and appends its canonical form to `out`.
+    fn write_value(&mut self, out: &mut String, depth: u32) -> Option<()> {
+        let start = self.i;
+        match self.peek()? {
+            b'{' => return self.write_object(out, depth + 1),
+            b'[' => return self.write_array(out, depth + 1),
+            _ => self.value(depth)?,
+        }
+        out.push_str(self.text.get(start..self.i)?);
+        Some(())
+    }
+
+    fn write_object(&mut self, out: &mut String, depth: u32) -> Option<()> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        self.eat(b'{')?;
+        out.push('{');
+        let base = out.len();
+        self.ws();
+        if self.peek()? == b'}' {
+            self.i += 1;
+            out.push('}');
+            return Some(());
+        }
+        let mut members: Vec<Member<'a>> = Vec::with_capacity(8);
+        loop {
+            self.ws();
+            let key = self.plain_string()?;
+            self.ws();
+            self.eat(b':')?;
+            self.ws();
+            let start = begin_member(out, key);
+            self.write_value(out, depth)?;
+            members.push(Member { key, range: Some((start, out.len())) });
+            self.ws();
+            match self.next()? {
+                b',' => {}
+                b'}' => break,
+                _ => return None,
+            }
+        }
+        end_object(out, base, &mut members)
+    }
+
+    fn write_array(&mut self, out: &mut String, depth: u32) -> Option<()> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        self.eat(b'[')?;
+        self.ws();
+        out.push('[');
+        if self.peek()? == b']' {
+            self.i += 1;
+            out.push(']');
+            return Some(());
+        }
+        loop {
+            self.ws();
+            self.write_value(out, depth)?;
+            self.ws();
+            match self.next()? {
+                b',' => out.push(','),
+                b']' => {
+                    out.push(']');
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
     /// Any value, canonical; `depth` counts the containers it sits in.
     fn value(&mut self, depth: u32) -> Option<()> {
         match self.peek()? {
@@ -343,6 +559,89 @@ mod tests {
         assert!(transition(&escaped).is_some());
     }
 
+    /// What the general reader makes of a line of a run file (`run_id` and `seq` may be
+    /// missing): its body.
+    fn general_body(line: &str) -> Result<TransitionBody, crate::Error> {
+        let mut fields = crate::parse_json_object(line)?;
+        fields.remove("run_id");
+        fields.remove("seq");
+        TransitionBody::new(fields)
+    }
+
+    /// Writes `v` with `order` choosing each object's member order and `gap` the whitespace
+    /// around tokens; scalars in their canonical spelling.
+    fn scrambled(v: &Value, order: &mut impl FnMut(usize) -> Vec<usize>, gap: &str) -> String {
+        match v {
+            Value::Object(map) => {
+                let entries: Vec<_> = map.iter().collect();
+                let members: Vec<String> = order(entries.len())
+                    .into_iter()
+                    .map(|i| {
+                        let (k, v) = entries[i];
+                        let k = crate::hash::canonical_json("k", &Value::String(k.clone()))
+                            .expect("a string");
+                        format!("{gap}{k}{gap}:{gap}{}{gap}", scrambled(v, order, gap))
+                    })
+                    .collect();
+                format!("{{{}}}", members.join(","))
+            }
+            Value::Array(items) => {
+                let items: Vec<String> = items
+                    .iter()
+                    .map(|i| format!("{gap}{}{gap}", scrambled(i, order, gap)))
+                    .collect();
+                format!("[{}]", items.join(","))
+            }
+            scalar => crate::hash::canonical_json("v", scalar).expect("canonical"),
+        }
+    }
+
+    #[test]
+    fn a_producers_line_is_canonicalised_as_it_is_scanned() {
+        let line = r#" { "ts" : "2026-11-01T00:00:00.050Z", "node":"stage-3/task-119",
+            "from":"queued","to":"running","attrs":{"attempt":2,"host":"runner-02.ci.internal",
+            "timing":{"queued_ms":3,"ran_ms":17},"exit":0,"outputs":["s3://a/1.tar.zst",null],
+            "resources":{"cpu":{"req":"500m","lim":"2"},"mem_mb":512}} , "seq": 1 } "#
+            .replace('\n', " ");
+        let fast = any_order(&line).expect("read without a tree");
+        assert_eq!(fast.body, general_body(&line).expect("valid"));
+        assert_eq!((fast.run_id, fast.seq), (None, Some(1)));
+        assert!(fast.body.canonical_json().starts_with(r#"{"attrs":{"attempt":2,"exit":0,"#));
+        let with_run = line.replacen('{', r#"{"run_id":"r-1","#, 1);
+        let fast = any_order(&with_run).expect("read without a tree");
+        assert_eq!(fast.run_id, Some("r-1"));
+        // NdjsonLine::parse reads it the same way, when the line names its run and seq.
+        let parsed = NdjsonLine::parse(&with_run).expect("valid").expect("a line");
+        let general = NdjsonLine::from_object(crate::parse_json_object(&with_run).expect("json"));
+        assert_eq!(Some(parsed), general.ok());
+    }
+
+    #[test]
+    fn a_producers_line_not_sure_to_read_alike_is_left_to_the_general_reader() {
+        let base = r#"{"to":"x","attrs":{"b":2,"a":1},"ts":"2026-01-01T00:00:00Z"}"#;
+        assert!(any_order(base).is_some());
+        for (why, line) in [
+            ("a repeated key", base.replace(r#""b":2,"a":1"#, r#""a":2,"a":1"#)),
+            ("a repeated top-level key", base.replace(r#""to":"x""#, r#""to":"x","to":"y""#)),
+            ("a repeated seq", base.replace(r#""to":"x""#, r#""seq":1,"to":"x","seq":1"#)),
+            ("1.0 is printed 1", base.replace(r#""a":1"#, r#""a":1.0"#)),
+            ("-0 is printed 0", base.replace(r#""a":1"#, r#""a":-0"#)),
+            ("beyond 2^53", base.replace(r#""a":1"#, r#""a":9007199254740993"#)),
+            ("an escaped slash", base.replace(r#""to":"x""#, r#""to":"\/""#)),
+            ("an escaped key", base.replace(r#""a":1"#, r#""\u0061":1"#)),
+            ("a seq that is a float", base.replace(r#""to":"x""#, r#""seq":1.0,"to":"x""#)),
+            ("an empty to", base.replace(r#""to":"x""#, r#""to":"""#)),
+            ("a ts that is no time", base.replace("2026-01-01T00:00:00Z", "soon")),
+            ("attrs not an object", base.replace(r#"{"b":2,"a":1}"#, "[1]")),
+            ("a metadata line", r#"{"kind":"run","run_id":"r"}"#.to_owned()),
+            ("trailing text", format!("{base} x")),
+            ("a trailing comma", base.replace(r#""a":1}"#, r#""a":1,}"#)),
+            ("a vertical tab is no JSON whitespace", base.replace(r#""a":1"#, "\"a\":\u{b}1")),
+        ] {
+            assert!(any_order(&line).is_none(), "{why}: {line}");
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(1000))]
         /// Whatever body a line carries, its wire form reads in place to exactly what the
@@ -391,6 +690,72 @@ mod tests {
             let Ok(w) = String::from_utf8(w) else { return Ok(()) };
             if let Some(fast) = transition(&w) {
                 prop_assert_eq!(Some(fast), general(&w).ok(), "{}", w);
+            }
+        }
+
+        /// A producer's line (members in any order, whitespace around tokens, with or without
+        /// run_id and seq) reads without a tree to exactly the body the general reader makes.
+        #[test]
+        fn producers_lines_read_as_the_general_reader_reads_them(
+            attrs in json_value(),
+            extra in json_value(),
+            node in proptest::option::of("[a-z/é\\-]{0,8}"),
+            ids in any::<(bool, bool)>(),
+            seed in any::<u64>(),
+            gap in prop_oneof![Just(""), Just(" "), Just("\t"), Just(" \r ")],
+        ) {
+            let mut line = json!({"ts": "2026-05-01T10:00:00+01:00", "to": "ok", "x": extra});
+            if let Value::Object(o) = &attrs {
+                line["attrs"] = Value::Object(o.clone());
+            }
+            if let Some(n) = node {
+                line["node"] = Value::String(n);
+            }
+            if ids.0 {
+                line["run_id"] = json!("run-1");
+            }
+            if ids.1 {
+                line["seq"] = json!(seed % 1000);
+            }
+            // A member order from the seed: a rotation, reversed on odd objects.
+            let mut state = seed;
+            let mut order = |n: usize| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let mut o: Vec<usize> = (0..n).map(|i| (i + (state >> 33) as usize) % n.max(1)).collect();
+                if state & 1 == 1 { o.reverse(); }
+                o
+            };
+            let text = scrambled(&line, &mut order, gap);
+            let expected = general_body(&text).expect("a valid body");
+            let fast = any_order(&text);
+            // Only a key holding an escape sends such a line the general way.
+            prop_assert!(fast.is_some() || expected.canonical_json().contains('\\'), "{}", text);
+            if let Some(fast) = fast {
+                prop_assert_eq!(&fast.body, &expected, "{}", text);
+                prop_assert_eq!(fast.run_id.is_some(), ids.0);
+                prop_assert_eq!(fast.seq.is_some(), ids.1);
+            }
+        }
+
+        /// Any change to a producer's line: read alike, or left to the general reader.
+        #[test]
+        fn a_changed_producers_line_is_read_alike_or_left_alone(
+            attrs in json_value(),
+            at in any::<proptest::sample::Index>(),
+            byte in prop_oneof![Just(b' '), Just(b'"'), Just(b'\\'), Just(b','), Just(b'0'),
+                Just(b'-'), Just(b'.'), Just(b'e'), Just(b'}'), Just(b'{'), Just(b'['), Just(b'a'),
+                Just(b':'), Just(b'\t')],
+            replace in any::<bool>(),
+        ) {
+            let line = json!({"to": "ok", "ts": "2026-05-01T10:00:00Z", "seq": 3,
+                "attrs": {"v": attrs, "a": [1, {"z": 1, "b": null}]}});
+            let mut order = |n: usize| (0..n).rev().collect::<Vec<_>>();
+            let mut w = scrambled(&line, &mut order, " ").into_bytes();
+            let i = at.index(w.len());
+            if replace { w[i] = byte } else { w.insert(i, byte) }
+            let Ok(w) = String::from_utf8(w) else { return Ok(()) };
+            if let Some(fast) = any_order(&w) {
+                prop_assert_eq!(Some(fast.body), general_body(&w).ok(), "{}", w);
             }
         }
     }

@@ -671,6 +671,15 @@ fn parse_line(text: &str, run_id: &RunId, next_seq: u64) -> Result<Option<Ndjson
     if text.trim().is_empty() {
         return Ok(None);
     }
+    // Most lines read without a JSON tree; any line that does not, and every error, the
+    // general way below.
+    if let Some(line) = kahn_core::ndjson::read_transition(text)
+        && line.run_id.is_none_or(|id| id == run_id.as_str())
+        && line.seq.is_none_or(|seq| seq == next_seq)
+    {
+        let t = Transition { run_id: run_id.clone(), seq: Seq::new(next_seq)?, body: line.body };
+        return Ok(Some(NdjsonLine::Transition(t)));
+    }
     let mut fields = parse_json_object(text)?;
     match fields.get("run_id") {
         None => {}
