@@ -34,7 +34,7 @@ const MAX_DEPTH: u32 = 100;
 /// Reads `line` when it is a transition in the wire form with a canonical body and valid
 /// fields; `None` otherwise (the general reader then decides, errors included).
 pub(crate) fn transition(line: &str) -> Option<Transition> {
-    let mut s = Scan { text: line, i: 0 };
+    let mut s = Scan { text: line, i: 0, members: Vec::new(), scratch: String::new() };
     s.eat_str("{\"run_id\":")?;
     let run_id = RunId::new(s.plain_string()?).ok()?;
     s.eat_str(",\"seq\":")?;
@@ -100,15 +100,15 @@ pub(crate) struct AnyOrder<'a> {
 /// decides, errors included). `run_id` and `seq` are optional here: whoever calls decides
 /// whether the line needed them.
 pub(crate) fn any_order(line: &str) -> Option<AnyOrder<'_>> {
-    let mut s = Scan { text: line, i: 0 };
+    let mut s = Scan { text: line, i: 0, members: Vec::new(), scratch: String::new() };
     s.ws();
     s.eat(b'{')?;
     let mut canonical = String::with_capacity(line.len());
     canonical.push('{');
     let (mut run_id, mut seq, mut ts, mut to, mut node) = (None, None, None, None, None);
-    // Every key of the line (run_id and seq too, so a repeated one is seen), and where each
-    // body member's canonical text lies in `canonical`.
-    let mut members: Vec<Member<'_>> = Vec::with_capacity(8);
+    // Every key of the line goes in `s.members` (run_id and seq too, so a repeated one is
+    // seen), with where each body member's canonical text lies in `canonical`.
+    s.members.reserve(16);
     s.ws();
     if s.peek()? == b'}' {
         s.i += 1;
@@ -122,11 +122,11 @@ pub(crate) fn any_order(line: &str) -> Option<AnyOrder<'_>> {
             match key {
                 "run_id" => {
                     run_id = Some(s.plain_string()?);
-                    members.push(Member { key, range: None });
+                    s.members.push(Member { key, range: None });
                 }
                 "seq" => {
                     seq = Some(s.unsigned_integer()?);
-                    members.push(Member { key, range: None });
+                    s.members.push(Member { key, range: None });
                 }
                 // A metadata line: the general reader reads those.
                 "kind" => return None,
@@ -148,7 +148,7 @@ pub(crate) fn any_order(line: &str) -> Option<AnyOrder<'_>> {
                         "attrs" if s.peek()? != b'{' => return None,
                         _ => s.write_value(&mut canonical, 1)?,
                     }
-                    members.push(Member { key, range: Some((start, canonical.len())) });
+                    s.members.push(Member { key, range: Some((start, canonical.len())) });
                 }
             }
             s.ws();
@@ -165,7 +165,7 @@ pub(crate) fn any_order(line: &str) -> Option<AnyOrder<'_>> {
     }
     let ts: DateTime<Utc> = DateTime::parse_from_rfc3339(ts?).ok()?.with_timezone(&Utc);
     let to = to.filter(|t| !t.is_empty())?;
-    end_object(&mut canonical, 1, &mut members)?;
+    s.end_object(&mut canonical, 1, 0)?;
     let body =
         TransitionBody::from_canonical(canonical.into(), ts, to.into(), node.map(Into::into));
     Some(AnyOrder { run_id, seq, body })
@@ -190,35 +190,16 @@ fn begin_member(out: &mut String, key: &str) -> usize {
     start
 }
 
-/// Ends the object whose members were written from `out[base..]` as they came: when their keys
-/// came in RFC 8785 order (the common case) that is one `}`; otherwise they are written again
-/// in that order. `None` when a key repeats.
-fn end_object(out: &mut String, base: usize, members: &mut [Member<'_>]) -> Option<()> {
-    use std::cmp::Ordering::Less;
-    let in_order =
-        |m: &[Member<'_>]| m.windows(2).all(|w| jcs_key_order(w[0].key, w[1].key) == Less);
-    if !in_order(members) {
-        members.sort_unstable_by(|a, b| jcs_key_order(a.key, b.key));
-        if !in_order(members) {
-            return None;
-        }
-        let written = out.split_off(base);
-        for (i, (start, end)) in members.iter().filter_map(|m| m.range).enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(written.get(start - base..end - base)?);
-        }
-    }
-    out.push('}');
-    Some(())
-}
-
 /// A cursor over the line's bytes. Every method answers `None` at the first byte that is not
 /// canonical JSON, leaving the line to the general reader.
 struct Scan<'a> {
     text: &'a str,
     i: usize,
+    /// The members of the objects being written, innermost last (one vector for the whole
+    /// line, not one per object).
+    members: Vec<Member<'a>>,
+    /// Where an object whose members came out of order is copied to be written again.
+    scratch: String,
 }
 
 impl<'a> Scan<'a> {
@@ -382,7 +363,7 @@ impl<'a> Scan<'a> {
             out.push('}');
             return Some(());
         }
-        let mut members: Vec<Member<'a>> = Vec::with_capacity(8);
+        let first = self.members.len();
         loop {
             self.ws();
             let key = self.plain_string()?;
@@ -391,7 +372,7 @@ impl<'a> Scan<'a> {
             self.ws();
             let start = begin_member(out, key);
             self.write_value(out, depth)?;
-            members.push(Member { key, range: Some((start, out.len())) });
+            self.members.push(Member { key, range: Some((start, out.len())) });
             self.ws();
             match self.next()? {
                 b',' => {}
@@ -399,7 +380,35 @@ impl<'a> Scan<'a> {
                 _ => return None,
             }
         }
-        end_object(out, base, &mut members)
+        self.end_object(out, base, first)
+    }
+
+    /// Ends the object whose members (`self.members[first..]`) were written from `out[base..]`
+    /// as they came: when their keys came in RFC 8785 order (the common case) that is one
+    /// `}`; otherwise they are written again in that order. `None` when a key repeats.
+    fn end_object(&mut self, out: &mut String, base: usize, first: usize) -> Option<()> {
+        use std::cmp::Ordering::Less;
+        let in_order =
+            |m: &[Member<'_>]| m.windows(2).all(|w| jcs_key_order(w[0].key, w[1].key) == Less);
+        let members = self.members.get_mut(first..)?;
+        if !in_order(members) {
+            members.sort_unstable_by(|a, b| jcs_key_order(a.key, b.key));
+            if !in_order(members) {
+                return None;
+            }
+            self.scratch.clear();
+            self.scratch.push_str(out.get(base..)?);
+            out.truncate(base);
+            for (i, (start, end)) in members.iter().filter_map(|m| m.range).enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(self.scratch.get(start - base..end - base)?);
+            }
+        }
+        self.members.truncate(first);
+        out.push('}');
+        Some(())
     }
 
     fn write_array(&mut self, out: &mut String, depth: u32) -> Option<()> {
