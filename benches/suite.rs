@@ -414,6 +414,53 @@ async fn pg_baseline(res: &mut Results, admin: &PgBackend, dir: &Path, n: u64, r
     res.put(&format!("pg.n{n}.baseline_copy_chunked_tps"), med(chunked));
 }
 
+/// Postgres baseline under the contract: what the app role itself can do at best. `COPY FROM`
+/// is refused into a table whose RLS applies to the copying role, so DESIGN.md prescribes one
+/// `INSERT … SELECT FROM UNNEST` per 1 MiB chunk; this is that statement alone, the
+/// precomputed rows bound as arrays, one transaction per chunk (tenant entered, insert,
+/// commit) into `kahn.transitions` itself, RLS on — no run summary, no chain links read, no
+/// node summaries: the floor under KAHN's append.
+async fn pg_unnest_baseline(res: &mut Results, app: &PgBackend, dir: &Path, n: u64, reps: usize) {
+    let mut tps = vec![];
+    for rep in 0..reps {
+        let w = Workload::new(dir, &format!("unnest-{n}-{rep}"), n);
+        let chunks = w.rows();
+        let tenant = uuid::Uuid::new_v4();
+        let run = format!("{}-u{rep}", w.run);
+        let mut conn = app.pool().acquire().await.unwrap();
+        let start = Instant::now();
+        for chunk in &chunks {
+            let seqs: Vec<i64> = chunk.iter().map(|r| r.0).collect();
+            let bodies: Vec<&str> = chunk.iter().map(|r| r.1.as_str()).collect();
+            let contents: Vec<&[u8]> = chunk.iter().map(|r| &r.2.as_bytes()[..]).collect();
+            let chains: Vec<&[u8]> = chunk.iter().map(|r| &r.3.as_bytes()[..]).collect();
+            let mut tx = sqlx_core::connection::Connection::begin(&mut *conn).await.unwrap();
+            query("SELECT kahn.enter_tenant($1)").bind(tenant).execute(&mut *tx).await.unwrap();
+            query(
+                "INSERT INTO kahn.transitions \
+                 (tenant_id, run_id, seq, body, content_hash, chain_hash) \
+                 SELECT $1, $2, t.seq, t.body, t.content_hash, t.chain_hash \
+                 FROM UNNEST($3::bigint[], $4::text[], $5::bytea[], $6::bytea[]) \
+                      AS t(seq, body, content_hash, chain_hash)",
+            )
+            .bind(tenant)
+            .bind(&run)
+            .bind(&seqs)
+            .bind(&bodies)
+            .bind(&contents)
+            .bind(&chains)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+        }
+        tps.push(n as f64 / start.elapsed().as_secs_f64());
+        let _ = std::fs::remove_file(&w.file);
+        let _ = std::fs::remove_file(&w.half);
+    }
+    res.put(&format!("pg.n{n}.baseline_unnest_app_tps"), med(tps));
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -799,6 +846,7 @@ async fn main() {
             let admin = Arc::new(admin);
             ingest(&mut res, "pg", app, admin.clone(), dir.path(), n, cfg.reps).await;
             pg_baseline(&mut res, &admin, dir.path(), n, cfg.reps).await;
+            pg_unnest_baseline(&mut res, &db.app().await, dir.path(), n, cfg.reps).await;
             admin.close().await;
             drop(db);
             for (a, b) in [
@@ -806,6 +854,7 @@ async fn main() {
                 ("pg", "baseline_copy_tps"),
                 ("sqlite", "baseline_insert_chunked_tps"),
                 ("pg", "baseline_copy_chunked_tps"),
+                ("pg", "baseline_unnest_app_tps"),
             ] {
                 for m in ["push_first_tps", "append_first_tps"] {
                     ratio(
