@@ -114,11 +114,7 @@ pub(crate) fn any_order(line: &str) -> Option<AnyOrder<'_>> {
         s.i += 1;
     } else {
         loop {
-            s.ws();
-            let key = s.plain_string()?;
-            s.ws();
-            s.eat(b':')?;
-            s.ws();
+            let key = s.member_key()?;
             match key {
                 "run_id" => {
                     run_id = Some(s.plain_string()?);
@@ -151,11 +147,8 @@ pub(crate) fn any_order(line: &str) -> Option<AnyOrder<'_>> {
                     s.members.push(Member { key, range: Some((start, canonical.len())) });
                 }
             }
-            s.ws();
-            match s.next()? {
-                b',' => {}
-                b'}' => break,
-                _ => return None,
+            if !s.more_members()? {
+                break;
             }
         }
     }
@@ -180,6 +173,7 @@ struct Member<'a> {
 
 /// Writes the separator before a member and its `"key":`; returns where the member starts.
 fn begin_member(out: &mut String, key: &str) -> usize {
+    // Only an object's opening brace ends with `{`: a written value never does.
     if !out.ends_with('{') {
         out.push(',');
     }
@@ -365,22 +359,35 @@ impl<'a> Scan<'a> {
         }
         let first = self.members.len();
         loop {
-            self.ws();
-            let key = self.plain_string()?;
-            self.ws();
-            self.eat(b':')?;
-            self.ws();
+            let key = self.member_key()?;
             let start = begin_member(out, key);
             self.write_value(out, depth)?;
             self.members.push(Member { key, range: Some((start, out.len())) });
-            self.ws();
-            match self.next()? {
-                b',' => {}
-                b'}' => break,
-                _ => return None,
+            if !self.more_members()? {
+                break;
             }
         }
         self.end_object(out, base, first)
+    }
+
+    /// A member's key (without escapes) and its colon, whitespace around them skipped.
+    fn member_key(&mut self) -> Option<&'a str> {
+        self.ws();
+        let key = self.plain_string()?;
+        self.ws();
+        self.eat(b':')?;
+        self.ws();
+        Some(key)
+    }
+
+    /// After a member's value: `Some(true)` at a comma, `Some(false)` at the object's end.
+    fn more_members(&mut self) -> Option<bool> {
+        self.ws();
+        match self.next()? {
+            b',' => Some(true),
+            b'}' => Some(false),
+            _ => None,
+        }
     }
 
     /// Ends the object whose members (`self.members[first..]`) were written from `out[base..]`
