@@ -498,4 +498,8 @@ pub struct TenantsList {
 pub struct Health {
     /// `ok`.
     pub status: String,
+    /// What is degraded without making the server unready: keys fetched by URL that could
+    /// not be refreshed (the last good keys stay in use). Absent when nothing is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
