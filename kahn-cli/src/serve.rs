@@ -421,13 +421,17 @@ pub(crate) async fn run(
     } else {
         (shown.clone(), "# prints an API key, once")
     };
+    let sign_in = match state.oidc_provider_name() {
+        Some(name) => format!("sign in with {name}, or with the key"),
+        None => "sign in with the key".to_owned(),
+    };
     let banner = format!(
         "KAHN is serving http://{bound} over {shown}\n\
          next:  kahn tenant provision my-team --db {provision_db}      {provision_note}\n\
         \x20      export KAHN_API_KEY=<that key>\n\
         \x20      kahn push ./runs/my-run --url http://{bound}   # a dir with transitions.ndjson\n\
         \x20      curl -H \"Authorization: Bearer $KAHN_API_KEY\" http://{bound}/v1/runs\n\
-         browse: http://{bound}/ (the history viewer; sign in with the key)\n\
+         browse: http://{bound}/ (the history viewer; {sign_in})\n\
          stop with ctrl-c; API: http://{bound}/openapi.json\n"
     );
     let mut stdout = std::io::stdout().lock();

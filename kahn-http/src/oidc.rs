@@ -186,6 +186,10 @@ impl Provider {
         &self.keys
     }
 
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
         self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }

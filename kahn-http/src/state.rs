@@ -178,6 +178,11 @@ impl AppState {
         &self.inner.config
     }
 
+    /// The name of the identity provider people sign in with, when one is configured.
+    pub fn oidc_provider_name(&self) -> Option<&str> {
+        self.inner.oidc.as_deref().map(Provider::name)
+    }
+
     /// Every key set fetched by URL (bearer JWTs', the identity provider's).
     pub(crate) fn remote_keys(&self) -> Vec<Arc<crate::jwks::RemoteKeys>> {
         let jwt = self.inner.jwt.as_ref().and_then(|j| j.keys().remote());
