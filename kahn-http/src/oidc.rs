@@ -158,12 +158,11 @@ impl Provider {
         let name = config.provider_name.clone().unwrap_or_else(|| {
             issuer.host_str().map_or_else(|| config.issuer.clone(), str::to_owned)
         });
-        let mut validation = token_validation(
+        let validation = token_validation(
             crate::DEFAULT_JWT_LEEWAY_SECS,
             Some(&config.issuer),
             Some(&config.client_id),
         );
-        validation.required_spec_claims.insert("iat".into());
         let sessions = Sessions::new(config.session_ttl)
             .map_err(|e| fail(format!("no randomness for session keys: {e}")))?;
         tracing::info!(issuer = %config.issuer, client_id = %config.client_id, "OpenID provider discovered");
@@ -243,6 +242,11 @@ impl Provider {
         let claims = self.keys.verify(id_token, &self.validation).await.map_err(|why| {
             Refusal::bad(format!("the identity provider's ID token was refused: {why}"))
         })?;
+        // OpenID Connect Core §2: iat is required (jsonwebtoken checks only exp, nbf, iss, aud
+        // and sub for presence).
+        if !claims.get("iat").is_some_and(Value::is_number) {
+            return Err(Refusal::bad("the ID token has no \"iat\" (issued at) time".into()));
+        }
         // OpenID Connect Core §3.1.3.7: with several audiences, azp must be this client.
         if let Some(azp) = claims.get("azp")
             && azp.as_str() != Some(self.config.client_id.as_str())
