@@ -54,7 +54,7 @@ pub(crate) struct CopyArgs {
 Examples:
   kahn export --tenant choco --out backup/                # backup/<run_id>.ndjson, one per run
   kahn export --tenant choco --run nightly-42 --out moved/ --db postgres://postgres@db.internal/kahn
-  kahn push moved/nightly-42.ndjson --key <another tenant's key>   # the same run there, same head
+  kahn push moved/nightly-42.ndjson --key \"$OTHER_TENANT_KEY\"    # the same run in another tenant, same head
 Each file holds the run's metadata line (source, graph, labels), then its transitions with run_id
 and seq, exactly as stored; every content hash and the run's head are checked while writing.")]
 pub(crate) struct ExportArgs {
