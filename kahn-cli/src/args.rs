@@ -236,7 +236,7 @@ A retried step pushes nothing new: the run id is the same, and so is the content
 
 #[derive(Args, Debug, Clone)]
 pub(crate) struct ProfilesArg {
-    /// A TOML file of extra profiles ([[profile]] name, tenant, source).
+    /// A TOML file of extra profiles (`[[profile]]` tables: name, tenant, source).
     #[arg(long, env = "KAHN_PROFILES")]
     pub(crate) profiles: Option<PathBuf>,
 }
