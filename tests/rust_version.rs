@@ -140,8 +140,9 @@ fn every_crate_declares_at_least_the_rust_version_its_dependencies_need() {
 #[test]
 fn every_crate_has_the_one_workspace_msrv() {
     let graph = graph();
-    let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-        .expect("the root manifest");
+    let manifest =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            .expect("the root manifest");
     let workspace: toml::Value = toml::from_str(&manifest).expect("the root manifest is TOML");
     let msrv = workspace["workspace"]["package"]["rust-version"]
         .as_str()

@@ -8,7 +8,7 @@ use kahn_push::push::{self, Progress};
 use crate::args::{BridgeCommand, ProfilesArg};
 use crate::failure::CliResult;
 use crate::print::{Lines, print_json, print_provisioned};
-use crate::store::{open_db, open_target, resolve_key};
+use crate::store::{open_db, open_target, resolve_key_retrying};
 
 impl ProfilesArg {
     /// The profile `name`: built in, or from the `--profiles` file (which takes precedence).
@@ -38,8 +38,10 @@ pub(crate) async fn run(cmd: BridgeCommand) -> CliResult {
             let bridge = Bridge::new(profiles.find(&profile)?);
             let ci = CiContext::detect(|k| std::env::var(k).ok(), run_id.as_deref())?;
             let store = open_target(&target).await?;
-            let scope = resolve_key(store.as_ref(), &target.key).await?;
             let progress: &dyn Progress = if json { &push::Quiet } else { &Lines };
+            // The first call is retried too: a server still starting, or a proxy's 502.
+            let scope =
+                resolve_key_retrying(store.as_ref(), &target.key, max_retries, progress).await?;
             let report =
                 bridge.push(store.as_ref(), &scope, &ci, &path, max_retries, progress).await?;
             if json {

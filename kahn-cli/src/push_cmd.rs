@@ -10,12 +10,14 @@ use kahn_push::push::{self, PushOptions, RunSource};
 use crate::args::PushArgs;
 use crate::failure::CliResult;
 use crate::print::{Bar, Lines, print_json};
-use crate::store::{open_target, resolve_key};
+use crate::store::{open_target, resolve_key_retrying};
 
 /// Runs `kahn push`.
 pub(crate) async fn run(args: PushArgs) -> CliResult {
     let store = open_target(&args.target).await?;
-    let scope = resolve_key(store.as_ref(), &args.target.key).await?;
+    // The first call is retried too: a server still starting, or a proxy's 502.
+    let scope =
+        resolve_key_retrying(store.as_ref(), &args.target.key, args.max_retries, &Lines).await?;
     let run_id = args.run_id.as_deref().map(RunId::new).transpose()?;
     let source = RunSource::from_path(&args.path, run_id)?;
     let opts = PushOptions {

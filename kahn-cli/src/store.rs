@@ -60,27 +60,54 @@ pub(crate) async fn open_target(target: &KeyTarget) -> CliResult<Arc<dyn Storage
     }
 }
 
+/// As [`resolve_key`], trying the store again after a retryable failure (the server not up
+/// yet, a proxy's 502) up to `max_retries` times with the pusher's backoff: a push's first
+/// call is retried like every other.
+pub(crate) async fn resolve_key_retrying(
+    store: &dyn StorageBackend,
+    key: &Option<String>,
+    max_retries: u32,
+    progress: &dyn kahn_push::push::Progress,
+) -> CliResult<WriteScope> {
+    let key = parse_key(key)?;
+    let mut retries = 0;
+    kahn_push::push::with_retries(max_retries, progress, &mut retries, || {
+        store.resolve_api_key(&key)
+    })
+    .await?
+    .ok_or_else(unknown_key)
+}
+
 /// The write scope of the API key given (`--key` or `KAHN_API_KEY`).
 pub(crate) async fn resolve_key(
     store: &dyn StorageBackend,
     key: &Option<String>,
 ) -> CliResult<WriteScope> {
+    let key = parse_key(key)?;
+    store.resolve_api_key(&key).await?.ok_or_else(unknown_key)
+}
+
+/// The API key given, well-formed.
+fn parse_key(key: &Option<String>) -> CliResult<ApiKey> {
     let Some(key) = key else {
         return Err(Failure {
             code: 4,
             message: "no API key\nhint: pass --key or set KAHN_API_KEY (`kahn tenant provision NAME` prints one)".into(),
         });
     };
-    let key = ApiKey::parse(key.trim()).map_err(|e| Failure {
+    ApiKey::parse(key.trim()).map_err(|e| Failure {
         code: 4,
         message: format!(
             "{e}\nhint: pass the key `kahn tenant provision` printed, via --key or KAHN_API_KEY"
         ),
-    })?;
-    store.resolve_api_key(&key).await?.ok_or_else(|| Failure {
+    })
+}
+
+fn unknown_key() -> Failure {
+    Failure {
         code: 4,
         message: "the API key is unknown or revoked\nhint: `kahn tenant provision NAME --rotate` issues a new one".into(),
-    })
+    }
 }
 
 /// The tenant named `name`.

@@ -74,8 +74,13 @@ fn transport(e: impl Into<kahn_core::BoxError>) -> Error {
 
 /// A failed exchange: the server unreachable, too slow, or the connection lost while sending
 /// is [`Error::Unavailable`] (the same call may succeed later — and retrying is safe, since
-/// appends are idempotent by content); anything else is [`Error::Backend`].
+/// appends are idempotent by content); a failure no retry can mend — a host name that does
+/// not resolve, TLS spoken to a plain-http server or refused by it — and anything else is
+/// [`Error::Backend`], saying which.
 fn exchange(e: reqwest::Error) -> Error {
+    if let Some(why) = permanent(&e) {
+        return transport(why);
+    }
     if e.is_connect() || e.is_timeout() || e.is_request() {
         let what = if e.is_connect() {
             "the server could not be reached"
@@ -88,6 +93,35 @@ fn exchange(e: reqwest::Error) -> Error {
     } else {
         transport(e)
     }
+}
+
+/// Why `e` cannot be mended by trying again, when it cannot: read from its causes, the way
+/// hyper-util and rustls word them.
+fn permanent(e: &reqwest::Error) -> Option<String> {
+    let mut causes = Vec::new();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        causes.push(s.to_string());
+        source = s.source();
+    }
+    let chain = causes.join(": ");
+    let host = e.url().and_then(|u| u.host_str()).unwrap_or("the server").to_owned();
+    if chain.contains("dns error") || chain.contains("failed to lookup address") {
+        return Some(format!(
+            "the name {host:?} does not resolve (DNS: {chain}); check the host in the URL"
+        ));
+    }
+    let tls = e.url().is_some_and(|u| u.scheme() == "https");
+    if tls && (chain.contains("InvalidContentType") || chain.contains("corrupt message")) {
+        return Some(format!(
+            "TLS handshake failed: {host} answered in plain text, not TLS ({chain}); if the \
+             server is plain http, use an http:// URL"
+        ));
+    }
+    if tls && (chain.contains("invalid peer certificate") || chain.contains("UnknownIssuer")) {
+        return Some(format!("TLS: the server's certificate is not trusted here ({chain})"));
+    }
+    None
 }
 
 fn retry_after(response: &reqwest::Response) -> Option<Duration> {
@@ -291,13 +325,37 @@ fn known_what(what: Option<&str>) -> &'static str {
     }
 }
 
+/// At most 200 characters of `text` on one line: a proxy's HTML error page is not dumped
+/// whole.
+fn short(text: &str) -> String {
+    let line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match line.char_indices().nth(200) {
+        Some((at, _)) => format!("{}…", &line[..at]),
+        None => line,
+    }
+}
+
 /// Turns an error response back into the [`Error`] the server's backend returned.
 async fn error_from(response: reqwest::Response) -> Error {
     let status = response.status();
     let wait = retry_after(&response);
     let text = response.text().await.unwrap_or_default();
-    let body: ErrorBody = serde_json::from_str(&text)
-        .unwrap_or_else(|_| ErrorBody::new("http", format!("HTTP {status}: {text}")));
+    let Ok(body) = serde_json::from_str::<ErrorBody>(&text) else {
+        // Not KAHN's JSON: a proxy, or not a KAHN server at all. Its page is not dumped whole.
+        let what = format!("HTTP {status}: {}", short(&text));
+        return if matches!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS
+                | StatusCode::INTERNAL_SERVER_ERROR
+                | StatusCode::BAD_GATEWAY
+                | StatusCode::SERVICE_UNAVAILABLE
+                | StatusCode::GATEWAY_TIMEOUT
+        ) {
+            Error::Unavailable { backend: BACKEND, message: what, retry_after: wait, source: None }
+        } else {
+            transport(format!("the answer is not KAHN's (is the URL a KAHN server?): {what}"))
+        };
+    };
     let run_id = || body.run_id.as_deref().and_then(|r| RunId::new(r).ok());
     match (status, body.error.as_str()) {
         (StatusCode::CONFLICT, "gap") => match (run_id(), body.expected, body.seq) {
@@ -354,7 +412,21 @@ async fn error_from(response: reqwest::Response) -> Error {
                 source: None,
             }
         }
-        _ => transport(format!("HTTP {status}: {} ({})", body.message, body.error)),
+        // A server's internal error, or a proxy in front of it that could not reach it or
+        // gave up waiting: the same call may well succeed next time (and a repeated append is
+        // a no-op by content).
+        (
+            StatusCode::INTERNAL_SERVER_ERROR
+            | StatusCode::BAD_GATEWAY
+            | StatusCode::GATEWAY_TIMEOUT,
+            _,
+        ) => Error::Unavailable {
+            backend: BACKEND,
+            message: format!("HTTP {status}: {} ({})", short(&body.message), body.error),
+            retry_after: wait,
+            source: None,
+        },
+        _ => transport(format!("HTTP {status}: {} ({})", short(&body.message), body.error)),
     }
 }
 
