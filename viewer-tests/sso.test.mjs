@@ -286,6 +286,34 @@ async function ssoSignIn(page, login, base = servers.main.url) {
   return callback;
 }
 
+/**
+ * Holds the browser's next request to a URL starting with `prefix` — a hop of a redirect
+ * chain included, which Playwright's page.route does not see — answering it with a
+ * placeholder page instead; resolves with the URL the browser asked for. Chromium's own
+ * request interception (DevTools protocol), released once it has held one.
+ */
+async function holdNext(page, prefix) {
+  const cdp = await page.context().newCDPSession(page);
+  let resolve;
+  let reject;
+  const held = new Promise((ok, no) => { resolve = ok; reject = no; });
+  const timer = setTimeout(() => reject(new Error(`no request to ${prefix}… within ${WAIT} ms`)), WAIT);
+  cdp.on('Fetch.requestPaused', async (e) => {
+    await cdp.send('Fetch.fulfillRequest', {
+      requestId: e.requestId, responseCode: 200,
+      responseHeaders: [{ name: 'Content-Type', value: 'text/plain' }],
+      body: Buffer.from('held by the test').toString('base64'),
+    });
+    await cdp.send('Fetch.disable');
+    clearTimeout(timer);
+    resolve(e.request.url);
+  });
+  // (CDP's pattern: `*` any characters, `?` exactly one; a prefix here holds neither.)
+  assert.doesNotMatch(prefix, /[*?\\]/);
+  await cdp.send('Fetch.enable', { patterns: [{ urlPattern: `${prefix}*`, requestStage: 'Request' }] });
+  return held;
+}
+
 async function sessionCookie(page, base = servers.main.url) {
   return (await page.context().cookies(base)).find((c) => c.name === 'kahn_session');
 }
@@ -504,19 +532,13 @@ describe('KAHN single sign-on through a real OpenID provider', () => {
 
   test('(g) a callback with a wrong state, or none, is refused', async () => {
     const page = await newPage();
-    // A real sign-in at the provider; the browser's way back to kahn is held and altered.
-    let held = null;
-    await page.route((u) => u.href.startsWith(`${servers.main.url}/auth/callback`), (route) => {
-      if (!held) {
-        held = route.request().url();
-        return route.fulfill({ status: 200, contentType: 'text/plain', body: 'held by the test' });
-      }
-      return route.continue();
-    });
+    // A real sign-in at the provider; the browser's way back to kahn is held and altered,
+    // so the code in it is valid and unused.
+    const holding = holdNext(page, `${servers.main.url}/auth/callback`);
     await page.goto(`${servers.main.url}/auth/login`);
     await atProvider(page, 'alice');
-    await page.waitForFunction(() => document.body.textContent.includes('held by the test'), null, { timeout: WAIT });
-    assert.ok(held, 'the provider sent the browser back with a code');
+    const held = await holding;
+    assert.match(held, /[?&]code=/, 'the provider sent the browser back with a code');
     const wrong = new URL(held);
     wrong.searchParams.set('state', crypto.randomBytes(16).toString('base64url'));
     let res = await page.goto(wrong.href);
@@ -558,13 +580,11 @@ describe('KAHN single sign-on through a real OpenID provider', () => {
 
     // An error whose description carries markup: a state kahn issued to this browser, then
     // the provider-style error redirect with HTML in error_description.
-    let held = null;
-    await page.route((u) => u.href.startsWith(`${provider.issuer}/auth?`), (route) => {
-      held = route.request().url();
-      return route.fulfill({ status: 200, contentType: 'text/plain', body: 'held by the test' });
-    });
-    await page.goto(`${servers.main.url}/auth/login`);
-    assert.ok(held, 'kahn sent the browser to the provider');
+    // (The browser context's own request client: its kahn_login cookie lands in the browser.)
+    const login = await page.context().request.get(`${servers.main.url}/auth/login`, { maxRedirects: 0 });
+    assert.equal(login.status(), 302);
+    const held = login.headers().location;
+    assert.ok(held.startsWith(`${provider.issuer}/`), 'kahn sends the browser to the provider');
     const state = new URL(held).searchParams.get('state');
     const evil = '<img src=x id="injected" onerror="alert(1)"><script id="injected-script">alert(2)</script><b id="bold">bold</b>';
     const cb = new URL(`${servers.main.url}/auth/callback`);
