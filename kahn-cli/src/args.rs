@@ -32,7 +32,7 @@ Examples:
   kahn serve --config kahn.toml                     # settings from TOML; flags and env win
   kahn serve --jwt-public-key idp.pub.pem --jwt-issuer https://idp.example.com --jwt-audience kahn
 Audit events (target kahn::audit) are logged whatever KAHN_LOG says.")]
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Create or upgrade the database schema.
     #[command(after_help = "Example:\n  kahn migrate --db sqlite://kahn.db")]
     Migrate(DbArgs),

@@ -11,7 +11,7 @@ use crate::{bridge_cmd, push_cmd, runs_cmd, serve, tenant_cmd, transfer_cmd};
 pub(crate) async fn run(cli: Cli) -> CliResult {
     match cli.command {
         Command::Serve(args) => {
-            serve::run(args, async |db: &str| {
+            serve::run(*args, async |db: &str| {
                 open_db_as(&DbArgs { db: db.to_owned() }, DbRole::App).await
             })
             .await

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use kahn_core::{Error, StorageBackend, TenantId};
-use kahn_http::{AppState, JwtConfig, JwtKeySource, ServerConfig};
+use kahn_http::{AppState, ConfigError, JwtConfig, JwtKeySource, OidcConfig, Secret, ServerConfig};
 use serde::Deserialize;
 
 use crate::failure::{CliResult, Failure};
@@ -39,9 +39,44 @@ pub(crate) struct ServeArgs {
     /// PEM file with the Ed25519 public key verifying JWTs (no JWTs accepted without one).
     #[arg(long, env = "KAHN_JWT_PUBLIC_KEY")]
     jwt_public_key: Option<PathBuf>,
-    /// JWKS file with the Ed25519 keys verifying JWTs (instead of --jwt-public-key).
+    /// JWKS file with the keys verifying JWTs (EdDSA, ES256 or RS256; instead of
+    /// --jwt-public-key).
     #[arg(long, env = "KAHN_JWT_JWKS", conflicts_with = "jwt_public_key")]
     jwt_jwks: Option<PathBuf>,
+    /// URL of a JWKS verifying JWTs (https; http on loopback only), fetched at start, every 10
+    /// minutes and when a token names an unknown key id (a key rotated at the provider works
+    /// without a restart). Instead of --jwt-public-key / --jwt-jwks.
+    #[arg(long, env = "KAHN_JWT_JWKS_URL", conflicts_with_all = ["jwt_public_key", "jwt_jwks"])]
+    jwt_jwks_url: Option<String>,
+    /// Sign-in for people: the OpenID Connect provider's issuer URL (discovered at start from
+    /// ISSUER/.well-known/openid-configuration). Needs --oidc-client-id.
+    #[arg(long, env = "KAHN_OIDC_ISSUER", value_name = "URL", requires = "oidc_client_id")]
+    oidc_issuer: Option<String>,
+    /// This server's client id at the provider (the ID tokens' audience).
+    #[arg(long, env = "KAHN_OIDC_CLIENT_ID", value_name = "ID", requires = "oidc_issuer")]
+    oidc_client_id: Option<String>,
+    /// A file holding the client secret (client_secret_basic); without it, a public client
+    /// (PKCE only).
+    #[arg(long, env = "KAHN_OIDC_CLIENT_SECRET_FILE", value_name = "FILE")]
+    oidc_client_secret_file: Option<PathBuf>,
+    /// The name on the viewer's "Sign in with NAME" button [default: the issuer's host]
+    #[arg(long, env = "KAHN_OIDC_PROVIDER_NAME", value_name = "NAME")]
+    oidc_provider_name: Option<String>,
+    /// Which ID-token claim fills a field, as FIELD=CLAIM (FIELD: org_id, role, email or
+    /// name); repeat for several [default: each field's own name]
+    #[arg(long = "oidc-claim", value_name = "FIELD=CLAIM")]
+    oidc_claims: Vec<String>,
+    /// The URL people reach this server at (scheme://host[:port]); the provider redirects to
+    /// PUBLIC_URL/auth/callback. https, or http on loopback [default: http://LISTEN]
+    #[arg(long, env = "KAHN_PUBLIC_URL", value_name = "URL")]
+    public_url: Option<String>,
+    /// How long a sign-in session lasts: seconds, or 30m, 8h, ... [default: 8h]
+    #[arg(long, env = "KAHN_SESSION_TTL", value_name = "DURATION", value_parser = parse_duration)]
+    session_ttl: Option<Duration>,
+    /// An origin (scheme://host[:port]) whose pages may call this API from a browser,
+    /// credentials included; repeat for several. None by default: no cross-origin access.
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    cors_origins: Vec<String>,
     /// The JWT issuer (`iss`) every token must name; required with a JWT key.
     #[arg(long, env = "KAHN_JWT_ISSUER")]
     jwt_issuer: Option<String>,
@@ -102,6 +137,19 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     jwt_public_key: Option<PathBuf>,
     jwt_jwks: Option<PathBuf>,
+    jwt_jwks_url: Option<String>,
+    oidc_issuer: Option<String>,
+    oidc_client_id: Option<String>,
+    oidc_client_secret_file: Option<PathBuf>,
+    oidc_provider_name: Option<String>,
+    /// Field → claim.
+    #[serde(default)]
+    oidc_claims: std::collections::BTreeMap<String, String>,
+    public_url: Option<String>,
+    /// Seconds.
+    session_ttl_secs: Option<u64>,
+    #[serde(default)]
+    cors_origins: Vec<String>,
     jwt_issuer: Option<String>,
     jwt_audience: Option<String>,
     #[serde(default)]
@@ -133,6 +181,19 @@ fn parse_tenant_rate(text: &str) -> Result<(TenantId, NonZeroU32), String> {
     Ok((tenant, rate))
 }
 
+/// Whole seconds (`30`) or a duration with units (`30m`, `8h`), for `--session-ttl`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = match text.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(text)
+            .map_err(|e| format!("{text:?} is not a duration ({e}); e.g. 3600, 30m or 8h"))?,
+    };
+    if duration.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(duration)
+}
+
 fn usage(message: String) -> Failure {
     Failure { code: 2, message }
 }
@@ -152,9 +213,28 @@ impl ServeArgs {
         self.db = self.db.or(file.db);
         self.listen = self.listen.or(file.listen);
         self.log_format = self.log_format.or(file.log_format);
-        if self.jwt_public_key.is_none() && self.jwt_jwks.is_none() {
+        if self.jwt_public_key.is_none() && self.jwt_jwks.is_none() && self.jwt_jwks_url.is_none() {
             self.jwt_public_key = file.jwt_public_key;
             self.jwt_jwks = file.jwt_jwks;
+            self.jwt_jwks_url = file.jwt_jwks_url;
+        }
+        if self.oidc_issuer.is_none() {
+            self.oidc_issuer = file.oidc_issuer;
+            self.oidc_client_id = self.oidc_client_id.or(file.oidc_client_id);
+        }
+        self.oidc_client_secret_file =
+            self.oidc_client_secret_file.or(file.oidc_client_secret_file);
+        self.oidc_provider_name = self.oidc_provider_name.or(file.oidc_provider_name);
+        for (field, claim) in file.oidc_claims {
+            if !self.oidc_claims.iter().any(|c| c.split_once('=').is_some_and(|(f, _)| f == field))
+            {
+                self.oidc_claims.push(format!("{field}={claim}"));
+            }
+        }
+        self.public_url = self.public_url.or(file.public_url);
+        self.session_ttl = self.session_ttl.or(file.session_ttl_secs.map(Duration::from_secs));
+        if self.cors_origins.is_empty() {
+            self.cors_origins = file.cors_origins;
         }
         self.jwt_issuer = self.jwt_issuer.or(file.jwt_issuer);
         self.jwt_audience = self.jwt_audience.or(file.jwt_audience);
@@ -181,12 +261,54 @@ impl ServeArgs {
         Ok(self)
     }
 
+    /// Sign-in with an identity provider, when `--oidc-issuer` is given; `listen` is the
+    /// default public URL's host.
+    fn oidc_config(&self, listen: &str) -> CliResult<Option<OidcConfig>> {
+        let (Some(issuer), Some(client_id)) = (&self.oidc_issuer, &self.oidc_client_id) else {
+            if self.oidc_issuer.is_some() || self.oidc_client_id.is_some() {
+                return Err(usage(
+                    "sign-in needs both --oidc-issuer and --oidc-client-id".to_owned(),
+                ));
+            }
+            return Ok(None);
+        };
+        let public_url = self.public_url.clone().unwrap_or_else(|| format!("http://{listen}"));
+        let mut oidc = OidcConfig::new(issuer.clone(), client_id.clone(), public_url);
+        if let Some(path) = &self.oidc_client_secret_file {
+            let secret = std::fs::read_to_string(path).map_err(|e| {
+                usage(format!("cannot read --oidc-client-secret-file {}: {e}", path.display()))
+            })?;
+            let secret = secret.trim();
+            if secret.is_empty() {
+                return Err(usage(format!(
+                    "--oidc-client-secret-file {} is empty",
+                    path.display()
+                )));
+            }
+            oidc = oidc.with_client_secret(Secret::new(secret));
+        }
+        oidc.provider_name.clone_from(&self.oidc_provider_name);
+        if let Some(ttl) = self.session_ttl {
+            oidc = oidc.with_session_ttl(ttl);
+        }
+        for mapping in &self.oidc_claims {
+            let (field, claim) = mapping.split_once('=').ok_or_else(|| {
+                usage(format!("--oidc-claim {mapping:?} is not FIELD=CLAIM (e.g. org_id=tenant)"))
+            })?;
+            oidc.claims
+                .set(field, claim)
+                .map_err(|e| usage(format!("--oidc-claim {mapping:?}: {e}")))?;
+        }
+        Ok(Some(oidc))
+    }
+
     fn server_config(&self) -> CliResult<ServerConfig> {
         let mut config = ServerConfig::default();
-        let key = match (&self.jwt_public_key, &self.jwt_jwks) {
-            (Some(pem), _) => Some(JwtKeySource::PemFile(pem.clone())),
-            (None, Some(jwks)) => Some(JwtKeySource::JwksFile(jwks.clone())),
-            (None, None) => None,
+        let key = match (&self.jwt_public_key, &self.jwt_jwks, &self.jwt_jwks_url) {
+            (Some(pem), _, _) => Some(JwtKeySource::PemFile(pem.clone())),
+            (None, Some(jwks), _) => Some(JwtKeySource::JwksFile(jwks.clone())),
+            (None, None, Some(url)) => Some(JwtKeySource::JwksUrl(url.clone())),
+            (None, None, None) => None,
         };
         if let Some(key) = key {
             if !self.jwt_insecure_no_issuer_audience_check {
@@ -199,7 +321,7 @@ impl ServeArgs {
                 .collect();
                 if !missing.is_empty() {
                     return Err(usage(format!(
-                        "JWT verification is on (--jwt-public-key / --jwt-jwks) but {} {} not \
+                        "JWT verification is on (--jwt-public-key / --jwt-jwks / --jwt-jwks-url) but {} {} not \
                          set: without them any token the key ever signed for another service \
                          would be accepted\nhint: pass --jwt-issuer ISS --jwt-audience AUD (the \
                          iss and aud your identity provider puts in KAHN's tokens); for tests \
@@ -245,6 +367,9 @@ impl ServeArgs {
         if let Some(n) = self.auth_failures_per_minute {
             config = config.with_auth_failures_per_minute(n);
         }
+        for origin in &self.cors_origins {
+            config = config.with_cors_origin(origin.clone());
+        }
         Ok(config.with_personal_tenants(!self.no_personal_tenants))
     }
 }
@@ -261,13 +386,25 @@ pub(crate) async fn run(
     let addr: SocketAddr = listen.parse().map_err(|e| {
         usage(format!("--listen {listen:?} is not an address: {e}\nhint: e.g. 127.0.0.1:8080"))
     })?;
-    let config = args.server_config()?;
+    let mut config = args.server_config()?;
+    config.oidc = args.oidc_config(&listen)?;
     let store = open(&db).await?;
-    let state = AppState::new(store, config).map_err(|e| {
-        usage(format!(
-            "{}\nhint: check --jwt-public-key / --jwt-jwks",
-            crate::failure::explained(&e)
-        ))
+    let state = AppState::connect(store, config).await.map_err(|e| {
+        let hint = match &e {
+            ConfigError::Provider { setting: "oidc.issuer", .. } => {
+                "is the identity provider up, and --oidc-issuer exactly its issuer?"
+            }
+            ConfigError::Provider { .. } => "is the key URL reachable, and does it serve a JWKS?",
+            ConfigError::Invalid { setting, .. } if setting.starts_with("oidc") => {
+                "check --oidc-issuer, --public-url and --session-ttl"
+            }
+            ConfigError::Invalid { setting: "cors_origins", .. } => {
+                "check --cors-origin: an origin is scheme://host[:port]"
+            }
+            _ => "check --jwt-public-key / --jwt-jwks / --jwt-jwks-url",
+        };
+        let code = if matches!(e, ConfigError::Provider { .. }) { 5 } else { 2 };
+        Failure { code, message: format!("{}\nhint: {hint}", crate::failure::explained(&e)) }
     })?;
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| Failure {
         code: 5,
@@ -284,13 +421,17 @@ pub(crate) async fn run(
     } else {
         (shown.clone(), "# prints an API key, once")
     };
+    let sign_in = match state.oidc_provider_name() {
+        Some(name) => format!("sign in with {name}, or with the key"),
+        None => "sign in with the key".to_owned(),
+    };
     let banner = format!(
         "KAHN is serving http://{bound} over {shown}\n\
          next:  kahn tenant provision my-team --db {provision_db}      {provision_note}\n\
         \x20      export KAHN_API_KEY=<that key>\n\
         \x20      kahn push ./runs/my-run --url http://{bound}   # a dir with transitions.ndjson\n\
         \x20      curl -H \"Authorization: Bearer $KAHN_API_KEY\" http://{bound}/v1/runs\n\
-         browse: http://{bound}/ (the history viewer; sign in with the key)\n\
+         browse: http://{bound}/ (the history viewer; {sign_in})\n\
          stop with ctrl-c; API: http://{bound}/openapi.json\n"
     );
     let mut stdout = std::io::stdout().lock();

@@ -924,3 +924,57 @@ fn deleting_a_tenant_needs_yes_and_is_audited() {
     assert_eq!(env.kahn(&["runs", "list"], Some(&key)).status.code(), Some(4));
     fails(&env, &["tenant", "delete", "doomed", "--yes"], 1, "no tenant named");
 }
+
+/// Sign-in with an identity provider that cannot be read stops the start with the reason and
+/// a hint (exit 5: the provider may come back); flags that cannot work are usage errors.
+#[test]
+fn serve_refuses_to_start_without_a_readable_identity_provider() {
+    let env = Env::new();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let issuer = format!("http://127.0.0.1:{port}");
+    let Err((code, err)) =
+        serve(&env, &["--oidc-issuer", &issuer, "--oidc-client-id", "kahn"], &[])
+    else {
+        panic!("kahn serve started without its provider");
+    };
+    assert_eq!(code, Some(5), "{err}");
+    assert!(err.contains("discovery document could not be read"), "{err}");
+    assert!(err.contains("hint: is the identity provider up"), "{err}");
+
+    for (args, says) in [
+        (vec!["--oidc-issuer", "https://idp.example.com"], "--oidc-client-id"),
+        (
+            vec![
+                "--oidc-issuer",
+                "https://idp.example.com",
+                "--oidc-client-id",
+                "kahn",
+                "--oidc-claim",
+                "org",
+            ],
+            "FIELD=CLAIM",
+        ),
+        (
+            vec![
+                "--oidc-issuer",
+                "https://idp.example.com",
+                "--oidc-client-id",
+                "kahn",
+                "--oidc-claim",
+                "sub=user",
+            ],
+            "not a mapped field",
+        ),
+        (vec!["--session-ttl", "0"], "longer than zero"),
+        (vec!["--cors-origin", "*"], "scheme://host[:port]"),
+    ] {
+        let Err((code, err)) = serve(&env, &args, &[]) else {
+            panic!("kahn serve started with {args:?}");
+        };
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}

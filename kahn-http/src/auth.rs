@@ -9,21 +9,23 @@
 
 use std::fs;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, Validation};
 use kahn_core::{
     API_KEY_PREFIX, ApiKey, OrgId, ReadScope, StorageBackend, StorageBackendExt, TenantId,
     WriteScope,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
-use crate::config::{ConfigError, JwtConfig, JwtKeySource};
+use crate::config::{ClaimNames, ConfigError, JwtConfig, JwtKeySource};
 use crate::error::ApiError;
+use crate::jwks::{ALLOWED_ALGORITHMS, ALLOWED_TEXT, KeySet, RemoteKeys, alg_name, fetch_url};
 use crate::state::AppState;
 use crate::wire::PrincipalView;
 use crate::{AUDIT_TARGET, HEADER_EFFECTIVE_TENANT, HEADER_TENANT, HEADER_TENANT_SOURCE};
@@ -63,24 +65,126 @@ impl Claims {
     }
 }
 
-struct VerifyKey {
-    kid: Option<String>,
-    key: DecodingKey,
+/// Where a verifier's keys are.
+pub(crate) enum Keys {
+    /// Read once from a file or text.
+    Static(KeySet),
+    /// Fetched by URL and kept fresh.
+    Remote(Arc<RemoteKeys>),
 }
 
-/// Verifies EdDSA (Ed25519) JWTs: the algorithm is pinned (a token saying `none`, `HS*`,
-/// `RS*` or anything else is refused before any key is used), a `crit` header is refused (no
-/// JWS extension is understood here), `exp` is required, `nbf` is checked when present, `iss`
-/// (a string) and `aud` are required.
+impl Keys {
+    /// Verifies `token`'s signature and `validation`'s claims; answers the claims as JSON.
+    /// Refused: an algorithm outside the allow-list (before any key is used), a `crit`
+    /// header, no key of the token's algorithm (and `kid`) — after one refresh of a remote
+    /// set, rate limited — or a failed check.
+    pub(crate) async fn verify(
+        &self,
+        token: &str,
+        validation: &Validation,
+    ) -> Result<Map<String, Value>, String> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| format!("malformed token: {e}"))?;
+        if !ALLOWED_ALGORITHMS.contains(&header.alg) {
+            return Err(format!("algorithm {:?} is not accepted; only {ALLOWED_TEXT}", header.alg));
+        }
+        // RFC 7515 §4.1.11: a recipient must refuse a token whose `crit` names an extension it
+        // does not understand; jsonwebtoken ignores `crit`, and this server understands none.
+        if header.crit.is_some() {
+            return Err("the token's header has \"crit\": no JWS extension is accepted".into());
+        }
+        let kid = header.kid.as_deref();
+        // jsonwebtoken wants every listed algorithm in the key's family: list the token's own
+        // (allowed above), and only keys of that algorithm are tried.
+        let mut validation = validation.clone();
+        validation.algorithms = vec![header.alg];
+        let validation = &validation;
+        let attempt = |keys: &KeySet| -> Option<Result<Map<String, Value>, String>> {
+            let mut last = None;
+            for k in keys.candidates(kid, header.alg) {
+                match jsonwebtoken::decode::<Map<String, Value>>(token, &k.key, validation) {
+                    Ok(data) => return Some(Ok(data.claims)),
+                    Err(e) => last = Some(Err(format!("invalid token: {e}"))),
+                }
+            }
+            last
+        };
+        let no_key = || {
+            format!(
+                "no verification key matches the token ({} key{})",
+                alg_name(header.alg),
+                kid.map_or_else(String::new, |k| format!(" with kid {k:?}"))
+            )
+        };
+        match self {
+            Self::Static(keys) => attempt(keys).unwrap_or_else(|| Err(no_key())),
+            Self::Remote(remote) => {
+                if let Some(verdict) = attempt(&remote.current()) {
+                    return verdict;
+                }
+                // A key the set does not hold: perhaps rotated in at the provider since.
+                let (keys, fetched) = remote.refresh(remote.min_refresh).await;
+                match attempt(&keys) {
+                    Some(verdict) => verdict,
+                    None if fetched => Err(no_key()),
+                    None => Err(format!(
+                        "{} (the key set was fetched less than {} s ago)",
+                        no_key(),
+                        remote.min_refresh.as_secs()
+                    )),
+                }
+            }
+        }
+    }
+
+    /// The remote set, if any, for the refresh task and `/readyz`.
+    pub(crate) fn remote(&self) -> Option<&Arc<RemoteKeys>> {
+        match self {
+            Self::Remote(r) => Some(r),
+            Self::Static(_) => None,
+        }
+    }
+}
+
+/// The [`Claims`] of a verified token's claims, read through `names`: `sub` must be a string,
+/// and `iss` and each mapped claim, when present, a string too (a token whose `iss` is a list
+/// or a number is refused, even when the list holds the configured issuer).
+pub(crate) fn map_claims(
+    claims: &Map<String, Value>,
+    names: &ClaimNames,
+) -> Result<Claims, String> {
+    let text = |claim: &str| -> Result<Option<String>, String> {
+        match claims.get(claim) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(format!("the token's {claim:?} claim is not a string")),
+        }
+    };
+    Ok(Claims {
+        sub: text("sub")?.ok_or("the token has no \"sub\" claim")?,
+        iss: text("iss")?,
+        email: text(&names.email)?,
+        name: text(&names.name)?,
+        role: text(&names.role)?,
+        nonce: text("nonce")?,
+        org_id: text(&names.org_id)?,
+    })
+}
+
+/// Verifies bearer JWTs: EdDSA, ES256 or RS256 only (a token saying `none`, `HS*` or
+/// anything else is refused before any key is used), each by a key of its own algorithm; a
+/// `crit` header is refused (no JWS extension is understood here), `exp` is required, `nbf`
+/// is checked when present, `iss` (a string) and `aud` are required.
 pub struct JwtVerifier {
-    keys: Vec<VerifyKey>,
+    keys: Keys,
     validation: Validation,
+    claims: ClaimNames,
 }
 
 impl std::fmt::Debug for JwtVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JwtVerifier")
-            .field("keys", &self.keys.iter().map(|k| k.kid.as_deref()).collect::<Vec<_>>())
+            .field("remote", &self.keys.remote().is_some())
             .field("issuer", &self.validation.iss)
             .field("audience", &self.validation.aud)
             .finish()
@@ -88,14 +192,58 @@ impl std::fmt::Debug for JwtVerifier {
 }
 
 impl JwtVerifier {
-    /// Loads the key(s) `config` names.
+    /// Loads the key(s) `config` names from a file or text.
     ///
     /// # Errors
     /// [`ConfigError::Missing`] when the issuer or the audience is not set (and
     /// [`JwtConfig::insecure_no_issuer_audience_check`] does not allow it);
     /// [`ConfigError::ReadKey`] when a file cannot be read; [`ConfigError::InvalidKey`] when
-    /// the PEM is not an Ed25519 public key or the JWKS holds no Ed25519 key.
+    /// the PEM is not an Ed25519 public key or the JWKS holds no usable key;
+    /// [`ConfigError::Invalid`] for keys by URL, which only
+    /// [`AppState::connect`](crate::AppState::connect) fetches.
     pub fn from_config(config: &JwtConfig) -> Result<Self, ConfigError> {
+        let read = |path: &std::path::Path| {
+            fs::read_to_string(path)
+                .map_err(|source| ConfigError::ReadKey { path: path.to_owned(), source })
+        };
+        let keys = match &config.key {
+            JwtKeySource::PemFile(path) => KeySet::from_ed_pem(&read(path)?),
+            JwtKeySource::Pem(pem) => KeySet::from_ed_pem(pem),
+            JwtKeySource::JwksFile(path) => KeySet::from_jwks(&read(path)?),
+            JwtKeySource::Jwks(jwks) => KeySet::from_jwks(jwks),
+            JwtKeySource::JwksUrl(_) => {
+                return Err(ConfigError::Invalid {
+                    setting: "jwt.key",
+                    message: "keys by URL are fetched when the server starts: build its state \
+                              with AppState::connect"
+                        .into(),
+                });
+            }
+        }
+        .map_err(ConfigError::InvalidKey)?;
+        Self::with_keys(config, Keys::Static(keys))
+    }
+
+    /// As [`from_config`](Self::from_config), fetching keys by URL.
+    pub(crate) async fn connect(
+        config: &JwtConfig,
+        client: &reqwest::Client,
+    ) -> Result<Self, ConfigError> {
+        let JwtKeySource::JwksUrl(url) = &config.key else { return Self::from_config(config) };
+        let provider = |message| ConfigError::Provider { setting: "jwt.jwks_url", message };
+        let url = fetch_url(url).map_err(provider)?;
+        let remote = RemoteKeys::fetch_first(
+            url,
+            client.clone(),
+            config.refresh.max_age,
+            config.refresh.min_refresh,
+        )
+        .await
+        .map_err(provider)?;
+        Self::with_keys(config, Keys::Remote(Arc::new(remote)))
+    }
+
+    fn with_keys(config: &JwtConfig, keys: Keys) -> Result<Self, ConfigError> {
         let unchecked: Vec<&'static str> =
             [("jwt.issuer", config.issuer.is_none()), ("jwt.audience", config.audience.is_none())]
                 .into_iter()
@@ -121,107 +269,58 @@ impl JwtVerifier {
                  service is accepted; for tests only"
             );
         }
-        let read = |path: &std::path::Path| {
-            fs::read_to_string(path)
-                .map_err(|source| ConfigError::ReadKey { path: path.to_owned(), source })
-        };
-        let keys = match &config.key {
-            JwtKeySource::PemFile(path) => pem_key(&read(path)?)?,
-            JwtKeySource::Pem(pem) => pem_key(pem)?,
-            JwtKeySource::JwksFile(path) => jwks_keys(&read(path)?)?,
-            JwtKeySource::Jwks(jwks) => jwks_keys(jwks)?,
-        };
-        let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.algorithms = vec![Algorithm::EdDSA];
-        validation.leeway = config.leeway_secs;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        let mut required = vec!["exp", "sub"];
-        match &config.issuer {
-            Some(iss) => {
-                validation.set_issuer(&[iss]);
-                required.push("iss");
-            }
-            None => validation.iss = None,
-        }
-        match &config.audience {
-            Some(aud) => {
-                validation.set_audience(&[aud]);
-                validation.validate_aud = true;
-                required.push("aud");
-            }
-            None => validation.validate_aud = false,
-        }
-        validation.set_required_spec_claims(&required);
-        Ok(Self { keys, validation })
+        let validation = token_validation(
+            config.leeway_secs,
+            config.issuer.as_deref(),
+            config.audience.as_deref(),
+        );
+        Ok(Self { keys, validation, claims: config.claims.clone() })
     }
 
     /// Verifies `token` and returns its claims.
     ///
     /// # Errors
     /// A message saying why the token is refused (never echoing it).
-    pub fn verify(&self, token: &str) -> Result<Claims, String> {
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| format!("malformed token: {e}"))?;
-        if header.alg != Algorithm::EdDSA {
-            return Err(format!("algorithm {:?} is not accepted; only EdDSA", header.alg));
-        }
-        // RFC 7515 §4.1.11: a recipient must refuse a token whose `crit` names an extension it
-        // does not understand; jsonwebtoken ignores `crit`, and this server understands none.
-        if header.crit.is_some() {
-            return Err("the token's header has \"crit\": no JWS extension is accepted".into());
-        }
-        let candidates: Vec<&VerifyKey> = match &header.kid {
-            Some(kid) => self
-                .keys
-                .iter()
-                .filter(|k| k.kid.as_deref() == Some(kid.as_str()) || k.kid.is_none())
-                .collect(),
-            None => self.keys.iter().collect(),
-        };
-        let mut last = String::from("no verification key matches the token's kid");
-        for k in candidates {
-            match jsonwebtoken::decode::<Claims>(token, &k.key, &self.validation) {
-                Ok(data) => return Ok(data.claims),
-                Err(e) => last = format!("invalid token: {e}"),
-            }
-        }
-        Err(last)
+    pub async fn verify(&self, token: &str) -> Result<Claims, String> {
+        let claims = self.keys.verify(token, &self.validation).await?;
+        map_claims(&claims, &self.claims)
+    }
+
+    pub(crate) fn keys(&self) -> &Keys {
+        &self.keys
     }
 }
 
-fn pem_key(pem: &str) -> Result<Vec<VerifyKey>, ConfigError> {
-    let key = DecodingKey::from_ed_pem(pem.as_bytes())
-        .map_err(|e| ConfigError::InvalidKey(format!("not an Ed25519 public key PEM: {e}")))?;
-    Ok(vec![VerifyKey { kid: None, key }])
-}
-
-fn jwks_keys(jwks: &str) -> Result<Vec<VerifyKey>, ConfigError> {
-    let set: Value = serde_json::from_str(jwks)
-        .map_err(|e| ConfigError::InvalidKey(format!("JWKS is not JSON: {e}")))?;
-    let Some(entries) = set.get("keys").and_then(Value::as_array) else {
-        return Err(ConfigError::InvalidKey("JWKS has no \"keys\" array".into()));
-    };
-    let mut keys = Vec::new();
-    for jwk in entries {
-        let field = |name: &str| jwk.get(name).and_then(Value::as_str);
-        let ed25519 = field("kty") == Some("OKP") && field("crv") == Some("Ed25519");
-        let for_signing = field("use").is_none_or(|u| u == "sig");
-        let alg_ok = field("alg").is_none_or(|a| a == "EdDSA" || a == "Ed25519");
-        if !(ed25519 && for_signing && alg_ok) {
-            continue;
+/// The checks of a token: the allowed algorithms, `exp` required, `nbf` when present, and
+/// `iss` / `aud` when given (then required).
+pub(crate) fn token_validation(
+    leeway: u64,
+    issuer: Option<&str>,
+    audience: Option<&str>,
+) -> Validation {
+    let mut validation = Validation::new(Algorithm::EdDSA);
+    validation.algorithms = ALLOWED_ALGORITHMS.to_vec();
+    validation.leeway = leeway;
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    let mut required = vec!["exp", "sub"];
+    match issuer {
+        Some(iss) => {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
         }
-        let Some(x) = field("x") else {
-            return Err(ConfigError::InvalidKey("an Ed25519 JWK has no \"x\"".into()));
-        };
-        let key = DecodingKey::from_ed_components(x)
-            .map_err(|e| ConfigError::InvalidKey(format!("bad Ed25519 JWK: {e}")))?;
-        keys.push(VerifyKey { kid: field("kid").map(str::to_owned), key });
+        None => validation.iss = None,
     }
-    if keys.is_empty() {
-        return Err(ConfigError::InvalidKey("JWKS holds no Ed25519 (OKP) signing key".into()));
+    match audience {
+        Some(aud) => {
+            validation.set_audience(&[aud]);
+            validation.validate_aud = true;
+            required.push("aud");
+        }
+        None => validation.validate_aud = false,
     }
-    Ok(keys)
+    validation.set_required_spec_claims(&required);
+    validation
 }
 
 /// A verified credential.
@@ -230,6 +329,26 @@ pub(crate) enum Credential {
     ApiKey(WriteScope),
     /// A verified JWT.
     Jwt(Claims),
+    /// A sign-in session (cookie), opened from a verified ID token.
+    Session(Claims),
+}
+
+impl Credential {
+    /// The claims of a person (JWT or session); `None` for an API key.
+    fn claims(&self) -> Option<&Claims> {
+        match self {
+            Self::Jwt(c) | Self::Session(c) => Some(c),
+            Self::ApiKey(_) => None,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::ApiKey(_) => "api_key",
+            Self::Jwt(_) => "jwt",
+            Self::Session(_) => "session",
+        }
+    }
 }
 
 /// The TCP peer of a request, when the server knows it ([`serve`](crate::serve) always
@@ -318,24 +437,47 @@ async fn resolve_key(state: &AppState, token: &str) -> Result<WriteScope, ApiErr
     }
 }
 
-fn verify_jwt(state: &AppState, token: &str) -> Result<Claims, ApiError> {
+async fn verify_jwt(state: &AppState, token: &str) -> Result<Claims, ApiError> {
     let Some(verifier) = &state.inner.jwt else {
         return Err(ApiError::unauthorized("this server is configured to accept no JWTs"));
     };
-    verifier.verify(token).map_err(|why| {
+    verifier.verify(token).await.map_err(|why| {
         tracing::debug!(reason = %why, "JWT refused");
         ApiError::unauthorized(why)
     })
 }
 
+/// The session a `kahn_session` cookie names, for a request with no `Authorization`: reads
+/// only (`GET`, `HEAD`), so a page on another site can never make a signed-in browser change
+/// anything.
+fn session_of(state: &AppState, parts: &Parts) -> Option<Result<Claims, ApiError>> {
+    if parts.headers.contains_key(header::AUTHORIZATION) {
+        return None;
+    }
+    let provider = state.inner.oidc.as_deref()?;
+    let cookie = crate::session::cookie(parts, crate::session::SESSION_COOKIE)?;
+    if !matches!(parts.method, Method::GET | Method::HEAD) {
+        return Some(Err(ApiError::unauthorized(
+            "a sign-in session authenticates reads only; send Authorization: Bearer <token>",
+        )));
+    }
+    Some(provider.sessions.claims(cookie).map_err(|why| ApiError::unauthorized(why.message())))
+}
+
 pub(crate) async fn authenticate(state: &AppState, parts: &Parts) -> Result<Credential, ApiError> {
-    let token = bearer(parts)?;
     let peer = Peer::of(parts);
+    if let Some(session) = session_of(state, parts) {
+        admit(state, peer)?;
+        let result = session.map(Credential::Session);
+        count_failure(state, peer, &result);
+        return result;
+    }
+    let token = bearer(parts)?;
     admit(state, peer)?;
     let result = if token.starts_with(API_KEY_PREFIX) {
         resolve_key(state, token).await.map(Credential::ApiKey)
     } else {
-        verify_jwt(state, token).map(Credential::Jwt)
+        verify_jwt(state, token).await.map(Credential::Jwt)
     };
     count_failure(state, peer, &result);
     result
@@ -393,9 +535,9 @@ impl TenantView {
     }
 }
 
-fn jwt_principal(c: &Claims) -> PrincipalView {
+fn person_principal(kind: &str, c: &Claims) -> PrincipalView {
     PrincipalView {
-        kind: "jwt".into(),
+        kind: kind.into(),
         sub: Some(c.sub.clone()),
         email: c.email.clone(),
         name: c.name.clone(),
@@ -487,10 +629,7 @@ impl FromRequestParts<AppState> for ReadAccess {
         let backend = &state.inner.backend;
         let credential = authenticate(state, parts).await?;
         let requested = parts.headers.get(HEADER_TENANT);
-        let claims = match &credential {
-            Credential::Jwt(claims) => Some(claims),
-            Credential::ApiKey(_) => None,
-        };
+        let claims = credential.claims();
         if let Some(requested) = requested {
             let attempt = OverrideAttempt { parts, claims, requested };
             if let Err(e) = single_header(parts, HEADER_TENANT) {
@@ -504,6 +643,7 @@ impl FromRequestParts<AppState> for ReadAccess {
                 );
             }
         }
+        let kind = credential.kind();
         let claims = match credential {
             Credential::ApiKey(write) => {
                 return Ok(Self(TenantView {
@@ -511,9 +651,9 @@ impl FromRequestParts<AppState> for ReadAccess {
                     scope: Some(write.read()),
                 }));
             }
-            Credential::Jwt(claims) => claims,
+            Credential::Jwt(claims) | Credential::Session(claims) => claims,
         };
-        let principal = jwt_principal(&claims);
+        let principal = person_principal(kind, &claims);
         if claims.is_admin()
             && let Some(requested) = requested
         {
@@ -626,8 +766,10 @@ impl FromRequestParts<AppState> for AdminAccess {
             );
         };
         match authenticate(state, parts).await? {
-            Credential::Jwt(claims) if claims.is_admin() => Ok(Self(claims, peer)),
-            Credential::Jwt(claims) => {
+            Credential::Jwt(claims) | Credential::Session(claims) if claims.is_admin() => {
+                Ok(Self(claims, peer))
+            }
+            Credential::Jwt(claims) | Credential::Session(claims) => {
                 refused(Some(&claims));
                 Err(ApiError::forbidden("this route is for role admin"))
             }

@@ -35,20 +35,194 @@ pub const DEFAULT_JWT_LEEWAY_SECS: u64 = 30;
 pub const DEFAULT_AUTH_FAILURES_PER_MINUTE: NonZeroU32 =
     NonZeroU32::new(20).expect("20 is not zero");
 
-/// Where the Ed25519 key(s) verifying JWTs come from.
+/// Where the key(s) verifying JWTs come from.
+///
+/// A JWKS may hold EdDSA (`OKP`/`Ed25519`), ES256 (`EC`/`P-256`) and RS256 (`RSA`, at least
+/// 2048 bits) signing keys; each verifies only tokens of its own algorithm, chosen by `kid`.
+/// Other keys (HMAC secrets, other curves and algorithms, encryption keys) are passed over.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JwtKeySource {
     /// A PEM file holding one Ed25519 public key (`-----BEGIN PUBLIC KEY-----`).
     PemFile(PathBuf),
-    /// A JWKS file (`{"keys": [...]}`); its `OKP`/`Ed25519` keys are used, chosen by `kid`.
+    /// A JWKS file (`{"keys": [...]}`).
     JwksFile(PathBuf),
     /// PEM text, as [`PemFile`](Self::PemFile) holds.
     Pem(String),
     /// JWKS text, as [`JwksFile`](Self::JwksFile) holds.
     Jwks(String),
+    /// A JWKS fetched from this URL (`https`, or `http` on loopback only): at start (a
+    /// failure stops the start, see [`AppState::connect`](crate::AppState::connect)), every
+    /// [`KeyRefresh::max_age`], and when a token names a `kid` the set does not hold (at most
+    /// once per [`KeyRefresh::min_refresh`]). A failed refresh keeps the last good keys and
+    /// says so in `/readyz`.
+    JwksUrl(String),
 }
 
-/// How JWTs are verified. Only EdDSA (Ed25519) signatures are accepted; `exp` is required.
+/// When keys fetched by URL are fetched again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyRefresh {
+    /// Scheduled refresh interval (default 10 minutes).
+    pub max_age: Duration,
+    /// Shortest interval between two fetches caused by tokens naming an unknown `kid`
+    /// (default 5 seconds).
+    pub min_refresh: Duration,
+}
+
+impl Default for KeyRefresh {
+    fn default() -> Self {
+        Self {
+            max_age: crate::jwks::DEFAULT_KEYS_MAX_AGE,
+            min_refresh: crate::jwks::DEFAULT_KEYS_MIN_REFRESH,
+        }
+    }
+}
+
+/// Which claim of a verified token fills each field of [`Claims`](crate::Claims) besides
+/// `sub` and `iss`: by default each field's own name (`org_id`, `role`, `email`, `name`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimNames {
+    /// The organisation claim (default `org_id`).
+    pub org_id: String,
+    /// The role claim (default `role`); its value `admin` makes an administrator.
+    pub role: String,
+    /// The email claim (default `email`).
+    pub email: String,
+    /// The display-name claim (default `name`).
+    pub name: String,
+}
+
+impl Default for ClaimNames {
+    fn default() -> Self {
+        Self {
+            org_id: "org_id".into(),
+            role: "role".into(),
+            email: "email".into(),
+            name: "name".into(),
+        }
+    }
+}
+
+impl ClaimNames {
+    /// Sets the claim read for `field` (`org_id`, `role`, `email` or `name`).
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for another field or an empty claim name.
+    pub fn set(&mut self, field: &str, claim: &str) -> Result<(), ConfigError> {
+        if claim.is_empty() {
+            return Err(ConfigError::Invalid {
+                setting: "oidc.claims",
+                message: format!("the claim for {field} is empty"),
+            });
+        }
+        let slot = match field {
+            "org_id" => &mut self.org_id,
+            "role" => &mut self.role,
+            "email" => &mut self.email,
+            "name" => &mut self.name,
+            other => {
+                return Err(ConfigError::Invalid {
+                    setting: "oidc.claims",
+                    message: format!(
+                        "{other:?} is not a mapped field (org_id, role, email or name; sub is \
+                         always sub)"
+                    ),
+                });
+            }
+        };
+        claim.clone_into(slot);
+        Ok(())
+    }
+}
+
+/// A secret that never prints (its `Debug` is `"***"`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps `secret`.
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Default lifetime of a sign-in session: 8 hours.
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
+
+/// Sign-in for people with an OpenID Connect provider (authorization code flow with PKCE).
+///
+/// At start the provider's `/.well-known/openid-configuration` is read (its `issuer` must be
+/// exactly [`issuer`](Self::issuer)) and its `jwks_uri` fetched; either failing stops the
+/// start. `GET /auth/login` sends the browser to the provider; `/auth/callback` exchanges the
+/// code, verifies the ID token (signature by the provider's keys, `iss`, `aud` = the client
+/// id, `exp`, and the `nonce` this server issued, once) and opens a session: an `HttpOnly`,
+/// `SameSite=Lax` cookie (`Secure` unless the public URL is loopback `http`) naming a session
+/// this server holds, signed, expiring after [`session_ttl`](Self::session_ttl) and ended by
+/// `POST /auth/logout`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OidcConfig {
+    /// The provider's issuer URL (`https`, or `http` on loopback).
+    pub issuer: String,
+    /// This server's client id at the provider (the ID token's audience).
+    pub client_id: String,
+    /// The client secret (`client_secret_basic`); `None`: a public client (PKCE only).
+    pub client_secret: Option<Secret>,
+    /// Shown as "Sign in with <name>"; `None`: the issuer's host.
+    pub provider_name: Option<String>,
+    /// The URL people reach this server at (scheme, host, port; no path): the redirect URI
+    /// is `<public_url>/auth/callback`. `https`, or `http` on loopback.
+    pub public_url: String,
+    /// How long a session lasts from sign-in.
+    pub session_ttl: Duration,
+    /// Which ID-token claims fill the caller's org, role, email and name.
+    pub claims: ClaimNames,
+}
+
+impl OidcConfig {
+    /// Sign-in with the provider at `issuer` as client `client_id`, for a server reached at
+    /// `public_url`; a public client with the default session lifetime and claim names.
+    pub fn new(
+        issuer: impl Into<String>,
+        client_id: impl Into<String>,
+        public_url: impl Into<String>,
+    ) -> Self {
+        Self {
+            issuer: issuer.into(),
+            client_id: client_id.into(),
+            client_secret: None,
+            provider_name: None,
+            public_url: public_url.into(),
+            session_ttl: DEFAULT_SESSION_TTL,
+            claims: ClaimNames::default(),
+        }
+    }
+
+    /// Sets the client secret.
+    #[must_use]
+    pub fn with_client_secret(mut self, secret: Secret) -> Self {
+        self.client_secret = Some(secret);
+        self
+    }
+
+    /// Sets the session lifetime.
+    #[must_use]
+    pub fn with_session_ttl(mut self, ttl: Duration) -> Self {
+        self.session_ttl = ttl;
+        self
+    }
+}
+
+/// How JWTs are verified: EdDSA, ES256 or RS256 signatures only (never `none` or HMAC), each
+/// by a key of its own algorithm; `exp` is required.
 ///
 /// An issuer and an audience are required: without them, any token the key ever signed for
 /// another service would be accepted here. [`AppState::new`](crate::AppState::new) refuses a
@@ -66,6 +240,10 @@ pub struct JwtConfig {
     pub audience: Option<String>,
     /// Clock-skew leeway for `exp` and `nbf`, in seconds.
     pub leeway_secs: u64,
+    /// When keys fetched by URL ([`JwtKeySource::JwksUrl`]) are fetched again.
+    pub refresh: KeyRefresh,
+    /// Which claims fill the caller's org, role, email and name.
+    pub claims: ClaimNames,
     /// Accept a missing [`issuer`](Self::issuer) or [`audience`](Self::audience): the
     /// unchecked one is then not verified at all, and a warning is logged at startup. For
     /// tests and local experiments only.
@@ -82,6 +260,8 @@ impl JwtConfig {
             issuer: None,
             audience: None,
             leeway_secs: DEFAULT_JWT_LEEWAY_SECS,
+            refresh: KeyRefresh::default(),
+            claims: ClaimNames::default(),
             insecure_no_issuer_audience_check: false,
         }
     }
@@ -114,6 +294,13 @@ impl JwtConfig {
 pub struct ServerConfig {
     /// JWT verification; `None` refuses every JWT (API keys still work).
     pub jwt: Option<JwtConfig>,
+    /// Sign-in for people with an OpenID Connect provider; `None`: no `/auth/login`.
+    pub oidc: Option<OidcConfig>,
+    /// When the provider's keys are fetched again.
+    pub oidc_refresh: KeyRefresh,
+    /// Origins (`scheme://host[:port]`) whose pages may call this API from a browser (CORS),
+    /// credentials included. Empty (the default): no cross-origin access at all.
+    pub cors_origins: Vec<String>,
     /// Ingest allowance per second per tenant, in cost units (also the burst size). A request
     /// costs one unit per started 100 runs or 10,000 transitions, whichever is more, and at
     /// least one: an ordinary push chunk is one unit.
@@ -163,6 +350,9 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             jwt: None,
+            oidc: None,
+            oidc_refresh: KeyRefresh::default(),
+            cors_origins: Vec::new(),
             ingest_rate: DEFAULT_INGEST_RATE,
             tenant_ingest_rates: HashMap::new(),
             body_limit: DEFAULT_BODY_LIMIT,
@@ -184,6 +374,20 @@ impl ServerConfig {
     #[must_use]
     pub fn with_jwt(mut self, jwt: JwtConfig) -> Self {
         self.jwt = Some(jwt);
+        self
+    }
+
+    /// Sets sign-in with an OpenID Connect provider.
+    #[must_use]
+    pub fn with_oidc(mut self, oidc: OidcConfig) -> Self {
+        self.oidc = Some(oidc);
+        self
+    }
+
+    /// Allows a browser page from `origin` (`scheme://host[:port]`) to call the API.
+    #[must_use]
+    pub fn with_cors_origin(mut self, origin: impl Into<String>) -> Self {
+        self.cors_origins.push(origin.into());
         self
     }
 
@@ -295,6 +499,15 @@ pub enum ConfigError {
         /// Which.
         setting: &'static str,
         /// Why.
+        message: String,
+    },
+    /// The identity provider or a key URL could not be used at start: unreachable, not
+    /// answering 200, or a malformed discovery document or JWKS.
+    #[error("{setting}: {message}")]
+    Provider {
+        /// Which setting names it (`oidc.issuer`, `jwt.jwks_url`).
+        setting: &'static str,
+        /// What went wrong.
         message: String,
     },
     /// A setting that must be given is missing (`jwt.issuer`, `jwt.audience`).

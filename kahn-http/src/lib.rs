@@ -29,14 +29,18 @@ mod auth;
 mod auth_limit;
 mod client;
 mod config;
+mod cors;
 mod error;
 mod ingest;
+mod jwks;
 mod metrics;
+mod oidc;
 mod openapi;
 mod queue;
 mod ratelimit;
 mod reads;
 mod server;
+mod session;
 mod state;
 mod viewer;
 pub mod wire;
@@ -44,11 +48,11 @@ pub mod wire;
 pub use auth::{Claims, JwtVerifier};
 pub use client::{HttpBackend, install_crypto_provider};
 pub use config::{
-    ConfigError, DEFAULT_AUTH_FAILURES_PER_MINUTE, DEFAULT_BODY_LIMIT, DEFAULT_BODY_TIMEOUT,
-    DEFAULT_HEADER_TIMEOUT, DEFAULT_INGEST_RATE, DEFAULT_INGEST_SLOTS, DEFAULT_JWT_LEEWAY_SECS,
-    DEFAULT_MAX_INGESTS_IN_FLIGHT_PER_TENANT, DEFAULT_MAX_REQUESTS_IN_FLIGHT,
-    DEFAULT_MAX_RUNS_PER_REQUEST, DEFAULT_RETENTION_INTERVAL, JwtConfig, JwtKeySource,
-    ServerConfig,
+    ClaimNames, ConfigError, DEFAULT_AUTH_FAILURES_PER_MINUTE, DEFAULT_BODY_LIMIT,
+    DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_INGEST_RATE, DEFAULT_INGEST_SLOTS,
+    DEFAULT_JWT_LEEWAY_SECS, DEFAULT_MAX_INGESTS_IN_FLIGHT_PER_TENANT,
+    DEFAULT_MAX_REQUESTS_IN_FLIGHT, DEFAULT_MAX_RUNS_PER_REQUEST, DEFAULT_RETENTION_INTERVAL,
+    DEFAULT_SESSION_TTL, JwtConfig, JwtKeySource, KeyRefresh, OidcConfig, Secret, ServerConfig,
 };
 pub use error::ApiError;
 pub use openapi::openapi_document;

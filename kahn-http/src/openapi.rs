@@ -37,6 +37,7 @@ impl Modify for BearerAuth {
         crate::reads::readyz,
         crate::reads::metrics,
         crate::reads::openapi,
+        crate::oidc::config,
     ),
     components(schemas(
         wire::ErrorBody,
@@ -52,6 +53,8 @@ impl Modify for BearerAuth {
         wire::TenantView,
         wire::TenantsList,
         wire::Health,
+        crate::oidc::AuthConfig,
+        crate::oidc::OidcView,
     )),
     modifiers(&BearerAuth),
 )]

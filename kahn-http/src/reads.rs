@@ -332,7 +332,7 @@ pub(crate) async fn admin_tenants(
 #[utoipa::path(get, path = "/healthz", tag = "ops",
     responses((status = 200, description = "Alive", body = Health)))]
 pub(crate) async fn healthz() -> Json<Health> {
-    Json(Health { status: "ok".into() })
+    Json(Health { status: "ok".into(), warnings: Vec::new() })
 }
 
 /// Readiness: the backend is reachable.
@@ -341,7 +341,10 @@ pub(crate) async fn healthz() -> Json<Health> {
         (status = 503, description = "The backend is unreachable; see `Retry-After`", body = ErrorBody)))]
 pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     match state.inner.backend.ping().await {
-        Ok(()) => Ok(Json(Health { status: "ok".into() })),
+        Ok(()) => {
+            let warnings = state.remote_keys().iter().filter_map(|k| k.problem()).collect();
+            Ok(Json(Health { status: "ok".into(), warnings }))
+        }
         Err(e) => {
             tracing::warn!(error = %e.chain(), "readiness check failed");
             Err(ApiError::service_unavailable(crate::error::DEFAULT_RETRY_AFTER))

@@ -20,17 +20,22 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{ingest, metrics, ratelimit, reads, viewer};
+use crate::{ingest, metrics, oidc, ratelimit, reads, viewer};
 
 /// The KAHN API as an [`axum::Router`], ready to serve or to nest in another service.
 ///
 /// Routes: `POST /v1/ingest/transitions`, `GET /v1/runs`, `GET /v1/runs/{run_id}`,
 /// `GET /v1/runs/{run_id}/transitions`, `GET /v1/whoami`, `GET /api/admin/tenants`,
-/// `GET /healthz`, `/readyz`, `/metrics`, `/openapi.json`, and the read-only history viewer
+/// `GET /healthz`, `/readyz`, `/metrics`, `/openapi.json`, sign-in (`GET /auth/config`,
+/// `/auth/login`, `/auth/callback`, `POST /auth/logout`), and the read-only history viewer
 /// at `GET /` with its assets under `GET /viewer/{file}`. Unknown paths and methods answer
-/// JSON errors too.
+/// JSON errors too. With [`ServerConfig::cors_origins`](crate::ServerConfig::cors_origins)
+/// set, those origins' pages may call it (credentials included); with none, no CORS header
+/// is ever sent.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    // Checked by AppState's constructors: an origin list that does not parse never gets here.
+    let cors = crate::cors::layer(&state.inner.config.cors_origins).ok().flatten();
+    let router = Router::new()
         .route("/v1/ingest/transitions", post(ingest::ingest))
         .route("/v1/runs", get(reads::list_runs))
         .route("/v1/runs/{run_id}", get(reads::get_run))
@@ -41,6 +46,10 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(reads::readyz))
         .route("/metrics", get(reads::metrics))
         .route("/openapi.json", get(reads::openapi))
+        .route("/auth/config", get(oidc::config))
+        .route("/auth/login", get(oidc::login))
+        .route("/auth/callback", get(oidc::callback))
+        .route("/auth/logout", post(oidc::logout))
         .route("/", get(viewer::index))
         .route("/viewer/{file}", get(viewer::asset))
         .fallback(|uri: Uri| async move { ApiError::no_route(uri.path()).into_response() })
@@ -48,7 +57,39 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), ratelimit::limit_in_flight))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .with_state(state);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// Spawns the refresh of every key set fetched by URL: each every `max_age` of its own (a
+/// failure keeps the keys held and shows in `/readyz`). Stops when `stop` changes or its
+/// sender drops.
+fn spawn_key_refresh(
+    state: &AppState,
+    stop: &watch::Receiver<()>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    state
+        .remote_keys()
+        .into_iter()
+        .map(|keys| {
+            let mut stop = stop.clone();
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(keys.max_age);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                ticker.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        _ = ticker.tick() => {}
+                    }
+                    keys.refresh(Duration::ZERO).await;
+                }
+            })
+        })
+        .collect()
 }
 
 /// Spawns the retention task: every `interval` (first at once), a purge at the store's own
@@ -128,6 +169,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(());
+    let refreshers = spawn_key_refresh(&state, &stop_rx);
     let retention = state
         .inner
         .config
@@ -179,6 +221,11 @@ pub async fn serve(
     drop(listener);
     graceful.shutdown().await;
     drop(stop_tx);
+    for task in refreshers {
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "key refresh task ended abnormally");
+        }
+    }
     if let Some(task) = retention
         && let Err(e) = task.await
     {

@@ -9,6 +9,7 @@ use crate::auth::JwtVerifier;
 use crate::auth_limit::AuthFailures;
 use crate::config::{ConfigError, ServerConfig};
 use crate::metrics::Metrics;
+use crate::oidc::Provider;
 use crate::queue::RunQueue;
 use crate::ratelimit::IngestLimits;
 
@@ -23,6 +24,8 @@ pub(crate) struct Inner {
     pub(crate) backend: Arc<dyn StorageBackend>,
     pub(crate) config: ServerConfig,
     pub(crate) jwt: Option<JwtVerifier>,
+    /// Sign-in with an identity provider, and its sessions.
+    pub(crate) oidc: Option<Box<Provider>>,
     pub(crate) limits: IngestLimits,
     pub(crate) metrics: Metrics,
     /// Permits for the requests served at once (`max_requests_in_flight`).
@@ -44,16 +47,59 @@ impl fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// State serving `backend` under `config`; loads the JWT key(s) the config names.
+    /// State serving `backend` under `config`; loads the JWT key(s) the config names from
+    /// files or text. A config that fetches anything over the network (keys by URL, an
+    /// identity provider) needs [`connect`](Self::connect).
     ///
     /// # Errors
-    /// [`ConfigError`] when a key file cannot be read or holds no Ed25519 key, a JWT key
-    /// comes without an issuer or an audience, or a setting is out of range (a zero body
-    /// limit).
+    /// [`ConfigError`] when a key file cannot be read or holds no usable key, a JWT key
+    /// comes without an issuer or an audience, a setting is out of range (a zero body
+    /// limit), or the config needs [`connect`](Self::connect).
     pub fn new(
         backend: Arc<dyn StorageBackend>,
         config: ServerConfig,
     ) -> Result<Self, ConfigError> {
+        if config.oidc.is_some() {
+            return Err(ConfigError::Invalid {
+                setting: "oidc",
+                message: "sign-in with an identity provider reads the provider when the server \
+                          starts: build its state with AppState::connect"
+                    .into(),
+            });
+        }
+        Self::check(&config)?;
+        let jwt = config.jwt.as_ref().map(JwtVerifier::from_config).transpose()?;
+        Self::assemble(backend, config, jwt, None)
+    }
+
+    /// State serving `backend` under `config`, reading what it names over the network first:
+    /// JWT keys by URL, and the identity provider's discovery document and keys. Whatever
+    /// cannot be read stops the start here, with a message naming the setting and why.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new), and [`ConfigError::Provider`] when the provider or a key URL is
+    /// unreachable, answers other than 200, or serves a malformed document.
+    pub async fn connect(
+        backend: Arc<dyn StorageBackend>,
+        config: ServerConfig,
+    ) -> Result<Self, ConfigError> {
+        Self::check(&config)?;
+        let http = crate::jwks::http_client()
+            .map_err(|message| ConfigError::Invalid { setting: "http_client", message })?;
+        let jwt = match &config.jwt {
+            Some(jwt) => Some(JwtVerifier::connect(jwt, &http).await?),
+            None => None,
+        };
+        let oidc = match &config.oidc {
+            Some(oidc) => {
+                Some(Box::new(Provider::discover(oidc, config.oidc_refresh, &http).await?))
+            }
+            None => None,
+        };
+        Self::assemble(backend, config, jwt, oidc)
+    }
+
+    fn check(config: &ServerConfig) -> Result<(), ConfigError> {
         if config.body_limit == 0 {
             return Err(ConfigError::Invalid {
                 setting: "body_limit",
@@ -86,7 +132,16 @@ impl AppState {
                 });
             }
         }
-        let jwt = config.jwt.as_ref().map(JwtVerifier::from_config).transpose()?;
+        crate::cors::layer(&config.cors_origins)?;
+        Ok(())
+    }
+
+    fn assemble(
+        backend: Arc<dyn StorageBackend>,
+        config: ServerConfig,
+        jwt: Option<JwtVerifier>,
+        oidc: Option<Box<Provider>>,
+    ) -> Result<Self, ConfigError> {
         let limits = IngestLimits::new(
             config.ingest_rate,
             &config.tenant_ingest_rates,
@@ -102,6 +157,7 @@ impl AppState {
                 backend,
                 config,
                 jwt,
+                oidc,
                 limits,
                 metrics,
                 in_flight,
@@ -120,5 +176,17 @@ impl AppState {
     /// The configuration.
     pub fn config(&self) -> &ServerConfig {
         &self.inner.config
+    }
+
+    /// The name of the identity provider people sign in with, when one is configured.
+    pub fn oidc_provider_name(&self) -> Option<&str> {
+        self.inner.oidc.as_deref().map(Provider::name)
+    }
+
+    /// Every key set fetched by URL (bearer JWTs', the identity provider's).
+    pub(crate) fn remote_keys(&self) -> Vec<Arc<crate::jwks::RemoteKeys>> {
+        let jwt = self.inner.jwt.as_ref().and_then(|j| j.keys().remote());
+        let oidc = self.inner.oidc.as_deref().and_then(|p| p.keys().remote());
+        jwt.into_iter().chain(oidc).cloned().collect()
     }
 }

@@ -398,7 +398,8 @@ impl From<IngestReport> for AppendReport {
 /// Who is calling, as the server authenticated them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PrincipalView {
-    /// `api_key` or `jwt`.
+    /// `api_key`, `jwt` (a bearer token) or `session` (signed in with the identity provider;
+    /// the claims are the ID token's).
     pub kind: String,
     /// JWT `sub`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -498,4 +499,8 @@ pub struct TenantsList {
 pub struct Health {
     /// `ok`.
     pub status: String,
+    /// What is degraded without making the server unready: keys fetched by URL that could
+    /// not be refreshed (the last good keys stay in use). Absent when nothing is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }

@@ -1301,6 +1301,7 @@ async fn openapi_document_validates_and_covers_every_route() {
         ("/readyz", "get", &["200", "503"][..]),
         ("/metrics", "get", &["200"][..]),
         ("/openapi.json", "get", &["200"][..]),
+        ("/auth/config", "get", &["200"][..]),
     ];
     assert_eq!(paths.len(), want.len(), "{:?}", paths.keys().collect::<Vec<_>>());
     for (path, method, codes) in want {

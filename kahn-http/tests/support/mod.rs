@@ -138,7 +138,7 @@ impl TestServer {
         config: ServerConfig,
     ) -> Self {
         kahn_http::install_crypto_provider();
-        let state = AppState::new(backend.clone(), config).expect("valid config");
+        let state = AppState::connect(backend.clone(), config).await.expect("valid config");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel::<()>();
