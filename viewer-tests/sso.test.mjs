@@ -510,6 +510,12 @@ describe('KAHN single sign-on through a real OpenID provider', () => {
     await page.getByTestId('sso-signin').waitFor({ timeout: WAIT });
     assert.equal(await page.locator('.problem').count(), 0);
     await shot(page, '07-signed-out');
+    // The old value planted back in the browser: the server refuses it, and the page says so.
+    await page.context().addCookies([{ name: 'kahn_session', value: old, url: servers.main.url, httpOnly: true, sameSite: 'Lax' }]);
+    await page.reload();
+    await page.locator('[data-empty="signed-out"] .problem').waitFor({ timeout: WAIT });
+    assert.match(await text(page, '.problem'), /^Signed out: .*session/);
+    assert.equal(await page.locator('#identity [data-testid="tenant-source"]').count(), 0, 'nothing read');
     assertNoProblems(page);
     await page.context().close();
   });
@@ -638,8 +644,10 @@ describe('KAHN single sign-on through a real OpenID provider', () => {
     const expired = await whoamiWith(cookie, servers.ttl.url);
     assert.equal(expired.status, 401);
     assert.match((await expired.json()).message, /session expired/i);
+    // The browser dropped the cookie with the session (its Max-Age): the page remembers this
+    // tab was signed in, and says why it no longer is.
     await page.reload();
-    await page.locator('[data-empty="signed-out"]').waitFor({ timeout: WAIT });
+    await page.locator('[data-empty="signed-out"] .problem').waitFor({ timeout: WAIT });
     assert.match(await text(page, '.problem'), /session expired/i);
     assert.ok(await page.getByTestId('sso-signin').isVisible());
     await shot(page, '12-session-expired');

@@ -11,6 +11,7 @@ import { verifyChain } from './verify.js';
 const TOKEN_KEY = 'kahn.viewer.token';
 const TENANT_KEY = 'kahn.viewer.tenant';
 const RETURN_KEY = 'kahn.viewer.return';
+const SSO_KEY = 'kahn.viewer.sso';
 const REFRESH_MS = 5000;
 const PAGE_SIZE = 25;
 const TRANSITION_PAGE = 1000;
@@ -42,6 +43,9 @@ const store = {
   /** The view (`#/runs/…`) to come back to after the identity provider's sign-in. */
   returnTo: () => sessionStorage.getItem(RETURN_KEY),
   setReturnTo: (h) => (h ? sessionStorage.setItem(RETURN_KEY, h) : sessionStorage.removeItem(RETURN_KEY)),
+  /** This tab was signed in by a session (and did not sign out): a 401 now means it ended. */
+  wasSession: () => sessionStorage.getItem(SSO_KEY) === '1',
+  setWasSession: (v) => (v ? sessionStorage.setItem(SSO_KEY, '1') : sessionStorage.removeItem(SSO_KEY)),
 };
 
 /** An administrator: role admin, signed in with a JWT or through the identity provider. */
@@ -49,9 +53,19 @@ function isAdminPrincipal(p) {
   return Boolean(p) && (p.kind === 'jwt' || p.kind === 'session') && p.role === 'admin';
 }
 
-/** The server's words for a session that outlived its lifetime. */
-const isSessionExpiry = (err) => err instanceof ApiError && err.kind === 'unauthorized'
-  && /session expired/i.test(err.message);
+/**
+ * What the sign-in page says after a 401 with no pasted credential: the server's words when
+ * it refused a session cookie (expired, or not known after a restart); when the browser sent
+ * none although this tab was signed in, the cookie's lifetime (the session's) ran out — or
+ * another tab signed out. A first visit says nothing.
+ */
+function sessionEnded(err) {
+  const was = store.wasSession();
+  store.setWasSession(false);
+  if (/session/i.test(err.message)) return `Signed out: ${err.message}.`;
+  if (was) return 'Signed out: your session expired (or you signed out in another tab); sign in again.';
+  return undefined;
+}
 
 const SOURCE_TEXT = {
   api_key: 'from the API key',
@@ -132,11 +146,7 @@ function showError(err) {
     const session = Boolean(app.api && app.api.session);
     store.setToken(null);
     app.tenants = null;
-    if (session) {
-      return renderSignIn(isSessionExpiry(err)
-        ? `Your session expired: ${err.message}. Sign in again.`
-        : `The server ended this session: ${err.message}`);
-    }
+    if (session) return renderSignIn(sessionEnded(err));
     return renderSignIn(`The server refused this credential: ${err.message}`);
   }
   mount(main, emptyState('error', 'The server answered with an error',
@@ -202,6 +212,7 @@ async function signOut() {
   app.generation += 1;
   stopTimer();
   let problem;
+  store.setWasSession(false);
   if (session) {
     // The server revokes the session and clears its cookie; only then is it over.
     try {
@@ -942,12 +953,11 @@ async function render() {
       return;
     }
     if (!token && e instanceof ApiError && e.kind === 'unauthorized') {
-      // No session (or no longer one): the sign-in page, saying why only when the session
-      // expired — a first visit is not a problem.
+      // No session (or no longer one): the sign-in page, saying why when one ended.
       app.who = null;
       app.tenants = null;
       store.setTenant(null);
-      renderSignIn(isSessionExpiry(e) ? `Your session expired: ${e.message}. Sign in again.` : undefined);
+      renderSignIn(sessionEnded(e));
       return;
     }
     app.who = null;
@@ -957,6 +967,7 @@ async function render() {
     return;
   }
   if (gen !== app.generation) return;
+  if (app.api.session) store.setWasSession(true);
   const back = app.api.session ? store.returnTo() : null;
   if (back) {
     // Back from the identity provider: the view the sign-in started from.
