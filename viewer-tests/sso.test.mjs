@@ -268,13 +268,13 @@ async function atProvider(page, login) {
  * Signs `login` in on the kahn server `base` through the viewer's "Sign in with" link and the
  * provider's pages; answers the callback URL the browser was sent to (code and state).
  */
-async function ssoSignIn(page, login, base = servers.main.url) {
+async function ssoSignIn(page, login, base = servers.main.url, start = '/') {
   let callback = null;
   const onRequest = (r) => {
     if (r.isNavigationRequest() && r.url().startsWith(`${base}/auth/callback`)) callback = r.url();
   };
   page.on('request', onRequest);
-  await page.goto(`${base}/`);
+  await page.goto(`${base}${start}`);
   const link = page.getByTestId('sso-signin');
   await link.waitFor({ timeout: WAIT });
   await link.click();
@@ -408,7 +408,11 @@ describe('KAHN single sign-on through a real OpenID provider', () => {
     await page.waitForURL((u) => u.href.startsWith(provider.issuer), { timeout: WAIT });
     await page.locator('input[name="login"]').waitFor({ timeout: WAIT });
     await shot(page, '02-provider-login-page');
+    const back = page.waitForResponse((r) => r.url().startsWith(`${servers.main.url}/auth/callback`), { timeout: WAIT });
     await atProvider(page, 'alice');
+    const callback = await back;
+    assert.equal(callback.status(), 303, 'the callback answers 303');
+    assert.equal(callback.headers().location, '/', '… to the viewer');
     await page.locator('tr[data-run="alice-run-1"]').waitFor({ timeout: WAIT });
     assert.equal(new URL(page.url()).origin, servers.main.url);
     assert.equal(await text(page, '[data-testid="who"]'), 'Alice Member');
@@ -424,6 +428,7 @@ describe('KAHN single sign-on through a real OpenID provider', () => {
     assert.ok(cookie.httpOnly, 'HttpOnly');
     assert.equal(cookie.sameSite, 'Lax');
     assert.equal(cookie.path, '/');
+    assert.equal(cookie.secure, false, 'no Secure flag on a loopback http server');
     assert.equal(await page.evaluate(() => sessionStorage.getItem('kahn.viewer.token')), null, 'nothing kept in storage');
     assert.equal(await page.evaluate(() => document.cookie), '', 'the session is not readable by script');
     const who = await (await whoamiWith(cookie.value)).json();
@@ -439,7 +444,17 @@ describe('KAHN single sign-on through a real OpenID provider', () => {
 
   test('(b) bob, of organisation acme, lands on the org tenant', async () => {
     const page = await newPage();
-    await ssoSignIn(page, 'bob');
+    // Opened at a run: after the provider's pages, the viewer comes back to that run.
+    await ssoSignIn(page, 'bob', servers.main.url, '/#/runs/acme-build-7');
+    await page.waitForSelector('[data-testid="verify"][data-verified="true"]', { timeout: WAIT });
+    assert.match(page.url(), /#\/runs\/acme-build-7$/);
+    assert.equal(await text(page, 'main h1'), 'acme-build-7');
+    const who = await (await whoamiWith((await sessionCookie(page)).value)).json();
+    assert.deepEqual(who.principal, {
+      kind: 'session', sub: 'bob', email: 'bob@acme.example.test', name: 'Bob Builder', role: 'member', org_id: 'acme',
+    });
+    assert.equal(who.tenant_source, 'org');
+    await page.goto(`${servers.main.url}/#/`);
     await page.locator('tr[data-run="acme-build-7"]').waitFor({ timeout: WAIT });
     assert.equal(await text(page, '[data-testid="who"]'), 'Bob Builder');
     assert.match(await text(page, '[data-testid="tenant"]'), /^acme-team\s*$/);
