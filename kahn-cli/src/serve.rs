@@ -146,8 +146,8 @@ struct FileConfig {
     #[serde(default)]
     oidc_claims: std::collections::BTreeMap<String, String>,
     public_url: Option<String>,
-    /// Seconds.
-    session_ttl_secs: Option<u64>,
+    /// Seconds, or a duration with units ("8h").
+    session_ttl: Option<TtlSetting>,
     #[serde(default)]
     cors_origins: Vec<String>,
     jwt_issuer: Option<String>,
@@ -166,6 +166,14 @@ struct FileConfig {
     auth_failures_per_minute: Option<NonZeroU32>,
     #[serde(default)]
     no_personal_tenants: bool,
+}
+
+/// `session_ttl` in the config file: whole seconds or text such as `"8h"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum TtlSetting {
+    Secs(u64),
+    Text(String),
 }
 
 /// `TENANT_ID=RATE`, for `--tenant-ingest-rate`.
@@ -232,7 +240,18 @@ impl ServeArgs {
             }
         }
         self.public_url = self.public_url.or(file.public_url);
-        self.session_ttl = self.session_ttl.or(file.session_ttl_secs.map(Duration::from_secs));
+        if self.session_ttl.is_none()
+            && let Some(ttl) = file.session_ttl
+        {
+            let text = match ttl {
+                TtlSetting::Secs(secs) => secs.to_string(),
+                TtlSetting::Text(text) => text,
+            };
+            self.session_ttl = Some(
+                parse_duration(&text)
+                    .map_err(|e| usage(format!("config {}: session_ttl: {e}", path.display())))?,
+            );
+        }
         if self.cors_origins.is_empty() {
             self.cors_origins = file.cors_origins;
         }
@@ -479,6 +498,23 @@ mod tests {
         let rates = args.resolve().ok().unwrap().server_config().ok().unwrap().tenant_ingest_rates;
         assert_eq!(rates.get(&t).map(|r| r.get()), Some(3), "from the file");
         assert_eq!(rates.get(&u).map(|r| r.get()), Some(9), "the flag wins");
+        std::fs::write(
+            &file,
+            "oidc_issuer = \"https://idp.example\"\noidc_client_id = \"kahn\"\n\
+             session_ttl = \"30m\"\ncors_origins = [\"https://kahn.host\"]\n\
+             [oidc_claims]\norg_id = \"tenant\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs { config: Some(file.clone()), ..ServeArgs::default() };
+        let resolved = args.resolve().ok().unwrap();
+        let oidc = resolved.oidc_config("127.0.0.1:8080").ok().flatten().unwrap();
+        assert_eq!(oidc.session_ttl, Duration::from_secs(1800));
+        assert_eq!(oidc.claims.org_id, "tenant");
+        assert_eq!(oidc.public_url, "http://127.0.0.1:8080");
+        assert_eq!(resolved.server_config().ok().unwrap().cors_origins, ["https://kahn.host"]);
+        std::fs::write(&file, "session_ttl = 3600\n").unwrap();
+        let resolved = ServeArgs { config: Some(file.clone()), ..ServeArgs::default() }.resolve();
+        assert_eq!(resolved.ok().unwrap().session_ttl, Some(Duration::from_secs(3600)));
         std::fs::write(&file, "colour = \"red\"\n").unwrap();
         let bad = ServeArgs { config: Some(file), ..ServeArgs::default() }.resolve();
         assert!(bad.is_err_and(|f| f.code == 2 && f.message.contains("colour")));
