@@ -16,6 +16,8 @@
 // Clients:
 //   kahn   the server under test: client_secret_basic with the secret in --kahn-secret-file
 //          (none given: a public client, PKCE only), ID tokens signed with --id-token-alg
+//   kahn-public  the same redirect URIs as kahn, a public client (no secret: PKCE only), ID
+//          tokens signed ES256
 //   other  a second confidential client (secret `other-secret`), for the tests that need a
 //          token issued to another audience
 // PKCE (S256) is required of every client.
@@ -125,6 +127,13 @@ export async function startProvider(opts) {
   };
   const provider = new Provider(issuer, {
     clients: [kahnClient, {
+      client_id: 'kahn-public',
+      redirect_uris: opts.redirectUris,
+      grant_types: ['authorization_code'],
+      response_types: ['code'],
+      token_endpoint_auth_method: 'none',
+      id_token_signed_response_alg: 'ES256',
+    }, {
       client_id: OTHER_CLIENT.id,
       client_secret: OTHER_CLIENT.secret,
       redirect_uris: [opts.otherRedirectUri],

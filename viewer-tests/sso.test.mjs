@@ -193,14 +193,12 @@ async function codeFlowByFetch({ client, secret, redirectUri, login }) {
     });
   }
   assert.ok(code, 'the provider redirected back with a code');
-  const token = await fetch(new URL('/token', provider.issuer), {
-    method: 'POST',
-    headers: {
-      authorization: `Basic ${Buffer.from(`${encodeURIComponent(client)}:${encodeURIComponent(secret)}`).toString('base64')}`,
-      'content-type': 'application/x-www-form-urlencoded',
-    },
-    body: new URLSearchParams({ grant_type: 'authorization_code', code, redirect_uri: redirectUri, code_verifier: verifier }),
-  });
+  // A confidential client authenticates with client_secret_basic; a public one names itself.
+  const headers = { 'content-type': 'application/x-www-form-urlencoded' };
+  const form = { grant_type: 'authorization_code', code, redirect_uri: redirectUri, code_verifier: verifier };
+  if (secret) headers.authorization = `Basic ${Buffer.from(`${encodeURIComponent(client)}:${encodeURIComponent(secret)}`).toString('base64')}`;
+  else form.client_id = client;
+  const token = await fetch(new URL('/token', provider.issuer), { method: 'POST', headers, body: new URLSearchParams(form) });
   assert.equal(token.status, 200, await token.clone().text());
   return token.json();
 }
@@ -345,7 +343,7 @@ describe('KAHN single sign-on through a real OpenID provider', () => {
       steps: [['plan', null, 'succeeded'], ['build', null, 'running'], ['build', 'running', 'failed']] });
     pushRun('other-nightly-3', tenants.other.key, { source: 'stratt', steps: [['fetch', null, 'running'], ['fetch', 'running', 'succeeded']] });
 
-    for (const name of ['main', 'ttl', 'bearer']) kahnPorts[name] = await freePort();
+    for (const name of ['main', 'ttl', 'bearer', 'public']) kahnPorts[name] = await freePort();
     const keys1 = path.join(tmp, 'provider-keys-1.json');
     writeJwks(keys1);
     provider = await startProvider(0, keys1);
@@ -353,6 +351,7 @@ describe('KAHN single sign-on through a real OpenID provider', () => {
 
     servers.main = await serve('main', oidcFlags());
     servers.ttl = await serve('ttl', [...oidcFlags(), '--session-ttl', String(SESSION_TTL)]);
+    servers.public = await serve('public', ['--oidc-issuer', provider.issuer, '--oidc-client-id', 'kahn-public']);
     servers.bearer = await serve('bearer', ['--jwt-jwks-url', `${provider.issuer}/jwks`,
       '--jwt-issuer', provider.issuer, '--jwt-audience', 'kahn']);
   });
@@ -648,6 +647,23 @@ describe('KAHN single sign-on through a real OpenID provider', () => {
     // A token whose signature does not verify is refused.
     const tampered = `${forKahn.id_token.slice(0, -4)}AAAA`;
     assert.equal((await fetch(`${servers.bearer.url}/v1/whoami`, { headers: { Authorization: `Bearer ${tampered}` } })).status, 401);
+  });
+
+  test('a public client (no secret: PKCE only) with ES256 ID tokens signs people in too', async () => {
+    const cfg = await (await fetch(`${servers.public.url}/auth/config`)).json();
+    assert.deepEqual(cfg, { oidc: { name: new URL(provider.issuer).hostname, login_url: '/auth/login' } }, 'named after the issuer\'s host name by default');
+    const page = await newPage();
+    await ssoSignIn(page, 'bob', servers.public.url);
+    await page.locator('tr[data-run="acme-build-7"]').waitFor({ timeout: WAIT });
+    assert.equal(await text(page, '[data-testid="who"]'), 'Bob Builder');
+    // What the provider issues to this client: ES256 ID tokens.
+    const issued = await codeFlowByFetch({
+      client: 'kahn-public', secret: null, redirectUri: `http://127.0.0.1:${kahnPorts.public}/auth/callback`, login: 'bob',
+    });
+    assert.equal(jwtPart(issued.id_token, 0).alg, 'ES256');
+    assert.match(await text(page, '[data-testid="via"]'), new RegExp(`via ${new URL(provider.issuer).hostname.replaceAll('.', '\\.')}$`));
+    assertNoProblems(page);
+    await page.context().close();
   });
 
   test('(j) a session past its lifetime signs the viewer out, saying why', async () => {
