@@ -1,9 +1,8 @@
-//! Every crate of the workspace declares a `rust-version` no lower than what its dependencies
-//! need: the workspace crates it depends on (kahn-cli on kahn-pg, the facade on every adapter
-//! it can enable) and every crate they reach in the locked graph (kahn-pg's sqlx, kahn-sqlite's
-//! rusqlite). A declared MSRV that the graph does not build with is a false promise; this test
-//! reads `cargo metadata` and fails the day a dependency's requirement rises above a
-//! declaration.
+//! KAHN has one MSRV, the workspace's `rust-version`, which every crate inherits; it is no
+//! lower than what anything the crates reach in the locked graph needs (kahn-pg's sqlx,
+//! kahn-sqlite's rusqlite). A declared MSRV that the graph does not build with is a false
+//! promise; this test reads `cargo metadata` and fails the day a dependency's requirement
+//! rises above it, or a crate declares another.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -136,6 +135,21 @@ fn every_crate_declares_at_least_the_rust_version_its_dependencies_need() {
     }
     let violations = graph.violations();
     assert!(violations.is_empty(), "raise these rust-versions:\n{}", violations.join("\n"));
+}
+
+#[test]
+fn every_crate_has_the_one_workspace_msrv() {
+    let graph = graph();
+    let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .expect("the root manifest");
+    let workspace: toml::Value = toml::from_str(&manifest).expect("the root manifest is TOML");
+    let msrv = workspace["workspace"]["package"]["rust-version"]
+        .as_str()
+        .expect("[workspace.package] rust-version");
+    for member in &graph.members {
+        let (name, _, declared) = &graph.packages[member];
+        assert_eq!(declared.as_deref(), Some(msrv), "{name}: inherit rust-version.workspace");
+    }
 }
 
 #[test]

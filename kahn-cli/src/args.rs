@@ -236,7 +236,7 @@ A retried step pushes nothing new: the run id is the same, and so is the content
 
 #[derive(Args, Debug, Clone)]
 pub(crate) struct ProfilesArg {
-    /// A TOML file of extra profiles ([[profile]] name, tenant, source).
+    /// A TOML file of extra profiles (`[[profile]]` tables: name, tenant, source).
     #[arg(long, env = "KAHN_PROFILES")]
     pub(crate) profiles: Option<PathBuf>,
 }
@@ -248,4 +248,70 @@ fn parse_class(name: &str) -> Result<kahn_core::StateClass, String> {
             "{name:?} is not a class: failed, cancelled, active, waiting, succeeded, skipped, other"
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    /// Every example line (`kahn …`) of every command's help, continuation lines joined.
+    fn examples(cmd: &clap::Command, path: &str, out: &mut Vec<(String, String)>) {
+        let texts = [cmd.get_after_help(), cmd.get_after_long_help(), cmd.get_long_about()];
+        for text in texts.into_iter().flatten() {
+            let text = text.to_string();
+            let mut pending = String::new();
+            for line in text.lines() {
+                let line = line.trim();
+                if pending.is_empty() && !line.starts_with("kahn ") {
+                    continue;
+                }
+                match line.strip_suffix('\\') {
+                    Some(head) => {
+                        pending.push_str(head);
+                        pending.push(' ');
+                    }
+                    None => {
+                        pending.push_str(line);
+                        out.push((path.to_owned(), std::mem::take(&mut pending)));
+                    }
+                }
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            examples(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    /// Each example pasted into bash runs `kahn` once and nothing else: no pipe, `;`, `&` or
+    /// command substitution hides in an unquoted value (`--owner-sub auth0|alice` would pipe
+    /// into a command named alice). Run with `kahn` a shell function counting its calls and
+    /// no PATH (any other command fails), in a scratch directory (an example may redirect its
+    /// output to a file, visibly).
+    #[test]
+    fn every_help_example_is_one_kahn_command_when_pasted_into_a_shell() {
+        let mut all = Vec::new();
+        examples(&Cli::command(), "kahn", &mut all);
+        assert!(all.len() >= 20, "found only {} examples", all.len());
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (command, example) in &all {
+            let script = format!(
+                "calls=0; kahn() {{ calls=$((calls+1)); }}; {example}\n\
+                 [ \"$calls\" = 1 ] || {{ echo \"kahn ran $calls times\" >&2; exit 3; }}"
+            );
+            let out = std::process::Command::new("/bin/bash")
+                .args(["--noprofile", "--norc", "-c", &script])
+                .env_clear()
+                .env("PATH", "/nonexistent")
+                .current_dir(dir.path())
+                .output()
+                .expect("bash");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success() && stderr.is_empty(),
+                "`{command} --help` example is not one safe kahn command:\n  {example}\n{stderr}"
+            );
+        }
+    }
 }

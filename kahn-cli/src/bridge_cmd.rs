@@ -45,7 +45,7 @@ pub(crate) async fn run(cmd: BridgeCommand) -> CliResult {
             if json {
                 return print_json(&report);
             }
-            println!(
+            out!(
                 "{} run {} ({}): {} appended, {} already stored",
                 bridge.profile().name,
                 report.run_id,

@@ -18,7 +18,7 @@ pub(crate) async fn run(cli: Cli) -> CliResult {
         }
         Command::Migrate(db) => {
             open_db(&db).await?;
-            println!("schema is current ({})", redact_dsn(&db.db));
+            out!("schema is current ({})", redact_dsn(&db.db));
             Ok(())
         }
         Command::Tenant(cmd) => tenant_cmd::run(cmd).await,

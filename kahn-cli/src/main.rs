@@ -4,6 +4,18 @@
 //! handler (`*_cmd`, `serve`), `store` opens the database or server a command names,
 //! `print` holds what commands print, and `failure` the exit codes and hints.
 
+/// `println!` that survives a reader going away: writes one line to stdout, and when the
+/// pipe is closed (`kahn runs list | head -1`) ends the process quietly with success, as Unix
+/// tools do, instead of `println!`'s panic (exit 101).
+macro_rules! out {
+    () => {
+        $crate::print::write_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::print::write_line(format_args!($($arg)*))
+    };
+}
+
 mod args;
 mod bridge_cmd;
 mod dispatch;

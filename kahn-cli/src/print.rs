@@ -10,10 +10,25 @@ use kahn_push::push::Progress;
 
 use crate::failure::CliResult;
 
+/// One line on stdout (the `out!` macro). A closed pipe ends the process with success (the
+/// reader had what it wanted); any other write error ends it with 74 (EX_IOERR), saying so.
+pub(crate) fn write_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout.write_fmt(args).and_then(|()| stdout.write_all(b"\n"));
+    if let Err(e) = written {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(74);
+    }
+}
+
 /// Prints `value` as pretty JSON on stdout.
 pub(crate) fn print_json(value: &impl serde::Serialize) -> CliResult {
     let text = serde_json::to_string_pretty(value).map_err(|e| Error::backend("json", e))?;
-    println!("{text}");
+    out!("{text}");
     Ok(())
 }
 
@@ -29,25 +44,25 @@ pub(crate) fn print_provisioned(p: &Provisioned, json: bool, secret_name: &str) 
             "retired_at": p.retired_at,
         }));
     }
-    println!("tenant {} ({})", p.tenant.name, p.tenant.id);
+    out!("tenant {} ({})", p.tenant.name, p.tenant.id);
     match &p.issued {
         Some(k) => {
-            println!("API key (shown once; store it as a secret): {}", k.secret.expose_secret());
-            println!("key id: {}", k.id);
+            out!("API key (shown once; store it as a secret): {}", k.secret.expose_secret());
+            out!("key id: {}", k.id);
             if let Some(at) = p.expires_at {
-                println!("expires: {}", at.format("%Y-%m-%d %H:%M:%SZ"));
+                out!("expires: {}", at.format("%Y-%m-%d %H:%M:%SZ"));
             }
             match (p.retired.len(), p.retired_at) {
                 (0, _) => {}
-                (n, None) => println!("revoked {n} previous key(s): they stop working now"),
-                (n, Some(at)) => println!(
+                (n, None) => out!("revoked {n} previous key(s): they stop working now"),
+                (n, Some(at)) => out!(
                     "{n} previous key(s) keep working until {} (the grace period), then expire",
                     at.format("%Y-%m-%d %H:%M:%SZ")
                 ),
             }
-            println!("next: set {secret_name} to the key, then `kahn push PATH`");
+            out!("next: set {secret_name} to the key, then `kahn push PATH`");
         }
-        None => println!("already provisioned; no key issued (use --rotate for a new one)"),
+        None => out!("already provisioned; no key issued (use --rotate for a new one)"),
     }
     Ok(())
 }

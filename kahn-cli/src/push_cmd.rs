@@ -43,7 +43,7 @@ pub(crate) async fn run(args: PushArgs) -> CliResult {
     if args.json {
         return print_json(&report);
     }
-    println!(
+    out!(
         "run {}: {} appended, {} already stored, {} transitions, head {}",
         report.run_id,
         report.appended,

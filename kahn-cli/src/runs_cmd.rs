@@ -28,10 +28,10 @@ pub(crate) async fn run(cmd: RunsCommand) -> CliResult {
                 return print_json(&page);
             }
             if page.runs.is_empty() {
-                println!("no runs yet for this tenant; push one with `kahn push PATH`");
+                out!("no runs yet for this tenant; push one with `kahn push PATH`");
             }
             for r in page.runs {
-                println!(
+                out!(
                     "{:<40} {:<10} {:<24} {:>9} {:>7} transitions  last activity {}",
                     r.run_id.as_str(),
                     r.source.as_deref().unwrap_or("-"),
@@ -42,7 +42,7 @@ pub(crate) async fn run(cmd: RunsCommand) -> CliResult {
                 );
             }
             if let Some(next) = page.next_cursor {
-                println!("more: kahn runs list --cursor {}", next.encode());
+                out!("more: kahn runs list --cursor {}", next.encode());
             }
             Ok(())
         }
@@ -54,22 +54,22 @@ pub(crate) async fn run(cmd: RunsCommand) -> CliResult {
                 return print_json(&run);
             }
             let i = &run.info;
-            println!("run        {}", i.run_id);
-            println!("source     {}", i.source.as_deref().unwrap_or("-"));
-            println!("status     {}", status_line(i));
-            println!("nodes      {}", node_counts(i));
-            println!("started    {}", i.started_at.map_or("-".into(), |t| t.to_rfc3339()));
-            println!("ended      {}", i.ended_at.map_or("-".into(), |t| t.to_rfc3339()));
-            println!("duration   {}", i.duration().map_or_else(|| "-".to_owned(), human_duration));
-            println!("transitions {}", i.next_seq);
-            println!("first ts   {}", i.first_ts.map_or("-".into(), |t| t.to_rfc3339()));
-            println!("last ts    {}", i.last_ts.map_or("-".into(), |t| t.to_rfc3339()));
-            println!("received   {}  (retention counts from here)", i.received_at.to_rfc3339());
-            println!("head hash  {}", i.head_hash);
+            out!("run        {}", i.run_id);
+            out!("source     {}", i.source.as_deref().unwrap_or("-"));
+            out!("status     {}", status_line(i));
+            out!("nodes      {}", node_counts(i));
+            out!("started    {}", i.started_at.map_or("-".into(), |t| t.to_rfc3339()));
+            out!("ended      {}", i.ended_at.map_or("-".into(), |t| t.to_rfc3339()));
+            out!("duration   {}", i.duration().map_or_else(|| "-".to_owned(), human_duration));
+            out!("transitions {}", i.next_seq);
+            out!("first ts   {}", i.first_ts.map_or("-".into(), |t| t.to_rfc3339()));
+            out!("last ts    {}", i.last_ts.map_or("-".into(), |t| t.to_rfc3339()));
+            out!("received   {}  (retention counts from here)", i.received_at.to_rfc3339());
+            out!("head hash  {}", i.head_hash);
             for (k, v) in &i.labels {
-                println!("label      {k}={v}");
+                out!("label      {k}={v}");
             }
-            println!("graph      {}", if run.graph.is_some() { "yes" } else { "no" });
+            out!("graph      {}", if run.graph.is_some() { "yes" } else { "no" });
             print_nodes(&run.nodes);
             Ok(())
         }
@@ -112,7 +112,7 @@ pub(crate) async fn verify(run_id: String, target: KeyTarget) -> CliResult {
     let run_id = RunId::new(run_id)?;
     match store.verify_run(&scope, &run_id).await {
         Ok(head) => {
-            println!("OK: run {run_id} hash chain verified, head {head}");
+            out!("OK: run {run_id} hash chain verified, head {head}");
             Ok(())
         }
         Err(e @ Error::Integrity { .. }) => Err(Failure {
@@ -156,10 +156,10 @@ fn print_nodes(nodes: &[NodeSummary]) {
     let mut rows: Vec<&NodeSummary> = nodes.iter().collect();
     rows.sort_by_key(|n| (n.class != StateClass::Failed, n.node.as_str()));
     let width = rows.iter().map(|n| n.node.chars().count()).max().unwrap_or(4).clamp(4, 48);
-    println!();
-    println!("{:<width$}  {:<14} {:<26} {:>9}  ATTEMPTS", "NODE", "STATE", "STARTED", "DURATION");
+    out!();
+    out!("{:<width$}  {:<14} {:<26} {:>9}  ATTEMPTS", "NODE", "STATE", "STARTED", "DURATION");
     for n in rows {
-        println!(
+        out!(
             "{:<width$}  {:<14} {:<26} {:>9}  {}",
             n.node,
             n.state,

@@ -66,14 +66,14 @@ pub(crate) struct ServeArgs {
     /// name); repeat for several [default: each field's own name]
     #[arg(long = "oidc-claim", value_name = "FIELD=CLAIM")]
     oidc_claims: Vec<String>,
-    /// The URL people reach this server at (scheme://host[:port]); the provider redirects to
+    /// The URL people reach this server at (scheme://host or scheme://host:PORT); the provider redirects to
     /// PUBLIC_URL/auth/callback. https, or http on loopback [default: http://LISTEN]
     #[arg(long, env = "KAHN_PUBLIC_URL", value_name = "URL")]
     public_url: Option<String>,
     /// How long a sign-in session lasts: seconds, or 30m, 8h, ... [default: 8h]
     #[arg(long, env = "KAHN_SESSION_TTL", value_name = "DURATION", value_parser = parse_duration)]
     session_ttl: Option<Duration>,
-    /// An origin (scheme://host[:port]) whose pages may call this API from a browser,
+    /// An origin (scheme://host or scheme://host:PORT) whose pages may call this API from a browser,
     /// credentials included; repeat for several. None by default: no cross-origin access.
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
     cors_origins: Vec<String>,

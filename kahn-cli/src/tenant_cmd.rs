@@ -250,10 +250,10 @@ pub(crate) async fn run(cmd: TenantCommand) -> CliResult {
                 return print_json(&tenants);
             }
             if tenants.is_empty() {
-                println!("no tenants yet; `kahn tenant provision NAME` creates one");
+                out!("no tenants yet; `kahn tenant provision NAME` creates one");
             }
             for t in tenants {
-                println!(
+                out!(
                     "{:<24} {} runs={} retention={}d org={} owner={}",
                     t.tenant.name,
                     t.tenant.id,
@@ -280,31 +280,30 @@ pub(crate) async fn run(cmd: TenantCommand) -> CliResult {
             let tenant = tenant_by_name(store.as_ref(), &name).await?;
             let key: ApiKeyId = key_id.parse()?;
             store.revoke_api_key(tenant.id, key).await?;
-            println!("revoked key {key} of tenant {}", tenant.name);
+            out!("revoked key {key} of tenant {}", tenant.name);
             Ok(())
         }
         TenantCommand::SetRetention { name, days, db } => {
             let change = TenantChange::retention_days(days)?;
             let t = change_tenant(&db, &name, &change).await?;
-            println!(
+            out!(
                 "tenant {} keeps runs {} days after their last receipt (applies at the next purge; \
                  `kahn purge --tenant {} --dry-run` shows what it removes)",
-                t.name, t.retention_days, t.name
+                t.name,
+                t.retention_days,
+                t.name
             );
             Ok(())
         }
         TenantCommand::Rename { name, new_name, db } => {
             let change = TenantChange::rename(new_name)?;
             let t = change_tenant(&db, &name, &change).await?;
-            println!(
-                "tenant {name} is now named {} (id {}, keys and runs unchanged)",
-                t.name, t.id
-            );
+            out!("tenant {name} is now named {} (id {}, keys and runs unchanged)", t.name, t.id);
             Ok(())
         }
         TenantCommand::LinkOrg { name, org, db } => {
             let t = change_tenant(&db, &name, &TenantChange::LinkOrg(OrgId::new(org)?)).await?;
-            println!(
+            out!(
                 "tenant {} is now linked to org {}",
                 t.name,
                 t.airlock_org_id.as_ref().map_or("-", OrgId::as_str)
@@ -316,8 +315,8 @@ pub(crate) async fn run(cmd: TenantCommand) -> CliResult {
             let before = tenant_by_name(store.as_ref(), &name).await?;
             let t = store.update_tenant(before.id, &TenantChange::UnlinkOrg).await?;
             match before.airlock_org_id {
-                Some(org) => println!("tenant {} is no longer linked to org {}", t.name, org),
-                None => println!("tenant {} was linked to no org; nothing changed", t.name),
+                Some(org) => out!("tenant {} is no longer linked to org {}", t.name, org),
+                None => out!("tenant {} was linked to no org; nothing changed", t.name),
             }
             Ok(())
         }
@@ -337,15 +336,19 @@ fn when(t: Option<DateTime<Utc>>) -> String {
 
 fn print_keys(keys: &[ApiKeyInfo], now: DateTime<Utc>) {
     if keys.is_empty() {
-        println!("no keys; `kahn tenant issue-key NAME` issues one");
+        out!("no keys; `kahn tenant issue-key NAME` issues one");
         return;
     }
-    println!(
+    out!(
         "{:<36}  {:<7}  {:<20}  {:<20}  {:<20}  LAST USED",
-        "ID", "STATE", "CREATED", "EXPIRES", "REVOKED"
+        "ID",
+        "STATE",
+        "CREATED",
+        "EXPIRES",
+        "REVOKED"
     );
     for k in keys {
-        println!(
+        out!(
             "{:<36}  {:<7}  {:<20}  {:<20}  {:<20}  {}",
             k.id.to_string(),
             k.state(now).as_str(),
@@ -389,9 +392,12 @@ async fn delete(db: &DbArgs, name: &str, yes: bool) -> CliResult {
         operator = %operator(),
         "tenant deleted with all its data"
     );
-    println!(
+    out!(
         "deleted tenant {} ({}): {} runs, {} transitions, and its keys",
-        tenant.name, tenant.id, report.runs_removed, report.transitions_removed
+        tenant.name,
+        tenant.id,
+        report.runs_removed,
+        report.transitions_removed
     );
     Ok(())
 }
@@ -443,10 +449,10 @@ fn print_purge(
 ) {
     let verb = if dry_run { "would remove" } else { "removed" };
     if outcome.reports.is_empty() {
-        println!("nothing to purge: no run is past its tenant's retention");
+        out!("nothing to purge: no run is past its tenant's retention");
     }
     for r in &outcome.reports {
-        println!(
+        out!(
             "{:<24} {}  {verb} {} runs, {} transitions",
             name(r.tenant_id),
             r.tenant_id,
@@ -455,7 +461,7 @@ fn print_purge(
         );
     }
     if !outcome.reports.is_empty() {
-        println!(
+        out!(
             "total: {verb} {} runs, {} transitions{}",
             outcome.runs_removed(),
             outcome.transitions_removed(),
@@ -463,7 +469,7 @@ fn print_purge(
         );
     }
     for f in &outcome.failures {
-        println!("{:<24} {}  FAILED: {}", name(f.tenant_id), f.tenant_id, f.error.chain());
+        out!("{:<24} {}  FAILED: {}", name(f.tenant_id), f.tenant_id, f.error.chain());
     }
 }
 

@@ -54,7 +54,7 @@ pub(crate) struct CopyArgs {
 Examples:
   kahn export --tenant choco --out backup/                # backup/<run_id>.ndjson, one per run
   kahn export --tenant choco --run nightly-42 --out moved/ --db postgres://postgres@db.internal/kahn
-  kahn push moved/nightly-42.ndjson --key <another tenant's key>   # the same run there, same head
+  kahn push moved/nightly-42.ndjson --key \"$OTHER_TENANT_KEY\"    # the same run in another tenant, same head
 Each file holds the run's metadata line (source, graph, labels), then its transitions with run_id
 and seq, exactly as stored; every content hash and the run's head are checked while writing.")]
 pub(crate) struct ExportArgs {
@@ -175,12 +175,15 @@ impl CopyProgress for Lines {
 
 fn print_copy(report: &CopyReport, from: &str, to: &str) {
     let t = &report.totals;
-    println!("copy {} -> {}", redact_dsn(from), redact_dsn(to));
-    println!(
+    out!("copy {} -> {}", redact_dsn(from), redact_dsn(to));
+    out!(
         "tenants: {} created, {} already there; keys: {} ({} added)",
-        t.tenants_created, t.tenants_already_there, t.keys, t.keys_added
+        t.tenants_created,
+        t.tenants_already_there,
+        t.keys,
+        t.keys_added
     );
-    println!(
+    out!(
         "runs: {} copied ({} resumed), {} already complete, {} failed; {} transitions appended",
         t.runs_copied,
         t.runs_resumed,
@@ -188,15 +191,15 @@ fn print_copy(report: &CopyReport, from: &str, to: &str) {
         t.runs_failed,
         t.transitions_appended
     );
-    println!("heads verified: {}", t.heads_verified);
+    out!("heads verified: {}", t.heads_verified);
     for f in &report.failures {
         match &f.run_id {
-            Some(run) => println!("FAILED {}/{run}: {}", f.tenant, f.message),
-            None => println!("FAILED tenant {}: {}", f.tenant, f.message),
+            Some(run) => out!("FAILED {}/{run}: {}", f.tenant, f.message),
+            None => out!("FAILED tenant {}: {}", f.tenant, f.message),
         }
     }
     if report.stopped {
-        println!("stopped early: a store failed; run the same command again to resume");
+        out!("stopped early: a store failed; run the same command again to resume");
     }
 }
 
@@ -266,7 +269,7 @@ pub(crate) async fn export(args: ExportArgs) -> CliResult {
         return print_json(&report);
     }
     for r in &report.runs {
-        println!(
+        out!(
             "run {}: {} transitions{}, head {} -> {}",
             r.run_id,
             r.transitions,
@@ -275,7 +278,7 @@ pub(crate) async fn export(args: ExportArgs) -> CliResult {
             r.path.display()
         );
     }
-    println!(
+    out!(
         "exported {} run(s), {} transitions, of tenant {} into {}",
         report.runs.len(),
         report.transitions,

@@ -978,3 +978,27 @@ fn serve_refuses_to_start_without_a_readable_identity_provider() {
         assert!(err.contains(says), "{args:?}: {err}");
     }
 }
+
+/// A reader that goes away (`kahn tenant list | head -0`) ends `kahn` quietly with success,
+/// as Unix tools do: no panic, no exit 101.
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    let env = Env::new();
+    env.ok(&["tenant", "provision", "pipe-a"], None);
+    env.ok(&["tenant", "provision", "pipe-b"], None);
+    for args in [&["tenant", "list"][..], &["tenant", "list", "--json"][..]] {
+        let mut child = Command::new(KAHN)
+            .args(args)
+            .env("KAHN_DATABASE_URL", env.db())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader is gone before `kahn` has opened its database.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}

@@ -176,7 +176,7 @@ pub struct OidcConfig {
     pub client_id: String,
     /// The client secret (`client_secret_basic`); `None`: a public client (PKCE only).
     pub client_secret: Option<Secret>,
-    /// Shown as "Sign in with <name>"; `None`: the issuer's host.
+    /// Shown as "Sign in with NAME"; `None`: the issuer's host.
     pub provider_name: Option<String>,
     /// The URL people reach this server at (scheme, host, port; no path): the redirect URI
     /// is `<public_url>/auth/callback`. `https`, or `http` on loopback.
