@@ -1,7 +1,8 @@
 // The KAHN history viewer: sign in, list runs, open a run (graph, timeline, verified chain).
-// Read-only by construction: it only ever sends GET requests to the public read API.
+// Read-only by construction: it only ever sends GET requests to the public read API (and,
+// signed in through the identity provider, one POST to end that session).
 
-import { ApiError, createApi } from './api.js';
+import { ApiError, authConfig, createApi, logout } from './api.js';
 import { ago, h, mount, stateClass } from './dom.js';
 import { createGantt, formatDuration } from './gantt.js';
 import { parseGraph, renderGraph } from './graph.js';
@@ -9,6 +10,8 @@ import { verifyChain } from './verify.js';
 
 const TOKEN_KEY = 'kahn.viewer.token';
 const TENANT_KEY = 'kahn.viewer.tenant';
+const RETURN_KEY = 'kahn.viewer.return';
+const SSO_KEY = 'kahn.viewer.sso';
 const REFRESH_MS = 5000;
 const PAGE_SIZE = 25;
 const TRANSITION_PAGE = 1000;
@@ -19,6 +22,8 @@ const identityEl = document.getElementById('identity');
 const overrideEl = document.getElementById('override');
 
 const app = {
+  /** How people sign in here (`GET /auth/config`): null until the server has answered. */
+  auth: null,
   api: null,
   who: null,
   tenants: null,
@@ -35,7 +40,32 @@ const store = {
   setToken: (t) => (t ? sessionStorage.setItem(TOKEN_KEY, t) : sessionStorage.removeItem(TOKEN_KEY)),
   tenant: () => sessionStorage.getItem(TENANT_KEY),
   setTenant: (t) => (t ? sessionStorage.setItem(TENANT_KEY, t) : sessionStorage.removeItem(TENANT_KEY)),
+  /** The view (`#/runs/…`) to come back to after the identity provider's sign-in. */
+  returnTo: () => sessionStorage.getItem(RETURN_KEY),
+  setReturnTo: (h) => (h ? sessionStorage.setItem(RETURN_KEY, h) : sessionStorage.removeItem(RETURN_KEY)),
+  /** This tab was signed in by a session (and did not sign out): a 401 now means it ended. */
+  wasSession: () => sessionStorage.getItem(SSO_KEY) === '1',
+  setWasSession: (v) => (v ? sessionStorage.setItem(SSO_KEY, '1') : sessionStorage.removeItem(SSO_KEY)),
 };
+
+/** An administrator: role admin, signed in with a JWT or through the identity provider. */
+function isAdminPrincipal(p) {
+  return Boolean(p) && (p.kind === 'jwt' || p.kind === 'session') && p.role === 'admin';
+}
+
+/**
+ * What the sign-in page says after a 401 with no pasted credential: the server's words when
+ * it refused a session cookie (expired, or not known after a restart); when the browser sent
+ * none although this tab was signed in, the cookie's lifetime (the session's) ran out — or
+ * another tab signed out. A first visit says nothing.
+ */
+function sessionEnded(err) {
+  const was = store.wasSession();
+  store.setWasSession(false);
+  if (/session/i.test(err.message)) return `Signed out: ${err.message}.`;
+  if (was) return 'Signed out: your session expired (or you signed out in another tab); sign in again.';
+  return undefined;
+}
 
 const SOURCE_TEXT = {
   api_key: 'from the API key',
@@ -113,8 +143,10 @@ function showUnreachable(err) {
 function showError(err) {
   if (err instanceof ApiError && err.kind === 'unreachable') return showUnreachable(err);
   if (err instanceof ApiError && err.kind === 'unauthorized') {
+    const session = Boolean(app.api && app.api.session);
     store.setToken(null);
     app.tenants = null;
+    if (session) return renderSignIn(sessionEnded(err));
     return renderSignIn(`The server refused this credential: ${err.message}`);
   }
   mount(main, emptyState('error', 'The server answered with an error',
@@ -151,25 +183,53 @@ function renderSignIn(problem) {
   h('p', { id: 'token-help', class: 'help' },
     'Kept in this tab\'s session storage only, sent only as an Authorization header to this server, never put in a URL, and forgotten when the tab closes.'),
   h('button', { type: 'submit', class: 'primary' }, 'Sign in'));
+  const oidc = app.auth && app.auth.oidc;
+  // Single sign-on is a plain link: the server redirects to the provider's own login page.
+  // The view asked for (a run's hash) is kept in this tab for the way back.
+  const sso = oidc
+    ? h('div', { class: 'sso' },
+      h('a', {
+        href: oidc.login_url, class: 'sso-signin', 'data-testid': 'sso-signin',
+        onclick: () => store.setReturnTo(window.location.hash && window.location.hash !== '#/' ? window.location.hash : null),
+      }, `Sign in with ${oidc.name}`),
+      h('p', { class: 'help' }, `Your organisation's identity provider signs you in; this server then keeps a session for this browser.`),
+      h('p', { class: 'or', role: 'presentation' }, h('span', {}, 'or paste a credential')))
+    : null;
   mount(main, emptyState('signed-out', 'Not signed in',
-    h('p', {}, 'Paste a producer API key (kahn_live_sk_…) to see its tenant\'s runs, or a JWT from your identity provider to see your organisation\'s or your personal tenant\'s runs.'),
     problem ? h('p', { class: 'problem', role: 'alert' }, problem) : null,
+    sso,
+    h('p', {}, 'Paste a producer API key (kahn_live_sk_…) to see its tenant\'s runs, or a JWT from your identity provider to see your organisation\'s or your personal tenant\'s runs.'),
     form));
-  input.focus();
+  if (!oidc) input.focus();
 }
 
-function signOut() {
+async function signOut() {
+  const session = Boolean(app.api && app.api.session);
   store.setToken(null);
   store.setTenant(null);
   app.tenants = null;
   app.api = null;
-  window.location.hash = '#/';
-  renderSignIn();
+  app.generation += 1;
+  stopTimer();
+  let problem;
+  store.setWasSession(false);
+  if (session) {
+    // The server revokes the session and clears its cookie; only then is it over.
+    try {
+      await logout();
+    } catch (e) {
+      problem = `Signing out may not have ended the session: ${e.message}`;
+    }
+  }
+  if (window.location.hash && window.location.hash !== '#/') {
+    history.replaceState(null, '', '#/');
+  }
+  renderSignIn(problem);
 }
 
 function principalText(p) {
   if (p.kind === 'api_key') return { who: 'API key', role: 'producer key' };
-  const who = p.name || p.email || p.sub || 'JWT';
+  const who = p.name || p.email || p.sub || (p.kind === 'session' ? 'signed-in user' : 'JWT');
   return { who, role: p.role || 'member', email: p.name && p.email ? p.email : null };
 }
 
@@ -183,11 +243,13 @@ function renderIdentity() {
   const p = principalText(principal);
   // The server names the tenant (/v1/whoami); an admin's listing is the fallback.
   const name = tenant ? (app.who.tenant_name || tenantName(tenant)) : null;
-  const isAdmin = principal.kind === 'jwt' && principal.role === 'admin';
+  const isAdmin = isAdminPrincipal(principal);
+  const sso = principal.kind === 'session';
   const parts = [
-    h('div', { class: 'who' },
+    h('div', { class: 'who', 'data-auth': sso ? 'session' : 'credential' },
       h('span', { class: 'k' }, 'Signed in'), h('strong', { 'data-testid': 'who' }, p.who),
-      p.email ? h('span', { class: 'muted' }, ` ${p.email}`) : null),
+      p.email ? h('span', { class: 'muted' }, ` ${p.email}`) : null,
+      sso ? h('span', { class: 'muted via', 'data-testid': 'via' }, ` via ${(app.auth && app.auth.oidc && app.auth.oidc.name) || 'single sign-on'}`) : null),
     h('div', { class: 'role' },
       h('span', { class: 'k' }, 'Role'), h('strong', { 'data-testid': 'role' }, p.role)),
     h('div', { class: 'tenant', title: message },
@@ -295,7 +357,7 @@ function noRunsState(filtered, r) {
   }
   const src = who.tenant_source;
   if (src === 'none') {
-    const isAdmin = who.principal.role === 'admin';
+    const isAdmin = isAdminPrincipal(who.principal);
     return emptyState('no-tenant', 'No tenant for this session',
       h('p', {}, who.message + '.'),
       h('p', {}, isAdmin
@@ -313,7 +375,7 @@ function noRunsState(filtered, r) {
         ? `Ask an operator to link it: kahn tenant link-org TEAM_TENANT ${org}; then sign in again.`
         : 'Sign in with a token issued for your organisation (one carrying its org_id), or with the producer API key of the team\'s tenant.'));
   }
-  const admin = who.principal.kind === 'jwt' && who.principal.role === 'admin' && src !== 'admin_override';
+  const admin = isAdminPrincipal(who.principal) && src !== 'admin_override';
   return emptyState('no-runs', 'No runs yet in this tenant',
     admin ? h('p', { class: 'admin-hint' }, 'You are an administrator: to read another tenant\'s runs, choose it in the “Admin: read tenant” selector above.') : null,
     h('p', {}, src === 'admin_override'
@@ -858,15 +920,25 @@ async function render() {
   const gen = app.generation;
   stopTimer();
   app.onVisible = null;
+  if (!app.auth) {
+    try {
+      app.auth = await authConfig();
+    } catch (e) {
+      if (gen === app.generation) showError(e);
+      return;
+    }
+    if (gen !== app.generation) return;
+  }
+  // A pasted credential wins; without one, the single sign-on session (if there is one).
   const token = store.token();
-  if (!token) {
+  if (!token && !app.auth.oidc) {
     renderSignIn();
     return;
   }
   app.api = createApi(token, store.tenant());
   try {
     app.who = (await app.api.whoami()).body;
-    const isAdmin = app.who.principal.kind === 'jwt' && app.who.principal.role === 'admin';
+    const isAdmin = isAdminPrincipal(app.who.principal);
     if (isAdmin && !app.tenants) app.tenants = (await app.api.tenants()).body.tenants;
     if (!isAdmin) {
       app.tenants = null;
@@ -880,6 +952,14 @@ async function render() {
       render();
       return;
     }
+    if (!token && e instanceof ApiError && e.kind === 'unauthorized') {
+      // No session (or no longer one): the sign-in page, saying why when one ended.
+      app.who = null;
+      app.tenants = null;
+      store.setTenant(null);
+      renderSignIn(sessionEnded(e));
+      return;
+    }
     app.who = null;
     renderIdentity();
     renderOverride();
@@ -887,6 +967,15 @@ async function render() {
     return;
   }
   if (gen !== app.generation) return;
+  if (app.api.session) store.setWasSession(true);
+  const back = app.api.session ? store.returnTo() : null;
+  if (back) {
+    // Back from the identity provider: the view the sign-in started from.
+    store.setReturnTo(null);
+    if (/^#\/runs\//.test(back) && back !== window.location.hash) {
+      history.replaceState(null, '', back);
+    }
+  }
   renderIdentity();
   renderOverride();
   const r = route();
