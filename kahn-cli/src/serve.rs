@@ -467,6 +467,25 @@ pub(crate) async fn run(
 mod tests {
     use super::*;
 
+    /// docs/kahn.toml, the commented sample, is a config `kahn serve --config` accepts, and
+    /// what it sets is the defaults it says it sets.
+    #[test]
+    fn the_sample_config_is_accepted_and_sets_the_defaults() {
+        let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/kahn.toml");
+        let args = ServeArgs { config: Some(sample.into()), ..ServeArgs::default() };
+        let resolved = args.resolve().map_err(|f| f.message).unwrap();
+        assert_eq!(resolved.db.as_deref(), Some("sqlite://kahn.db"));
+        assert_eq!(resolved.listen.as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(resolved.session_ttl, Some(kahn_http::DEFAULT_SESSION_TTL));
+        let config = resolved.server_config().map_err(|f| f.message).unwrap();
+        assert_eq!(
+            config,
+            ServerConfig::default()
+                .with_retention_interval(Some(kahn_http::DEFAULT_RETENTION_INTERVAL))
+        );
+        assert!(resolved.oidc_config("127.0.0.1:8080").map_err(|f| f.message).unwrap().is_none());
+    }
+
     #[test]
     fn flags_and_env_win_over_the_config_file() {
         let dir = std::env::temp_dir().join(format!("kahn-serve-config-{}", std::process::id()));
