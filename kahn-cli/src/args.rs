@@ -10,7 +10,7 @@ use crate::{serve, tenant_cmd, transfer_cmd};
 
 /// KAHN: tamper-evident, idempotent, multi-tenant storage for orchestrator run histories.
 #[derive(Parser, Debug)]
-#[command(name = "kahn", version, about, long_about = None, after_help = "\
+#[command(name = "kahn", version, long_about = None, after_help = "\
 Start here:
   kahn tenant provision my-team         # create a tenant, print its API key (once)
   export KAHN_API_KEY=kahn_live_sk_...
@@ -73,6 +73,28 @@ A re-run sends only what is missing; a fully stored run is a no-op.")]
     Copy(transfer_cmd::CopyArgs),
     /// Export a tenant's runs as NDJSON files `kahn push` accepts.
     Export(transfer_cmd::ExportArgs),
+    /// Print a shell completion script for kahn.
+    #[command(after_help = "\
+Examples:
+  kahn completions bash > kahn.bash    # source it, or move it to ~/.local/share/bash-completion/completions/kahn
+  kahn completions zsh > _kahn         # into a directory on your fpath
+  kahn completions fish > kahn.fish    # into ~/.config/fish/completions/")]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print kahn's manual page (roff), or write one page per command into a directory.
+    #[command(after_help = "\
+Examples:
+  kahn man > kahn.1                    # read it with: man -l kahn.1
+  kahn man --out-dir man1              # kahn.1, kahn-serve.1, kahn-tenant-provision.1, ... (add its parent to MANPATH)")]
+    Man {
+        /// Write kahn.1 and a page for every command (kahn-push.1, kahn-tenant-provision.1,
+        /// ...) into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug, Clone)]

@@ -1,6 +1,7 @@
 //! From a parsed command line to the command's handler.
 
 use kahn_cli::redact_dsn;
+use kahn_core::Error;
 
 use crate::args::{Cli, Command, DbArgs};
 use crate::failure::CliResult;
@@ -29,5 +30,54 @@ pub(crate) async fn run(cli: Cli) -> CliResult {
         Command::Runs(cmd) => runs_cmd::run(cmd).await,
         Command::Bridge(cmd) => bridge_cmd::run(cmd).await,
         Command::Verify { run_id, target } => runs_cmd::verify(run_id, target).await,
+        Command::Completions { shell } => {
+            let mut cmd = <crate::args::Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "kahn", &mut script);
+            crate::print::write_bytes(&script);
+            Ok(())
+        }
+        Command::Man { out_dir } => man(out_dir.as_deref()),
     }
+}
+
+/// `kahn man`: kahn(1) on stdout, or with `out_dir` one page per command there (kahn.1,
+/// kahn-serve.1, kahn-tenant-provision.1, …), as the SUBCOMMANDS sections refer to them.
+fn man(out_dir: Option<&std::path::Path>) -> CliResult {
+    let cmd = <crate::args::Cli as clap::CommandFactory>::command();
+    let Some(dir) = out_dir else {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut page).map_err(|e| Error::backend("man", e))?;
+        crate::print::write_bytes(&page);
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::invalid("out_dir", format!("{}: {e}", dir.display())))?;
+    // clap_mangen names subcommand pages by their full path; the root's subcommands must know
+    // theirs (`kahn-tenant`, not `tenant`) before being rendered.
+    let mut cmd = cmd;
+    cmd.build();
+    let mut written = 0;
+    write_pages(&cmd, "kahn", dir, &mut written)?;
+    out!("{written} manual pages written to {}", dir.display());
+    Ok(())
+}
+
+fn write_pages(
+    cmd: &clap::Command,
+    name: &str,
+    dir: &std::path::Path,
+    written: &mut usize,
+) -> CliResult {
+    let path = dir.join(format!("{name}.1"));
+    let mut page = Vec::new();
+    clap_mangen::Man::new(cmd.clone().name(name.to_owned()))
+        .render(&mut page)
+        .and_then(|()| std::fs::write(&path, &page))
+        .map_err(|e| Error::invalid("out_dir", format!("{}: {e}", path.display())))?;
+    *written += 1;
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        write_pages(sub, &format!("{name}-{}", sub.get_name()), dir, written)?;
+    }
+    Ok(())
 }

@@ -1002,3 +1002,64 @@ fn a_closed_stdout_is_not_a_panic() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
     }
 }
+
+/// `kahn completions SHELL` prints a script the shell accepts; bash's completes kahn's
+/// commands once sourced.
+#[test]
+fn completions_for_each_shell_and_bash_completes_commands() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = Command::new(KAHN).args(["completions", shell]).output().unwrap();
+        assert!(out.status.success(), "{shell}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.stdout.len() > 1000, "{shell}: a real script");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("kahn.bash");
+    let out = Command::new(KAHN).args(["completions", "bash"]).output().unwrap();
+    std::fs::write(&script, &out.stdout).unwrap();
+    // Complete `kahn ten<TAB>` and `kahn tenant pro<TAB>` with the generated function.
+    let probe = format!(
+        "source {}; complete -p kahn >/dev/null || exit 9; \
+         COMP_WORDS=(kahn ten); COMP_CWORD=1; _kahn kahn ten kahn; echo \"${{COMPREPLY[@]}}\"; \
+         COMP_WORDS=(kahn tenant pro); COMP_CWORD=2; _kahn kahn pro tenant; echo \"${{COMPREPLY[@]}}\"",
+        script.display()
+    );
+    let out = Command::new("bash").args(["--noprofile", "--norc", "-c", &probe]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines.first().copied(), Some("tenant"), "{said}");
+    assert!(lines.get(1).is_some_and(|l| l.split(' ').any(|w| w == "provision")), "{said}");
+}
+
+/// `kahn man` prints kahn(1); `--out-dir` writes a page per command, as kahn(1)'s
+/// SUBCOMMANDS section names them, each rendering cleanly with groff.
+#[test]
+fn man_pages_for_every_command_render_cleanly() {
+    let out = Command::new(KAHN).arg("man").output().unwrap();
+    assert!(out.status.success());
+    let page = String::from_utf8(out.stdout).unwrap();
+    assert!(page.contains(".TH kahn 1") && page.contains("kahn\\-tenant(1)"), "{page}");
+    assert!(page.contains("tamper\\-evident"), "NAME is what kahn is, not the crate's blurb");
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(KAHN).args(["man", "--out-dir"]).arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut pages: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    pages.sort();
+    for want in
+        ["kahn.1", "kahn-push.1", "kahn-serve.1", "kahn-tenant-provision.1", "kahn-runs-list.1"]
+    {
+        assert!(pages.iter().any(|p| p == want), "{want} in {pages:?}");
+    }
+    for page in &pages {
+        let rendered = Command::new("groff")
+            .args(["-k", "-man", "-Tutf8", "-ww", "-z"])
+            .arg(dir.path().join(page))
+            .output()
+            .expect("groff renders the pages (Debian: apt-get install groff-base)");
+        let warnings = String::from_utf8_lossy(&rendered.stderr);
+        assert!(rendered.status.success() && warnings.is_empty(), "{page}: {warnings}");
+    }
+}
