@@ -12,11 +12,15 @@ use crate::{serve, tenant_cmd, transfer_cmd};
 #[derive(Parser, Debug)]
 #[command(name = "kahn", version, long_about = None, after_help = "\
 Start here:
-  kahn tenant provision my-team         # create a tenant, print its API key (once)
+  kahn serve                                              # the server, over ./kahn.db
+  kahn tenant provision my-team --db sqlite://kahn.db     # a tenant and its API key (shown once)
   export KAHN_API_KEY=kahn_live_sk_...
-  kahn push ./runs/nightly-42           # push a run directory (transitions.ndjson, graph.json)
-  kahn runs list                        # see it
-  kahn verify nightly-42                # recompute its hash chain")]
+  export KAHN_URL=http://127.0.0.1:8080                   # or pass --url to each command
+  kahn push ./runs/nightly-42                             # a run directory (transitions.ndjson, graph.json)
+  kahn runs list                                          # see it
+  kahn verify nightly-42                                  # recompute its hash chain
+Data commands take --url (a server) or --db (its database); nothing assumes ./kahn.db but
+kahn serve and kahn migrate.")]
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -35,15 +39,15 @@ Audit events (target kahn::audit) are logged whatever KAHN_LOG says.")]
     Serve(Box<serve::ServeArgs>),
     /// Create or upgrade the database schema.
     #[command(after_help = "Example:\n  kahn migrate --db sqlite://kahn.db")]
-    Migrate(DbArgs),
+    Migrate(MigrateArgs),
     /// Tenants and their API keys: provision, keys, retention, rename, org, delete.
     #[command(subcommand)]
     Tenant(tenant_cmd::TenantCommand),
     /// Remove the runs past their tenant's retention (counted from each run's last receipt).
     #[command(after_help = "\
 Examples:
-  kahn purge --dry-run                          # what would go, per tenant; nothing removed
-  kahn purge --tenant choco
+  kahn purge --dry-run --db sqlite://kahn.db    # what would go, per tenant; nothing removed
+  kahn purge --tenant choco --db sqlite://kahn.db
   kahn purge --db postgres://postgres@db.internal/kahn --json
 `kahn serve` also purges hourly at the database's clock.")]
     Purge(tenant_cmd::PurgeArgs),
@@ -51,8 +55,8 @@ Examples:
     /// what is stored.
     #[command(after_help = "\
 Examples:
-  kahn push ./runs/nightly-42                       # into ./kahn.db, key from $KAHN_API_KEY
-  kahn push run.ndjson --run-id nightly-42 --json   # a file; machine-readable report
+  kahn push ./runs/nightly-42 --db sqlite://kahn.db  # straight into the database; key from $KAHN_API_KEY
+  kahn push run.ndjson --run-id nightly-42 --json --url http://127.0.0.1:8080  # a file; machine-readable report
 A re-run sends only what is missing; a fully stored run is a no-op.")]
     Push(PushArgs),
     /// List and show runs of the key's tenant.
@@ -62,7 +66,9 @@ A re-run sends only what is missing; a fully stored run is a no-op.")]
     #[command(subcommand)]
     Bridge(BridgeCommand),
     /// Recompute a run's hash chain from its transitions and compare it with the stored head.
-    #[command(after_help = "Example:\n  kahn verify nightly-42")]
+    #[command(
+        after_help = "Examples:\n  kahn verify nightly-42 --url http://127.0.0.1:8080\n  kahn verify nightly-42 --db sqlite://kahn.db      # in the database file itself"
+    )]
     Verify {
         /// The run.
         run_id: String,
@@ -97,9 +103,28 @@ Examples:
     },
 }
 
+/// The database a command works on: always named (`--db` or `KAHN_DATABASE_URL`), so a
+/// forgotten flag is an error, never a fresh `./kahn.db` that answers "unknown key".
 #[derive(Args, Debug, Clone)]
 pub(crate) struct DbArgs {
-    /// The database: sqlite://PATH (created when missing).
+    /// The database: sqlite://PATH (the file `kahn serve` uses; sqlite://kahn.db by default
+    /// there) or postgres://USER@HOST/DB.
+    #[arg(long, env = "KAHN_DATABASE_URL", hide_env_values = true)]
+    pub(crate) db: Option<String>,
+}
+
+impl DbArgs {
+    /// A database named by a URL.
+    pub(crate) fn named(url: impl Into<String>) -> Self {
+        Self { db: Some(url.into()) }
+    }
+}
+
+/// `kahn migrate`'s database: the one command besides `serve` that defaults to
+/// `sqlite://kahn.db`.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct MigrateArgs {
+    /// The database: sqlite://PATH (created when missing) or postgres://… (the admin DSN).
     #[arg(
         long,
         env = "KAHN_DATABASE_URL",
@@ -113,7 +138,8 @@ pub(crate) struct DbArgs {
 pub(crate) struct KeyTarget {
     #[command(flatten)]
     pub(crate) db: DbArgs,
-    /// A KAHN server to talk to instead of a database (e.g. http://127.0.0.1:8080).
+    /// A KAHN server to talk to instead of a database (e.g. http://127.0.0.1:8080); one of
+    /// --url and --db is needed.
     #[arg(long, env = "KAHN_URL")]
     pub(crate) url: Option<String>,
     /// The API key naming the tenant.
@@ -148,7 +174,9 @@ pub(crate) struct PushArgs {
 #[derive(Subcommand, Debug)]
 pub(crate) enum RunsCommand {
     /// The tenant's runs, newest activity first.
-    #[command(after_help = "Example:\n  kahn runs list --source choco --status failed")]
+    #[command(
+        after_help = "Example:\n  kahn runs list --source choco --status failed --url http://127.0.0.1:8080"
+    )]
     List {
         /// Only runs from this source.
         #[arg(long)]
@@ -177,7 +205,9 @@ pub(crate) enum RunsCommand {
         target: KeyTarget,
     },
     /// One run: status, times, and its nodes (state, start, duration), failed first.
-    #[command(after_help = "Example:\n  kahn runs show nightly-42 --json")]
+    #[command(
+        after_help = "Example:\n  kahn runs show nightly-42 --json --url http://127.0.0.1:8080"
+    )]
     Show {
         /// The run.
         run_id: String,
@@ -190,8 +220,8 @@ pub(crate) enum RunsCommand {
     /// A run's transitions in seq order, read page by page (any size of run).
     #[command(after_help = "\
 Examples:
-  kahn runs transitions nightly-42                    # seq, ts, node, from → to
-  kahn runs transitions nightly-42 --after-seq 999 --json > tail.ndjson
+  kahn runs transitions nightly-42 --url http://127.0.0.1:8080  # seq, ts, node, from → to
+  kahn runs transitions nightly-42 --after-seq 999 --json --url http://127.0.0.1:8080 > tail.ndjson
 With --json each line is the transition as NDJSON (`kahn push` takes it back).")]
     Transitions {
         /// The run.
@@ -333,6 +363,18 @@ mod tests {
             assert!(
                 out.status.success() && stderr.is_empty(),
                 "`{command} --help` example is not one safe kahn command:\n  {example}\n{stderr}"
+            );
+            // A data or operator command's example names its store: pasted without one, it
+            // would fail (no `./kahn.db` is assumed any more).
+            let names_its_store = ["--url", "--db", "--from", "KAHN_URL", "KAHN_DATABASE_URL"]
+                .iter()
+                .any(|flag| example.contains(flag));
+            let needs_no_store = ["kahn serve", "kahn migrate", "kahn completions", "kahn man"]
+                .iter()
+                .any(|c| example.starts_with(c));
+            assert!(
+                needs_no_store || names_its_store || command == "kahn",
+                "`{command} --help` example names no --url or --db:\n  {example}"
             );
         }
     }

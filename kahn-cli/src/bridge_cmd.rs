@@ -8,7 +8,7 @@ use kahn_push::push::{self, Progress};
 use crate::args::{BridgeCommand, ProfilesArg};
 use crate::failure::CliResult;
 use crate::print::{Lines, print_json, print_provisioned};
-use crate::store::{open_db, open_target, resolve_key_retrying};
+use crate::store::{create_db, open_target, resolve_key_retrying};
 
 impl ProfilesArg {
     /// The profile `name`: built in, or from the `--profiles` file (which takes precedence).
@@ -30,7 +30,7 @@ pub(crate) async fn run(cmd: BridgeCommand) -> CliResult {
     match cmd {
         BridgeCommand::Onboard { profile, rotate, json, profiles, db } => {
             let bridge = Bridge::new(profiles.find(&profile)?);
-            let store = open_db(&db).await?;
+            let store = create_db(&db).await?;
             let done = bridge.onboard(store.as_ref(), rotate).await?;
             print_provisioned(&done, json, "the CI secret KAHN_API_KEY")
         }

@@ -3,22 +3,19 @@
 use kahn_cli::redact_dsn;
 use kahn_core::Error;
 
-use crate::args::{Cli, Command, DbArgs};
+use crate::args::{Cli, Command};
 use crate::failure::CliResult;
-use crate::store::{DbRole, open_db, open_db_as};
+use crate::store::{DbRole, create_db_as};
 use crate::{bridge_cmd, push_cmd, runs_cmd, serve, tenant_cmd, transfer_cmd};
 
 /// Runs the command `cli` names.
 pub(crate) async fn run(cli: Cli) -> CliResult {
     match cli.command {
         Command::Serve(args) => {
-            serve::run(*args, async |db: &str| {
-                open_db_as(&DbArgs { db: db.to_owned() }, DbRole::App).await
-            })
-            .await
+            serve::run(*args, async |db: &str| create_db_as(db, DbRole::App).await).await
         }
         Command::Migrate(db) => {
-            open_db(&db).await?;
+            create_db_as(&db.db, DbRole::Admin).await?;
             out!("schema is current ({})", redact_dsn(&db.db));
             Ok(())
         }

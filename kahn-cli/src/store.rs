@@ -19,9 +19,37 @@ pub(crate) enum DbRole {
     App,
 }
 
-/// The database `db` names, opened as `role` (on SQLite every role is the same handle).
+/// The database `db` names, opened as `role` (on SQLite every role is the same handle). A
+/// SQLite file that does not exist is refused: only `serve`, `migrate`, `tenant provision`,
+/// `bridge onboard` and `copy`'s target create one ([`create_db_as`]).
 pub(crate) async fn open_db_as(db: &DbArgs, role: DbRole) -> CliResult<Arc<dyn StorageBackend>> {
-    let url = db.db.as_str();
+    let url = named(db)?;
+    if let Ok(kahn_cli::schema::DbLocation::SqliteFile(path)) =
+        kahn_cli::schema::DbLocation::parse(url)
+        && !path.exists()
+    {
+        return Err(Failure {
+            code: 2,
+            message: format!(
+                "no database at {}\nhint: is it the file `kahn serve` uses? `kahn serve --db {url}` or `kahn migrate --db {url}` creates a new one",
+                path.display()
+            ),
+        });
+    }
+    create_db_as(url, role).await
+}
+
+/// The database `db` names, or why a command needs one.
+fn named(db: &DbArgs) -> CliResult<&str> {
+    db.db.as_deref().ok_or_else(|| Failure {
+        code: 2,
+        message: "no database named\nhint: pass --db sqlite://kahn.db (the file `kahn serve` uses by default) or --db postgres://…, or set KAHN_DATABASE_URL".into(),
+    })
+}
+
+/// The database `url` names, opened as `role`; a SQLite file is created (and migrated) when
+/// missing.
+pub(crate) async fn create_db_as(url: &str, role: DbRole) -> CliResult<Arc<dyn StorageBackend>> {
     if url.starts_with("sqlite:") || !url.contains("://") {
         return Ok(Arc::new(SqliteBackend::connect(url).await?));
     }
@@ -52,11 +80,22 @@ pub(crate) async fn open_db(db: &DbArgs) -> CliResult<Arc<dyn StorageBackend>> {
     open_db_as(db, DbRole::Admin).await
 }
 
-/// The store a data command works on: the server named by `--url`, else the database.
+/// The database for operators' commands that may begin a store (`tenant provision`, `bridge
+/// onboard`): created when missing.
+pub(crate) async fn create_db(db: &DbArgs) -> CliResult<Arc<dyn StorageBackend>> {
+    create_db_as(named(db)?, DbRole::Admin).await
+}
+
+/// The store a data command works on: the server named by `--url`, else the database; one of
+/// them must be named.
 pub(crate) async fn open_target(target: &KeyTarget) -> CliResult<Arc<dyn StorageBackend>> {
-    match &target.url {
-        Some(url) => Ok(Arc::new(kahn_http::HttpBackend::new(url)?)),
-        None => open_db_as(&target.db, DbRole::App).await,
+    match (&target.url, &target.db.db) {
+        (Some(url), _) => Ok(Arc::new(kahn_http::HttpBackend::new(url)?)),
+        (None, Some(_)) => open_db_as(&target.db, DbRole::App).await,
+        (None, None) => Err(Failure {
+            code: 2,
+            message: "no server or database named\nhint: pass --url http://127.0.0.1:8080 (a KAHN server; or set KAHN_URL) or --db sqlite://kahn.db (its database file; or set KAHN_DATABASE_URL)".into(),
+        }),
     }
 }
 

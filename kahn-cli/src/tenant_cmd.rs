@@ -14,7 +14,7 @@ use kahn_push::provision::{KeyPlan, Provisioned, provision};
 use crate::args::DbArgs;
 use crate::failure::{CliResult, Failure};
 use crate::print::{print_json, print_provisioned};
-use crate::store::{open_db, tenant_by_name};
+use crate::store::{create_db, open_db, tenant_by_name};
 
 /// A duration such as `24h`, `7d`, `90m` or `1h 30m` (humantime's syntax).
 fn duration(s: &str) -> Result<Duration, String> {
@@ -30,11 +30,11 @@ pub(crate) enum TenantCommand {
     /// Create a tenant (or find it by name) and print a key when one is issued.
     #[command(after_help = "\
 Examples:
-  kahn tenant provision choco                  # first time: prints a key
-  kahn tenant provision choco                  # again: creates nothing, prints no key
-  kahn tenant provision choco --rotate         # new key; the old ones stop working now
-  kahn tenant provision choco --rotate --grace 24h   # old keys keep working for 24 hours
-  kahn tenant provision alice --owner-sub 'auth0|alice' --json")]
+  kahn tenant provision choco --db sqlite://kahn.db  # first time: prints a key
+  kahn tenant provision choco --db sqlite://kahn.db  # again: creates nothing, prints no key
+  kahn tenant provision choco --rotate --db sqlite://kahn.db  # new key; the old ones stop working now
+  kahn tenant provision choco --rotate --grace 24h --db sqlite://kahn.db  # old keys keep working for 24 hours
+  kahn tenant provision alice --owner-sub 'auth0|alice' --json --db sqlite://kahn.db")]
     Provision {
         /// Unique tenant name.
         name: String,
@@ -67,8 +67,8 @@ Examples:
     /// Issue one more API key for a tenant (its other keys keep working).
     #[command(after_help = "\
 Examples:
-  kahn tenant issue-key choco                   # a key that does not expire
-  kahn tenant issue-key choco --expires-in 30d  # a key for a 30-day contractor")]
+  kahn tenant issue-key choco --db sqlite://kahn.db  # a key that does not expire
+  kahn tenant issue-key choco --expires-in 30d --db sqlite://kahn.db  # a key for a 30-day contractor")]
     IssueKey {
         /// Tenant name.
         name: String,
@@ -83,7 +83,7 @@ Examples:
     },
     /// List tenants with their run counts and retention.
     #[command(
-        after_help = "Examples:\n  kahn tenant list\n  kahn tenant list --json --db postgres://postgres@db.internal/kahn"
+        after_help = "Examples:\n  kahn tenant list --db sqlite://kahn.db\n  kahn tenant list --json --db postgres://postgres@db.internal/kahn"
     )]
     List {
         /// Print JSON.
@@ -94,7 +94,7 @@ Examples:
     },
     /// List a tenant's API keys: id, created, expires, revoked, last used (secrets are never
     /// stored).
-    #[command(after_help = "Example:\n  kahn tenant keys choco")]
+    #[command(after_help = "Example:\n  kahn tenant keys choco --db sqlite://kahn.db")]
     Keys {
         /// Tenant name.
         name: String,
@@ -106,7 +106,7 @@ Examples:
     },
     /// Revoke one API key of a tenant.
     #[command(
-        after_help = "Example:\n  kahn tenant keys choco      # find the id\n  kahn tenant revoke-key choco 3d7a9453-86ca-4380-a10a-2383526fba23"
+        after_help = "Example:\n  kahn tenant keys choco --db sqlite://kahn.db        # find the id\n  kahn tenant revoke-key choco 3d7a9453-86ca-4380-a10a-2383526fba23 --db sqlite://kahn.db"
     )]
     RevokeKey {
         /// Tenant name.
@@ -120,8 +120,8 @@ Examples:
     /// stored runs at the next purge.
     #[command(after_help = "\
 Example:
-  kahn tenant set-retention choco 30
-  kahn purge --tenant choco --dry-run          # what the new retention removes")]
+  kahn tenant set-retention choco 30 --db sqlite://kahn.db
+  kahn purge --tenant choco --dry-run --db sqlite://kahn.db  # what the new retention removes")]
     SetRetention {
         /// Tenant name.
         name: String,
@@ -131,7 +131,7 @@ Example:
         db: DbArgs,
     },
     /// Rename a tenant (its id, keys and runs stay).
-    #[command(after_help = "Example:\n  kahn tenant rename choco choco-ci")]
+    #[command(after_help = "Example:\n  kahn tenant rename choco choco-ci --db sqlite://kahn.db")]
     Rename {
         /// Current name.
         name: String,
@@ -141,7 +141,9 @@ Example:
         db: DbArgs,
     },
     /// Link a tenant to an organisation (moves the org's tenancy in one update).
-    #[command(after_help = "Example:\n  kahn tenant link-org choco org_8f2k3")]
+    #[command(
+        after_help = "Example:\n  kahn tenant link-org choco org_8f2k3 --db sqlite://kahn.db"
+    )]
     LinkOrg {
         /// Tenant name.
         name: String,
@@ -151,7 +153,7 @@ Example:
         db: DbArgs,
     },
     /// Unlink a tenant's organisation: the org's members no longer read this tenant.
-    #[command(after_help = "Example:\n  kahn tenant unlink-org choco")]
+    #[command(after_help = "Example:\n  kahn tenant unlink-org choco --db sqlite://kahn.db")]
     UnlinkOrg {
         /// Tenant name.
         name: String,
@@ -210,7 +212,8 @@ pub(crate) async fn run(cmd: TenantCommand) -> CliResult {
             json,
             db,
         } => {
-            let store = open_db(&db).await?;
+            // Provisioning may begin a store: the first step on a new machine.
+            let store = create_db(&db).await?;
             let mut req = NewTenant::new(name)?;
             if let Some(sub) = owner_sub {
                 req = req.with_owner_sub(sub)?;

@@ -16,7 +16,7 @@ use kahn_core::{Error, RunId, StorageBackendExt, Tenant};
 use crate::args::DbArgs;
 use crate::failure::{CliResult, Failure, exit_code, explained};
 use crate::print::print_json;
-use crate::store::{open_db, tenant_by_name};
+use crate::store::{create_db, open_db, tenant_by_name};
 
 /// Copy tenants, keys and runs from one store into another, resumably.
 #[derive(Args, Debug)]
@@ -52,9 +52,9 @@ pub(crate) struct CopyArgs {
 #[derive(Args, Debug)]
 #[command(after_help = "\
 Examples:
-  kahn export --tenant choco --out backup/                # backup/<run_id>.ndjson, one per run
+  kahn export --tenant choco --out backup/ --db sqlite://kahn.db  # backup/<run_id>.ndjson, one per run
   kahn export --tenant choco --run nightly-42 --out moved/ --db postgres://postgres@db.internal/kahn
-  kahn push moved/nightly-42.ndjson --key \"$OTHER_TENANT_KEY\"    # the same run in another tenant, same head
+  kahn push moved/nightly-42.ndjson --key \"$OTHER_TENANT_KEY\" --url http://127.0.0.1:8080  # the same run in another tenant, same head
 Each file holds the run's metadata line (source, graph, labels), then its transitions with run_id
 and seq, exactly as stored; every content hash and the run's head are checked while writing.")]
 pub(crate) struct ExportArgs {
@@ -214,7 +214,7 @@ pub(crate) async fn copy(args: CopyArgs) -> CliResult {
     }
     check_source(&args.from).await?;
     check_target(&args.to).await?;
-    let source = open_db(&DbArgs { db: args.from.clone() }).await?;
+    let source = open_db(&DbArgs::named(args.from.clone())).await?;
     let tenant = match &args.tenant {
         None => None,
         Some(name) => {
@@ -235,7 +235,7 @@ pub(crate) async fn copy(args: CopyArgs) -> CliResult {
             )
         }
     };
-    let target = open_db(&DbArgs { db: args.to.clone() }).await?;
+    let target = create_db(&DbArgs::named(args.to.clone())).await?;
     let opts = CopyOptions { tenant, ..CopyOptions::default() };
     let progress: &dyn CopyProgress = if args.json { &copy::Quiet } else { &Lines };
     let report = copy::copy(source.as_ref(), target.as_ref(), &opts, progress).await?;

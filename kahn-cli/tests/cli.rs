@@ -1063,3 +1063,50 @@ fn man_pages_for_every_command_render_cleanly() {
         assert!(rendered.status.success() && warnings.is_empty(), "{page}: {warnings}");
     }
 }
+
+/// A forgotten `--url`/`--db` is an error naming both, never a fresh `./kahn.db` answering
+/// "unknown key"; a `--db` naming no file is refused, not created; `kahn migrate` (like
+/// `kahn serve`) still defaults to `sqlite://kahn.db`.
+#[test]
+fn data_commands_need_a_named_store_and_create_no_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("nightly-42");
+    std::fs::create_dir_all(&run).unwrap();
+    write_lines(&run.join("transitions.ndjson"), 3, "a");
+    let kahn = |args: &[&str]| {
+        let mut cmd = Command::new(KAHN);
+        cmd.args(args).current_dir(dir.path());
+        for var in ["KAHN_URL", "KAHN_DATABASE_URL", "KAHN_API_KEY", "KAHN_CONFIG"] {
+            cmd.env_remove(var);
+        }
+        cmd.env("KAHN_CACHE_DIR", dir.path().join("cache"));
+        let out = cmd.output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let key = "kahn_live_sk_0000000000000000000000000000000000000000000000000000000000000000";
+    let run = run.to_str().unwrap();
+    for (args, says) in [
+        (vec!["tenant", "list"], "no database named"),
+        (vec!["tenant", "provision", "my-team"], "no database named"),
+        (vec!["push", run, "--key", key], "no server or database named"),
+        (vec!["runs", "list", "--key", key], "no server or database named"),
+        (vec!["verify", "nightly-42", "--key", key], "no server or database named"),
+        (vec!["runs", "list", "--key", key, "--db", "sqlite://elsewhere.db"], "no database at"),
+        (vec!["tenant", "list", "--db", "sqlite://elsewhere.db"], "no database at"),
+    ] {
+        let (code, err) = kahn(&args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(says) && err.contains("hint:"), "{args:?}: {err}");
+        let made: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".db"))
+            .collect();
+        assert!(made.is_empty(), "{args:?} created a database");
+    }
+    let (code, err) = kahn(&["migrate"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(dir.path().join("kahn.db").exists(), "kahn migrate creates ./kahn.db");
+    let (code, err) = kahn(&["tenant", "provision", "my-team", "--db", "sqlite://kahn.db"]);
+    assert_eq!(code, Some(0), "{err}");
+}
