@@ -72,6 +72,9 @@ A re-run sends only what is missing; a fully stored run is a no-op.")]
     Verify {
         /// The run.
         run_id: String,
+        /// Print JSON (`{"run_id", "verified", "head_hash"}`; a broken chain is an error).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: KeyTarget,
     },
@@ -132,6 +135,9 @@ pub(crate) struct MigrateArgs {
         default_value = "sqlite://kahn.db"
     )]
     pub(crate) db: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Args, Debug, Clone)]

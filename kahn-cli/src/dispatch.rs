@@ -16,6 +16,12 @@ pub(crate) async fn run(cli: Cli) -> CliResult {
         }
         Command::Migrate(db) => {
             create_db_as(&db.db, DbRole::Admin).await?;
+            if db.json {
+                return crate::print::print_json(&serde_json::json!({
+                    "database": redact_dsn(&db.db),
+                    "schema": "current",
+                }));
+            }
             out!("schema is current ({})", redact_dsn(&db.db));
             Ok(())
         }
@@ -26,7 +32,7 @@ pub(crate) async fn run(cli: Cli) -> CliResult {
         Command::Export(args) => transfer_cmd::export(args).await,
         Command::Runs(cmd) => runs_cmd::run(cmd).await,
         Command::Bridge(cmd) => bridge_cmd::run(cmd).await,
-        Command::Verify { run_id, target } => runs_cmd::verify(run_id, target).await,
+        Command::Verify { run_id, json, target } => runs_cmd::verify(run_id, json, target).await,
         Command::Completions { shell } => {
             let mut cmd = <crate::args::Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();

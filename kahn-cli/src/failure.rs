@@ -55,5 +55,24 @@ impl From<Error> for Failure {
     }
 }
 
+/// A failure as JSON, for `--json`: `{"error", "exit_code", "message", "hint"}`; `error` names
+/// the kind the exit code stands for.
+pub(crate) fn json_error(code: u8, message: &str) -> String {
+    let (message, hint) = match message.rsplit_once("\nhint: ") {
+        Some((m, h)) => (m, Some(h)),
+        None => (message, None),
+    };
+    let error = match code {
+        2 => "invalid_input",
+        3 => "conflict",
+        4 => "unauthorized",
+        5 => "unavailable",
+        74 => "io",
+        _ => "failed",
+    };
+    serde_json::json!({ "error": error, "exit_code": code, "message": message, "hint": hint })
+        .to_string()
+}
+
 /// What a command returns.
 pub(crate) type CliResult<T = ()> = Result<T, Failure>;

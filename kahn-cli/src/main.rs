@@ -37,12 +37,19 @@ use kahn_cli::redact_dsns_in;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = args::Cli::parse();
+    // With --json, a failure is JSON on stdout too, as the result would have been.
+    let json = std::env::args().take_while(|a| a != "--").any(|a| a == "--json");
     match dispatch::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             // A message may embed a URL (a config file's excerpt, a driver's text): never
             // print a password from it.
-            eprintln!("error: {}", redact_dsns_in(&f.message));
+            let message = redact_dsns_in(&f.message);
+            if json {
+                print::write_line(format_args!("{}", failure::json_error(f.code, &message)));
+            } else {
+                eprintln!("error: {message}");
+            }
             ExitCode::from(f.code)
         }
     }

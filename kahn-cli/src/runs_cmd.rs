@@ -106,11 +106,16 @@ pub(crate) async fn run(cmd: RunsCommand) -> CliResult {
 }
 
 /// Runs `kahn verify`.
-pub(crate) async fn verify(run_id: String, target: KeyTarget) -> CliResult {
+pub(crate) async fn verify(run_id: String, json: bool, target: KeyTarget) -> CliResult {
     let store = open_target(&target).await?;
     let scope = resolve_key(store.as_ref(), &target.key).await?.read();
     let run_id = RunId::new(run_id)?;
     match store.verify_run(&scope, &run_id).await {
+        Ok(head) if json => print_json(&serde_json::json!({
+            "run_id": run_id,
+            "verified": true,
+            "head_hash": head,
+        })),
         Ok(head) => {
             out!("OK: run {run_id} hash chain verified, head {head}");
             Ok(())
@@ -118,7 +123,11 @@ pub(crate) async fn verify(run_id: String, target: KeyTarget) -> CliResult {
         Err(e @ Error::Integrity { .. }) => Err(Failure {
             code: 3,
             message: format!(
-                "BROKEN: {e}\nhint: the stored run was altered outside KAHN; restore it from a backup or re-push the source"
+                "BROKEN: {e}\nhint: the stored run no longer hashes to its own chain: it was altered \
+                 outside KAHN. KAHN never rewrites a run, so pushing the source again cannot mend \
+                 it (it would stop at the first differing seq); restore the database from a backup \
+                 taken before, then verify again. `kahn runs transitions {run_id}` shows what is \
+                 stored now"
             ),
         }),
         Err(e) => Err(e.into()),

@@ -113,6 +113,9 @@ Examples:
         name: String,
         /// The key's id (from `tenant provision` or `tenant keys`).
         key_id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         db: DbArgs,
     },
@@ -127,6 +130,9 @@ Example:
         name: String,
         /// Days, 1 to 36500.
         days: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         db: DbArgs,
     },
@@ -137,6 +143,9 @@ Example:
         name: String,
         /// New unique name.
         new_name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         db: DbArgs,
     },
@@ -149,6 +158,9 @@ Example:
         name: String,
         /// Organisation id (JWT org_id).
         org: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         db: DbArgs,
     },
@@ -157,6 +169,9 @@ Example:
     UnlinkOrg {
         /// Tenant name.
         name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         db: DbArgs,
     },
@@ -170,6 +185,9 @@ Example:
         /// Confirm: without it nothing is deleted.
         #[arg(long)]
         yes: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         db: DbArgs,
     },
@@ -278,17 +296,23 @@ pub(crate) async fn run(cmd: TenantCommand) -> CliResult {
             print_keys(&keys, Utc::now());
             Ok(())
         }
-        TenantCommand::RevokeKey { name, key_id, db } => {
+        TenantCommand::RevokeKey { name, key_id, json, db } => {
             let store = open_db(&db).await?;
             let tenant = tenant_by_name(store.as_ref(), &name).await?;
             let key: ApiKeyId = key_id.parse()?;
             store.revoke_api_key(tenant.id, key).await?;
+            if json {
+                return print_json(&serde_json::json!({ "tenant": tenant, "revoked_key_id": key }));
+            }
             out!("revoked key {key} of tenant {}", tenant.name);
             Ok(())
         }
-        TenantCommand::SetRetention { name, days, db } => {
+        TenantCommand::SetRetention { name, days, json, db } => {
             let change = TenantChange::retention_days(days)?;
             let t = change_tenant(&db, &name, &change).await?;
+            if json {
+                return print_json(&serde_json::json!({ "tenant": t }));
+            }
             out!(
                 "tenant {} keeps runs {} days after their last receipt (applies at the next purge; \
                  `kahn purge --tenant {} --dry-run` shows what it removes)",
@@ -298,14 +322,20 @@ pub(crate) async fn run(cmd: TenantCommand) -> CliResult {
             );
             Ok(())
         }
-        TenantCommand::Rename { name, new_name, db } => {
+        TenantCommand::Rename { name, new_name, json, db } => {
             let change = TenantChange::rename(new_name)?;
             let t = change_tenant(&db, &name, &change).await?;
+            if json {
+                return print_json(&serde_json::json!({ "tenant": t, "was_named": name }));
+            }
             out!("tenant {name} is now named {} (id {}, keys and runs unchanged)", t.name, t.id);
             Ok(())
         }
-        TenantCommand::LinkOrg { name, org, db } => {
+        TenantCommand::LinkOrg { name, org, json, db } => {
             let t = change_tenant(&db, &name, &TenantChange::LinkOrg(OrgId::new(org)?)).await?;
+            if json {
+                return print_json(&serde_json::json!({ "tenant": t }));
+            }
             out!(
                 "tenant {} is now linked to org {}",
                 t.name,
@@ -313,17 +343,23 @@ pub(crate) async fn run(cmd: TenantCommand) -> CliResult {
             );
             Ok(())
         }
-        TenantCommand::UnlinkOrg { name, db } => {
+        TenantCommand::UnlinkOrg { name, json, db } => {
             let store = open_db(&db).await?;
             let before = tenant_by_name(store.as_ref(), &name).await?;
             let t = store.update_tenant(before.id, &TenantChange::UnlinkOrg).await?;
+            if json {
+                return print_json(&serde_json::json!({
+                    "tenant": t,
+                    "unlinked_org": before.airlock_org_id,
+                }));
+            }
             match before.airlock_org_id {
                 Some(org) => out!("tenant {} is no longer linked to org {}", t.name, org),
                 None => out!("tenant {} was linked to no org; nothing changed", t.name),
             }
             Ok(())
         }
-        TenantCommand::Delete { name, yes, db } => delete(&db, &name, yes).await,
+        TenantCommand::Delete { name, yes, json, db } => delete(&db, &name, yes, json).await,
     }
 }
 
@@ -363,7 +399,7 @@ fn print_keys(keys: &[ApiKeyInfo], now: DateTime<Utc>) {
     }
 }
 
-async fn delete(db: &DbArgs, name: &str, yes: bool) -> CliResult {
+async fn delete(db: &DbArgs, name: &str, yes: bool, json: bool) -> CliResult {
     let store = open_db(db).await?;
     let tenant = tenant_by_name(store.as_ref(), name).await?;
     if !yes {
@@ -395,6 +431,13 @@ async fn delete(db: &DbArgs, name: &str, yes: bool) -> CliResult {
         operator = %operator(),
         "tenant deleted with all its data"
     );
+    if json {
+        return print_json(&serde_json::json!({
+            "deleted": tenant,
+            "runs_removed": report.runs_removed,
+            "transitions_removed": report.transitions_removed,
+        }));
+    }
     out!(
         "deleted tenant {} ({}): {} runs, {} transitions, and its keys",
         tenant.name,

@@ -234,7 +234,13 @@ fn a_divergent_push_exits_3_and_changes_nothing(env: &Env) {
     let out = env.kahn(&["push", run.to_str().unwrap()], Some(&key));
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("conflict") && err.contains("seq 0"), "{err}");
+    // Where, what is stored, what the file says (from where they differ), and what to do.
+    assert!(err.contains("other content at seq 0 (line 1 of"), "{err}");
+    let stored = err.lines().find(|l| l.trim_start().starts_with("stored:")).unwrap_or_default();
+    let incoming =
+        err.lines().find(|l| l.trim_start().starts_with("incoming:")).unwrap_or_default();
+    assert!(stored.contains(r#""tag":"a""#) && incoming.contains(r#""tag":"b""#), "{err}");
+    assert!(err.contains("fix the file (line 1)") && err.contains("--run-id div-2"), "{err}");
     let shown: serde_json::Value =
         serde_json::from_str(&env.ok(&["runs", "show", "div", "--json"], Some(&key))).unwrap();
     assert_eq!(shown["next_seq"].as_u64(), Some(100));
@@ -1109,4 +1115,56 @@ fn data_commands_need_a_named_store_and_create_no_database() {
     assert!(dir.path().join("kahn.db").exists(), "kahn migrate creates ./kahn.db");
     let (code, err) = kahn(&["tenant", "provision", "my-team", "--db", "sqlite://kahn.db"]);
     assert_eq!(code, Some(0), "{err}");
+}
+
+/// Every command that reports takes --json, and with it a failure is JSON on stdout too
+/// (`{"error", "exit_code", "message", "hint"}`), so a script never parses prose.
+#[test]
+fn every_command_speaks_json_and_so_do_its_errors() {
+    let env = Env::new();
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = env.kahn(args, None);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!("{args:?} printed no JSON ({e}): {text}{}", String::from_utf8_lossy(&out.stderr))
+        })
+    };
+    assert_eq!(json(&["migrate", "--json"])["schema"], "current");
+    let made = json(&["tenant", "provision", "jsonny", "--json"]);
+    let key = made["api_key"].as_str().unwrap().to_owned();
+    let key_id = made["key_id"].as_str().unwrap().to_owned();
+    let run = env.run_dir("j-run", 3, "a");
+    push_json(&env, &run, &key, &[]);
+    let verified = env.kahn(&["verify", "j-run", "--json"], Some(&key));
+    let verified: serde_json::Value = serde_json::from_slice(&verified.stdout).unwrap();
+    assert_eq!(verified["verified"], true);
+    assert_eq!(
+        json(&["tenant", "set-retention", "jsonny", "30", "--json"])["tenant"]["retention_days"],
+        30
+    );
+    assert_eq!(
+        json(&["tenant", "link-org", "jsonny", "org_j", "--json"])["tenant"]["airlock_org_id"],
+        "org_j"
+    );
+    assert_eq!(json(&["tenant", "unlink-org", "jsonny", "--json"])["unlinked_org"], "org_j");
+    assert_eq!(
+        json(&["tenant", "rename", "jsonny", "jsonier", "--json"])["tenant"]["name"],
+        "jsonier"
+    );
+    assert_eq!(
+        json(&["tenant", "revoke-key", "jsonier", &key_id, "--json"])["revoked_key_id"],
+        key_id
+    );
+    assert_eq!(json(&["tenant", "delete", "jsonier", "--yes", "--json"])["runs_removed"], 1);
+
+    // Errors: JSON on stdout, the exit code unchanged.
+    let out = env.kahn(&["verify", "no-such-run", "--json"], Some(&key));
+    assert_eq!(out.status.code(), Some(4), "the key was revoked above");
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(err["error"], "unauthorized", "{err}");
+    assert!(err["hint"].as_str().is_some_and(|h| !h.is_empty()), "{err}");
+    let out = env.kahn(&["tenant", "rename", "nobody-here", "x", "--json"], None);
+    assert_eq!(out.status.code(), Some(1));
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(err["message"].as_str().is_some_and(|m| m.contains("nobody-here")), "{err}");
 }

@@ -207,6 +207,30 @@ where
     }
 }
 
+/// Where the transition `seq` of `source` is in its file: the line number (from 1) and the
+/// transition as the pusher reads it; `None` when the file holds fewer transitions. For
+/// saying where a conflict is; it reads the file up to that line.
+///
+/// # Errors
+/// The file cannot be read, or a line before it is not one the pusher accepts.
+pub fn locate(source: &RunSource, seq: u64) -> Result<Option<(u64, Transition)>> {
+    use std::io::BufRead as _;
+    let path = &source.transitions;
+    let unreadable = |e: std::io::Error| Error::invalid("path", format!("{}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    let mut next = 0u64;
+    for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(unreadable)?;
+        if let Some(NdjsonLine::Transition(t)) = parse_line(&line, &source.run_id, next)? {
+            if next == seq {
+                return Ok(Some((index as u64 + 1, t)));
+            }
+            next += 1;
+        }
+    }
+    Ok(None)
+}
+
 /// Pushes `source` into `store` as the tenant of `scope`, resuming from what is stored.
 ///
 /// # Errors
