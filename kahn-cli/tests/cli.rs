@@ -1168,3 +1168,44 @@ fn every_command_speaks_json_and_so_do_its_errors() {
     let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(err["message"].as_str().is_some_and(|m| m.contains("nobody-here")), "{err}");
 }
+
+/// `kahn serve` logs one access line per request at its default level: method, route (the
+/// template, not the path), status, duration, the tenant and the request id, and the W3C
+/// trace id of a `traceparent`.
+#[test]
+fn serve_logs_an_access_line_per_request_with_its_request_id() {
+    let env = Env::new();
+    let key = env.key("choco");
+    let server = serve(&env, &[], &[]).unwrap();
+    let (status, _) = server.get(
+        "/v1/runs/nightly-9",
+        &[
+            ("Authorization", &format!("Bearer {key}")),
+            ("X-Request-Id", "req-abc-123"),
+            ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ],
+    );
+    assert_eq!(status, 404);
+    let auth = format!("Bearer {key}");
+    let (status, _) =
+        server.get("/v1/runs", &[("Authorization", &auth), ("X-Request-Id", "req-tenant-1")]);
+    assert_eq!(status, 200);
+    let log = server.stop();
+    let listed = log.lines().find(|l| l.contains("req-tenant-1")).unwrap_or_default();
+    let tenant = env.provision("choco", false)["tenant"]["id"].as_str().unwrap().to_owned();
+    assert!(listed.contains(&format!("tenant={tenant}")), "the tenant read: {listed}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("kahn_http::access") && l.contains("req-abc-123"))
+        .unwrap_or_else(|| panic!("an access line:\n{log}"));
+    for field in [
+        "method=GET",
+        "route=/v1/runs/{run_id}",
+        "status=404",
+        "duration_ms=",
+        "trace_id=4bf92f3577b34da6a3ce929d0e0e4736",
+    ] {
+        assert!(line.contains(field), "{field} in {line}");
+    }
+    assert!(!line.contains("nightly-9"), "the route, not the raw path: {line}");
+}

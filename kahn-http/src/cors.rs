@@ -37,12 +37,15 @@ pub(crate) fn layer(origins: &[String]) -> Result<Option<CorsLayer>, ConfigError
                 header::CONTENT_TYPE,
                 header::CONTENT_ENCODING,
                 HeaderName::from_static(HEADER_TENANT),
+                HeaderName::from_static(crate::metrics::REQUEST_ID),
+                HeaderName::from_static("traceparent"),
             ])
             .expose_headers([
                 HeaderName::from_static(HEADER_EFFECTIVE_TENANT),
                 HeaderName::from_static(HEADER_TENANT_SOURCE),
                 header::RETRY_AFTER,
                 header::WWW_AUTHENTICATE,
+                HeaderName::from_static(crate::metrics::REQUEST_ID),
             ])
             .max_age(PREFLIGHT_MAX_AGE),
     ))

@@ -5,7 +5,10 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry,
+};
 
 use crate::state::AppState;
 
@@ -20,6 +23,11 @@ pub(crate) struct Metrics {
     pub(crate) rate_limited: IntCounter,
     pub(crate) overloaded: IntCounter,
     pub(crate) admin_overrides: IntCounter,
+    /// Retention purges by outcome.
+    pub(crate) purges: IntCounterVec,
+    pub(crate) purged_runs: IntCounter,
+    pub(crate) purged_transitions: IntCounter,
+    process: ProcessGauges,
 }
 
 impl Metrics {
@@ -64,7 +72,36 @@ impl Metrics {
         registry.register(Box::new(rate_limited.clone()))?;
         registry.register(Box::new(overloaded.clone()))?;
         registry.register(Box::new(admin_overrides.clone()))?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("kahn_build_info", "The running build: always 1, its version a label"),
+            &["version"],
+        )?;
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        registry.register(Box::new(build_info))?;
+        let purges = IntCounterVec::new(
+            Opts::new(
+                "kahn_retention_purges_total",
+                "Retention purges by outcome (ran, skipped: another server had the turn, failed)",
+            ),
+            &["outcome"],
+        )?;
+        let purged_runs = IntCounter::new(
+            "kahn_retention_runs_removed_total",
+            "Runs removed by retention purges",
+        )?;
+        let purged_transitions = IntCounter::new(
+            "kahn_retention_transitions_removed_total",
+            "Transitions removed by retention purges",
+        )?;
+        registry.register(Box::new(purges.clone()))?;
+        registry.register(Box::new(purged_runs.clone()))?;
+        registry.register(Box::new(purged_transitions.clone()))?;
+        let process = ProcessGauges::new(&registry)?;
         Ok(Self {
+            purges,
+            purged_runs,
+            purged_transitions,
+            process,
             registry,
             requests,
             latency,
@@ -78,6 +115,7 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub(crate) fn render(&self) -> String {
+        self.process.refresh();
         let mut out = Vec::new();
         let encoder = prometheus::TextEncoder::new();
         if let Err(e) = encoder.encode(&self.registry.gather(), &mut out) {
@@ -87,9 +125,56 @@ impl Metrics {
     }
 }
 
+/// The request id of a request: the caller's `X-Request-Id` when it is a plain token (1 to
+/// 128 visible ASCII characters), else one drawn here; returned on the response and logged.
+fn request_id(req: &Request) -> String {
+    let given = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| (1..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()));
+    match given {
+        Some(id) => id.to_owned(),
+        None => {
+            let mut bytes = [0u8; 16];
+            if getrandom::fill(&mut bytes).is_err() {
+                return "-".to_owned();
+            }
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        }
+    }
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`, not all zeros), so
+/// this server's log lines join the caller's trace.
+fn trace_id(req: &Request) -> Option<String> {
+    let value = req.headers().get("traceparent")?.to_str().ok()?;
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    };
+    let [version, trace, parent, flags] = parts.as_slice() else { return None };
+    let valid = hex(version, 2)
+        && *version != "ff"
+        && hex(trace, 32)
+        && trace.bytes().any(|b| b != b'0')
+        && hex(parent, 16)
+        && parent.bytes().any(|b| b != b'0')
+        && hex(flags, 2);
+    valid.then(|| (*trace).to_owned())
+}
+
+/// The header carrying a request's id, both ways.
+pub(crate) const REQUEST_ID: &str = "x-request-id";
+
 /// Middleware counting every request by its route template (not the raw path, so run ids
-/// never become label values) and status, and timing it.
+/// never become label values) and status, timing it, giving it a request id (`X-Request-Id`,
+/// the caller's or a new one, on the response too) and logging one access line (target
+/// `kahn_http::access`, level info): method, route, status, duration, tenant, request id, and
+/// the W3C trace id when a `traceparent` came with it.
 pub(crate) async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let id = request_id(&req);
+    let trace = trace_id(&req);
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -105,9 +190,91 @@ pub(crate) async fn track(State(state): State<AppState>, req: Request, next: Nex
         _ => "other",
     };
     let start = Instant::now();
-    let response = next.run(req).await;
+    let mut response = next.run(req).await;
+    let took = start.elapsed();
     let m = &state.inner.metrics;
-    m.latency.with_label_values(&[route.as_str(), method]).observe(start.elapsed().as_secs_f64());
+    m.latency.with_label_values(&[route.as_str(), method]).observe(took.as_secs_f64());
     m.requests.with_label_values(&[route.as_str(), method, response.status().as_str()]).inc();
+    let tenant = response
+        .headers()
+        .get(crate::HEADER_EFFECTIVE_TENANT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    tracing::info!(
+        target: ACCESS_TARGET,
+        method,
+        route = %route,
+        status = response.status().as_u16(),
+        duration_ms = took.as_secs_f64() * 1000.0,
+        tenant = %tenant,
+        request_id = %id,
+        trace_id = trace.as_deref().unwrap_or("-"),
+        "request"
+    );
+    if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
     response
+}
+
+/// The `tracing` target of the access log: one line per request.
+pub(crate) const ACCESS_TARGET: &str = "kahn_http::access";
+
+/// The process's own figures, read from `/proc/self` at each scrape (Linux; elsewhere they
+/// stay 0), under the names Prometheus's client libraries use.
+#[derive(Clone, Debug)]
+struct ProcessGauges {
+    resident: IntGauge,
+    cpu: Gauge,
+    fds: IntGauge,
+}
+
+impl ProcessGauges {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let resident =
+            IntGauge::new("process_resident_memory_bytes", "Resident memory size in bytes")?;
+        let cpu =
+            Gauge::new("process_cpu_seconds_total", "User and system CPU time spent, in seconds")?;
+        let fds = IntGauge::new("process_open_fds", "Open file descriptors")?;
+        let start = Gauge::new(
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch, in seconds",
+        )?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        start.set(now);
+        registry.register(Box::new(resident.clone()))?;
+        registry.register(Box::new(cpu.clone()))?;
+        registry.register(Box::new(fds.clone()))?;
+        registry.register(Box::new(start))?;
+        let gauges = Self { resident, cpu, fds };
+        gauges.refresh();
+        Ok(gauges)
+    }
+
+    fn refresh(&self) {
+        if let Ok(status) = std::fs::read_to_string("/proc/self/status")
+            && let Some(kb) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+        {
+            self.resident.set(kb * 1024);
+        }
+        // utime and stime (fields 14 and 15, after the parenthesised name) count the whole
+        // process's threads, in USER_HZ ticks: 100 a second on Linux's architectures.
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
+            && let Some((_, after_name)) = stat.rsplit_once(')')
+        {
+            let fields: Vec<&str> = after_name.split_whitespace().collect();
+            let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            // After ")" field 3 (state) is index 0, so utime (14) is 11 and stime (15) is 12.
+            self.cpu.set((ticks(11) + ticks(12)) / 100.0);
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            self.fds.set(i64::try_from(dir.count()).unwrap_or(i64::MAX));
+        }
+    }
 }

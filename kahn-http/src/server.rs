@@ -114,12 +114,24 @@ pub fn spawn_retention(
                 _ = stop.changed() => return,
                 _ = ticker.tick() => {}
             }
+            let metrics = &state.inner.metrics;
             match state.inner.backend.purge_expired_in_turn(interval).await {
-                Ok(PurgeTurn::Taken) => tracing::debug!(
+                Ok(PurgeTurn::Taken) => {
+                    metrics.purges.with_label_values(&["skipped"]).inc();
+                    tracing::debug!(
                     target: "kahn_http::retention",
                     "retention purge skipped: another server has the turn or purged within the interval"
-                ),
+                    );
+                }
                 Ok(PurgeTurn::NotShared(outcome) | PurgeTurn::Ran(outcome)) => {
+                    metrics.purges.with_label_values(&["ran"]).inc();
+                    for r in &outcome.reports {
+                        metrics.purged_runs.inc_by(r.runs_removed);
+                        metrics.purged_transitions.inc_by(r.transitions_removed);
+                    }
+                    if !outcome.failures.is_empty() {
+                        metrics.purges.with_label_values(&["failed"]).inc();
+                    }
                     tracing::info!(
                         target: "kahn_http::retention",
                         tenants_purged = outcome.reports.len(),
@@ -144,7 +156,10 @@ pub fn spawn_retention(
                         );
                     }
                 }
-                Err(e) => tracing::error!(error = %e.chain(), "retention purge failed"),
+                Err(e) => {
+                    metrics.purges.with_label_values(&["failed"]).inc();
+                    tracing::error!(error = %e.chain(), "retention purge failed");
+                }
             }
             state.inner.limits.shrink();
         }
