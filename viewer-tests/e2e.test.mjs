@@ -343,6 +343,23 @@ describe('KAHN viewer in headless Chromium', () => {
     await page.context().close();
   });
 
+  test('the API reference at /docs renders this server\'s OpenAPI document, same origin only', async () => {
+    const page = await newPage();
+    await page.goto(`${server.url}/docs`);
+    await page.locator('[data-testid="operation"]').first().waitFor({ timeout: WAIT });
+    const ops = await page.locator('[data-testid="operation"] h3').allTextContents();
+    for (const want of ['POST /v1/ingest/transitions', 'GET /v1/runs', 'GET /v1/whoami', 'GET /healthz']) {
+      assert.ok(ops.some((t) => t.replace(/\s+/g, ' ').includes(want)), `${want} in ${ops.join(' | ')}`);
+    }
+    assert.ok(ops.some((t) => /GET\s*\/healthz.*public/.test(t)), 'public operations say so');
+    assert.ok(await page.locator('#schema-RunView').count() === 1, 'schemas are listed, linked by name');
+    const origins = new Set(page.requests.map((r) => new URL(r.url).origin));
+    assert.deepEqual([...origins], [server.url], 'no CDN: every request goes to the KAHN server');
+    assert.deepEqual(page.problems, [], 'no console error');
+    await shot(page, '00-api-docs');
+    await page.context().close();
+  });
+
   test('not signed in: says so, and a refused credential is explained', async () => {
     const page = await newPage();
     await page.goto(`${server.url}/`);

@@ -12,8 +12,9 @@ impl Modify for BearerAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         let mut http = Http::new(HttpAuthScheme::Bearer);
         http.description = Some(
-            "An API key (`kahn_live_sk_…`) or an EdDSA (Ed25519) JWT with `exp` and claims \
-             `sub`, `email`, `name`, `role`, `nonce`, `org_id`?"
+            "An API key (`kahn_live_sk_…`) or a JWT (EdDSA, ES256 or RS256) with `exp` and claims \
+             `sub`, `email`, `name`, `role`, `nonce`, `org_id`?; reads also take the sign-in \
+             session cookie `kahn_session`"
                 .into(),
         );
         components.add_security_scheme("bearer", SecurityScheme::Http(http));
@@ -25,7 +26,9 @@ impl Modify for BearerAuth {
     info(
         title = "KAHN",
         description = "Tamper-evident, idempotent, multi-tenant storage for orchestrator run histories.",
+        license(name = "MIT OR Apache-2.0", identifier = "MIT OR Apache-2.0"),
     ),
+    servers((url = "/", description = "The server that serves this document")),
     paths(
         crate::ingest::ingest,
         crate::reads::list_runs,

@@ -329,14 +329,14 @@ pub(crate) async fn admin_tenants(
 }
 
 /// Liveness: the process serves requests.
-#[utoipa::path(get, path = "/healthz", tag = "ops",
+#[utoipa::path(get, path = "/healthz", tag = "ops", security(()),
     responses((status = 200, description = "Alive", body = Health)))]
 pub(crate) async fn healthz() -> Json<Health> {
     Json(Health { status: "ok".into(), warnings: Vec::new() })
 }
 
 /// Readiness: the backend is reachable.
-#[utoipa::path(get, path = "/readyz", tag = "ops",
+#[utoipa::path(get, path = "/readyz", tag = "ops", security(()),
     responses((status = 200, description = "Ready", body = Health),
         (status = 503, description = "The backend is unreachable; see `Retry-After`", body = ErrorBody)))]
 pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
@@ -353,7 +353,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Health>
 }
 
 /// Prometheus metrics (text exposition format).
-#[utoipa::path(get, path = "/metrics", tag = "ops",
+#[utoipa::path(get, path = "/metrics", tag = "ops", security(()),
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain; version=0.0.4")))]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     let mut r = state.inner.metrics.render().into_response();
@@ -363,7 +363,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 /// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "ops",
+#[utoipa::path(get, path = "/openapi.json", tag = "ops", security(()),
     responses((status = 200, description = "The OpenAPI 3 document", body = Object)))]
 pub(crate) async fn openapi() -> Response {
     (StatusCode::OK, Json(crate::openapi::openapi_document())).into_response()

@@ -27,8 +27,8 @@ use crate::{ingest, metrics, oidc, ratelimit, reads, viewer};
 /// Routes: `POST /v1/ingest/transitions`, `GET /v1/runs`, `GET /v1/runs/{run_id}`,
 /// `GET /v1/runs/{run_id}/transitions`, `GET /v1/whoami`, `GET /api/admin/tenants`,
 /// `GET /healthz`, `/readyz`, `/metrics`, `/openapi.json`, sign-in (`GET /auth/config`,
-/// `/auth/login`, `/auth/callback`, `POST /auth/logout`), and the read-only history viewer
-/// at `GET /` with its assets under `GET /viewer/{file}`. Unknown paths and methods answer
+/// `/auth/login`, `/auth/callback`, `POST /auth/logout`), the read-only history viewer at
+/// `GET /` with its assets under `GET /viewer/{file}`, and the API reference at `GET /docs`. Unknown paths and methods answer
 /// JSON errors too. With [`ServerConfig::cors_origins`](crate::ServerConfig::cors_origins)
 /// set, those origins' pages may call it (credentials included); with none, no CORS header
 /// is ever sent.
@@ -51,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/callback", get(oidc::callback))
         .route("/auth/logout", post(oidc::logout))
         .route("/", get(viewer::index))
+        .route("/docs", get(viewer::docs))
         .route("/viewer/{file}", get(viewer::asset))
         .fallback(|uri: Uri| async move { ApiError::no_route(uri.path()).into_response() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed().into_response() })

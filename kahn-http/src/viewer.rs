@@ -44,6 +44,7 @@ const ASSETS: &[Asset] = &[
     Asset { name: "graph.js", content_type: JS, body: include_bytes!("../viewer/graph.js") },
     Asset { name: "gantt.js", content_type: JS, body: include_bytes!("../viewer/gantt.js") },
     Asset { name: "verify.js", content_type: JS, body: include_bytes!("../viewer/verify.js") },
+    Asset { name: "docs.js", content_type: JS, body: include_bytes!("../viewer/docs.js") },
     Asset { name: "favicon.svg", content_type: SVG, body: include_bytes!("../viewer/favicon.svg") },
 ];
 
@@ -63,6 +64,15 @@ fn respond(asset: &Asset) -> Response {
     // Assets change with the binary, never under it: revalidate rather than cache blindly.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
+}
+
+/// The API reference page, served at `/docs`: this server's `/openapi.json`, rendered.
+const DOCS: Asset =
+    Asset { name: "docs.html", content_type: HTML, body: include_bytes!("../viewer/docs.html") };
+
+/// `GET /docs`: the API reference.
+pub(crate) async fn docs() -> Response {
+    respond(&DOCS)
 }
 
 /// `GET /`: the viewer page.

@@ -64,6 +64,13 @@ async fn the_page_is_served_with_a_strict_csp_and_every_asset_resolves() {
     // Every file the page names, then every module those import, until nothing new appears.
     let mut todo: Vec<String> = referenced(&html, "src");
     todo.extend(referenced(&html, "href"));
+    // The API reference at /docs: the same CSP, its own module.
+    let docs = get(&s, "/docs").await;
+    assert_eq!(docs.status(), StatusCode::OK);
+    assert_eq!(header(&docs, CONTENT_SECURITY_POLICY), kahn_http::VIEWER_CSP);
+    let docs = docs.text().await.expect("docs page");
+    assert!(docs.contains("/viewer/docs.js"), "{docs}");
+    todo.extend(referenced(&docs, "src"));
     assert!(todo.contains(&"/viewer/app.js".to_owned()), "{todo:?}");
     assert!(todo.contains(&"/viewer/viewer.css".to_owned()), "{todo:?}");
     let mut seen = BTreeSet::new();
