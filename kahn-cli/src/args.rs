@@ -82,6 +82,20 @@ A re-run sends only what is missing; a fully stored run is a no-op.")]
     Copy(transfer_cmd::CopyArgs),
     /// Export a tenant's runs as NDJSON files `kahn push` accepts.
     Export(transfer_cmd::ExportArgs),
+    /// Check that a KAHN server answers and is ready (its /readyz): exit 0 when it is, 5 when
+    /// not. For container and service health checks.
+    #[command(after_help = "\
+Examples:
+  kahn healthcheck --url http://127.0.0.1:8080
+  kahn healthcheck --url http://127.0.0.1:8080 --json")]
+    Healthcheck {
+        /// The server.
+        #[arg(long, env = "KAHN_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script for kahn.
     #[command(after_help = "\
 Examples:

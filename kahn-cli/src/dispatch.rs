@@ -33,6 +33,19 @@ pub(crate) async fn run(cli: Cli) -> CliResult {
         Command::Runs(cmd) => runs_cmd::run(cmd).await,
         Command::Bridge(cmd) => bridge_cmd::run(cmd).await,
         Command::Verify { run_id, json, target } => runs_cmd::verify(run_id, json, target).await,
+        Command::Healthcheck { url, json } => {
+            // One try, short: a health check that waits is one the orchestrator times out.
+            let store = kahn_http::HttpBackend::new(&url)?;
+            let ping = kahn_core::StorageBackend::ping(&store);
+            tokio::time::timeout(std::time::Duration::from_secs(5), ping)
+                .await
+                .map_err(|_| Error::unavailable("http", "no answer within 5 s"))??;
+            if json {
+                return crate::print::print_json(&serde_json::json!({ "url": url, "ready": true }));
+            }
+            out!("ready: {url}");
+            Ok(())
+        }
         Command::Completions { shell } => {
             let mut cmd = <crate::args::Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();

@@ -1209,3 +1209,23 @@ fn serve_logs_an_access_line_per_request_with_its_request_id() {
     }
     assert!(!line.contains("nightly-9"), "the route, not the raw path: {line}");
 }
+
+/// `kahn healthcheck` (the container's HEALTHCHECK): 0 against a ready server, 5 when none
+/// answers, at once.
+#[test]
+fn healthcheck_says_whether_a_server_is_ready() {
+    let env = Env::new();
+    env.ok(&["migrate"], None);
+    let server = serve(&env, &[], &[]).unwrap();
+    let out =
+        Command::new(KAHN).args(["healthcheck", "--url", server.url(), "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(said["ready"], true);
+    let url = server.url().to_owned();
+    server.stop();
+    let started = std::time::Instant::now();
+    let out = Command::new(KAHN).args(["healthcheck", "--url", &url]).output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(started.elapsed() < std::time::Duration::from_secs(6));
+}
