@@ -281,9 +281,13 @@ pub(crate) enum BridgeCommand {
     /// Push the run a CI job produced, under a run id derived from the CI environment
     /// (GitHub Actions: repository, run id, attempt; GitLab CI: project, pipeline, job).
     #[command(after_help = "\
-Example (in a GitHub Actions step):
-  KAHN_API_KEY=${{ secrets.KAHN_API_KEY }} kahn bridge push --profile choco ./out/run
-A retried step pushes nothing new: the run id is the same, and so is the content.")]
+Examples:
+  kahn bridge push --profile choco ./out/run --url \"$KAHN_URL\"     # the key in $KAHN_API_KEY
+  kahn bridge push --profile choco ./out/run --url \"$KAHN_URL\" --json
+In GitHub Actions use KAHN's action (action.yml: a matrix leg is a run of its own); in GitLab
+CI the template ci/gitlab/kahn.gitlab-ci.yml. Pushing again within the same job attempt adds
+nothing (same run id, same content); a new attempt (GitHub's Re-run) or a retried GitLab job
+is a new run.")]
     Push {
         /// The profile.
         #[arg(long)]

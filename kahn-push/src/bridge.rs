@@ -83,8 +83,8 @@ pub struct CiContext {
 
 impl CiContext {
     /// Reads the CI environment through `var` (e.g. `|k| std::env::var(k).ok()`).
-    /// GitHub Actions: repository, run id, run attempt and job (plus `KAHN_RUN_SUFFIX` for
-    /// matrix legs). GitLab CI: project, pipeline, job. Anywhere else: `explicit_id`, or
+    /// GitHub Actions: repository, run id, run attempt and job, and for a matrix leg its
+    /// values (`KAHN_MATRIX`, the `matrix` context as JSON; or `KAHN_RUN_SUFFIX`). GitLab CI: project, pipeline, job. Anywhere else: `explicit_id`, or
     /// `KAHN_RUN_ID`.
     ///
     /// # Errors
@@ -121,7 +121,16 @@ impl CiContext {
                 "job_url",
                 Some(format!("{server}/{repo}/actions/runs/{run}/attempts/{attempt}")),
             );
-            let suffix = var("KAHN_RUN_SUFFIX").map(|s| format!(":{s}")).unwrap_or_default();
+            // A matrix leg is told apart by its values (KAHN_MATRIX: the `matrix` context as
+            // JSON, which KAHN's action passes on), or by KAHN_RUN_SUFFIX when given.
+            let suffix = var("KAHN_RUN_SUFFIX")
+                .filter(|s| !s.is_empty())
+                .or_else(|| var("KAHN_MATRIX").and_then(|m| matrix_suffix(&m)))
+                .map(|s| format!(":{s}"))
+                .unwrap_or_default();
+            if let Some(leg) = suffix.strip_prefix(':') {
+                label("matrix", Some(leg.to_owned()));
+            }
             let job_key = format!("gh:{repo}:{run}:{attempt}:{job}{suffix}");
             return Ok(Self { provider: "github", job_key, labels });
         }
@@ -164,6 +173,23 @@ impl CiContext {
             .collect();
         RunId::new(cleaned)
     }
+}
+
+/// A matrix leg's values as a run id part: `{"os":"ubuntu","rust":"1.94"}` →
+/// `os=ubuntu,rust=1.94` (keys sorted, as the JSON object's are); `None` for no matrix (`null`,
+/// `{}`, not an object).
+fn matrix_suffix(json: &str) -> Option<String> {
+    let serde_json::Value::Object(values) = serde_json::from_str(json).ok()? else {
+        return None;
+    };
+    let parts: Vec<String> = values
+        .iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => format!("{k}={s}"),
+            other => format!("{k}={other}"),
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(","))
 }
 
 /// A product's bridge: its profile, over any store.
@@ -243,6 +269,39 @@ mod tests {
         assert_eq!(ci.run_id(&profile).unwrap().as_str(), "choco:gh:acme:choco:987:2:build");
         assert_eq!(ci.labels["commit"], "abc123");
         assert_eq!(CiContext::detect(&vars, None).unwrap(), ci);
+    }
+
+    #[test]
+    fn matrix_legs_of_one_job_get_runs_of_their_own() {
+        let leg = |matrix: &str| {
+            let pairs = [
+                ("GITHUB_ACTIONS", "true"),
+                ("GITHUB_REPOSITORY", "acme/choco"),
+                ("GITHUB_RUN_ID", "987"),
+                ("GITHUB_RUN_ATTEMPT", "1"),
+                ("GITHUB_JOB", "test"),
+                ("KAHN_MATRIX", matrix),
+            ];
+            let vars = env(&pairs);
+            let ci = CiContext::detect(&vars, None).unwrap();
+            ci.run_id(&find_profile("choco", &[]).unwrap()).unwrap().as_str().to_owned()
+        };
+        let a = leg(r#"{"os":"ubuntu-24.04","rust":"1.94"}"#);
+        let b = leg(r#"{"rust":"stable","os":"ubuntu-24.04"}"#);
+        // `=` and `,` are outside the run id alphabet: written `_` there (the `matrix` label
+        // keeps them).
+        assert_eq!(a, "choco:gh:acme:choco:987:1:test:os_ubuntu-24.04_rust_1.94");
+        assert_eq!(b, "choco:gh:acme:choco:987:1:test:os_ubuntu-24.04_rust_stable");
+        assert_eq!(a, leg(r#"{"rust":"1.94","os":"ubuntu-24.04"}"#), "same leg, same run");
+        // No matrix: the job's run.
+        for none in ["null", "{}", "", "not json"] {
+            assert_eq!(leg(none), "choco:gh:acme:choco:987:1:test", "{none:?}");
+        }
+        // A number, an array: written as JSON, then cleaned to the run id alphabet.
+        assert_eq!(
+            leg(r#"{"n":3,"f":["a","b"]}"#),
+            "choco:gh:acme:choco:987:1:test:f___a___b___n_3"
+        );
     }
 
     #[test]
