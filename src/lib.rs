@@ -9,9 +9,15 @@
 //!
 //! This facade re-exports [`kahn_core`] and, by feature, the adapters:
 //!
-//! | feature | module | adapter |
+//! | feature | module | what it brings |
 //! | --- | --- | --- |
-//! | `sqlite` (default) | [`sqlite`] | [`sqlite::SqliteBackend`]: embedded, zero setup |
+//! | `sqlite` (default) | `sqlite` | `SqliteBackend`: embedded, zero setup, one writer thread (rusqlite, bundled SQLite) |
+//! | `postgres` | `pg` | `PgBackend`: production, tenancy enforced by Row-Level Security under an app role that cannot bypass it; Citus-ready (sqlx 0.9) |
+//! | `http` | `http` | the axum server (`router`, `serve`, sign-in, CORS, the viewer) and `HttpBackend`, a client that is itself a `StorageBackend` (reqwest, rustls) |
+//!
+//! No feature: [`kahn_core`] alone — the trait, the model, the append rules, [`MemoryBackend`].
+//! The crates behind the features can also be used directly (`kahn-sqlite`, `kahn-pg`,
+//! `kahn-http`); the `kahn` binary is the `kahn-cli` crate. Every crate needs Rust 1.94.
 //!
 //! ```no_run
 //! use kahn::{AppendBatch, NewTenant, StorageBackend, StorageBackendExt};
