@@ -73,6 +73,10 @@ pub(crate) struct ServeArgs {
     /// How long a sign-in session lasts: seconds, or 30m, 8h, ... [default: 8h]
     #[arg(long, env = "KAHN_SESSION_TTL", value_name = "DURATION", value_parser = parse_duration)]
     session_ttl: Option<Duration>,
+    /// An OpenTelemetry collector's OTLP/HTTP endpoint (e.g. http://127.0.0.1:4318): one span
+    /// per request is exported to ENDPOINT/v1/traces. None by default.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    otlp_endpoint: Option<String>,
     /// An origin (scheme://host or scheme://host:PORT) whose pages may call this API from a browser,
     /// credentials included; repeat for several. None by default: no cross-origin access.
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
@@ -146,6 +150,7 @@ struct FileConfig {
     #[serde(default)]
     oidc_claims: std::collections::BTreeMap<String, String>,
     public_url: Option<String>,
+    otlp_endpoint: Option<String>,
     /// Seconds, or a duration with units ("8h").
     session_ttl: Option<TtlSetting>,
     #[serde(default)]
@@ -240,6 +245,7 @@ impl ServeArgs {
             }
         }
         self.public_url = self.public_url.or(file.public_url);
+        self.otlp_endpoint = self.otlp_endpoint.or(file.otlp_endpoint);
         if self.session_ttl.is_none()
             && let Some(ttl) = file.session_ttl
         {
@@ -389,6 +395,9 @@ impl ServeArgs {
         for origin in &self.cors_origins {
             config = config.with_cors_origin(origin.clone());
         }
+        if let Some(endpoint) = &self.otlp_endpoint {
+            config = config.with_otlp_endpoint(endpoint.clone());
+        }
         Ok(config.with_personal_tenants(!self.no_personal_tenants))
     }
 }
@@ -419,6 +428,9 @@ pub(crate) async fn run(
             }
             ConfigError::Invalid { setting: "cors_origins", .. } => {
                 "check --cors-origin: an origin is scheme://host[:port]"
+            }
+            ConfigError::Invalid { setting: "otlp_endpoint", .. } => {
+                "check --otlp-endpoint: an OTLP/HTTP collector, e.g. http://127.0.0.1:4318"
             }
             _ => "check --jwt-public-key / --jwt-jwks / --jwt-jwks-url",
         };

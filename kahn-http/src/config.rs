@@ -298,6 +298,9 @@ pub struct ServerConfig {
     pub oidc: Option<OidcConfig>,
     /// When the provider's keys are fetched again.
     pub oidc_refresh: KeyRefresh,
+    /// An OpenTelemetry collector's OTLP/HTTP endpoint (`http://host:4318`): one server span
+    /// per request is exported to `{endpoint}/v1/traces` (JSON encoding). `None`: no export.
+    pub otlp_endpoint: Option<String>,
     /// Origins (`scheme://host[:port]`) whose pages may call this API from a browser (CORS),
     /// credentials included. Empty (the default): no cross-origin access at all.
     pub cors_origins: Vec<String>,
@@ -352,6 +355,7 @@ impl Default for ServerConfig {
             jwt: None,
             oidc: None,
             oidc_refresh: KeyRefresh::default(),
+            otlp_endpoint: None,
             cors_origins: Vec::new(),
             ingest_rate: DEFAULT_INGEST_RATE,
             tenant_ingest_rates: HashMap::new(),
@@ -381,6 +385,13 @@ impl ServerConfig {
     #[must_use]
     pub fn with_oidc(mut self, oidc: OidcConfig) -> Self {
         self.oidc = Some(oidc);
+        self
+    }
+
+    /// Exports one span per request to the OTLP/HTTP collector at `endpoint`.
+    #[must_use]
+    pub fn with_otlp_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.otlp_endpoint = Some(endpoint.into());
         self
     }
 

@@ -36,6 +36,7 @@ mod jwks;
 mod metrics;
 mod oidc;
 mod openapi;
+mod otlp;
 mod queue;
 mod ratelimit;
 mod reads;

@@ -145,25 +145,6 @@ fn request_id(req: &Request) -> String {
     }
 }
 
-/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`, not all zeros), so
-/// this server's log lines join the caller's trace.
-fn trace_id(req: &Request) -> Option<String> {
-    let value = req.headers().get("traceparent")?.to_str().ok()?;
-    let parts: Vec<&str> = value.split('-').collect();
-    let hex = |s: &str, n: usize| {
-        s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    };
-    let [version, trace, parent, flags] = parts.as_slice() else { return None };
-    let valid = hex(version, 2)
-        && *version != "ff"
-        && hex(trace, 32)
-        && trace.bytes().any(|b| b != b'0')
-        && hex(parent, 16)
-        && parent.bytes().any(|b| b != b'0')
-        && hex(flags, 2);
-    valid.then(|| (*trace).to_owned())
-}
-
 /// The header carrying a request's id, both ways.
 pub(crate) const REQUEST_ID: &str = "x-request-id";
 
@@ -171,10 +152,16 @@ pub(crate) const REQUEST_ID: &str = "x-request-id";
 /// never become label values) and status, timing it, giving it a request id (`X-Request-Id`,
 /// the caller's or a new one, on the response too) and logging one access line (target
 /// `kahn_http::access`, level info): method, route, status, duration, tenant, request id, and
-/// the W3C trace id when a `traceparent` came with it.
+/// the trace id (the caller's `traceparent`'s, or a new one when spans are exported); with an
+/// OTLP endpoint configured, one server span per request ([`crate::otlp`]).
 pub(crate) async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let id = request_id(&req);
-    let trace = trace_id(&req);
+    let traceparent = req.headers().get("traceparent").and_then(|v| v.to_str().ok());
+    let exporter = state.inner.otlp.as_ref();
+    // A trace to join (the caller's) or, when spans are exported, a new one.
+    let trace = (traceparent.is_some() || exporter.is_some())
+        .then(|| crate::otlp::TraceContext::from_traceparent(traceparent));
+    let started_at = std::time::SystemTime::now();
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -209,9 +196,24 @@ pub(crate) async fn track(State(state): State<AppState>, req: Request, next: Nex
         duration_ms = took.as_secs_f64() * 1000.0,
         tenant = %tenant,
         request_id = %id,
-        trace_id = trace.as_deref().unwrap_or("-"),
+        trace_id = trace.as_ref().map_or("-", |t| t.trace_id.as_str()),
         "request"
     );
+    if let (Some(exporter), Some(trace)) = (exporter, trace) {
+        exporter.record(crate::otlp::Span {
+            trace,
+            name: format!("{method} {route}"),
+            start: started_at,
+            duration: took,
+            status: response.status().as_u16(),
+            attributes: vec![
+                ("http.request.method", method.to_owned()),
+                ("http.route", route.clone()),
+                ("kahn.tenant", tenant.clone()),
+                ("kahn.request_id", id.clone()),
+            ],
+        });
+    }
     if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }

@@ -186,6 +186,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(());
     let refreshers = spawn_key_refresh(&state, &stop_rx);
+    let exporter = state.inner.otlp.as_ref().and_then(|e| e.spawn(stop_rx.clone()));
     let retention = state
         .inner
         .config
@@ -237,6 +238,11 @@ pub async fn serve(
     drop(listener);
     graceful.shutdown().await;
     drop(stop_tx);
+    if let Some(task) = exporter
+        && let Err(e) = task.await
+    {
+        tracing::error!(error = %e, "OTLP export task ended abnormally");
+    }
     for task in refreshers {
         if let Err(e) = task.await {
             tracing::error!(error = %e, "key refresh task ended abnormally");

@@ -35,6 +35,8 @@ pub(crate) struct Inner {
     pub(crate) ingest_slots: Arc<tokio::sync::Semaphore>,
     /// Appends to one run, in arrival order within this server.
     pub(crate) run_queue: RunQueue,
+    /// Spans to an OpenTelemetry collector, when `otlp_endpoint` is set.
+    pub(crate) otlp: Option<Arc<crate::otlp::Exporter>>,
 }
 
 impl fmt::Debug for AppState {
@@ -133,6 +135,10 @@ impl AppState {
             }
         }
         crate::cors::layer(&config.cors_origins)?;
+        if let Some(endpoint) = &config.otlp_endpoint {
+            crate::otlp::Exporter::new(endpoint)
+                .map_err(|message| ConfigError::Invalid { setting: "otlp_endpoint", message })?;
+        }
         Ok(())
     }
 
@@ -142,6 +148,14 @@ impl AppState {
         jwt: Option<JwtVerifier>,
         oidc: Option<Box<Provider>>,
     ) -> Result<Self, ConfigError> {
+        let otlp = match &config.otlp_endpoint {
+            Some(endpoint) => {
+                Some(Arc::new(crate::otlp::Exporter::new(endpoint).map_err(|message| {
+                    ConfigError::Invalid { setting: "otlp_endpoint", message }
+                })?))
+            }
+            None => None,
+        };
         let limits = IngestLimits::new(
             config.ingest_rate,
             &config.tenant_ingest_rates,
@@ -164,6 +178,7 @@ impl AppState {
                 auth_failures,
                 ingest_slots,
                 run_queue: RunQueue::default(),
+                otlp,
             }),
         })
     }

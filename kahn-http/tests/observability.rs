@@ -68,3 +68,78 @@ async fn metrics_show_the_build_the_process_and_the_purges() {
         )
     );
 }
+
+/// With an OTLP endpoint, each request becomes a server span sent to the collector (OTLP/HTTP,
+/// JSON), in the caller's trace when it sent a `traceparent`. The collector here is a real
+/// HTTP server on a loopback port recording what it receives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_otlp_collector_in_the_callers_trace() {
+    use axum::routing::post;
+    let received: Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let sink = received.clone();
+    let collector = axum::Router::new().route(
+        "/v1/traces",
+        post(move |body: String| {
+            let sink = sink.clone();
+            async move {
+                let doc: serde_json::Value = serde_json::from_str(&body).expect("OTLP JSON");
+                sink.lock().expect("sink").push(doc);
+                "{}"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, collector).await });
+
+    let keys = TestKeys::generate();
+    let config = test_config(&keys).with_otlp_endpoint(endpoint);
+    let s = TestServer::start(Arc::new(MemoryBackend::new()), keys, config).await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    s.http
+        .get(s.url("/v1/whoami"))
+        .bearer_auth(s.admin_token())
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .header("x-request-id", "otlp-req-1")
+        .send()
+        .await
+        .expect("whoami");
+    s.http.get(s.url("/healthz")).send().await.expect("healthz");
+
+    let mut spans = Vec::new();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        spans = received
+            .lock()
+            .expect("sink")
+            .iter()
+            .flat_map(|doc| {
+                doc["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect();
+        if spans.len() >= 2 {
+            break;
+        }
+    }
+    let whoami = spans
+        .iter()
+        .find(|s| s["name"] == "GET /v1/whoami")
+        .unwrap_or_else(|| panic!("a span for the request: {spans:?}"));
+    assert_eq!(whoami["traceId"], trace, "the caller's trace");
+    assert_eq!(whoami["parentSpanId"], "00f067aa0ba902b7");
+    assert_eq!(whoami["kind"], 2, "a server span");
+    let attrs = whoami["attributes"].as_array().expect("attributes");
+    let attr = |k: &str| attrs.iter().find(|a| a["key"] == k).map(|a| a["value"].clone());
+    assert_eq!(attr("http.route"), Some(serde_json::json!({"stringValue": "/v1/whoami"})));
+    assert_eq!(attr("kahn.request_id"), Some(serde_json::json!({"stringValue": "otlp-req-1"})));
+    assert_eq!(attr("http.response.status_code"), Some(serde_json::json!({"intValue": "200"})));
+    let healthz = spans.iter().find(|s| s["name"] == "GET /healthz").expect("the healthz span");
+    assert_ne!(healthz["traceId"], trace, "a request without traceparent starts its own trace");
+    assert!(healthz.get("parentSpanId").is_none());
+    let service =
+        &received.lock().expect("sink")[0]["resourceSpans"][0]["resource"]["attributes"][0];
+    assert_eq!(service["value"]["stringValue"], "kahn");
+}
