@@ -249,6 +249,12 @@ pub trait StorageBackend: Debug + Send + Sync + 'static {
     /// # Errors
     /// [`Error::Backend`] when it is not.
     async fn ping(&self) -> Result<()>;
+
+    /// How the store's database connections are used now, for metrics; `None` (the default)
+    /// for a store without a pool of its own (in memory, a remote server).
+    fn pool_status(&self) -> Option<crate::PoolStatus> {
+        None
+    }
 }
 
 /// Conveniences over [`StorageBackend`], implemented for every backend.

@@ -59,8 +59,8 @@ pub use memory::MemoryBackend;
 pub use model::{
     ApiKeyInfo, ApiKeyState, AppendReport, Cursor, DEFAULT_PAGE_SIZE, DEFAULT_RETENTION_DAYS,
     IssuedApiKey, KEY_USE_RECORD_INTERVAL, MAX_CURSOR_MICROS, MAX_PAGE_SIZE, MIN_CURSOR_MICROS,
-    NewTenant, PERSONAL_TENANT_PREFIX, PurgeReport, RunAppendReport, RunInfo, RunPage, RunQuery,
-    RunSummary, StoredTransition, Tenant, TenantSummary,
+    NewTenant, PERSONAL_TENANT_PREFIX, PoolStatus, PurgeReport, RunAppendReport, RunInfo, RunPage,
+    RunQuery, RunSummary, StoredTransition, Tenant, TenantSummary,
 };
 pub use scope::{ReadScope, TenantSource, WriteScope};
 pub use secret::{API_KEY_PREFIX, ApiKey, ApiKeyHash};

@@ -251,6 +251,27 @@ impl ApiKeyInfo {
     }
 }
 
+/// A store's connection pool at one moment ([`StorageBackend::pool_status`]).
+///
+/// [`StorageBackend::pool_status`]: crate::StorageBackend::pool_status
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolStatus {
+    /// Connections open now.
+    pub open: u32,
+    /// Of those, idle.
+    pub idle: u32,
+    /// The most the pool opens.
+    pub max: u32,
+}
+
+impl PoolStatus {
+    /// A pool with `open` connections, `idle` of them idle, at most `max`.
+    pub fn new(open: u32, idle: u32, max: u32) -> Self {
+        Self { open, idle: idle.min(open), max }
+    }
+}
+
 /// A run as listed: everything but the graph.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunInfo {

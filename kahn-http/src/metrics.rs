@@ -28,6 +28,7 @@ pub(crate) struct Metrics {
     pub(crate) purged_runs: IntCounter,
     pub(crate) purged_transitions: IntCounter,
     process: ProcessGauges,
+    pool: IntGaugeVec,
 }
 
 impl Metrics {
@@ -97,7 +98,16 @@ impl Metrics {
         registry.register(Box::new(purged_runs.clone()))?;
         registry.register(Box::new(purged_transitions.clone()))?;
         let process = ProcessGauges::new(&registry)?;
+        let pool = IntGaugeVec::new(
+            Opts::new(
+                "kahn_db_pool_connections",
+                "Database connections of the store's pool by state (idle, in_use; max: the cap)",
+            ),
+            &["state"],
+        )?;
+        registry.register(Box::new(pool.clone()))?;
         Ok(Self {
+            pool,
             purges,
             purged_runs,
             purged_transitions,
@@ -113,9 +123,14 @@ impl Metrics {
         })
     }
 
-    /// The Prometheus text exposition.
-    pub(crate) fn render(&self) -> String {
+    /// The Prometheus text exposition; `pool` is the store's pool now, when it has one.
+    pub(crate) fn render(&self, pool: Option<kahn_core::PoolStatus>) -> String {
         self.process.refresh();
+        if let Some(p) = pool {
+            self.pool.with_label_values(&["idle"]).set(i64::from(p.idle));
+            self.pool.with_label_values(&["in_use"]).set(i64::from(p.open - p.idle));
+            self.pool.with_label_values(&["max"]).set(i64::from(p.max));
+        }
         let mut out = Vec::new();
         let encoder = prometheus::TextEncoder::new();
         if let Err(e) = encoder.encode(&self.registry.gather(), &mut out) {

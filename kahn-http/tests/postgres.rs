@@ -670,3 +670,26 @@ async fn a_strangers_first_sign_in_creates_their_personal_tenant_as_the_app_role
     let again = json_of(pg.get("/v1/whoami", &token, None).await).await;
     assert_eq!(again["tenant_id"].as_str(), Some(id.as_str()));
 }
+
+/// `/metrics` shows the Postgres pool the server reads and writes through: connections idle
+/// and in use, and the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_the_postgres_pool() {
+    let pg = Pg::start().await;
+    let t = pg.tenant().await;
+    let r = pg.s.http.get(pg.s.url("/v1/runs")).bearer_auth(&t.key).send().await.expect("runs");
+    assert_eq!(r.status(), StatusCode::OK);
+    let text =
+        pg.s.http.get(pg.s.url("/metrics")).send().await.expect("m").text().await.expect("t");
+    let value = |state: &str| -> i64 {
+        let name = format!("kahn_db_pool_connections{{state=\"{state}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in:\n{text}"))
+    };
+    let status = pg.app.pool_status().expect("a Postgres backend has a pool");
+    assert_eq!(value("max"), i64::from(status.max));
+    assert!(value("max") >= 1);
+    assert!(value("idle") + value("in_use") >= 1, "a read opened a connection");
+}

@@ -612,6 +612,15 @@ impl StorageBackend for PgBackend {
         sqlx_core::raw_sql::raw_sql("SELECT 1").execute(&self.pool).await.map_err(db)?;
         Ok(())
     }
+
+    fn pool_status(&self) -> Option<kahn_core::PoolStatus> {
+        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+        Some(kahn_core::PoolStatus::new(
+            self.pool.size(),
+            idle,
+            self.pool.options().get_max_connections(),
+        ))
+    }
 }
 
 #[cfg(test)]
