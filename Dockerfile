@@ -24,6 +24,8 @@ ENV KAHN_DATABASE_URL=sqlite:///var/lib/kahn/kahn.db \
 VOLUME ["/var/lib/kahn"]
 EXPOSE 8080
 USER 65532:65532
+# The health check asks the default address; with another KAHN_LISTEN, override it
+# (docker run --health-cmd, or a HEALTHCHECK of your own in a derived image).
 HEALTHCHECK --interval=30s --timeout=6s --start-period=10s --retries=3 \
     CMD ["/usr/local/bin/kahn", "healthcheck", "--url", "http://127.0.0.1:8080"]
 ENTRYPOINT ["/usr/local/bin/kahn"]

@@ -152,7 +152,9 @@ def simulate(tmp, url, key):
     # ------------------------------------------------------------------ GitLab CI
     template = yaml.safe_load(open(os.path.join(ROOT, "ci", "gitlab", "kahn.gitlab-ci.yml")))
     job = template[".kahn-push"]
-    script = "\n".join(job["script"])
+    check("after_script" in job and "script" not in job,
+          "the push is the job's after_script, so a failed job pushes too")
+    script = "\n".join(job["after_script"])
 
     def gitlab_job(job_id):
         env = dict(base, **{k: str(v) for k, v in job["variables"].items()})
@@ -160,7 +162,8 @@ def simulate(tmp, url, key):
                    CI_JOB_ID=job_id, CI_COMMIT_SHA="0123abcd", CI_COMMIT_REF_NAME="main",
                    CI_JOB_URL=f"https://gitlab.example.com/acme/choco/-/jobs/{job_id}",
                    CI_PROJECT_DIR=work, KAHN_URL=url, KAHN_API_KEY=key, KAHN_PATH="out/run")
-        done = bash(script, env, work)
+        # GitLab runs after_script with the image's shell: POSIX sh here (dash), not bash.
+        done = subprocess.run(["sh", "-c", script], env=env, cwd=work, capture_output=True, text=True)
         if done.returncode != 0:
             check(False, f"the GitLab template's script ran: {done.stdout}{done.stderr}")
             return None, ""

@@ -203,7 +203,7 @@ pub(crate) enum RunsCommand {
         source: Option<String>,
         /// Only runs in this status: their latest run-level state, else derived from their
         /// nodes (running, failed, pending, cancelled, succeeded).
-        #[arg(long)]
+        #[arg(long, value_parser = ["running", "failed", "pending", "cancelled", "succeeded"])]
         status: Option<String>,
         /// Only runs whose id starts with this.
         #[arg(long)]
@@ -213,7 +213,7 @@ pub(crate) enum RunsCommand {
         #[arg(long, value_parser = parse_class)]
         node_class: Option<kahn_core::StateClass>,
         /// At most this many (1–1000).
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
         /// Continue after this cursor (printed by the previous page).
         #[arg(long)]
@@ -284,12 +284,17 @@ pub(crate) enum BridgeCommand {
 Examples:
   kahn bridge push --profile choco ./out/run --url \"$KAHN_URL\"     # the key in $KAHN_API_KEY
   kahn bridge push --profile choco ./out/run --url \"$KAHN_URL\" --json
+The run id is PROFILE:gh:OWNER:REPO:RUN:ATTEMPT:JOB[:MATRIX] on GitHub Actions (MATRIX from
+KAHN_MATRIX, the job's matrix as JSON, or KAHN_RUN_SUFFIX) and PROFILE:gl:PROJECT:PIPELINE:JOB
+on GitLab CI; elsewhere --run-id or KAHN_RUN_ID. ('/' is written ':', other characters outside
+the run id alphabet '_'.)
 In GitHub Actions use KAHN's action (action.yml: a matrix leg is a run of its own); in GitLab
 CI the template ci/gitlab/kahn.gitlab-ci.yml. Pushing again within the same job attempt adds
 nothing (same run id, same content); a new attempt (GitHub's Re-run) or a retried GitLab job
 is a new run.")]
     Push {
-        /// The profile.
+        /// The profile: choco, stratt, traceo, or one from --profiles. It names the source
+        /// recorded on the run and the run id's prefix.
         #[arg(long)]
         profile: String,
         /// The run directory or NDJSON file.

@@ -25,6 +25,18 @@ pub(crate) fn write_line(args: std::fmt::Arguments<'_>) {
     }
 }
 
+/// What to do with a freshly issued key.
+fn next_step(secret_name: &str) -> String {
+    if secret_name == "KAHN_API_KEY" {
+        "next: export KAHN_API_KEY=<the key>, then `kahn push PATH --url URL` (or --db)".to_owned()
+    } else {
+        format!(
+            "next: store the key as {secret_name}; the job runs `kahn bridge push \
+             --profile NAME PATH --url URL` (or KAHN's GitHub Action / GitLab template)"
+        )
+    }
+}
+
 /// Bytes on stdout, as [`write_line`] treats a closed pipe and other write errors.
 pub(crate) fn write_bytes(bytes: &[u8]) {
     use std::io::Write as _;
@@ -73,7 +85,7 @@ pub(crate) fn print_provisioned(p: &Provisioned, json: bool, secret_name: &str) 
                     at.format("%Y-%m-%d %H:%M:%SZ")
                 ),
             }
-            out!("next: set {secret_name} to the key, then `kahn push PATH`");
+            out!("{}", next_step(secret_name));
         }
         None => out!("already provisioned; no key issued (use --rotate for a new one)"),
     }

@@ -21,14 +21,18 @@ pub(crate) async fn run(cmd: RunsCommand) -> CliResult {
             let store = open_target(&target).await?;
             let scope = resolve_key(store.as_ref(), &target.key).await?.read();
             let cursor = cursor.as_deref().map(Cursor::decode).transpose()?;
+            let filtered =
+                source.is_some() || status.is_some() || prefix.is_some() || node_class.is_some();
             let query =
                 RunQuery { source, status, run_id_prefix: prefix, node_class, limit, cursor };
             let page = store.list_runs(&scope, &query).await?;
             if json {
                 return print_json(&page);
             }
-            if page.runs.is_empty() {
-                out!("no runs yet for this tenant; push one with `kahn push PATH`");
+            if page.runs.is_empty() && filtered {
+                out!("no run matches these filters");
+            } else if page.runs.is_empty() {
+                out!("no runs yet for this tenant; push one with `kahn push PATH --url URL`");
             }
             for r in page.runs {
                 out!(
@@ -42,7 +46,8 @@ pub(crate) async fn run(cmd: RunsCommand) -> CliResult {
                 );
             }
             if let Some(next) = page.next_cursor {
-                out!("more: kahn runs list --cursor {}", next.encode());
+                // The same command for the next page (on stderr: stdout is the list).
+                eprintln!("more: {} --cursor {}", same_command_without_cursor(), next.encode());
             }
             Ok(())
         }
@@ -228,4 +233,24 @@ mod tests {
             assert_eq!(human_duration(d), want);
         }
     }
+}
+
+/// This invocation as typed, `--cursor` and its value left out: what to run for the next
+/// page. Words a shell would split or expand are single-quoted.
+fn same_command_without_cursor() -> String {
+    let mut words = vec!["kahn".to_owned()];
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--cursor" {
+            args.next();
+            continue;
+        }
+        if arg.starts_with("--cursor=") {
+            continue;
+        }
+        let plain = !arg.is_empty()
+            && arg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./:=@,+%".contains(&b));
+        words.push(if plain { arg } else { format!("'{}'", arg.replace('\'', "'\\''")) });
+    }
+    words.join(" ")
 }

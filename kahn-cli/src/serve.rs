@@ -496,6 +496,38 @@ mod tests {
                 .with_retention_interval(Some(kahn_http::DEFAULT_RETENTION_INTERVAL))
         );
         assert!(resolved.oidc_config("127.0.0.1:8080").map_err(|f| f.message).unwrap().is_none());
+
+        // Its sample tables, uncommented, are read as what they say (they sit after every
+        // plain key, so no later key falls into them).
+        let text = std::fs::read_to_string(sample).unwrap();
+        let (head, tables) = text.split_once("# --- Tables").unwrap();
+        let uncommented: String = tables
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(t)
+                    if t.starts_with('[')
+                        || t.starts_with('"')
+                        || t.starts_with("org_id")
+                        || t.starts_with("role") =>
+                {
+                    format!("{t}\n")
+                }
+                _ => format!("{l}\n"),
+            })
+            .collect();
+        let file = std::env::temp_dir().join(format!("kahn-sample-{}.toml", std::process::id()));
+        std::fs::write(&file, format!("{head}# --- Tables{uncommented}")).unwrap();
+        let resolved = ServeArgs { config: Some(file.clone()), ..ServeArgs::default() }
+            .resolve()
+            .map_err(|f| f.message)
+            .unwrap();
+        assert_eq!(resolved.tenant_ingest_rates.len(), 1);
+        assert!(
+            resolved.oidc_claims.iter().any(|c| c == "org_id=tenant"),
+            "{:?}",
+            resolved.oidc_claims
+        );
+        let _ = std::fs::remove_file(file);
     }
 
     #[test]

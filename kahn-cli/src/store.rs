@@ -89,6 +89,23 @@ pub(crate) async fn create_db(db: &DbArgs) -> CliResult<Arc<dyn StorageBackend>>
 /// The store a data command works on: the server named by `--url`, else the database; one of
 /// them must be named.
 pub(crate) async fn open_target(target: &KeyTarget) -> CliResult<Arc<dyn StorageBackend>> {
+    // A flag beats the environment: `--db` typed here wins over an exported KAHN_URL (and
+    // `--url` over KAHN_DATABASE_URL); both typed is a mistake to say, not to guess.
+    let typed = |flag: &str| {
+        std::env::args()
+            .take_while(|a| a != "--")
+            .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+    };
+    match (typed("--url"), typed("--db")) {
+        (true, true) => {
+            return Err(Failure {
+                code: 2,
+                message: "both --url and --db are given\nhint: name one store: --url for a server, --db for a database".into(),
+            });
+        }
+        (false, true) => return open_db_as(&target.db, DbRole::App).await,
+        _ => {}
+    }
     match (&target.url, &target.db.db) {
         (Some(url), _) => Ok(Arc::new(kahn_http::HttpBackend::new(url)?)),
         (None, Some(_)) => open_db_as(&target.db, DbRole::App).await,
@@ -145,7 +162,7 @@ fn parse_key(key: &Option<String>) -> CliResult<ApiKey> {
 fn unknown_key() -> Failure {
     Failure {
         code: 4,
-        message: "the API key is unknown or revoked\nhint: `kahn tenant provision NAME --rotate` issues a new one".into(),
+        message: "the API key is unknown or revoked\nhint: check it was copied whole (`kahn tenant keys NAME --db …` lists the tenant's keys); `kahn tenant issue-key NAME --db …` issues another without stopping the others".into(),
     }
 }
 

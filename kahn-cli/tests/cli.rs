@@ -1229,3 +1229,40 @@ fn healthcheck_says_whether_a_server_is_ready() {
     assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(started.elapsed() < std::time::Duration::from_secs(6));
 }
+
+/// A typed `--db` beats an exported KAHN_URL (flags beat the environment), both typed is an
+/// error; bad filter values are usage errors; the next-page hint is the same command (on
+/// stderr); an empty filtered list says the filters matched nothing.
+#[test]
+fn runs_list_reads_what_was_typed() {
+    let env = Env::new();
+    let key = env.key("choco");
+    let run = env.run_dir("page-a", 2, "a");
+    push_json(&env, &run, &key, &[]);
+    let run = env.run_dir("page-b", 2, "b");
+    push_json(&env, &run, &key, &[]);
+    let dead = "http://127.0.0.1:9";
+    let out = env.kahn_in(&["runs", "list", "--db", &env.db()], Some(&key), &[("KAHN_URL", dead)]);
+    assert!(
+        out.status.success(),
+        "--db typed wins over KAHN_URL: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = env.kahn(&["runs", "list", "--db", &env.db(), "--url", dead], Some(&key));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("both --url and --db"));
+    for bad in [&["--status", "bogus"][..], &["--limit", "0"][..], &["--limit", "1001"][..]] {
+        let mut args = vec!["runs", "list"];
+        args.extend_from_slice(bad);
+        assert_eq!(env.kahn(&args, Some(&key)).status.code(), Some(2), "{bad:?}");
+    }
+    let out = env.kahn(&["runs", "list", "--limit", "1", "--prefix", "page-"], Some(&key));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "one run on stdout, nothing else: {stdout}");
+    let more =
+        stderr.lines().find(|l| l.starts_with("more: ")).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(more.contains("--limit 1 --prefix page- --cursor "), "{more}");
+    let out = env.kahn(&["runs", "list", "--prefix", "zzz"], Some(&key));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no run matches these filters");
+}
