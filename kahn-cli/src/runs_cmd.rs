@@ -214,6 +214,26 @@ fn transition_row(out: &mut String, t: &StoredTransition) {
     );
 }
 
+/// This invocation as typed, `--cursor` and its value left out: what to run for the next
+/// page. Words a shell would split or expand are single-quoted.
+fn same_command_without_cursor() -> String {
+    let mut words = vec!["kahn".to_owned()];
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--cursor" {
+            args.next();
+            continue;
+        }
+        if arg.starts_with("--cursor=") {
+            continue;
+        }
+        let plain = !arg.is_empty()
+            && arg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./:=@,+%".contains(&b));
+        words.push(if plain { arg } else { format!("'{}'", arg.replace('\'', "'\\''")) });
+    }
+    words.join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::human_duration;
@@ -233,24 +253,4 @@ mod tests {
             assert_eq!(human_duration(d), want);
         }
     }
-}
-
-/// This invocation as typed, `--cursor` and its value left out: what to run for the next
-/// page. Words a shell would split or expand are single-quoted.
-fn same_command_without_cursor() -> String {
-    let mut words = vec!["kahn".to_owned()];
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        if arg == "--cursor" {
-            args.next();
-            continue;
-        }
-        if arg.starts_with("--cursor=") {
-            continue;
-        }
-        let plain = !arg.is_empty()
-            && arg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./:=@,+%".contains(&b));
-        words.push(if plain { arg } else { format!("'{}'", arg.replace('\'', "'\\''")) });
-    }
-    words.join(" ")
 }
