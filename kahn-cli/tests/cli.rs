@@ -275,6 +275,10 @@ fn verify_detects_a_tampered_sqlite_file(env: &Env) {
     assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("BROKEN") && err.contains("seq 17"), "{err}");
+    // The hint can work: a re-push cannot mend an altered run (it stops at the first
+    // differing seq); a backup can.
+    let hint = err.lines().find(|l| l.starts_with("hint:")).unwrap_or_default();
+    assert!(hint.contains("backup") && hint.contains("cannot mend"), "{hint}");
     // A body that no longer decodes at all is the same corrupt store, not a backend failure.
     let conn = rusqlite::Connection::open(env.dir.path().join("kahn.db")).unwrap();
     let changed = conn
