@@ -27,7 +27,11 @@ pub(crate) async fn run(cmd: RunsCommand) -> CliResult {
                 RunQuery { source, status, run_id_prefix: prefix, node_class, limit, cursor };
             let page = store.list_runs(&scope, &query).await?;
             if json {
-                return print_json(&page);
+                // The API's own shape (`GET /v1/runs`): the same fields whichever store.
+                return print_json(&kahn_http::wire::RunsPage {
+                    runs: page.runs.into_iter().map(Into::into).collect(),
+                    next_cursor: page.next_cursor.map(|c| c.encode()),
+                });
             }
             if page.runs.is_empty() && filtered {
                 out!("no run matches these filters");
@@ -56,7 +60,8 @@ pub(crate) async fn run(cmd: RunsCommand) -> CliResult {
             let scope = resolve_key(store.as_ref(), &target.key).await?.read();
             let run = store.get_run(&scope, &RunId::new(run_id)?).await?;
             if json {
-                return print_json(&run);
+                // The API's own shape (`GET /v1/runs/{run_id}`).
+                return print_json(&kahn_http::wire::RunDetail::from(run));
             }
             let i = &run.info;
             out!("run        {}", i.run_id);

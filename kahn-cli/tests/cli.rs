@@ -1267,6 +1267,15 @@ fn runs_list_reads_what_was_typed() {
     let more =
         stderr.lines().find(|l| l.starts_with("more: ")).unwrap_or_else(|| panic!("{stderr}"));
     assert!(more.contains("--limit 1 --prefix page- --cursor "), "{more}");
+    // --json is the API's shape, whichever store: the counts and durations /v1/runs has.
+    let listed: serde_json::Value =
+        serde_json::from_str(&env.ok(&["runs", "list", "--json"], Some(&key))).unwrap();
+    let first = &listed["runs"][0];
+    assert_eq!(first["transition_count"], 2, "{first}");
+    assert!(first.get("duration_ms").is_some(), "{first}");
+    let shown: serde_json::Value =
+        serde_json::from_str(&env.ok(&["runs", "show", "page-a", "--json"], Some(&key))).unwrap();
+    assert!(shown["nodes"].as_array().is_some_and(|n| !n.is_empty()), "{shown}");
     let out = env.kahn(&["runs", "list", "--prefix", "zzz"], Some(&key));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no run matches these filters");
 }
