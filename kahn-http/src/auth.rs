@@ -578,6 +578,8 @@ fn canonical_tenant(raw: &HeaderValue) -> Option<TenantId> {
 struct OverrideAttempt<'a> {
     parts: &'a Parts,
     claims: Option<&'a Claims>,
+    /// `api_key`, `jwt` or `session`.
+    credential: &'static str,
     requested: &'a HeaderValue,
 }
 
@@ -597,7 +599,7 @@ impl OverrideAttempt<'_> {
             target: AUDIT_TARGET,
             event = "admin_override",
             outcome,
-            credential = if self.claims.is_some() { "jwt" } else { "api_key" },
+            credential = self.credential,
             sub = claim(|c| Some(c.sub.as_str())),
             iss = claim(|c| c.iss.as_deref()),
             role = claim(|c| c.role.as_deref()),
@@ -630,8 +632,9 @@ impl FromRequestParts<AppState> for ReadAccess {
         let credential = authenticate(state, parts).await?;
         let requested = parts.headers.get(HEADER_TENANT);
         let claims = credential.claims();
+        let kind = credential.kind();
         if let Some(requested) = requested {
-            let attempt = OverrideAttempt { parts, claims, requested };
+            let attempt = OverrideAttempt { parts, claims, credential: kind, requested };
             if let Err(e) = single_header(parts, HEADER_TENANT) {
                 attempt.audit("refused_duplicate_header", "X-KAHN-Tenant sent twice: refused");
                 return Err(e);
@@ -643,7 +646,6 @@ impl FromRequestParts<AppState> for ReadAccess {
                 );
             }
         }
-        let kind = credential.kind();
         let claims = match credential {
             Credential::ApiKey(write) => {
                 return Ok(Self(TenantView {
@@ -657,7 +659,8 @@ impl FromRequestParts<AppState> for ReadAccess {
         if claims.is_admin()
             && let Some(requested) = requested
         {
-            let attempt = OverrideAttempt { parts, claims: Some(&claims), requested };
+            let attempt =
+                OverrideAttempt { parts, claims: Some(&claims), credential: kind, requested };
             let Some(tenant) = canonical_tenant(requested) else {
                 attempt.audit("refused_malformed", "admin override refused: malformed tenant");
                 return Err(ApiError::bad_request(
@@ -750,12 +753,12 @@ impl FromRequestParts<AppState> for AdminAccess {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let peer = Peer::of(parts);
-        let refused = |claims: Option<&Claims>| {
+        let refused = |credential: &'static str, claims: Option<&Claims>| {
             tracing::info!(
                 target: AUDIT_TARGET,
                 event = "admin_route",
                 outcome = "refused_not_admin",
-                credential = if claims.is_some() { "jwt" } else { "api_key" },
+                credential,
                 sub = claims.map_or("", |c| c.sub.as_str()),
                 iss = claims.and_then(|c| c.iss.as_deref()).unwrap_or(""),
                 role = claims.and_then(|c| c.role.as_deref()).unwrap_or(""),
@@ -765,16 +768,18 @@ impl FromRequestParts<AppState> for AdminAccess {
                 "admin route refused: not an admin"
             );
         };
-        match authenticate(state, parts).await? {
+        let credential = authenticate(state, parts).await?;
+        let kind = credential.kind();
+        match credential {
             Credential::Jwt(claims) | Credential::Session(claims) if claims.is_admin() => {
                 Ok(Self(claims, peer))
             }
             Credential::Jwt(claims) | Credential::Session(claims) => {
-                refused(Some(&claims));
+                refused(kind, Some(&claims));
                 Err(ApiError::forbidden("this route is for role admin"))
             }
             Credential::ApiKey(_) => {
-                refused(None);
+                refused(kind, None);
                 Err(ApiError::forbidden("this route takes an administrator's JWT, not an API key"))
             }
         }

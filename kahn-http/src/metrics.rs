@@ -150,13 +150,7 @@ fn request_id(req: &Request) -> String {
         .filter(|v| (1..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()));
     match given {
         Some(id) => id.to_owned(),
-        None => {
-            let mut bytes = [0u8; 16];
-            if getrandom::fill(&mut bytes).is_err() {
-                return "-".to_owned();
-            }
-            bytes.iter().map(|b| format!("{b:02x}")).collect()
-        }
+        None => crate::session::random_hex(16),
     }
 }
 

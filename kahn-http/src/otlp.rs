@@ -55,23 +55,12 @@ impl std::fmt::Debug for Exporter {
     }
 }
 
-/// `n` random bytes as lowercase hex.
-fn random_hex(n: usize) -> String {
-    let mut bytes = vec![0u8; n];
-    if getrandom::fill(&mut bytes).is_err() {
-        // Without randomness a span id is still unique enough for a log: the clock.
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        return format!("{nanos:0width$x}", width = n * 2).chars().rev().take(n * 2).collect();
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl TraceContext {
     /// The context `traceparent` names, or a new trace.
     pub(crate) fn from_traceparent(value: Option<&str>) -> Self {
         match value.and_then(parse_traceparent) {
             Some((trace_id, parent)) => Self { trace_id, parent_span_id: Some(parent) },
-            None => Self { trace_id: random_hex(16), parent_span_id: None },
+            None => Self { trace_id: crate::session::random_hex(16), parent_span_id: None },
         }
     }
 }
@@ -210,7 +199,7 @@ fn encode(spans: &[Span]) -> Value {
                 .collect();
             let mut span = json!({
                 "traceId": s.trace.trace_id,
-                "spanId": random_hex(8),
+                "spanId": crate::session::random_hex(8),
                 "name": s.name,
                 "kind": 2,
                 "startTimeUnixNano": nanos(s.start),

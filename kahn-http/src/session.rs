@@ -35,6 +35,19 @@ pub(crate) fn random_token(n: usize) -> Result<String, getrandom::Error> {
     Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
 
+/// `n` random bytes as lowercase hex (request ids, trace and span ids); without the OS's
+/// randomness, the clock's nanoseconds (unique enough for an id in a log, never a secret).
+pub(crate) fn random_hex(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    if getrandom::fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        bytes = nanos.to_le_bytes().iter().copied().cycle().take(n).collect();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Why a session cookie opened nothing.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Refused {
