@@ -1,0 +1,131 @@
+//! What the `kahn` binary's end-to-end tests share: an environment (a temporary directory,
+//! its SQLite database, optionally a real `kahn serve` over it) and run files to push.
+// Each test binary uses a part of this module.
+#![allow(dead_code, unreachable_pub)]
+#![allow(clippy::unwrap_used)] // test helpers: a failed setup step should panic right there
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use kahn_testkit::KahnServer;
+
+/// The `kahn` binary cargo built for these tests.
+pub const KAHN: &str = env!("CARGO_BIN_EXE_kahn");
+
+pub struct Env {
+    /// A `kahn serve` over the same database, when data commands go through HTTP. Declared
+    /// before `dir`, so the server is stopped before its directory is removed.
+    pub server: Option<KahnServer>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        Self { server: None, dir: tempfile::tempdir().unwrap() }
+    }
+
+    /// An environment whose data commands talk to a real `kahn serve` started on a free
+    /// loopback port over this environment's database.
+    pub fn served(extra: &[&str]) -> Self {
+        let mut env = Self::new();
+        env.server = Some(KahnServer::builder(KAHN).db(env.db()).args(extra).start());
+        env
+    }
+
+    pub fn url(&self) -> Option<&str> {
+        self.server.as_ref().map(KahnServer::url)
+    }
+
+    /// GET `path` from the server, returning the whole response.
+    pub fn http_get(&self, path: &str) -> String {
+        self.server.as_ref().expect("a served environment").get(path, &[]).1
+    }
+
+    pub fn db(&self) -> String {
+        format!("sqlite://{}", self.dir.path().join("kahn.db").display())
+    }
+
+    pub fn kahn(&self, args: &[&str], key: Option<&str>) -> Output {
+        self.kahn_in(args, key, &[])
+    }
+
+    /// Runs `kahn` with a clean CI environment plus `vars`.
+    pub fn kahn_in(&self, args: &[&str], key: Option<&str>, vars: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(KAHN);
+        cmd.args(args).env("KAHN_DATABASE_URL", self.db()).env_remove("KAHN_API_KEY");
+        cmd.env("KAHN_CACHE_DIR", self.dir.path().join("cache"));
+        match self.url() {
+            Some(url) => cmd.env("KAHN_URL", url),
+            None => cmd.env_remove("KAHN_URL"),
+        };
+        for ci in ["GITHUB_ACTIONS", "GITLAB_CI", "KAHN_RUN_ID", "KAHN_RUN_SUFFIX", "KAHN_PROFILES"]
+        {
+            cmd.env_remove(ci);
+        }
+        cmd.envs(vars.iter().copied());
+        if let Some(key) = key {
+            cmd.env("KAHN_API_KEY", key);
+        }
+        cmd.output().unwrap()
+    }
+
+    pub fn ok(&self, args: &[&str], key: Option<&str>) -> String {
+        let out = self.kahn(args, key);
+        assert!(
+            out.status.success(),
+            "kahn {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn provision(&self, name: &str, rotate: bool) -> serde_json::Value {
+        let mut args = vec!["tenant", "provision", name, "--json"];
+        if rotate {
+            args.push("--rotate");
+        }
+        serde_json::from_str(&self.ok(&args, None)).unwrap()
+    }
+
+    pub fn key(&self, name: &str) -> String {
+        self.provision(name, false)["api_key"]
+            .as_str()
+            .expect("a first provision issues a key")
+            .to_owned()
+    }
+
+    /// A run directory with `n` transitions (no seqs or run ids in the lines) and a graph.
+    pub fn run_dir(&self, name: &str, n: usize, tag: &str) -> PathBuf {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        write_lines(&dir.join("transitions.ndjson"), n, tag);
+        std::fs::write(
+            dir.join("graph.json"),
+            r#"{"nodes":["plan","build"],"edges":[["plan","build"]]}"#,
+        )
+        .unwrap();
+        dir
+    }
+}
+
+pub fn write_lines(path: &Path, n: usize, tag: &str) {
+    let text: String = (0..n)
+        .map(|i| {
+            format!(
+                "{{\"ts\":\"2026-11-23T09:{:02}:{:02}Z\",\"node\":\"n{}\",\"to\":\"{}\",\"attrs\":{{\"tag\":\"{tag}\",\"i\":{i},\"pad\":\"{}\"}}}}\n",
+                (i / 60) % 60,
+                i % 60,
+                i % 5,
+                if i % 2 == 0 { "running" } else { "succeeded" },
+                "x".repeat(300)
+            )
+        })
+        .collect();
+    std::fs::write(path, text).unwrap();
+}
+
+pub fn push_json(env: &Env, path: &Path, key: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["push", path.to_str().unwrap(), "--json"];
+    args.extend_from_slice(extra);
+    serde_json::from_str(&env.ok(&args, Some(key))).unwrap()
+}
