@@ -411,6 +411,100 @@ pub trait StorageBackendExt: StorageBackend {
         }
         Ok(verifier.head())
     }
+
+    /// Checks that the stored run still extends what `receipt` acknowledged: the chain
+    /// recomputed from the stored bodies, seq 0 to `receipt.next_seq - 1`, must end in
+    /// `receipt.head_hash`. An operator who edits a transition and recomputes every stored
+    /// hash passes [`verify_run`](Self::verify_run), but not this: the receipt's head was
+    /// signed by a key the database never held. Check the receipt's signature first
+    /// ([`ReceiptKey::verify`](crate::receipt::ReceiptKey::verify)); this checks the store.
+    /// Returns the recomputed head (equal to the receipt's).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when the receipt is another tenant's than the scope's;
+    /// [`Error::Integrity`] when the run is not stored (deleted, moved to another tenant, or
+    /// removed by retention), holds fewer transitions than the receipt acknowledged, or its
+    /// chain at `next_seq - 1` differs from the receipted head (naming the seq); others as
+    /// the reads return them.
+    async fn check_receipt(
+        &self,
+        scope: &ReadScope,
+        receipt: &crate::receipt::Receipt,
+    ) -> Result<crate::Digest> {
+        let run = &receipt.run_id;
+        if receipt.tenant_id != scope.tenant() {
+            return Err(Error::invalid(
+                "receipt",
+                format!(
+                    "is for tenant {}, but this credential reads tenant {}",
+                    receipt.tenant_id,
+                    scope.tenant()
+                ),
+            ));
+        }
+        let broken = |seq: Option<u64>, message: String| Error::Integrity {
+            run_id: Some(run.clone()),
+            seq,
+            message,
+        };
+        let stored = match self.get_run(scope, run).await {
+            Ok(detail) => detail.info,
+            Err(Error::NotFound { .. }) => {
+                return Err(broken(
+                    None,
+                    format!(
+                        "the receipted run is not stored (acknowledged with {} transitions at \
+                         {}): it was deleted, moved to another tenant, or removed by retention",
+                        receipt.next_seq, receipt.received_at
+                    ),
+                ));
+            }
+            Err(e) => return Err(e),
+        };
+        if stored.next_seq < receipt.next_seq {
+            return Err(broken(
+                Some(stored.next_seq),
+                format!(
+                    "the store holds {} transitions, the receipt acknowledged {}: rows were removed",
+                    stored.next_seq, receipt.next_seq
+                ),
+            ));
+        }
+        let mut verifier = crate::hash::ChainVerifier::new();
+        while verifier.verified() < receipt.next_seq {
+            let after = verifier.verified().checked_sub(1).map(Seq::new).transpose()?;
+            let page =
+                self.read_transitions(scope, run, after, crate::model::MAX_PAGE_SIZE).await?;
+            if page.is_empty() {
+                break;
+            }
+            for t in page.iter().take_while(|t| t.seq.get() < receipt.next_seq) {
+                verifier.push(t).map_err(|e| e.in_run(run, None))?;
+            }
+        }
+        if verifier.verified() != receipt.next_seq {
+            return Err(broken(
+                Some(verifier.verified()),
+                format!(
+                    "rows missing: the receipt acknowledged {} transitions, {} are stored",
+                    receipt.next_seq,
+                    verifier.verified()
+                ),
+            ));
+        }
+        if verifier.head() != receipt.head_hash {
+            return Err(broken(
+                receipt.next_seq.checked_sub(1),
+                format!(
+                    "the stored chain ends in {} where the receipt acknowledged {}: transitions \
+                     up to this seq were rewritten",
+                    verifier.head(),
+                    receipt.head_hash
+                ),
+            ));
+        }
+        Ok(verifier.head())
+    }
 }
 
 impl<T: StorageBackend + ?Sized> StorageBackendExt for T {}

@@ -35,6 +35,7 @@ mod id;
 mod memory;
 mod model;
 pub mod ndjson;
+pub mod receipt;
 pub mod rules;
 mod scope;
 mod secret;

@@ -596,6 +596,11 @@ pub struct RunAppendReport {
     pub next_seq: u64,
     /// The run's head hash after the append.
     pub head_hash: Digest,
+    /// The signed receipt for the run's new head, when the store issues them (a KAHN server
+    /// started with a receipt key, for a run this append stored something in); `None` from a
+    /// database, which holds no signing key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<crate::receipt::Envelope>,
 }
 
 /// What one append did, per run, in batch order.

@@ -63,6 +63,7 @@ impl Decision<'_> {
             skipped: self.skipped,
             next_seq: self.next_seq,
             head_hash: self.head_hash,
+            receipt: None,
         }
     }
 
