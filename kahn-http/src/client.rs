@@ -247,6 +247,26 @@ impl HttpBackend {
         Self::json(response).await
     }
 
+    /// The public key the server signs receipts with (`GET /v1/receipts/key`). Fetched from
+    /// the server being checked, it proves less than a key pinned earlier: prefer the PEM
+    /// the operator published.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when the server signs no receipts; [`Error::InvalidInput`] when it
+    /// serves something that is not an Ed25519 public key; transport errors as every call.
+    pub async fn receipt_key(&self) -> Result<kahn_core::receipt::ReceiptKey> {
+        let rb = self.request(Method::GET, &["v1", "receipts", "key"])?;
+        let view: crate::wire::ReceiptKeyView = Self::json(self.send(rb).await?).await?;
+        let key = kahn_core::receipt::ReceiptKey::from_pem(&view.public_key_pem)?;
+        if key.id() != view.key_id {
+            return Err(Error::invalid(
+                "public key",
+                format!("the server names it {}, but it hashes to {}", view.key_id, key.id()),
+            ));
+        }
+        Ok(key)
+    }
+
     async fn whoami(&self, token: &str) -> Result<Option<WhoAmI>> {
         let rb = self.request(Method::GET, &["v1", "whoami"])?.bearer_auth(token);
         match self.send(rb).await {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use kahn_core::TenantId;
+use kahn_core::receipt::ReceiptSigner;
 
 /// Default ingest requests per second per tenant.
 pub const DEFAULT_INGEST_RATE: NonZeroU32 = NonZeroU32::new(100).expect("100 is not zero");
@@ -347,6 +348,10 @@ pub struct ServerConfig {
     /// of the tenancy ladder org → sub → personal tenant. When off, such a person has no
     /// tenant until an operator provisions one.
     pub personal_tenants: bool,
+    /// The key receipts are signed with: each ingest that stores something in a run answers
+    /// with a signed receipt for the run's new head, and `GET /v1/receipts/key` serves the
+    /// public half. `None` (the default): no receipts, and that route answers 404.
+    pub receipt_key: Option<ReceiptSigner>,
 }
 
 impl Default for ServerConfig {
@@ -369,6 +374,7 @@ impl Default for ServerConfig {
             body_timeout: DEFAULT_BODY_TIMEOUT,
             auth_failures_per_minute: DEFAULT_AUTH_FAILURES_PER_MINUTE,
             personal_tenants: true,
+            receipt_key: None,
         }
     }
 }
@@ -399,6 +405,13 @@ impl ServerConfig {
     #[must_use]
     pub fn with_cors_origin(mut self, origin: impl Into<String>) -> Self {
         self.cors_origins.push(origin.into());
+        self
+    }
+
+    /// Signs a receipt for every ingest that stores something, with `key`.
+    #[must_use]
+    pub fn with_receipt_key(mut self, key: ReceiptSigner) -> Self {
+        self.receipt_key = Some(key);
         self
     }
 

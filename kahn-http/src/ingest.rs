@@ -196,7 +196,10 @@ pub(crate) async fn ingest(
         // to the store once that one is done (see `queue`).
         let (_place, ahead) = state.inner.run_queue.enter(scope.tenant(), &batch);
         ahead.wait().await;
-        let report = state.inner.backend.append(&scope, &batch).await?;
+        let mut report = state.inner.backend.append(&scope, &batch).await?;
+        if let Some(signer) = &state.inner.config.receipt_key {
+            sign_receipts(signer, &scope, &mut report)?;
+        }
         state.inner.metrics.appended.inc_by(report.appended());
         state.inner.metrics.skipped.inc_by(report.skipped());
         tracing::debug!(
@@ -215,6 +218,21 @@ pub(crate) async fn ingest(
     }
     TenantView::of_key(&scope).stamp(&mut response);
     response
+}
+
+/// Signs a receipt for each run the append stored something in: one signature per run per
+/// request, never per transition. A run whose lines were all stored already gets none (its
+/// head did not move; the pusher keeps the receipt it was given when it did).
+fn sign_receipts(
+    signer: &kahn_core::receipt::ReceiptSigner,
+    scope: &kahn_core::WriteScope,
+    report: &mut kahn_core::AppendReport,
+) -> Result<(), ApiError> {
+    let now = chrono::Utc::now();
+    for run in report.runs.iter_mut().filter(|r| r.appended > 0) {
+        run.receipt = Some(signer.sign_report(scope.tenant(), run, now)?);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

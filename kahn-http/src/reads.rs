@@ -13,8 +13,8 @@ use crate::auth::{AdminAccess, ReadAccess, TenantView};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::wire::{
-    ErrorBody, Health, RunDetail, RunsPage, TenantView as TenantRow, TenantsList, TransitionView,
-    TransitionsPage, WhoAmI,
+    ErrorBody, Health, ReceiptKeyView, RunDetail, RunsPage, TenantView as TenantRow, TenantsList,
+    TransitionView, TransitionsPage, WhoAmI,
 };
 
 /// Default page size of a transitions read.
@@ -326,6 +326,28 @@ pub(crate) async fn admin_tenants(
         "admin listed every tenant"
     );
     Ok(Json(TenantsList { tenants: tenants.into_iter().map(TenantRow::from).collect() }))
+}
+
+/// The public key this server signs append receipts with: what a producer or an auditor
+/// checks receipts against (pin it; a key fetched later from the same server proves less).
+#[utoipa::path(get, path = "/v1/receipts/key", tag = "receipts", security(()),
+    responses((status = 200, description = "The receipt key", body = ReceiptKeyView),
+        (status = 404, description = "`not_found`: this server signs no receipts (it was started without a receipt key)", body = ErrorBody)))]
+pub(crate) async fn receipt_key(
+    State(state): State<AppState>,
+) -> Result<Json<ReceiptKeyView>, ApiError> {
+    let Some(signer) = &state.inner.config.receipt_key else {
+        return Err(ApiError::not_found(
+            "receipt key",
+            "this server signs no receipts (start it with --receipt-key FILE)",
+        ));
+    };
+    let key = signer.public_key();
+    Ok(Json(ReceiptKeyView {
+        key_id: key.id().to_owned(),
+        algorithm: "ed25519".into(),
+        public_key_pem: key.to_pem(),
+    }))
 }
 
 /// Liveness: the process serves requests.

@@ -2,6 +2,7 @@
 //! types for both sides, and the source of the OpenAPI schemas.
 
 use chrono::{DateTime, Utc};
+use kahn_core::receipt::Envelope;
 use kahn_core::{
     AppendReport, ClassCounts, Digest, Labels, NodeSummary, OrgId, RunAppendReport, RunId, RunInfo,
     RunSummary, Seq, StateClass, StoredTransition, TenantId, TenantSummary,
@@ -344,6 +345,46 @@ pub struct RunAppendView {
     /// The run's head hash after the ingest.
     #[schema(value_type = String)]
     pub head_hash: Digest,
+    /// The server's signed receipt for the run's new head (a DSSE envelope), when the server
+    /// signs receipts (`--receipt-key`) and this ingest stored something in the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<EnvelopeView>)]
+    pub receipt: Option<Envelope>,
+}
+
+/// A signed receipt: a DSSE envelope whose payload (base64) is the RFC 8785 JSON of
+/// `{tenant_id, run_id, next_seq, head_hash, received_at, key_id}`, signed with Ed25519 over
+/// DSSE's `PAE(payloadType, payload)`. (The schema of [`Envelope`], which is the type used.)
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EnvelopeView {
+    /// `application/vnd.kahn.receipt.v1+json`.
+    #[serde(rename = "payloadType")]
+    pub payload_type: String,
+    /// The receipt's canonical JSON, base64.
+    pub payload: String,
+    /// The signatures (one: the server's receipt key).
+    pub signatures: Vec<EnvelopeSignatureView>,
+}
+
+/// One signature of a receipt envelope.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EnvelopeSignatureView {
+    /// The key id: hex SHA-256 of the raw Ed25519 public key.
+    pub keyid: String,
+    /// The Ed25519 signature, base64.
+    pub sig: String,
+}
+
+/// The public key the server signs receipts with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReceiptKeyView {
+    /// The key id receipts name: hex SHA-256 of the raw 32-byte public key.
+    pub key_id: String,
+    /// Always `ed25519`.
+    pub algorithm: String,
+    /// The public key, PEM (SubjectPublicKeyInfo): what `kahn verify --receipt` and any DSSE
+    /// verifier take.
+    pub public_key_pem: String,
 }
 
 /// What one ingest did, per run in the order they first appeared in the body.
@@ -371,6 +412,7 @@ impl From<AppendReport> for IngestReport {
                     skipped: r.skipped,
                     next_seq: r.next_seq,
                     head_hash: r.head_hash,
+                    receipt: r.receipt,
                 })
                 .collect(),
         }
@@ -389,6 +431,7 @@ impl From<IngestReport> for AppendReport {
                     skipped: r.skipped,
                     next_seq: r.next_seq,
                     head_hash: r.head_hash,
+                    receipt: r.receipt,
                 })
                 .collect(),
         }

@@ -1302,6 +1302,7 @@ async fn openapi_document_validates_and_covers_every_route() {
         ("/metrics", "get", &["200"][..]),
         ("/openapi.json", "get", &["200"][..]),
         ("/auth/config", "get", &["200"][..]),
+        ("/v1/receipts/key", "get", &["200", "404"][..]),
     ];
     assert_eq!(paths.len(), want.len(), "{:?}", paths.keys().collect::<Vec<_>>());
     for (path, method, codes) in want {
@@ -1472,4 +1473,63 @@ async fn a_corrupt_stored_graph_is_a_500_not_a_400() {
         matches!(&err, Error::Integrity { run_id: Some(r), .. } if r.as_str() == "rotten"),
         "{err:?}"
     );
+}
+
+/// With a receipt key, each ingest answers with one signed receipt per run it stored
+/// something in (none for a run that was all duplicates); the receipt verifies under the key
+/// `GET /v1/receipts/key` serves, names the tenant, run, `next_seq` and head of the report,
+/// and reaches a pusher through `HttpBackend`'s append report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_signs_one_receipt_per_run_that_stored_something() {
+    use kahn_core::receipt::{Envelope, ReceiptKey, ReceiptSigner};
+    let keys = support::TestKeys::generate();
+    let signer = ReceiptSigner::generate().expect("key");
+    let config = test_config(&keys).with_receipt_key(signer.clone());
+    let s = TestServer::start(Arc::new(MemoryBackend::new()), keys, config).await;
+    let p = tenant(&s).await;
+
+    let served: Value = get(&s, "/v1/receipts/key", None, None).await.json().await.expect("json");
+    let key = ReceiptKey::from_pem(served["public_key_pem"].as_str().expect("pem")).expect("key");
+    assert_eq!(&key, signer.public_key());
+    assert_eq!(served["key_id"], key.id());
+
+    let line = |run: &str, seq: u64| {
+        format!(r#"{{"run_id":"{run}","seq":{seq},"ts":"2026-01-01T00:00:0{seq}Z","to":"x"}}"#)
+    };
+    let first = format!("{}\n{}\n{}\n", line("a", 0), line("a", 1), line("b", 0));
+    let r = ingest(&s, &p.key, first.clone()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let report: Value = r.json().await.expect("json");
+    for run in report["runs"].as_array().expect("runs") {
+        let envelope: Envelope = serde_json::from_value(run["receipt"].clone()).expect("receipt");
+        let receipt = key.verify(&envelope).expect("signed by the served key");
+        assert_eq!(receipt.tenant_id, p.tenant.id);
+        assert_eq!(receipt.run_id.as_str(), run["run_id"].as_str().expect("id"));
+        assert_eq!(receipt.next_seq, run["next_seq"].as_u64().expect("n"));
+        assert_eq!(receipt.head_hash.to_string(), run["head_hash"].as_str().expect("head"));
+    }
+    // `a` is all duplicates now: no receipt; `b` grows: a receipt.
+    let again = format!("{first}{}\n", line("b", 1));
+    let report: Value = ingest(&s, &p.key, again).await.json().await.expect("json");
+    let runs = report["runs"].as_array().expect("runs");
+    assert!(runs[0]["receipt"].is_null(), "{report}");
+    assert!(runs[1]["receipt"].is_object(), "{report}");
+
+    // Through the client, the receipt is in the append report.
+    let client = s.client();
+    let scope = client.resolve_api_key(&ApiKey::parse(&p.key).expect("key")).await;
+    let scope = scope.expect("resolves").expect("known");
+    let batch = kahn_core::AppendBatch::from_ndjson(&line("c", 0)).expect("batch");
+    let appended = client.append(&scope, &batch).await.expect("append");
+    let envelope = appended.runs[0].receipt.as_ref().expect("a receipt through the client");
+    assert_eq!(key.verify(envelope).expect("verifies").run_id.as_str(), "c");
+
+    // Without a key: no receipts, and the key route says why.
+    let plain = TestServer::memory().await;
+    let p = tenant(&plain).await;
+    let report: Value = ingest(&plain, &p.key, line("a", 0)).await.json().await.expect("json");
+    assert!(report["runs"][0].get("receipt").is_none(), "{report}");
+    let r = get(&plain, "/v1/receipts/key", None, None).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(r.text().await.expect("text").contains("--receipt-key"));
 }
