@@ -65,18 +65,47 @@ A re-run sends only what is missing; a fully stored run is a no-op.")]
     /// CI bridges: onboard a product, push a CI job's run under a deterministic id.
     #[command(subcommand)]
     Bridge(BridgeCommand),
-    /// Recompute a run's hash chain from its transitions and compare it with the stored head.
-    #[command(
-        after_help = "Examples:\n  kahn verify nightly-42 --url http://127.0.0.1:8080\n  kahn verify nightly-42 --db sqlite://kahn.db      # in the database file itself"
-    )]
-    Verify {
-        /// The run.
-        run_id: String,
-        /// Print JSON (`{"run_id", "verified", "head_hash"}`; a broken chain is an error).
+    /// Recompute a run's hash chain from its transitions and compare it with the stored head;
+    /// with --receipt, also prove the run still extends what the server once acknowledged.
+    #[command(after_help = "\
+Examples:
+  kahn verify nightly-42 --url http://127.0.0.1:8080
+  kahn verify nightly-42 --db sqlite://kahn.db      # in the database file itself
+  kahn verify nightly-42 --receipt nightly-42.receipt.json --public-key receipt-key.pem.pub --url http://127.0.0.1:8080
+A receipt catches what the chain alone cannot: a run edited with its hashes recomputed,
+truncated, deleted or moved to another tenant.")]
+    Verify(VerifyArgs),
+    /// Make a receipt signing key for `kahn serve --receipt-key` (Ed25519, PKCS#8 PEM, mode
+    /// 0600), and its public half in FILE.pub, which producers and auditors check receipts
+    /// with.
+    #[command(after_help = "\
+Example:
+  kahn keygen receipt-key.pem     # writes receipt-key.pem and receipt-key.pem.pub
+An existing key file is never overwritten.")]
+    Keygen {
+        /// Where to write the private key (must not exist).
+        file: PathBuf,
+        /// Print JSON (`{"key_id", "algorithm", "public_key_pem", "private_key_file",
+        /// "public_key_file"}`).
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        target: KeyTarget,
+    },
+    /// Print the public key receipts are checked with (PEM): the one a server signs with, or
+    /// a private key file's.
+    #[command(after_help = "\
+Examples:
+  kahn receipt-key --url http://127.0.0.1:8080 > kahn-receipts.pub
+  kahn receipt-key --from receipt-key.pem --json    # with its key id")]
+    ReceiptKey {
+        /// A KAHN server (its GET /v1/receipts/key).
+        #[arg(long, env = "KAHN_URL", conflicts_with = "from")]
+        url: Option<String>,
+        /// A private key file from `kahn keygen`.
+        #[arg(long, value_name = "FILE")]
+        from: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Copy tenants, keys and runs from one store into another (e.g. SQLite to Postgres).
     Copy(transfer_cmd::CopyArgs),
@@ -168,6 +197,26 @@ pub(crate) struct KeyTarget {
 }
 
 #[derive(Args, Debug)]
+pub(crate) struct VerifyArgs {
+    /// The run.
+    pub(crate) run_id: String,
+    /// A receipt the server gave for this run (`kahn push --receipt-out`): the stored chain
+    /// must still pass through the receipted head.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) receipt: Option<PathBuf>,
+    /// The server's receipt public key (PEM, from `kahn receipt-key`) to check --receipt
+    /// with [default: the key the --url server serves now, which proves less]
+    #[arg(long, value_name = "FILE", requires = "receipt")]
+    pub(crate) public_key: Option<PathBuf>,
+    /// Print JSON (`{"run_id", "verified", "head_hash", "receipt"?}`; a broken chain is an
+    /// error).
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) target: KeyTarget,
+}
+
+#[derive(Args, Debug)]
 pub(crate) struct PushArgs {
     /// A run directory (transitions.ndjson, optional graph.json) or an NDJSON file.
     pub(crate) path: PathBuf,
@@ -187,6 +236,12 @@ pub(crate) struct PushArgs {
     /// ~/.cache/kahn), which lets a re-push skip the stored part of the file unparsed.
     #[arg(long)]
     pub(crate) no_resume_cache: bool,
+    /// Write the server's signed receipt for the run's head to FILE (`-`: stdout): keep it
+    /// to prove later what was acknowledged (`kahn verify --receipt`). Needs a server with
+    /// --receipt-key; the last receipt is also kept beside the resume cache, so a re-push that
+    /// stores nothing still writes it.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) receipt_out: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) target: KeyTarget,
 }
@@ -398,9 +453,10 @@ mod tests {
             let names_its_store = ["--url", "--db", "--from", "KAHN_URL", "KAHN_DATABASE_URL"]
                 .iter()
                 .any(|flag| example.contains(flag));
-            let needs_no_store = ["kahn serve", "kahn migrate", "kahn completions", "kahn man"]
-                .iter()
-                .any(|c| example.starts_with(c));
+            let needs_no_store =
+                ["kahn serve", "kahn migrate", "kahn completions", "kahn man", "kahn keygen"]
+                    .iter()
+                    .any(|c| example.starts_with(c));
             assert!(
                 needs_no_store || names_its_store || command == "kahn",
                 "`{command} --help` example names no --url or --db:\n  {example}"

@@ -6,7 +6,7 @@ use kahn_core::Error;
 use crate::args::{Cli, Command};
 use crate::failure::CliResult;
 use crate::store::{DbRole, create_db_as};
-use crate::{bridge_cmd, push_cmd, runs_cmd, serve, tenant_cmd, transfer_cmd};
+use crate::{bridge_cmd, push_cmd, receipt_cmd, runs_cmd, serve, tenant_cmd, transfer_cmd};
 
 /// Runs the command `cli` names.
 pub(crate) async fn run(cli: Cli) -> CliResult {
@@ -32,7 +32,11 @@ pub(crate) async fn run(cli: Cli) -> CliResult {
         Command::Export(args) => transfer_cmd::export(args).await,
         Command::Runs(cmd) => runs_cmd::run(cmd).await,
         Command::Bridge(cmd) => bridge_cmd::run(cmd).await,
-        Command::Verify { run_id, json, target } => runs_cmd::verify(run_id, json, target).await,
+        Command::Verify(args) => runs_cmd::verify(args).await,
+        Command::Keygen { file, json } => receipt_cmd::keygen(&file, json),
+        Command::ReceiptKey { url, from, json } => {
+            receipt_cmd::receipt_key(url.as_deref(), from.as_deref(), json).await
+        }
         Command::Healthcheck { url, json } => {
             // One try, short: a health check that waits is one the orchestrator times out.
             let store = kahn_http::HttpBackend::new(&url)?;

@@ -23,6 +23,7 @@ mod failure;
 mod logging;
 mod print;
 mod push_cmd;
+mod receipt_cmd;
 mod runs_cmd;
 mod serve;
 mod store;

@@ -48,6 +48,9 @@ pub(crate) async fn run(args: PushArgs) -> CliResult {
         }
         other => other?,
     };
+    if let Some(path) = &args.receipt_out {
+        crate::receipt_cmd::write_receipt(path, report.receipt.as_ref(), &report.run_id)?;
+    }
     if args.json {
         return print_json(&report);
     }

@@ -9,9 +9,10 @@ use kahn_core::{
     StorageBackendExt, StoredTransition,
 };
 
-use crate::args::{KeyTarget, RunsCommand};
+use crate::args::{RunsCommand, VerifyArgs};
 use crate::failure::{CliResult, Failure};
 use crate::print::print_json;
+use crate::receipt_cmd::KeySource;
 use crate::store::{open_target, resolve_key};
 
 /// Runs `kahn runs …`.
@@ -116,18 +117,57 @@ pub(crate) async fn run(cmd: RunsCommand) -> CliResult {
 }
 
 /// Runs `kahn verify`.
-pub(crate) async fn verify(run_id: String, json: bool, target: KeyTarget) -> CliResult {
+pub(crate) async fn verify(args: VerifyArgs) -> CliResult {
+    let VerifyArgs { run_id, receipt, public_key, json, target } = args;
     let store = open_target(&target).await?;
     let scope = resolve_key(store.as_ref(), &target.key).await?.read();
     let run_id = RunId::new(run_id)?;
+    let receipted = match &receipt {
+        Some(file) => Some(
+            crate::receipt_cmd::check(
+                store.as_ref(),
+                &scope,
+                &run_id,
+                file,
+                public_key.as_deref(),
+                &target,
+            )
+            .await
+            .map_err(|f| broken_receipt(f, &run_id))?,
+        ),
+        None => None,
+    };
     match store.verify_run(&scope, &run_id).await {
         Ok(head) if json => print_json(&serde_json::json!({
             "run_id": run_id,
             "verified": true,
             "head_hash": head,
+            "receipt": receipted.as_ref().map(|(r, source)| serde_json::json!({
+                "next_seq": r.next_seq,
+                "head_hash": r.head_hash,
+                "received_at": r.received_at,
+                "key_id": r.key_id,
+                "key": match source { KeySource::Pinned => "pinned", KeySource::Server => "served" },
+            })),
         })),
         Ok(head) => {
             out!("OK: run {run_id} hash chain verified, head {head}");
+            if let Some((r, source)) = &receipted {
+                out!(
+                    "OK: it still extends the receipt: {} transitions with head {}, acknowledged \
+                     {} under key {}",
+                    r.next_seq,
+                    r.head_hash,
+                    r.received_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    r.key_id
+                );
+                if *source == KeySource::Server {
+                    out!(
+                        "note: checked with the key the server serves now; pin the key you were \
+                         given (--public-key FILE) to rule out a replaced key"
+                    );
+                }
+            }
             Ok(())
         }
         Err(e @ Error::Integrity { .. }) => Err(Failure {
@@ -142,6 +182,23 @@ pub(crate) async fn verify(run_id: String, json: bool, target: KeyTarget) -> Cli
         }),
         Err(e) => Err(e.into()),
     }
+}
+
+/// A receipt check that found the stored run no longer extends the receipt says so first.
+fn broken_receipt(failure: Failure, run_id: &RunId) -> Failure {
+    if failure.code != 3 {
+        return failure;
+    }
+    let message = failure.message.split("\nhint: ").next().unwrap_or_default().to_owned();
+    Failure::new(
+        3,
+        format!(
+            "BROKEN: run {run_id} no longer extends the signed receipt: {message}\nhint: the \
+             server acknowledged this head with a key the database never held, so the stored \
+             run was altered, truncated, removed or moved after it was acknowledged; restore the \
+             database from a backup taken before, and keep the receipt as evidence"
+        ),
+    )
 }
 
 /// The status as a list shows it: with the failed nodes named when the status alone would

@@ -77,6 +77,11 @@ pub(crate) struct ServeArgs {
     /// per request is exported to ENDPOINT/v1/traces. None by default.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
     otlp_endpoint: Option<String>,
+    /// A file holding the Ed25519 private key (PKCS#8 PEM, from `kahn keygen`) that signs
+    /// append receipts: every ingest that stores something answers with a signed receipt per
+    /// run, and GET /v1/receipts/key serves the public half. None by default: no receipts.
+    #[arg(long, env = "KAHN_RECEIPT_KEY", value_name = "FILE")]
+    receipt_key: Option<PathBuf>,
     /// An origin (scheme://host or scheme://host:PORT) whose pages may call this API from a browser,
     /// credentials included; repeat for several. None by default: no cross-origin access.
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
@@ -151,6 +156,7 @@ struct FileConfig {
     oidc_claims: std::collections::BTreeMap<String, String>,
     public_url: Option<String>,
     otlp_endpoint: Option<String>,
+    receipt_key: Option<PathBuf>,
     /// Seconds, or a duration with units ("8h").
     session_ttl: Option<TtlSetting>,
     #[serde(default)]
@@ -246,6 +252,7 @@ impl ServeArgs {
         }
         self.public_url = self.public_url.or(file.public_url);
         self.otlp_endpoint = self.otlp_endpoint.or(file.otlp_endpoint);
+        self.receipt_key = self.receipt_key.or(file.receipt_key);
         if self.session_ttl.is_none()
             && let Some(ttl) = file.session_ttl
         {
@@ -398,8 +405,34 @@ impl ServeArgs {
         if let Some(endpoint) = &self.otlp_endpoint {
             config = config.with_otlp_endpoint(endpoint.clone());
         }
+        if let Some(path) = &self.receipt_key {
+            config = config.with_receipt_key(read_receipt_key(path)?);
+        }
         Ok(config.with_personal_tenants(!self.no_personal_tenants))
     }
+}
+
+/// The receipt signing key in `path`, refused when other users may read it: a key anyone on
+/// the machine can copy proves nothing.
+fn read_receipt_key(path: &std::path::Path) -> CliResult<kahn_core::receipt::ReceiptSigner> {
+    let shown = path.display();
+    let pem = std::fs::read_to_string(path).map_err(|e| {
+        usage(format!("--receipt-key {shown}: {e}\nhint: create one with `kahn keygen {shown}`"))
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            return Err(usage(format!(
+                "--receipt-key {shown} can be read by other users (mode {:o})\nhint: chmod 600 {shown}",
+                meta.permissions().mode() & 0o777
+            )));
+        }
+    }
+    kahn_core::receipt::ReceiptSigner::from_pem(&pem)
+        .map_err(|e| usage(format!("--receipt-key {shown}: {e}")))
 }
 
 /// Runs the server until ctrl-c or SIGTERM; in-flight requests finish first.
@@ -456,8 +489,15 @@ pub(crate) async fn run(
         Some(name) => format!("sign in with {name}, or with the key"),
         None => "sign in with the key".to_owned(),
     };
+    let receipts = match &state.config().receipt_key {
+        Some(signer) => format!(
+            "receipts: signed with key {} (public key: http://{bound}/v1/receipts/key)\n",
+            signer.public_key().id()
+        ),
+        None => String::new(),
+    };
     let banner = format!(
-        "KAHN is serving http://{bound} over {shown}\n\
+        "KAHN is serving http://{bound} over {shown}\n{receipts}\
          next:  kahn tenant provision my-team --db {provision_db}      {provision_note}\n\
         \x20      export KAHN_API_KEY=<that key>\n\
         \x20      kahn push ./runs/my-run --url http://{bound}   # a dir with transitions.ndjson\n\

@@ -86,9 +86,17 @@ pub(crate) async fn create_db(db: &DbArgs) -> CliResult<Arc<dyn StorageBackend>>
     create_db_as(named(db)?, DbRole::Admin).await
 }
 
-/// The store a data command works on: the server named by `--url`, else the database; one of
-/// them must be named.
-pub(crate) async fn open_target(target: &KeyTarget) -> CliResult<Arc<dyn StorageBackend>> {
+/// Which store a [`KeyTarget`] names.
+pub(crate) enum Named<'a> {
+    /// A KAHN server at this URL.
+    Server(&'a str),
+    /// The database of `--db` / `KAHN_DATABASE_URL`.
+    Database,
+}
+
+/// Which store `target` names: the server of `--url`, else the database; one of them must be
+/// named.
+pub(crate) fn named_store(target: &KeyTarget) -> CliResult<Named<'_>> {
     // A flag beats the environment: `--db` typed here wins over an exported KAHN_URL (and
     // `--url` over KAHN_DATABASE_URL); both typed is a mistake to say, not to guess.
     let typed = |flag: &str| {
@@ -103,16 +111,25 @@ pub(crate) async fn open_target(target: &KeyTarget) -> CliResult<Arc<dyn Storage
                 message: "both --url and --db are given\nhint: name one store: --url for a server, --db for a database".into(),
             });
         }
-        (false, true) => return open_db_as(&target.db, DbRole::App).await,
+        (false, true) => return Ok(Named::Database),
         _ => {}
     }
     match (&target.url, &target.db.db) {
-        (Some(url), _) => Ok(Arc::new(kahn_http::HttpBackend::new(url)?)),
-        (None, Some(_)) => open_db_as(&target.db, DbRole::App).await,
+        (Some(url), _) => Ok(Named::Server(url)),
+        (None, Some(_)) => Ok(Named::Database),
         (None, None) => Err(Failure {
             code: 2,
             message: "no server or database named\nhint: pass --url http://127.0.0.1:8080 (a KAHN server; or set KAHN_URL) or --db sqlite://kahn.db (its database file; or set KAHN_DATABASE_URL)".into(),
         }),
+    }
+}
+
+/// The store a data command works on: the server named by `--url`, else the database; one of
+/// them must be named.
+pub(crate) async fn open_target(target: &KeyTarget) -> CliResult<Arc<dyn StorageBackend>> {
+    match named_store(target)? {
+        Named::Server(url) => Ok(Arc::new(kahn_http::HttpBackend::new(url)?)),
+        Named::Database => open_db_as(&target.db, DbRole::App).await,
     }
 }
 

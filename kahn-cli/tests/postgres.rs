@@ -240,3 +240,97 @@ async fn verify_exits_3_broken_for_a_store_altered_behind_kahns_back() {
         .await;
     broken("a body that is not JSON", "seq 3");
 }
+
+/// Receipts on Postgres, against an operator with the superuser's connection who rewrites a
+/// transition and recomputes every hash in SQL alone (`sha256()` over the stored canonical
+/// bodies, the chain by a recursive query, the run's head): `kahn verify` sees a sound chain,
+/// `kahn verify --receipt` sees the rewrite.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rewrite_recomputed_in_sql_passes_the_chain_but_not_the_receipt() {
+    let (db, admin) = TestDb::new().await;
+    let admin_url = dsn(&db.name, None);
+    let app = dsn(&db.name, Some(kahn_pg::APP_ROLE));
+    let provisioned: serde_json::Value = serde_json::from_str(&ok(
+        &["tenant", "provision", "pg-receipts", "--db", &admin_url, "--json"],
+        None,
+    ))
+    .unwrap();
+    let key = provisioned["api_key"].as_str().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let signing_key = dir.path().join("receipt-key.pem");
+    ok(&["keygen", signing_key.to_str().unwrap()], None);
+    let public = dir.path().join("receipt-key.pem.pub");
+    let server = KahnServer::builder(KAHN)
+        .db(&app)
+        .args(["--receipt-key", signing_key.to_str().unwrap()])
+        .start();
+    let url = server.url().to_owned();
+    let file = dir.path().join("signed.ndjson");
+    let text: String = (0..40)
+        .map(|i| format!("{{\"ts\":\"2026-11-23T09:00:{:02}Z\",\"to\":\"s{i}\"}}\n", i % 60))
+        .collect();
+    std::fs::write(&file, text).unwrap();
+    let receipt = dir.path().join("signed.receipt.json");
+    ok(
+        &[
+            "push",
+            file.to_str().unwrap(),
+            "--url",
+            &url,
+            "--receipt-out",
+            receipt.to_str().unwrap(),
+        ],
+        Some(&key),
+    );
+    let verify_receipt = || {
+        kahn(
+            &[
+                "verify",
+                "signed",
+                "--url",
+                &url,
+                "--receipt",
+                receipt.to_str().unwrap(),
+                "--public-key",
+                public.to_str().unwrap(),
+            ],
+            Some(&key),
+        )
+    };
+    let out = verify_receipt();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    for sql in [
+        "UPDATE kahn.transitions SET body = replace(body, '\"s17\"', '\"s71\"') \
+         WHERE run_id = 'signed' AND seq = 17",
+        "UPDATE kahn.transitions SET content_hash = sha256(convert_to(body, 'UTF8')) \
+         WHERE run_id = 'signed'",
+        "WITH RECURSIVE chain (seq, link) AS ( \
+             SELECT t.seq, sha256(decode(repeat('00', 32), 'hex') || t.content_hash) \
+             FROM kahn.transitions t WHERE t.run_id = 'signed' AND t.seq = 0 \
+           UNION ALL \
+             SELECT t.seq, sha256(chain.link || t.content_hash) \
+             FROM chain JOIN kahn.transitions t ON t.run_id = 'signed' AND t.seq = chain.seq + 1) \
+         UPDATE kahn.transitions t SET chain_hash = chain.link FROM chain \
+         WHERE t.run_id = 'signed' AND t.seq = chain.seq",
+        "UPDATE kahn.runs SET head_hash = (SELECT chain_hash FROM kahn.transitions \
+         WHERE run_id = 'signed' ORDER BY seq DESC LIMIT 1) WHERE run_id = 'signed'",
+    ] {
+        sqlx_core::query::query(sql).execute(admin.pool()).await.unwrap();
+    }
+    // The operator's rewrite is invisible to the chain...
+    let out = kahn(&["verify", "signed", "--url", &url], Some(&key));
+    assert!(
+        out.status.success(),
+        "the recomputed chain verifies: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // ...and caught by the receipt.
+    let out = verify_receipt();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("no longer extends the signed receipt") && err.contains("rewritten"),
+        "{err}"
+    );
+}

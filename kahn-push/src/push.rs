@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
+use kahn_core::receipt::Envelope;
 use kahn_core::{
     AppendBatch, AppendReport, BatchBuilder, Digest, Error, NdjsonLine, ReadScope, Result, RunId,
     RunMeta, Seq, StorageBackend, Transition, TransitionBody, WriteScope, chain_link,
@@ -139,6 +140,11 @@ pub struct PushReport {
     pub next_seq: u64,
     /// The run's head hash afterwards.
     pub head_hash: Digest,
+    /// The store's signed receipt for that head (see [`kahn_core::receipt`]): the last one
+    /// this push was given, else the one an earlier push of the run was given and the resume
+    /// cache kept, when it names this very head. `None` when the store signs no receipts (a
+    /// database, or a server without a receipt key).
+    pub receipt: Option<Envelope>,
 }
 
 /// Hears about a push as it goes (a progress bar, log lines). Every method has a no-op default.
@@ -266,6 +272,7 @@ pub async fn push(
         retries: 0,
         next_seq: 0,
         head_hash: Digest::ZERO,
+        receipt: None,
     };
     let read: ReadScope = scope.read();
     let stored = with_retries(opts.max_retries, progress, &mut report.retries, || {
@@ -293,7 +300,28 @@ pub async fn push(
             pass.run(&mut report, 0, Digest::ZERO).await?;
         }
     }
+    keep_receipt(opts.resume_cache.as_ref(), scope, &mut report).await;
     Ok(report)
+}
+
+/// Keeps the receipt this push was given beside the resume cache, or, when it was given none
+/// (everything was stored already), takes the kept one if it names the head the run has now.
+async fn keep_receipt(cache: Option<&ResumeCache>, scope: &WriteScope, report: &mut PushReport) {
+    let Some(cache) = cache else { return };
+    let tenant = scope.tenant();
+    match &report.receipt {
+        Some(receipt) => cache.save_receipt(tenant, &report.run_id, receipt).await,
+        None => {
+            report.receipt = cache.load_receipt(tenant, &report.run_id).await.filter(|kept| {
+                kept.unverified_receipt().is_ok_and(|r| {
+                    r.tenant_id == tenant
+                        && r.run_id == report.run_id
+                        && r.next_seq == report.next_seq
+                        && r.head_hash == report.head_hash
+                })
+            });
+        }
+    }
 }
 
 enum Outcome {
@@ -658,6 +686,9 @@ impl Pass<'_> {
             report.skipped += run.skipped;
             report.next_seq = run.next_seq;
             report.head_hash = run.head_hash;
+            if run.receipt.is_some() {
+                report.receipt.clone_from(&run.receipt);
+            }
         }
         report.chunks += 1;
         self.progress.chunk_done(file_bytes, appended.appended(), appended.skipped());

@@ -22,7 +22,8 @@
 
 use std::path::{Path, PathBuf};
 
-use kahn_core::{Digest, RunId};
+use kahn_core::receipt::Envelope;
+use kahn_core::{Digest, RunId, TenantId};
 use serde::{Deserialize, Serialize};
 
 /// A directory of [`Mark`]s, one JSON file per pushed file and run id (named by the SHA-256
@@ -121,6 +122,51 @@ impl ResumeCache {
         if let Err(e) = write() {
             tracing::debug!(cache = %entry.display(), error = %e, "resume mark not saved");
         }
+    }
+}
+
+impl ResumeCache {
+    /// The receipt entry of `run` of `tenant` (receipts are about a store's run, not a file).
+    fn receipt_entry(&self, tenant: TenantId, run: &RunId) -> PathBuf {
+        let mut key = tenant.to_string().into_bytes();
+        key.push(0);
+        key.extend_from_slice(run.as_str().as_bytes());
+        self.dir.join("receipts").join(format!("{}.json", Digest::sha256(&key)))
+    }
+
+    /// The last receipt kept for `run` of `tenant`, if any and readable. Not verified: the
+    /// pusher only hands it on (see [`Envelope::unverified_receipt`]).
+    ///
+    /// # Panics
+    /// When called outside a Tokio runtime.
+    pub async fn load_receipt(&self, tenant: TenantId, run: &RunId) -> Option<Envelope> {
+        let entry = self.receipt_entry(tenant, run);
+        let text = tokio::task::spawn_blocking(move || std::fs::read(entry)).await.ok()?.ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// Keeps `receipt` as the last one of `run` of `tenant`, replacing the previous one
+    /// atomically. A failure is logged, never an error (the push itself succeeded; the
+    /// receipt is also in the push's report).
+    ///
+    /// # Panics
+    /// When called outside a Tokio runtime.
+    pub async fn save_receipt(&self, tenant: TenantId, run: &RunId, receipt: &Envelope) {
+        let entry = self.receipt_entry(tenant, run);
+        let Ok(bytes) = serde_json::to_vec(receipt) else { return };
+        let dir = self.dir.clone();
+        let saving = tokio::task::spawn_blocking(move || {
+            let write = || -> std::io::Result<()> {
+                std::fs::create_dir_all(entry.parent().unwrap_or(&dir))?;
+                let tmp = entry.with_extension(format!("tmp{}", std::process::id()));
+                std::fs::write(&tmp, &bytes)?;
+                std::fs::rename(&tmp, &entry)
+            };
+            if let Err(e) = write() {
+                tracing::debug!(cache = %entry.display(), error = %e, "receipt not kept");
+            }
+        });
+        let _ = saving.await;
     }
 }
 
