@@ -467,8 +467,8 @@ fn hex(b: &[u8]) -> String {
 
 /// `kahn serve` over `db` on a free loopback port (its log on the bench's stderr); killed on
 /// drop.
-fn serve(db: &str) -> KahnServer {
-    KahnServer::builder(kahn_bin()).db(db).stderr(ServerStderr::Inherit).start()
+fn serve(db: &str, extra: &[String]) -> KahnServer {
+    KahnServer::builder(kahn_bin()).db(db).args(extra).stderr(ServerStderr::Inherit).start()
 }
 
 /// The peak resident set of a running server, in KiB.
@@ -593,17 +593,29 @@ struct Served {
 
 impl Served {
     async fn start(label: &str, dir: &Path, name: &str, tenants: usize) -> Self {
+        Self::start_with(label, dir, name, tenants, &[]).await
+    }
+
+    /// As [`start`](Self::start), `kahn serve` given `extra` flags too.
+    async fn start_with(
+        label: &str,
+        dir: &Path,
+        name: &str,
+        tenants: usize,
+        extra: &[String],
+    ) -> Self {
         if label == "sqlite" {
             let path = dir.join(format!("{name}.db"));
             let store = SqliteBackend::open(SqliteOptions::file(&path)).await.unwrap();
             let keys = provision(&store, name, tenants).await;
             drop(store);
-            let server = serve(&format!("sqlite://{}", path.display()));
+            let server = serve(&format!("sqlite://{}", path.display()), extra);
             Self { server, keys, path: Some(path), pg: None }
         } else {
             let (db, admin) = TestDb::new().await;
             let keys = provision(&admin, name, tenants).await;
-            Self { server: serve(&db.url_as_app()), keys, path: None, pg: Some((db, admin)) }
+            let server = serve(&db.url_as_app(), extra);
+            Self { server, keys, path: None, pg: Some((db, admin)) }
         }
     }
 
@@ -928,6 +940,49 @@ async fn main() {
         }
     }
 
+    // ---- receipts: first push over HTTP to a server that signs them, against one that does
+    // not (issue 19: within 5%). The two servers take turns, rep by rep, so drift hits both.
+    if want("receipts") {
+        let key_file = dir.path().join("receipt-key.pem");
+        let signer = kahn_core::receipt::ReceiptSigner::generate().unwrap();
+        std::fs::write(&key_file, signer.to_pem().unwrap()).unwrap();
+        #[cfg(unix)]
+        std::fs::set_permissions(&key_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let signing = ["--receipt-key".to_owned(), key_file.display().to_string()];
+        for &n in &cfg.sizes {
+            for label in ["sqlite", "pg"] {
+                let plain = Served::start(label, dir.path(), &format!("plain-{n}"), 1).await;
+                let signed =
+                    Served::start_with(label, dir.path(), &format!("signed-{n}"), 1, &signing)
+                        .await;
+                let (mut plain_tps, mut signed_tps) = (vec![], vec![]);
+                for rep in 0..cfg.reps {
+                    for (s, tps, which) in
+                        [(&plain, &mut plain_tps, "plain"), (&signed, &mut signed_tps, "signed")]
+                    {
+                        let run = format!("{label}-{which}-{n}-{rep}");
+                        let file = dir.path().join(format!("{run}.ndjson"));
+                        workload::write_file(&file, &run, n).unwrap();
+                        let (t, _) = kahn_push(s.server.url(), &s.keys[0], &file, &run);
+                        tps.push(n as f64 / t);
+                        let _ = std::fs::remove_file(&file);
+                    }
+                }
+                res.put(&format!("{label}.n{n}.http_push_first_tps_no_receipts"), med(plain_tps));
+                res.put(&format!("{label}.n{n}.http_push_first_tps_receipts"), med(signed_tps));
+                ratio(
+                    &mut res,
+                    &format!("ratio.{label}.n{n}.receipts/no_receipts"),
+                    &format!("{label}.n{n}.http_push_first_tps_receipts"),
+                    &format!("{label}.n{n}.http_push_first_tps_no_receipts"),
+                );
+                plain.stop().await;
+                signed.stop().await;
+            }
+        }
+    }
+
     // ---- memory: the pusher on a large run, the server ingesting it -----------------------
     if want("memory") {
         let run = "big-run";
@@ -977,7 +1032,7 @@ async fn main() {
         let scopes: Vec<_> = loaded.iter().map(|(s, r, _)| (s.clone(), r.clone())).collect();
         read_latency(&mut res, &[("reads.sqlite.direct", &sq)], &scopes, calls).await;
         drop(sq);
-        let server = serve(&format!("sqlite://{}", path.display()));
+        let server = serve(&format!("sqlite://{}", path.display()), &[]);
         let http = kahn_http::HttpBackend::new(server.url()).unwrap();
         let mut hscopes = vec![];
         for (_, runs, key) in &loaded {
@@ -999,7 +1054,7 @@ async fn main() {
             [("reads.pg.rls_on_app_role", &app), ("reads.pg.rls_off_owner", &admin)];
         read_latency(&mut Results::default(), &pair, &scopes, calls.min(50)).await;
         read_latency(&mut res, &pair, &scopes, calls).await;
-        let server = serve(&db.url_as_app());
+        let server = serve(&db.url_as_app(), &[]);
         let http = kahn_http::HttpBackend::new(server.url()).unwrap();
         let mut hscopes = vec![];
         for (_, runs, key) in &loaded {
