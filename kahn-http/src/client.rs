@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use backon::{ConstantBuilder, Retryable as _};
 use kahn_core::{
     ApiKey, ApiKeyId, ApiKeyInfo, AppendBatch, AppendReport, ConflictAt, Cursor, Digest, Error,
     IssuedApiKey, MAX_PAGE_SIZE, NewApiKey, NewTenant, OrgId, PurgeOutcome, PurgeReport,
@@ -21,9 +22,24 @@ use crate::{HEADER_EFFECTIVE_TENANT, HEADER_TENANT, NDJSON};
 
 const BACKEND: &str = "http";
 /// How often a request refused with 429 is sent again (honouring `Retry-After`).
-const MAX_RATE_LIMIT_RETRIES: u32 = 5;
+const MAX_RATE_LIMIT_RETRIES: usize = 5;
+/// The wait before a 429 without `Retry-After` is sent again.
+const RATE_LIMIT_WAIT: Duration = Duration::from_secs(1);
 /// The longest `Retry-After` honoured before giving up.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// Why [`HttpBackend::send`] got no answer to hand on: a 429 to send again after its
+/// `Retry-After` (kept, to be the error when the retries run out), or a failure.
+enum Refused {
+    RateLimited(reqwest::Response, Option<Duration>),
+    Failed(Error),
+}
+
+impl From<Error> for Refused {
+    fn from(e: Error) -> Self {
+        Refused::Failed(e)
+    }
+}
 
 /// A [`StorageBackend`] that talks to a KAHN server (`kahn-http`) over HTTP(S), with rustls.
 ///
@@ -215,26 +231,42 @@ impl HttpBackend {
     }
 
     /// Sends, retrying 429s after `Retry-After`; maps failures to [`Error`].
+    ///
+    /// A 429 is sent again up to [`MAX_RATE_LIMIT_RETRIES`] times, each after exactly its
+    /// `Retry-After` ([`RATE_LIMIT_WAIT`] when it names none); one asking for more than
+    /// [`MAX_RETRY_AFTER`], or the last, is the error. Nothing else is retried here: the
+    /// pusher's own retries (kahn-push) see the other failures.
     async fn send(&self, rb: RequestBuilder) -> Result<reqwest::Response> {
-        let mut attempt = 0;
-        loop {
+        let attempt = || async {
             let this = rb.try_clone().ok_or_else(|| transport("request cannot be retried"))?;
             let response = this.send().await.map_err(exchange)?;
-            if response.status() == StatusCode::TOO_MANY_REQUESTS
-                && attempt < MAX_RATE_LIMIT_RETRIES
-            {
-                let wait = retry_after(&response).unwrap_or(Duration::from_secs(1));
-                if wait <= MAX_RETRY_AFTER {
-                    attempt += 1;
-                    tokio::time::sleep(wait).await;
-                    continue;
+            if response.status() == StatusCode::TOO_MANY_REQUESTS {
+                let wait = retry_after(&response);
+                if wait.is_none_or(|w| w <= MAX_RETRY_AFTER) {
+                    return Err(Refused::RateLimited(response, wait));
                 }
             }
-            if response.status().is_success() {
-                return Ok(response);
-            }
-            return Err(error_from(response).await);
+            Ok(response)
+        };
+        let policy = ConstantBuilder::new()
+            .with_delay(RATE_LIMIT_WAIT)
+            .with_max_times(MAX_RATE_LIMIT_RETRIES);
+        let answered = attempt
+            .retry(policy)
+            .when(|r| matches!(r, Refused::RateLimited(..)))
+            .adjust(|r, wait| match r {
+                Refused::RateLimited(_, Some(asked)) => wait.map(|_| *asked),
+                _ => wait,
+            })
+            .await;
+        let response = match answered {
+            Ok(response) | Err(Refused::RateLimited(response, _)) => response,
+            Err(Refused::Failed(e)) => return Err(e),
+        };
+        if response.status().is_success() {
+            return Ok(response);
         }
+        Err(error_from(response).await)
     }
 
     async fn json<T: DeserializeOwned>(response: reqwest::Response) -> Result<T> {
@@ -652,6 +684,79 @@ mod tests {
             };
             assert!(source.to_string().contains(says), "{bad}: {source}");
         }
+    }
+
+    /// A server that answers its requests with `answers` in turn (the last one again once
+    /// they run out, each on a connection of its own), and counts them.
+    async fn answering(
+        answers: &'static [&'static str],
+    ) -> (HttpBackend, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let count = std::sync::Arc::new(AtomicUsize::new(0));
+        let served = count.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else { return };
+                let (mut head, mut buf) = (Vec::new(), [0u8; 1024]);
+                while !head.ends_with(b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let n = served.fetch_add(1, Ordering::SeqCst);
+                let (status, extra) =
+                    answers[n.min(answers.len() - 1)].split_once('|').expect("status|headers");
+                let body = if status == "200" { "{}" } else { "slow down" };
+                let response = format!(
+                    "HTTP/1.1 {status} X\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(response.as_bytes()).await;
+            }
+        });
+        (HttpBackend::new(&url).expect("client"), count)
+    }
+
+    async fn get(backend: &HttpBackend) -> Result<reqwest::Response> {
+        backend.send(backend.request(Method::GET, &["v1", "whoami"])?).await
+    }
+
+    /// A 429 is sent again after exactly its `Retry-After` (1 s when it names none), at most
+    /// five times; the last 429, or one asking for more than a minute, is the error.
+    #[tokio::test]
+    async fn a_429_is_retried_after_its_retry_after_five_times_at_most() {
+        use std::sync::atomic::Ordering;
+        let (backend, count) =
+            answering(&["429|retry-after: 0\r\n", "429|retry-after: 0\r\n", "200|"]).await;
+        assert!(get(&backend).await.is_ok());
+        assert_eq!(count.load(Ordering::SeqCst), 3, "two retries, then the answer");
+
+        let (backend, count) = answering(&["429|retry-after: 0\r\n"]).await;
+        let err = get(&backend).await.expect_err("429 to the end");
+        assert!(err.is_retryable(), "{err:?}");
+        assert_eq!(count.load(Ordering::SeqCst), 6, "the first call and five retries");
+
+        let (backend, count) = answering(&["429|retry-after: 61\r\n"]).await;
+        let err = get(&backend).await.expect_err("too long a wait");
+        assert!(
+            matches!(err, Error::Unavailable { retry_after: Some(w), .. } if w == Duration::from_secs(61)),
+            "{err:?}"
+        );
+        assert_eq!(count.load(Ordering::SeqCst), 1, "more than a minute: not waited for");
+
+        let (backend, count) = answering(&["429|", "200|"]).await;
+        let started = std::time::Instant::now();
+        assert!(get(&backend).await.is_ok());
+        assert!(started.elapsed() >= RATE_LIMIT_WAIT, "no Retry-After: {RATE_LIMIT_WAIT:?}");
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+
+        let (backend, count) = answering(&["502|"]).await;
+        assert!(get(&backend).await.expect_err("502").is_retryable());
+        assert_eq!(count.load(Ordering::SeqCst), 1, "only 429s are retried here");
     }
 
     #[test]

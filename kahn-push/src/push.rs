@@ -6,13 +6,15 @@
 //! canonicalising, hashing) runs on its own thread, one chunk ahead of the append. Memory
 //! stays flat: at most three chunks are held at a time, whatever the file's size. Retryable
 //! failures (rate limits, restarts, lost connections) are retried with exponential backoff
-//! and jitter, honouring the store's `Retry-After`; since appends are idempotent by content, a
-//! retry of an append that did commit only finds its transitions already stored.
+//! and jitter (backon, see [`with_retries`]), honouring the store's `Retry-After`; since
+//! appends are idempotent by content, a retry of an append that did commit only finds its
+//! transitions already stored.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable as _};
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use kahn_core::receipt::Envelope;
@@ -166,21 +168,41 @@ pub struct Quiet;
 
 impl Progress for Quiet {}
 
-/// The wait before retry `attempt` (0-based): exponential from 250 ms, capped at 30 s, with
-/// "equal jitter" (half fixed, half random), and never shorter than the store's `Retry-After`
-/// (itself capped at [`MAX_RETRY_AFTER`]).
-pub fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
-    let base = Duration::from_millis(250).saturating_mul(1 << attempt.min(16));
-    let capped = base.min(Duration::from_secs(30));
-    let half = capped / 2;
-    let jittered = half + half.mul_f64(fastrand::f64());
-    jittered.max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER))
-}
-
 /// The longest `Retry-After` honoured: a store asking for more is waited on this long.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
+/// The waits of up to `max_retries` retries, before any `Retry-After`: retry `n` (from 0)
+/// waits a random time between `b/2` and `b`, where `b` is 250 ms · 2ⁿ capped at 30 s
+/// ("equal jitter": half fixed, half random). backon's jitter adds a random fraction of the
+/// delay to it (`d` becomes between `d` and `2d`), so the delays it is given are half of
+/// `b`: from 125 ms, doubling, capped at 15 s.
+fn backoff(max_retries: u32) -> ExponentialBuilder {
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(125))
+        .with_factor(2.0)
+        .with_max_delay(Duration::from_secs(15))
+        .with_jitter()
+        .with_max_times(max_retries as usize)
+}
+
+/// `wait`, lengthened to the store's `Retry-After` (itself capped at [`MAX_RETRY_AFTER`])
+/// when `error` names one.
+fn honour_retry_after(error: &Error, wait: Duration) -> Duration {
+    match error {
+        Error::Unavailable { retry_after: Some(asked), .. } => {
+            wait.max((*asked).min(MAX_RETRY_AFTER))
+        }
+        _ => wait,
+    }
+}
+
 /// Runs `call` until it succeeds, fails for good, or `max_retries` retryable failures passed.
+///
+/// A retryable failure ([`Error::is_retryable`]) is retried after a wait: retry `n` (from 0)
+/// waits a random time between `b/2` and `b`, where `b` is 250 ms · 2ⁿ capped at 30 s, and
+/// never less than the store's `Retry-After` (itself capped at [`MAX_RETRY_AFTER`]). Each
+/// retry adds one to `retries` and is told to `progress` (attempts counted from 1) before
+/// the wait.
 ///
 /// # Errors
 /// The last error.
@@ -188,29 +210,22 @@ pub async fn with_retries<T, F, Fut>(
     max_retries: u32,
     progress: &dyn Progress,
     retries: &mut u64,
-    mut call: F,
+    call: F,
 ) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T>>,
 {
     let mut attempt = 0;
-    loop {
-        match call().await {
-            Err(e) if e.is_retryable() && attempt < max_retries => {
-                let retry_after = match &e {
-                    Error::Unavailable { retry_after, .. } => *retry_after,
-                    _ => None,
-                };
-                let wait = backoff(attempt, retry_after);
-                attempt += 1;
-                *retries += 1;
-                progress.retrying(attempt, wait, &e);
-                tokio::time::sleep(wait).await;
-            }
-            other => return other,
-        }
-    }
+    call.retry(backoff(max_retries))
+        .when(Error::is_retryable)
+        .adjust(|e, wait| wait.map(|w| honour_retry_after(e, w)))
+        .notify(|e, wait| {
+            attempt += 1;
+            *retries += 1;
+            progress.retrying(attempt, wait, e);
+        })
+        .await
 }
 
 /// Where the transition `seq` of `source` is in its file: the line number (from 1) and the
@@ -783,20 +798,92 @@ fn meta_wire_bytes(meta: &RunMeta, run_id: &RunId) -> usize {
 mod tests {
     use super::*;
 
+    /// Retry `n` waits between `b/2` and `b`, `b` = 250 ms · 2ⁿ capped at 30 s: backon's
+    /// jitter (`d` to `2d`) on the halved delays gives exactly the "equal jitter" promised.
     #[test]
-    fn backoff_grows_caps_and_honours_retry_after() {
-        for attempt in 0..20 {
-            let base = Duration::from_millis(250)
-                .saturating_mul(1 << attempt.min(16))
-                .min(Duration::from_secs(30));
-            let wait = backoff(attempt, None);
-            assert!(wait >= base / 2 && wait <= base, "attempt {attempt}: {wait:?}");
+    fn backoff_grows_with_equal_jitter_and_caps() {
+        use backon::BackoffBuilder as _;
+        for _ in 0..100 {
+            let waits: Vec<Duration> = backoff(20).build().collect();
+            assert_eq!(waits.len(), 20, "one wait a retry, and no more");
+            for (n, wait) in waits.into_iter().enumerate() {
+                let b = Duration::from_millis(250)
+                    .saturating_mul(1 << n.min(16))
+                    .min(Duration::from_secs(30));
+                assert!(wait >= b / 2 && wait <= b, "retry {n}: {wait:?}");
+            }
         }
-        assert!(backoff(0, Some(Duration::from_secs(7))) >= Duration::from_secs(7));
+        assert_eq!(backoff(0).build().next(), None, "no retries: no wait");
+    }
+
+    #[test]
+    fn retry_after_lengthens_the_wait_up_to_its_cap() {
+        let short = Duration::from_millis(200);
+        let asked =
+            |secs| Error::unavailable("t", "busy").with_retry_after(Duration::from_secs(secs));
+        assert_eq!(honour_retry_after(&asked(7), short), Duration::from_secs(7));
+        assert_eq!(honour_retry_after(&asked(86_400), short), MAX_RETRY_AFTER, "capped");
+        assert_eq!(honour_retry_after(&asked(0), short), short, "never shorter than the backoff");
+        assert_eq!(honour_retry_after(&Error::unavailable("t", "busy"), short), short);
+    }
+
+    /// Hears the retries: their attempt numbers and waits.
+    #[derive(Default)]
+    struct Heard(std::sync::Mutex<Vec<(u32, Duration)>>);
+
+    impl Progress for Heard {
+        fn retrying(&self, attempt: u32, wait: Duration, _error: &Error) {
+            self.0.lock().unwrap().push((attempt, wait));
+        }
+    }
+
+    /// `max_retries` retries after the first call, counted from 1, each told and added to the
+    /// count before its wait; the last error comes back. A call that fails for good, or
+    /// succeeds, is not called again.
+    #[tokio::test]
+    async fn with_retries_counts_tells_and_stops() {
+        let (heard, mut retries, calls) =
+            (Heard::default(), 5, std::sync::atomic::AtomicU32::new(0));
+        let result: Result<()> = with_retries(2, &heard, &mut retries, || async {
+            let n = calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(Error::unavailable("t", format!("call {n}")))
+        })
+        .await;
         assert!(
-            backoff(0, Some(Duration::from_secs(86_400))) <= MAX_RETRY_AFTER,
-            "Retry-After is capped"
+            matches!(&result, Err(Error::Unavailable { message, .. }) if message == "call 2"),
+            "{result:?}"
         );
+        assert_eq!(calls.into_inner(), 3, "the first call and two retries");
+        assert_eq!(retries, 7, "added to what was counted");
+        let heard = heard.0.into_inner().unwrap();
+        assert_eq!(heard.iter().map(|(a, _)| *a).collect::<Vec<_>>(), [1, 2]);
+        assert!(
+            heard[0].1 >= Duration::from_millis(125) && heard[0].1 <= Duration::from_millis(250)
+        );
+        assert!(
+            heard[1].1 >= Duration::from_millis(250) && heard[1].1 <= Duration::from_millis(500)
+        );
+
+        let (heard, mut retries, calls) =
+            (Heard::default(), 0, std::sync::atomic::AtomicU32::new(0));
+        let result: Result<u32> = with_retries(8, &heard, &mut retries, || async {
+            match calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) {
+                0 => Err(Error::unavailable("t", "restarting")),
+                n => Ok(n),
+            }
+        })
+        .await;
+        assert_eq!(result.unwrap(), 1);
+        assert_eq!((retries, heard.0.into_inner().unwrap().len()), (1, 1));
+
+        let (mut retries, calls) = (0, std::sync::atomic::AtomicU32::new(0));
+        let result: Result<()> = with_retries(8, &Quiet, &mut retries, || async {
+            calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(Error::invalid("field", "bad"))
+        })
+        .await;
+        assert!(matches!(result, Err(Error::InvalidInput { .. })), "{result:?}");
+        assert_eq!((calls.into_inner(), retries), (1, 0), "not retryable: one call");
     }
 
     /// Chunks are measured with the encoder the HTTP client sends with, exactly: each fits

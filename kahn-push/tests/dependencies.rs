@@ -1,7 +1,8 @@
 //! kahn-push is the pusher an embedder can take without a database driver, an HTTP stack or a
 //! CLI: it must never depend, directly or through another crate, on an adapter, a driver or
 //! client, or the binary's terminal crates. This reads the resolved dependency graph from
-//! `cargo metadata` and fails the day one of them creeps in.
+//! `cargo metadata` and fails the day one of them creeps in. Small general crates are fine;
+//! backon (retries) is checked to stay one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -112,6 +113,17 @@ fn kahn_push_reaches_no_adapter_driver_or_cli_crate() {
         found.is_empty(),
         "kahn-push must depend on kahn-core and small general crates only, but reaches {found:?}"
     );
+
+    // backon, the retry crate behind `push::with_retries`, is allowed: small and
+    // runtime-agnostic (its sleeper is tokio's timer, which kahn-push uses anyway). It must
+    // stay that small: besides tokio it may bring fastrand (its jitter) and nothing else.
+    assert!(push.contains("backon"), "the walk sees backon");
+    let tokio = reaches(&graph, "tokio");
+    let extra: Vec<String> = reaches(&graph, "backon")
+        .into_iter()
+        .filter(|n| !["tokio", "fastrand"].contains(&n.as_str()) && !tokio.contains(n))
+        .collect();
+    assert!(extra.is_empty(), "backon brings {extra:?} besides tokio and fastrand");
 
     // Of the workspace's crates, only kahn-core is a dependency (dev-dependencies aside).
     let workspace: BTreeSet<&str> = meta["workspace_members"]
