@@ -29,8 +29,9 @@ if [ -n "$said" ]; then
     echo "check-packaging: systemd-analyze has something to say about the unit" >&2
     exit 1
 fi
-echo "==> cargo package --workspace (every crate packs without a warning)"
-packed="$(cargo package --workspace --no-verify --allow-dirty 2>&1)" || { echo "$packed" >&2; exit 1; }
+echo "==> cargo package --workspace (every publishable crate packs without a warning)"
+# kahn-testkit is publish = false (a dev-dependency only): never packaged, so not checked.
+packed="$(cargo package --workspace --exclude kahn-testkit --no-verify --allow-dirty 2>&1)" || { echo "$packed" >&2; exit 1; }
 if grep -q "^warning" <<<"$packed"; then
     echo "$packed" >&2
     echo "check-packaging: cargo package warns" >&2
