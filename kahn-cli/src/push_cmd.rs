@@ -10,6 +10,7 @@ use kahn_push::push::{self, PushOptions, RunSource};
 use crate::args::PushArgs;
 use crate::failure::{CliResult, Failure};
 use crate::print::{Bar, Lines, print_json};
+use crate::receipt_cmd::ReceiptOut;
 use crate::store::{open_target, resolve_key_retrying};
 
 /// Runs `kahn push`.
@@ -18,6 +19,12 @@ pub(crate) async fn run(args: PushArgs) -> CliResult {
     // The first call is retried too: a server still starting, or a proxy's 502.
     let scope =
         resolve_key_retrying(store.as_ref(), &args.target.key, args.max_retries, &Lines).await?;
+    // A receipt asked for must be one the store can give and the path can take: refused
+    // before a byte is pushed, not after.
+    let receipt_out = match &args.receipt_out {
+        Some(path) => Some(ReceiptOut::prepare(path, args.json, &args.target).await?),
+        None => None,
+    };
     let run_id = args.run_id.as_deref().map(RunId::new).transpose()?;
     let source = RunSource::from_path(&args.path, run_id)?;
     let opts = PushOptions {
@@ -42,19 +49,19 @@ pub(crate) async fn run(args: PushArgs) -> CliResult {
     } else {
         push::push(store.as_ref(), &scope, &source, &opts, &Lines).await
     };
-    let report = match pushed {
+    let mut report = match pushed {
         Err(Error::Conflict { run_id, at: ConflictAt::Seq(seq), .. }) => {
             return Err(conflict(store.as_ref(), &scope, &source, &run_id, seq).await);
         }
         other => other?,
     };
-    if let Some(path) = &args.receipt_out {
-        crate::receipt_cmd::write_receipt(path, report.receipt.as_ref(), &report.run_id)?;
+    if let Some(receipt_out) = &receipt_out {
+        receipt_out.write(&mut report, &scope.read(), opts.resume_cache.as_ref()).await?;
     }
     if args.json {
         return print_json(&report);
     }
-    out!(
+    let line = format!(
         "run {}: {} appended, {} already stored, {} transitions, head {}",
         report.run_id,
         report.appended,
@@ -62,6 +69,15 @@ pub(crate) async fn run(args: PushArgs) -> CliResult {
         report.next_seq,
         report.head_hash
     );
+    match &receipt_out {
+        // stdout holds the receipt alone, so it can be redirected into a file.
+        Some(r) if r.is_stdout() => eprintln!("{line}"),
+        Some(r) => {
+            out!("{line}");
+            eprintln!("receipt: written to {}", r.path().display());
+        }
+        None => out!("{line}"),
+    }
     Ok(())
 }
 

@@ -132,8 +132,7 @@ pub(crate) async fn verify(args: VerifyArgs) -> CliResult {
                 public_key.as_deref(),
                 &target,
             )
-            .await
-            .map_err(|f| broken_receipt(f, &run_id))?,
+            .await?,
         ),
         None => None,
     };
@@ -153,6 +152,7 @@ pub(crate) async fn verify(args: VerifyArgs) -> CliResult {
         Ok(head) => {
             out!("OK: run {run_id} hash chain verified, head {head}");
             if let Some((r, source)) = &receipted {
+                let stored = store.get_run(&scope, &run_id).await?.info.next_seq;
                 out!(
                     "OK: it still extends the receipt: {} transitions with head {}, acknowledged \
                      {} under key {}",
@@ -161,6 +161,12 @@ pub(crate) async fn verify(args: VerifyArgs) -> CliResult {
                     r.received_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                     r.key_id
                 );
+                if stored > r.next_seq {
+                    out!(
+                        "note: the {} transitions stored after it are not covered by this receipt",
+                        stored - r.next_seq
+                    );
+                }
                 if *source == KeySource::Server {
                     out!(
                         "note: checked with the key the server serves now; pin the key you were \
@@ -182,23 +188,6 @@ pub(crate) async fn verify(args: VerifyArgs) -> CliResult {
         }),
         Err(e) => Err(e.into()),
     }
-}
-
-/// A receipt check that found the stored run no longer extends the receipt says so first.
-fn broken_receipt(failure: Failure, run_id: &RunId) -> Failure {
-    if failure.code != 3 {
-        return failure;
-    }
-    let message = failure.message.split("\nhint: ").next().unwrap_or_default().to_owned();
-    Failure::new(
-        3,
-        format!(
-            "BROKEN: run {run_id} no longer extends the signed receipt: {message}\nhint: the \
-             server acknowledged this head with a key the database never held, so the stored \
-             run was altered, truncated, removed or moved after it was acknowledged; restore the \
-             database from a backup taken before, and keep the receipt as evidence"
-        ),
-    )
 }
 
 /// The status as a list shows it: with the failed nodes named when the status alone would

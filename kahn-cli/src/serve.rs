@@ -412,12 +412,18 @@ impl ServeArgs {
     }
 }
 
-/// The receipt signing key in `path`, refused when other users may read it: a key anyone on
-/// the machine can copy proves nothing.
+/// The receipt signing key in `path`, refused when it is the public half, not a key at all, or
+/// readable by other users: a key anyone on the machine can copy proves nothing.
 fn read_receipt_key(path: &std::path::Path) -> CliResult<kahn_core::receipt::ReceiptSigner> {
     let shown = path.display();
     let pem = std::fs::read_to_string(path).map_err(|e| {
         usage(format!("--receipt-key {shown}: {e}\nhint: create one with `kahn keygen {shown}`"))
+    })?;
+    let signer = kahn_core::receipt::ReceiptSigner::from_pem(&pem).map_err(|e| {
+        usage(format!(
+            "--receipt-key {shown}: {e}\nhint: --receipt-key takes the private key `kahn keygen \
+             FILE` wrote (FILE, not FILE.pub); make one with `kahn keygen`"
+        ))
     })?;
     #[cfg(unix)]
     {
@@ -426,13 +432,13 @@ fn read_receipt_key(path: &std::path::Path) -> CliResult<kahn_core::receipt::Rec
             && meta.permissions().mode() & 0o077 != 0
         {
             return Err(usage(format!(
-                "--receipt-key {shown} can be read by other users (mode {:o})\nhint: chmod 600 {shown}",
+                "--receipt-key {shown} can be read by other users (mode {:o})\nhint: chmod 600 \
+                 {shown}",
                 meta.permissions().mode() & 0o777
             )));
         }
     }
-    kahn_core::receipt::ReceiptSigner::from_pem(&pem)
-        .map_err(|e| usage(format!("--receipt-key {shown}: {e}")))
+    Ok(signer)
 }
 
 /// Runs the server until ctrl-c or SIGTERM; in-flight requests finish first.

@@ -329,8 +329,5 @@ async fn a_rewrite_recomputed_in_sql_passes_the_chain_but_not_the_receipt() {
     let out = verify_receipt();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
-    assert!(
-        err.contains("no longer extends the signed receipt") && err.contains("rewritten"),
-        "{err}"
-    );
+    assert!(err.contains("no longer extends the receipt") && err.contains("rewritten"), "{err}");
 }

@@ -130,6 +130,68 @@ fn a_receipt_proves_the_run_and_a_repush_that_stores_nothing_still_writes_it() {
         let out = verify_receipt(&env, &key, "nightly", r, &public);
         assert!(out.status.success(), "{}", stderr(&out));
     }
+    let out = verify_receipt(&env, &key, "nightly", &receipt, &public);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("the 1 transitions stored after it are not covered"), "{text}");
+}
+
+/// A fresh CI runner has no resume cache: its re-push of a stored run stores nothing, so no
+/// ingest signs; the server signs the head it holds (which the pusher just confirmed is the
+/// file's). `--receipt-out -` puts the receipt alone on stdout.
+#[test]
+fn a_repush_from_a_fresh_runner_still_gets_a_receipt_and_dash_is_stdout() {
+    let (env, public) = signing_env();
+    let key = env.key("choco");
+    let dir = env.run_dir("ci-job", 12, "a");
+    env.ok(&["push", dir.to_str().unwrap()], Some(&key));
+    let fresh = env.dir.path().join("fresh-runner-cache");
+    let out = env.kahn_in(
+        &["push", dir.to_str().unwrap(), "--receipt-out", "-"],
+        Some(&key),
+        &[("KAHN_CACHE_DIR", fresh.to_str().unwrap())],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("0 appended, 12 already stored"), "{}", stderr(&out));
+    let receipt = env.dir.path().join("from-stdout.json");
+    std::fs::write(&receipt, &out.stdout).unwrap();
+    let out = verify_receipt(&env, &key, "ci-job", &receipt, &public);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// What could only fail after the push is refused before it: a directory that does not
+/// exist, stdout asked for twice.
+#[test]
+fn an_unwritable_receipt_path_is_refused_before_anything_is_pushed() {
+    let (env, _) = signing_env();
+    let key = env.key("choco");
+    let dir = env.run_dir("early", 3, "a");
+    let nowhere = env.dir.path().join("no-such-dir").join("r.json");
+    for (extra, needle) in [
+        (vec!["--receipt-out", nowhere.to_str().unwrap()], "does not exist"),
+        (vec!["--receipt-out", "-", "--json"], "both write stdout"),
+    ] {
+        let mut args = vec!["push", dir.to_str().unwrap()];
+        args.extend(extra);
+        let out = env.kahn(&args, Some(&key));
+        // With --json the error is JSON on stdout.
+        let err = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(needle), "{err}");
+    }
+    let out = env.kahn(&["runs", "show", "early"], Some(&key));
+    assert_eq!(out.status.code(), Some(1), "nothing was pushed: {}", stderr(&out));
+}
+
+#[test]
+fn the_private_key_given_as_the_public_one_is_named_as_such() {
+    let (env, public) = signing_env();
+    let key = env.key("choco");
+    let receipt = push_with_receipt(&env, &key, "mixup", 3);
+    let private = PathBuf::from(public.to_str().unwrap().trim_end_matches(".pub"));
+    let out = verify_receipt(&env, &key, "mixup", &receipt, &private);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("holds a PRIVATE KEY, not a PUBLIC KEY") && err.contains(".pub"), "{err}");
 }
 
 #[test]
@@ -146,11 +208,8 @@ fn an_edit_with_every_hash_recomputed_passes_the_chain_but_not_the_receipt() {
     let out = verify_receipt(&env, &key, "release", &receipt, &public);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(3), "{err}");
-    assert!(
-        err.contains("BROKEN") && err.contains("no longer extends the signed receipt"),
-        "{err}"
-    );
-    assert!(err.contains("rewritten") && err.contains("seq 29"), "{err}");
+    assert!(err.contains("BROKEN") && err.contains("no longer extends the receipt"), "{err}");
+    assert!(err.contains("seqs 0-29") && err.contains("rewritten"), "{err}");
 }
 
 #[test]
@@ -256,8 +315,10 @@ fn without_a_receipt_key_the_server_says_so() {
         Some(&key),
     );
     let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("issued no receipt") && err.contains("--receipt-key"), "{err}");
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("signs no receipts") && err.contains("nothing was pushed"), "{err}");
+    let out = env.kahn(&["runs", "show", "plain"], Some(&key));
+    assert_eq!(out.status.code(), Some(1), "refused before pushing: {}", stderr(&out));
     let (status, body) = env.server.as_ref().unwrap().get("/v1/receipts/key", &[]);
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("--receipt-key"), "{body}");
@@ -271,6 +332,12 @@ fn serve_refuses_a_receipt_key_others_can_read_and_keygen_never_overwrites() {
     let out = env.kahn(&["keygen", private.to_str().unwrap()], None);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("never overwritten"), "{}", stderr(&out));
+    // Nor its public half, which may be published already.
+    let other = env.dir.path().join("other.pem");
+    std::fs::write(env.dir.path().join("other.pem.pub"), "published").unwrap();
+    let out = env.kahn(&["keygen", other.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(!other.exists(), "nothing written when the .pub exists");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;

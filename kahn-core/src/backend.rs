@@ -455,7 +455,8 @@ pub trait StorageBackendExt: StorageBackend {
                     format!(
                         "the receipted run is not stored (acknowledged with {} transitions at \
                          {}): it was deleted, moved to another tenant, or removed by retention",
-                        receipt.next_seq, receipt.received_at
+                        receipt.next_seq,
+                        receipt.received_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                     ),
                 ));
             }
@@ -493,11 +494,13 @@ pub trait StorageBackendExt: StorageBackend {
             ));
         }
         if verifier.head() != receipt.head_hash {
+            // The receipt holds the head only: which of the seqs changed is not knowable.
             return Err(broken(
-                receipt.next_seq.checked_sub(1),
+                None,
                 format!(
-                    "the stored chain ends in {} where the receipt acknowledged {}: transitions \
-                     up to this seq were rewritten",
+                    "the stored chain of seqs 0-{} ends in {} where the receipt acknowledged {}: \
+                     at least one of them was rewritten",
+                    receipt.next_seq.saturating_sub(1),
                     verifier.head(),
                     receipt.head_hash
                 ),

@@ -107,6 +107,20 @@ fn refused(message: impl Into<String>) -> Error {
     Error::invalid("receipt", message)
 }
 
+/// Why `text` is not a PEM block labelled `want`, in words: not PEM at all, or the other kind
+/// of key (the commonest mix-up: the private key where the public one goes, or back).
+fn pem_mismatch(text: &str, want: &str, parse_error: impl fmt::Display) -> String {
+    let label = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("-----BEGIN ")?.strip_suffix("-----"))
+        .map(str::to_owned);
+    match label {
+        None => "not PEM (no -----BEGIN line)".to_owned(),
+        Some(found) if found != want => format!("holds a {found}, not a {want}"),
+        Some(_) => format!("not an Ed25519 {} in PEM: {parse_error}", want.to_lowercase()),
+    }
+}
+
 /// The public half of a receipt key: what a producer or an auditor holds to check receipts.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ReceiptKey {
@@ -125,9 +139,9 @@ impl ReceiptKey {
     /// # Errors
     /// [`Error::InvalidInput`] when the text is not an Ed25519 public key in PEM.
     pub fn from_pem(pem: &str) -> Result<Self, Error> {
-        VerifyingKey::from_public_key_pem(pem.trim()).map(Self::new).map_err(|e| {
-            Error::invalid("public key", format!("not an Ed25519 public key in PEM: {e}"))
-        })
+        VerifyingKey::from_public_key_pem(pem.trim())
+            .map(Self::new)
+            .map_err(|e| Error::invalid("public key", pem_mismatch(pem, "PUBLIC KEY", e)))
     }
 
     /// The key as PEM (SubjectPublicKeyInfo).
@@ -220,9 +234,9 @@ impl ReceiptSigner {
     /// # Errors
     /// [`Error::InvalidInput`] when the text is not an Ed25519 private key in PKCS#8 PEM.
     pub fn from_pem(pem: &str) -> Result<Self, Error> {
-        SigningKey::from_pkcs8_pem(pem.trim()).map(Self::from_key).map_err(|e| {
-            Error::invalid("receipt key", format!("not an Ed25519 private key in PKCS#8 PEM: {e}"))
-        })
+        SigningKey::from_pkcs8_pem(pem.trim())
+            .map(Self::from_key)
+            .map_err(|e| Error::invalid("receipt key", pem_mismatch(pem, "PRIVATE KEY", e)))
     }
 
     /// The key as PKCS#8 PEM: the secret, for writing to a file only its owner reads.
@@ -384,8 +398,14 @@ mod tests {
     #[test]
     fn malformed_keys_name_what_is_wrong() {
         let err = ReceiptSigner::from_pem("hello").unwrap_err().to_string();
-        assert!(err.contains("receipt key"), "{err}");
+        assert!(err.contains("receipt key") && err.contains("not PEM"), "{err}");
         let err = ReceiptKey::from_pem("hello").unwrap_err().to_string();
-        assert!(err.contains("public key"), "{err}");
+        assert!(err.contains("public key") && err.contains("not PEM"), "{err}");
+        // The two halves mixed up say so.
+        let signer = ReceiptSigner::generate().unwrap();
+        let err = ReceiptKey::from_pem(&signer.to_pem().unwrap()).unwrap_err().to_string();
+        assert!(err.contains("holds a PRIVATE KEY, not a PUBLIC KEY"), "{err}");
+        let err = ReceiptSigner::from_pem(&signer.public_key().to_pem()).unwrap_err().to_string();
+        assert!(err.contains("holds a PUBLIC KEY, not a PRIVATE KEY"), "{err}");
     }
 }

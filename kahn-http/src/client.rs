@@ -299,6 +299,23 @@ impl HttpBackend {
         Ok(key)
     }
 
+    /// A receipt for the run's head as the server holds it now (`GET
+    /// /v1/runs/{run_id}/receipt`): for a run whose every transition was stored before, so no
+    /// ingest of this push signed one. Ask only after checking the stored head is the one
+    /// expected (the pusher does: one chain link against its file).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] (`what` `receipt_key`) when the server signs no receipts, (`run`)
+    /// for an unknown run; as every read otherwise.
+    pub async fn run_receipt(
+        &self,
+        scope: &ReadScope,
+        run: &RunId,
+    ) -> Result<kahn_core::receipt::Envelope> {
+        let rb = self.request(Method::GET, &["v1", "runs", run.as_str(), "receipt"])?;
+        self.read(rb, scope).await
+    }
+
     async fn whoami(&self, token: &str) -> Result<Option<WhoAmI>> {
         let rb = self.request(Method::GET, &["v1", "whoami"])?.bearer_auth(token);
         match self.send(rb).await {
@@ -373,6 +390,7 @@ fn known_what(what: Option<&str>) -> &'static str {
         Some("run") => "run",
         Some("tenant") => "tenant",
         Some("api_key") => "api_key",
+        Some("receipt_key") => "receipt_key",
         _ => "resource",
     }
 }

@@ -78,6 +78,16 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, body)
     }
 
+    /// 404 `not_found` (`what`: `receipt_key`): this server holds no receipt key.
+    pub fn no_receipt_key() -> Self {
+        let mut body = ErrorBody::new(
+            "not_found",
+            "this server signs no receipts: it was started without --receipt-key",
+        );
+        body.what = Some("receipt_key".to_owned());
+        Self::new(StatusCode::NOT_FOUND, body)
+    }
+
     /// 404 for a path no route serves.
     pub fn no_route(path: &str) -> Self {
         Self::new(

@@ -37,6 +37,7 @@ impl Modify for BearerAuth {
         crate::reads::whoami,
         crate::reads::admin_tenants,
         crate::reads::receipt_key,
+        crate::reads::run_receipt,
         crate::reads::healthz,
         crate::reads::readyz,
         crate::reads::metrics,

@@ -13,8 +13,8 @@ use crate::auth::{AdminAccess, ReadAccess, TenantView};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::wire::{
-    ErrorBody, Health, ReceiptKeyView, RunDetail, RunsPage, TenantView as TenantRow, TenantsList,
-    TransitionView, TransitionsPage, WhoAmI,
+    EnvelopeView, ErrorBody, Health, ReceiptKeyView, RunDetail, RunsPage, TenantView as TenantRow,
+    TenantsList, TransitionView, TransitionsPage, WhoAmI,
 };
 
 /// Default page size of a transitions read.
@@ -328,6 +328,57 @@ pub(crate) async fn admin_tenants(
     Ok(Json(TenantsList { tenants: tenants.into_iter().map(TenantRow::from).collect() }))
 }
 
+/// A signed receipt for the run's head as the server holds it now. An ingest signs one for
+/// each run it stores something in; this one is for a run whose transitions were all stored
+/// before (a re-push from a fresh CI runner). `received_at` is when it was signed.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{run_id}/receipt",
+    tag = "receipts",
+    security(("bearer" = [])),
+    params(("run_id" = String, Path, description = "The run id: 1 to 200 of A-Z a-z 0-9 . _ : - (not . or ..)", pattern = r"^[A-Za-z0-9._:-]{1,200}$"),
+        ("X-KAHN-Tenant" = Option<String>, Header, description = "Admin only: read this tenant (UUID)")),
+    responses(
+        (status = 200, description = "The receipt (a DSSE envelope)", body = EnvelopeView,
+            headers(("X-KAHN-Effective-Tenant" = String), ("X-KAHN-Tenant-Source" = String))),
+        (status = 400, description = "Malformed run id or X-KAHN-Tenant", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credential", body = ErrorBody),
+        (status = 404, description = "No such run for the effective tenant; or `what` `receipt_key`: this server signs no receipts", body = ErrorBody),
+        (status = 429, description = "Too many failed authentications from this address; see `Retry-After`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "The backend is temporarily unavailable; see `Retry-After`", body = ErrorBody),
+        (status = 500, description = "`integrity` or `internal`", body = ErrorBody),
+    )
+)]
+pub(crate) async fn run_receipt(
+    State(state): State<AppState>,
+    ReadAccess(view): ReadAccess,
+    p: Result<Path<String>, PathRejection>,
+) -> Response {
+    let result = async {
+        let run = run_id(p)?;
+        let Some(scope) = &view.scope else {
+            return Err(ApiError::not_found("run", run.to_string()));
+        };
+        let Some(signer) = &state.inner.config.receipt_key else {
+            return Err(ApiError::no_receipt_key());
+        };
+        let info = state.inner.backend.get_run(scope, &run).await?.info;
+        let report = kahn_core::RunAppendReport {
+            run_id: run,
+            appended: 0,
+            skipped: 0,
+            next_seq: info.next_seq,
+            head_hash: info.head_hash,
+            receipt: None,
+        };
+        let envelope = signer.sign_report(scope.tenant(), &report, chrono::Utc::now())?;
+        Ok(Json(envelope).into_response())
+    }
+    .await;
+    stamped(&view, result)
+}
+
 /// The public key this server signs append receipts with: what a producer or an auditor
 /// checks receipts against (pin it; a key fetched later from the same server proves less).
 #[utoipa::path(get, path = "/v1/receipts/key", tag = "receipts", security(()),
@@ -337,10 +388,7 @@ pub(crate) async fn receipt_key(
     State(state): State<AppState>,
 ) -> Result<Json<ReceiptKeyView>, ApiError> {
     let Some(signer) = &state.inner.config.receipt_key else {
-        return Err(ApiError::not_found(
-            "receipt key",
-            "this server signs no receipts (start it with --receipt-key FILE)",
-        ));
+        return Err(ApiError::no_receipt_key());
     };
     let key = signer.public_key();
     Ok(Json(ReceiptKeyView {

@@ -42,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/runs/{run_id}/transitions", get(reads::read_transitions))
         .route("/v1/whoami", get(reads::whoami))
         .route("/v1/receipts/key", get(reads::receipt_key))
+        .route("/v1/runs/{run_id}/receipt", get(reads::run_receipt))
         .route("/api/admin/tenants", get(reads::admin_tenants))
         .route("/healthz", get(reads::healthz))
         .route("/readyz", get(reads::readyz))

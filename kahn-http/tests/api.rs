@@ -1303,6 +1303,7 @@ async fn openapi_document_validates_and_covers_every_route() {
         ("/openapi.json", "get", &["200"][..]),
         ("/auth/config", "get", &["200"][..]),
         ("/v1/receipts/key", "get", &["200", "404"][..]),
+        ("/v1/runs/{run_id}/receipt", "get", &["200", "400", "401", "404", "429"][..]),
     ];
     assert_eq!(paths.len(), want.len(), "{:?}", paths.keys().collect::<Vec<_>>());
     for (path, method, codes) in want {
@@ -1515,6 +1516,15 @@ async fn ingest_signs_one_receipt_per_run_that_stored_something() {
     assert!(runs[0]["receipt"].is_null(), "{report}");
     assert!(runs[1]["receipt"].is_object(), "{report}");
 
+    // A stored run's receipt on demand: the head the server holds now.
+    let r = get(&s, "/v1/runs/a/receipt", Some(&p.key), None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let envelope: Envelope = r.json().await.expect("an envelope");
+    let receipt = key.verify(&envelope).expect("signed by the served key");
+    assert_eq!((receipt.run_id.as_str(), receipt.next_seq), ("a", 2));
+    let r = get(&s, "/v1/runs/nope/receipt", Some(&p.key), None).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
     // Through the client, the receipt is in the append report.
     let client = s.client();
     let scope = client.resolve_api_key(&ApiKey::parse(&p.key).expect("key")).await;
@@ -1532,4 +1542,8 @@ async fn ingest_signs_one_receipt_per_run_that_stored_something() {
     let r = get(&plain, "/v1/receipts/key", None, None).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert!(r.text().await.expect("text").contains("--receipt-key"));
+    let r = get(&plain, "/v1/runs/a/receipt", Some(&p.key), None).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["what"], "receipt_key", "{body}");
 }
