@@ -57,13 +57,13 @@
 //!
 //! ```
 //! use chrono::{TimeZone as _, Utc};
-//! use kahn_core::checkpoint::{RunHead, audit, checkpoint_for, next_leaves};
-//! use kahn_core::merkle::{consistency_proof, root};
+//! use kahn_core::checkpoint::{RunHead, audit, checkpoint_for, leaf_hashes, next_leaves};
+//! use kahn_core::merkle::consistency_proof;
 //! use kahn_core::receipt::ReceiptSigner;
 //! use kahn_core::{Digest, RunId, TenantId};
 //!
 //! let signer = ReceiptSigner::generate()?;
-//! let (tenant, key) = (TenantId::new_random(), signer.public_key().id().to_owned());
+//! let (tenant, key_id) = (TenantId::new_random(), signer.public_key().id());
 //! let at = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
 //! let head = |id: &str, n: u64| RunHead {
 //!     run_id: RunId::new(id).unwrap(),
@@ -73,16 +73,16 @@
 //! };
 //!
 //! let mut log = next_leaves(&[], &[head("r1", 2)], &[]);
-//! let c1 = checkpoint_for(tenant, &log, at, &key);
+//! let c1 = checkpoint_for(tenant, &log, at, key_id);
 //! let more = next_leaves(&log, &[head("r1", 5), head("r2", 1)], &[]);
 //! log.extend(more);
-//! let c2 = checkpoint_for(tenant, &log, at, &key);
+//! let c2 = checkpoint_for(tenant, &log, at, key_id);
 //!
 //! // The server signs both; an auditor checks the envelopes, then the log between them.
 //! let (e1, e2) = (signer.sign_checkpoint(&c1)?, signer.sign_checkpoint(&c2)?);
-//! let (c1, c2) = (signer.public_key().verify_checkpoint(&e1)?, signer.public_key().verify_checkpoint(&e2)?);
-//! let hashes: Vec<Digest> = log.iter().map(|l| l.hash()).collect();
-//! let proof = consistency_proof(&hashes, c1.tree_size).unwrap();
+//! let key = signer.public_key();
+//! let (c1, c2) = (key.verify_checkpoint(&e1)?, key.verify_checkpoint(&e2)?);
+//! let proof = consistency_proof(&leaf_hashes(&log), c1.tree_size).unwrap();
 //! let report = audit(&c1, &c2, &log, &proof)?;
 //! assert_eq!(report.added, [RunId::new("r2")?]);
 //! assert_eq!(report.extended, [(RunId::new("r1")?, 2, 5)]);
@@ -774,9 +774,8 @@ mod tests {
         let mut far = good.clone();
         far[41..49].copy_from_slice(&i64::MAX.to_be_bytes());
         assert!(err(&far).contains("out of range"), "{}", err(&far));
-        assert!(
-            matches!(Leaf::decode(&kind), Err(Error::InvalidInput { field, .. }) if field == "checkpoint leaf")
-        );
+        assert!(matches!(Leaf::decode(&kind), Err(Error::InvalidInput { field, .. })
+                if field == "checkpoint leaf"));
     }
 
     // --- next_leaves -------------------------------------------------------------------------
@@ -1306,7 +1305,8 @@ mod tests {
                         }
                         Err(Error::Integrity { message, .. }) => {
                             prop_assert!(expect_failure, "audit {i}..{j} failed: {message}");
-                            prop_assert!(message.contains("removed outside retention"), "{message}");
+                            let named = message.contains("removed outside retention");
+                            prop_assert!(named, "{message}");
                         }
                         Err(other) => prop_assert!(false, "audit {i}..{j}: {other}"),
                     }
