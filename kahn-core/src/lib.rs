@@ -3,8 +3,9 @@
 //! The heart of KAHN: domain types validated at construction, canonical content hashing and
 //! the per-run hash chain, the [`StorageBackend`] trait every adapter implements, the one
 //! [`Error`] type they all convert into, the RFC 9162 Merkle tree and its inclusion and
-//! consistency proofs behind tenants' signed checkpoints ([`merkle`]), and — behind the
-//! `conformance` feature — the shared conformance suite every adapter's tests run.
+//! consistency proofs behind tenants' signed checkpoints ([`merkle`]), the checkpoints' leaf
+//! log, signing and audit ([`checkpoint`]), and — behind the `conformance` feature — the
+//! shared conformance suite every adapter's tests run.
 //!
 //! Architecture invariant: this crate depends on no database driver, web framework or HTTP
 //! client. Adapters (`kahn-sqlite`, `kahn-pg`, `kahn-http`) depend on it, never the reverse.
@@ -30,6 +31,7 @@
 mod admin;
 mod backend;
 mod batch;
+pub mod checkpoint;
 mod error;
 mod hash;
 mod id;

@@ -13,6 +13,9 @@
 //! signature is over DSSE's pre-authentication encoding (`PAE`), so any DSSE verifier given the
 //! public key can check one. The key id is the hex SHA-256 of the raw 32-byte public key.
 //!
+//! The same key signs tenants' checkpoints ([`crate::checkpoint`]), under their own payload
+//! type: one code path signs and verifies both, and neither can be read as the other.
+//!
 //! [DSSE]: https://github.com/secure-systems-lab/dsse/blob/master/protocol.md
 
 use std::fmt;
@@ -53,10 +56,31 @@ pub struct Receipt {
     pub key_id: String,
 }
 
-/// A DSSE envelope: a signed receipt as it travels and is kept.
+/// A statement the server signs with its receipt key: a [`Receipt`], or a tenant's
+/// [`Checkpoint`](crate::checkpoint::Checkpoint). Each has its own DSSE payload type, so one
+/// can never be read as the other, and names the key that signed it.
+pub(crate) trait SignedPayload: Serialize + serde::de::DeserializeOwned {
+    /// The DSSE `payloadType`.
+    const PAYLOAD_TYPE: &'static str;
+    /// What it is called in errors (the `field` of [`Error::InvalidInput`]).
+    const NAME: &'static str;
+    /// The id of the key it says signed it.
+    fn key_id(&self) -> &str;
+}
+
+impl SignedPayload for Receipt {
+    const PAYLOAD_TYPE: &'static str = RECEIPT_PAYLOAD_TYPE;
+    const NAME: &'static str = "receipt";
+    fn key_id(&self) -> &str {
+        &self.key_id
+    }
+}
+
+/// A DSSE envelope: a signed receipt (or checkpoint) as it travels and is kept.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
-    /// [`RECEIPT_PAYLOAD_TYPE`] for a KAHN receipt.
+    /// [`RECEIPT_PAYLOAD_TYPE`] for a KAHN receipt,
+    /// [`CHECKPOINT_PAYLOAD_TYPE`](crate::checkpoint::CHECKPOINT_PAYLOAD_TYPE) for a checkpoint.
     #[serde(rename = "payloadType")]
     pub payload_type: String,
     /// The payload, base64 (standard alphabet, padded).
@@ -162,10 +186,19 @@ impl ReceiptKey {
     /// type, no signature by this key (naming the key ids it has), a signature that does not
     /// verify, a payload that is not a receipt, or a receipt naming another key.
     pub fn verify(&self, envelope: &Envelope) -> Result<Receipt, Error> {
-        if envelope.payload_type != RECEIPT_PAYLOAD_TYPE {
+        self.verify_payload(envelope)
+    }
+
+    /// Checks `envelope` was signed by this key over a `T` (its payload type is
+    /// `T::PAYLOAD_TYPE`, and the `T` inside names this key), and returns the `T`: the one
+    /// verification path of every signed KAHN statement.
+    pub(crate) fn verify_payload<T: SignedPayload>(&self, envelope: &Envelope) -> Result<T, Error> {
+        let refused = |message: String| Error::invalid(T::NAME, message);
+        if envelope.payload_type != T::PAYLOAD_TYPE {
             return Err(refused(format!(
-                "payload type is {:?}, expected {RECEIPT_PAYLOAD_TYPE:?}",
-                envelope.payload_type
+                "payload type is {:?}, expected {:?}",
+                envelope.payload_type,
+                T::PAYLOAD_TYPE
             )));
         }
         let Some(signature) = envelope.signatures.iter().find(|s| s.keyid == self.id) else {
@@ -183,19 +216,21 @@ impl ReceiptKey {
             .decode(&signature.sig)
             .ok()
             .and_then(|b| ed25519_dalek::Signature::from_slice(&b).ok())
-            .ok_or_else(|| refused("signature is not a base64 Ed25519 signature"))?;
+            .ok_or_else(|| refused("signature is not a base64 Ed25519 signature".to_owned()))?;
         self.key
             .verify_strict(&pae(&envelope.payload_type, &payload), &sig)
             .map_err(|_| refused(format!("signature does not verify under key {}", self.id)))?;
-        let receipt: Receipt = serde_json::from_slice(&payload)
-            .map_err(|e| refused(format!("signed payload is not a KAHN receipt: {e}")))?;
-        if receipt.key_id != self.id {
+        let value: T = serde_json::from_slice(&payload)
+            .map_err(|e| refused(format!("signed payload is not a KAHN {}: {e}", T::NAME)))?;
+        if value.key_id() != self.id {
             return Err(refused(format!(
-                "receipt names key {}, but was signed by key {}",
-                receipt.key_id, self.id
+                "{} names key {}, but was signed by key {}",
+                T::NAME,
+                value.key_id(),
+                self.id
             )));
         }
-        Ok(receipt)
+        Ok(value)
     }
 }
 
@@ -282,17 +317,29 @@ impl ReceiptSigner {
     /// # Errors
     /// [`Error::InvalidInput`] when `receipt.key_id` is not this key's id.
     pub fn sign(&self, receipt: &Receipt) -> Result<Envelope, Error> {
-        if receipt.key_id != self.public.id {
+        self.sign_payload(receipt)
+    }
+
+    /// Signs `value` as a DSSE envelope of type `T::PAYLOAD_TYPE` over its RFC 8785 canonical
+    /// JSON: the one signing path of every signed KAHN statement.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] (field `T::NAME`) when `value` names another key than this one,
+    /// or has no canonical form.
+    pub(crate) fn sign_payload<T: SignedPayload>(&self, value: &T) -> Result<Envelope, Error> {
+        let refused = |message: String| Error::invalid(T::NAME, message);
+        if value.key_id() != self.public.id {
             return Err(refused(format!(
                 "names key {}, but this signer is key {}",
-                receipt.key_id, self.public.id
+                value.key_id(),
+                self.public.id
             )));
         }
-        let value = serde_json::to_value(receipt).map_err(|e| refused(e.to_string()))?;
-        let payload = canonical_json("receipt", &value)?;
-        let signature = self.key.sign(&pae(RECEIPT_PAYLOAD_TYPE, payload.as_bytes()));
+        let json = serde_json::to_value(value).map_err(|e| refused(e.to_string()))?;
+        let payload = canonical_json(T::NAME, &json)?;
+        let signature = self.key.sign(&pae(T::PAYLOAD_TYPE, payload.as_bytes()));
         Ok(Envelope {
-            payload_type: RECEIPT_PAYLOAD_TYPE.to_owned(),
+            payload_type: T::PAYLOAD_TYPE.to_owned(),
             payload: BASE64.encode(payload.as_bytes()),
             signatures: vec![EnvelopeSignature {
                 keyid: self.public.id.clone(),
