@@ -34,6 +34,7 @@ Examples:
   kahn serve                                        # sqlite://kahn.db on 127.0.0.1:8080
   kahn serve --db sqlite:///var/lib/kahn/kahn.db --listen 0.0.0.0:8080 --log-format json
   kahn serve --config kahn.toml                     # settings from TOML; flags and env win
+  kahn serve --receipt-key receipt-key.pem          # sign receipts (the key from `kahn keygen receipt-key.pem`)
   kahn serve --jwt-public-key idp.pub.pem --jwt-issuer https://idp.example.com --jwt-audience kahn
 Audit events (target kahn::audit) are logged whatever KAHN_LOG says.")]
     Serve(Box<serve::ServeArgs>),
@@ -57,6 +58,7 @@ Examples:
 Examples:
   kahn push ./runs/nightly-42 --db sqlite://kahn.db  # straight into the database; key from $KAHN_API_KEY
   kahn push run.ndjson --run-id nightly-42 --json --url http://127.0.0.1:8080  # a file; machine-readable report
+  kahn push ./runs/nightly-42 --url http://127.0.0.1:8080 --receipt-out nightly-42.receipt.json  # keep the server's signed receipt
 A re-run sends only what is missing; a fully stored run is a no-op.")]
     Push(PushArgs),
     /// List and show runs of the key's tenant.
