@@ -375,18 +375,7 @@ pub trait StorageBackendExt: StorageBackend {
     /// `next_seq` are missing; [`Error::NotFound`] for an unknown run.
     async fn verify_run(&self, scope: &ReadScope, run: &RunId) -> Result<crate::Digest> {
         let summary = self.get_run(scope, run).await?.info;
-        let mut verifier = crate::hash::ChainVerifier::new();
-        while verifier.verified() < summary.next_seq {
-            let after = verifier.verified().checked_sub(1).map(Seq::new).transpose()?;
-            let page =
-                self.read_transitions(scope, run, after, crate::model::MAX_PAGE_SIZE).await?;
-            if page.is_empty() {
-                break;
-            }
-            for t in page.iter().take_while(|t| t.seq.get() < summary.next_seq) {
-                verifier.push(t).map_err(|e| e.in_run(run, None))?;
-            }
-        }
+        let verifier = chain_until(self, scope, run, summary.next_seq).await?;
         if verifier.verified() != summary.next_seq {
             return Err(Error::Integrity {
                 run_id: Some(run.clone()),
@@ -471,18 +460,7 @@ pub trait StorageBackendExt: StorageBackend {
                 ),
             ));
         }
-        let mut verifier = crate::hash::ChainVerifier::new();
-        while verifier.verified() < receipt.next_seq {
-            let after = verifier.verified().checked_sub(1).map(Seq::new).transpose()?;
-            let page =
-                self.read_transitions(scope, run, after, crate::model::MAX_PAGE_SIZE).await?;
-            if page.is_empty() {
-                break;
-            }
-            for t in page.iter().take_while(|t| t.seq.get() < receipt.next_seq) {
-                verifier.push(t).map_err(|e| e.in_run(run, None))?;
-            }
-        }
+        let verifier = chain_until(self, scope, run, receipt.next_seq).await?;
         if verifier.verified() != receipt.next_seq {
             return Err(broken(
                 Some(verifier.verified()),
@@ -511,3 +489,26 @@ pub trait StorageBackendExt: StorageBackend {
 }
 
 impl<T: StorageBackend + ?Sized> StorageBackendExt for T {}
+
+/// Recomputes `run`'s chain from its stored bodies, seq 0 up to `end` (exclusive), page by
+/// page (memory stays flat); stops early when fewer are stored (the caller compares
+/// [`verified`](crate::hash::ChainVerifier::verified) with `end`).
+async fn chain_until<B: StorageBackend + ?Sized>(
+    store: &B,
+    scope: &ReadScope,
+    run: &RunId,
+    end: u64,
+) -> Result<crate::hash::ChainVerifier> {
+    let mut verifier = crate::hash::ChainVerifier::new();
+    while verifier.verified() < end {
+        let after = verifier.verified().checked_sub(1).map(Seq::new).transpose()?;
+        let page = store.read_transitions(scope, run, after, crate::model::MAX_PAGE_SIZE).await?;
+        if page.is_empty() {
+            break;
+        }
+        for t in page.iter().take_while(|t| t.seq.get() < end) {
+            verifier.push(t).map_err(|e| e.in_run(run, None))?;
+        }
+    }
+    Ok(verifier)
+}

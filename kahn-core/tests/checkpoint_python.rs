@@ -6,8 +6,7 @@
 //!
 //! It needs `python3`; without it the test fails, it never skips.
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
+mod reference;
 
 use chrono::{DateTime, SecondsFormat, TimeZone as _, Utc};
 use kahn_core::checkpoint::{
@@ -18,30 +17,7 @@ use serde_json::{Value, json};
 
 /// Runs the Python reference on `request`, returns its answer.
 fn python(request: &Value) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/checkpoint_reference.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "python3 is needed for the independent checkpoint check: install python3 \
-                 (running it failed: {e})"
-            )
-        });
-    let mut stdin = child.stdin.take().expect("python3's stdin is piped");
-    stdin.write_all(request.to_string().as_bytes()).expect("send the leaves to python3");
-    drop(stdin);
-    let out = child.wait_with_output().expect("wait for python3");
-    assert!(
-        out.status.success(),
-        "{script} failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("python3 answers one JSON object")
+    reference::python("checkpoint_reference.py", "checkpoint", request)
 }
 
 fn kind_name(kind: LeafKind) -> &'static str {

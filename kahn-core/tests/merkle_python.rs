@@ -7,8 +7,7 @@
 //! A checkpoint is only worth something if someone other than KAHN can check it: this is the
 //! "someone other". It needs `python3`; without it the test fails, it never skips.
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
+mod reference;
 
 use kahn_core::Digest;
 use kahn_core::merkle::{
@@ -18,31 +17,7 @@ use serde_json::{Value, json};
 
 /// Runs the Python reference on `request`, returns its answer.
 fn python(request: &Value) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/merkle_reference.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "python3 is needed for the independent Merkle check: install python3 \
-                 (running it failed: {e})"
-            )
-        });
-    // The script reads all of stdin before it writes anything.
-    let mut stdin = child.stdin.take().expect("python3's stdin is piped");
-    stdin.write_all(request.to_string().as_bytes()).expect("send the cases to python3");
-    drop(stdin);
-    let out = child.wait_with_output().expect("wait for python3");
-    assert!(
-        out.status.success(),
-        "{script} failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("python3 answers one JSON object")
+    reference::python("merkle_reference.py", "Merkle", request)
 }
 
 /// A small deterministic generator (xorshift64*): the same cases on every run.
