@@ -579,6 +579,25 @@ fn http_ingest(
     res.put(&format!("{label}.n{n}.http_server_hwm_mib"), json!(server_hwm_kib(server) / 1024));
 }
 
+/// Milliseconds of one ingest request of `runs` one-transition runs (ids under `tag`) through
+/// `HttpBackend` into `s`'s server.
+async fn http_many_runs(s: &Served, tag: &str, runs: u64) -> f64 {
+    let client = kahn_http::HttpBackend::new(s.server.url()).unwrap();
+    let key = kahn_core::ApiKey::parse(&s.keys[0]).unwrap();
+    let scope = client.resolve_api_key(&key).await.unwrap().unwrap();
+    let text: String = (0..runs)
+        .map(|i| {
+            format!(
+                "{{\"run_id\":\"many-{tag}-{i}\",\"seq\":0,\"ts\":\"2026-01-01T00:00:00Z\",\"to\":\"succeeded\"}}\n"
+            )
+        })
+        .collect();
+    let batch = AppendBatch::from_ndjson(&text).unwrap();
+    let start = Instant::now();
+    assert_eq!(client.append(&scope, &batch).await.unwrap().appended(), runs);
+    start.elapsed().as_secs_f64() * 1000.0
+}
+
 /// A fresh database served by `kahn serve` (the release binary, as the `http` section runs
 /// it): SQLite (a file in `dir`), or Postgres (a fresh test database, served as the app role)
 /// with its admin backend; `tenants` tenants provisioned beforehand, one API key each.
@@ -949,10 +968,19 @@ async fn main() {
         #[cfg(unix)]
         std::fs::set_permissions(&key_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .unwrap();
-        let signing = ["--receipt-key".to_owned(), key_file.display().to_string()];
+        // A request of many runs costs 100 units per 10,000 runs: an allowance that never
+        // makes the many-runs requests below wait for a 429.
+        let unlimited = ["--ingest-rate".to_owned(), "1000000".to_owned()];
+        let signing: Vec<String> = unlimited
+            .iter()
+            .cloned()
+            .chain(["--receipt-key".to_owned(), key_file.display().to_string()])
+            .collect();
         for &n in &cfg.sizes {
             for label in ["sqlite", "pg"] {
-                let plain = Served::start(label, dir.path(), &format!("plain-{n}"), 1).await;
+                let plain =
+                    Served::start_with(label, dir.path(), &format!("plain-{n}"), 1, &unlimited)
+                        .await;
                 let signed =
                     Served::start_with(label, dir.path(), &format!("signed-{n}"), 1, &signing)
                         .await;
@@ -969,6 +997,25 @@ async fn main() {
                         let _ = std::fs::remove_file(&file);
                     }
                 }
+                // The worst case for receipts: one request of many one-transition runs signs
+                // one receipt per run.
+                let runs = if cfg.smoke { 200 } else { 10_000 };
+                let (mut plain_ms, mut signed_ms) = (vec![], vec![]);
+                for rep in 0..cfg.reps {
+                    for (s, ms, which) in
+                        [(&plain, &mut plain_ms, "plain"), (&signed, &mut signed_ms, "signed")]
+                    {
+                        ms.push(http_many_runs(s, &format!("{which}-{n}-{rep}"), runs).await);
+                    }
+                }
+                res.put(&format!("{label}.http_many_runs{runs}_ms_no_receipts"), med(plain_ms));
+                res.put(&format!("{label}.http_many_runs{runs}_ms_receipts"), med(signed_ms));
+                ratio(
+                    &mut res,
+                    &format!("ratio.{label}.http_many_runs{runs}.receipts/no_receipts"),
+                    &format!("{label}.http_many_runs{runs}_ms_receipts"),
+                    &format!("{label}.http_many_runs{runs}_ms_no_receipts"),
+                );
                 res.put(&format!("{label}.n{n}.http_push_first_tps_no_receipts"), med(plain_tps));
                 res.put(&format!("{label}.n{n}.http_push_first_tps_receipts"), med(signed_tps));
                 ratio(

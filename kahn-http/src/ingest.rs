@@ -198,7 +198,7 @@ pub(crate) async fn ingest(
         ahead.wait().await;
         let mut report = state.inner.backend.append(&scope, &batch).await?;
         if let Some(signer) = &state.inner.config.receipt_key {
-            sign_receipts(signer, &scope, &mut report)?;
+            report = sign_receipts(signer, scope.tenant(), report).await?;
         }
         state.inner.metrics.appended.inc_by(report.appended());
         state.inner.metrics.skipped.inc_by(report.skipped());
@@ -222,17 +222,32 @@ pub(crate) async fn ingest(
 
 /// Signs a receipt for each run the append stored something in: one signature per run per
 /// request, never per transition. A run whose lines were all stored already gets none (its
-/// head did not move; the pusher keeps the receipt it was given when it did).
-fn sign_receipts(
+/// head did not move; the pusher keeps the receipt it was given when it did). A signature
+/// costs tens of µs: a request of many runs is signed on a blocking thread, never on the
+/// runtime's (BENCHMARKS.md "Signed receipts" has the cost of 10,000 runs).
+async fn sign_receipts(
     signer: &kahn_core::receipt::ReceiptSigner,
-    scope: &kahn_core::WriteScope,
-    report: &mut kahn_core::AppendReport,
-) -> Result<(), ApiError> {
-    let now = chrono::Utc::now();
-    for run in report.runs.iter_mut().filter(|r| r.appended > 0) {
-        run.receipt = Some(signer.sign_report(scope.tenant(), run, now)?);
+    tenant: kahn_core::TenantId,
+    mut report: kahn_core::AppendReport,
+) -> Result<kahn_core::AppendReport, ApiError> {
+    const INLINE: usize = 16;
+    let sign = move |signer: &kahn_core::receipt::ReceiptSigner,
+                     mut report: kahn_core::AppendReport| {
+        let now = chrono::Utc::now();
+        for run in report.runs.iter_mut().filter(|r| r.appended > 0) {
+            run.receipt = Some(signer.sign_report(tenant, run, now)?);
+        }
+        Ok::<_, Error>(report)
+    };
+    if report.runs.len() <= INLINE {
+        return Ok(sign(signer, report)?);
     }
-    Ok(())
+    let signer = signer.clone();
+    report = tokio::task::spawn_blocking(move || sign(&signer, report)).await.map_err(|e| {
+        tracing::error!(error = %e, "receipt signing stopped");
+        ApiError::internal()
+    })??;
+    Ok(report)
 }
 
 #[cfg(test)]
