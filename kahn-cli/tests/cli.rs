@@ -242,6 +242,21 @@ fn bridges_onboard_idempotently_and_repush_a_retried_job_as_one_run(env: &Env) {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--run-id"));
     let out = env.kahn(&["bridge", "onboard", "nope"], None);
     assert_eq!(out.status.code(), Some(2));
+
+    // Another product's key under this profile is refused before anything is pushed.
+    let stratt = onboard(&env.ok(&["bridge", "onboard", "stratt", "--json"], None));
+    let stratt_key = stratt["api_key"].as_str().unwrap();
+    let args = ["bridge", "push", "--profile", "choco", run.to_str().unwrap()];
+    let out = env.kahn_in(&args, Some(stratt_key), &github);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("belongs to tenant \"stratt\"") && err.contains("nothing was pushed"),
+        "{err}"
+    );
+    let runs: serde_json::Value =
+        serde_json::from_str(&env.ok(&["runs", "list", "--json"], Some(stratt_key))).unwrap();
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 0, "{runs}");
 }
 
 fn a_pusher_killed_mid_run_is_resumed_by_a_rerun_and_the_log_equals_the_source(env: &Env) {

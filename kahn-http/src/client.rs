@@ -316,6 +316,15 @@ impl HttpBackend {
         self.read(rb, scope).await
     }
 
+    /// The name of the tenant `key` names (`GET /v1/whoami`), as a person recognises it;
+    /// `None` for an unknown or revoked key.
+    ///
+    /// # Errors
+    /// As every call: transport, unavailable, a server that is not KAHN's.
+    pub async fn tenant_name(&self, key: &kahn_core::ApiKey) -> Result<Option<String>> {
+        Ok(self.whoami(key.expose_secret()).await?.and_then(|w| w.tenant_name))
+    }
+
     async fn whoami(&self, token: &str) -> Result<Option<WhoAmI>> {
         let rb = self.request(Method::GET, &["v1", "whoami"])?.bearer_auth(token);
         match self.send(rb).await {
