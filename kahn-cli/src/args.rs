@@ -228,9 +228,13 @@ pub(crate) struct PushArgs {
     /// Give up after this many retries of one call.
     #[arg(long, default_value_t = 8)]
     pub(crate) max_retries: u32,
-    /// Largest chunk in bytes (at most 1 MiB).
-    #[arg(long, default_value_t = push::MAX_CHUNK_BYTES)]
-    pub(crate) chunk_bytes: usize,
+    /// Largest chunk in bytes: 1024 to 1048576 (1 MiB).
+    #[arg(
+        long,
+        default_value_t = push::MAX_CHUNK_BYTES as u64,
+        value_parser = clap::value_parser!(u64).range(1024..=push::MAX_CHUNK_BYTES as u64)
+    )]
+    pub(crate) chunk_bytes: u64,
     /// Print the report as JSON.
     #[arg(long)]
     pub(crate) json: bool,

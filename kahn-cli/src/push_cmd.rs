@@ -28,7 +28,8 @@ pub(crate) async fn run(args: PushArgs) -> CliResult {
     let run_id = args.run_id.as_deref().map(RunId::new).transpose()?;
     let source = RunSource::from_path(&args.path, run_id)?;
     let opts = PushOptions {
-        max_chunk_bytes: args.chunk_bytes,
+        // Within 1 KiB..=1 MiB by the flag's range.
+        max_chunk_bytes: usize::try_from(args.chunk_bytes).unwrap_or(push::MAX_CHUNK_BYTES),
         max_retries: args.max_retries,
         resume_cache: if args.no_resume_cache { None } else { ResumeCache::user_default() },
         ..PushOptions::default()

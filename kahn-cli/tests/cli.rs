@@ -145,6 +145,10 @@ fn bad_lines_and_missing_keys_get_exit_codes_and_hints(env: &Env) {
     assert!(String::from_utf8_lossy(&out.stderr).contains("KAHN_API_KEY"));
     let out = env.kahn(&["push", "/no/such/dir"], Some(&key));
     assert_eq!(out.status.code(), Some(2));
+    // A chunk size the pusher would not honour is refused, not silently raised.
+    let out = env.kahn(&["push", file.to_str().unwrap(), "--chunk-bytes", "300"], Some(&key));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1024..=1048576"), "{out:?}");
 }
 
 fn verify_detects_a_tampered_sqlite_file(env: &Env) {

@@ -145,7 +145,8 @@ pub struct PushReport {
     /// The store's signed receipt for that head (see [`kahn_core::receipt`]): the last one
     /// this push was given, else the one an earlier push of the run was given and the resume
     /// cache kept, when it names this very head. `None` when the store signs no receipts (a
-    /// database, or a server without a receipt key).
+    /// database, or a server without a receipt key). Absent from the JSON then.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub receipt: Option<Envelope>,
 }
 
