@@ -8,6 +8,9 @@ use crate::admin::{
     NewApiKey, PurgeOutcome, PurgeRequest, RetiredKeys, TenantChange, TenantRecord,
 };
 use crate::batch::AppendBatch;
+use crate::checkpoint::{
+    CheckpointInputs, CheckpointLog, NewCheckpoint, StoredCheckpoint, checkpoint_for, next_leaves,
+};
 use crate::error::{Error, Result};
 use crate::id::{ApiKeyId, OrgId, RunId, Seq, TenantId};
 use crate::model::{
@@ -207,6 +210,36 @@ pub trait StorageBackend: Debug + Send + Sync + 'static {
     /// role purges only at the database's own clock ([`PurgeRequest::at_store_clock`]);
     /// [`Error::Backend`] when the store fails before any tenant is purged.
     async fn purge_expired(&self, req: &PurgeRequest) -> Result<PurgeOutcome>;
+
+    /// The scope's tenant's checkpoint log ([`crate::checkpoint`]): every leaf and every
+    /// signed checkpoint, oldest first. Empty before the first checkpoint.
+    ///
+    /// # Errors
+    /// [`Error::Integrity`] when a stored leaf or envelope does not decode (the log was
+    /// altered outside KAHN); [`Error::Backend`] when the store fails.
+    async fn read_checkpoint_log(&self, scope: &ReadScope) -> Result<CheckpointLog>;
+
+    /// What the scope's tenant's next checkpoint is made from, read in **one snapshot**: the
+    /// log, the head of every run held now, and the purge records no checkpoint has logged.
+    /// A run a purge removed and that purge's record are never seen one without the other.
+    ///
+    /// # Errors
+    /// As [`read_checkpoint_log`](Self::read_checkpoint_log); [`Error::Unsupported`] from a
+    /// backend that does not make checkpoints itself (the HTTP client: its server does).
+    async fn checkpoint_inputs(&self, scope: &ReadScope) -> Result<CheckpointInputs>;
+
+    /// Appends `next.leaves` and `next.checkpoint` to the scope's tenant's log, and marks
+    /// the purge records `next.purges` logged — in one transaction, and only while the log
+    /// still holds `next.after` leaves (a compare-and-append: two servers checkpointing one
+    /// tenant at once append one checkpoint, never an interleaving). Leaves and checkpoints
+    /// are never updated or deleted afterwards, except with the whole tenant.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when [`NewCheckpoint::validate`] refuses `next`;
+    /// [`Error::Unavailable`] ([`crate::checkpoint::log_moved`]) when the log no longer holds
+    /// `next.after` leaves — nothing is written, read the inputs again; [`Error::Unsupported`]
+    /// as for [`checkpoint_inputs`](Self::checkpoint_inputs).
+    async fn append_checkpoint(&self, scope: &ReadScope, next: &NewCheckpoint) -> Result<()>;
 
     /// Charges `cost` units of the scope's tenant's ingest allowance `quota` in state every
     /// server on this store shares, at the store's clock (a GCRA: the allowance refills at
@@ -485,6 +518,51 @@ pub trait StorageBackendExt: StorageBackend {
             ));
         }
         Ok(verifier.head())
+    }
+
+    /// Makes the scope's tenant's next checkpoint at `now`, signed by `signer`: reads the
+    /// inputs, appends the leaves of what changed ([`next_leaves`]) and the signed root
+    /// ([`checkpoint_for`]). When nothing changed since the latest checkpoint, returns that
+    /// one and appends nothing. When another server checkpoints the tenant at the same time,
+    /// reads again (up to 5 times).
+    ///
+    /// # Errors
+    /// As [`checkpoint_inputs`](StorageBackend::checkpoint_inputs) and
+    /// [`append_checkpoint`](StorageBackend::append_checkpoint); [`Error::Unavailable`]
+    /// when the log kept moving.
+    async fn make_checkpoint(
+        &self,
+        scope: &ReadScope,
+        signer: &crate::receipt::ReceiptSigner,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<StoredCheckpoint> {
+        let key_id = signer.public_key().id().to_owned();
+        let mut tries = 0;
+        loop {
+            let inputs = self.checkpoint_inputs(scope).await?;
+            let purged: Vec<_> = inputs.purges.iter().map(|p| p.run.clone()).collect();
+            let leaves = next_leaves(&inputs.log.leaves, &inputs.heads, &purged);
+            let unlogged = !inputs.purges.is_empty();
+            if let Some(latest) = inputs.log.latest().filter(|_| leaves.is_empty() && !unlogged) {
+                return Ok(latest.clone());
+            }
+            let after = inputs.log.leaves.len() as u64;
+            let mut all = inputs.log.leaves;
+            all.extend(leaves.iter().cloned());
+            let checkpoint = checkpoint_for(scope.tenant(), &all, now, &key_id);
+            let envelope = signer.sign_checkpoint(&checkpoint)?;
+            let next = NewCheckpoint {
+                after,
+                leaves,
+                purges: inputs.purges.iter().map(|p| p.id).collect(),
+                checkpoint: StoredCheckpoint { tree_size: checkpoint.tree_size, envelope },
+            };
+            match self.append_checkpoint(scope, &next).await {
+                Ok(()) => return Ok(next.checkpoint),
+                Err(Error::Unavailable { .. }) if tries < 4 => tries += 1,
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 

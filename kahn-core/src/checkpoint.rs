@@ -638,6 +638,205 @@ pub fn audit(
     Ok(report)
 }
 
+// ---------------------------------------------------------------------------------------------
+// What a store keeps: the types of the storage methods of `StorageBackend` (no I/O here).
+
+/// A signed checkpoint as a store keeps it: the size it covers, and the envelope as signed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredCheckpoint {
+    /// The number of leaves it covers (its [`Checkpoint::tree_size`]).
+    pub tree_size: u64,
+    /// The signed [`Checkpoint`], a DSSE envelope of type [`CHECKPOINT_PAYLOAD_TYPE`].
+    pub envelope: Envelope,
+}
+
+/// A tenant's whole checkpoint log as stored: every leaf and every signed checkpoint, oldest
+/// first. Read by [`StorageBackend::read_checkpoint_log`](crate::StorageBackend::read_checkpoint_log).
+///
+/// Nothing here is trusted by itself: an auditor checks the envelopes with the server's key,
+/// then that the leaves hash to their roots ([`audit`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckpointLog {
+    /// The leaf log, in order.
+    pub leaves: Vec<Leaf>,
+    /// The signed checkpoints, by increasing `tree_size` (two may share one).
+    pub checkpoints: Vec<StoredCheckpoint>,
+}
+
+impl CheckpointLog {
+    /// The latest checkpoint, if any.
+    pub fn latest(&self) -> Option<&StoredCheckpoint> {
+        self.checkpoints.last()
+    }
+
+    /// The latest checkpoint covering exactly `tree_size` leaves, if any.
+    pub fn at_size(&self, tree_size: u64) -> Option<&StoredCheckpoint> {
+        self.checkpoints.iter().rev().find(|c| c.tree_size == tree_size)
+    }
+}
+
+/// What retention's purge recorded of one run it removed, kept by the store until a
+/// checkpoint logs it as a `Purged` leaf.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PurgeRecord {
+    /// The record's id in the store, increasing in the order records were made.
+    pub id: u64,
+    /// The run as it was when purged.
+    pub run: PurgedRun,
+    /// The store's clock at the purge.
+    pub purged_at: DateTime<Utc>,
+}
+
+/// What the next checkpoint is made from, read by
+/// [`StorageBackend::checkpoint_inputs`](crate::StorageBackend::checkpoint_inputs) in one
+/// snapshot of the store, so a run a purge removed and the purge's record are never seen
+/// one without the other.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckpointInputs {
+    /// The log so far.
+    pub log: CheckpointLog,
+    /// Every run the tenant holds now.
+    pub heads: Vec<RunHead>,
+    /// The purge records no checkpoint has logged yet, by id.
+    pub purges: Vec<PurgeRecord>,
+}
+
+/// A checkpoint to append: the leaves it adds and its signed envelope. Appended by
+/// [`StorageBackend::append_checkpoint`](crate::StorageBackend::append_checkpoint) only while
+/// the log still holds `after` leaves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewCheckpoint {
+    /// The log's size the leaves were computed against.
+    pub after: u64,
+    /// The leaves to append ([`next_leaves`]).
+    pub leaves: Vec<Leaf>,
+    /// The ids of the purge records these leaves log; they are marked logged.
+    pub purges: Vec<u64>,
+    /// The signed checkpoint over the log with the leaves appended; its `tree_size` is
+    /// `after + leaves.len()`.
+    pub checkpoint: StoredCheckpoint,
+}
+
+impl NewCheckpoint {
+    /// Checks the parts agree (the size, and the envelope's unverified tenant) before a store
+    /// writes anything.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] (field `checkpoint`) naming what does not agree.
+    pub fn validate(&self, tenant: TenantId) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::invalid("checkpoint", m));
+        let size = self.after + self.leaves.len() as u64;
+        if self.checkpoint.tree_size != size {
+            return bad(format!(
+                "covers {} leaves, but the log after the append holds {size}",
+                self.checkpoint.tree_size
+            ));
+        }
+        let signed: Checkpoint = self.checkpoint.envelope.unverified_payload()?;
+        if signed.tenant_id != tenant || signed.tree_size != size {
+            return bad(format!(
+                "the envelope signs tenant {} at size {}, not tenant {tenant} at size {size}",
+                signed.tenant_id, signed.tree_size
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The error a store returns from
+/// [`append_checkpoint`](crate::StorageBackend::append_checkpoint) when the log moved since
+/// the inputs were read: another server appended a checkpoint. Nothing was written; read the
+/// inputs again.
+pub fn log_moved(backend: &'static str, expected: u64, found: u64) -> Error {
+    Error::Unavailable {
+        backend,
+        message: format!(
+            "the checkpoint log holds {found} leaves, not the {expected} this checkpoint was \
+             made against: another checkpoint was appended meanwhile"
+        ),
+        retry_after: None,
+        source: None,
+    }
+}
+
+/// The proof that a run's state is in a checkpoint: its latest leaf there, the leaf's index
+/// and the RFC 9162 inclusion proof (`GET /v1/runs/{id}/proof`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunProof {
+    /// The signed checkpoint the proof is against.
+    pub checkpoint: StoredCheckpoint,
+    /// The run's latest leaf in it.
+    pub leaf: Leaf,
+    /// The leaf's index in the log.
+    pub leaf_index: u64,
+    /// The inclusion proof ([`merkle::inclusion_proof`]).
+    pub audit_path: Vec<Digest>,
+}
+
+impl RunProof {
+    /// Builds the proof of `run`'s latest leaf in `checkpoint` of `log`.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] (`run`) when the run has no leaf in the checkpoint;
+    /// [`Error::Integrity`] when the checkpoint covers more leaves than the log holds.
+    pub fn build(
+        log: &CheckpointLog,
+        checkpoint: &StoredCheckpoint,
+        run: &RunId,
+    ) -> Result<Self, Error> {
+        let size = usize::try_from(checkpoint.tree_size).unwrap_or(usize::MAX);
+        let Some(leaves) = log.leaves.get(..size) else {
+            return Err(integrity(
+                None,
+                format!(
+                    "a checkpoint covers {} leaves, but the log holds {}",
+                    checkpoint.tree_size,
+                    log.leaves.len()
+                ),
+            ));
+        };
+        let leaf_index =
+            latest_leaf_index(leaves, run).ok_or_else(|| Error::not_found("run", run))?;
+        let audit_path = merkle::inclusion_proof(&leaf_hashes(leaves), leaf_index)
+            .map_err(|e| integrity(Some(run), e.to_string()))?;
+        let leaf = leaves[leaf_index as usize].clone();
+        Ok(RunProof { checkpoint: checkpoint.clone(), leaf, leaf_index, audit_path })
+    }
+
+    /// Checks the proof against `key`: the checkpoint is signed by it, for `tenant`, and the
+    /// leaf is in it at its index. Returns the checkpoint.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when the envelope is not `key`'s checkpoint;
+    /// [`Error::Integrity`] when it is another tenant's or the leaf is not in it.
+    pub fn verify(&self, key: &ReceiptKey, tenant: TenantId) -> Result<Checkpoint, Error> {
+        let signed = key.verify_checkpoint(&self.checkpoint.envelope)?;
+        if signed.tenant_id != tenant {
+            return Err(integrity(
+                Some(&self.leaf.run_id),
+                format!("the checkpoint is tenant {}'s, not {tenant}'s", signed.tenant_id),
+            ));
+        }
+        merkle::verify_inclusion(
+            &self.leaf.hash(),
+            self.leaf_index,
+            signed.tree_size,
+            &self.audit_path,
+            &signed.root_hash,
+        )
+        .map_err(|e| {
+            integrity(
+                Some(&self.leaf.run_id),
+                format!(
+                    "leaf {} is not in the checkpoint of size {}: {e}",
+                    self.leaf_index, signed.tree_size
+                ),
+            )
+        })?;
+        Ok(signed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

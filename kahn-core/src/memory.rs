@@ -12,6 +12,9 @@ use crate::admin::{
 };
 use crate::backend::StorageBackend;
 use crate::batch::AppendBatch;
+use crate::checkpoint::{
+    CheckpointInputs, CheckpointLog, NewCheckpoint, PurgeRecord, PurgedRun, RunHead, log_moved,
+};
 use crate::error::{Error, Result};
 use crate::hash::Digest;
 use crate::id::{ApiKeyId, OrgId, RunId, Seq, TenantId};
@@ -59,6 +62,15 @@ struct State {
     tenants: BTreeMap<TenantId, Tenant>,
     keys: HashMap<ApiKeyHash, ApiKeyInfo>,
     runs: HashMap<(TenantId, RunId), StoredRun>,
+    logs: HashMap<TenantId, TenantLog>,
+}
+
+/// A tenant's checkpoint log and the purge records no checkpoint has logged yet.
+#[derive(Debug, Default)]
+struct TenantLog {
+    log: CheckpointLog,
+    unlogged_purges: Vec<PurgeRecord>,
+    next_purge_id: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -198,6 +210,7 @@ impl StorageBackend for MemoryBackend {
         let mut report = PurgeReport { tenant_id: tenant, runs_removed: 0, transitions_removed: 0 };
         st.remove_runs(&mut report, |_| false);
         st.keys.retain(|_, k| k.tenant_id != tenant);
+        st.logs.remove(&tenant);
         st.tenants.remove(&tenant);
         Ok(report)
     }
@@ -496,6 +509,25 @@ impl StorageBackend for MemoryBackend {
                     report.transitions_removed += r.transitions.len() as u64;
                 }
             } else {
+                let mut gone: Vec<PurgedRun> = st
+                    .runs
+                    .iter()
+                    .filter(|((t, _), r)| *t == tenant && !kept(r))
+                    .map(|((_, id), r)| PurgedRun {
+                        run_id: id.clone(),
+                        next_seq: r.info.next_seq,
+                        head_hash: r.info.head_hash,
+                        received_at: r.info.received_at,
+                    })
+                    .collect();
+                gone.sort_by(|a, b| a.run_id.cmp(&b.run_id));
+                let purged_at = self.clock.now();
+                let log = st.logs.entry(tenant).or_default();
+                for run in gone {
+                    log.next_purge_id += 1;
+                    let id = log.next_purge_id;
+                    log.unlogged_purges.push(PurgeRecord { id, run, purged_at });
+                }
                 st.remove_runs(&mut report, kept);
             }
             if report.runs_removed > 0 {
@@ -503,6 +535,48 @@ impl StorageBackend for MemoryBackend {
             }
         }
         Ok(outcome)
+    }
+
+    async fn read_checkpoint_log(&self, scope: &ReadScope) -> Result<CheckpointLog> {
+        let st = self.lock();
+        Ok(st.logs.get(&scope.tenant()).map(|l| l.log.clone()).unwrap_or_default())
+    }
+
+    async fn checkpoint_inputs(&self, scope: &ReadScope) -> Result<CheckpointInputs> {
+        let st = self.lock();
+        let tenant = scope.tenant();
+        let heads = st
+            .runs
+            .iter()
+            .filter(|((t, _), _)| *t == tenant)
+            .map(|((_, id), r)| RunHead {
+                run_id: id.clone(),
+                next_seq: r.info.next_seq,
+                head_hash: r.info.head_hash,
+                received_at: r.info.received_at,
+            })
+            .collect();
+        let (log, purges) = st
+            .logs
+            .get(&tenant)
+            .map(|l| (l.log.clone(), l.unlogged_purges.clone()))
+            .unwrap_or_default();
+        Ok(CheckpointInputs { log, heads, purges })
+    }
+
+    async fn append_checkpoint(&self, scope: &ReadScope, next: &NewCheckpoint) -> Result<()> {
+        next.validate(scope.tenant())?;
+        let mut st = self.lock();
+        st.tenant(scope.tenant())?;
+        let log = st.logs.entry(scope.tenant()).or_default();
+        let size = log.log.leaves.len() as u64;
+        if size != next.after {
+            return Err(log_moved("memory", next.after, size));
+        }
+        log.log.leaves.extend(next.leaves.iter().cloned());
+        log.log.checkpoints.push(next.checkpoint.clone());
+        log.unlogged_purges.retain(|p| !next.purges.contains(&p.id));
+        Ok(())
     }
 
     async fn ping(&self) -> Result<()> {

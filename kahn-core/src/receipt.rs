@@ -96,14 +96,20 @@ impl Envelope {
     /// # Errors
     /// [`Error::InvalidInput`] when the payload is not a base64 KAHN receipt.
     pub fn unverified_receipt(&self) -> Result<Receipt, Error> {
-        if self.payload_type != RECEIPT_PAYLOAD_TYPE {
+        self.unverified_payload()
+    }
+
+    /// The payload of type `T` inside, read WITHOUT checking any signature.
+    pub(crate) fn unverified_payload<T: SignedPayload>(&self) -> Result<T, Error> {
+        let refused = |message: String| Error::invalid(T::NAME, message);
+        if self.payload_type != T::PAYLOAD_TYPE {
             return Err(refused(format!("payload type is {:?}", self.payload_type)));
         }
         let payload = BASE64
             .decode(&self.payload)
             .map_err(|e| refused(format!("payload is not base64: {e}")))?;
         serde_json::from_slice(&payload)
-            .map_err(|e| refused(format!("payload is not a KAHN receipt: {e}")))
+            .map_err(|e| refused(format!("payload is not a KAHN {}: {e}", T::NAME)))
     }
 }
 
@@ -125,10 +131,6 @@ pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
     );
     out.extend_from_slice(payload);
     out
-}
-
-fn refused(message: impl Into<String>) -> Error {
-    Error::invalid("receipt", message)
 }
 
 /// Why `text` is not a PEM block labelled `want`, in words: not PEM at all, or the other kind

@@ -667,6 +667,31 @@ impl StorageBackend for HttpBackend {
         Self::unsupported("purge_expired")
     }
 
+    async fn read_checkpoint_log(
+        &self,
+        scope: &ReadScope,
+    ) -> Result<kahn_core::checkpoint::CheckpointLog> {
+        let _ = scope;
+        Err(Error::Unsupported { backend: "http", operation: "checkpoints (work in progress)" })
+    }
+
+    async fn checkpoint_inputs(
+        &self,
+        scope: &ReadScope,
+    ) -> Result<kahn_core::checkpoint::CheckpointInputs> {
+        let _ = scope;
+        Err(Error::Unsupported { backend: "http", operation: "checkpoints (work in progress)" })
+    }
+
+    async fn append_checkpoint(
+        &self,
+        scope: &ReadScope,
+        next: &kahn_core::checkpoint::NewCheckpoint,
+    ) -> Result<()> {
+        let _ = (scope, next);
+        Err(Error::Unsupported { backend: "http", operation: "checkpoints (work in progress)" })
+    }
+
     async fn ping(&self) -> Result<()> {
         let rb = self.request(Method::GET, &["readyz"])?;
         self.send(rb).await.map(|_| ())

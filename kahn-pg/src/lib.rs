@@ -606,6 +606,31 @@ impl StorageBackend for PgBackend {
         control::purge_in_turn(&self.pool, every).await
     }
 
+    async fn read_checkpoint_log(
+        &self,
+        scope: &ReadScope,
+    ) -> Result<kahn_core::checkpoint::CheckpointLog> {
+        let _ = scope;
+        Err(Error::Unsupported { backend: "postgres", operation: "checkpoints (work in progress)" })
+    }
+
+    async fn checkpoint_inputs(
+        &self,
+        scope: &ReadScope,
+    ) -> Result<kahn_core::checkpoint::CheckpointInputs> {
+        let _ = scope;
+        Err(Error::Unsupported { backend: "postgres", operation: "checkpoints (work in progress)" })
+    }
+
+    async fn append_checkpoint(
+        &self,
+        scope: &ReadScope,
+        next: &kahn_core::checkpoint::NewCheckpoint,
+    ) -> Result<()> {
+        let _ = (scope, next);
+        Err(Error::Unsupported { backend: "postgres", operation: "checkpoints (work in progress)" })
+    }
+
     async fn ping(&self) -> Result<()> {
         // The simple protocol (no prepared statement): one round trip, safe behind a
         // transaction-pooling pgbouncer.

@@ -432,6 +432,31 @@ impl StorageBackend for SqliteBackend {
         Ok(outcome)
     }
 
+    async fn read_checkpoint_log(
+        &self,
+        scope: &ReadScope,
+    ) -> Result<kahn_core::checkpoint::CheckpointLog> {
+        let _ = scope;
+        Err(Error::Unsupported { backend: "sqlite", operation: "checkpoints (work in progress)" })
+    }
+
+    async fn checkpoint_inputs(
+        &self,
+        scope: &ReadScope,
+    ) -> Result<kahn_core::checkpoint::CheckpointInputs> {
+        let _ = scope;
+        Err(Error::Unsupported { backend: "sqlite", operation: "checkpoints (work in progress)" })
+    }
+
+    async fn append_checkpoint(
+        &self,
+        scope: &ReadScope,
+        next: &kahn_core::checkpoint::NewCheckpoint,
+    ) -> Result<()> {
+        let _ = (scope, next);
+        Err(Error::Unsupported { backend: "sqlite", operation: "checkpoints (work in progress)" })
+    }
+
     async fn ping(&self) -> Result<()> {
         self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(db)).await
     }

@@ -25,12 +25,17 @@ use crate::{
     verify_chain,
 };
 
+mod checkpoints;
 pub mod fixtures;
 mod lifecycle;
 mod model;
 mod shared;
 mod status;
 
+pub use checkpoints::{
+    append_checkpoint_compares_and_validates, checkpoints_log_every_change_and_prove_runs,
+    purges_are_logged_by_the_next_checkpoint,
+};
 pub use fixtures::{Harness, SourceLog, TestTenant};
 pub use lifecycle::{
     appends_that_store_something_renew_receipt, backfill_is_kept_the_full_retention,
@@ -109,6 +114,9 @@ macro_rules! conformance_suite {
             model_based_interleavings,
             ingest_allowance_is_shared_per_tenant,
             purge_turn_is_taken_once_per_interval,
+            checkpoints_log_every_change_and_prove_runs,
+            purges_are_logged_by_the_next_checkpoint,
+            append_checkpoint_compares_and_validates,
         }
     };
     (@names; $($check:ident),* $(,)?) => {
