@@ -109,6 +109,24 @@ Examples:
         #[arg(long)]
         json: bool,
     },
+    /// Make the tenant's signed checkpoint now (a server also makes them every hour): a
+    /// Merkle root over every run's head, which `kahn audit` later checks nothing was removed
+    /// or rewritten against. Keep its output: it is evidence.
+    #[command(after_help = "\
+Examples:
+  kahn checkpoint --url http://127.0.0.1:8080 > checkpoint-$(date +%F).json
+  kahn checkpoint --db sqlite://kahn.db --receipt-key receipt-key.pem   # no server: sign it here
+When nothing changed since the latest checkpoint, that one is printed and nothing is added.")]
+    Checkpoint(CheckpointArgs),
+    /// Check that a tenant's history only grew between two signed checkpoints: nothing was
+    /// removed or rewritten except what retention purged. Prints what changed.
+    #[command(after_help = "\
+Examples:
+  kahn audit --from checkpoint-2026-11-01.json --url http://127.0.0.1:8080 --public-key kahn-receipts.pub
+  kahn audit --from 3 --to 12 --db sqlite://kahn.db --tenant my-team --public-key kahn-receipts.pub
+--from and --to take a checkpoint you kept (its file) or a size in the server's list
+(`kahn audit --list`). Exit 3 when the history was altered.")]
+    Audit(AuditArgs),
     /// Copy tenants, keys and runs from one store into another (e.g. SQLite to Postgres).
     Copy(transfer_cmd::CopyArgs),
     /// Export a tenant's runs as NDJSON files `kahn push` accepts.
@@ -212,6 +230,44 @@ pub(crate) struct VerifyArgs {
     pub(crate) public_key: Option<PathBuf>,
     /// Print JSON (`{"run_id", "verified", "head_hash", "receipt"?}`; a broken chain is an
     /// error).
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) target: KeyTarget,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct CheckpointArgs {
+    /// The private key to sign with, on a database (a server signs with its own).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) receipt_key: Option<PathBuf>,
+    /// The tenant, by name, on a database without --key (an operator's checkpoint).
+    #[arg(long)]
+    pub(crate) tenant: Option<String>,
+    #[command(flatten)]
+    pub(crate) target: KeyTarget,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct AuditArgs {
+    /// The older checkpoint: a file you kept (`kahn checkpoint` output) or a size in the
+    /// store's list [default: the first checkpoint].
+    #[arg(long, value_name = "FILE|SIZE")]
+    pub(crate) from: Option<String>,
+    /// The newer checkpoint, as --from [default: the latest].
+    #[arg(long, value_name = "FILE|SIZE")]
+    pub(crate) to: Option<String>,
+    /// List the store's checkpoints (size, time) and stop.
+    #[arg(long, conflicts_with_all = ["from", "to"])]
+    pub(crate) list: bool,
+    /// The tenant, by name: on a database without --key; with --key, checked to be the key's.
+    #[arg(long)]
+    pub(crate) tenant: Option<String>,
+    /// The server's receipt public key (PEM) to check the checkpoints with [default: the key
+    /// the --url server serves now, which proves less]
+    #[arg(long, value_name = "FILE")]
+    pub(crate) public_key: Option<PathBuf>,
+    /// Print JSON.
     #[arg(long)]
     pub(crate) json: bool,
     #[command(flatten)]

@@ -6,7 +6,9 @@ use kahn_core::Error;
 use crate::args::{Cli, Command};
 use crate::failure::CliResult;
 use crate::store::{DbRole, create_db_as};
-use crate::{bridge_cmd, push_cmd, receipt_cmd, runs_cmd, serve, tenant_cmd, transfer_cmd};
+use crate::{
+    audit_cmd, bridge_cmd, push_cmd, receipt_cmd, runs_cmd, serve, tenant_cmd, transfer_cmd,
+};
 
 /// Runs the command `cli` names.
 pub(crate) async fn run(cli: Cli) -> CliResult {
@@ -34,6 +36,8 @@ pub(crate) async fn run(cli: Cli) -> CliResult {
         Command::Bridge(cmd) => bridge_cmd::run(cmd).await,
         Command::Verify(args) => runs_cmd::verify(args).await,
         Command::Keygen { file, json } => receipt_cmd::keygen(&file, json),
+        Command::Checkpoint(args) => audit_cmd::checkpoint(args).await,
+        Command::Audit(args) => audit_cmd::audit(args).await,
         Command::ReceiptKey { url, from, json } => {
             receipt_cmd::receipt_key(url.as_deref(), from.as_deref(), json).await
         }

@@ -17,6 +17,7 @@ macro_rules! out {
 }
 
 mod args;
+mod audit_cmd;
 mod bridge_cmd;
 mod dispatch;
 mod failure;

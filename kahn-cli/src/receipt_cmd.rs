@@ -305,50 +305,7 @@ pub(crate) async fn check(
             ),
         )
     })?;
-    let (key, source) = match public_key {
-        Some(path) => {
-            let pem =
-                std::fs::read_to_string(path).map_err(|e| unreadable("--public-key", path, e))?;
-            let key = ReceiptKey::from_pem(&pem).map_err(|e| {
-                let private = pem.contains("PRIVATE KEY");
-                Failure::new(
-                    2,
-                    format!(
-                        "--public-key {}: {e}\nhint: {}",
-                        path.display(),
-                        if private {
-                            "pass the .pub file `kahn keygen` wrote beside it (or `kahn \
-                             receipt-key --from FILE`); a private key handed to verifiers is \
-                             exposed: make a new one"
-                        } else {
-                            "pass the PEM public key (`BEGIN PUBLIC KEY`) you were given"
-                        }
-                    ),
-                )
-            })?;
-            (key, KeySource::Pinned)
-        }
-        None => match named_store(target)? {
-            Named::Server(url) => match kahn_http::HttpBackend::new(url)?.receipt_key().await {
-                Ok(key) => (key, KeySource::Server),
-                Err(e) if is_no_receipt_key(&e) => {
-                    return Err(signs_none(
-                        url,
-                        "check the receipt with the public key you were given: --public-key FILE",
-                    ));
-                }
-                Err(e) => return Err(e.into()),
-            },
-            Named::Database => {
-                return Err(Failure::new(
-                    2,
-                    "--receipt needs the public key to check it with\nhint: --public-key FILE \
-                     (the .pub file `kahn keygen` wrote, or what `kahn receipt-key --url` printed \
-                     for the server)",
-                ));
-            }
-        },
-    };
+    let (key, source) = checking_key(public_key, target, "--receipt").await?;
     let receipt = key.verify(&envelope).map_err(|e| {
         let why = match &e {
             Error::InvalidInput { message, .. } => message.clone(),
@@ -389,6 +346,62 @@ pub(crate) async fn check(
         Err(e @ Error::Integrity { .. }) => Err(broken(&e, &receipt)),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The key signed statements are checked with: the `--public-key` file given (pinned), else
+/// the one the `--url` server serves now. `flag` names what needs it, for the message when
+/// neither is at hand.
+pub(crate) async fn checking_key(
+    public_key: Option<&Path>,
+    target: &KeyTarget,
+    flag: &str,
+) -> CliResult<(ReceiptKey, KeySource)> {
+    Ok(match public_key {
+        Some(path) => {
+            let pem =
+                std::fs::read_to_string(path).map_err(|e| unreadable("--public-key", path, e))?;
+            let key = ReceiptKey::from_pem(&pem).map_err(|e| {
+                let private = pem.contains("PRIVATE KEY");
+                Failure::new(
+                    2,
+                    format!(
+                        "--public-key {}: {e}\nhint: {}",
+                        path.display(),
+                        if private {
+                            "pass the .pub file `kahn keygen` wrote beside it (or `kahn \
+                             receipt-key --from FILE`); a private key handed to verifiers is \
+                             exposed: make a new one"
+                        } else {
+                            "pass the PEM public key (`BEGIN PUBLIC KEY`) you were given"
+                        }
+                    ),
+                )
+            })?;
+            (key, KeySource::Pinned)
+        }
+        None => match named_store(target)? {
+            Named::Server(url) => match kahn_http::HttpBackend::new(url)?.receipt_key().await {
+                Ok(key) => (key, KeySource::Server),
+                Err(e) if is_no_receipt_key(&e) => {
+                    return Err(signs_none(
+                        url,
+                        "check it with the public key you were given: --public-key FILE",
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            },
+            Named::Database => {
+                return Err(Failure::new(
+                    2,
+                    format!(
+                        "{flag} needs the public key to check it with\nhint: --public-key FILE \
+                     (the .pub file `kahn keygen` wrote, or what `kahn receipt-key --url` printed \
+                     for the server)"
+                    ),
+                ));
+            }
+        },
+    })
 }
 
 /// The stored run no longer extends the receipt: what that means, and what can explain it.

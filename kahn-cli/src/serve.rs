@@ -123,6 +123,10 @@ pub(crate) struct ServeArgs {
     /// Seconds between retention purges; 0 disables them [default: 3600]
     #[arg(long, env = "KAHN_RETENTION_INTERVAL_SECS")]
     retention_interval_secs: Option<u64>,
+    /// Seconds between tenant checkpoints (signed with --receipt-key; every tenant whose runs
+    /// changed gets one); 0 disables them [default: 3600]
+    #[arg(long, env = "KAHN_CHECKPOINT_INTERVAL_SECS")]
+    checkpoint_interval_secs: Option<u64>,
     /// Failed authentications (bad, unknown or revoked key; refused JWT) one client address
     /// may make per minute; past it, its requests get 429 + Retry-After until it refills.
     /// Behind a reverse proxy all clients share one address [default: 20]
@@ -174,6 +178,7 @@ struct FileConfig {
     max_requests_in_flight: Option<NonZeroUsize>,
     ingest_slots: Option<NonZeroUsize>,
     retention_interval_secs: Option<u64>,
+    checkpoint_interval_secs: Option<u64>,
     auth_failures_per_minute: Option<NonZeroU32>,
     #[serde(default)]
     no_personal_tenants: bool,
@@ -290,6 +295,8 @@ impl ServeArgs {
         self.ingest_slots = self.ingest_slots.or(file.ingest_slots);
         self.retention_interval_secs =
             self.retention_interval_secs.or(file.retention_interval_secs);
+        self.checkpoint_interval_secs =
+            self.checkpoint_interval_secs.or(file.checkpoint_interval_secs);
         Ok(self)
     }
 
@@ -396,6 +403,9 @@ impl ServeArgs {
         if let Some(secs) = self.retention_interval_secs {
             config = config.with_retention_interval((secs > 0).then(|| Duration::from_secs(secs)));
         }
+        if let Some(secs) = self.checkpoint_interval_secs {
+            config = config.with_checkpoint_interval((secs > 0).then(|| Duration::from_secs(secs)));
+        }
         if let Some(n) = self.auth_failures_per_minute {
             config = config.with_auth_failures_per_minute(n);
         }
@@ -414,7 +424,9 @@ impl ServeArgs {
 
 /// The receipt signing key in `path`, refused when it is the public half, not a key at all, or
 /// readable by other users: a key anyone on the machine can copy proves nothing.
-fn read_receipt_key(path: &std::path::Path) -> CliResult<kahn_core::receipt::ReceiptSigner> {
+pub(crate) fn read_receipt_key(
+    path: &std::path::Path,
+) -> CliResult<kahn_core::receipt::ReceiptSigner> {
     let shown = path.display();
     let pem = std::fs::read_to_string(path).map_err(|e| {
         usage(format!("--receipt-key {shown}: {e}\nhint: create one with `kahn keygen {shown}`"))
@@ -497,8 +509,15 @@ pub(crate) async fn run(
     };
     let receipts = match &state.config().receipt_key {
         Some(signer) => format!(
-            "receipts: signed with key {} (public key: http://{bound}/v1/receipts/key)\n",
-            signer.public_key().id()
+            "receipts: signed with key {} (public key: http://{bound}/v1/receipts/key)\n{}",
+            signer.public_key().id(),
+            match state.config().checkpoint_interval {
+                Some(every) => format!(
+                    "checkpoints: every tenant that changed, every {} s (kahn audit checks them)\n",
+                    every.as_secs()
+                ),
+                None => "checkpoints: on demand only (kahn checkpoint)\n".to_owned(),
+            }
         ),
         None => String::new(),
     };

@@ -414,6 +414,18 @@ impl ReceiptSigner {
     }
 }
 
+impl Envelope {
+    /// The checkpoint inside, read WITHOUT checking any signature: for listing, never for
+    /// trust — that is [`ReceiptKey::verify_checkpoint`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] (field `checkpoint`) when the payload is not a base64 KAHN
+    /// checkpoint.
+    pub fn unverified_checkpoint(&self) -> Result<Checkpoint, Error> {
+        self.unverified_payload()
+    }
+}
+
 impl ReceiptKey {
     /// Checks `envelope` was signed by this key over a KAHN checkpoint, and returns it.
     ///
@@ -732,7 +744,7 @@ impl NewCheckpoint {
                 self.checkpoint.tree_size
             ));
         }
-        let signed: Checkpoint = self.checkpoint.envelope.unverified_payload()?;
+        let signed = self.checkpoint.envelope.unverified_checkpoint()?;
         if signed.tenant_id != tenant || signed.tree_size != size {
             return bad(format!(
                 "the envelope signs tenant {} at size {}, not tenant {tenant} at size {size}",

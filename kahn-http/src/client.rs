@@ -316,6 +316,42 @@ impl HttpBackend {
         self.read(rb, scope).await
     }
 
+    /// Asks the server for the tenant's checkpoint now (`POST /v1/checkpoints`): the latest
+    /// when nothing changed since it.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] (`what` `receipt_key`) when the server signs nothing; as every
+    /// read otherwise.
+    pub async fn checkpoint_now(
+        &self,
+        scope: &ReadScope,
+    ) -> Result<kahn_core::checkpoint::StoredCheckpoint> {
+        let rb = self.request(Method::POST, &["v1", "checkpoints"])?;
+        let view: crate::wire::CheckpointView = self.read(rb, scope).await?;
+        Ok(view.into())
+    }
+
+    /// The proof that `run`'s latest state is in the checkpoint of `tree_size` leaves (the
+    /// latest when `None`): `GET /v1/runs/{run_id}/proof`. Check it with
+    /// [`RunProof::verify`](kahn_core::checkpoint::RunProof::verify) before trusting it.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] (`checkpoint`) with no such checkpoint, (`run`) when the run has
+    /// no leaf in it; [`Error::InvalidInput`] for a malformed answer; as every read otherwise.
+    pub async fn run_proof(
+        &self,
+        scope: &ReadScope,
+        run: &RunId,
+        tree_size: Option<u64>,
+    ) -> Result<kahn_core::checkpoint::RunProof> {
+        let mut rb = self.request(Method::GET, &["v1", "runs", run.as_str(), "proof"])?;
+        if let Some(size) = tree_size {
+            rb = rb.query(&[("tree_size", size)]);
+        }
+        let view: crate::wire::RunProofView = self.read(rb, scope).await?;
+        view.try_into()
+    }
+
     /// The name of the tenant `key` names (`GET /v1/whoami`), as a person recognises it;
     /// `None` for an unknown or revoked key.
     ///
@@ -671,8 +707,9 @@ impl StorageBackend for HttpBackend {
         &self,
         scope: &ReadScope,
     ) -> Result<kahn_core::checkpoint::CheckpointLog> {
-        let _ = scope;
-        Err(Error::Unsupported { backend: "http", operation: "checkpoints (work in progress)" })
+        let rb = self.request(Method::GET, &["v1", "checkpoints"])?;
+        let view: crate::wire::CheckpointLogView = self.read(rb, scope).await?;
+        view.try_into()
     }
 
     async fn checkpoint_inputs(
@@ -680,7 +717,10 @@ impl StorageBackend for HttpBackend {
         scope: &ReadScope,
     ) -> Result<kahn_core::checkpoint::CheckpointInputs> {
         let _ = scope;
-        Err(Error::Unsupported { backend: "http", operation: "checkpoints (work in progress)" })
+        Err(Error::Unsupported {
+            backend: BACKEND,
+            operation: "checkpoint_inputs (the server makes checkpoints: POST /v1/checkpoints)",
+        })
     }
 
     async fn append_checkpoint(
@@ -689,7 +729,10 @@ impl StorageBackend for HttpBackend {
         next: &kahn_core::checkpoint::NewCheckpoint,
     ) -> Result<()> {
         let _ = (scope, next);
-        Err(Error::Unsupported { backend: "http", operation: "checkpoints (work in progress)" })
+        Err(Error::Unsupported {
+            backend: BACKEND,
+            operation: "append_checkpoint (the server makes checkpoints: POST /v1/checkpoints)",
+        })
     }
 
     async fn ping(&self) -> Result<()> {

@@ -25,6 +25,8 @@ pub const DEFAULT_MAX_REQUESTS_IN_FLIGHT: usize = 512;
 pub const DEFAULT_INGEST_SLOTS: usize = 16;
 /// Default interval between retention purges: one hour.
 pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
+/// Default interval between tenant checkpoints (with a receipt key): one hour.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(3600);
 /// Default time for a request's head (request line and headers) to arrive; a keep-alive
 /// connection idle this long is closed too.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -327,6 +329,10 @@ pub struct ServerConfig {
     pub ingest_slots: usize,
     /// Interval between retention purges; `None` runs none.
     pub retention_interval: Option<Duration>,
+    /// Interval between tenant checkpoints: every tenant whose runs changed gets a signed
+    /// checkpoint ([`kahn_core::checkpoint`]). Only with a [`receipt_key`](Self::receipt_key)
+    /// (they are signed with it); `None` makes none (they are still made on demand).
+    pub checkpoint_interval: Option<Duration>,
     /// Time for a request's head to arrive (and the longest a keep-alive connection may sit
     /// idle): a client that opens connections and sends nothing, or trickles its headers,
     /// holds no connection longer than this. Applies to [`serve`](crate::serve).
@@ -370,6 +376,7 @@ impl Default for ServerConfig {
             max_requests_in_flight: DEFAULT_MAX_REQUESTS_IN_FLIGHT,
             ingest_slots: DEFAULT_INGEST_SLOTS,
             retention_interval: Some(DEFAULT_RETENTION_INTERVAL),
+            checkpoint_interval: Some(DEFAULT_CHECKPOINT_INTERVAL),
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             body_timeout: DEFAULT_BODY_TIMEOUT,
             auth_failures_per_minute: DEFAULT_AUTH_FAILURES_PER_MINUTE,
@@ -489,6 +496,13 @@ impl ServerConfig {
     #[must_use]
     pub fn with_retention_interval(mut self, interval: Option<Duration>) -> Self {
         self.retention_interval = interval;
+        self
+    }
+
+    /// Sets the checkpoint interval (`None`: no periodic checkpoints).
+    #[must_use]
+    pub fn with_checkpoint_interval(mut self, interval: Option<Duration>) -> Self {
+        self.checkpoint_interval = interval;
         self
     }
 

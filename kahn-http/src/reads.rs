@@ -22,17 +22,17 @@ const DEFAULT_TRANSITIONS_PAGE: u32 = 100;
 
 /// Runs the body of a tenant-data handler and stamps the tenant headers on whatever it
 /// answers, errors included.
-fn stamped(view: &TenantView, result: Result<Response, ApiError>) -> Response {
+pub(crate) fn stamped(view: &TenantView, result: Result<Response, ApiError>) -> Response {
     let mut response = result.unwrap_or_else(IntoResponse::into_response);
     view.stamp(&mut response);
     response
 }
 
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(t)| t).map_err(|e| ApiError::bad_request("query", e.body_text()))
 }
 
-fn run_id(p: Result<Path<String>, PathRejection>) -> Result<RunId, ApiError> {
+pub(crate) fn run_id(p: Result<Path<String>, PathRejection>) -> Result<RunId, ApiError> {
     let Path(raw) = p.map_err(|e| ApiError::bad_request("run_id", e.body_text()))?;
     RunId::new(raw).map_err(ApiError::from)
 }

@@ -20,7 +20,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{ingest, metrics, oidc, ratelimit, reads, viewer};
+use crate::{checkpoints, ingest, metrics, oidc, ratelimit, reads, viewer};
 
 /// The KAHN API as an [`axum::Router`], ready to serve or to nest in another service.
 ///
@@ -43,6 +43,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/whoami", get(reads::whoami))
         .route("/v1/receipts/key", get(reads::receipt_key))
         .route("/v1/runs/{run_id}/receipt", get(reads::run_receipt))
+        .route("/v1/runs/{run_id}/proof", get(checkpoints::run_proof))
+        .route("/v1/checkpoints", get(checkpoints::log).post(checkpoints::create))
+        .route("/v1/checkpoints/consistency", get(checkpoints::consistency))
         .route("/api/admin/tenants", get(reads::admin_tenants))
         .route("/healthz", get(reads::healthz))
         .route("/readyz", get(reads::readyz))
@@ -169,6 +172,60 @@ pub fn spawn_retention(
     })
 }
 
+/// Spawns the checkpoint task: every `interval` (first at once), a signed checkpoint for
+/// every tenant whose runs changed since its latest one ([`StorageBackendExt::make_checkpoint`];
+/// an unchanged tenant gets none). Servers sharing a store may checkpoint the same tenant:
+/// the log's compare-and-append keeps one. Logs each tenant's failure and goes on. It stops
+/// when `stop` changes or its sender drops.
+///
+/// [`StorageBackendExt::make_checkpoint`]: kahn_core::StorageBackendExt::make_checkpoint
+pub(crate) fn spawn_checkpoints(
+    state: AppState,
+    signer: kahn_core::receipt::ReceiptSigner,
+    interval: Duration,
+    mut stop: watch::Receiver<()>,
+) -> tokio::task::JoinHandle<()> {
+    use kahn_core::StorageBackendExt as _;
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = ticker.tick() => {}
+            }
+            let backend = &state.inner.backend;
+            let tenants = match backend.list_tenants().await {
+                Ok(tenants) => tenants,
+                Err(e) => {
+                    tracing::error!(target: "kahn_http::checkpoints", error = %e.chain(), "checkpoints: cannot list the tenants");
+                    continue;
+                }
+            };
+            let (mut made, mut failed) = (0u64, 0u64);
+            for t in tenants {
+                let id = t.tenant.id;
+                let made_one = async {
+                    let scope = backend.resolve_admin_override(id).await?;
+                    backend.make_checkpoint(&scope, &signer, chrono::Utc::now()).await
+                }
+                .await;
+                match made_one {
+                    Ok(c) => {
+                        made += 1;
+                        tracing::debug!(target: "kahn_http::checkpoints", tenant = %id, tree_size = c.tree_size, "checkpoint");
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        tracing::error!(target: "kahn_http::checkpoints", tenant = %id, error = %e.chain(), "checkpoint of a tenant failed; retried at the next interval");
+                    }
+                }
+            }
+            tracing::info!(target: "kahn_http::checkpoints", tenants = made, failed, "checkpoints made");
+        }
+    })
+}
+
 /// Serves [`router`] on `listener` until `shutdown` completes, then stops accepting, lets
 /// in-flight requests finish (an append either commits whole or not at all), and stops the
 /// retention task.
@@ -193,7 +250,14 @@ pub async fn serve(
         .inner
         .config
         .retention_interval
-        .map(|every| spawn_retention(state.clone(), every, stop_rx));
+        .map(|every| spawn_retention(state.clone(), every, stop_rx.clone()));
+    let checkpointing =
+        match (&state.inner.config.receipt_key, state.inner.config.checkpoint_interval) {
+            (Some(signer), Some(every)) => {
+                Some(spawn_checkpoints(state.clone(), signer.clone(), every, stop_rx))
+            }
+            _ => None,
+        };
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "kahn-http listening");
     }
@@ -254,6 +318,11 @@ pub async fn serve(
         && let Err(e) = task.await
     {
         tracing::error!(error = %e, "retention task ended abnormally");
+    }
+    if let Some(task) = checkpointing
+        && let Err(e) = task.await
+    {
+        tracing::error!(error = %e, "checkpoint task ended abnormally");
     }
     tracing::info!("kahn-http stopped");
     Ok(())

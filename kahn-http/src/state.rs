@@ -108,11 +108,16 @@ impl AppState {
                 message: "must be at least 1 byte".into(),
             });
         }
-        if config.retention_interval.is_some_and(|i| i.is_zero()) {
-            return Err(ConfigError::Invalid {
-                setting: "retention_interval",
-                message: "must be longer than zero".into(),
-            });
+        for (setting, interval) in [
+            ("retention_interval", config.retention_interval),
+            ("checkpoint_interval", config.checkpoint_interval),
+        ] {
+            if interval.is_some_and(|i| i.is_zero()) {
+                return Err(ConfigError::Invalid {
+                    setting,
+                    message: "must be longer than zero".into(),
+                });
+            }
         }
         for (setting, value) in [
             ("max_runs_per_request", config.max_runs_per_request),

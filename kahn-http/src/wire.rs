@@ -1,7 +1,10 @@
 //! The JSON bodies the server sends and [`HttpBackend`](crate::HttpBackend) reads: one set of
 //! types for both sides, and the source of the OpenAPI schemas.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, Utc};
+use kahn_core::checkpoint::{CheckpointLog, Leaf, RunProof, StoredCheckpoint};
 use kahn_core::receipt::Envelope;
 use kahn_core::{
     AppendReport, ClassCounts, Digest, Labels, NodeSummary, OrgId, RunAppendReport, RunId, RunInfo,
@@ -546,4 +549,124 @@ pub struct Health {
     /// not be refreshed (the last good keys stay in use). Absent when nothing is.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+}
+
+/// A signed tenant checkpoint as the server keeps it: "the tenant's leaf log had `tree_size`
+/// leaves with this Merkle root", a DSSE envelope of type
+/// `application/vnd.kahn.checkpoint.v1+json` signed with the receipt key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CheckpointView {
+    /// The number of leaves it covers.
+    pub tree_size: u64,
+    /// The signed checkpoint.
+    #[schema(value_type = EnvelopeView)]
+    pub envelope: Envelope,
+}
+
+impl From<StoredCheckpoint> for CheckpointView {
+    fn from(c: StoredCheckpoint) -> Self {
+        Self { tree_size: c.tree_size, envelope: c.envelope }
+    }
+}
+
+impl From<CheckpointView> for StoredCheckpoint {
+    fn from(c: CheckpointView) -> Self {
+        Self { tree_size: c.tree_size, envelope: c.envelope }
+    }
+}
+
+/// A tenant's whole checkpoint log: every leaf (base64 of its encoding, as `docs/PROOFS.md`
+/// lays it out) and every signed checkpoint, oldest first. An auditor recomputes the roots
+/// from the leaves and checks them against the signed checkpoints it kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CheckpointLogView {
+    /// The leaves, in log order.
+    pub leaves: Vec<String>,
+    /// The checkpoints, by increasing size.
+    pub checkpoints: Vec<CheckpointView>,
+}
+
+impl From<CheckpointLog> for CheckpointLogView {
+    fn from(log: CheckpointLog) -> Self {
+        Self {
+            leaves: log.leaves.iter().map(|l| BASE64.encode(l.encode())).collect(),
+            checkpoints: log.checkpoints.into_iter().map(CheckpointView::from).collect(),
+        }
+    }
+}
+
+impl TryFrom<CheckpointLogView> for CheckpointLog {
+    type Error = kahn_core::Error;
+
+    fn try_from(view: CheckpointLogView) -> Result<Self, kahn_core::Error> {
+        let leaves = view
+            .leaves
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                decode_leaf(l)
+                    .map_err(|e| kahn_core::Error::invalid(format!("leaves[{i}]"), e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
+        let checkpoints = view.checkpoints.into_iter().map(StoredCheckpoint::from).collect();
+        Ok(CheckpointLog { leaves, checkpoints })
+    }
+}
+
+fn decode_leaf(text: &str) -> Result<Leaf, kahn_core::Error> {
+    let bytes = BASE64
+        .decode(text)
+        .map_err(|e| kahn_core::Error::invalid("checkpoint leaf", format!("not base64: {e}")))?;
+    Leaf::decode(&bytes)
+}
+
+/// The proof that a run's latest state is in a checkpoint: its leaf, the leaf's index and
+/// the RFC 9162 inclusion proof against the checkpoint's signed root.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RunProofView {
+    /// The signed checkpoint.
+    pub checkpoint: CheckpointView,
+    /// The run's latest leaf in it, base64 of its encoding.
+    pub leaf: String,
+    /// The leaf's index in the log.
+    pub leaf_index: u64,
+    /// The inclusion proof's hashes, hex, from the leaf up.
+    #[schema(value_type = Vec<String>)]
+    pub audit_path: Vec<Digest>,
+}
+
+impl From<RunProof> for RunProofView {
+    fn from(p: RunProof) -> Self {
+        Self {
+            checkpoint: p.checkpoint.into(),
+            leaf: BASE64.encode(p.leaf.encode()),
+            leaf_index: p.leaf_index,
+            audit_path: p.audit_path,
+        }
+    }
+}
+
+impl TryFrom<RunProofView> for RunProof {
+    type Error = kahn_core::Error;
+
+    fn try_from(view: RunProofView) -> Result<Self, kahn_core::Error> {
+        Ok(RunProof {
+            checkpoint: view.checkpoint.into(),
+            leaf: decode_leaf(&view.leaf)?,
+            leaf_index: view.leaf_index,
+            audit_path: view.audit_path,
+        })
+    }
+}
+
+/// An RFC 9162 consistency proof between two sizes of a tenant's leaf log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ConsistencyView {
+    /// The older size.
+    pub from: u64,
+    /// The newer size.
+    pub to: u64,
+    /// The proof's hashes, hex.
+    #[schema(value_type = Vec<String>)]
+    pub proof: Vec<Digest>,
 }
