@@ -14,6 +14,9 @@
 //! * **Retention by receipt.** Each run keeps `received_at`, the store's clock at the last
 //!   append that stored something; a purge removes runs past their tenant's retention from
 //!   it, one tenant per transaction, so one tenant's failure never undoes another's purge.
+//! * **Checkpoint logs.** Each tenant's leaves and signed checkpoints are append-only rows,
+//!   appended only onto the log a checkpoint was made against; a purge records each run it
+//!   removes, in its own transaction, for the next checkpoint to log.
 //! * **Key use off the request path.** Authenticating is a read; a key's `last_used_at` is
 //!   queued on the writer at most once a minute per key and never awaited.
 //!
