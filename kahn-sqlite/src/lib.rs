@@ -14,6 +14,9 @@
 //! * **Retention by receipt.** Each run keeps `received_at`, the store's clock at the last
 //!   append that stored something; a purge removes runs past their tenant's retention from
 //!   it, one tenant per transaction, so one tenant's failure never undoes another's purge.
+//! * **Checkpoint logs.** Each tenant's leaves and signed checkpoints are append-only rows,
+//!   appended only onto the log a checkpoint was made against; a purge records each run it
+//!   removes, in its own transaction, for the next checkpoint to log.
 //! * **Key use off the request path.** Authenticating is a read; a key's `last_used_at` is
 //!   queued on the writer at most once a minute per key and never awaited.
 //!
@@ -32,6 +35,7 @@ mod worker;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+use kahn_core::checkpoint::{CheckpointInputs, CheckpointLog, NewCheckpoint};
 use kahn_core::{
     ApiKey, ApiKeyId, ApiKeyInfo, AppendBatch, AppendReport, Error, IssuedApiKey, KeyUseThrottle,
     NewApiKey, NewTenant, OrgId, PurgeFailure, PurgeOutcome, PurgeReport, PurgeRequest, ReadScope,
@@ -432,29 +436,21 @@ impl StorageBackend for SqliteBackend {
         Ok(outcome)
     }
 
-    async fn read_checkpoint_log(
-        &self,
-        scope: &ReadScope,
-    ) -> Result<kahn_core::checkpoint::CheckpointLog> {
-        let _ = scope;
-        Err(Error::Unsupported { backend: "sqlite", operation: "checkpoints (work in progress)" })
+    async fn read_checkpoint_log(&self, scope: &ReadScope) -> Result<CheckpointLog> {
+        let tenant = scope.tenant();
+        self.read(move |c| store::read_checkpoint_log(c, tenant)).await
     }
 
-    async fn checkpoint_inputs(
-        &self,
-        scope: &ReadScope,
-    ) -> Result<kahn_core::checkpoint::CheckpointInputs> {
-        let _ = scope;
-        Err(Error::Unsupported { backend: "sqlite", operation: "checkpoints (work in progress)" })
+    async fn checkpoint_inputs(&self, scope: &ReadScope) -> Result<CheckpointInputs> {
+        let tenant = scope.tenant();
+        self.read(move |c| store::checkpoint_inputs(c, tenant)).await
     }
 
-    async fn append_checkpoint(
-        &self,
-        scope: &ReadScope,
-        next: &kahn_core::checkpoint::NewCheckpoint,
-    ) -> Result<()> {
-        let _ = (scope, next);
-        Err(Error::Unsupported { backend: "sqlite", operation: "checkpoints (work in progress)" })
+    async fn append_checkpoint(&self, scope: &ReadScope, next: &NewCheckpoint) -> Result<()> {
+        let tenant = scope.tenant();
+        next.validate(tenant)?;
+        let next = next.clone();
+        self.write(move |c| store::append_checkpoint(c, tenant, &next)).await
     }
 
     async fn ping(&self) -> Result<()> {

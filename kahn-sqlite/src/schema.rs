@@ -10,6 +10,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_lifecycle.sql"),
     include_str!("../migrations/0003_run_status.sql"),
+    include_str!("../migrations/0004_checkpoints.sql"),
 ];
 
 /// The schema version this build writes.

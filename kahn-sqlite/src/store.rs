@@ -5,6 +5,10 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use kahn_core::checkpoint::{
+    CheckpointInputs, CheckpointLog, Leaf, NewCheckpoint, PurgeRecord, PurgedRun, RunHead,
+    StoredCheckpoint, log_moved,
+};
 use kahn_core::rules::{AppendPlan, Outcome, from_micros, merge_meta, truncate_micros};
 use kahn_core::{
     ApiKey, ApiKeyHash, ApiKeyId, ApiKeyInfo, ApiKeyRecord, AppendBatch, AppendReport, ClassCounts,
@@ -180,6 +184,10 @@ pub(crate) fn delete_tenant(conn: &mut Connection, id: TenantId) -> Result<Purge
     delete("DELETE FROM run_nodes WHERE tenant_id = ?1")?;
     let runs_removed = delete("DELETE FROM runs WHERE tenant_id = ?1")?;
     delete("DELETE FROM api_keys WHERE tenant_id = ?1")?;
+    // Its checkpoint log goes with it: the one time leaves and checkpoints are removed.
+    delete("DELETE FROM checkpoint_leaves WHERE tenant_id = ?1")?;
+    delete("DELETE FROM checkpoints WHERE tenant_id = ?1")?;
+    delete("DELETE FROM purge_records WHERE tenant_id = ?1")?;
     delete("DELETE FROM tenants WHERE id = ?1")?;
     tx.commit().map_err(db)?;
     Ok(PurgeReport { tenant_id: id, runs_removed, transitions_removed })
@@ -1103,6 +1111,10 @@ pub(crate) fn expired_of_tenant(
 /// Removes one tenant's runs (and their transitions) received more than `days` before `now`
 /// (µs), in one transaction of its own, so appends interleave between tenants and one
 /// tenant's failure leaves the others' purges alone.
+///
+/// In the same transaction it records each run it removes, as it was, for the tenant's next
+/// checkpoint to log (`purge_records`, by run id, stamped with the store's clock): the run
+/// and its record are never seen one without the other.
 pub(crate) fn purge_tenant(
     conn: &mut Connection,
     tenant: TenantId,
@@ -1112,6 +1124,14 @@ pub(crate) fn purge_tenant(
     let Some(cutoff) = cutoff(days, now) else { return Ok(None) };
     let id = tenant.as_uuid().as_bytes();
     let tx = write_tx(conn)?;
+    tx.prepare_cached(
+        "INSERT INTO purge_records (tenant_id, run_id, next_seq, head_hash, received_at, purged_at)
+         SELECT tenant_id, run_id, next_seq, head_hash, received_at, ?3
+         FROM runs WHERE tenant_id = ?1 AND received_at < ?2 ORDER BY run_id",
+    )
+    .map_err(db)?
+    .execute(params![id, cutoff, now_micros()])
+    .map_err(db)?;
     let transitions = tx
         .prepare_cached(
             "DELETE FROM transitions WHERE tenant_id = ?1 AND run_id IN
@@ -1138,4 +1158,220 @@ pub(crate) fn purge_tenant(
         runs_removed: runs as u64,
         transitions_removed: transitions as u64,
     }))
+}
+
+// ---------------------------------------------------------------------------------------
+// Checkpoints
+
+/// The tenant's leaves, in order. A gap in the indexes (a row removed behind KAHN's back) is
+/// corrupt, as is a leaf that does not decode.
+fn checkpoint_leaves(conn: &Connection, tid: &[u8; 16]) -> Result<Vec<Leaf>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT idx, leaf FROM checkpoint_leaves WHERE tenant_id = ?1 ORDER BY idx")
+        .map_err(db)?;
+    let mut rows = stmt.query(params![tid]).map_err(db)?;
+    let mut leaves = Vec::new();
+    while let Some(row) = rows.next().map_err(db)? {
+        let (idx, bytes): (i64, Vec<u8>) = (row.get(0).map_err(db)?, row.get(1).map_err(db)?);
+        if idx != leaves.len() as i64 {
+            return Err(corrupt(
+                "checkpoint_leaves",
+                format!("leaf {} is missing (the next stored is {idx})", leaves.len()),
+            ));
+        }
+        let leaf = Leaf::decode(&bytes)
+            .map_err(|e| corrupt(&format!("checkpoint leaf {idx}"), e.to_string()))?;
+        leaves.push(leaf);
+    }
+    Ok(leaves)
+}
+
+/// The tenant's signed checkpoints, in the order they were appended.
+fn stored_checkpoints(conn: &Connection, tid: &[u8; 16]) -> Result<Vec<StoredCheckpoint>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT position, tree_size, envelope FROM checkpoints WHERE tenant_id = ?1
+             ORDER BY position",
+        )
+        .map_err(db)?;
+    let rows = stmt
+        .query_map(params![tid], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
+        })
+        .map_err(db)?;
+    rows.map(|row| {
+        let (position, size, envelope) = row.map_err(db)?;
+        let what = format!("checkpoint {position}");
+        Ok(StoredCheckpoint {
+            tree_size: u64::try_from(size).map_err(|e| corrupt(&format!("{what} tree_size"), e))?,
+            envelope: serde_json::from_str(&envelope)
+                .map_err(|e| corrupt(&format!("{what} envelope"), e))?,
+        })
+    })
+    .collect()
+}
+
+fn checkpoint_log(conn: &Connection, tid: &[u8; 16]) -> Result<CheckpointLog> {
+    Ok(CheckpointLog {
+        leaves: checkpoint_leaves(conn, tid)?,
+        checkpoints: stored_checkpoints(conn, tid)?,
+    })
+}
+
+/// A tenant's checkpoint log, leaves and checkpoints from one snapshot.
+pub(crate) fn read_checkpoint_log(
+    conn: &mut Connection,
+    tenant: TenantId,
+) -> Result<CheckpointLog> {
+    let tx = conn.transaction().map_err(db)?;
+    checkpoint_log(&tx, tenant.as_uuid().as_bytes())
+}
+
+/// The head of every run the tenant holds, by run id.
+fn run_heads(conn: &Connection, tid: &[u8; 16]) -> Result<Vec<RunHead>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT run_id, next_seq, head_hash, received_at FROM runs WHERE tenant_id = ?1
+             ORDER BY run_id",
+        )
+        .map_err(db)?;
+    let rows = stmt
+        .query_map(params![tid], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })
+        .map_err(db)?;
+    rows.map(|row| {
+        let (run_id, next_seq, head, received) = row.map_err(db)?;
+        let run_id = RunId::new(run_id).map_err(|e| corrupt("run_id", e))?;
+        Ok(RunHead {
+            next_seq: u64::try_from(next_seq)
+                .map_err(|e| corrupt("next_seq", e).in_run(&run_id, None))?,
+            head_hash: digest(&head).map_err(|e| e.in_run(&run_id, None))?,
+            received_at: from_micros(received),
+            run_id,
+        })
+    })
+    .collect()
+}
+
+/// The tenant's purge records no checkpoint has logged yet, by id.
+fn unlogged_purges(conn: &Connection, tid: &[u8; 16]) -> Result<Vec<PurgeRecord>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT id, run_id, next_seq, head_hash, received_at, purged_at FROM purge_records
+             WHERE tenant_id = ?1 AND logged_in IS NULL ORDER BY id",
+        )
+        .map_err(db)?;
+    let rows = stmt
+        .query_map(params![tid], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+            ))
+        })
+        .map_err(db)?;
+    rows.map(|row| {
+        let (id, run_id, next_seq, head, received, purged) = row.map_err(db)?;
+        let what = |column: &str| format!("purge record {id} {column}");
+        Ok(PurgeRecord {
+            id: u64::try_from(id).map_err(|e| corrupt(&what("id"), e))?,
+            run: PurgedRun {
+                run_id: RunId::new(run_id).map_err(|e| corrupt(&what("run_id"), e))?,
+                next_seq: u64::try_from(next_seq).map_err(|e| corrupt(&what("next_seq"), e))?,
+                head_hash: Digest::try_from_slice(&head)
+                    .map_err(|e| corrupt(&what("head_hash"), e))?,
+                received_at: from_micros(received),
+            },
+            purged_at: from_micros(purged),
+        })
+    })
+    .collect()
+}
+
+/// What the tenant's next checkpoint is made from, in one read transaction: a purge commits
+/// its deletes and its records together, so a snapshot holds both or neither.
+pub(crate) fn checkpoint_inputs(
+    conn: &mut Connection,
+    tenant: TenantId,
+) -> Result<CheckpointInputs> {
+    let tx = conn.transaction().map_err(db)?;
+    let tid = tenant.as_uuid().as_bytes();
+    Ok(CheckpointInputs {
+        log: checkpoint_log(&tx, tid)?,
+        heads: run_heads(&tx, tid)?,
+        purges: unlogged_purges(&tx, tid)?,
+    })
+}
+
+/// A size or index of a checkpoint as SQLite stores it (a signed 64-bit integer).
+fn stored_size(n: u64) -> Result<i64> {
+    i64::try_from(n).map_err(|_| Error::invalid("checkpoint", format!("size {n} is too large")))
+}
+
+/// Appends `next` (already validated) to the tenant's log while the log holds `next.after`
+/// leaves, and marks its purge records logged, in one write transaction; with the log moved,
+/// writes nothing and answers [`log_moved`].
+pub(crate) fn append_checkpoint(
+    conn: &mut Connection,
+    tenant: TenantId,
+    next: &NewCheckpoint,
+) -> Result<()> {
+    let envelope = serde_json::to_string(&next.checkpoint.envelope)
+        .map_err(|e| Error::backend("sqlite", e))?;
+    let tree_size = stored_size(next.checkpoint.tree_size)?;
+    let tid = tenant.as_uuid().as_bytes();
+    let tx = write_tx(conn)?;
+    tenant_exists(&tx, tenant)?;
+    let found: i64 = tx
+        .prepare_cached("SELECT count(*) FROM checkpoint_leaves WHERE tenant_id = ?1")
+        .map_err(db)?
+        .query_row(params![tid], |r| r.get(0))
+        .map_err(db)?;
+    let found = u64::try_from(found).unwrap_or_default();
+    if found != next.after {
+        return Err(log_moved("sqlite", next.after, found));
+    }
+    {
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT INTO checkpoint_leaves (tenant_id, idx, leaf) VALUES (?1, ?2, ?3)",
+            )
+            .map_err(db)?;
+        for (i, leaf) in next.leaves.iter().enumerate() {
+            let idx = stored_size(next.after + i as u64)?;
+            insert.execute(params![tid, idx, leaf.encode()]).map_err(db)?;
+        }
+    }
+    tx.prepare_cached(
+        "INSERT INTO checkpoints (tenant_id, position, tree_size, envelope)
+         VALUES (?1, (SELECT coalesce(max(position) + 1, 0) FROM checkpoints WHERE tenant_id = ?1),
+                 ?2, ?3)",
+    )
+    .map_err(db)?
+    .execute(params![tid, tree_size, envelope])
+    .map_err(db)?;
+    {
+        // A record already logged keeps the checkpoint that logged it first; an id that is no
+        // record of this tenant's marks nothing.
+        let mut mark = tx
+            .prepare_cached(
+                "UPDATE purge_records SET logged_in = ?3
+                 WHERE tenant_id = ?1 AND id = ?2 AND logged_in IS NULL",
+            )
+            .map_err(db)?;
+        for &id in &next.purges {
+            let Ok(id) = i64::try_from(id) else { continue };
+            mark.execute(params![tid, id, tree_size]).map_err(db)?;
+        }
+    }
+    tx.commit().map_err(db)
 }

@@ -218,6 +218,19 @@ async fn one_tenants_failed_purge_keeps_the_others_purges_and_reports() {
         )
         .unwrap();
     assert_eq!(left, 5);
+    // The purge's records of the runs it removes commit or roll back with it.
+    let records = |t: TenantId| -> i64 {
+        raw.query_row(
+            "SELECT count(*) FROM purge_records WHERE tenant_id = ?1",
+            params![t.as_uuid().as_bytes()],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        (records(tenants[0].tenant.id), records(failing), records(tenants[2].tenant.id)),
+        (2, 0, 2)
+    );
 
     raw.execute_batch("DROP TRIGGER boom; DROP TABLE boom_tenants;").unwrap();
     let out = h.control.purge_expired(&PurgeRequest::as_of(at)).await.unwrap();
