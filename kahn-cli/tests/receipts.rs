@@ -5,21 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use kahn_core::{Digest, chain_link, content_hash};
-
 mod support;
-use support::{Env, push_json};
-
-/// A served environment whose server signs receipts with a fresh key; returns it and the
-/// public key file.
-fn signing_env() -> (Env, PathBuf) {
-    let keys = tempfile::tempdir().unwrap().keep();
-    let private = keys.join("receipt-key.pem");
-    let plain = Env::new();
-    plain.ok(&["keygen", private.to_str().unwrap()], None);
-    let env = Env::served(&["--receipt-key", private.to_str().unwrap()]);
-    (env, keys.join("receipt-key.pem.pub"))
-}
+use support::{Env, push_json, rewrite_with_recomputed_chain, signing_env, stderr};
 
 /// Pushes a run of `n` transitions with `--receipt-out`; returns the receipt file.
 fn push_with_receipt(env: &Env, key: &str, run: &str, n: usize) -> PathBuf {
@@ -47,47 +34,6 @@ fn verify_receipt(
         ],
         Some(key),
     )
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// What an operator with the database file does to hide an edit: change a body, then
-/// recompute its content hash, every chain link after it and the run's head, so the stored
-/// run verifies again.
-fn rewrite_with_recomputed_chain(db: &Path, run: &str, seq: i64) {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    let edited = conn
-        .execute(
-            "UPDATE transitions SET body = replace(body, '\"to\":\"succeeded\"', '\"to\":\"failed\"') \
-             WHERE run_id = ?1 AND seq = ?2",
-            rusqlite::params![run, seq],
-        )
-        .unwrap();
-    assert_eq!(edited, 1, "the body was edited");
-    let rows: Vec<(i64, String)> = conn
-        .prepare("SELECT seq, body FROM transitions WHERE run_id = ?1 ORDER BY seq")
-        .unwrap()
-        .query_map([run], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    let mut head = Digest::ZERO;
-    for (seq, body) in rows {
-        let content = content_hash(&serde_json::from_str(&body).unwrap()).unwrap();
-        head = chain_link(&head, &content);
-        conn.execute(
-            "UPDATE transitions SET content_hash = ?1, chain_hash = ?2 WHERE run_id = ?3 AND seq = ?4",
-            rusqlite::params![&content.as_bytes()[..], &head.as_bytes()[..], run, seq],
-        )
-        .unwrap();
-    }
-    conn.execute(
-        "UPDATE runs SET head_hash = ?1 WHERE run_id = ?2",
-        rusqlite::params![&head.as_bytes()[..], run],
-    )
-    .unwrap();
 }
 
 #[test]

@@ -22,6 +22,9 @@ use crate::wire::{CheckpointLogView, CheckpointView, ConsistencyView, ErrorBody,
     responses(
         (status = 200, description = "The log (empty before the first checkpoint)", body = CheckpointLogView),
         (status = 401, description = "Missing or invalid credential", body = ErrorBody),
+        (status = 429, description = "Too many failed authentications from this address; see `Retry-After`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "The backend is temporarily unavailable; see `Retry-After`", body = ErrorBody),
         (status = 500, description = "`integrity` (a stored leaf does not decode) or `internal`", body = ErrorBody),
     ))]
 pub(crate) async fn log(State(state): State<AppState>, ReadAccess(view): ReadAccess) -> Response {
@@ -46,7 +49,10 @@ pub(crate) async fn log(State(state): State<AppState>, ReadAccess(view): ReadAcc
         (status = 200, description = "The tenant's latest checkpoint", body = CheckpointView),
         (status = 401, description = "Missing or invalid credential", body = ErrorBody),
         (status = 404, description = "`what` `receipt_key`: this server signs nothing; or no tenant", body = ErrorBody),
+        (status = 429, description = "Too many failed authentications from this address; see `Retry-After`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "The backend is unavailable, or other servers kept checkpointing", body = ErrorBody),
+        (status = 500, description = "`integrity` or `internal`", body = ErrorBody),
     ))]
 pub(crate) async fn create(
     State(state): State<AppState>,
@@ -84,6 +90,10 @@ pub(crate) struct ProofQuery {
         (status = 400, description = "Malformed run id or query", body = ErrorBody),
         (status = 401, description = "Missing or invalid credential", body = ErrorBody),
         (status = 404, description = "`what` `checkpoint`: no checkpoint (of that size); `run`: the run has no leaf in it", body = ErrorBody),
+        (status = 429, description = "Too many failed authentications from this address; see `Retry-After`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "The backend is temporarily unavailable; see `Retry-After`", body = ErrorBody),
+        (status = 500, description = "`integrity` (a stored leaf does not decode) or `internal`", body = ErrorBody),
     ))]
 pub(crate) async fn run_proof(
     State(state): State<AppState>,
@@ -131,6 +141,10 @@ pub(crate) struct ConsistencyQuery {
         (status = 200, description = "The proof", body = ConsistencyView),
         (status = 400, description = "`from` above `to`, or `to` beyond the log", body = ErrorBody),
         (status = 401, description = "Missing or invalid credential", body = ErrorBody),
+        (status = 429, description = "Too many failed authentications from this address; see `Retry-After`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "The backend is temporarily unavailable; see `Retry-After`", body = ErrorBody),
+        (status = 500, description = "`integrity` (a stored leaf does not decode) or `internal`", body = ErrorBody),
     ))]
 pub(crate) async fn consistency(
     State(state): State<AppState>,

@@ -1304,8 +1304,13 @@ async fn openapi_document_validates_and_covers_every_route() {
         ("/auth/config", "get", &["200"][..]),
         ("/v1/receipts/key", "get", &["200", "404"][..]),
         ("/v1/runs/{run_id}/receipt", "get", &["200", "400", "401", "404", "429"][..]),
+        ("/v1/checkpoints", "get", &["200", "401", "429"][..]),
+        ("/v1/checkpoints", "post", &["200", "401", "404", "429"][..]),
+        ("/v1/runs/{run_id}/proof", "get", &["200", "400", "401", "404", "429"][..]),
+        ("/v1/checkpoints/consistency", "get", &["200", "400", "401", "429"][..]),
     ];
-    assert_eq!(paths.len(), want.len(), "{:?}", paths.keys().collect::<Vec<_>>());
+    let methods: usize = paths.values().map(|p| p.as_object().map_or(0, |o| o.len())).sum();
+    assert_eq!(methods, want.len(), "{:?}", paths.keys().collect::<Vec<_>>());
     for (path, method, codes) in want {
         let op = &paths[path][method];
         for code in codes {
@@ -1545,5 +1550,76 @@ async fn ingest_signs_one_receipt_per_run_that_stored_something() {
     let r = get(&plain, "/v1/runs/a/receipt", Some(&p.key), None).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let body: Value = r.json().await.expect("json");
+    assert_eq!(body["what"], "receipt_key", "{body}");
+}
+
+/// Checkpoints over the wire: one on demand (`POST /v1/checkpoints`; the same one again when
+/// nothing changed), a run's inclusion proof checked under the served key, the consistency
+/// proof between two checkpoints, the log through `HttpBackend` equal to the store's — and
+/// each tenant sees only its own log. Without a receipt key the server makes none, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_are_made_on_demand_and_prove_runs_and_consistency() {
+    use kahn_core::checkpoint::{RunProof, leaf_hashes};
+    use kahn_core::merkle::verify_consistency;
+    use kahn_core::receipt::ReceiptSigner;
+    let keys = support::TestKeys::generate();
+    let signer = ReceiptSigner::generate().expect("key");
+    let config = test_config(&keys).with_receipt_key(signer.clone());
+    let backend = Arc::new(MemoryBackend::new());
+    let s = TestServer::start(backend.clone(), keys, config).await;
+    let (p, other) = (tenant(&s).await, tenant(&s).await);
+    let post = |token: String| {
+        let rb = s.http.post(s.url("/v1/checkpoints")).bearer_auth(token);
+        async move { rb.send().await.expect("request") }
+    };
+
+    ingest(&s, &p.key, format!("{}\n{}\n", transition("a", 0), transition("b", 0))).await;
+    let c1 = json_of(post(p.key.clone()).await).await;
+    assert_eq!(c1["tree_size"], 2, "{c1}");
+    assert_eq!(json_of(post(p.key.clone()).await).await, c1, "unchanged: the same checkpoint");
+    ingest(&s, &p.key, format!("{}\n{}\n", transition("a", 1), transition("c", 0))).await;
+    let c2 = json_of(post(p.key.clone()).await).await;
+    assert_eq!(c2["tree_size"], 4, "{c2}");
+
+    let client = s.client();
+    let scope = client.resolve_api_key(&ApiKey::parse(&p.key).expect("key")).await;
+    let scope = scope.expect("resolves").expect("known").read();
+    let proof = client.run_proof(&scope, &RunId::new("a").expect("id"), None).await.expect("proof");
+    let signed = proof.verify(signer.public_key(), p.tenant.id).expect("the proof verifies");
+    assert_eq!((signed.tree_size, proof.leaf.next_seq), (4, 2));
+    let older = client.run_proof(&scope, &RunId::new("a").expect("id"), Some(2)).await;
+    assert_eq!(older.expect("proof at size 2").leaf.next_seq, 1, "run a's state then");
+    let r = get(&s, "/v1/runs/a/proof?tree_size=3", Some(&p.key), None).await;
+    assert_eq!(expect_error(r, StatusCode::NOT_FOUND, "not_found").await["what"], "checkpoint");
+    let r = get(&s, "/v1/runs/nope/proof", Some(&p.key), None).await;
+    assert_eq!(expect_error(r, StatusCode::NOT_FOUND, "not_found").await["what"], "run");
+
+    let log = client.read_checkpoint_log(&scope).await.expect("the log over HTTP");
+    assert_eq!(log, backend.read_checkpoint_log(&scope).await.expect("the store's log"));
+    let consistency =
+        json_of(get(&s, "/v1/checkpoints/consistency?from=2&to=4", Some(&p.key), None).await).await;
+    let proof: Vec<kahn_core::Digest> =
+        serde_json::from_value(consistency["proof"].clone()).expect("hashes");
+    let root = |n: usize| kahn_core::merkle::root(&leaf_hashes(&log.leaves[..n]));
+    verify_consistency(2, 4, &root(2), &root(4), &proof).expect("the proof joins the two roots");
+    let r = get(&s, "/v1/checkpoints/consistency?from=4&to=2", Some(&p.key), None).await;
+    expect_error(r, StatusCode::BAD_REQUEST, "invalid_input").await;
+    let r = get(&s, "/v1/checkpoints/consistency?from=1&to=9", Some(&p.key), None).await;
+    assert_eq!(expect_error(r, StatusCode::BAD_REQUEST, "invalid_input").await["field"], "to");
+
+    // Another tenant's log is its own (empty); its proof of `a` does not exist.
+    let theirs = json_of(get(&s, "/v1/checkpoints", Some(&other.key), None).await).await;
+    assert_eq!(theirs, json!({"leaves": [], "checkpoints": []}));
+    let r = get(&s, "/v1/runs/a/proof", Some(&other.key), None).await;
+    expect_error(r, StatusCode::NOT_FOUND, "not_found").await;
+    // A proof checked as another tenant's is refused.
+    let built = RunProof::build(&log, log.latest().expect("latest"), &RunId::new("b").expect("id"));
+    assert!(built.expect("b's proof").verify(signer.public_key(), other.tenant.id).is_err());
+
+    // Without a receipt key: none made, and the 404 says why.
+    let plain = TestServer::memory().await;
+    let q = tenant(&plain).await;
+    let r = plain.http.post(plain.url("/v1/checkpoints")).bearer_auth(&q.key).send().await;
+    let body = expect_error(r.expect("request"), StatusCode::NOT_FOUND, "not_found").await;
     assert_eq!(body["what"], "receipt_key", "{body}");
 }

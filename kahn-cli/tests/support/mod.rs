@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use kahn_core::{Digest, chain_link, content_hash};
 use kahn_testkit::KahnServer;
 
 /// The `kahn` binary cargo built for these tests.
@@ -128,4 +129,56 @@ pub fn push_json(env: &Env, path: &Path, key: &str, extra: &[&str]) -> serde_jso
     let mut args = vec!["push", path.to_str().unwrap(), "--json"];
     args.extend_from_slice(extra);
     serde_json::from_str(&env.ok(&args, Some(key))).unwrap()
+}
+
+/// A served environment whose server signs receipts with a fresh key; returns it and the
+/// public key file.
+pub fn signing_env() -> (Env, PathBuf) {
+    let keys = tempfile::tempdir().unwrap().keep();
+    let private = keys.join("receipt-key.pem");
+    let plain = Env::new();
+    plain.ok(&["keygen", private.to_str().unwrap()], None);
+    let env = Env::served(&["--receipt-key", private.to_str().unwrap()]);
+    (env, keys.join("receipt-key.pem.pub"))
+}
+
+pub fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// What an operator with the database file does to hide an edit: change a body, then
+/// recompute its content hash, every chain link after it and the run's head, so the stored
+/// run verifies again.
+pub fn rewrite_with_recomputed_chain(db: &Path, run: &str, seq: i64) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let edited = conn
+        .execute(
+            "UPDATE transitions SET body = replace(body, '\"to\":\"succeeded\"', '\"to\":\"failed\"') \
+             WHERE run_id = ?1 AND seq = ?2",
+            rusqlite::params![run, seq],
+        )
+        .unwrap();
+    assert_eq!(edited, 1, "the body was edited");
+    let rows: Vec<(i64, String)> = conn
+        .prepare("SELECT seq, body FROM transitions WHERE run_id = ?1 ORDER BY seq")
+        .unwrap()
+        .query_map([run], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut head = Digest::ZERO;
+    for (seq, body) in rows {
+        let content = content_hash(&serde_json::from_str(&body).unwrap()).unwrap();
+        head = chain_link(&head, &content);
+        conn.execute(
+            "UPDATE transitions SET content_hash = ?1, chain_hash = ?2 WHERE run_id = ?3 AND seq = ?4",
+            rusqlite::params![&content.as_bytes()[..], &head.as_bytes()[..], run, seq],
+        )
+        .unwrap();
+    }
+    conn.execute(
+        "UPDATE runs SET head_hash = ?1 WHERE run_id = ?2",
+        rusqlite::params![&head.as_bytes()[..], run],
+    )
+    .unwrap();
 }

@@ -74,10 +74,10 @@ pub async fn checkpoints_log_every_change_and_prove_runs(h: &Harness) {
 
     let stored = h.store.get_run(&t.read, &grown.run_id).await.expect("get_run").info;
     let proof = RunProof::build(&log, &c2, &grown.run_id).expect("the run is in the checkpoint");
-    proof.verify(&signer.public_key(), t.tenant.id).expect("the proof verifies");
+    proof.verify(signer.public_key(), t.tenant.id).expect("the proof verifies");
     assert_eq!((proof.leaf.kind, proof.leaf.next_seq), (LeafKind::Head, 4));
     assert_eq!(proof.leaf.head_hash, stored.head_hash, "the proven head is the stored one");
-    match proof.verify(&signer.public_key(), other.tenant.id) {
+    match proof.verify(signer.public_key(), other.tenant.id) {
         Err(Error::Integrity { .. }) => {}
         wrong => panic!("a proof must not pass for another tenant: {wrong:?}"),
     }
