@@ -114,7 +114,7 @@ Examples:
     /// or rewritten against. Keep its output: it is evidence.
     #[command(after_help = "\
 Examples:
-  kahn checkpoint --url http://127.0.0.1:8080 > checkpoint-$(date +%F).json
+  kahn checkpoint --url http://127.0.0.1:8080 > checkpoint-2026-12-01.json
   kahn checkpoint --db sqlite://kahn.db --receipt-key receipt-key.pem   # no server: sign it here
 When nothing changed since the latest checkpoint, that one is printed and nothing is added.")]
     Checkpoint(CheckpointArgs),
@@ -122,7 +122,7 @@ When nothing changed since the latest checkpoint, that one is printed and nothin
     /// removed or rewritten except what retention purged. Prints what changed.
     #[command(after_help = "\
 Examples:
-  kahn audit --from checkpoint-2026-11-01.json --url http://127.0.0.1:8080 --public-key kahn-receipts.pub
+  kahn audit --from checkpoint-2026-12-01.json --url http://127.0.0.1:8080 --public-key kahn-receipts.pub
   kahn audit --from 3 --to 12 --db sqlite://kahn.db --tenant my-team --public-key kahn-receipts.pub
 --from and --to take a checkpoint you kept (its file) or a size in the server's list
 (`kahn audit --list`). Exit 3 when the history was altered.")]
