@@ -598,6 +598,30 @@ async fn http_many_runs(s: &Served, tag: &str, runs: u64) -> f64 {
     start.elapsed().as_secs_f64() * 1000.0
 }
 
+/// Times `POST /v1/checkpoints` on `s`'s first tenant, in ms: the next checkpoint as it
+/// stands, one after 100 of its runs grew by a transition, one with nothing changed.
+async fn checkpoint_costs(s: &Served) -> (f64, f64, f64) {
+    let client = kahn_http::HttpBackend::new(s.server.url()).unwrap();
+    let key = kahn_core::ApiKey::parse(&s.keys[0]).unwrap();
+    let scope = client.resolve_api_key(&key).await.unwrap().unwrap();
+    let timed = async || {
+        let start = Instant::now();
+        client.checkpoint_now(&scope.read()).await.unwrap();
+        start.elapsed().as_secs_f64() * 1000.0
+    };
+    let full = timed().await;
+    let text: String = (0..100)
+        .map(|i| {
+            format!(
+                "{{\"run_id\":\"grown-{i}\",\"seq\":0,\"ts\":\"2026-01-01T00:00:00Z\",\"to\":\"running\"}}\n"
+            )
+        })
+        .collect();
+    client.append(&scope, &AppendBatch::from_ndjson(&text).unwrap()).await.unwrap();
+    let grown = timed().await;
+    (full, grown, timed().await)
+}
+
 /// A fresh database served by `kahn serve` (the release binary, as the `http` section runs
 /// it): SQLite (a file in `dir`), or Postgres (a fresh test database, served as the app role)
 /// with its admin backend; `tenants` tenants provisioned beforehand, one API key each.
@@ -976,6 +1000,13 @@ async fn main() {
             .cloned()
             .chain(["--receipt-key".to_owned(), key_file.display().to_string()])
             .collect();
+        // The same signing server checkpointing every second: checkpoints are off the ingest
+        // path, so a push must not notice them.
+        let checkpointing: Vec<String> = signing
+            .iter()
+            .cloned()
+            .chain(["--checkpoint-interval-secs".to_owned(), "1".to_owned()])
+            .collect();
         for &n in &cfg.sizes {
             for label in ["sqlite", "pg"] {
                 let plain =
@@ -984,11 +1015,21 @@ async fn main() {
                 let signed =
                     Served::start_with(label, dir.path(), &format!("signed-{n}"), 1, &signing)
                         .await;
-                let (mut plain_tps, mut signed_tps) = (vec![], vec![]);
+                let busy = Served::start_with(
+                    label,
+                    dir.path(),
+                    &format!("checkpointing-{n}"),
+                    1,
+                    &checkpointing,
+                )
+                .await;
+                let (mut plain_tps, mut signed_tps, mut busy_tps) = (vec![], vec![], vec![]);
                 for rep in 0..cfg.reps {
-                    for (s, tps, which) in
-                        [(&plain, &mut plain_tps, "plain"), (&signed, &mut signed_tps, "signed")]
-                    {
+                    for (s, tps, which) in [
+                        (&plain, &mut plain_tps, "plain"),
+                        (&signed, &mut signed_tps, "signed"),
+                        (&busy, &mut busy_tps, "checkpointing"),
+                    ] {
                         let run = format!("{label}-{which}-{n}-{rep}");
                         let file = dir.path().join(format!("{run}.ndjson"));
                         workload::write_file(&file, &run, n).unwrap();
@@ -1008,6 +1049,13 @@ async fn main() {
                         ms.push(http_many_runs(s, &format!("{which}-{n}-{rep}"), runs).await);
                     }
                 }
+                // A checkpoint of the signing server's tenant, which now holds `reps * runs`
+                // one-transition runs: the first (a leaf per run), one after 100 runs grew
+                // (reads the whole log again), one with nothing changed.
+                let (full, grown, unchanged) = checkpoint_costs(&signed).await;
+                res.put(&format!("{label}.checkpoint_first_ms"), full.into());
+                res.put(&format!("{label}.checkpoint_after_100_ms"), grown.into());
+                res.put(&format!("{label}.checkpoint_unchanged_ms"), unchanged.into());
                 res.put(&format!("{label}.http_many_runs{runs}_ms_no_receipts"), med(plain_ms));
                 res.put(&format!("{label}.http_many_runs{runs}_ms_receipts"), med(signed_ms));
                 ratio(
@@ -1016,16 +1064,30 @@ async fn main() {
                     &format!("{label}.http_many_runs{runs}_ms_receipts"),
                     &format!("{label}.http_many_runs{runs}_ms_no_receipts"),
                 );
+                ratio(
+                    &mut res,
+                    &format!("ratio.{label}.checkpoint_first/http_many_runs{runs}"),
+                    &format!("{label}.checkpoint_first_ms"),
+                    &format!("{label}.http_many_runs{runs}_ms_no_receipts"),
+                );
                 res.put(&format!("{label}.n{n}.http_push_first_tps_no_receipts"), med(plain_tps));
                 res.put(&format!("{label}.n{n}.http_push_first_tps_receipts"), med(signed_tps));
+                res.put(&format!("{label}.n{n}.http_push_first_tps_checkpointing"), med(busy_tps));
                 ratio(
                     &mut res,
                     &format!("ratio.{label}.n{n}.receipts/no_receipts"),
                     &format!("{label}.n{n}.http_push_first_tps_receipts"),
                     &format!("{label}.n{n}.http_push_first_tps_no_receipts"),
                 );
+                ratio(
+                    &mut res,
+                    &format!("ratio.{label}.n{n}.receipts_and_checkpoints/no_receipts"),
+                    &format!("{label}.n{n}.http_push_first_tps_checkpointing"),
+                    &format!("{label}.n{n}.http_push_first_tps_no_receipts"),
+                );
                 plain.stop().await;
                 signed.stop().await;
+                busy.stop().await;
             }
         }
     }

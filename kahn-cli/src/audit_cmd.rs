@@ -105,8 +105,8 @@ pub(crate) async fn checkpoint(args: CheckpointArgs) -> CliResult {
     };
     let signed = made.envelope.unverified_checkpoint()?;
     eprintln!(
-        "checkpoint of tenant {name:?}: {} leaves, root {}, issued {} (key {})",
-        signed.tree_size,
+        "checkpoint of tenant {name:?}: {}, root {}, issued {} (key {})",
+        leaves(signed.tree_size),
         signed.root_hash,
         signed.issued_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         signed.key_id
@@ -346,12 +346,17 @@ fn list_checkpoints(log: &CheckpointLog, tenant: &str, json: bool) -> CliResult 
     for (size, c) in rows {
         match c {
             Some(c) => out!(
-                "{size:>8} leaves  issued {}  root {}",
+                "{:>14}  issued {}  root {}",
+                leaves(size),
                 c.issued_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 c.root_hash
             ),
-            None => out!("{size:>8} leaves  (the envelope does not decode)"),
+            None => out!("{:>14}  (the envelope does not decode)", leaves(size)),
         }
     }
     Ok(())
+}
+
+fn leaves(n: u64) -> String {
+    if n == 1 { "1 leaf".to_owned() } else { format!("{n} leaves") }
 }
