@@ -257,6 +257,11 @@ pub(crate) struct AuditArgs {
     /// The newer checkpoint, as --from [default: the latest].
     #[arg(long, value_name = "FILE|SIZE")]
     pub(crate) to: Option<String>,
+    /// The retention you were promised, in days: a purge logged sooner after its run was
+    /// last received is reported as an alteration (exit 3) — a purge record forged to cover a
+    /// deletion, or retention lowered. Without it, each purge's age is printed.
+    #[arg(long, value_name = "DAYS")]
+    pub(crate) retention_days: Option<u32>,
     /// List the store's checkpoints (size, time) and stop.
     #[arg(long, conflicts_with_all = ["from", "to"])]
     pub(crate) list: bool,

@@ -174,7 +174,7 @@ fn refused(flag: &str, source: KeySource, e: &Error) -> Failure {
 /// `kahn audit`: checks the tenant's log between two checkpoints and prints what changed;
 /// exit 3 when the history was altered.
 pub(crate) async fn audit(args: AuditArgs) -> CliResult {
-    let AuditArgs { from, to, list, tenant, public_key, json, target } = args;
+    let AuditArgs { from, to, list, tenant, public_key, retention_days, json, target } = args;
     let store = open_target(&target).await?;
     let (scope, name) = tenant_scope(store.as_ref(), tenant.as_deref(), &target).await?;
     let log = store.read_checkpoint_log(&scope).await?;
@@ -218,7 +218,24 @@ pub(crate) async fn audit(args: AuditArgs) -> CliResult {
     let (c_old, c_new) =
         if c_old.tree_size > c_new.tree_size { (c_new, c_old) } else { (c_old, c_new) };
     let report = check_log(&log, &c_old, &c_new).map_err(|e| altered(&e, &name))?;
-    print_report(&name, &c_old, &c_new, &report, &key, source, json)
+    let purges = purges_between(&log, &key, &c_old, &c_new);
+    if let Some(days) = retention_days
+        && let Some(early) = purges.iter().find(|p| p.age < chrono::Duration::days(i64::from(days)))
+    {
+        return Err(Failure::new(
+            3,
+            format!(
+                "ALTERED: tenant {name:?}'s run {} was purged at most {} after it was last \
+                 received, under the {days} days of retention expected\nhint: a purge record \
+                 forged by someone with the database (the run deleted under its cover), or the \
+                 tenant's retention lowered (`kahn tenant list` shows it); keep both \
+                 checkpoints as evidence",
+                early.run_id,
+                age(early.age)
+            ),
+        ));
+    }
+    print_report(&name, &c_old, &c_new, &report, &purges, &key, source, json)
 }
 
 /// The audit proper: the store's leaves must hash to both signed roots and hold an honest
@@ -245,6 +262,61 @@ fn check_log(
     kahn_core::checkpoint::audit(old, new, leaves, &proof)
 }
 
+/// A run retention purged between the two checkpoints, and how long after it was last
+/// received the purge was logged at the latest.
+struct Purge {
+    run_id: kahn_core::RunId,
+    received_at: chrono::DateTime<chrono::Utc>,
+    /// From `received_at` to the first checkpoint that logged the purge (signed under `key`;
+    /// the newer checkpoint when no earlier one verifies): the purge happened before it.
+    age: chrono::Duration,
+}
+
+fn purges_between(
+    log: &CheckpointLog,
+    key: &ReceiptKey,
+    old: &Checkpoint,
+    new: &Checkpoint,
+) -> Vec<Purge> {
+    let signed: Vec<Checkpoint> = log
+        .checkpoints
+        .iter()
+        .filter_map(|c| key.verify_checkpoint(&c.envelope).ok())
+        .filter(|c| c.tenant_id == new.tenant_id && c.tree_size <= new.tree_size)
+        .collect();
+    let (from, to) = (old.tree_size as usize, new.tree_size as usize);
+    log.leaves
+        .get(from..to)
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter(|(_, leaf)| leaf.kind == kahn_core::checkpoint::LeafKind::Purged)
+        .map(|(i, leaf)| {
+            let index = (from + i) as u64;
+            let logged = signed
+                .iter()
+                .filter(|c| c.tree_size > index)
+                .map(|c| c.issued_at)
+                .min()
+                .unwrap_or(new.issued_at);
+            Purge {
+                run_id: leaf.run_id.clone(),
+                received_at: leaf.received_at,
+                age: logged - leaf.received_at,
+            }
+        })
+        .collect()
+}
+
+/// A duration in days (hours under two days).
+fn age(d: chrono::Duration) -> String {
+    if d.num_days() >= 2 {
+        format!("{} days", d.num_days())
+    } else {
+        format!("{} hours", d.num_hours())
+    }
+}
+
 fn altered(e: &Error, tenant: &str) -> Failure {
     match e {
         Error::Integrity { .. } => Failure::new(
@@ -264,6 +336,7 @@ fn print_report(
     old: &Checkpoint,
     new: &Checkpoint,
     report: &AuditReport,
+    purges: &[Purge],
     key: &ReceiptKey,
     source: KeySource,
     json: bool,
@@ -284,6 +357,11 @@ fn print_report(
                 "run_id": r, "from_next_seq": a, "to_next_seq": b,
             })).collect::<Vec<_>>(),
             "purged": report.purged,
+            "purges": purges.iter().map(|p| serde_json::json!({
+                "run_id": p.run_id,
+                "received_at": p.received_at,
+                "logged_within_days": p.age.num_days(),
+            })).collect::<Vec<_>>(),
             "restored": report.restored,
             "key_id": key.id(),
             "key": key_kind,
@@ -310,7 +388,14 @@ fn print_report(
         "  extended: {}",
         if extended.is_empty() { "none".to_owned() } else { extended.join(", ") }
     );
-    out!("  purged by retention: {}", names(&report.purged));
+    let purged: Vec<String> = purges
+        .iter()
+        .map(|p| format!("{} (last received {} before the purge was logged)", p.run_id, age(p.age)))
+        .collect();
+    out!(
+        "  purged by retention: {}",
+        if purged.is_empty() { "none".to_owned() } else { purged.join(", ") }
+    );
     out!("  stored again after a purge: {}", names(&report.restored));
     if source == KeySource::Server {
         out!(

@@ -80,7 +80,10 @@ fn an_honest_history_audits_clean_naming_what_grew_and_what_retention_purged() {
     assert!(text.contains("history only grew from checkpoint 2"), "{text}");
     assert!(text.contains("added: added"), "{text}");
     assert!(text.contains("extended: grows (5 -> 8 transitions)"), "{text}");
-    assert!(text.contains("purged by retention: expires"), "{text}");
+    assert!(text.contains("purged by retention: expires (last received 100 days"), "{text}");
+    // The 90 days promised held: the purge came after them.
+    let out = audit(&env, &key, &public, &c1, &["--retention-days", "90"]);
+    assert!(out.status.success(), "{}", stderr(&out));
 
     // The same, as JSON, with --to defaulting to the latest checkpoint the store lists.
     let out = audit(&env, &key, &public, &c1, &["--json"]);
@@ -178,4 +181,33 @@ fn an_edited_log_or_another_keys_checkpoint_is_caught() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("REFUSED") && err.contains("not signed by key"), "{err}");
+}
+
+/// Someone with the database forges a purge record for a run, then deletes it: the log shows
+/// a purge. The audit prints how soon after the run's last append it was purged, and with the
+/// retention the auditor was promised, calls it what it is.
+#[test]
+fn a_forged_purge_record_is_caught_by_the_promised_retention() {
+    let (env, public) = signing_env();
+    let key = env.key("choco");
+    env.ok(&["push", env.run_dir("fresh", 4, "a").to_str().unwrap()], Some(&key));
+    let c1 = checkpoint(&env, &key, "c1");
+    let conn = sqlite(&env);
+    conn.execute(
+        "INSERT INTO purge_records (tenant_id, run_id, next_seq, head_hash, received_at, purged_at) \
+         SELECT tenant_id, run_id, next_seq, head_hash, received_at, received_at FROM runs \
+         WHERE run_id = 'fresh'",
+        [],
+    )
+    .unwrap();
+    delete_run(&conn, "fresh");
+    checkpoint(&env, &key, "c2");
+    let out = audit(&env, &key, &public, &c1, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("purged by retention: fresh (last received 0 hours"),
+        "{}",
+        stdout(&out)
+    );
+    assert_altered(&audit(&env, &key, &public, &c1, &["--retention-days", "90"]), "forged");
 }
