@@ -84,7 +84,8 @@ pub(crate) struct ProofQuery {
 /// `tree_size` leaves): its leaf and the RFC 9162 inclusion proof.
 #[utoipa::path(get, path = "/v1/runs/{run_id}/proof", tag = "checkpoints",
     security(("bearer" = [])),
-    params(("run_id" = String, Path, description = "The run id"), ProofQuery),
+    params(("run_id" = String, Path, description = "The run id: 1 to 200 of A-Z a-z 0-9 . _ : - (not . or ..)", pattern = r"^[A-Za-z0-9._:-]{1,200}$"),
+        ProofQuery),
     responses(
         (status = 200, description = "The proof", body = RunProofView),
         (status = 400, description = "Malformed run id or query", body = ErrorBody),
