@@ -17,7 +17,7 @@ use sqlx_core::query_scalar::query_scalar;
 use sqlx_core::row::Row;
 
 /// The distributed tables, co-located, and the reference tables, as `kahn migrate` leaves them.
-const DISTRIBUTED: [&str; 5] = kahn_pg::citus::DISTRIBUTED;
+const DISTRIBUTED: [&str; 8] = kahn_pg::citus::DISTRIBUTED;
 const REFERENCE: [&str; 2] = kahn_pg::citus::REFERENCE;
 
 /// `(table, method, replication model, colocation id, distribution column)` of KAHN's tables.
@@ -44,7 +44,7 @@ async fn placements(pool: &PgPool) -> Vec<(String, String, String, i32, Option<S
 }
 
 /// `kahn migrate` on a Citus database makes `tenants` and `key_directory` reference tables and
-/// the four tenant tables hash-distributed by `tenant_id` in one co-location group; running it
+/// the tenant tables hash-distributed by `tenant_id` in one co-location group; running it
 /// again changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_places_every_table_and_is_idempotent() {
