@@ -9,14 +9,26 @@ use sqlx_postgres::PgPool;
 use crate::error::{BACKEND, RoleProblem, UnsafeAppRole, db};
 
 /// The tables holding tenant data. Every one must have RLS enabled and forced.
-pub const TENANT_TABLES: [&str; 7] =
-    ["tenants", "api_keys", "key_directory", "runs", "transitions", "run_nodes", "ingest_budget"];
+pub const TENANT_TABLES: [&str; 10] = [
+    "tenants",
+    "api_keys",
+    "key_directory",
+    "runs",
+    "transitions",
+    "run_nodes",
+    "ingest_budget",
+    "checkpoint_leaves",
+    "checkpoints",
+    "purge_records",
+];
 
 /// The table privileges the app role holds, per tenant table: the log is append-only, the
 /// run summary is inserted and (by column, below) updated; tenants and keys are reached only
 /// through SECURITY DEFINER functions, and so is each tenant's ingest allowance
-/// (`kahn.charge_ingest`). Anything else is refused at startup.
-const APP_TABLE_GRANTS: [(&str, &[&str]); 7] = [
+/// (`kahn.charge_ingest`). The checkpoint log is append-only like the transitions; purge
+/// records are inserted only by the purge (`kahn.purge_tenant`), the app role reads them and
+/// marks them logged (by column, below). Anything else is refused at startup.
+const APP_TABLE_GRANTS: [(&str, &[&str]); 10] = [
     ("tenants", &[]),
     ("api_keys", &[]),
     ("key_directory", &[]),
@@ -24,10 +36,14 @@ const APP_TABLE_GRANTS: [(&str, &[&str]); 7] = [
     ("transitions", &["SELECT", "INSERT"]),
     ("run_nodes", &["SELECT", "INSERT"]),
     ("ingest_budget", &[]),
+    ("checkpoint_leaves", &["SELECT", "INSERT"]),
+    ("checkpoints", &["SELECT", "INSERT"]),
+    ("purge_records", &["SELECT"]),
 ];
 
-/// The columns the append keeps current, per table: the app role's only UPDATE grants.
-const APP_UPDATE_COLUMNS: [(&str, &[&str]); 2] = [
+/// The columns the append keeps current, per table, and the flag a checkpoint sets on the
+/// purge records it logs: the app role's only UPDATE grants.
+const APP_UPDATE_COLUMNS: [(&str, &[&str]); 3] = [
     (
         "runs",
         &[
@@ -53,6 +69,7 @@ const APP_UPDATE_COLUMNS: [(&str, &[&str]); 2] = [
         ],
     ),
     ("run_nodes", &["state_json", "started_at", "ended_at", "attempts", "last_seq"]),
+    ("purge_records", &["logged"]),
 ];
 
 /// Privileges checked on each tenant table and on each of its columns.

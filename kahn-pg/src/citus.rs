@@ -22,8 +22,16 @@ pub const REFERENCE: [&str; 2] = ["kahn.tenants", "kahn.key_directory"];
 /// Tables distributed by `tenant_id`, co-located with the first. (`kahn.purge_turn`, one row
 /// the retention purger locks, stays a local table on the coordinator, where every server's
 /// purge takes its turn.)
-pub const DISTRIBUTED: [&str; 5] =
-    ["kahn.runs", "kahn.transitions", "kahn.run_nodes", "kahn.api_keys", "kahn.ingest_budget"];
+pub const DISTRIBUTED: [&str; 8] = [
+    "kahn.runs",
+    "kahn.transitions",
+    "kahn.run_nodes",
+    "kahn.api_keys",
+    "kahn.ingest_budget",
+    "kahn.checkpoint_leaves",
+    "kahn.checkpoints",
+    "kahn.purge_records",
+];
 
 /// Whether the database the pool (or connection) reaches has the `citus` extension.
 ///

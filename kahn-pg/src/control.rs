@@ -245,8 +245,9 @@ pub(crate) async fn update_tenant(
 
 /// Removes a tenant and everything it holds, in one transaction. The tenant row is locked
 /// first, so no append can create a run of it meanwhile (the run's foreign key check waits,
-/// then fails); its runs are deleted next, waiting for appends in flight on them; its
-/// transitions last, as a new statement that sees every row those appends committed.
+/// then fails), nor append a checkpoint to its log (likewise); its runs are deleted next,
+/// waiting for appends in flight on them; its transitions after, as a new statement that sees
+/// every row those appends committed; its checkpoint log and purge records with the rest.
 pub(crate) async fn delete_tenant(pool: &PgPool, tenant: TenantId) -> Result<PurgeReport> {
     let id = *tenant.as_uuid();
     let mut tx = pool.begin().await.map_err(db)?;
@@ -285,6 +286,14 @@ pub(crate) async fn delete_tenant(pool: &PgPool, tenant: TenantId) -> Result<Pur
         .execute(&mut *tx)
         .await
         .map_err(db)?;
+    // Its checkpoint log and purge records: the only deletion they ever see.
+    for sql in [
+        "DELETE FROM kahn.checkpoint_leaves WHERE tenant_id = $1",
+        "DELETE FROM kahn.checkpoints WHERE tenant_id = $1",
+        "DELETE FROM kahn.purge_records WHERE tenant_id = $1",
+    ] {
+        query(sql).bind(id).execute(&mut *tx).await.map_err(db)?;
+    }
     query("DELETE FROM kahn.tenants WHERE id = $1").bind(id).execute(&mut *tx).await.map_err(db)?;
     tx.commit().await.map_err(db)?;
     Ok(PurgeReport { tenant_id: tenant, runs_removed: runs, transitions_removed: transitions })

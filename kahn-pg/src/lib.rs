@@ -36,6 +36,7 @@
 //! | `provision_personal_tenant` | yes | yes, through `kahn.provision_personal_tenant` |
 //! | `purge_expired` | any request: an instant, one tenant, a dry run | only [`PurgeRequest::at_store_clock`] (the **database's** clock, every tenant); anything else is [`Error::Unsupported`] |
 //! | `provision_tenant`, `update_tenant`, `delete_tenant`, `create_api_key`, `revoke_api_key`, `list_api_keys`, `export_tenant`, `import_tenant` | yes | [`Error::Unsupported`], naming the admin DSN |
+//! | `read_checkpoint_log`, `checkpoint_inputs` (one `REPEATABLE READ` snapshot each), `append_checkpoint` | yes | yes (the app role inserts leaves and checkpoints, never changes or deletes them) |
 //! | `ping` | yes | yes |
 //!
 //! Retention counts from each run's `received_at`: the database's `now()` at the last append
@@ -59,6 +60,7 @@
 
 mod append;
 mod check;
+mod checkpoint;
 pub mod citus;
 mod control;
 mod error;
@@ -397,7 +399,25 @@ impl PgBackend {
     /// tenant's runs and sorted them (15 ms at 50,000 runs, linear) where the custom plan walks
     /// `runs_by_activity` and stops after the page (0.09 ms).
     async fn read_tx(&self, tenant: TenantId) -> Result<PgTransaction<'static>> {
-        let mut tx = self.pool.begin_with("BEGIN READ ONLY").await.map_err(db)?;
+        self.read_tx_begun_with(tenant, "BEGIN READ ONLY").await
+    }
+
+    /// As [`read_tx`](Self::read_tx), one snapshot for the whole transaction
+    /// (`REPEATABLE READ`): what the checkpoint log's reads need, so that what one statement
+    /// read and what the next reads were committed together. On Citus a tenant's rows are on
+    /// one worker, whose transaction takes the same isolation level.
+    async fn snapshot_tx(&self, tenant: TenantId) -> Result<PgTransaction<'static>> {
+        self.read_tx_begun_with(tenant, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await
+    }
+
+    /// Begins a read-only transaction with `begin` (fixed text) and enters `tenant`, as
+    /// [`read_tx`](Self::read_tx) describes.
+    async fn read_tx_begun_with(
+        &self,
+        tenant: TenantId,
+        begin: &'static str,
+    ) -> Result<PgTransaction<'static>> {
+        let mut tx = self.pool.begin_with(begin).await.map_err(db)?;
         query(
             "SELECT kahn.enter_tenant($1), \
                     pg_catalog.set_config('plan_cache_mode', 'force_custom_plan', true)",
@@ -606,29 +626,65 @@ impl StorageBackend for PgBackend {
         control::purge_in_turn(&self.pool, every).await
     }
 
+    /// Read in one snapshot (`REPEATABLE READ READ ONLY`), so no checkpoint is read without
+    /// the leaves it covers.
     async fn read_checkpoint_log(
         &self,
         scope: &ReadScope,
     ) -> Result<kahn_core::checkpoint::CheckpointLog> {
-        let _ = scope;
-        Err(Error::Unsupported { backend: "postgres", operation: "checkpoints (work in progress)" })
+        let mut tx = self.snapshot_tx(scope.tenant()).await?;
+        let log = checkpoint::read_log(&mut tx, scope.tenant()).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(log)
     }
 
+    /// Read in one snapshot (`REPEATABLE READ READ ONLY`): the retention purge deletes a run
+    /// and inserts its purge record in one transaction, so the snapshot holds one of them.
     async fn checkpoint_inputs(
         &self,
         scope: &ReadScope,
     ) -> Result<kahn_core::checkpoint::CheckpointInputs> {
-        let _ = scope;
-        Err(Error::Unsupported { backend: "postgres", operation: "checkpoints (work in progress)" })
+        let mut tx = self.snapshot_tx(scope.tenant()).await?;
+        let inputs = checkpoint::inputs(&mut tx, scope.tenant()).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(inputs)
     }
 
+    /// One read-write transaction for the scope's tenant (the app role may insert leaves and
+    /// checkpoints, never change or delete them), serialized per tenant by a
+    /// transaction-scoped advisory lock; the tenant's primary keys refuse an interleaving even
+    /// without it. A tenant that does not exist is [`Error::NotFound`].
     async fn append_checkpoint(
         &self,
         scope: &ReadScope,
         next: &kahn_core::checkpoint::NewCheckpoint,
     ) -> Result<()> {
-        let _ = (scope, next);
-        Err(Error::Unsupported { backend: "postgres", operation: "checkpoints (work in progress)" })
+        next.validate(scope.tenant())?;
+        let tenant = scope.tenant();
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        query("SELECT kahn.enter_tenant($1)")
+            .bind(tenant.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        match checkpoint::append(&mut tx, tenant, next).await? {
+            Ok(()) => {
+                tx.commit().await.map_err(db)?;
+                Ok(())
+            }
+            Err(refused) => {
+                tx.rollback().await.map_err(db)?;
+                match refused {
+                    checkpoint::Refused::NoTenant => Err(Error::not_found("tenant", tenant)),
+                    checkpoint::Refused::Moved => {
+                        let mut tx = self.snapshot_tx(tenant).await?;
+                        let found = checkpoint::size(&mut tx, tenant).await?;
+                        tx.commit().await.map_err(db)?;
+                        Err(kahn_core::checkpoint::log_moved(error::BACKEND, next.after, found))
+                    }
+                }
+            }
+        }
     }
 
     async fn ping(&self) -> Result<()> {

@@ -42,6 +42,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "inlinable current tenant",
         include_str!("../migrations/0009_inlinable_current_tenant.sql"),
     ),
+    (10, "checkpoints", include_str!("../migrations/0010_checkpoints.sql")),
 ];
 
 /// The migrator holding every migration of `migrations/`, as `sqlx::migrate!` would build it

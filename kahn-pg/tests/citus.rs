@@ -17,7 +17,7 @@ use sqlx_core::query_scalar::query_scalar;
 use sqlx_core::row::Row;
 
 /// The distributed tables, co-located, and the reference tables, as `kahn migrate` leaves them.
-const DISTRIBUTED: [&str; 5] = kahn_pg::citus::DISTRIBUTED;
+const DISTRIBUTED: [&str; 8] = kahn_pg::citus::DISTRIBUTED;
 const REFERENCE: [&str; 2] = kahn_pg::citus::REFERENCE;
 
 /// `(table, method, replication model, colocation id, distribution column)` of KAHN's tables.
@@ -44,7 +44,7 @@ async fn placements(pool: &PgPool) -> Vec<(String, String, String, i32, Option<S
 }
 
 /// `kahn migrate` on a Citus database makes `tenants` and `key_directory` reference tables and
-/// the four tenant tables hash-distributed by `tenant_id` in one co-location group; running it
+/// the tenant tables hash-distributed by `tenant_id` in one co-location group; running it
 /// again changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_places_every_table_and_is_idempotent() {
@@ -137,6 +137,18 @@ async fn one_tenants_appends_and_reads_route_to_one_worker() {
     let rows = app.read_all_transitions(&read, &run).await.expect("read transitions");
     assert_eq!(rows.len(), 9);
     app.verify_run(&read, &run).await.expect("the chain verifies");
+    // The checkpoint log (migration 0010): its append (the size compare, the checkpoint, the
+    // leaves joined to it) and its snapshot reads route to the tenant's shard too.
+    let signer = kahn_core::receipt::ReceiptSigner::generate().expect("a signing key");
+    let first = app.make_checkpoint(&read, &signer, chrono::Utc::now()).await.expect("checkpoint");
+    assert_eq!(first.tree_size, 2, "one leaf per run");
+    app.append(&write, &batch("route-b", 0..6)).await.expect("grow a run");
+    let second = app.make_checkpoint(&read, &signer, chrono::Utc::now()).await.expect("checkpoint");
+    assert_eq!(second.tree_size, 3, "one leaf more for the grown run");
+    let log = app.read_checkpoint_log(&read).await.expect("read the log");
+    assert_eq!(log.checkpoints, [first, second]);
+    let inputs = app.checkpoint_inputs(&read).await.expect("checkpoint inputs");
+    assert_eq!((inputs.log, inputs.heads.len()), (log, 2));
 
     // The setting is live: a query over every shard is refused on these connections.
     let err = query("SELECT count(*) FROM kahn.runs")

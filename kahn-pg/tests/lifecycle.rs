@@ -686,3 +686,110 @@ async fn a_store_altered_behind_kahns_back_is_corrupt() {
     let err = app.append(&t.write, &meta).await.expect_err("comparing with a corrupt graph");
     assert!(corrupt(&err), "{err:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The checkpoint log.
+// ---------------------------------------------------------------------------------------------
+
+/// Counts a tenant's rows of a checkpoint table, as the operator.
+async fn checkpoint_rows(admin: &PgBackend, tenant: TenantId, table: &str) -> i64 {
+    assert!(["checkpoint_leaves", "checkpoints", "purge_records"].contains(&table));
+    let sql = format!("SELECT count(*) AS n FROM kahn.{table} WHERE tenant_id = $1");
+    query(sqlx_core::sql_str::AssertSqlSafe(sql))
+        .bind(tenant.as_uuid())
+        .fetch_one(admin.pool())
+        .await
+        .expect("count")
+        .try_get("n")
+        .expect("n")
+}
+
+/// The app role's purge at the database's clock records the run it removes (its last head, as
+/// logged), and the next checkpoint the app role makes logs it as `Purged` and marks the record
+/// logged; a leaf or an envelope altered behind KAHN's back, or a leaf removed, is
+/// [`Error::Integrity`] naming it; the operator's tenant deletion removes the tenant's leaves,
+/// checkpoints and purge records with the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purges_are_recorded_and_the_log_goes_only_with_its_tenant() {
+    use kahn_core::checkpoint::LeafKind;
+
+    let (db, admin) = TestDb::new().await;
+    let app = db.app().await;
+    let t = tenant(&admin, &app, 1).await;
+    let read = t.write.read();
+    let signer = kahn_core::receipt::ReceiptSigner::generate().expect("a signing key");
+    app.append(&t.write, &ndjson("old", 3)).await.expect("append");
+    app.make_checkpoint(&read, &signer, Utc::now()).await.expect("first checkpoint");
+    let logged = app.read_checkpoint_log(&read).await.expect("log").leaves;
+    assert_eq!(logged.len(), 1);
+
+    backdate(&admin, t.id, "old", 2).await;
+    let out = app.purge_expired(&PurgeRequest::at_store_clock()).await.expect("purge");
+    assert_eq!(out.runs_removed(), 1);
+    let inputs = app.checkpoint_inputs(&read).await.expect("inputs");
+    assert!(inputs.heads.is_empty(), "{:?}", inputs.heads);
+    let [record] = inputs.purges.as_slice() else {
+        panic!("one purge record: {:?}", inputs.purges)
+    };
+    assert_eq!(
+        (record.run.run_id.as_str(), record.run.next_seq, record.run.head_hash),
+        ("old", 3, logged[0].head_hash),
+        "the record is the run's last head"
+    );
+
+    app.make_checkpoint(&read, &signer, Utc::now()).await.expect("second checkpoint");
+    let log = app.read_checkpoint_log(&read).await.expect("log");
+    let kinds: Vec<_> = log.leaves.iter().map(|l| l.kind).collect();
+    assert_eq!(kinds, [LeafKind::Head, LeafKind::Purged]);
+    assert!(app.checkpoint_inputs(&read).await.expect("inputs").purges.is_empty());
+    let unlogged: i64 =
+        query("SELECT count(*) AS n FROM kahn.purge_records WHERE tenant_id = $1 AND NOT logged")
+            .bind(t.id.as_uuid())
+            .fetch_one(admin.pool())
+            .await
+            .expect("count")
+            .try_get("n")
+            .expect("n");
+    assert_eq!(unlogged, 0, "the checkpoint marked the record logged");
+
+    // Altered as the operator: each is Integrity, naming what does not decode.
+    let integrity = |r: kahn_core::Result<kahn_core::checkpoint::CheckpointLog>, what: &str| match r
+    {
+        Err(Error::Integrity { message, .. }) => {
+            assert!(message.contains(what), "{what}: {message}");
+        }
+        other => panic!("{what}: expected Integrity, got {other:?}"),
+    };
+    let alter = |sql: &'static str| {
+        let pool = admin.pool().clone();
+        let tenant = t.id;
+        async move {
+            query(sql).bind(tenant.as_uuid()).execute(&pool).await.expect(sql);
+        }
+    };
+    alter(
+        "UPDATE kahn.checkpoint_leaves SET leaf = overlay(leaf placing '\\x09'::bytea from 1) \
+         WHERE tenant_id = $1 AND idx = 1",
+    )
+    .await;
+    integrity(app.read_checkpoint_log(&read).await, "leaf 1");
+    alter(
+        "UPDATE kahn.checkpoint_leaves SET leaf = overlay(leaf placing '\\x01'::bytea from 1) \
+         WHERE tenant_id = $1 AND idx = 1",
+    )
+    .await;
+    app.read_checkpoint_log(&read).await.expect("restored");
+    alter("UPDATE kahn.checkpoints SET envelope = '{' WHERE tenant_id = $1 AND seq = 1").await;
+    integrity(app.read_checkpoint_log(&read).await, "checkpoint 1's envelope");
+    integrity(app.checkpoint_inputs(&read).await.map(|i| i.log), "checkpoint 1's envelope");
+    alter("DELETE FROM kahn.checkpoint_leaves WHERE tenant_id = $1 AND idx = 0").await;
+    integrity(app.read_checkpoint_log(&read).await, "leaf 0");
+
+    for table in ["checkpoint_leaves", "checkpoints", "purge_records"] {
+        assert!(checkpoint_rows(&admin, t.id, table).await > 0, "{table} holds rows");
+    }
+    admin.delete_tenant(t.id).await.expect("delete the tenant");
+    for table in ["checkpoint_leaves", "checkpoints", "purge_records"] {
+        assert_eq!(checkpoint_rows(&admin, t.id, table).await, 0, "{table}");
+    }
+}

@@ -499,13 +499,74 @@ async fn app_dsn_refuses_a_stray_policy_and_an_altered_one() {
     db.app().await;
 }
 
+/// The checkpoint tables of migration 0010 are tenant tables like the rest: the startup check
+/// refuses one whose RLS is not forced, whose KAHN policy is missing, or that carries a policy
+/// KAHN did not create.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_dsn_checks_the_checkpoint_tables_policies_exactly() {
+    let (db, admin) = TestDb::new().await;
+    admin_exec(&admin, "ALTER TABLE kahn.checkpoints NO FORCE ROW LEVEL SECURITY").await;
+    let refusal = refused_with(db.app_as(kahn_pg::APP_ROLE, 1).await.expect_err("not forced"));
+    assert_eq!(
+        refusal.problems,
+        [RoleProblem::RlsNotForced { table: "kahn.checkpoints".into() }],
+        "{refusal}"
+    );
+    admin_exec(&admin, "ALTER TABLE kahn.checkpoints FORCE ROW LEVEL SECURITY").await;
+
+    admin_exec(&admin, "DROP POLICY tenant_isolation ON kahn.checkpoint_leaves").await;
+    let refusal = refused_with(db.app_as(kahn_pg::APP_ROLE, 1).await.expect_err("missing"));
+    assert_eq!(
+        refusal.problems,
+        [RoleProblem::AlteredPolicy {
+            table: "kahn.checkpoint_leaves".into(),
+            policy: "tenant_isolation".into(),
+        }],
+        "{refusal}"
+    );
+    admin_exec(
+        &admin,
+        "CREATE POLICY tenant_isolation ON kahn.checkpoint_leaves \
+         USING (tenant_id = kahn.current_tenant()) \
+         WITH CHECK (tenant_id = kahn.current_tenant())",
+    )
+    .await;
+
+    admin_exec(&admin, "CREATE POLICY peek ON kahn.purge_records FOR SELECT USING (true)").await;
+    let refusal = refused_with(db.app_as(kahn_pg::APP_ROLE, 1).await.expect_err("stray policy"));
+    assert_eq!(
+        refusal.problems,
+        [RoleProblem::ExtraPolicy { table: "kahn.purge_records".into(), policy: "peek".into() }],
+        "{refusal}"
+    );
+    admin_exec(&admin, "DROP POLICY peek ON kahn.purge_records").await;
+
+    admin_exec(&admin, "DROP POLICY definer_all ON kahn.checkpoints").await;
+    let refusal = refused_with(db.app_as(kahn_pg::APP_ROLE, 1).await.expect_err("no definer"));
+    assert_eq!(
+        refusal.problems,
+        [RoleProblem::AlteredPolicy {
+            table: "kahn.checkpoints".into(),
+            policy: "definer_all".into(),
+        }],
+        "{refusal}"
+    );
+    admin_exec(
+        &admin,
+        "CREATE POLICY definer_all ON kahn.checkpoints TO kahn_definer \
+         USING (true) WITH CHECK (true)",
+    )
+    .await;
+    db.app().await; // restored as designed: accepted again
+}
+
 /// The app role's effective privileges must be exactly the designed ones: any extra grant —
 /// on a table, a column, a function (the purge at a caller's time), the schema, directly or
 /// through PUBLIC — refuses the start, naming the `REVOKE` that fixes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_dsn_refuses_grants_beyond_the_design() {
     let (db, admin) = TestDb::new().await;
-    let cases: [(&str, &str, RoleProblem); 11] = [
+    let cases: [(&str, &str, RoleProblem); 17] = [
         (
             "GRANT SELECT ON kahn.api_keys TO kahn_app",
             "REVOKE SELECT ON kahn.api_keys FROM kahn_app",
@@ -595,6 +656,56 @@ async fn app_dsn_refuses_grants_beyond_the_design() {
                 privilege: "EXECUTE".into(),
             },
         ),
+        // Migration 0010: the checkpoint log is append-only by grant, purge records are the
+        // purge's to insert and the app role's to mark logged (that column only).
+        (
+            "GRANT DELETE ON kahn.checkpoint_leaves TO kahn_app",
+            "REVOKE DELETE ON kahn.checkpoint_leaves FROM kahn_app",
+            RoleProblem::ExtraGrant {
+                object: "TABLE kahn.checkpoint_leaves".into(),
+                privilege: "DELETE".into(),
+            },
+        ),
+        (
+            "GRANT UPDATE ON kahn.checkpoints TO PUBLIC",
+            "REVOKE UPDATE ON kahn.checkpoints FROM PUBLIC",
+            RoleProblem::ExtraGrant {
+                object: "TABLE kahn.checkpoints".into(),
+                privilege: "UPDATE".into(),
+            },
+        ),
+        (
+            "REVOKE INSERT ON kahn.checkpoints FROM kahn_app",
+            "GRANT INSERT ON kahn.checkpoints TO kahn_app",
+            RoleProblem::MissingGrant {
+                object: "table kahn.checkpoints".into(),
+                privilege: "INSERT".into(),
+            },
+        ),
+        (
+            "GRANT INSERT ON kahn.purge_records TO kahn_app",
+            "REVOKE INSERT ON kahn.purge_records FROM kahn_app",
+            RoleProblem::ExtraGrant {
+                object: "TABLE kahn.purge_records".into(),
+                privilege: "INSERT".into(),
+            },
+        ),
+        (
+            "GRANT UPDATE (next_seq) ON kahn.purge_records TO kahn_app",
+            "REVOKE UPDATE (next_seq) ON kahn.purge_records FROM kahn_app",
+            RoleProblem::ExtraGrant {
+                object: "kahn.purge_records (next_seq)".into(),
+                privilege: "UPDATE".into(),
+            },
+        ),
+        (
+            "REVOKE UPDATE (logged) ON kahn.purge_records FROM kahn_app",
+            "GRANT UPDATE (logged) ON kahn.purge_records TO kahn_app",
+            RoleProblem::MissingGrant {
+                object: "column kahn.purge_records.logged".into(),
+                privilege: "UPDATE".into(),
+            },
+        ),
     ];
     for (break_it, fix_it, problem) in cases {
         admin_exec(&admin, break_it).await;
@@ -675,6 +786,91 @@ async fn app_role_cannot_update_delete_or_truncate_transitions() {
     let mut tx = pool.begin().await.expect("begin");
     set_tenant(&mut tx, a.id).await;
     assert_eq!(count(&mut tx, "transitions").await.expect("count"), 5, "nothing was removed");
+}
+
+/// The checkpoint log is append-only by grant, like the transitions: the app role cannot
+/// UPDATE, DELETE or TRUNCATE leaves or checkpoints, even its own tenant's, nor INSERT purge
+/// records (only the purge records what it removed), change anything of one but `logged`,
+/// delete one or draw a record id. It sees only its tenant's log (raw SQL naming the other
+/// tenant, and through the adapter), nothing with no tenant set, and cannot write a leaf
+/// into another tenant's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_role_cannot_rewrite_or_wipe_the_checkpoint_log() {
+    let (db, _admin, app, a, b) = seeded().await;
+    let signer = kahn_core::receipt::ReceiptSigner::generate().expect("a signing key");
+    for t in [&a, &b] {
+        app.make_checkpoint(&t.read, &signer, chrono::Utc::now()).await.expect("checkpoint");
+    }
+    let pool = app_pool(&db, 1).await;
+    for sql in [
+        "UPDATE kahn.checkpoint_leaves SET leaf = leaf",
+        "DELETE FROM kahn.checkpoint_leaves",
+        "TRUNCATE kahn.checkpoint_leaves",
+        "UPDATE kahn.checkpoints SET envelope = '{}'",
+        "DELETE FROM kahn.checkpoints",
+        "TRUNCATE kahn.checkpoints",
+        "INSERT INTO kahn.purge_records \
+             (tenant_id, id, run_id, next_seq, head_hash, received_at, purged_at) \
+         VALUES (kahn.current_tenant(), 1, 'shared', 3, decode(repeat('00', 32), 'hex'), \
+                 now(), now())",
+        "UPDATE kahn.purge_records SET next_seq = 0",
+        "DELETE FROM kahn.purge_records",
+        "TRUNCATE kahn.purge_records",
+        "SELECT nextval('kahn.purge_record_ids')",
+        "ALTER TABLE kahn.checkpoint_leaves DISABLE ROW LEVEL SECURITY",
+        "DROP POLICY tenant_isolation ON kahn.checkpoints",
+    ] {
+        let mut tx = pool.begin().await.expect("begin");
+        set_tenant(&mut tx, a.id).await;
+        let code = sqlstate(query(sql).execute(&mut *tx).await);
+        assert_eq!(code, INSUFFICIENT_PRIVILEGE, "{sql}");
+        tx.rollback().await.expect("rollback");
+    }
+
+    // Its own tenant's log only, whichever tenant a query names.
+    let mut tx = pool.begin().await.expect("begin");
+    set_tenant(&mut tx, a.id).await;
+    assert_eq!(count(&mut tx, "checkpoint_leaves").await.expect("count"), 2, "shared, a-only");
+    assert_eq!(count(&mut tx, "checkpoints").await.expect("count"), 1);
+    for table in ["checkpoint_leaves", "checkpoints"] {
+        let sql = format!("SELECT count(*) AS n FROM kahn.{table} WHERE tenant_id = $1");
+        let n: i64 = query(AssertSqlSafe(sql))
+            .bind(b.id.as_uuid())
+            .fetch_one(&mut *tx)
+            .await
+            .expect("count")
+            .try_get("n")
+            .expect("n");
+        assert_eq!(n, 0, "{table}: tenant b's rows are invisible to tenant a");
+    }
+    // A leaf into b's log, from a's context: refused by the policy's WITH CHECK.
+    let forged =
+        query("INSERT INTO kahn.checkpoint_leaves (tenant_id, idx, leaf) VALUES ($1, 1000, $2)")
+            .bind(b.id.as_uuid())
+            .bind(vec![0u8; 60])
+            .execute(&mut *tx)
+            .await;
+    assert_eq!(sqlstate(forged), INSUFFICIENT_PRIVILEGE, "another tenant's leaf");
+    tx.rollback().await.expect("rollback");
+    // No tenant set: nothing.
+    let mut tx = pool.begin().await.expect("begin");
+    for table in ["checkpoint_leaves", "checkpoints", "purge_records"] {
+        assert_eq!(count(&mut tx, table).await.expect("count"), 0, "{table}, no tenant");
+    }
+    tx.rollback().await.expect("rollback");
+
+    // Through the adapter: each log holds its own tenant's runs, intact.
+    let run_ids = |log: &kahn_core::checkpoint::CheckpointLog| -> Vec<String> {
+        let mut ids: Vec<String> = log.leaves.iter().map(|l| l.run_id.to_string()).collect();
+        ids.sort();
+        ids
+    };
+    let log_a = app.read_checkpoint_log(&a.read).await.expect("a's log");
+    let log_b = app.read_checkpoint_log(&b.read).await.expect("b's log");
+    assert_eq!(run_ids(&log_a), ["a-only", "shared"]);
+    assert_eq!(run_ids(&log_b), ["b-only", "shared"]);
+    assert_eq!((log_a.checkpoints.len(), log_b.checkpoints.len()), (1, 1));
+    assert_ne!(log_a.leaves, log_b.leaves, "same run id, each tenant's own head");
 }
 
 /// The app role cannot purge at a time of its choosing: `kahn.purge_expired('infinity')` used
