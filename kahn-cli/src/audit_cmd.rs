@@ -235,7 +235,9 @@ pub(crate) async fn audit(args: AuditArgs) -> CliResult {
             ),
         ));
     }
-    print_report(&name, &c_old, &c_new, &report, &purges, &key, source, json)
+    let audited =
+        Audited { tenant: &name, old: &c_old, new: &c_new, report: &report, purges: &purges };
+    print_report(&audited, &key, source, json)
 }
 
 /// The audit proper: the store's leaves must hash to both signed roots and hold an honest
@@ -331,16 +333,22 @@ fn altered(e: &Error, tenant: &str) -> Failure {
     }
 }
 
+/// What an audit found, to print.
+struct Audited<'a> {
+    tenant: &'a str,
+    old: &'a Checkpoint,
+    new: &'a Checkpoint,
+    report: &'a AuditReport,
+    purges: &'a [Purge],
+}
+
 fn print_report(
-    tenant: &str,
-    old: &Checkpoint,
-    new: &Checkpoint,
-    report: &AuditReport,
-    purges: &[Purge],
+    audited: &Audited<'_>,
     key: &ReceiptKey,
     source: KeySource,
     json: bool,
 ) -> CliResult {
+    let Audited { tenant, old, new, report, purges } = *audited;
     let at = |c: &Checkpoint| c.issued_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let key_kind = match source {
         KeySource::Pinned => "pinned",
