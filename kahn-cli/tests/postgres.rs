@@ -244,9 +244,10 @@ async fn verify_exits_3_broken_for_a_store_altered_behind_kahns_back() {
 /// Receipts on Postgres, against an operator with the superuser's connection who rewrites a
 /// transition and recomputes every hash in SQL alone (`sha256()` over the stored canonical
 /// bodies, the chain by a recursive query, the run's head): `kahn verify` sees a sound chain,
-/// `kahn verify --receipt` sees the rewrite.
+/// `kahn verify --receipt` sees the rewrite, and so does `kahn audit` from a checkpoint kept
+/// before it to the next one.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_rewrite_recomputed_in_sql_passes_the_chain_but_not_the_receipt() {
+async fn a_rewrite_recomputed_in_sql_passes_the_chain_but_not_the_receipt_nor_the_audit() {
     let (db, admin) = TestDb::new().await;
     let admin_url = dsn(&db.name, None);
     let app = dsn(&db.name, Some(kahn_pg::APP_ROLE));
@@ -299,6 +300,12 @@ async fn a_rewrite_recomputed_in_sql_passes_the_chain_but_not_the_receipt() {
     };
     let out = verify_receipt();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let checkpoint = |name: &str| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, ok(&["checkpoint", "--url", &url], Some(&key))).unwrap();
+        file
+    };
+    let before = checkpoint("c1.json");
 
     for sql in [
         "UPDATE kahn.transitions SET body = replace(body, '\"s17\"', '\"s71\"') \
@@ -330,4 +337,21 @@ async fn a_rewrite_recomputed_in_sql_passes_the_chain_but_not_the_receipt() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("no longer extends the receipt") && err.contains("rewritten"), "{err}");
+    // ...and by the audit across the next checkpoint.
+    checkpoint("c2.json");
+    let out = kahn(
+        &[
+            "audit",
+            "--from",
+            before.to_str().unwrap(),
+            "--url",
+            &url,
+            "--public-key",
+            public.to_str().unwrap(),
+        ],
+        Some(&key),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("ALTERED") && err.contains("the run was rewritten"), "{err}");
 }
