@@ -1025,11 +1025,14 @@ async fn main() {
                 .await;
                 let (mut plain_tps, mut signed_tps, mut busy_tps) = (vec![], vec![], vec![]);
                 for rep in 0..cfg.reps {
-                    for (s, tps, which) in [
+                    let mut turn = [
                         (&plain, &mut plain_tps, "plain"),
                         (&signed, &mut signed_tps, "signed"),
                         (&busy, &mut busy_tps, "checkpointing"),
-                    ] {
+                    ];
+                    // Each server goes first, second and third in turn: order does not favour one.
+                    turn.rotate_left(rep % 3);
+                    for (s, tps, which) in turn {
                         let run = format!("{label}-{which}-{n}-{rep}");
                         let file = dir.path().join(format!("{run}.ndjson"));
                         workload::write_file(&file, &run, n).unwrap();
