@@ -110,8 +110,25 @@ fn spawn_key_refresh(
 pub fn spawn_retention(
     state: AppState,
     interval: Duration,
-    mut stop: watch::Receiver<()>,
+    stop: watch::Receiver<()>,
 ) -> tokio::task::JoinHandle<()> {
+    spawn_every(interval, stop, move || {
+        let state = state.clone();
+        async move { retention_turn(&state, interval).await }
+    })
+}
+
+/// Runs `turn` every `interval`, the first at once; a late turn delays the next rather than
+/// bunching them. Stops when `stop` changes or its sender drops.
+fn spawn_every<F, Fut>(
+    interval: Duration,
+    mut stop: watch::Receiver<()>,
+    mut turn: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -120,56 +137,61 @@ pub fn spawn_retention(
                 _ = stop.changed() => return,
                 _ = ticker.tick() => {}
             }
-            let metrics = &state.inner.metrics;
-            match state.inner.backend.purge_expired_in_turn(interval).await {
-                Ok(PurgeTurn::Taken) => {
-                    metrics.purges.with_label_values(&["skipped"]).inc();
-                    tracing::debug!(
-                    target: "kahn_http::retention",
-                    "retention purge skipped: another server has the turn or purged within the interval"
-                    );
-                }
-                Ok(PurgeTurn::NotShared(outcome) | PurgeTurn::Ran(outcome)) => {
-                    metrics.purges.with_label_values(&["ran"]).inc();
-                    for r in &outcome.reports {
-                        metrics.purged_runs.inc_by(r.runs_removed);
-                        metrics.purged_transitions.inc_by(r.transitions_removed);
-                    }
-                    if !outcome.failures.is_empty() {
-                        metrics.purges.with_label_values(&["failed"]).inc();
-                    }
-                    tracing::info!(
-                        target: "kahn_http::retention",
-                        tenants_purged = outcome.reports.len(),
-                        tenants_failed = outcome.failures.len(),
-                        "retention purge ran"
-                    );
-                    for r in &outcome.reports {
-                        tracing::info!(
-                            target: "kahn_http::retention",
-                            tenant = %r.tenant_id,
-                            runs_removed = r.runs_removed,
-                            transitions_removed = r.transitions_removed,
-                            "retention purge"
-                        );
-                    }
-                    for f in &outcome.failures {
-                        tracing::error!(
-                            target: "kahn_http::retention",
-                            tenant = %f.tenant_id,
-                            error = %f.error.chain(),
-                            "retention purge of a tenant failed; its runs are kept until the next purge"
-                        );
-                    }
-                }
-                Err(e) => {
-                    metrics.purges.with_label_values(&["failed"]).inc();
-                    tracing::error!(error = %e.chain(), "retention purge failed");
-                }
-            }
-            state.inner.limits.shrink();
+            turn().await;
         }
     })
+}
+
+/// One turn of the retention task.
+async fn retention_turn(state: &AppState, interval: Duration) {
+    let metrics = &state.inner.metrics;
+    match state.inner.backend.purge_expired_in_turn(interval).await {
+        Ok(PurgeTurn::Taken) => {
+            metrics.purges.with_label_values(&["skipped"]).inc();
+            tracing::debug!(
+            target: "kahn_http::retention",
+            "retention purge skipped: another server has the turn or purged within the interval"
+            );
+        }
+        Ok(PurgeTurn::NotShared(outcome) | PurgeTurn::Ran(outcome)) => {
+            metrics.purges.with_label_values(&["ran"]).inc();
+            for r in &outcome.reports {
+                metrics.purged_runs.inc_by(r.runs_removed);
+                metrics.purged_transitions.inc_by(r.transitions_removed);
+            }
+            if !outcome.failures.is_empty() {
+                metrics.purges.with_label_values(&["failed"]).inc();
+            }
+            tracing::info!(
+                target: "kahn_http::retention",
+                tenants_purged = outcome.reports.len(),
+                tenants_failed = outcome.failures.len(),
+                "retention purge ran"
+            );
+            for r in &outcome.reports {
+                tracing::info!(
+                    target: "kahn_http::retention",
+                    tenant = %r.tenant_id,
+                    runs_removed = r.runs_removed,
+                    transitions_removed = r.transitions_removed,
+                    "retention purge"
+                );
+            }
+            for f in &outcome.failures {
+                tracing::error!(
+                    target: "kahn_http::retention",
+                    tenant = %f.tenant_id,
+                    error = %f.error.chain(),
+                    "retention purge of a tenant failed; its runs are kept until the next purge"
+                );
+            }
+        }
+        Err(e) => {
+            metrics.purges.with_label_values(&["failed"]).inc();
+            tracing::error!(error = %e.chain(), "retention purge failed");
+        }
+    }
+    state.inner.limits.shrink();
 }
 
 /// Spawns the checkpoint task: every `interval` (first at once), a signed checkpoint for
@@ -183,47 +205,45 @@ pub(crate) fn spawn_checkpoints(
     state: AppState,
     signer: kahn_core::receipt::ReceiptSigner,
     interval: Duration,
-    mut stop: watch::Receiver<()>,
+    stop: watch::Receiver<()>,
 ) -> tokio::task::JoinHandle<()> {
-    use kahn_core::StorageBackendExt as _;
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.changed() => return,
-                _ = ticker.tick() => {}
-            }
-            let backend = &state.inner.backend;
-            let tenants = match backend.list_tenants().await {
-                Ok(tenants) => tenants,
-                Err(e) => {
-                    tracing::error!(target: "kahn_http::checkpoints", error = %e.chain(), "checkpoints: cannot list the tenants");
-                    continue;
-                }
-            };
-            let (mut made, mut failed) = (0u64, 0u64);
-            for t in tenants {
-                let id = t.tenant.id;
-                let made_one = async {
-                    let scope = backend.resolve_admin_override(id).await?;
-                    backend.make_checkpoint(&scope, &signer, chrono::Utc::now()).await
-                }
-                .await;
-                match made_one {
-                    Ok(c) => {
-                        made += 1;
-                        tracing::debug!(target: "kahn_http::checkpoints", tenant = %id, tree_size = c.tree_size, "checkpoint");
-                    }
-                    Err(e) => {
-                        failed += 1;
-                        tracing::error!(target: "kahn_http::checkpoints", tenant = %id, error = %e.chain(), "checkpoint of a tenant failed; retried at the next interval");
-                    }
-                }
-            }
-            tracing::info!(target: "kahn_http::checkpoints", tenants = made, failed, "checkpoints made");
-        }
+    spawn_every(interval, stop, move || {
+        let (state, signer) = (state.clone(), signer.clone());
+        async move { checkpoint_turn(&state, &signer).await }
     })
+}
+
+/// One turn of the checkpoint task: every tenant, one after the other.
+async fn checkpoint_turn(state: &AppState, signer: &kahn_core::receipt::ReceiptSigner) {
+    use kahn_core::StorageBackendExt as _;
+    let backend = &state.inner.backend;
+    let tenants = match backend.list_tenants().await {
+        Ok(tenants) => tenants,
+        Err(e) => {
+            tracing::error!(target: "kahn_http::checkpoints", error = %e.chain(), "checkpoints: cannot list the tenants");
+            return;
+        }
+    };
+    let (mut made, mut failed) = (0u64, 0u64);
+    for t in tenants {
+        let id = t.tenant.id;
+        let made_one = async {
+            let scope = backend.resolve_admin_override(id).await?;
+            backend.make_checkpoint(&scope, signer, chrono::Utc::now()).await
+        }
+        .await;
+        match made_one {
+            Ok(c) => {
+                made += 1;
+                tracing::debug!(target: "kahn_http::checkpoints", tenant = %id, tree_size = c.tree_size, "checkpoint");
+            }
+            Err(e) => {
+                failed += 1;
+                tracing::error!(target: "kahn_http::checkpoints", tenant = %id, error = %e.chain(), "checkpoint of a tenant failed; retried at the next interval");
+            }
+        }
+    }
+    tracing::info!(target: "kahn_http::checkpoints", tenants = made, failed, "checkpoints made");
 }
 
 /// Serves [`router`] on `listener` until `shutdown` completes, then stops accepting, lets

@@ -1623,3 +1623,43 @@ async fn checkpoints_are_made_on_demand_and_prove_runs_and_consistency() {
     let body = expect_error(r.expect("request"), StatusCode::NOT_FOUND, "not_found").await;
     assert_eq!(body["what"], "receipt_key", "{body}");
 }
+
+/// With a receipt key and an interval, the server checkpoints every tenant that changed on
+/// its own: a run pushed appears in a signed checkpoint without anyone asking, and a tenant
+/// whose runs did not change gets no new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_checkpoints_changed_tenants_periodically() {
+    use kahn_core::receipt::ReceiptSigner;
+    let keys = support::TestKeys::generate();
+    let signer = ReceiptSigner::generate().expect("key");
+    let config = test_config(&keys)
+        .with_receipt_key(signer.clone())
+        .with_checkpoint_interval(Some(Duration::from_millis(100)));
+    let s = TestServer::start(Arc::new(MemoryBackend::new()), keys, config).await;
+    let p = tenant(&s).await;
+    ingest(&s, &p.key, format!("{}\n", transition("periodic", 0))).await;
+    let log = async || json_of(get(&s, "/v1/checkpoints", Some(&p.key), None).await).await;
+    // A tick may have come between the tenant's creation and the push (a checkpoint of an
+    // empty log): wait for the one that holds the run.
+    let covers_the_run = |seen: &Value| {
+        seen["checkpoints"].as_array().and_then(|c| c.last()).is_some_and(|c| c["tree_size"] == 1)
+    };
+    let mut seen = log().await;
+    for _ in 0..100 {
+        if covers_the_run(&seen) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        seen = log().await;
+    }
+    assert!(covers_the_run(&seen), "no checkpoint of the run within 5 s: {seen}");
+    let checkpoints = seen["checkpoints"].as_array().expect("a list").clone();
+    let last = checkpoints.last().expect("one");
+    let envelope = serde_json::from_value(last["envelope"].clone()).expect("envelope");
+    let signed = signer.public_key().verify_checkpoint(&envelope).expect("signed by the key");
+    assert_eq!((signed.tenant_id, signed.tree_size), (p.tenant.id, 1));
+    // Nothing changes: several more intervals add no checkpoint.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let later = log().await;
+    assert_eq!(later["checkpoints"].as_array().map(Vec::len), Some(checkpoints.len()), "{later}");
+}

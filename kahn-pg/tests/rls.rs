@@ -109,6 +109,16 @@ async fn app_pool(db: &TestDb, max: u32) -> PgPool {
     db.pool_as(kahn_pg::APP_ROLE, max).await
 }
 
+/// Runs `sql` on `pool` (the app role) inside `tenant`, and asserts the database refuses it
+/// for want of privilege; rolled back either way.
+async fn assert_refused_to_app(pool: &PgPool, tenant: TenantId, sql: &'static str) {
+    let mut tx = pool.begin().await.expect("begin");
+    set_tenant(&mut tx, tenant).await;
+    let code = sqlstate(query(sql).execute(&mut *tx).await);
+    assert_eq!(code, INSUFFICIENT_PRIVILEGE, "{sql}");
+    tx.rollback().await.expect("rollback");
+}
+
 // ---------------------------------------------------------------------------------------------
 // No tenant set → zero rows.
 // ---------------------------------------------------------------------------------------------
@@ -777,11 +787,7 @@ async fn app_role_cannot_update_delete_or_truncate_transitions() {
         "DROP POLICY tenant_isolation ON kahn.transitions",
         "CREATE TABLE kahn.sneaky (x int)",
     ] {
-        let mut tx = pool.begin().await.expect("begin");
-        set_tenant(&mut tx, a.id).await;
-        let code = sqlstate(query(sql).execute(&mut *tx).await);
-        assert_eq!(code, INSUFFICIENT_PRIVILEGE, "{sql}");
-        tx.rollback().await.expect("rollback");
+        assert_refused_to_app(&pool, a.id, sql).await;
     }
     let mut tx = pool.begin().await.expect("begin");
     set_tenant(&mut tx, a.id).await;
@@ -820,11 +826,7 @@ async fn app_role_cannot_rewrite_or_wipe_the_checkpoint_log() {
         "ALTER TABLE kahn.checkpoint_leaves DISABLE ROW LEVEL SECURITY",
         "DROP POLICY tenant_isolation ON kahn.checkpoints",
     ] {
-        let mut tx = pool.begin().await.expect("begin");
-        set_tenant(&mut tx, a.id).await;
-        let code = sqlstate(query(sql).execute(&mut *tx).await);
-        assert_eq!(code, INSUFFICIENT_PRIVILEGE, "{sql}");
-        tx.rollback().await.expect("rollback");
+        assert_refused_to_app(&pool, a.id, sql).await;
     }
 
     // Its own tenant's log only, whichever tenant a query names.

@@ -106,7 +106,8 @@ impl KahnServerBuilder {
     }
 
     /// Keeps the server's retention timer (a purge at start, then hourly). Off by default:
-    /// the server is started with `--retention-interval-secs 0`.
+    /// the server is started with `--retention-interval-secs 0` (and, unless its arguments
+    /// set one, `--checkpoint-interval-secs 0`: checkpoints only on demand).
     pub fn retention_timer(mut self, on: bool) -> Self {
         self.retention_timer = on;
         self
@@ -140,6 +141,11 @@ impl KahnServerBuilder {
         cmd.args(["--listen", "127.0.0.1:0"]);
         if !self.retention_timer {
             cmd.args(["--retention-interval-secs", "0"]);
+        }
+        // No periodic checkpoints (a checkpoint at start would race a test's own), unless the
+        // test's arguments set an interval.
+        if !self.args.iter().any(|a| a == "--checkpoint-interval-secs") {
+            cmd.args(["--checkpoint-interval-secs", "0"]);
         }
         cmd.args(&self.args);
         cmd.env("KAHN_LOG", "warn").env_remove("KAHN_CONFIG").env_remove("KAHN_DATABASE_URL");

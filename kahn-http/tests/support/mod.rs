@@ -113,13 +113,14 @@ pub fn test_jwt(keys: &TestKeys) -> JwtConfig {
 }
 
 /// The default config of test servers: JWTs verified with `keys` ([`test_jwt`]), no
-/// retention task, and — knowingly — no practical failed-authentication limit: these suites
+/// retention task, no periodic checkpoints (only on demand), and — knowingly — no practical failed-authentication limit: these suites
 /// send hundreds of bad credentials from 127.0.0.1 on purpose (the JWT attack list, the key
 /// timing test, the fuzzers). The limit itself is tested in hostile.rs with a small allowance.
 pub fn test_config(keys: &TestKeys) -> ServerConfig {
     ServerConfig::default()
         .with_jwt(test_jwt(keys))
         .with_retention_interval(None)
+        .with_checkpoint_interval(None)
         .with_auth_failures_per_minute(NonZeroU32::MAX)
 }
 
