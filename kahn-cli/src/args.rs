@@ -115,7 +115,7 @@ Examples:
     #[command(after_help = "\
 Examples:
   kahn checkpoint --url http://127.0.0.1:8080 > checkpoint-2026-12-01.json
-  kahn checkpoint --db sqlite://kahn.db --receipt-key receipt-key.pem   # no server: sign it here
+  kahn checkpoint --db sqlite://kahn.db --tenant my-team --receipt-key receipt-key.pem   # no server: sign it here
 When nothing changed since the latest checkpoint, that one is printed and nothing is added.")]
     Checkpoint(CheckpointArgs),
     /// Check that a tenant's history only grew between two signed checkpoints: nothing was
@@ -260,7 +260,7 @@ pub(crate) struct AuditArgs {
     /// The retention you were promised, in days: a purge logged sooner after its run was
     /// last received is reported as an alteration (exit 3) — a purge record forged to cover a
     /// deletion, or retention lowered. Without it, each purge's age is printed.
-    #[arg(long, value_name = "DAYS")]
+    #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) retention_days: Option<u32>,
     /// List the store's checkpoints (size, time) and stop.
     #[arg(long, conflicts_with_all = ["from", "to"])]

@@ -153,11 +153,20 @@ fn named_checkpoint(flag: &str, value: &str, log: &CheckpointLog) -> CliResult<E
         })
 }
 
-fn refused(flag: &str, source: KeySource, e: &Error) -> Failure {
+fn refused(flag: &str, source: KeySource, envelope: &Envelope, e: &Error) -> Failure {
     let why = match e {
         Error::InvalidInput { message, .. } => message.clone(),
         other => other.to_string(),
     };
+    if envelope.payload_type == kahn_core::receipt::RECEIPT_PAYLOAD_TYPE {
+        return Failure::new(
+            2,
+            format!(
+                "REFUSED: {flag} is a receipt, not a checkpoint\nhint: a receipt proves one run: \
+                 kahn verify RUN --receipt FILE; --from and --to take `kahn checkpoint` output"
+            ),
+        );
+    }
     let hint = match source {
         KeySource::Pinned => {
             "it proves nothing under this key: altered after signing, or signed by another key"
@@ -177,7 +186,22 @@ pub(crate) async fn audit(args: AuditArgs) -> CliResult {
     let AuditArgs { from, to, list, tenant, public_key, retention_days, json, target } = args;
     let store = open_target(&target).await?;
     let (scope, name) = tenant_scope(store.as_ref(), tenant.as_deref(), &target).await?;
-    let log = store.read_checkpoint_log(&scope).await?;
+    let log = match store.read_checkpoint_log(&scope).await {
+        Err(e @ Error::Integrity { .. }) => return Err(altered(&e, &name)),
+        other => other?,
+    };
+    if let Some(pair) = log.checkpoints.windows(2).find(|w| w[1].tree_size < w[0].tree_size) {
+        let e = Error::Integrity {
+            run_id: None,
+            seq: None,
+            message: format!(
+                "the store's checkpoints shrink from {} leaves to {}: a later one was signed \
+                 over a log cut short",
+                pair[0].tree_size, pair[1].tree_size
+            ),
+        };
+        return Err(altered(&e, &name));
+    }
     if list {
         return list_checkpoints(&log, &name, json);
     }
@@ -200,7 +224,7 @@ pub(crate) async fn audit(args: AuditArgs) -> CliResult {
     };
     let (key, source) = checking_key(public_key.as_deref(), &target, "kahn audit").await?;
     let verified = |flag: &str, envelope: &Envelope| -> CliResult<Checkpoint> {
-        let c = key.verify_checkpoint(envelope).map_err(|e| refused(flag, source, &e))?;
+        let c = key.verify_checkpoint(envelope).map_err(|e| refused(flag, source, envelope, &e))?;
         if c.tenant_id != scope.tenant() {
             return Err(Failure::new(
                 2,
@@ -237,7 +261,21 @@ pub(crate) async fn audit(args: AuditArgs) -> CliResult {
     }
     let audited =
         Audited { tenant: &name, old: &c_old, new: &c_new, report: &report, purges: &purges };
-    print_report(&audited, &key, source, json)
+    print_report(&audited, &key, source, json)?;
+    if !json {
+        if c_old.tree_size == c_new.tree_size {
+            out!(
+                "note: both checkpoints cover the same {}: nothing to compare",
+                leaves(c_new.tree_size)
+            );
+        }
+        out!(
+            "note: this covers the history up to the checkpoint issued {}; to cover what \
+             happened since, make one first (kahn checkpoint)",
+            c_new.issued_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+    }
+    Ok(())
 }
 
 /// The audit proper: the store's leaves must hash to both signed roots and hold an honest

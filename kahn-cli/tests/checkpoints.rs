@@ -56,6 +56,14 @@ fn an_honest_history_audits_clean_naming_what_grew_and_what_retention_purged() {
     for (run, n) in [("grows", 5), ("expires", 3)] {
         env.ok(&["push", env.run_dir(run, n, "a").to_str().unwrap()], Some(&key));
     }
+    // `expires` was received 100 days ago (the binary's clock cannot be moved: its row is
+    // dated back before any checkpoint logs it, as if pushed then).
+    sqlite(&env)
+        .execute(
+            "UPDATE runs SET received_at = received_at - 100 * 86400000000 WHERE run_id = 'expires'",
+            [],
+        )
+        .unwrap();
     let c1 = checkpoint(&env, &key, "c1");
     let kept: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&c1).unwrap()).unwrap();
@@ -63,13 +71,7 @@ fn an_honest_history_audits_clean_naming_what_grew_and_what_retention_purged() {
 
     env.ok(&["push", env.run_dir("grows", 8, "a").to_str().unwrap()], Some(&key));
     env.ok(&["push", env.run_dir("added", 2, "b").to_str().unwrap()], Some(&key));
-    // Retention removes `expires` (received 100 days ago, kept 90), through KAHN's own purge.
-    sqlite(&env)
-        .execute(
-            "UPDATE runs SET received_at = received_at - 100 * 86400000000 WHERE run_id = 'expires'",
-            [],
-        )
-        .unwrap();
+    // Retention (90 days) removes `expires`, through KAHN's own purge.
     let purged = env.ok(&["purge", "--tenant", "choco", "--json"], None);
     assert!(purged.contains("\"runs_removed\": 1"), "{purged}");
     let c2 = checkpoint(&env, &key, "c2");
@@ -161,26 +163,40 @@ fn an_edited_log_or_another_keys_checkpoint_is_caught() {
     checkpoint(&env, &key, "c2");
     assert!(audit(&env, &key, &public, &c1, &[]).status.success());
 
-    // The log edited under the kept checkpoint: run `a`'s leaf dropped, the rest renumbered.
-    let conn = sqlite(&env);
-    conn.execute("DELETE FROM checkpoint_leaves WHERE idx = 0", []).unwrap();
-    conn.execute("UPDATE checkpoint_leaves SET idx = idx - 1", []).unwrap();
-    assert_altered(&audit(&env, &key, &public, &c1, &[]), "leaves");
-
     // A checkpoint made with another key (someone with the database, signing one of their
     // own) is refused under the pinned key.
     let other = env.dir.path().join("other.pem");
     env.ok(&["keygen", other.to_str().unwrap()], None);
     let db = env.db();
     env.ok(&["push", env.run_dir("d", 3, "a").to_str().unwrap()], Some(&key));
-    let forged =
-        env.ok(&["checkpoint", "--db", &db, "--receipt-key", other.to_str().unwrap()], Some(&key));
+    let forged = env.ok(
+        &["checkpoint", "--db", &db, "--receipt-key", other.to_str().unwrap(), "--tenant", "choco"],
+        None,
+    );
     let forged_file = env.dir.path().join("forged.json");
     std::fs::write(&forged_file, forged).unwrap();
     let out = audit(&env, &key, &public, &c1, &["--to", forged_file.to_str().unwrap()]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("REFUSED") && err.contains("not signed by key"), "{err}");
+
+    // The log edited under the kept checkpoint: run `a`'s leaf dropped, the rest renumbered.
+    let conn = sqlite(&env);
+    conn.execute("DELETE FROM checkpoint_leaves WHERE idx = 0", []).unwrap();
+    conn.execute("UPDATE checkpoint_leaves SET idx = idx - 1", []).unwrap();
+    assert_altered(&audit(&env, &key, &public, &c1, &["--to", "3"]), "leaves");
+    // ...and the server will not sign a checkpoint over the edited log (a fork of its own
+    // signed history), nor will an operator's checkpoint.
+    env.ok(&["push", env.run_dir("e", 3, "a").to_str().unwrap()], Some(&key));
+    for args in [
+        vec!["checkpoint"],
+        vec!["checkpoint", "--db", &db, "--receipt-key", other.to_str().unwrap()],
+    ] {
+        let out = env.kahn(&args, Some(&key));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(3), "{err}");
+        assert!(err.contains("no longer extends its latest signed checkpoint"), "{err}");
+    }
 }
 
 /// Someone with the database forges a purge record for a run, then deletes it: the log shows
@@ -210,4 +226,24 @@ fn a_forged_purge_record_is_caught_by_the_promised_retention() {
         stdout(&out)
     );
     assert_altered(&audit(&env, &key, &public, &c1, &["--retention-days", "90"]), "forged");
+}
+
+/// Someone with the database dates a run back so that KAHN's own retention purge removes it:
+/// the purge record carries the backdated time, earlier than the one the log signed.
+#[test]
+fn a_run_dated_back_to_expire_fails_the_audit() {
+    let (env, public) = signing_env();
+    let key = env.key("choco");
+    env.ok(&["push", env.run_dir("young", 4, "a").to_str().unwrap()], Some(&key));
+    let c1 = checkpoint(&env, &key, "c1");
+    sqlite(&env)
+        .execute(
+            "UPDATE runs SET received_at = received_at - 100 * 86400000000 WHERE run_id = 'young'",
+            [],
+        )
+        .unwrap();
+    let purged = env.ok(&["purge", "--tenant", "choco", "--json"], None);
+    assert!(purged.contains("\"runs_removed\": 1"), "{purged}");
+    checkpoint(&env, &key, "c2");
+    assert_altered(&audit(&env, &key, &public, &c1, &[]), "moved back to make it expire");
 }

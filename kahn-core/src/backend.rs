@@ -524,9 +524,11 @@ pub trait StorageBackendExt: StorageBackend {
     /// inputs, appends the leaves of what changed ([`next_leaves`]) and the signed root
     /// ([`checkpoint_for`]). When nothing changed since the latest checkpoint, returns that
     /// one and appends nothing. When another server checkpoints the tenant at the same time,
-    /// reads again (up to 5 times).
+    /// reads again (up to 5 times). Never signs over a log that no longer extends the latest
+    /// stored checkpoint (leaves removed or edited outside KAHN): that would sign a fork.
     ///
     /// # Errors
+    /// [`Error::Integrity`] when the stored log does not extend its latest checkpoint;
     /// As [`checkpoint_inputs`](StorageBackend::checkpoint_inputs) and
     /// [`append_checkpoint`](StorageBackend::append_checkpoint); [`Error::Unavailable`]
     /// when the log kept moving.
@@ -540,6 +542,7 @@ pub trait StorageBackendExt: StorageBackend {
         let mut tries = 0;
         loop {
             let inputs = self.checkpoint_inputs(scope).await?;
+            crate::checkpoint::check_extends_latest(&inputs.log)?;
             let purged: Vec<_> = inputs.purges.iter().map(|p| p.run.clone()).collect();
             let leaves = next_leaves(&inputs.log.leaves, &inputs.heads, &purged);
             let unlogged = !inputs.purges.is_empty();

@@ -493,7 +493,8 @@ fn integrity(run: Option<&RunId>, message: String) -> Error {
 ///   leaf after `old` is `Missing` (a run removed outside retention); a run's `Head` has a
 ///   smaller `next_seq` than its previous one (rewound), or the same `next_seq` with
 ///   another head (rewritten); a `Purged` leaf's `next_seq` or `head_hash` differs from the
-///   run's latest logged head, or names a run not logged as stored.
+///   run's latest logged head, its `received_at` is earlier than that head's (moved back to
+///   make the run expire), or it names a run not logged as stored.
 pub fn audit(
     old: &Checkpoint,
     new: &Checkpoint,
@@ -624,6 +625,20 @@ pub fn audit(
                             "leaf {index}: the purge removed next_seq {} with head {}, but the \
                              log last showed next_seq {} with head {}",
                             leaf.next_seq, leaf.head_hash, prev.next_seq, prev.head_hash
+                        ),
+                    ));
+                }
+                // A run's `received_at` only moves forward, and retention counts from it: a
+                // purge naming an earlier one than the log showed was made to look old.
+                if leaf.received_at < prev.received_at {
+                    return Err(integrity(
+                        Some(run),
+                        format!(
+                            "leaf {index}: the purge says the run was last received at {}, \
+                             before the {} the log showed: its received_at was moved back \
+                             to make it expire",
+                            leaf.received_at.to_rfc3339(),
+                            prev.received_at.to_rfc3339()
                         ),
                     ));
                 }
@@ -769,6 +784,36 @@ pub fn log_moved(backend: &'static str, expected: u64, found: u64) -> Error {
         retry_after: None,
         source: None,
     }
+}
+
+/// Checks the stored log still extends its latest stored checkpoint: at least that many
+/// leaves, whose root is the one it signs. A server checks it before signing the next one, so
+/// it never signs a fork of its own history (leaves removed, reordered or edited).
+///
+/// # Errors
+/// [`Error::Integrity`] saying what does not match, or that the latest envelope does not
+/// decode.
+pub fn check_extends_latest(log: &CheckpointLog) -> Result<(), Error> {
+    let Some(latest) = log.latest() else { return Ok(()) };
+    let signed = latest.envelope.unverified_checkpoint().map_err(|e| {
+        integrity(None, format!("the latest stored checkpoint does not decode: {e}"))
+    })?;
+    let size = usize::try_from(signed.tree_size).unwrap_or(usize::MAX);
+    let root = log.leaves.get(..size).map(|l| merkle::root(&leaf_hashes(l)));
+    if root != Some(signed.root_hash) {
+        return Err(integrity(
+            None,
+            format!(
+                "the checkpoint log ({} leaves) no longer extends its latest signed checkpoint \
+                 ({} leaves, root {}): leaves were removed or edited outside KAHN; no \
+                 checkpoint is signed over it",
+                log.leaves.len(),
+                signed.tree_size,
+                signed.root_hash
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The proof that a run's state is in a checkpoint: its latest leaf there, the leaf's index
@@ -1334,6 +1379,23 @@ mod tests {
         let (run, message) = integrity_message(s.audit(1, 2));
         assert_eq!(run, Some(rid("b")));
         assert!(message.contains("does not show as stored"), "{message}");
+    }
+
+    #[test]
+    fn a_purge_of_a_run_made_to_look_old_fails_the_audit() {
+        // The record names the logged head, but a received_at before the one logged: the run
+        // was backdated (or the record forged) to expire early.
+        let mut s = Server::new();
+        s.checkpoint(&[head("a", 5)], &[]);
+        s.checkpoint(&[], &[PurgedRun { received_at: at(-86_400 * 100), ..purge("a", 5) }]);
+        let (run, message) = integrity_message(s.audit(1, 2));
+        assert_eq!(run, Some(rid("a")));
+        assert!(message.contains("moved back"), "{message}");
+        // A later received_at is what an honest store records after a metadata-only append.
+        let mut s = Server::new();
+        s.checkpoint(&[head("a", 5)], &[]);
+        s.checkpoint(&[], &[PurgedRun { received_at: at(60), ..purge("a", 5) }]);
+        assert_eq!(s.audit(1, 2).expect("honest").purged, [rid("a")]);
     }
 
     #[test]

@@ -273,11 +273,13 @@ impl From<Error> for ApiError {
                 }
                 Self::service_unavailable(retry_after.unwrap_or(DEFAULT_RETRY_AFTER))
             }
-            Error::Integrity { run_id, seq, .. } => {
+            Error::Integrity { run_id, seq, message: what } => {
                 // Stored data failing its own checks is the operator's emergency, never the
-                // caller's fault: logged loudly, and reported as what it is.
+                // caller's fault: logged loudly, and reported as what it is. The body's message
+                // is the finding alone (code, run and seq say the rest), so a client rebuilding
+                // the error does not say "integrity check failed" twice.
                 tracing::error!(run = ?run_id, seq, error = %message, "integrity check failed");
-                let mut body = ErrorBody::new("integrity", message);
+                let mut body = ErrorBody::new("integrity", what);
                 body.run_id = run_id.map(|r| r.to_string());
                 body.seq = seq;
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, body)
