@@ -67,6 +67,7 @@ pub(crate) async fn checkpoint(args: CheckpointArgs) -> CliResult {
     let CheckpointArgs { receipt_key, tenant, target } = args;
     let store = open_target(&target).await?;
     let (scope, name) = tenant_scope(store.as_ref(), tenant.as_deref(), &target).await?;
+    let before = store.read_checkpoint_log(&scope).await?.latest().cloned();
     let made = match named_store(&target)? {
         Named::Server(url) => {
             if receipt_key.is_some() {
@@ -111,7 +112,25 @@ pub(crate) async fn checkpoint(args: CheckpointArgs) -> CliResult {
         signed.issued_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         signed.key_id
     );
-    print_json(&made)
+    print_json(&made)?;
+    // What this checkpoint logged, read as an auditor would (signatures aside): a run gone
+    // without a purge, or rewritten, is evidence now — and not a plain "checkpoint made".
+    if let Some(before) = before.filter(|b| b.tree_size < made.tree_size) {
+        let log = store.read_checkpoint_log(&scope).await?;
+        let old = before.envelope.unverified_checkpoint()?;
+        if let Err(e @ Error::Integrity { .. }) = check_log(&log, &old, &signed) {
+            return Err(Failure::new(
+                3,
+                format!(
+                    "ALTERED: the checkpoint (kept above) records that tenant {name:?}'s history \
+                     changed outside KAHN since the previous one: {e}\nhint: keep both \
+                     checkpoints as evidence (`kahn audit` shows it to anyone); restore the \
+                     runs from a backup taken before"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A checkpoint named on the command line: a size in the store's list, or a file.

@@ -13,11 +13,27 @@ use support::{Env, rewrite_with_recomputed_chain, signing_env, stderr};
 /// `kahn checkpoint` for `key`'s tenant through the server; its stdout kept in a file named
 /// `name`, as a producer or auditor keeps evidence.
 fn checkpoint(env: &Env, key: &str, name: &str) -> PathBuf {
+    let (file, out) = checkpoint_out(env, key, name);
+    assert!(out.status.success(), "{}", stderr(&out));
+    file
+}
+
+/// `kahn checkpoint` after someone altered the store: the checkpoint is made and printed (the
+/// evidence), and the command says what it recorded, exit 3.
+fn checkpoint_recording(env: &Env, key: &str, name: &str, needle: &str) -> PathBuf {
+    let (file, out) = checkpoint_out(env, key, name);
+    assert_altered(&out, needle);
+    assert!(stderr(&out).contains("the checkpoint (kept above) records"), "{}", stderr(&out));
+    let kept: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(kept["tree_size"].as_u64().is_some(), "the checkpoint is printed: {kept}");
+    file
+}
+
+fn checkpoint_out(env: &Env, key: &str, name: &str) -> (PathBuf, Output) {
     let file = env.dir.path().join(format!("{name}.json"));
     let out = env.kahn(&["checkpoint"], Some(key));
-    assert!(out.status.success(), "{}", stderr(&out));
     std::fs::write(&file, &out.stdout).unwrap();
-    file
+    (file, out)
 }
 
 fn audit(env: &Env, key: &str, public: &Path, from: &Path, extra: &[&str]) -> Output {
@@ -108,7 +124,7 @@ fn an_edit_with_every_hash_recomputed_fails_the_next_audit() {
     let c1 = checkpoint(&env, &key, "c1");
     rewrite_with_recomputed_chain(&env.dir.path().join("kahn.db"), "release", 11);
     assert!(env.kahn(&["verify", "release"], Some(&key)).status.success(), "the chain passes");
-    checkpoint(&env, &key, "c2");
+    checkpoint_recording(&env, &key, "c2", "the run was rewritten");
     assert_altered(&audit(&env, &key, &public, &c1, &[]), "the run was rewritten");
 }
 
@@ -121,7 +137,7 @@ fn a_run_deleted_outside_retention_fails_the_next_audit() {
     }
     let c1 = checkpoint(&env, &key, "c1");
     delete_run(&sqlite(&env), "gone");
-    checkpoint(&env, &key, "c2");
+    checkpoint_recording(&env, &key, "c2", "removed outside retention");
     assert_altered(&audit(&env, &key, &public, &c1, &[]), "removed outside retention");
 }
 
@@ -146,7 +162,7 @@ fn runs_swapped_between_tenants_fail_both_tenants_audits() {
         conn.execute(&swap, rusqlite::params![choco_id, "stratt-run"]).unwrap();
     }
     for (key, c1) in kept {
-        checkpoint(&env, key, "after");
+        checkpoint_recording(&env, key, "after", "removed outside retention");
         assert_altered(&audit(&env, key, &public, &c1, &[]), "removed outside retention");
     }
 }
@@ -244,6 +260,6 @@ fn a_run_dated_back_to_expire_fails_the_audit() {
         .unwrap();
     let purged = env.ok(&["purge", "--tenant", "choco", "--json"], None);
     assert!(purged.contains("\"runs_removed\": 1"), "{purged}");
-    checkpoint(&env, &key, "c2");
+    checkpoint_recording(&env, &key, "c2", "moved back to make it expire");
     assert_altered(&audit(&env, &key, &public, &c1, &[]), "moved back to make it expire");
 }

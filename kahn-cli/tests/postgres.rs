@@ -337,8 +337,12 @@ async fn a_rewrite_recomputed_in_sql_passes_the_chain_but_not_the_receipt_nor_th
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("no longer extends the receipt") && err.contains("rewritten"), "{err}");
-    // ...and by the audit across the next checkpoint.
-    checkpoint("c2.json");
+    // ...and by the next checkpoint, which records it (exit 3, the checkpoint still printed),
+    // and the audit across it.
+    let out = kahn(&["checkpoint", "--url", &url], Some(&key));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("ALTERED") && err.contains("the run was rewritten"), "{err}");
     let out = kahn(
         &[
             "audit",
