@@ -9,7 +9,8 @@ use crate::admin::{
 };
 use crate::batch::AppendBatch;
 use crate::checkpoint::{
-    CheckpointInputs, CheckpointLog, NewCheckpoint, StoredCheckpoint, checkpoint_for, next_leaves,
+    CheckpointInputs, CheckpointLog, MadeCheckpoint, NewCheckpoint, StoredCheckpoint,
+    checkpoint_for, next_leaves,
 };
 use crate::error::{Error, Result};
 use crate::id::{ApiKeyId, OrgId, RunId, Seq, TenantId};
@@ -520,6 +521,20 @@ pub trait StorageBackendExt: StorageBackend {
         Ok(verifier.head())
     }
 
+    /// Makes the scope's tenant's next checkpoint at `now`, signed by `signer`, and returns
+    /// it: [`make_checkpoint_audited`](Self::make_checkpoint_audited) without the findings.
+    ///
+    /// # Errors
+    /// As [`make_checkpoint_audited`](Self::make_checkpoint_audited).
+    async fn make_checkpoint(
+        &self,
+        scope: &ReadScope,
+        signer: &crate::receipt::ReceiptSigner,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<StoredCheckpoint> {
+        self.make_checkpoint_audited(scope, signer, now).await.map(|made| made.checkpoint)
+    }
+
     /// Makes the scope's tenant's next checkpoint at `now`, signed by `signer`: reads the
     /// inputs, appends the leaves of what changed ([`next_leaves`]) and the signed root
     /// ([`checkpoint_for`]). When nothing changed since the latest checkpoint, returns that
@@ -527,17 +542,22 @@ pub trait StorageBackendExt: StorageBackend {
     /// reads again (up to 5 times). Never signs over a log that no longer extends the latest
     /// stored checkpoint (leaves removed or edited outside KAHN): that would sign a fork.
     ///
+    /// A checkpoint that records a change made outside KAHN (a run gone without a purge,
+    /// rewritten, dated back) is still appended — it is the evidence — and says so in
+    /// [`MadeCheckpoint::alteration`]: the [`audit`](crate::checkpoint::audit) from the
+    /// previous checkpoint fails.
+    ///
     /// # Errors
     /// [`Error::Integrity`] when the stored log does not extend its latest checkpoint;
-    /// As [`checkpoint_inputs`](StorageBackend::checkpoint_inputs) and
+    /// as [`checkpoint_inputs`](StorageBackend::checkpoint_inputs) and
     /// [`append_checkpoint`](StorageBackend::append_checkpoint); [`Error::Unavailable`]
     /// when the log kept moving.
-    async fn make_checkpoint(
+    async fn make_checkpoint_audited(
         &self,
         scope: &ReadScope,
         signer: &crate::receipt::ReceiptSigner,
         now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<StoredCheckpoint> {
+    ) -> Result<MadeCheckpoint> {
         let key_id = signer.public_key().id().to_owned();
         let mut tries = 0;
         loop {
@@ -547,12 +567,24 @@ pub trait StorageBackendExt: StorageBackend {
             let leaves = next_leaves(&inputs.log.leaves, &inputs.heads, &purged);
             let unlogged = !inputs.purges.is_empty();
             if let Some(latest) = inputs.log.latest().filter(|_| leaves.is_empty() && !unlogged) {
-                return Ok(latest.clone());
+                return Ok(MadeCheckpoint { checkpoint: latest.clone(), alteration: None });
             }
+            let previous =
+                inputs.log.latest().and_then(|c| c.envelope.unverified_checkpoint().ok());
             let after = inputs.log.leaves.len() as u64;
             let mut all = inputs.log.leaves;
             all.extend(leaves.iter().cloned());
             let checkpoint = checkpoint_for(scope.tenant(), &all, now, &key_id);
+            let alteration = previous.and_then(|old| {
+                let proof = crate::merkle::consistency_proof(
+                    &crate::checkpoint::leaf_hashes(&all),
+                    old.tree_size,
+                )
+                .ok()?;
+                crate::checkpoint::audit(&old, &checkpoint, &all, &proof)
+                    .err()
+                    .map(|e| e.to_string())
+            });
             let envelope = signer.sign_checkpoint(&checkpoint)?;
             let next = NewCheckpoint {
                 after,
@@ -561,7 +593,7 @@ pub trait StorageBackendExt: StorageBackend {
                 checkpoint: StoredCheckpoint { tree_size: checkpoint.tree_size, envelope },
             };
             match self.append_checkpoint(scope, &next).await {
-                Ok(()) => return Ok(next.checkpoint),
+                Ok(()) => return Ok(MadeCheckpoint { checkpoint: next.checkpoint, alteration }),
                 Err(Error::Unavailable { .. }) if tries < 4 => tries += 1,
                 Err(e) => return Err(e),
             }

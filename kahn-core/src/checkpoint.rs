@@ -816,6 +816,20 @@ pub fn check_extends_latest(log: &CheckpointLog) -> Result<(), Error> {
     Ok(())
 }
 
+/// A checkpoint just made ([`StorageBackendExt::make_checkpoint_audited`]) and what its
+/// maker found in it.
+///
+/// [`StorageBackendExt::make_checkpoint_audited`]: crate::StorageBackendExt::make_checkpoint_audited
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MadeCheckpoint {
+    /// The tenant's latest checkpoint (the one just appended, or the previous one when nothing
+    /// changed).
+    pub checkpoint: StoredCheckpoint,
+    /// When the checkpoint records a change made outside KAHN since the previous one: why the
+    /// audit between them fails. The checkpoint was appended all the same: it is the evidence.
+    pub alteration: Option<String>,
+}
+
 /// The proof that a run's state is in a checkpoint: its latest leaf there, the leaf's index
 /// and the RFC 9162 inclusion proof (`GET /v1/runs/{id}/proof`).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -65,8 +65,10 @@ pub(crate) async fn create(
         let Some(signer) = &state.inner.config.receipt_key else {
             return Err(ApiError::no_receipt_key());
         };
-        let made = state.inner.backend.make_checkpoint(scope, signer, chrono::Utc::now()).await?;
-        Ok(Json(CheckpointView::from(made)).into_response())
+        let made =
+            state.inner.backend.make_checkpoint_audited(scope, signer, chrono::Utc::now()).await?;
+        crate::server::report_alteration(scope.tenant(), &made);
+        Ok(Json(CheckpointView::from(made.checkpoint)).into_response())
     }
     .await;
     stamped(&view, result)

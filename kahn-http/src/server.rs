@@ -229,13 +229,14 @@ async fn checkpoint_turn(state: &AppState, signer: &kahn_core::receipt::ReceiptS
         let id = t.tenant.id;
         let made_one = async {
             let scope = backend.resolve_admin_override(id).await?;
-            backend.make_checkpoint(&scope, signer, chrono::Utc::now()).await
+            backend.make_checkpoint_audited(&scope, signer, chrono::Utc::now()).await
         }
         .await;
         match made_one {
             Ok(c) => {
                 made += 1;
-                tracing::debug!(target: "kahn_http::checkpoints", tenant = %id, tree_size = c.tree_size, "checkpoint");
+                report_alteration(id, &c);
+                tracing::debug!(target: "kahn_http::checkpoints", tenant = %id, tree_size = c.checkpoint.tree_size, "checkpoint");
             }
             Err(e) => {
                 failed += 1;
@@ -244,6 +245,23 @@ async fn checkpoint_turn(state: &AppState, signer: &kahn_core::receipt::ReceiptS
         }
     }
     tracing::info!(target: "kahn_http::checkpoints", tenants = made, failed, "checkpoints made");
+}
+
+/// Logs, loudly, a checkpoint that records a change made outside KAHN (the operator's
+/// emergency, like a failed integrity check).
+pub(crate) fn report_alteration(
+    tenant: kahn_core::TenantId,
+    made: &kahn_core::checkpoint::MadeCheckpoint,
+) {
+    if let Some(why) = &made.alteration {
+        tracing::error!(
+            target: "kahn_http::checkpoints",
+            tenant = %tenant,
+            tree_size = made.checkpoint.tree_size,
+            alteration = %why,
+            "a checkpoint recorded a change made outside KAHN since the previous one; kept as evidence"
+        );
+    }
 }
 
 /// Serves [`router`] on `listener` until `shutdown` completes, then stops accepting, lets

@@ -138,3 +138,29 @@ async fn stored_checkpoint_rows_that_do_not_decode_are_corrupt() {
         .unwrap();
     both_fail("checkpoint 0 envelope").await;
 }
+
+/// A checkpoint made after a run was deleted behind KAHN's back records it (a `Missing`
+/// leaf), is appended all the same, and says so; an honest one says nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_checkpoint_that_records_a_deletion_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = ReceiptSigner::generate().unwrap();
+    let h = Harness::new(Arc::new(SqliteBackend::connect(&url(&dir)).await.unwrap()));
+    let t = h.fresh_tenant().await;
+    for run in ["kept", "gone"] {
+        h.store.append(&t.write, &SourceLog::new(run, 2, "a", recent_base()).all()).await.unwrap();
+    }
+    let first = h.control.make_checkpoint_audited(&t.read, &signer, Utc::now()).await.unwrap();
+    assert_eq!((first.checkpoint.tree_size, first.alteration), (2, None), "the first is honest");
+
+    let raw = rusqlite::Connection::open(dir.path().join("kahn.db")).unwrap();
+    for table in ["transitions", "run_nodes", "runs"] {
+        raw.execute(&format!("DELETE FROM {table} WHERE run_id = 'gone'"), []).unwrap();
+    }
+    let made = h.control.make_checkpoint_audited(&t.read, &signer, Utc::now()).await.unwrap();
+    assert_eq!(made.checkpoint.tree_size, 3, "appended: the Missing leaf is the evidence");
+    let why = made.alteration.expect("the checkpoint records the deletion");
+    assert!(why.contains("gone") && why.contains("removed outside retention"), "{why}");
+    let log = h.control.read_checkpoint_log(&t.read).await.unwrap();
+    assert_eq!(log.latest(), Some(&made.checkpoint));
+}
