@@ -599,7 +599,7 @@ async fn http_many_runs(s: &Served, tag: &str, runs: u64) -> f64 {
 }
 
 /// Times `POST /v1/checkpoints` on `s`'s first tenant, in ms: the next checkpoint as it
-/// stands, one after 100 of its runs grew by a transition, one with nothing changed.
+/// stands, one after 100 new runs were pushed, one with nothing changed.
 async fn checkpoint_costs(s: &Served) -> (f64, f64, f64) {
     let client = kahn_http::HttpBackend::new(s.server.url()).unwrap();
     let key = kahn_core::ApiKey::parse(&s.keys[0]).unwrap();
@@ -1053,7 +1053,7 @@ async fn main() {
                     }
                 }
                 // A checkpoint of the signing server's tenant, which now holds `reps * runs`
-                // one-transition runs: the first (a leaf per run), one after 100 runs grew
+                // one-transition runs: the first (a leaf per run), one after 100 new runs
                 // (reads the whole log again), one with nothing changed.
                 let (full, grown, unchanged) = checkpoint_costs(&signed).await;
                 res.put(&format!("{label}.checkpoint_first_ms"), full.into());

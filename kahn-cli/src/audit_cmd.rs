@@ -1,5 +1,5 @@
 //! `kahn checkpoint` and `kahn audit`: a tenant's signed checkpoints, made and checked
-//! (docs/PROOFS.md, "Checkpoints").
+//! (docs/PROOFS.md, "Tenant checkpoints").
 
 use std::path::Path;
 

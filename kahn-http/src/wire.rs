@@ -575,7 +575,7 @@ impl From<CheckpointView> for StoredCheckpoint {
     }
 }
 
-/// A tenant's whole checkpoint log: every leaf (base64 of its encoding, as `docs/PROOFS.md`
+/// A tenant's whole checkpoint log: every leaf (base64 of its encoding, as `kahn_core::checkpoint`
 /// lays it out) and every signed checkpoint, oldest first. An auditor recomputes the roots
 /// from the leaves and checks them against the signed checkpoints it kept.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
