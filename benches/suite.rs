@@ -540,17 +540,30 @@ fn wait_all(children: &mut [Child], mut tick: impl FnMut()) -> Vec<ExitStatus> {
 }
 
 /// Runs `kahn push FILE --url URL --json`; returns seconds and the pusher's peak RSS (KiB),
-/// sampled from /proc while it runs (VmHWM only grows, so the last sample is the peak up to
-/// ~20 ms before exit).
+/// sampled from /proc every 20 ms on another thread while it runs (VmHWM only grows, so the
+/// last sample is the peak up to ~20 ms before exit). The time ends when the process is
+/// reaped, not at the next sample: polling every 20 ms added up to 20 ms to a ~80 ms push.
 fn kahn_push(url: &str, key: &str, file: &Path, run: &str) -> (f64, u64) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let start = Instant::now();
     let mut child =
-        [push_command(url, key, file, run).arg("--json").stderr(Stdio::inherit()).spawn().unwrap()];
-    let pid = child[0].id();
-    let mut hwm = 0;
-    let status = wait_all(&mut child, || hwm = hwm.max(status_kib(pid, "VmHWM").unwrap_or(0)));
-    assert!(status[0].success(), "kahn push failed: {}", status[0]);
-    (start.elapsed().as_secs_f64(), hwm)
+        push_command(url, key, file, run).arg("--json").stderr(Stdio::inherit()).spawn().unwrap();
+    let pid = child.id();
+    let (done, hwm) = (AtomicBool::new(false), AtomicU64::new(0));
+    let (status, elapsed) = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                hwm.fetch_max(status_kib(pid, "VmHWM").unwrap_or(0), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let status = child.wait().unwrap();
+        let elapsed = start.elapsed().as_secs_f64();
+        done.store(true, Ordering::Relaxed);
+        (status, elapsed)
+    });
+    assert!(status.success(), "kahn push failed: {status}");
+    (elapsed, hwm.into_inner())
 }
 
 /// The real pusher against the real server: first pushes of `n`, `reps` times.

@@ -113,9 +113,19 @@ impl NdjsonLine {
     /// [`Error::InvalidInput`] naming the field: `json` when the line is not JSON, `line`
     /// when it is not an object, `kind` when unknown, or the transition's/metadata's field.
     pub fn parse(line: &str) -> Result<Option<Self>, Error> {
+        Self::parse_after(line, None)
+    }
+
+    /// As [`parse`](Self::parse), for a line following one of run `previous`: a line naming
+    /// that run again shares its id instead of copying it (a chunk names its run on every
+    /// line). The result is the same as `parse`'s.
+    ///
+    /// # Errors
+    /// As [`parse`](Self::parse).
+    pub fn parse_after(line: &str, previous: Option<&RunId>) -> Result<Option<Self>, Error> {
         // A line in the wire form (what KAHN's own clients send) is read in place; any other
         // line, and every error, the general way.
-        if let Some(t) = crate::wire_read::transition(line) {
+        if let Some(t) = crate::wire_read::transition(line, previous) {
             return Ok(Some(NdjsonLine::Transition(t)));
         }
         // A transition a producer wrote (members in any order, whitespace) is canonicalised as

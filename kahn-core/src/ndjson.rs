@@ -56,9 +56,12 @@ fn push_json_str(out: &mut String, s: &str) {
     let _ = write!(out, "{}", Value::from(s));
 }
 
-/// Appends the opening of a transition line, up to and including the comma after `seq`.
-fn push_transition_head(out: &mut String, run_json: &str, seq: u64) {
-    let _ = write!(out, "{{\"run_id\":{run_json},\"seq\":{seq},");
+/// Appends the opening of a transition line, up to and including the comma after `seq`. A
+/// run id's characters (`[A-Za-z0-9._:-]`) need no escape in a JSON string.
+fn push_transition_head(out: &mut String, run_id: &RunId, seq: u64) {
+    out.push_str("{\"run_id\":\"");
+    out.push_str(run_id.as_str());
+    let _ = write!(out, "\",\"seq\":{seq},");
 }
 
 /// Appends members `{…}` without their opening brace (an empty object closes the line).
@@ -105,17 +108,28 @@ pub fn write_run(out: &mut String, run_id: &RunId, meta: &RunMeta) {
 
 /// Appends the line of transition `seq` of `run_id` (with its newline).
 pub fn write_transition(out: &mut String, run_id: &RunId, seq: u64, body: &TransitionBody) {
-    let mut id = String::new();
-    push_json_str(&mut id, run_id.as_str());
-    push_transition_head(out, &id, seq);
+    push_transition_head(out, run_id, seq);
     push_members(out, body.canonical_json());
+}
+
+/// The bytes [`write_transition`] writes, counted without writing them: the pusher sizes
+/// every line of a file against the chunk limit.
+fn transition_wire_len(run_id: &RunId, seq: u64, body: &TransitionBody) -> usize {
+    // `{"run_id":"` id `","seq":` digits `,` then the members with their closing brace (the
+    // body's canonical text without its opening one), then the newline.
+    const HEAD: usize = r#"{"run_id":"","seq":,"#.len();
+    let digits = seq.checked_ilog10().map_or(1, |d| d as usize + 1);
+    let members = match body.canonical_json() {
+        // No member: the head's comma is dropped and the brace closes the line.
+        "{}" => 0,
+        c => c.len() - 1,
+    };
+    HEAD + run_id.as_str().len() + digits + members + 1
 }
 
 /// Appends the line of a transition as read back from a store (with its newline).
 pub fn write_stored(out: &mut String, run_id: &RunId, row: &StoredTransition) {
-    let mut id = String::new();
-    push_json_str(&mut id, run_id.as_str());
-    push_transition_head(out, &id, row.seq.get());
+    push_transition_head(out, run_id, row.seq.get());
     push_members(out, &Value::Object(stored_body(row)).to_string());
 }
 
@@ -130,15 +144,20 @@ fn stored_body(row: &StoredTransition) -> Map<String, Value> {
 /// The whole batch as NDJSON: per run, its metadata line (also when the run carries nothing
 /// else, so it still exists in the batch), then its transitions in seq order.
 pub fn encode_batch(batch: &AppendBatch) -> String {
-    let mut out = String::new();
+    // Sized first: a 1 MiB body grown by doubling copies itself a score of times.
+    let transitions: usize = batch
+        .runs()
+        .iter()
+        .flat_map(|run| (run.start()..).zip(run.bodies()).map(|(seq, b)| (run.run_id(), seq, b)))
+        .map(|(run_id, seq, body)| transition_wire_len(run_id, seq, body))
+        .sum();
+    let mut out = String::with_capacity(transitions);
     for run in batch.runs() {
         if !run.meta().is_empty() || run.bodies().is_empty() {
             write_run(&mut out, run.run_id(), run.meta());
         }
-        let mut id = String::new();
-        push_json_str(&mut id, run.run_id().as_str());
         for (seq, body) in (run.start()..).zip(run.bodies()) {
-            push_transition_head(&mut out, &id, seq);
+            push_transition_head(&mut out, run.run_id(), seq);
             push_members(&mut out, body.canonical_json());
         }
     }
@@ -156,9 +175,14 @@ impl NdjsonLine {
 
     /// The exact bytes this line takes on the wire, its newline included.
     pub fn wire_len(&self) -> usize {
-        let mut out = String::new();
-        self.write_to(&mut out);
-        out.len()
+        match self {
+            NdjsonLine::Transition(t) => transition_wire_len(&t.run_id, t.seq.get(), &t.body),
+            NdjsonLine::Run { .. } => {
+                let mut out = String::new();
+                self.write_to(&mut out);
+                out.len()
+            }
+        }
     }
 }
 
@@ -202,6 +226,26 @@ mod tests {
             assert_eq!(line.wire_len(), out.len());
             let parsed = NdjsonLine::parse(out.trim_end()).unwrap().unwrap();
             assert_eq!(parsed, line, "{out}");
+        }
+    }
+
+    /// `wire_len` counts a transition's bytes without writing them: it must count exactly
+    /// what is written, whatever the seq's digits, the id's length and the body.
+    #[test]
+    fn a_transitions_wire_len_is_what_is_written() {
+        for id in ["r", "a.b:c-d_E9", &"x".repeat(200)] {
+            for seq in [0, 1, 9, 10, 99, 100, 12_345, 1 << 40, u64::MAX >> 1] {
+                for b in [body(""), body(r#","attrs":{"é":["\u0001",1e300]},"node":"n""#)] {
+                    let line = NdjsonLine::Transition(Transition {
+                        run_id: RunId::new(id).unwrap(),
+                        seq: Seq::new(seq).unwrap(),
+                        body: b,
+                    });
+                    let mut out = String::new();
+                    line.write_to(&mut out);
+                    assert_eq!(line.wire_len(), out.len(), "{out}");
+                }
+            }
         }
     }
 

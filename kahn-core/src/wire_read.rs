@@ -32,11 +32,16 @@ use crate::transition::{Transition, TransitionBody};
 const MAX_DEPTH: u32 = 100;
 
 /// Reads `line` when it is a transition in the wire form with a canonical body and valid
-/// fields; `None` otherwise (the general reader then decides, errors included).
-pub(crate) fn transition(line: &str) -> Option<Transition> {
+/// fields; `None` otherwise (the general reader then decides, errors included). A line naming
+/// run `previous` shares its id.
+pub(crate) fn transition(line: &str, previous: Option<&RunId>) -> Option<Transition> {
     let mut s = Scan { text: line, i: 0, members: Vec::new(), scratch: String::new() };
     s.eat_str("{\"run_id\":")?;
-    let run_id = RunId::new(s.plain_string()?).ok()?;
+    let id = s.plain_string()?;
+    let run_id = match previous {
+        Some(p) if p.as_str() == id => p.clone(),
+        _ => RunId::new(id).ok()?,
+    };
     s.eat_str(",\"seq\":")?;
     let seq = Seq::new(s.unsigned_integer()?).ok()?;
     s.eat(b',')?;

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use kahn_core::{BatchBuilder, Error, NdjsonLine};
+use kahn_core::{BatchBuilder, Error, NdjsonLine, RunId};
 
 use crate::auth::{IngestScope, TenantView};
 use crate::error::ApiError;
@@ -20,13 +20,21 @@ struct LineParser {
     pending: Vec<u8>,
     line_no: u64,
     builder: BatchBuilder,
+    /// The run the last transition named (the next line most likely names it too).
+    last_run: Option<RunId>,
     /// The most distinct runs the body may name.
     max_runs: usize,
 }
 
 impl LineParser {
     fn new(max_runs: usize) -> Self {
-        Self { pending: Vec::new(), line_no: 0, builder: BatchBuilder::new(), max_runs }
+        Self {
+            pending: Vec::new(),
+            line_no: 0,
+            builder: BatchBuilder::new(),
+            last_run: None,
+            max_runs,
+        }
     }
 
     fn feed(&mut self, mut chunk: &[u8]) -> Result<(), ApiError> {
@@ -63,7 +71,14 @@ impl LineParser {
             Error::InvalidInput { field, message } => ApiError::invalid_line(n, field, message),
             other => ApiError::from(other),
         };
-        if let Some(parsed) = NdjsonLine::parse(text).map_err(at_line)? {
+        if let Some(parsed) =
+            NdjsonLine::parse_after(text, self.last_run.as_ref()).map_err(at_line)?
+        {
+            if let NdjsonLine::Transition(t) = &parsed
+                && self.last_run.as_ref() != Some(&t.run_id)
+            {
+                self.last_run = Some(t.run_id.clone());
+            }
             self.builder.push(parsed).map_err(at_line)?;
             if self.builder.run_count() > self.max_runs {
                 return Err(ApiError::too_many_runs(self.max_runs));

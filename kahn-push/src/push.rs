@@ -430,12 +430,14 @@ struct Cutter {
     skip_head: Digest,
     /// A resume mark matching the store's count and head: its bytes may be skipped unparsed.
     hint: Option<Mark>,
+    /// Whether to hash the raw bytes for a mark (only when a resume cache will keep it).
+    mark: bool,
 }
 
-/// Reads the file, hashing every byte read (for the resume cache).
+/// Reads the file, hashing every byte read when a resume cache will keep a mark of it.
 struct Reader {
     inner: std::io::BufReader<std::fs::File>,
-    raw: sha2::Sha256,
+    raw: Option<sha2::Sha256>,
     bytes: u64,
 }
 
@@ -443,14 +445,16 @@ impl Reader {
     /// Consumes the mark's bytes if they are still what it says; otherwise rewinds.
     fn skip_marked(&mut self, mark: &Mark) -> std::io::Result<bool> {
         use std::io::{Read, Seek};
-        let copied = std::io::copy(&mut (&mut self.inner).take(mark.bytes), &mut self.raw)?;
-        let raw = Digest::from_bytes(self.raw.clone().finalize().into());
-        if copied == mark.bytes && raw == mark.raw_sha256 {
+        let mut raw = sha2::Sha256::new();
+        let copied = std::io::copy(&mut (&mut self.inner).take(mark.bytes), &mut raw)?;
+        if copied == mark.bytes
+            && Digest::from_bytes(raw.clone().finalize().into()) == mark.raw_sha256
+        {
             self.bytes = copied;
+            self.raw = Some(raw);
             return Ok(true);
         }
         self.inner.rewind()?;
-        self.raw = sha2::Sha256::new();
         Ok(false)
     }
 }
@@ -466,7 +470,7 @@ impl Cutter {
         let file = std::fs::File::open(path).map_err(io_error)?;
         let mut reader = Reader {
             inner: std::io::BufReader::with_capacity(256 * 1024, file),
-            raw: sha2::Sha256::new(),
+            raw: self.mark.then(sha2::Sha256::new),
             bytes: 0,
         };
         let (mut seq, mut line_no, mut prefix, mut prefix_bytes) = (0u64, 0u64, Digest::ZERO, 0u64);
@@ -496,7 +500,9 @@ impl Cutter {
             if n == 0 {
                 break;
             }
-            reader.raw.update(&buf);
+            if let Some(raw) = &mut reader.raw {
+                raw.update(&buf);
+            }
             reader.bytes += n as u64;
             at_line_end = buf.last() == Some(&b'\n');
             line_no += 1;
@@ -560,12 +566,12 @@ impl Cutter {
         }
         // A mark must end at a line's end: a file still being written may yet extend its
         // last line.
-        if at_line_end && !saw_meta {
+        if let (true, false, Some(raw)) = (at_line_end, saw_meta, reader.raw) {
             emit(Cut::End(Mark {
                 bytes: reader.bytes,
                 lines: line_no,
                 transitions: seq,
-                raw_sha256: Digest::from_bytes(reader.raw.finalize().into()),
+                raw_sha256: Digest::from_bytes(raw.finalize().into()),
                 head_hash: Digest::ZERO,
             }));
         }
@@ -601,6 +607,7 @@ impl Pass<'_> {
             skip,
             skip_head,
             hint,
+            mark: self.opts.resume_cache.is_some(),
         };
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Cut>>(1);
         let reading = tokio::task::spawn_blocking(move || {
@@ -913,6 +920,7 @@ mod tests {
             skip: 0,
             skip_head: Digest::ZERO,
             hint: None,
+            mark: false,
         };
         let mut sent = Vec::new();
         cutter
