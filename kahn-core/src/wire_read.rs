@@ -542,14 +542,18 @@ mod tests {
             "attrs": {"n": [1, -2, 0.5, 1e21, null, true, "é\u{1}\""], "z": {}, "a": []}});
         let t = general(&line.to_string()).expect("valid");
         let w = wire(&t);
-        assert_eq!(transition(&w).as_ref(), Some(&t), "{w}");
+        assert_eq!(transition(&w, None).as_ref(), Some(&t), "{w}");
+        // After a line of the same run the id is shared, after another run's it is read.
+        for previous in [t.run_id.clone(), RunId::new("other").expect("valid")] {
+            assert_eq!(transition(&w, Some(&previous)).as_ref(), Some(&t), "{w}");
+        }
     }
 
     #[test]
     fn anything_not_exactly_canonical_is_left_to_the_general_reader() {
         let base =
             r#"{"run_id":"r","seq":1,"attrs":{"a":1,"b":2},"to":"x","ts":"2026-01-01T00:00:00Z"}"#;
-        assert!(transition(base).is_some());
+        assert!(transition(base, None).is_some());
         for (why, line) in [
             ("keys out of order", base.replace(r#""a":1,"b":2"#, r#""b":2,"a":1"#)),
             ("a repeated key", base.replace(r#""a":1,"b":2"#, r#""a":1,"a":2"#)),
@@ -572,12 +576,12 @@ mod tests {
                 r#"{"run_id":"r","ts":"2026-01-01T00:00:00Z","seq":1,"to":"x"}"#.to_owned(),
             ),
         ] {
-            assert!(transition(&line).is_none(), "{why}: {line}");
+            assert!(transition(&line, None).is_none(), "{why}: {line}");
         }
         // Escapes JCS does write are canonical, and read in place.
         let escaped = base.replace(r#""a":1"#, r#""a":"\"\\\b\f\n\r\t\u0000\u001f""#);
-        assert_eq!(transition(&escaped).as_ref(), general(&escaped).ok().as_ref());
-        assert!(transition(&escaped).is_some());
+        assert_eq!(transition(&escaped, None).as_ref(), general(&escaped).ok().as_ref());
+        assert!(transition(&escaped, None).is_some());
     }
 
     /// What the general reader makes of a line of a run file (`run_id` and `seq` may be
@@ -684,7 +688,7 @@ mod tests {
             }
             let t = general(&line.to_string()).expect("a valid transition");
             let w = wire(&t);
-            let fast = transition(&w);
+            let fast = transition(&w, None);
             // Only a key holding an escape sends a wire line the general way.
             prop_assert!(fast.is_some() || w.contains('\\'), "read in place: {}", w);
             if let Some(fast) = fast {
@@ -709,7 +713,7 @@ mod tests {
             let i = at.index(w.len());
             if replace { w[i] = byte } else { w.insert(i, byte) }
             let Ok(w) = String::from_utf8(w) else { return Ok(()) };
-            if let Some(fast) = transition(&w) {
+            if let Some(fast) = transition(&w, None) {
                 prop_assert_eq!(Some(fast), general(&w).ok(), "{}", w);
             }
         }
