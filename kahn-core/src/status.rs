@@ -286,19 +286,25 @@ impl Progress {
             }
             Some(name) => {
                 let counts = &mut self.run.counts;
-                let node = self.nodes.entry(name.to_owned()).or_insert_with(|| {
-                    *counts.slot(class) += 1;
-                    NodeSummary {
-                        node: name.to_owned(),
-                        state: String::new(),
-                        class,
-                        started_at: None,
-                        ended_at: None,
-                        attempts: 0,
-                        first_seq: seq,
-                        last_seq: seq,
+                // Looked up before inserting: an append applies thousands of transitions to a
+                // few hundred nodes, and the entry API would copy the name for every one.
+                let node = match self.nodes.get_mut(name) {
+                    Some(node) => node,
+                    None => {
+                        *counts.slot(class) += 1;
+                        let node = NodeSummary {
+                            node: name.to_owned(),
+                            state: String::new(),
+                            class,
+                            started_at: None,
+                            ended_at: None,
+                            attempts: 0,
+                            first_seq: seq,
+                            last_seq: seq,
+                        };
+                        self.nodes.entry(name.to_owned()).or_insert(node)
                     }
-                });
+                };
                 let was_active = !node.state.is_empty() && node.class == StateClass::Active;
                 if node.class != class {
                     *counts.slot(node.class) -= 1;
@@ -312,7 +318,9 @@ impl Progress {
                 if class.is_terminal() && node.ended_at.is_none() {
                     node.ended_at = Some(ts);
                 }
-                node.state = to.to_owned();
+                // In place: the state's text is replaced, its buffer kept.
+                node.state.clear();
+                node.state.push_str(to);
                 node.class = class;
                 node.last_seq = seq;
                 Some(name)

@@ -157,13 +157,19 @@ impl HttpBackend {
     /// [`Error::Backend`] when the HTTP client cannot be built.
     pub fn new(base_url: &str) -> Result<Self> {
         install_crypto_provider();
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("kahn-http/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(120))
-            .build()
-            .map_err(transport)?;
-        Self::with_client(base_url, client)
+            .timeout(Duration::from_secs(120));
+        if Url::parse(base_url).is_ok_and(|u| u.scheme() == "http") {
+            // A plain-HTTP server needs no TLS: the system's root certificates are not loaded
+            // (~15 ms, most of a small push's start-up), and no redirect is followed, so one
+            // to https:// is reported as the server's answer rather than as a TLS failure.
+            builder = builder
+                .tls_certs_only(Vec::<reqwest::Certificate>::new())
+                .redirect(reqwest::redirect::Policy::none());
+        }
+        Self::with_client(base_url, builder.build().map_err(transport)?)
     }
 
     /// A client for `base_url` using a configured [`reqwest::Client`].
@@ -454,6 +460,18 @@ fn short(text: &str) -> String {
 async fn error_from(response: reqwest::Response) -> Error {
     let status = response.status();
     let wait = retry_after(&response);
+    if status.is_redirection() {
+        // Redirects are not followed (a KAHN server answers where it is asked): say where to.
+        let to = response.headers().get(reqwest::header::LOCATION);
+        let to = to.and_then(|v| v.to_str().ok()).unwrap_or("<no Location>");
+        return Error::invalid(
+            "url",
+            format!(
+                "the server answered HTTP {status}, redirecting to {}; use that URL",
+                short(to)
+            ),
+        );
+    }
     let text = response.text().await.unwrap_or_default();
     let Ok(body) = serde_json::from_str::<ErrorBody>(&text) else {
         // Not KAHN's JSON: a proxy, or not a KAHN server at all. Its page is not dumped whole.

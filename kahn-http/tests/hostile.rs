@@ -1031,3 +1031,39 @@ async fn past_the_servers_ingest_slots_an_ingest_waits_its_turn_then_503s() {
     drop((first, second));
     until_ok(&s, &a.key).await;
 }
+
+/// A plain-HTTP client follows no redirect (it loads no TLS roots, and a KAHN server answers
+/// where it is asked): a server that redirects is reported with where it points, and the
+/// place it points to is never asked.
+#[tokio::test]
+async fn a_redirect_is_reported_with_its_location_not_followed() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let followed = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let target = format!("{base}/followed");
+    let hits = followed.clone();
+    let app = axum::Router::new()
+        .route(
+            "/followed",
+            axum::routing::get(move || {
+                hits.fetch_add(1, Ordering::SeqCst);
+                async { "{}" }
+            }),
+        )
+        .fallback(move || {
+            let target = target.clone();
+            async move { (StatusCode::PERMANENT_REDIRECT, [(reqwest::header::LOCATION, target)]) }
+        });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let client = kahn_http::HttpBackend::new(&base).expect("client");
+    let e = client.ping().await.expect_err("a redirect is not an answer");
+    let message = e.to_string();
+    assert!(matches!(e, kahn_core::Error::InvalidInput { .. }), "{e:?}");
+    assert!(
+        message.contains(&format!("redirecting to {base}/followed; use that URL")),
+        "{message}"
+    );
+    assert_eq!(followed.load(Ordering::SeqCst), 0, "the redirect was followed");
+}
