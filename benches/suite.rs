@@ -566,28 +566,49 @@ fn kahn_push(url: &str, key: &str, file: &Path, run: &str) -> (f64, u64) {
     (elapsed, hwm.into_inner())
 }
 
-/// The real pusher against the real server: first pushes of `n`, `reps` times.
-fn http_ingest(
-    res: &mut Results,
-    label: &str,
-    server: &KahnServer,
-    key: &str,
-    dir: &Path,
-    n: u64,
-    reps: usize,
-) {
-    let mut tps = vec![];
+/// The real pusher against the real server, taking turns with the same pusher straight into
+/// the server's own database (the library's `push`, as the ingest section's push first, but
+/// without a resume cache on either side): first pushes of `n`, `reps` times each, the two
+/// alternating which goes first. The http/direct ratio is taken from these interleaved pairs:
+/// measured sections apart, drift on this shared machine (the same binary ran 120k–172k/s in
+/// runs minutes apart) moved the ratio more than any change did.
+async fn http_ingest(res: &mut Results, label: &str, s: &Served, dir: &Path, n: u64, reps: usize) {
+    let (server, key) = (&s.server, &s.keys[0]);
+    let direct: Arc<dyn StorageBackend> = match (&s.path, &s.pg) {
+        (Some(path), _) => Arc::new(SqliteBackend::open(SqliteOptions::file(path)).await.unwrap()),
+        (None, Some((db, _))) => Arc::new(db.app().await),
+        (None, None) => unreachable!("a served store is SQLite or Postgres"),
+    };
+    let secret = kahn_core::ApiKey::parse(key).unwrap();
+    let scope = direct.resolve_api_key(&secret).await.unwrap().unwrap();
+    let (mut tps, mut direct_tps) = (vec![], vec![]);
     let mut pusher_hwm = 0;
     for rep in 0..reps {
-        let run = format!("{label}-http-{n}-{rep}");
-        let file = dir.join(format!("{run}.ndjson"));
-        workload::write_file(&file, &run, n).unwrap();
-        let (t, hwm) = kahn_push(server.url(), key, &file, &run);
+        let file = |run: &str| {
+            let file = dir.join(format!("{run}.ndjson"));
+            workload::write_file(&file, run, n).unwrap();
+            file
+        };
+        let (run, direct_run) =
+            (format!("{label}-http-{n}-{rep}"), format!("{label}-direct-{n}-{rep}"));
+        let (http_file, direct_file) = (file(&run), file(&direct_run));
+        let src =
+            RunSource::from_path(&direct_file, Some(RunId::new(&direct_run).unwrap())).unwrap();
+        let direct_push = async || n as f64 / push_file(&*direct, &scope, &src, None).await;
+        if rep % 2 == 0 {
+            direct_tps.push(direct_push().await);
+        }
+        let (t, hwm) = kahn_push(server.url(), key, &http_file, &run);
         tps.push(n as f64 / t);
+        if rep % 2 == 1 {
+            direct_tps.push(direct_push().await);
+        }
         pusher_hwm = pusher_hwm.max(hwm);
-        let _ = std::fs::remove_file(&file);
+        let _ = std::fs::remove_file(&http_file);
+        let _ = std::fs::remove_file(&direct_file);
     }
     res.put(&format!("{label}.n{n}.http_push_first_tps"), med(tps));
+    res.put(&format!("{label}.n{n}.http_pair_direct_push_first_tps"), med(direct_tps));
     res.put(&format!("{label}.n{n}.http_pusher_hwm_mib"), json!(pusher_hwm / 1024));
     res.put(&format!("{label}.n{n}.http_server_hwm_mib"), json!(server_hwm_kib(server) / 1024));
 }
@@ -982,13 +1003,21 @@ async fn main() {
         for &n in &cfg.sizes {
             for label in ["sqlite", "pg"] {
                 let s = Served::start(label, dir.path(), &format!("http-{n}"), 1).await;
-                http_ingest(&mut res, label, &s.server, &s.keys[0], dir.path(), n, cfg.reps);
+                http_ingest(&mut res, label, &s, dir.path(), n, cfg.reps).await;
                 s.stop().await;
             }
             for a in ["sqlite", "pg"] {
+                // Interleaved pairs (see `http_ingest`); and against the ingest section's push
+                // first (with its resume cache, minutes earlier), as this ratio was taken before.
                 ratio(
                     &mut res,
                     &format!("ratio.{a}.n{n}.http/direct"),
+                    &format!("{a}.n{n}.http_push_first_tps"),
+                    &format!("{a}.n{n}.http_pair_direct_push_first_tps"),
+                );
+                ratio(
+                    &mut res,
+                    &format!("ratio.{a}.n{n}.http/ingest_push_first"),
                     &format!("{a}.n{n}.http_push_first_tps"),
                     &format!("{a}.n{n}.push_first_tps"),
                 );
