@@ -152,6 +152,10 @@ fn retry_after(response: &reqwest::Response) -> Option<Duration> {
 impl HttpBackend {
     /// A client for the server at `base_url` (e.g. `http://127.0.0.1:8080`).
     ///
+    /// For an `http://` URL no TLS root certificates are loaded and redirects are not
+    /// followed: a redirect is an error naming where it points ([`Error::InvalidInput`] on
+    /// `url`).
+    ///
     /// # Errors
     /// [`Error::InvalidInput`] naming `url` when it is not an absolute http(s) URL;
     /// [`Error::Backend`] when the HTTP client cannot be built.
