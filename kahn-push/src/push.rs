@@ -566,7 +566,10 @@ impl Cutter {
         }
         // A mark must end at a line's end: a file still being written may yet extend its
         // last line.
-        if let (true, false, Some(raw)) = (at_line_end, saw_meta, reader.raw) {
+        if at_line_end
+            && !saw_meta
+            && let Some(raw) = reader.raw
+        {
             emit(Cut::End(Mark {
                 bytes: reader.bytes,
                 lines: line_no,
