@@ -8,7 +8,8 @@
 //! * **Never blocks the runtime.** Each connection lives on its own thread; async methods send
 //!   the work there and await the answer.
 //! * **Reads beside writes.** One writer connection (appends serialize in the adapter) and a
-//!   pool of read-only reader connections that WAL lets read while the writer appends.
+//!   pool of read-only reader connections that WAL lets read while the writer appends; the
+//!   WAL is checkpointed into the file on a thread of its own, not in the writer's commits.
 //! * **Tenancy by the adapter.** Every statement on tenant data binds the scope's tenant; the
 //!   schema leads every key with `tenant_id`.
 //! * **Retention by receipt.** Each run keeps `received_at`, the store's clock at the last
@@ -30,6 +31,7 @@
 mod error;
 mod schema;
 mod store;
+mod wal;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -243,6 +245,9 @@ impl SqliteBackend {
                 let mut writer = Connection::open(path).map_err(db)?;
                 configure(&writer, Journal::EnableWal)?;
                 schema::migrate(&mut writer)?;
+                let checkpointer = Connection::open(path).map_err(db)?;
+                configure(&checkpointer, Journal::Keep)?;
+                wal::checkpoint_in_background(&mut writer, checkpointer)?;
                 let mut readers = Vec::with_capacity(options.readers);
                 for _ in 0..options.readers {
                     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY

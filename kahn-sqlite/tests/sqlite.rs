@@ -335,3 +335,42 @@ async fn database_files_are_created_private_to_their_owner_whatever_the_umask() 
     assert!(out.status.success(), "under umask 000: {text}{err}");
     assert!(text.contains("1 passed"), "the child ran the test: {text}");
 }
+
+/// The writer's commits no longer checkpoint (a thread of the adapter's own does): the log
+/// must still be copied into the database file while the store stays open, and stay bounded.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_log_is_checkpointed_into_the_file_while_appends_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kahn.db");
+    let h = Harness::new(Arc::new(SqliteBackend::connect(&url(&dir)).await.unwrap()));
+    let t = h.fresh_tenant().await;
+    let page = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))
+        .unwrap() as u64;
+    let size = |suffix: &str| {
+        std::fs::metadata(format!("{}{suffix}", path.display())).map(|m| m.len()).unwrap_or(0)
+    };
+    let before = size("");
+    // Well past SQLite's 1,000-page checkpoint threshold, in appends of 1,000 transitions.
+    let log = SourceLog::new("checkpointed", 40_000, "a", recent_base());
+    let mut largest_log = 0;
+    for start in (0..log.len()).step_by(1000) {
+        h.store.append(&t.write, &log.chunk(start, start + 1000)).await.unwrap();
+        largest_log = largest_log.max(size("-wal"));
+    }
+    // The background checkpoint may still be copying the last frames: wait for it, not long.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while size("") < before + 1000 * page && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        size("") >= before + 1000 * page,
+        "the database file did not grow ({before} -> {} bytes): nothing was checkpointed",
+        size("")
+    );
+    // The log never grew past the writer's inline bound plus one append's frames.
+    assert!(largest_log < 9000 * (page + 24), "the log reached {largest_log} bytes");
+    let n = h.store.verify_run(&t.read, &log.run_id).await;
+    assert!(n.is_ok(), "{n:?}");
+}
