@@ -99,6 +99,13 @@ fn a_growing_file_resumes_by_mark_and_an_edited_prefix_still_conflicts(env: &Env
         (grown["already_stored"].as_u64(), grown["appended"].as_u64()),
         (Some(500), Some(200))
     );
+    // Pushed again unchanged: the mark it was proved by is kept, and proves it again.
+    let again = push_json(env, &run, &key, &[]);
+    assert_eq!(
+        (&again["resumed_by_mark"], again["appended"].as_u64()),
+        (&serde_json::Value::Bool(true), Some(0)),
+        "{again}"
+    );
     std::fs::write(&file, text.replacen("\"tag\":\"a\"", "\"tag\":\"b\"", 1)).unwrap();
     let out = env.kahn(&["push", run.to_str().unwrap()], Some(&key));
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));

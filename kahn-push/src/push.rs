@@ -25,7 +25,6 @@ use kahn_core::{
 };
 use serde::Serialize;
 use serde_json::Value;
-use sha2::Digest as _;
 
 use crate::resume::{Mark, ResumeCache};
 
@@ -437,7 +436,7 @@ struct Cutter {
 /// Reads the file, hashing every byte read when a resume cache will keep a mark of it.
 struct Reader {
     inner: std::io::BufReader<std::fs::File>,
-    raw: Option<sha2::Sha256>,
+    raw: Option<blake3::Hasher>,
     bytes: u64,
 }
 
@@ -445,10 +444,9 @@ impl Reader {
     /// Consumes the mark's bytes if they are still what it says; otherwise rewinds.
     fn skip_marked(&mut self, mark: &Mark) -> std::io::Result<bool> {
         use std::io::{Read, Seek};
-        let mut raw = sha2::Sha256::new();
+        let mut raw = blake3::Hasher::new();
         let copied = std::io::copy(&mut (&mut self.inner).take(mark.bytes), &mut raw)?;
-        if copied == mark.bytes
-            && Digest::from_bytes(raw.clone().finalize().into()) == mark.raw_sha256
+        if copied == mark.bytes && Digest::from_bytes(*raw.finalize().as_bytes()) == mark.raw_blake3
         {
             self.bytes = copied;
             self.raw = Some(raw);
@@ -470,7 +468,7 @@ impl Cutter {
         let file = std::fs::File::open(path).map_err(io_error)?;
         let mut reader = Reader {
             inner: std::io::BufReader::with_capacity(256 * 1024, file),
-            raw: self.mark.then(sha2::Sha256::new),
+            raw: self.mark.then(blake3::Hasher::new),
             bytes: 0,
         };
         let (mut seq, mut line_no, mut prefix, mut prefix_bytes) = (0u64, 0u64, Digest::ZERO, 0u64);
@@ -574,7 +572,7 @@ impl Cutter {
                 bytes: reader.bytes,
                 lines: line_no,
                 transitions: seq,
-                raw_sha256: Digest::from_bytes(raw.finalize().into()),
+                raw_blake3: Digest::from_bytes(*raw.finalize().as_bytes()),
                 head_hash: Digest::ZERO,
             }));
         }
@@ -609,7 +607,7 @@ impl Pass<'_> {
             max: self.opts.max_chunk_bytes.clamp(1024, MAX_CHUNK_BYTES),
             skip,
             skip_head,
-            hint,
+            hint: hint.clone(),
             mark: self.opts.resume_cache.is_some(),
         };
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Cut>>(1);
@@ -668,7 +666,10 @@ impl Pass<'_> {
             && mark.transitions == report.next_seq
         {
             mark.head_hash = report.head_hash;
-            cache.save(&self.source.transitions, &self.source.run_id, &mark).await;
+            // A re-push that changed nothing leaves the mark it was proved by as it is.
+            if hint.as_ref() != Some(&mark) {
+                cache.save(&self.source.transitions, &self.source.run_id, &mark).await;
+            }
         }
         Ok(Outcome::Done)
     }
