@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value};
 
 use crate::error::Error;
+use crate::hash::{Digest, chain_link};
 use crate::id::{RunId, Seq};
 use crate::transition::{RunMeta, Transition, TransitionBody};
 
@@ -16,6 +17,20 @@ pub struct RunAppend {
     meta: RunMeta,
     start: Seq,
     bodies: Vec<TransitionBody>,
+    ahead: ChainAhead,
+}
+
+/// The chain links of a run's transitions computed before the append, off the store's writer,
+/// from an expected link before them (see [`BatchBuilder::chain_ahead`]). Derived from the
+/// bodies alone, so it is never part of what a batch is: two batches that differ only here are
+/// equal.
+#[derive(Clone, Debug, Default)]
+struct ChainAhead(Option<(Digest, Vec<Digest>)>);
+
+impl PartialEq for ChainAhead {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl RunAppend {
@@ -42,6 +57,18 @@ impl RunAppend {
     /// The transitions' bodies, in seq order from [`start`](Self::start).
     pub fn bodies(&self) -> &[TransitionBody] {
         &self.bodies
+    }
+
+    /// The chain links of [`bodies`](Self::bodies), one per body, when they were computed
+    /// ahead ([`BatchBuilder::chain_ahead`]) from `before`, the link before the first one;
+    /// `None` otherwise (then whoever needs them computes them).
+    pub fn links_ahead(&self, before: &Digest) -> Option<&[Digest]> {
+        match &self.ahead.0 {
+            Some((from, links)) if from == before && links.len() == self.bodies.len() => {
+                Some(links)
+            }
+            _ => None,
+        }
     }
 }
 
@@ -395,6 +422,7 @@ impl BatchBuilder {
                     meta: RunMeta::new(),
                     start: Seq::ZERO,
                     bodies: Vec::new(),
+                    ahead: ChainAhead::default(),
                 });
                 self.index.insert(run_id.clone(), self.runs.len() - 1);
                 self.runs.len() - 1
@@ -446,6 +474,8 @@ impl BatchBuilder {
             }
         }
         run.bodies.push(t.body);
+        // Links computed before this body no longer cover the run's transitions.
+        run.ahead = ChainAhead::default();
         Ok(())
     }
 
@@ -458,6 +488,40 @@ impl BatchBuilder {
         run.meta.merge(meta).map(|_| ()).map_err(|(field, _, _)| {
             Error::invalid(field, format!("two metadata lines for run {run_id} disagree"))
         })
+    }
+
+    /// Computes the chain links of each run's transitions ahead of the append, so the store's
+    /// writer, which every append of a store waits on, need not: the caller (a pusher's
+    /// reading thread, a server's request) does it while the writer works on something else.
+    ///
+    /// `before(run, start)` names the link the caller expects before the run's first
+    /// transition, at seq `start` (the chain head it last saw or computed for the run; for
+    /// `start` 0 that is [`Digest::ZERO`]), or `None` to leave the run alone. A backend uses
+    /// the links only when its stored link before `start` is that one
+    /// ([`RunAppend::links_ahead`]), so a wrong guess costs the work, never correctness.
+    ///
+    /// Returns, per run computed, its id, the seq after its last transition and the link
+    /// there: what the caller expects before the run's next chunk.
+    pub fn chain_ahead(
+        &mut self,
+        mut before: impl FnMut(&RunId, u64) -> Option<Digest>,
+    ) -> Vec<(RunId, u64, Digest)> {
+        let mut tips = Vec::new();
+        for run in self.runs.iter_mut().filter(|r| !r.bodies.is_empty()) {
+            let Some(from) = before(&run.run_id, run.start.get()) else { continue };
+            let mut prev = from;
+            let links = run
+                .bodies
+                .iter()
+                .map(|b| {
+                    prev = chain_link(&prev, &b.content_hash());
+                    prev
+                })
+                .collect();
+            run.ahead = ChainAhead(Some((from, links)));
+            tips.push((run.run_id.clone(), run.end(), prev));
+        }
+        tips
     }
 
     /// The batch.

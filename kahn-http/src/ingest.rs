@@ -204,7 +204,9 @@ pub(crate) async fn ingest(
             }
             parser.feed(&chunk)?;
         }
-        let batch = parser.finish()?.build();
+        let mut builder = parser.finish()?;
+        state.inner.chain_tips.chain_ahead(scope.tenant(), &mut builder);
+        let batch = builder.build();
         let cost = crate::ratelimit::ingest_cost(batch.runs().len(), batch.transition_count());
         charge(&state, &scope, Charge::Rest(cost)).await?;
         // Parsed while the append before it (of the same run, from this pusher) ran; it goes

@@ -10,7 +10,7 @@ use crate::auth_limit::AuthFailures;
 use crate::config::{ConfigError, ServerConfig};
 use crate::metrics::Metrics;
 use crate::oidc::Provider;
-use crate::queue::RunQueue;
+use crate::queue::{ChainTips, RunQueue};
 use crate::ratelimit::IngestLimits;
 
 /// Everything a request handler needs: the backend, the config, the JWT verifier, rate
@@ -35,6 +35,8 @@ pub(crate) struct Inner {
     pub(crate) ingest_slots: Arc<tokio::sync::Semaphore>,
     /// Appends to one run, in arrival order within this server.
     pub(crate) run_queue: RunQueue,
+    /// Where each run's chain was last computed to, for the next chunk's links.
+    pub(crate) chain_tips: ChainTips,
     /// Spans to an OpenTelemetry collector, when `otlp_endpoint` is set.
     pub(crate) otlp: Option<Arc<crate::otlp::Exporter>>,
 }
@@ -183,6 +185,7 @@ impl AppState {
                 auth_failures,
                 ingest_slots,
                 run_queue: RunQueue::default(),
+                chain_tips: ChainTips::default(),
                 otlp,
             }),
         })

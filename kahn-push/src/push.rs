@@ -411,7 +411,13 @@ impl Chunk {
         Ok(chunk)
     }
 
-    fn cut(self) -> Cut {
+    /// The chunk, its chain links computed ahead on this (the reading) thread from `tip`, the
+    /// link the store is expected to hold before it; `tip` moves to the chunk's end.
+    fn cut(mut self, tip: &mut (u64, Digest)) -> Cut {
+        let (next, head) = *tip;
+        for (_, end, last) in self.builder.chain_ahead(|_, start| (start == next).then_some(head)) {
+            *tip = (end, last);
+        }
         Cut::Chunk { batch: self.builder.build(), file_bytes: self.file_bytes }
     }
 }
@@ -482,6 +488,9 @@ impl Cutter {
         }
         let mut chunk = Chunk::with_meta(&self.meta, run_id, max)?;
         let mut cut_so_far = 0usize;
+        // The link the store holds before the next chunk, once the skipped prefix is proved
+        // to end at `skip_head` (a wrong guess only costs the store computing the links).
+        let mut tip = (skip, self.skip_head);
         let mut buf = Vec::with_capacity(4096);
         // Whether what was read so far ends at a line's end (a mark ends at one), and whether
         // it held a metadata line (a mark covers transition lines only: the store's count and
@@ -542,7 +551,7 @@ impl Cutter {
             }
             if chunk.wire + wire > chunk_limit(max, cut_so_far) && chunk.lines > 0 {
                 cut_so_far += 1;
-                if !emit(std::mem::replace(&mut chunk, Chunk::empty()).cut()) {
+                if !emit(std::mem::replace(&mut chunk, Chunk::empty()).cut(&mut tip)) {
                     return Ok(());
                 }
             }
@@ -559,7 +568,7 @@ impl Cutter {
             emit(Cut::Diverged);
             return Ok(());
         }
-        if chunk.lines > 0 && !emit(chunk.cut()) {
+        if chunk.lines > 0 && !emit(chunk.cut(&mut tip)) {
             return Ok(());
         }
         // A mark must end at a line's end: a file still being written may yet extend its
