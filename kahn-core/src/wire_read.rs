@@ -399,12 +399,20 @@ impl<'a> Scan<'a> {
     /// as they came: when their keys came in RFC 8785 order (the common case) that is one
     /// `}`; otherwise they are written again in that order. `None` when a key repeats.
     fn end_object(&mut self, out: &mut String, base: usize, first: usize) -> Option<()> {
-        use std::cmp::Ordering::Less;
-        let in_order =
-            |m: &[Member<'_>]| m.windows(2).all(|w| jcs_key_order(w[0].key, w[1].key) == Less);
+        use std::cmp::Ordering::{self, Less};
         let members = self.members.get_mut(first..)?;
+        // RFC 8785 orders keys by UTF-16 code units; when no key holds a byte at or above
+        // 0xEE that is their byte order (see `jcs_key_order`), checked once per object here
+        // rather than on both keys of every comparison.
+        let order: fn(&str, &str) -> Ordering =
+            if members.iter().all(|m| m.key.bytes().all(|b| b < 0xEE)) {
+                |a, b| a.as_bytes().cmp(b.as_bytes())
+            } else {
+                jcs_key_order
+            };
+        let in_order = |m: &[Member<'_>]| m.windows(2).all(|w| order(w[0].key, w[1].key) == Less);
         if !in_order(members) {
-            members.sort_unstable_by(|a, b| jcs_key_order(a.key, b.key));
+            members.sort_unstable_by(|a, b| order(a.key, b.key));
             if !in_order(members) {
                 return None;
             }
