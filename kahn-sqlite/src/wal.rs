@@ -51,13 +51,17 @@ pub(crate) fn checkpoint_in_background(writer: &mut Connection, conn: Connection
 /// What a commit leaving `pages` in the log does: wake the checkpointer past
 /// [`BACKGROUND_PAGES`], checkpoint inline past [`INLINE_PAGES`] (when the background thread is
 /// gone, as soon as the log passes the background threshold).
+///
+/// Past [`INLINE_PAGES`] the checkpointer is not woken: under appends back to back it would
+/// start a new checkpoint as soon as one ends, and the writer's inline one, which needs the
+/// same lock and never waits for it, could keep losing while the log grows. Left unwoken, it
+/// finishes the checkpoint it is in and the next commit's inline one runs.
 fn on_commit(wake: &Sender<()>, pages: i32, inline: impl FnOnce() -> rusqlite::Result<()>) {
     if pages < BACKGROUND_PAGES {
         return;
     }
-    let gone = matches!(wake.try_send(()), Err(TrySendError::Disconnected(())));
-    if pages >= INLINE_PAGES || gone {
-        // Busy (the checkpointer is mid-way) or failed: the next commit tries again.
+    if pages >= INLINE_PAGES || matches!(wake.try_send(()), Err(TrySendError::Disconnected(()))) {
+        // Busy (the checkpointer is finishing one) or failed: the next commit tries again.
         if let Err(e) = inline() {
             tracing::debug!("inline WAL checkpoint did not run: {e}");
         }
@@ -101,6 +105,7 @@ mod tests {
         assert!(!count_inline(&wake, BACKGROUND_PAGES));
         assert!(woken.try_recv().is_ok(), "past it the checkpointer is woken");
         assert!(count_inline(&wake, INLINE_PAGES), "past the inline bound the writer checkpoints");
+        assert!(woken.try_recv().is_err(), "past it the checkpointer is left to finish, not woken");
     }
 
     #[test]
