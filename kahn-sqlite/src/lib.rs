@@ -10,6 +10,8 @@
 //! * **Reads beside writes.** One writer connection (appends serialize in the adapter) and a
 //!   pool of read-only reader connections that WAL lets read while the writer appends; the
 //!   WAL is checkpointed into the file on a thread of its own, not in the writer's commits.
+//! * **Closes whole.** Dropping the backend waits for its connections to close; the last one
+//!   copies the WAL into the file, so once the drop returns the file alone is the store.
 //! * **Tenancy by the adapter.** Every statement on tenant data binds the scope's tenant; the
 //!   schema leads every key with `tenant_id`.
 //! * **Retention by receipt.** Each run keeps `received_at`, the store's clock at the last
@@ -47,7 +49,7 @@ use kahn_core::{
 use rusqlite::{Connection, OpenFlags};
 
 use crate::error::db;
-use crate::worker::Pool;
+use crate::worker::{Pool, Threads};
 
 /// Where and how to open the database.
 #[derive(Clone, Debug)]
@@ -128,8 +130,12 @@ impl SqliteOptions {
 /// KAHN on SQLite. Cheap to share: wrap it in an `Arc` (or `Arc<dyn StorageBackend>`).
 #[derive(Debug)]
 pub struct SqliteBackend {
-    writer: Pool,
+    // Dropped in this order, each waiting for its threads: the read-only readers, the writer,
+    // then the checkpointer's connection, closed last, which copies the WAL into the file and
+    // removes it (a read-only connection closed last could not).
     readers: Option<Pool>,
+    writer: Pool,
+    _checkpointer: Threads,
     path: Option<PathBuf>,
     /// When a key's use is next worth recording (`api_keys.last_used_at`).
     key_uses: KeyUseThrottle,
@@ -226,8 +232,9 @@ impl SqliteBackend {
                 configure(&conn, Journal::Keep)?;
                 schema::migrate(&mut conn)?;
                 Ok(Self {
-                    writer: Pool::start("rw", vec![conn], options.queue)?,
                     readers: None,
+                    writer: Pool::start("rw", vec![conn], options.queue)?,
+                    _checkpointer: Threads::default(),
                     path: None,
                     key_uses: KeyUseThrottle::new(),
                 })
@@ -247,7 +254,9 @@ impl SqliteBackend {
                 schema::migrate(&mut writer)?;
                 let checkpointer = Connection::open(path).map_err(db)?;
                 configure(&checkpointer, Journal::Keep)?;
-                wal::checkpoint_in_background(&mut writer, checkpointer)?;
+                // A bare handle until the writer's pool holds the writer: waiting for the
+                // checkpointer before the writer is closed would never end.
+                let checkpoint_thread = wal::checkpoint_in_background(&mut writer, checkpointer)?;
                 let mut readers = Vec::with_capacity(options.readers);
                 for _ in 0..options.readers {
                     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
@@ -259,12 +268,13 @@ impl SqliteBackend {
                     readers.push(conn);
                 }
                 Ok(Self {
-                    writer: Pool::start("writer", vec![writer], options.queue)?,
                     readers: if readers.is_empty() {
                         None
                     } else {
                         Some(Pool::start("reader", readers, options.queue)?)
                     },
+                    writer: Pool::start("writer", vec![writer], options.queue)?,
+                    _checkpointer: Threads::from(checkpoint_thread),
                     path: Some(path.clone()),
                     key_uses: KeyUseThrottle::new(),
                 })

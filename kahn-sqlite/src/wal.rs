@@ -27,14 +27,18 @@ pub(crate) const BACKGROUND_PAGES: i32 = 1000;
 pub(crate) const INLINE_PAGES: i32 = 8 * BACKGROUND_PAGES;
 
 /// Starts the checkpointer on `conn` (a read-write connection to the writer's database) and
-/// installs the hook on `writer` that wakes it. The thread ends when `writer` is dropped.
+/// installs the hook on `writer` that wakes it. The thread ends when `writer` is closed (the
+/// hook, and with it the waking end, is dropped with the connection), closing `conn`.
 ///
 /// # Errors
 /// [`Error::Backend`] when the thread cannot be started or the hook installed.
-pub(crate) fn checkpoint_in_background(writer: &mut Connection, conn: Connection) -> Result<()> {
+pub(crate) fn checkpoint_in_background(
+    writer: &mut Connection,
+    conn: Connection,
+) -> Result<thread::JoinHandle<()>> {
     // One pending wake-up is enough: a checkpoint copies every frame committed before it starts.
     let (wake, woken) = crossbeam_channel::bounded::<()>(1);
-    thread::Builder::new()
+    let thread = thread::Builder::new()
         .name("kahn-sqlite-checkpoint".into())
         .spawn(move || run(&conn, &woken))
         .map_err(|e| Error::backend("sqlite", e))?;
@@ -45,7 +49,8 @@ pub(crate) fn checkpoint_in_background(writer: &mut Connection, conn: Connection
             // commit report failure, so none is returned.
             Ok(())
         }))
-        .map_err(crate::error::db)
+        .map_err(crate::error::db)?;
+    Ok(thread)
 }
 
 /// What a commit leaving `pages` in the log does: wake the checkpointer past
@@ -81,6 +86,11 @@ fn run(conn: &Connection, woken: &Receiver<()>) {
             }
             Err(e) => tracing::warn!("background WAL checkpoint failed: {e}"),
         }
+    }
+    // The writer is closed (and the readers before it, see `SqliteBackend`): what the log still
+    // holds goes into the file now, so the file alone is the whole store once this returns.
+    if let Err(e) = conn.wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE) {
+        tracing::warn!("closing WAL checkpoint failed: {e}");
     }
 }
 

@@ -17,22 +17,60 @@ use tokio::sync::oneshot;
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
+/// Threads waited for when this is dropped, each after the ones before it: their connections
+/// are closed by the time the drop returns, so a process that exits right after dropping a
+/// backend leaves its database whole in the file (the last connection to close a WAL database
+/// copies the log into it and removes it), not in a file and a log beside it.
+#[derive(Debug, Default)]
+pub(crate) struct Threads(Vec<thread::JoinHandle<()>>);
+
+impl Threads {
+    /// Waits for `thread` too when dropped.
+    pub(crate) fn push(&mut self, thread: thread::JoinHandle<()>) {
+        self.0.push(thread);
+    }
+}
+
+impl From<thread::JoinHandle<()>> for Threads {
+    fn from(thread: thread::JoinHandle<()>) -> Self {
+        Self(vec![thread])
+    }
+}
+
+impl Drop for Threads {
+    fn drop(&mut self) {
+        let current = thread::current().id();
+        for thread in self.0.drain(..) {
+            // A thread never waits for itself (the last owner could be a job on it).
+            if thread.thread().id() != current {
+                // A thread that panicked has nothing left to close.
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+/// Fields drop in order: the queue's sender first, which ends the threads once they finish
+/// the jobs queued, then the threads, waited for.
 #[derive(Debug)]
 pub(crate) struct Pool {
     jobs: Sender<Job>,
+    /// Held for its drop: waits for the threads once `jobs` is gone.
+    _threads: Threads,
     name: String,
     capacity: usize,
 }
 
 impl Pool {
     /// Starts one thread per connection, taking jobs from a queue of at most `capacity`.
-    /// Threads end when the pool is dropped.
+    /// Threads end when the pool is dropped, and the drop waits for them (see [`Threads`]).
     pub(crate) fn start(name: &str, connections: Vec<Connection>, capacity: usize) -> Result<Self> {
         let capacity = capacity.max(1);
         let (jobs, queue) = crossbeam_channel::bounded::<Job>(capacity);
+        let mut threads = Threads::default();
         for (i, conn) in connections.into_iter().enumerate() {
             let queue: Receiver<Job> = queue.clone();
-            thread::Builder::new()
+            let thread = thread::Builder::new()
                 .name(format!("kahn-sqlite-{name}-{i}"))
                 .spawn(move || {
                     let mut conn = conn;
@@ -53,8 +91,9 @@ impl Pool {
                     }
                 })
                 .map_err(|e| Error::backend("sqlite", e))?;
+            threads.push(thread);
         }
-        Ok(Self { jobs, name: name.to_owned(), capacity })
+        Ok(Self { jobs, _threads: threads, name: name.to_owned(), capacity })
     }
 
     /// Queues `f` to run on one of the pool's connections, without waiting for it: for work

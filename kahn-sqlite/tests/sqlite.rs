@@ -374,3 +374,32 @@ async fn the_log_is_checkpointed_into_the_file_while_appends_go_on() {
     let n = h.store.verify_run(&t.read, &log.run_id).await;
     assert!(n.is_ok(), "{n:?}");
 }
+
+/// Dropping the backend waits for its connections to close, the last of them copying the WAL
+/// into the file and removing it: a copy of the file alone, taken once the backend is gone,
+/// is the whole store.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_backend_leaves_the_whole_store_in_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kahn.db");
+    let log = SourceLog::new("whole", 2_000, "a", recent_base());
+    let (key, head) = {
+        let h = Harness::new(Arc::new(SqliteBackend::connect(&url(&dir)).await.unwrap()));
+        let t = h.fresh_tenant().await;
+        let r = h.store.append(&t.write, &log.all()).await.unwrap();
+        let wal = format!("{}-wal", path.display());
+        assert!(std::path::Path::new(&wal).exists(), "appends go through the WAL");
+        (t.key.secret, r.runs[0].head_hash)
+    };
+    for suffix in ["-wal", "-shm"] {
+        let left = format!("{}{suffix}", path.display());
+        assert!(!std::path::Path::new(&left).exists(), "{left} is left after the drop");
+    }
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(&path, copy.path().join("kahn.db")).unwrap();
+    let store = SqliteBackend::connect(&url(&copy)).await.unwrap();
+    let scope = store.resolve_api_key(&key).await.unwrap().expect("the key is in the file");
+    assert_eq!(store.verify_run(&scope.read(), &log.run_id).await.unwrap(), head);
+    let run = store.get_run(&scope.read(), &log.run_id).await.unwrap();
+    assert_eq!(run.info.next_seq, 2_000, "every transition is in the file");
+}
