@@ -262,11 +262,15 @@ mod tests {
     use super::*;
     use crate::batch::AppendBatch;
 
-    fn batch(range: Range<u64>, tag: &str) -> AppendBatch {
-        let text: String = range
+    /// NDJSON of run `r`'s transitions `range`, each `to` its tag and seq.
+    fn lines(range: Range<u64>, tag: &str) -> String {
+        range
             .map(|i| format!("{{\"run_id\":\"r\",\"seq\":{i},\"ts\":\"2026-01-01T00:00:00Z\",\"to\":\"{tag}{i}\"}}\n"))
-            .collect();
-        AppendBatch::from_ndjson(&text).unwrap()
+            .collect()
+    }
+
+    fn batch(range: Range<u64>, tag: &str) -> AppendBatch {
+        AppendBatch::from_ndjson(&lines(range, tag)).unwrap()
     }
 
     fn chain(b: &AppendBatch) -> Vec<Digest> {
@@ -293,11 +297,8 @@ mod tests {
     }
 
     fn chunk_ahead(range: Range<u64>, from: Digest) -> (AppendBatch, Vec<(RunId, u64, Digest)>) {
-        let text: String = range
-            .map(|i| format!("{{\"run_id\":\"r\",\"seq\":{i},\"ts\":\"2026-01-01T00:00:00Z\",\"to\":\"s{i}\"}}\n"))
-            .collect();
         let mut builder = crate::BatchBuilder::new();
-        for line in text.lines() {
+        for line in lines(range, "s").lines() {
             builder.push(crate::NdjsonLine::parse(line).unwrap().unwrap()).unwrap();
         }
         let tips = builder.chain_ahead(|_, _| Some(from));

@@ -100,6 +100,52 @@ impl Drop for Place<'_> {
     }
 }
 
+/// Where this server last computed each run's chain to: the seq after a parsed batch's last
+/// transition and the link there. The next chunk of the run (parsed while that batch is
+/// appended) computes its links from it, on the request's thread, instead of the store's
+/// writer doing it inside the append ([`BatchBuilder::chain_ahead`]). A guess only: the store
+/// uses links computed ahead only when its stored link before the chunk is the one they were
+/// computed from, so a stale or wrong tip costs the work, never correctness.
+///
+/// Bounded: past [`ChainTips::CAPACITY`] runs it forgets them all and starts again.
+///
+/// [`BatchBuilder::chain_ahead`]: kahn_core::BatchBuilder::chain_ahead
+#[derive(Debug, Default)]
+pub(crate) struct ChainTips {
+    tips: Mutex<HashMap<Key, (u64, kahn_core::Digest)>>,
+}
+
+impl ChainTips {
+    /// Runs remembered at most.
+    pub(crate) const CAPACITY: usize = 4096;
+
+    /// Computes the links of `builder`'s runs ahead where a tip (or seq 0) says where their
+    /// chains start, and remembers where they end.
+    pub(crate) fn chain_ahead(&self, tenant: TenantId, builder: &mut kahn_core::BatchBuilder) {
+        // The lock is held per lookup, never while links are computed.
+        let ends = builder.chain_ahead(|run, start| {
+            if start == 0 {
+                return Some(kahn_core::Digest::ZERO);
+            }
+            match self.tips.lock().ok()?.get(&(tenant, run.clone())) {
+                Some(&(next, head)) if next == start => Some(head),
+                _ => None,
+            }
+        });
+        // A request of thousands of small runs is not what a tip is for.
+        if ends.len() > Self::CAPACITY {
+            return;
+        }
+        let Ok(mut tips) = self.tips.lock() else { return };
+        if tips.len() + ends.len() > Self::CAPACITY {
+            tips.clear();
+        }
+        for (run, end, head) in ends {
+            tips.insert((tenant, run), (end, head));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -154,11 +200,10 @@ mod tests {
     }
 
     fn chunk(run: &str, seqs: std::ops::Range<u64>) -> kahn_core::BatchBuilder {
+        use kahn_core::conformance::fixtures::{recent_base, transition_line};
         let mut b = kahn_core::BatchBuilder::new();
         for seq in seqs {
-            let line = format!(
-                "{{\"run_id\":\"{run}\",\"seq\":{seq},\"ts\":\"2026-01-01T00:00:00Z\",\"to\":\"x{seq}\"}}"
-            );
+            let line = transition_line(run, seq, "x", recent_base());
             b.push(kahn_core::NdjsonLine::parse(&line).unwrap().unwrap()).unwrap();
         }
         b
@@ -187,52 +232,6 @@ mod tests {
         tips.chain_ahead(TenantId::new_random(), &mut other);
         for b in [skipped.build(), other.build()] {
             assert!(b.runs()[0].links_ahead(&end).is_none());
-        }
-    }
-}
-
-/// Where this server last computed each run's chain to: the seq after a parsed batch's last
-/// transition and the link there. The next chunk of the run (parsed while that batch is
-/// appended) computes its links from it, on the request's thread, instead of the store's
-/// writer doing it inside the append ([`BatchBuilder::chain_ahead`]). A guess only: the store
-/// uses links computed ahead only when its stored link before the chunk is the one they were
-/// computed from, so a stale or wrong tip costs the work, never correctness.
-///
-/// Bounded: past [`ChainTips::CAPACITY`] runs it forgets them all and starts again.
-///
-/// [`BatchBuilder::chain_ahead`]: kahn_core::BatchBuilder::chain_ahead
-#[derive(Debug, Default)]
-pub(crate) struct ChainTips {
-    tips: Mutex<HashMap<Key, (u64, kahn_core::Digest)>>,
-}
-
-impl ChainTips {
-    /// Runs remembered at most.
-    pub(crate) const CAPACITY: usize = 4096;
-
-    /// Computes the links of `builder`'s runs ahead where a tip (or seq 0) says where their
-    /// chains start, and remembers where they end.
-    pub(crate) fn chain_ahead(&self, tenant: TenantId, builder: &mut kahn_core::BatchBuilder) {
-        // The lock is held per lookup, never while links are computed.
-        let ends = builder.chain_ahead(|run, start| {
-            if start == 0 {
-                return Some(kahn_core::Digest::ZERO);
-            }
-            match self.tips.lock().ok()?.get(&(tenant, run.clone())) {
-                Some(&(next, head)) if next == start => Some(head),
-                _ => None,
-            }
-        });
-        // A request of thousands of small runs is not what a tip is for.
-        if ends.len() > Self::CAPACITY {
-            return;
-        }
-        let Ok(mut tips) = self.tips.lock() else { return };
-        if tips.len() + ends.len() > Self::CAPACITY {
-            tips.clear();
-        }
-        for (run, end, head) in ends {
-            tips.insert((tenant, run), (end, head));
         }
     }
 }

@@ -182,7 +182,7 @@ mod tests {
             bytes: 10,
             lines: 2,
             transitions: 2,
-            raw_blake3: Digest::sha256(b"raw"),
+            raw_blake3: Digest::from_bytes(*blake3::hash(b"raw").as_bytes()),
             head_hash: Digest::sha256(b"head"),
         }
     }

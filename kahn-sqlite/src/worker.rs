@@ -24,13 +24,6 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 #[derive(Debug, Default)]
 pub(crate) struct Threads(Vec<thread::JoinHandle<()>>);
 
-impl Threads {
-    /// Waits for `thread` too when dropped.
-    pub(crate) fn push(&mut self, thread: thread::JoinHandle<()>) {
-        self.0.push(thread);
-    }
-}
-
 impl From<thread::JoinHandle<()>> for Threads {
     fn from(thread: thread::JoinHandle<()>) -> Self {
         Self(vec![thread])
@@ -67,7 +60,7 @@ impl Pool {
     pub(crate) fn start(name: &str, connections: Vec<Connection>, capacity: usize) -> Result<Self> {
         let capacity = capacity.max(1);
         let (jobs, queue) = crossbeam_channel::bounded::<Job>(capacity);
-        let mut threads = Threads::default();
+        let mut threads = Vec::with_capacity(connections.len());
         for (i, conn) in connections.into_iter().enumerate() {
             let queue: Receiver<Job> = queue.clone();
             let thread = thread::Builder::new()
@@ -93,7 +86,7 @@ impl Pool {
                 .map_err(|e| Error::backend("sqlite", e))?;
             threads.push(thread);
         }
-        Ok(Self { jobs, _threads: threads, name: name.to_owned(), capacity })
+        Ok(Self { jobs, _threads: Threads(threads), name: name.to_owned(), capacity })
     }
 
     /// Queues `f` to run on one of the pool's connections, without waiting for it: for work
