@@ -365,6 +365,97 @@ fn a_failed_node_reads_as_a_failed_run_everywhere(env: &Env) {
     assert_eq!((again["appended"].as_u64(), again["already_stored"].as_u64()), (Some(0), Some(4)));
 }
 
+/// A file in every spelling a producer might use (keys in any order, run ids and seqs given
+/// or not, whitespace, CRLF, escaped keys, metadata lines), long enough for several chunks.
+/// Line `bad` (from 1), when given, lacks its `ts` (an odd one is indented, so the pusher
+/// parses it itself; an even one it only looks at, and the server refuses).
+fn spelled_file(path: &Path, run: &str, bad: Option<usize>) {
+    let mut text = String::new();
+    let mut seq = 0;
+    for line_no in 1..=3000 {
+        let ts = format!("2026-11-23T09:{:02}:{:02}Z", line_no / 60 % 60, line_no % 60);
+        let line = match line_no % 10 {
+            _ if Some(line_no) == bad => format!(
+                r#"{}{{"to":"running","node":"n{line_no}"}}"#,
+                if line_no % 2 == 1 { " " } else { "" }
+            ),
+            0 => format!(r#"{{"ts":"{ts}","to":"running","node":"n{line_no}"}}"#),
+            1 => format!(r#"{{"run_id":"{run}","seq":{seq},"to":"done","ts":"{ts}"}}"#),
+            2 => format!(
+                r#"{{ "seq" : {seq} , "ts":"{ts}", "to":"x", "attrs":{{"b":[1.50,{{"kind":"y","seq":1}}],"a":"}}{{\"q\u00e9 é"}} }}"#
+            ),
+            3 => format!("{{\"ts\":\"{ts}\",\"to\":\"y\"}}\r"),
+            4 => format!(r#"  {{"ts":"{ts}","to":"y"}}"#),
+            5 => format!(r#"{{"\u0074s":"{ts}","to":"z","attrs":{{"n":1e2}}}}"#),
+            6 => String::new(),
+            7 if line_no == 7 => r#"{"kind":"run","source":"traceo","labels":{"ci":"x"}}"#.into(),
+            8 => format!(r#"{{"run_id":"{run}","ts":"{ts}","to":"w","attrs":{{}}}}"#),
+            _ => format!(r#"{{"ts":"{ts}","to":"v","attrs":{{"pad":"{}"}}}}"#, "p".repeat(400)),
+        };
+        let is_transition = !line.trim().is_empty() && !line.contains("\"kind\":\"run\"");
+        text.push_str(&line);
+        text.push('\n');
+        seq += u64::from(is_transition);
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// Over HTTP the pusher forwards most lines as they are written and the server reads them;
+/// that must store exactly what a push straight into a database stores, and name a bad line
+/// by the same line of the file in the same words.
+fn every_spelling_stores_and_fails_as_a_direct_push_does(env: &Env) {
+    let direct = Env::new();
+    let (key, direct_key) = (env.key("traceo"), direct.key("traceo"));
+    let file = env.dir.path().join("spelled.ndjson");
+    spelled_file(&file, "spelled", None);
+    let pushed = push_json(env, &file, &key, &[]);
+    let reference = push_json(&direct, &file, &direct_key, &[]);
+    assert!(pushed["chunks"].as_u64().unwrap() >= 3, "{pushed}");
+    for field in ["appended", "next_seq", "head_hash"] {
+        assert_eq!(pushed[field], reference[field], "{field}: {pushed} vs {reference}");
+    }
+    let shown = |env: &Env, key: &str| {
+        let text = env.ok(&["runs", "show", "spelled", "--json"], Some(key));
+        let shown: serde_json::Value = serde_json::from_str(&text).unwrap();
+        (shown["source"].clone(), shown["labels"].clone(), shown["head_hash"].clone())
+    };
+    assert_eq!(shown(env, &key), shown(&direct, &direct_key));
+
+    // Bad lines: in the first chunk, one the server refuses and one the pusher parses itself;
+    // and one chunks later.
+    for bad in [2, 5, 2_998] {
+        let run = format!("bad-{bad}");
+        let file = env.dir.path().join(format!("{run}.ndjson"));
+        spelled_file(&file, &run, Some(bad));
+        let args = ["push", file.to_str().unwrap()];
+        let (out, reference) = (env.kahn(&args, Some(&key)), direct.kahn(&args, Some(&direct_key)));
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("line {bad}:")) && err.contains("ts"), "{err}");
+        // The progress lines differ (where chunks end); the error and its hint do not.
+        let error = |stderr: &str| -> Vec<String> {
+            stderr.lines().filter(|l| !l.starts_with("push: ")).map(str::to_owned).collect()
+        };
+        let direct_err = String::from_utf8_lossy(&reference.stderr);
+        assert_eq!(error(&err), error(&direct_err), "the same words both ways");
+        // What chunks came before the bad one are stored (where chunks end differs: lines
+        // forwarded as written are not their canonical size); nothing from the bad line on.
+        let out = env.kahn(&["runs", "show", &run, "--json"], Some(&key));
+        let stored = match out.status.code() {
+            Some(0) => {
+                serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["next_seq"]
+                    .as_u64()
+                    .unwrap()
+            }
+            _ => 0,
+        };
+        assert!(stored < bad as u64, "{stored} stored before line {bad}");
+        if stored > 0 {
+            env.ok(&["verify", &run], Some(&key));
+        }
+    }
+}
+
 /// Each scenario once against the SQLite file, once through a real `kahn serve`.
 macro_rules! over_db_and_http {
     ($($name:ident),* $(,)?) => {
@@ -395,6 +486,7 @@ over_db_and_http!(
     bridges_onboard_idempotently_and_repush_a_retried_job_as_one_run,
     a_pusher_killed_mid_run_is_resumed_by_a_rerun_and_the_log_equals_the_source,
     a_failed_node_reads_as_a_failed_run_everywhere,
+    every_spelling_stores_and_fails_as_a_direct_push_does,
 );
 
 /// The server's count of ingests it refused for now (429), from `/metrics`.

@@ -169,6 +169,32 @@ pub trait StorageBackend: Debug + Send + Sync + 'static {
     /// [`Error::Gap`], [`Error::Conflict`] as above — and nothing is written.
     async fn append(&self, scope: &WriteScope, batch: &AppendBatch) -> Result<AppendReport>;
 
+    /// Appends NDJSON lines in the form `POST /v1/ingest/transitions` takes (see
+    /// [`AppendBatch::from_ndjson_bytes`]): one call is one [`append`](Self::append), under
+    /// the same rules.
+    ///
+    /// The default parses the lines here and appends the batch. A store that reads NDJSON on
+    /// the far side of a connection anyway (the HTTP client) sends the bytes as they are,
+    /// and says so with [`prefers_ndjson`](Self::prefers_ndjson).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for the first bad line, its message starting `line N:` (N
+    /// counts the body's lines from 1), and nothing is written; otherwise as
+    /// [`append`](Self::append).
+    async fn append_ndjson(&self, scope: &WriteScope, body: bytes::Bytes) -> Result<AppendReport> {
+        let batch = AppendBatch::from_ndjson_bytes(&body)?;
+        self.append(scope, &batch).await
+    }
+
+    /// Whether NDJSON already in hand is best handed over as it is, with
+    /// [`append_ndjson`](Self::append_ndjson), rather than parsed by the caller into a batch:
+    /// `true` for a store that parses every line again on its side (a remote server), so the
+    /// caller's parse would be spent twice. `false` (the default) for a store in this process,
+    /// where the caller parsing on a thread of its own keeps the store's writer free.
+    fn prefers_ndjson(&self) -> bool {
+        false
+    }
+
     /// A page of the scope's runs, newest activity first.
     ///
     /// # Errors

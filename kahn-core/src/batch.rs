@@ -103,15 +103,37 @@ impl AppendBatch {
     /// # Errors
     /// The first invalid line's [`Error::InvalidInput`], its message starting `line N:`.
     pub fn from_ndjson(text: &str) -> Result<Self, Error> {
+        Self::from_ndjson_bytes(text.as_bytes())
+    }
+
+    /// Builds a batch from NDJSON bytes as `POST /v1/ingest/transitions` reads its body: lines
+    /// end at `\n` (a `\r` before it is dropped), blank lines are ignored, a line that is not
+    /// UTF-8 is refused.
+    ///
+    /// # Errors
+    /// The first invalid line's [`Error::InvalidInput`], its message starting `line N:`.
+    pub fn from_ndjson_bytes(body: &[u8]) -> Result<Self, Error> {
         let mut builder = BatchBuilder::new();
-        for (i, line) in text.lines().enumerate() {
+        let mut last_run: Option<RunId> = None;
+        let body = body.strip_suffix(b"\n").unwrap_or(body);
+        for (i, line) in body.split(|b| *b == b'\n').enumerate() {
             let at_line = |e: Error| match e {
                 Error::InvalidInput { field, message } => {
                     Error::InvalidInput { field, message: format!("line {}: {message}", i + 1) }
                 }
                 other => other,
             };
-            if let Some(parsed) = NdjsonLine::parse(line).map_err(at_line)? {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let text = std::str::from_utf8(line)
+                .map_err(|_| at_line(Error::invalid("line", "is not valid UTF-8")))?;
+            if let Some(parsed) =
+                NdjsonLine::parse_after(text, last_run.as_ref()).map_err(at_line)?
+            {
+                if let NdjsonLine::Transition(t) = &parsed
+                    && last_run.as_ref() != Some(&t.run_id)
+                {
+                    last_run = Some(t.run_id.clone());
+                }
                 builder.push(parsed).map_err(at_line)?;
             }
         }

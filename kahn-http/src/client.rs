@@ -150,6 +150,23 @@ fn retry_after(response: &reqwest::Response) -> Option<Duration> {
 }
 
 impl HttpBackend {
+    /// `POST /v1/ingest/transitions` with `body`, as the tenant of `scope`'s key.
+    async fn ingest(&self, scope: &WriteScope, body: bytes::Bytes) -> Result<AppendReport> {
+        // An operator's scope has no key to present; it is never forwarded.
+        let Some(key) = scope.api_key() else {
+            return Self::unsupported("append with an operator scope");
+        };
+        let rb = self
+            .request(Method::POST, &["v1", "ingest", "transitions"])?
+            .bearer_auth(key.expose_secret())
+            .header(CONTENT_TYPE, NDJSON)
+            .body(body);
+        let response = self.send(rb).await?;
+        check_tenant(&response, scope.tenant())?;
+        let report: IngestReport = Self::json(response).await?;
+        Ok(report.into())
+    }
+
     /// A client for the server at `base_url` (e.g. `http://127.0.0.1:8080`).
     ///
     /// For an `http://` URL no TLS root certificates are loaded and redirects are not
@@ -654,20 +671,16 @@ impl StorageBackend for HttpBackend {
     }
 
     async fn append(&self, scope: &WriteScope, batch: &AppendBatch) -> Result<AppendReport> {
-        // An operator's scope has no key to present; it is never forwarded.
-        let Some(key) = scope.api_key() else {
-            return Self::unsupported("append with an operator scope");
-        };
-        let body = kahn_core::ndjson::encode_batch(batch);
-        let rb = self
-            .request(Method::POST, &["v1", "ingest", "transitions"])?
-            .bearer_auth(key.expose_secret())
-            .header(CONTENT_TYPE, NDJSON)
-            .body(body);
-        let response = self.send(rb).await?;
-        check_tenant(&response, scope.tenant())?;
-        let report: IngestReport = Self::json(response).await?;
-        Ok(report.into())
+        self.ingest(scope, kahn_core::ndjson::encode_batch(batch).into()).await
+    }
+
+    /// Sends the lines as they are: the server reads every line anyway.
+    async fn append_ndjson(&self, scope: &WriteScope, body: bytes::Bytes) -> Result<AppendReport> {
+        self.ingest(scope, body).await
+    }
+
+    fn prefers_ndjson(&self) -> bool {
+        true
     }
 
     async fn list_runs(&self, scope: &ReadScope, query: &RunQuery) -> Result<RunPage> {

@@ -38,7 +38,7 @@ impl LineParser {
     }
 
     fn feed(&mut self, mut chunk: &[u8]) -> Result<(), ApiError> {
-        while let Some(i) = chunk.iter().position(|b| *b == b'\n') {
+        while let Some(i) = memchr::memchr(b'\n', chunk) {
             let (head, rest) = chunk.split_at(i);
             let line = if self.pending.is_empty() {
                 self.line(head)

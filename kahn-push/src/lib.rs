@@ -7,6 +7,7 @@
 //! backends.
 
 pub mod bridge;
+mod forward;
 pub mod provision;
 pub mod push;
 pub mod resume;

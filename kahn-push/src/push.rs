@@ -3,7 +3,9 @@
 //! It first asks the store how much of the run it holds (`next_seq`, `head_hash`), hashes that
 //! prefix of the file locally and compares the one chain link, then sends only what is
 //! missing, in chunks of at most 1 MiB cut on line boundaries. Reading (parsing,
-//! canonicalising, hashing) runs on its own thread, one chunk ahead of the append. Memory
+//! canonicalising, hashing) runs on its own thread, one chunk ahead of the append; to a store
+//! that parses NDJSON itself (a server), lines are forwarded as written instead of parsed
+//! twice (see [`StorageBackend::prefers_ndjson`] and `forward.rs`). Memory
 //! stays flat: at most three chunks are held at a time, whatever the file's size. Retryable
 //! failures (rate limits, restarts, lost connections) are retried with exponential backoff
 //! and jitter (backon, see [`with_retries`]), honouring the store's `Retry-After`; since
@@ -26,6 +28,7 @@ use kahn_core::{
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::forward::{self, Forwarded, Look, Origins};
 use crate::resume::{Mark, ResumeCache};
 
 /// Largest chunk sent in one append, in bytes of NDJSON.
@@ -255,8 +258,8 @@ pub fn locate(source: &RunSource, seq: u64) -> Result<Option<(u64, Transition)>>
 /// Pushes `source` into `store` as the tenant of `scope`, resuming from what is stored.
 ///
 /// # Errors
-/// [`Error::InvalidInput`] naming the line and field of the first bad line (nothing after it
-/// is sent); [`Error::Conflict`] when the store holds different content (nothing is
+/// [`Error::InvalidInput`] naming the line of the file and the field of the first bad line
+/// (nothing from the chunk holding it on is stored; the chunks before it are); [`Error::Conflict`] when the store holds different content (nothing is
 /// rewritten); [`Error::Unavailable`] when retries ran out; others as the store returns them.
 pub async fn push(
     store: &dyn StorageBackend,
@@ -359,7 +362,7 @@ enum Cut {
     /// `by_mark` when the resume cache's mark proved it.
     Resumed { bytes: u64, transitions: u64, by_mark: bool },
     /// A chunk to append, and the bytes of the file it covers.
-    Chunk { batch: AppendBatch, file_bytes: u64 },
+    Chunk { payload: Payload, file_bytes: u64 },
     /// The file's prefix is not what the store holds (or is shorter than it).
     Diverged,
     /// The whole file was read: what it holds, for the resume cache (its `head_hash` is not
@@ -367,9 +370,18 @@ enum Cut {
     End(Mark),
 }
 
+/// A chunk as the store is handed it.
+enum Payload {
+    /// Parsed lines (a store in this process).
+    Batch(AppendBatch),
+    /// NDJSON, forwarded (a store that parses it on its side; see [`crate::forward`]), and
+    /// where its lines came from in the file.
+    Ndjson(bytes::Bytes, Origins),
+}
+
 /// A chunk's append, answered.
 struct Sent {
-    batch: AppendBatch,
+    payload: Payload,
     file_bytes: u64,
     /// Sent while an earlier chunk was in flight.
     behind: bool,
@@ -377,23 +389,36 @@ struct Sent {
     result: Result<AppendReport>,
 }
 
-/// One chunk being cut: its lines, grouped and checked, its size on the wire (bounded by
-/// the chunk limit) and in the file (for progress).
+/// One chunk being cut: its lines, grouped and checked (or forwarded), its size on the wire
+/// (bounded by the chunk limit) and in the file (for progress).
 struct Chunk {
-    builder: BatchBuilder,
+    lines: Lines,
     wire: usize,
     file_bytes: u64,
-    lines: u64,
+    count: u64,
+}
+
+/// A chunk's lines as they are gathered.
+enum Lines {
+    /// Parsed into a batch.
+    Parsed(BatchBuilder),
+    /// Forwarded as NDJSON.
+    Forwarded(Forwarded),
 }
 
 impl Chunk {
-    fn empty() -> Self {
-        Self { builder: BatchBuilder::new(), wire: 0, file_bytes: 0, lines: 0 }
+    /// An empty chunk; forwarded when `forward` names its run and first seq.
+    fn empty(forward: Option<(&RunId, u64)>) -> Self {
+        let lines = match forward {
+            Some((run_id, seq)) => Lines::Forwarded(Forwarded::new(run_id, seq)),
+            None => Lines::Parsed(BatchBuilder::new()),
+        };
+        Self { lines, wire: 0, file_bytes: 0, count: 0 }
     }
 
     /// A chunk opening with the run's metadata line, counted in its size.
-    fn with_meta(meta: &RunMeta, run_id: &RunId, max: usize) -> Result<Self> {
-        let mut chunk = Self::empty();
+    fn with_meta(meta: &RunMeta, run_id: &RunId, max: usize, forward: Option<u64>) -> Result<Self> {
+        let mut chunk = Self::empty(forward.map(|seq| (run_id, seq)));
         if !meta.is_empty() {
             let wire = meta_wire_bytes(meta, run_id);
             if wire > max {
@@ -404,28 +429,56 @@ impl Chunk {
                     ),
                 ));
             }
-            chunk.builder.push_meta(run_id, meta)?;
+            match &mut chunk.lines {
+                Lines::Parsed(builder) => builder.push_meta(run_id, meta)?,
+                Lines::Forwarded(forwarded) => forwarded.push_parsed(
+                    &NdjsonLine::Run { run_id: run_id.clone(), meta: meta.clone() },
+                    0,
+                ),
+            }
             chunk.wire = wire;
-            chunk.lines = 1;
+            chunk.count = 1;
         }
         Ok(chunk)
     }
 
-    /// The chunk, its chain links computed ahead on this (the reading) thread from `tip`, the
-    /// link the store is expected to hold before it; `tip` moves to the chunk's end.
-    fn cut(mut self, tip: &mut (u64, Digest)) -> Cut {
-        let (next, head) = *tip;
-        for (_, end, last) in self.builder.chain_ahead(|_, start| (start == next).then_some(head)) {
-            *tip = (end, last);
+    /// Adds a parsed line, the file's line `line_no`.
+    fn push(&mut self, line: NdjsonLine, line_no: u64) -> Result<()> {
+        match &mut self.lines {
+            Lines::Parsed(builder) => builder.push(line)?,
+            Lines::Forwarded(forwarded) => forwarded.push_parsed(&line, line_no),
         }
-        Cut::Chunk { batch: self.builder.build(), file_bytes: self.file_bytes }
+        Ok(())
+    }
+
+    /// The chunk. A parsed one gets its chain links computed ahead on this (the reading)
+    /// thread from `tip`, the link the store is expected to hold before it; `tip` moves to
+    /// the chunk's end. (A forwarded one carries no links: the server computes its own.)
+    fn cut(self, tip: &mut (u64, Digest)) -> Cut {
+        let payload = match self.lines {
+            Lines::Parsed(mut builder) => {
+                let (next, head) = *tip;
+                for (_, end, last) in
+                    builder.chain_ahead(|_, start| (start == next).then_some(head))
+                {
+                    *tip = (end, last);
+                }
+                Payload::Batch(builder.build())
+            }
+            Lines::Forwarded(forwarded) => {
+                let (body, origins) = forwarded.finish();
+                Payload::Ndjson(body, origins)
+            }
+        };
+        Cut::Chunk { payload, file_bytes: self.file_bytes }
     }
 }
 
 /// The reading side of a pass: reads the file once, on a blocking thread, hashing the first
 /// `skip` transitions and comparing the link with `skip_head`, then parsing, validating,
-/// canonicalising and hashing the rest into chunks. Owns what it reads, so it runs while the
-/// appending side awaits the store.
+/// canonicalising and hashing the rest into chunks (or, when `forward`, looking at each line
+/// and forwarding it as written). Owns what it reads, so it runs while the appending side
+/// awaits the store.
 struct Cutter {
     path: PathBuf,
     run_id: RunId,
@@ -437,6 +490,8 @@ struct Cutter {
     hint: Option<Mark>,
     /// Whether to hash the raw bytes for a mark (only when a resume cache will keep it).
     mark: bool,
+    /// Whether to forward lines as NDJSON rather than parse them (see [`crate::forward`]).
+    forward: bool,
 }
 
 /// Reads the file, hashing every byte read when a resume cache will keep a mark of it.
@@ -486,7 +541,9 @@ impl Cutter {
                 return Ok(());
             }
         }
-        let mut chunk = Chunk::with_meta(&self.meta, run_id, max)?;
+        // A forwarded chunk starts where the store is expected to be: the first transition
+        // after the skipped prefix.
+        let mut chunk = Chunk::with_meta(&self.meta, run_id, max, self.forward.then_some(skip))?;
         let mut cut_so_far = 0usize;
         // The link the store holds before the next chunk, once the skipped prefix is proved
         // to end at `skip_head` (a wrong guess only costs the store computing the links).
@@ -522,7 +579,44 @@ impl Cutter {
             }
             let text = std::str::from_utf8(&buf)
                 .map_err(|e| at_line(Error::invalid("line", format!("is not UTF-8: {e}"))))?;
-            let Some(line) = parse_line(text, run_id, seq).map_err(at_line)? else { continue };
+            // Past the skipped prefix, a line a server will parse anyway is only looked at.
+            let found = if self.forward && seq >= skip {
+                forward::look(&buf, run_id.as_str(), seq)
+            } else {
+                Look::Parse
+            };
+            let line = match found {
+                Look::Blank => continue,
+                Look::Transition { .. } => None,
+                Look::Parse => match parse_line(text, run_id, seq).map_err(at_line)? {
+                    Some(line) => Some(line),
+                    None => continue,
+                },
+            };
+            let Some(line) = line else {
+                let Lines::Forwarded(forwarded) = &chunk.lines else {
+                    unreachable!("only a forwarded chunk looks at lines")
+                };
+                let wire = forwarded.wire_len(&buf, found, seq);
+                if wire > max {
+                    return Err(at_line(too_long_on_the_wire(wire, max)));
+                }
+                if chunk.wire + wire > chunk_limit(max, cut_so_far) && chunk.count > 0 {
+                    cut_so_far += 1;
+                    let next = Chunk::empty(Some((run_id, seq)));
+                    if !emit(std::mem::replace(&mut chunk, next).cut(&mut tip)) {
+                        return Ok(());
+                    }
+                }
+                if let Lines::Forwarded(forwarded) = &mut chunk.lines {
+                    forwarded.push_looked(&buf, found, seq, line_no);
+                }
+                chunk.wire += wire;
+                chunk.file_bytes += n as u64;
+                chunk.count += 1;
+                seq += 1;
+                continue;
+            };
             if let (NdjsonLine::Transition(t), true) = (&line, seq < skip) {
                 prefix = chain_link(&prefix, &t.body.content_hash());
                 prefix_bytes += n as u64;
@@ -544,21 +638,19 @@ impl Cutter {
             saw_meta |= !is_transition;
             let wire = line.wire_len();
             if wire > max {
-                return Err(at_line(Error::invalid(
-                    "line",
-                    format!("is {wire} bytes on the wire; a line must fit in one {max}-byte chunk"),
-                )));
+                return Err(at_line(too_long_on_the_wire(wire, max)));
             }
-            if chunk.wire + wire > chunk_limit(max, cut_so_far) && chunk.lines > 0 {
+            if chunk.wire + wire > chunk_limit(max, cut_so_far) && chunk.count > 0 {
                 cut_so_far += 1;
-                if !emit(std::mem::replace(&mut chunk, Chunk::empty()).cut(&mut tip)) {
+                let next = Chunk::empty(self.forward.then_some((run_id, seq)));
+                if !emit(std::mem::replace(&mut chunk, next).cut(&mut tip)) {
                     return Ok(());
                 }
             }
-            chunk.builder.push(line).map_err(at_line)?;
+            chunk.push(line, line_no).map_err(at_line)?;
             chunk.wire += wire;
             chunk.file_bytes += n as u64;
-            chunk.lines += 1;
+            chunk.count += 1;
             if is_transition {
                 seq += 1;
             }
@@ -568,7 +660,7 @@ impl Cutter {
             emit(Cut::Diverged);
             return Ok(());
         }
-        if chunk.lines > 0 && !emit(chunk.cut(&mut tip)) {
+        if chunk.count > 0 && !emit(chunk.cut(&mut tip)) {
             return Ok(());
         }
         // A mark must end at a line's end: a file still being written may yet extend its
@@ -618,6 +710,7 @@ impl Pass<'_> {
             skip_head,
             hint: hint.clone(),
             mark: self.opts.resume_cache.is_some(),
+            forward: self.store.prefers_ndjson(),
         };
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Cut>>(1);
         let reading = tokio::task::spawn_blocking(move || {
@@ -653,9 +746,9 @@ impl Pass<'_> {
                             report.resumed_by_mark = by_mark;
                             self.progress.resumed(bytes, transitions);
                         }
-                        Cut::Chunk { batch, file_bytes } => {
+                        Cut::Chunk { payload, file_bytes } => {
                             let behind = !sent.is_empty();
-                            sent.push_back(self.send(batch, file_bytes, behind));
+                            sent.push_back(self.send(payload, file_bytes, behind));
                         }
                         Cut::Diverged => return Ok(Outcome::Diverged),
                         Cut::End(mark) => end = Some(mark),
@@ -687,17 +780,26 @@ impl Pass<'_> {
     /// retries what is retryable; one sent `behind` another gets one attempt: its failure is
     /// settled once the one before it is stored (see [`settle`](Self::settle)), so a store
     /// that says "not now" to the second of a pusher's requests costs no back-off.
-    async fn send(&self, batch: AppendBatch, file_bytes: u64, behind: bool) -> Sent {
+    async fn send(&self, payload: Payload, file_bytes: u64, behind: bool) -> Sent {
+        let append = || async {
+            match &payload {
+                Payload::Batch(batch) => self.store.append(self.scope, batch).await,
+                Payload::Ndjson(body, origins) => {
+                    // A line the store refuses is named by its line in the file.
+                    self.store.append_ndjson(self.scope, body.clone()).await.map_err(|e| match e {
+                        Error::InvalidInput { .. } => origins.first_error(body).unwrap_or(e),
+                        other => other,
+                    })
+                }
+            }
+        };
         let mut retries = 0;
         let result = if behind {
-            self.store.append(self.scope, &batch).await
+            append().await
         } else {
-            with_retries(self.opts.max_retries, self.progress, &mut retries, || {
-                self.store.append(self.scope, &batch)
-            })
-            .await
+            with_retries(self.opts.max_retries, self.progress, &mut retries, append).await
         };
-        Sent { batch, file_bytes, behind, retries, result }
+        Sent { payload, file_bytes, behind, retries, result }
     }
 
     /// Takes the answer of the oldest chunk in flight (every earlier one is stored). A chunk
@@ -705,12 +807,12 @@ impl Pass<'_> {
     /// was written) or a retryable refusal (a cap of requests in flight) is sent again now,
     /// after it, retrying as the oldest chunk does.
     async fn settle(&self, report: &mut PushReport, answer: Sent) -> Result<()> {
-        let Sent { batch, file_bytes, behind, retries, result } = answer;
+        let Sent { payload, file_bytes, behind, retries, result } = answer;
         report.retries += retries;
         let result = match result {
             Err(e) if behind && (matches!(e, Error::Gap { .. }) || e.is_retryable()) => {
                 tracing::debug!(run = %self.source.run_id, error = %e, "a chunk sent ahead is sent again after the one before it");
-                let again = self.send(batch, file_bytes, false).await;
+                let again = self.send(payload, file_bytes, false).await;
                 report.retries += again.retries + 1;
                 again.result
             }
@@ -745,7 +847,16 @@ fn chunk_limit(max: usize, cut_so_far: usize) -> usize {
     }
 }
 
-fn at_line(e: Error, line: u64) -> Error {
+/// A line longer on the wire than a chunk.
+fn too_long_on_the_wire(wire: usize, max: usize) -> Error {
+    Error::invalid(
+        "line",
+        format!("is {wire} bytes on the wire; a line must fit in one {max}-byte chunk"),
+    )
+}
+
+/// `e`, its message prefixed with the file's line.
+pub(crate) fn at_line(e: Error, line: u64) -> Error {
     match e {
         Error::InvalidInput { field, message } => {
             Error::InvalidInput { field, message: format!("line {line}: {message}") }
@@ -758,7 +869,7 @@ fn at_line(e: Error, line: u64) -> Error {
 /// (refusing one out of order), so files may carry them or not. Read as strictly as the
 /// server reads a line (duplicate keys refused), so pushing straight into a database accepts
 /// exactly what pushing over HTTP accepts.
-fn parse_line(text: &str, run_id: &RunId, next_seq: u64) -> Result<Option<NdjsonLine>> {
+pub(crate) fn parse_line(text: &str, run_id: &RunId, next_seq: u64) -> Result<Option<NdjsonLine>> {
     if text.trim().is_empty() {
         return Ok(None);
     }
@@ -907,10 +1018,15 @@ mod tests {
         assert_eq!((calls.into_inner(), retries), (1, 0), "not retryable: one call");
     }
 
-    /// Chunks are measured with the encoder the HTTP client sends with, exactly: each fits
-    /// the limit as sent, and none could have taken the next line.
+    /// Chunks are measured exactly as they are sent (encoded by the HTTP client's encoder, or
+    /// forwarded): each fits the limit as sent, and none could have taken the next line.
     #[test]
     fn chunks_are_cut_by_their_exact_size_on_the_wire() {
+        chunks_are_cut_to_size(false);
+        chunks_are_cut_to_size(true);
+    }
+
+    fn chunks_are_cut_to_size(forward: bool) {
         let run = RunId::new("r".repeat(200)).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run.ndjson");
@@ -934,12 +1050,19 @@ mod tests {
             skip_head: Digest::ZERO,
             hint: None,
             mark: false,
+            forward,
         };
         let mut sent = Vec::new();
         cutter
             .cut(|cut| {
-                if let Cut::Chunk { batch, .. } = cut {
-                    sent.push(kahn_core::ndjson::encode_batch(&batch));
+                match cut {
+                    Cut::Chunk { payload: Payload::Batch(batch), .. } => {
+                        sent.push(kahn_core::ndjson::encode_batch(&batch));
+                    }
+                    Cut::Chunk { payload: Payload::Ndjson(body, _), .. } => {
+                        sent.push(String::from_utf8(body.to_vec()).unwrap());
+                    }
+                    _ => {}
                 }
                 true
             })
@@ -974,9 +1097,12 @@ mod tests {
             .unwrap();
         let wire = meta_wire_bytes(&meta, &run);
         assert!(wire > 1000 * 4, "the graph is counted: {wire}");
-        assert!(Chunk::with_meta(&meta, &run, wire - 1).is_err(), "one byte over is refused");
-        let chunk = Chunk::with_meta(&meta, &run, wire).unwrap();
-        assert_eq!(chunk.wire, wire, "the metadata line counts toward the chunk");
+        for forward in [None, Some(0)] {
+            let over = Chunk::with_meta(&meta, &run, wire - 1, forward);
+            assert!(over.is_err(), "one byte over is refused");
+            let chunk = Chunk::with_meta(&meta, &run, wire, forward).unwrap();
+            assert_eq!(chunk.wire, wire, "the metadata line counts toward the chunk");
+        }
     }
 
     /// Pushes `text` as a file into `store`, with a resume cache in `cache`.

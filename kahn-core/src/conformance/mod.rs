@@ -78,6 +78,7 @@ macro_rules! conformance_suite {
             overlap_with_new_tail_appends_only_tail,
             divergent_content_conflicts_and_writes_nothing,
             key_order_and_whitespace_do_not_matter,
+            ndjson_appends_as_its_parsed_batch_does,
             gap_is_refused_and_writes_nothing,
             batch_with_one_bad_run_writes_nothing,
             metadata_is_set_once,
@@ -259,6 +260,60 @@ pub async fn key_order_and_whitespace_do_not_matter(h: &Harness) {
         serde_json::Value::Object(rows[0].body.clone()).to_string(),
         canonical,
         "bodies read back in their canonical form"
+    );
+}
+
+/// `append_ndjson`: NDJSON as a producer spells it (members in any order, blank lines, CRLF,
+/// a metadata line) is one append of the batch it parses to, under the same rules; its first
+/// bad line is named by its line in the body, and nothing of it is written.
+pub async fn ndjson_appends_as_its_parsed_batch_does(h: &Harness) {
+    let t = h.fresh_tenant().await;
+    let base = recent_base();
+    let log = SourceLog::new("spelled", 6, "a", base);
+    let line = |seq| fixtures::transition_line("spelled", seq, "a", base);
+    let reordered = |seq| {
+        let v: serde_json::Value = serde_json::from_str(&line(seq)).expect("fixture JSON");
+        let mut members: Vec<String> = v
+            .as_object()
+            .expect("an object")
+            .iter()
+            .map(|(k, v)| format!("{} : {v}", serde_json::Value::from(k.as_str())))
+            .collect();
+        members.reverse();
+        format!("{{ {} }}", members.join(" ,\t"))
+    };
+    let meta = meta_line("spelled", json!({"source": "ndjson", "labels": {"form": "any"}}));
+    let body = format!("{meta}\r\n{}\n\n{}\r\n{}\n", reordered(0), line(1), reordered(2));
+    let r = h.store.append_ndjson(&t.write, body.into()).await.expect("producer spellings");
+    assert_eq!((r.appended(), r.skipped(), r.runs[0].next_seq), (3, 0, 3));
+    let direct = h.store.append(&t.write, &log.chunk(0, 3)).await.expect("the same, parsed");
+    assert_eq!((direct.appended(), direct.skipped()), (0, 3), "the same content: a no-op");
+    assert_eq!(direct.runs[0].head_hash, r.runs[0].head_hash);
+    let summary = h.store.get_run(&t.read, &log.run_id).await.expect("the run");
+    assert_eq!(summary.info.source.as_deref(), Some("ndjson"), "the metadata line applies");
+
+    // Line 3 of this body is bad (no `ts`): nothing of the body is written, not even line 1.
+    let bad =
+        format!("{}\n{}\n{{\"run_id\":\"spelled\",\"seq\":5,\"to\":\"x\"}}\n", line(3), line(4));
+    let err = h.store.append_ndjson(&t.write, bad.into()).await.expect_err("line 3 has no ts");
+    match &err {
+        Error::InvalidInput { field, message } => {
+            assert_eq!(field, "ts", "{err}");
+            assert!(message.starts_with("line 3:"), "{err}");
+        }
+        other => panic!("expected InvalidInput naming line 3, got {other:?}"),
+    }
+    let after = h.store.get_run(&t.read, &log.run_id).await.expect("the run");
+    assert_eq!(after.info.next_seq, 3, "a refused body writes nothing");
+
+    // And the rules hold as for any append: a gap is refused, divergent content conflicts.
+    let gap = h.store.append_ndjson(&t.write, format!("{}\n", line(5)).into()).await;
+    assert!(matches!(gap, Err(Error::Gap { expected: 3, got: 5, .. })), "{gap:?}");
+    let other = fixtures::transition_line("spelled", 2, "b", base);
+    let conflict = h.store.append_ndjson(&t.write, other.into()).await;
+    assert!(
+        matches!(conflict, Err(Error::Conflict { at: ConflictAt::Seq(2), .. })),
+        "{conflict:?}"
     );
 }
 
