@@ -181,7 +181,7 @@ impl NdjsonLine {
         // it is scanned, when every value is in its canonical spelling.
         if let Some(read) = crate::wire_read::any_order(line)
             && let (Some(run_id), Some(seq)) = (read.run_id, read.seq)
-            && let (Ok(run_id), Ok(seq)) = (RunId::new(run_id), Seq::new(seq))
+            && let (Ok(run_id), Ok(seq)) = (same_run_or_new(previous, run_id), Seq::new(seq))
         {
             return Ok(Some(NdjsonLine::Transition(Transition { run_id, seq, body: read.body })));
         }
@@ -211,6 +211,15 @@ impl NdjsonLine {
                 format!("{other} is not a line kind (omit it for a transition, or \"run\")"),
             )),
         }
+    }
+}
+
+/// `previous` when it is the run `id` names (a body's lines mostly name one run: no new
+/// id is validated and allocated per line), else `id` validated.
+fn same_run_or_new(previous: Option<&RunId>, id: &str) -> Result<RunId, Error> {
+    match previous {
+        Some(p) if p.as_str() == id => Ok(p.clone()),
+        _ => RunId::new(id),
     }
 }
 

@@ -150,23 +150,6 @@ fn retry_after(response: &reqwest::Response) -> Option<Duration> {
 }
 
 impl HttpBackend {
-    /// `POST /v1/ingest/transitions` with `body`, as the tenant of `scope`'s key.
-    async fn ingest(&self, scope: &WriteScope, body: bytes::Bytes) -> Result<AppendReport> {
-        // An operator's scope has no key to present; it is never forwarded.
-        let Some(key) = scope.api_key() else {
-            return Self::unsupported("append with an operator scope");
-        };
-        let rb = self
-            .request(Method::POST, &["v1", "ingest", "transitions"])?
-            .bearer_auth(key.expose_secret())
-            .header(CONTENT_TYPE, NDJSON)
-            .body(body);
-        let response = self.send(rb).await?;
-        check_tenant(&response, scope.tenant())?;
-        let report: IngestReport = Self::json(response).await?;
-        Ok(report.into())
-    }
-
     /// A client for the server at `base_url` (e.g. `http://127.0.0.1:8080`).
     ///
     /// For an `http://` URL no TLS root certificates are loaded and redirects are not
@@ -298,6 +281,23 @@ impl HttpBackend {
 
     async fn json<T: DeserializeOwned>(response: reqwest::Response) -> Result<T> {
         response.json().await.map_err(exchange)
+    }
+
+    /// `POST /v1/ingest/transitions` with `body`, as the tenant of `scope`'s key.
+    async fn ingest(&self, scope: &WriteScope, body: bytes::Bytes) -> Result<AppendReport> {
+        // An operator's scope has no key to present; it is never forwarded.
+        let Some(key) = scope.api_key() else {
+            return Self::unsupported("append with an operator scope");
+        };
+        let rb = self
+            .request(Method::POST, &["v1", "ingest", "transitions"])?
+            .bearer_auth(key.expose_secret())
+            .header(CONTENT_TYPE, NDJSON)
+            .body(body);
+        let response = self.send(rb).await?;
+        check_tenant(&response, scope.tenant())?;
+        let report: IngestReport = Self::json(response).await?;
+        Ok(report.into())
     }
 
     async fn read<T: DeserializeOwned>(&self, rb: RequestBuilder, scope: &ReadScope) -> Result<T> {
