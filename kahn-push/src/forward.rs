@@ -9,7 +9,7 @@
 //! an escape in a key, a `seq` spelled other than the next seq's digits, a line that does not
 //! look like one JSON object) is parsed in full, as when pushing into a database, and sent in
 //! its canonical form. The server validates every line; when it refuses one, the pusher
-//! parses that chunk's lines itself to name the file's line (see [`Forwarded::first_error`]).
+//! parses that chunk's lines itself to name the file's line (see [`Origins::first_error`]).
 
 use kahn_core::{BatchBuilder, Error, NdjsonLine, RunId};
 
