@@ -106,9 +106,9 @@ impl AppendBatch {
         Self::from_ndjson_bytes(text.as_bytes())
     }
 
-    /// Builds a batch from NDJSON bytes as `POST /v1/ingest/transitions` reads its body: lines
-    /// end at `\n` (a `\r` before it is dropped), blank lines are ignored, a line that is not
-    /// UTF-8 is refused.
+    /// Builds a batch from NDJSON bytes, reading the lines as `POST /v1/ingest/transitions`
+    /// reads a body's (its limits on size and runs aside): lines end at `\n` (a `\r` before
+    /// it is whitespace), blank lines are ignored, a line that is not UTF-8 is refused.
     ///
     /// # Errors
     /// The first invalid line's [`Error::InvalidInput`], its message starting `line N:`.

@@ -28,7 +28,7 @@ use kahn_core::{
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::forward::{self, Forwarded, Look, Origins};
+use crate::forward::{self, Forwarded, Look, Members, Origins};
 use crate::resume::{Mark, ResumeCache};
 
 /// Largest chunk sent in one append, in bytes of NDJSON.
@@ -259,8 +259,9 @@ pub fn locate(source: &RunSource, seq: u64) -> Result<Option<(u64, Transition)>>
 ///
 /// # Errors
 /// [`Error::InvalidInput`] naming the line of the file and the field of the first bad line
-/// (nothing from the chunk holding it on is stored; the chunks before it are); [`Error::Conflict`] when the store holds different content (nothing is
-/// rewritten); [`Error::Unavailable`] when retries ran out; others as the store returns them.
+/// (the chunks before the one holding it are stored, nothing from it on);
+/// [`Error::Conflict`] when the store holds different content (nothing is rewritten);
+/// [`Error::Unavailable`] when retries ran out; others as the store returns them.
 pub async fn push(
     store: &dyn StorageBackend,
     scope: &WriteScope,
@@ -406,6 +407,23 @@ enum Lines {
     Forwarded(Forwarded),
 }
 
+/// What one line of the file adds to a chunk.
+enum Add {
+    /// A transition line looked at, to forward as written.
+    Looked(Members),
+    /// A line parsed.
+    Parsed(NdjsonLine),
+}
+
+impl Add {
+    fn is_transition(&self) -> bool {
+        match self {
+            Add::Looked(_) => true,
+            Add::Parsed(line) => matches!(line, NdjsonLine::Transition(_)),
+        }
+    }
+}
+
 impl Chunk {
     /// An empty chunk; forwarded when `forward` names its run and first seq.
     fn empty(forward: Option<(&RunId, u64)>) -> Self {
@@ -442,11 +460,32 @@ impl Chunk {
         Ok(chunk)
     }
 
-    /// Adds a parsed line, the file's line `line_no`.
-    fn push(&mut self, line: NdjsonLine, line_no: u64) -> Result<()> {
-        match &mut self.lines {
-            Lines::Parsed(builder) => builder.push(line)?,
-            Lines::Forwarded(forwarded) => forwarded.push_parsed(&line, line_no),
+    /// What `text` (a line of the file holding `members`) adds when forwarded as written;
+    /// `None` when this chunk is not forwarded.
+    fn forwarded_len(&self, text: &str, members: Members, seq: u64) -> Option<usize> {
+        match &self.lines {
+            Lines::Forwarded(forwarded) => Some(forwarded.wire_len(text, members, seq)),
+            Lines::Parsed(_) => None,
+        }
+    }
+
+    /// Adds the file's line `line_no` (`text`, transition `seq` of `run_id` if it is one).
+    fn add(&mut self, add: Add, text: &str, run_id: &RunId, seq: u64, line_no: u64) -> Result<()> {
+        match (&mut self.lines, add) {
+            (Lines::Forwarded(forwarded), Add::Looked(members)) => {
+                forwarded.push_looked(text, members, seq, line_no);
+            }
+            (Lines::Forwarded(forwarded), Add::Parsed(line)) => {
+                forwarded.push_parsed(&line, line_no);
+            }
+            (Lines::Parsed(builder), Add::Parsed(line)) => builder.push(line)?,
+            // Only a forwarded chunk has lines looked at; were one handed here, reading it in
+            // full is what a parsed chunk does.
+            (Lines::Parsed(builder), Add::Looked(_)) => {
+                if let Some(line) = parse_line(text, run_id, seq)? {
+                    builder.push(line)?;
+                }
+            }
         }
         Ok(())
     }
@@ -581,43 +620,30 @@ impl Cutter {
                 .map_err(|e| at_line(Error::invalid("line", format!("is not UTF-8: {e}"))))?;
             // Past the skipped prefix, a line a server will parse anyway is only looked at.
             let found = if self.forward && seq >= skip {
-                forward::look(&buf, run_id.as_str(), seq)
+                forward::look(text.as_bytes(), run_id.as_str(), seq)
             } else {
                 Look::Parse
             };
-            let line = match found {
+            let looked = match found {
                 Look::Blank => continue,
-                Look::Transition { .. } => None,
-                Look::Parse => match parse_line(text, run_id, seq).map_err(at_line)? {
-                    Some(line) => Some(line),
+                Look::Transition(members) => chunk
+                    .forwarded_len(text, members, seq)
+                    .filter(|wire| *wire <= max)
+                    .map(|wire| (Add::Looked(members), wire)),
+                // A line too long as written goes the parsed way: its canonical form decides.
+                Look::Parse => None,
+            };
+            let (add, wire) = match looked {
+                Some(looked) => looked,
+                None => match parse_line(text, run_id, seq).map_err(at_line)? {
+                    Some(line) => {
+                        let wire = line.wire_len();
+                        (Add::Parsed(line), wire)
+                    }
                     None => continue,
                 },
             };
-            let Some(line) = line else {
-                let Lines::Forwarded(forwarded) = &chunk.lines else {
-                    unreachable!("only a forwarded chunk looks at lines")
-                };
-                let wire = forwarded.wire_len(&buf, found, seq);
-                if wire > max {
-                    return Err(at_line(too_long_on_the_wire(wire, max)));
-                }
-                if chunk.wire + wire > chunk_limit(max, cut_so_far) && chunk.count > 0 {
-                    cut_so_far += 1;
-                    let next = Chunk::empty(Some((run_id, seq)));
-                    if !emit(std::mem::replace(&mut chunk, next).cut(&mut tip)) {
-                        return Ok(());
-                    }
-                }
-                if let Lines::Forwarded(forwarded) = &mut chunk.lines {
-                    forwarded.push_looked(&buf, found, seq, line_no);
-                }
-                chunk.wire += wire;
-                chunk.file_bytes += n as u64;
-                chunk.count += 1;
-                seq += 1;
-                continue;
-            };
-            if let (NdjsonLine::Transition(t), true) = (&line, seq < skip) {
+            if let (Add::Parsed(NdjsonLine::Transition(t)), true) = (&add, seq < skip) {
                 prefix = chain_link(&prefix, &t.body.content_hash());
                 prefix_bytes += n as u64;
                 seq += 1;
@@ -634,20 +660,21 @@ impl Cutter {
                 }
                 continue;
             }
-            let is_transition = matches!(line, NdjsonLine::Transition(_));
+            let is_transition = add.is_transition();
             saw_meta |= !is_transition;
-            let wire = line.wire_len();
             if wire > max {
                 return Err(at_line(too_long_on_the_wire(wire, max)));
             }
             if chunk.wire + wire > chunk_limit(max, cut_so_far) && chunk.count > 0 {
                 cut_so_far += 1;
-                let next = Chunk::empty(self.forward.then_some((run_id, seq)));
+                // The next chunk's first transition: after the skipped prefix (metadata lines
+                // read within it go with the chunk after it).
+                let next = Chunk::empty(self.forward.then_some((run_id, seq.max(skip))));
                 if !emit(std::mem::replace(&mut chunk, next).cut(&mut tip)) {
                     return Ok(());
                 }
             }
-            chunk.push(line, line_no).map_err(at_line)?;
+            chunk.add(add, text, run_id, seq, line_no).map_err(at_line)?;
             chunk.wire += wire;
             chunk.file_bytes += n as u64;
             chunk.count += 1;
@@ -787,7 +814,7 @@ impl Pass<'_> {
                 Payload::Ndjson(body, origins) => {
                     // A line the store refuses is named by its line in the file.
                     self.store.append_ndjson(self.scope, body.clone()).await.map_err(|e| match e {
-                        Error::InvalidInput { .. } => origins.first_error(body).unwrap_or(e),
+                        Error::InvalidInput { .. } => origins.explain(body, e),
                         other => other,
                     })
                 }
@@ -1083,6 +1110,51 @@ mod tests {
             assert!(pair[0].len() + next_line.len() > aim, "the next line would have fit");
         }
         assert!(sent.concat().lines().count() == 301, "every line sent once");
+    }
+
+    /// A line the look vouches for but too long as written (whitespace, and `run_id`/`seq`
+    /// to add) goes the parsed way: its canonical form decides, as on a direct push.
+    #[test]
+    fn a_line_too_long_as_written_is_forwarded_canonical_when_that_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.ndjson");
+        let line = format!(r#"{{"ts":"2026-01-01T00:00:00Z",{}"to":"x"}}"#, " ".repeat(1_960));
+        std::fs::write(&path, format!("{line}\n")).unwrap();
+        let max = 2_000;
+        assert!(line.len() < max && line.len() + 22 > max, "{}", line.len());
+        for forward in [false, true] {
+            let cutter = Cutter {
+                path: path.clone(),
+                run_id: RunId::new("r").unwrap(),
+                meta: RunMeta::new(),
+                max,
+                skip: 0,
+                skip_head: Digest::ZERO,
+                hint: None,
+                mark: false,
+                forward,
+            };
+            let mut sent = Vec::new();
+            cutter
+                .cut(|cut| {
+                    match cut {
+                        Cut::Chunk { payload: Payload::Batch(batch), .. } => {
+                            sent.push(kahn_core::ndjson::encode_batch(&batch));
+                        }
+                        Cut::Chunk { payload: Payload::Ndjson(body, _), .. } => {
+                            sent.push(String::from_utf8(body.to_vec()).unwrap());
+                        }
+                        _ => {}
+                    }
+                    true
+                })
+                .unwrap_or_else(|e| panic!("forward {forward}: refused: {e}"));
+            assert_eq!(
+                sent,
+                ["{\"run_id\":\"r\",\"seq\":0,\"to\":\"x\",\"ts\":\"2026-01-01T00:00:00Z\"}\n"],
+                "forward {forward}"
+            );
+        }
     }
 
     #[test]
