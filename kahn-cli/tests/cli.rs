@@ -454,6 +454,20 @@ fn every_spelling_stores_and_fails_as_a_direct_push_does(env: &Env) {
             env.ok(&["verify", &run], Some(&key));
         }
     }
+
+    // A file still being written: its last line stops inside a string, after a backslash.
+    let file = env.dir.path().join("unfinished.ndjson");
+    std::fs::write(
+        &file,
+        "{\"ts\":\"2026-11-23T09:00:00Z\",\"to\":\"x\"}\n{\"to\":\"x\",\"a\":\"\\",
+    )
+    .unwrap();
+    let args = ["push", file.to_str().unwrap()];
+    let (out, reference) = (env.kahn(&args, Some(&key)), direct.kahn(&args, Some(&direct_key)));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2:"), "{err}");
+    assert_eq!(err, String::from_utf8_lossy(&reference.stderr), "the same words both ways");
 }
 
 /// Each scenario once against the SQLite file, once through a real `kahn serve`.
