@@ -286,8 +286,9 @@ impl Origins {
     /// The store refused `body` (the chunk these are the origins of) with `refused`, an
     /// [`Error::InvalidInput`] naming a line of the body: the first bad line as the pusher
     /// reads it, named by its line in the file as a push into a database names it. When the
-    /// pusher finds every line good (the store is stricter than the pusher), the store's own
-    /// error, saying which of the file's lines the request held.
+    /// pusher finds every line good (the store is stricter than the pusher, or refused the
+    /// request whole, over its size limit say), the store's own error, saying which of the
+    /// file's lines the request held.
     pub(crate) fn explain(&self, body: &[u8], refused: Error) -> Error {
         if let Some(named) = self.first_error(body) {
             return named;
@@ -299,7 +300,7 @@ impl Origins {
                 Error::InvalidInput {
                     field,
                     message: format!(
-                        "{message} (a line of the request carrying lines {first}–{last} of the file)"
+                        "{message} (in the request carrying lines {first}–{last} of the file)"
                     ),
                 }
             }
