@@ -553,6 +553,99 @@ mod tests {
         }
     }
 
+    /// The members of a generated line, as written (right or wrong), in any order: mostly a
+    /// good `ts` and `to`, and up to five others of every kind the look must tell apart.
+    fn members(seq: u64) -> impl proptest::strategy::Strategy<Value = Vec<String>> {
+        use proptest::prelude::*;
+        let text = prop_oneof![
+            Just("x".to_owned()),
+            Just("}{\\\"]".to_owned()),
+            Just("é \\u00e9 \\\\".to_owned()),
+            "[a-z{}\\[\\],:\" ]{0,6}".prop_map(|s| s.replace('"', "\\\"")),
+        ];
+        let ts = prop_oneof![
+            8 => Just(r#""ts":"2026-11-01T00:00:00Z""#.to_owned()),
+            1 => Just(r#""ts":"2026-11-01T00:00:00+02:00""#.to_owned()),
+            1 => Just(r#""ts":"yesterday""#.to_owned()),
+        ];
+        let to = prop_oneof![
+            8 => Just(r#""to":"running""#.to_owned()),
+            1 => Just(r#""to":"""#.to_owned()),
+        ];
+        let other = prop_oneof![
+            Just(r#""from":"queued""#.to_owned()),
+            text.clone().prop_map(|t| format!(r#""node":"{t}""#)),
+            text.clone()
+                .prop_map(|t| format!(r#""attrs":{{"kind":"{t}","seq":[1,{{"run_id":2}}]}}"#)),
+            Just(r#""attrs":[]"#.to_owned()),
+            Just(r#""attrs":{"n":1e2,"m":-0.0,"k":1.50}"#.to_owned()),
+            Just(r#""run_id":"deploy-7""#.to_owned()),
+            Just(r#""run_id":"deploy-8""#.to_owned()),
+            Just(r#""r\u0075n_id":"deploy-7""#.to_owned()),
+            Just(format!(r#""seq":{seq}"#)),
+            Just(format!(r#""seq":0{seq}"#)),
+            Just(format!(r#""seq":{}"#, seq + 1)),
+            Just(format!(r#""seq":{seq}.0"#)),
+            Just(r#""kind":"run""#.to_owned()),
+            Just(r#""ts":"2026-11-01T00:00:00Z""#.to_owned()),
+            text.prop_map(|t| format!(r#""x{t}":"{t}""#)),
+        ];
+        (ts, to, proptest::collection::vec(other, 0..5)).prop_flat_map(|(ts, to, others)| {
+            let mut all = vec![ts, to];
+            all.extend(others);
+            Just(all).prop_shuffle()
+        })
+    }
+
+    proptest::proptest! {
+        // About two cases in five are lines the look vouches for; the rest it sends to be
+        // parsed, which is a direct push's own path.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+
+        /// Whatever a line holds, when the look vouches for it, the server reads the
+        /// forwarded line (`from_ndjson_bytes` is its reader) as the pusher reads the file's:
+        /// the same body at the same seq of the same run, or a refusal, which the pusher
+        /// names in the words of a direct push.
+        #[test]
+        fn a_forwarded_line_reads_as_the_parsed_line(
+            (seq, members) in proptest::strategy::Strategy::prop_flat_map(0u64..1_000, |seq| {
+                (proptest::strategy::Just(seq), members(seq))
+            }),
+            space in "[ \t]{0,2}",
+            ending in proptest::prop_oneof![
+                proptest::strategy::Just(""),
+                proptest::strategy::Just("\n"),
+                proptest::strategy::Just("\r\n"),
+            ],
+        ) {
+            let line = format!("{{{space}{}{space}}}{ending}", members.join(&format!("{space},")));
+            let Look::Transition(found) = look(line.as_bytes(), "deploy-7", seq) else {
+                return Ok(());
+            };
+            let mut sent = Forwarded::new(&run(), seq);
+            sent.push_looked(&line, found, seq, 9);
+            let (body, origins) = sent.finish();
+            let direct = crate::push::parse_line(&line, &run(), seq);
+            match (kahn_core::AppendBatch::from_ndjson_bytes(&body), direct) {
+                (Ok(batch), Ok(Some(NdjsonLine::Transition(t)))) => {
+                    let runs = batch.runs();
+                    proptest::prop_assert_eq!(runs.len(), 1);
+                    proptest::prop_assert_eq!(runs[0].run_id(), &run());
+                    proptest::prop_assert_eq!(runs[0].start(), seq);
+                    proptest::prop_assert_eq!(runs[0].bodies(), std::slice::from_ref(&t.body));
+                }
+                (Err(refused), Err(e)) => {
+                    let named = origins.explain(&body, refused).to_string();
+                    proptest::prop_assert_eq!(named, crate::push::at_line(e, 9).to_string());
+                }
+                (server, pusher) => proptest::prop_assert!(
+                    false,
+                    "{line:?}: the server read {server:?}, the pusher {pusher:?}"
+                ),
+            }
+        }
+    }
+
     #[test]
     fn a_refusal_the_pusher_cannot_explain_says_which_file_lines_the_request_held() {
         let file = ["{\"ts\":\"2026-11-01T00:00:00Z\",\"to\":\"a\"}\n", "\n"];
