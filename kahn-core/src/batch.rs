@@ -114,7 +114,7 @@ impl AppendBatch {
     /// The first invalid line's [`Error::InvalidInput`], its message starting `line N:`.
     pub fn from_ndjson_bytes(body: &[u8]) -> Result<Self, Error> {
         let mut builder = BatchBuilder::new();
-        let mut last_run: Option<RunId> = None;
+        let mut reader = LineReader::new();
         let body = body.strip_suffix(b"\n").unwrap_or(body);
         for (i, line) in body.split(|b| *b == b'\n').enumerate() {
             let at_line = |e: Error| match e {
@@ -123,21 +123,44 @@ impl AppendBatch {
                 }
                 other => other,
             };
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let text = std::str::from_utf8(line)
-                .map_err(|_| at_line(Error::invalid("line", "is not valid UTF-8")))?;
-            if let Some(parsed) =
-                NdjsonLine::parse_after(text, last_run.as_ref()).map_err(at_line)?
-            {
-                if let NdjsonLine::Transition(t) = &parsed
-                    && last_run.as_ref() != Some(&t.run_id)
-                {
-                    last_run = Some(t.run_id.clone());
-                }
+            if let Some(parsed) = reader.read(line).map_err(at_line)? {
                 builder.push(parsed).map_err(at_line)?;
             }
         }
         Ok(builder.build())
+    }
+}
+
+/// Reads a body's lines one after another, as `POST /v1/ingest/transitions` reads them: a
+/// line naming the run the transition before it named shares that run's id (see
+/// [`NdjsonLine::parse_after`]).
+#[derive(Debug, Default)]
+pub struct LineReader {
+    /// The run the last transition named (the next line most likely names it too).
+    last_run: Option<RunId>,
+}
+
+impl LineReader {
+    /// A reader at a body's first line.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reads one line's bytes (without its `\n`; a `\r` before it is whitespace): `None`
+    /// for a blank line.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the field, or `line` when it is not UTF-8.
+    pub fn read(&mut self, line: &[u8]) -> Result<Option<NdjsonLine>, Error> {
+        let text =
+            std::str::from_utf8(line).map_err(|_| Error::invalid("line", "is not valid UTF-8"))?;
+        let parsed = NdjsonLine::parse_after(text, self.last_run.as_ref())?;
+        if let Some(NdjsonLine::Transition(t)) = &parsed
+            && self.last_run.as_ref() != Some(&t.run_id)
+        {
+            self.last_run = Some(t.run_id.clone());
+        }
+        Ok(parsed)
     }
 }
 

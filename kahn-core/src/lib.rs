@@ -56,7 +56,9 @@ pub use admin::{
     PurgeOutcome, PurgeRequest, RetentionDays, RetiredKeys, TenantChange, TenantRecord, is_expired,
 };
 pub use backend::{StorageBackend, StorageBackendExt};
-pub use batch::{AppendBatch, BatchBuilder, NdjsonLine, RunAppend, parse_json, parse_json_object};
+pub use batch::{
+    AppendBatch, BatchBuilder, LineReader, NdjsonLine, RunAppend, parse_json, parse_json_object,
+};
 pub use error::{BoxError, ConflictAt, Error, ErrorChain, Result};
 pub use hash::{ChainVerifier, Digest, chain_link, content_hash, verify_chain};
 pub use id::{ApiKeyId, OrgId, RUN_ID_MAX_LEN, RunId, Seq, TenantId};

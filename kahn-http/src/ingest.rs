@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use kahn_core::{BatchBuilder, Error, NdjsonLine, RunId};
+use kahn_core::{BatchBuilder, Error, LineReader};
 
 use crate::auth::{IngestScope, TenantView};
 use crate::error::ApiError;
@@ -20,8 +20,7 @@ struct LineParser {
     pending: Vec<u8>,
     line_no: u64,
     builder: BatchBuilder,
-    /// The run the last transition named (the next line most likely names it too).
-    last_run: Option<RunId>,
+    reader: LineReader,
     /// The most distinct runs the body may name.
     max_runs: usize,
 }
@@ -32,7 +31,7 @@ impl LineParser {
             pending: Vec::new(),
             line_no: 0,
             builder: BatchBuilder::new(),
-            last_run: None,
+            reader: LineReader::new(),
             max_runs,
         }
     }
@@ -65,20 +64,11 @@ impl LineParser {
     fn line(&mut self, bytes: &[u8]) -> Result<(), ApiError> {
         self.line_no += 1;
         let n = self.line_no;
-        let text = std::str::from_utf8(bytes)
-            .map_err(|_| ApiError::invalid_line(n, "line", "is not valid UTF-8"))?;
         let at_line = |e: Error| match e {
             Error::InvalidInput { field, message } => ApiError::invalid_line(n, field, message),
             other => ApiError::from(other),
         };
-        if let Some(parsed) =
-            NdjsonLine::parse_after(text, self.last_run.as_ref()).map_err(at_line)?
-        {
-            if let NdjsonLine::Transition(t) = &parsed
-                && self.last_run.as_ref() != Some(&t.run_id)
-            {
-                self.last_run = Some(t.run_id.clone());
-            }
+        if let Some(parsed) = self.reader.read(bytes).map_err(at_line)? {
             self.builder.push(parsed).map_err(at_line)?;
             if self.builder.run_count() > self.max_runs {
                 return Err(ApiError::too_many_runs(self.max_runs));

@@ -663,7 +663,10 @@ impl Cutter {
             let is_transition = add.is_transition();
             saw_meta |= !is_transition;
             if wire > max {
-                return Err(at_line(too_long_on_the_wire(wire, max)));
+                return Err(at_line(Error::invalid(
+                    "line",
+                    format!("is {wire} bytes on the wire; a line must fit in one {max}-byte chunk"),
+                )));
             }
             if chunk.wire + wire > chunk_limit(max, cut_so_far) && chunk.count > 0 {
                 cut_so_far += 1;
@@ -874,14 +877,6 @@ fn chunk_limit(max: usize, cut_so_far: usize) -> usize {
     }
 }
 
-/// A line longer on the wire than a chunk.
-fn too_long_on_the_wire(wire: usize, max: usize) -> Error {
-    Error::invalid(
-        "line",
-        format!("is {wire} bytes on the wire; a line must fit in one {max}-byte chunk"),
-    )
-}
-
 /// `e`, its message prefixed with the file's line.
 pub(crate) fn at_line(e: Error, line: u64) -> Error {
     match e {
@@ -1045,6 +1040,36 @@ mod tests {
         assert_eq!((calls.into_inner(), retries), (1, 0), "not retryable: one call");
     }
 
+    /// Reads the file at `path` as run `run_id` from its start, in chunks of at most `max`
+    /// bytes (forwarded when `forward`): each chunk as it would be sent.
+    fn cut_all(path: PathBuf, run_id: RunId, max: usize, forward: bool) -> Result<Vec<String>> {
+        let cutter = Cutter {
+            path,
+            run_id,
+            meta: RunMeta::new(),
+            max,
+            skip: 0,
+            skip_head: Digest::ZERO,
+            hint: None,
+            mark: false,
+            forward,
+        };
+        let mut sent = Vec::new();
+        cutter.cut(|cut| {
+            match cut {
+                Cut::Chunk { payload: Payload::Batch(batch), .. } => {
+                    sent.push(kahn_core::ndjson::encode_batch(&batch));
+                }
+                Cut::Chunk { payload: Payload::Ndjson(body, _), .. } => {
+                    sent.push(String::from_utf8(body.to_vec()).unwrap());
+                }
+                _ => {}
+            }
+            true
+        })?;
+        Ok(sent)
+    }
+
     /// Chunks are measured exactly as they are sent (encoded by the HTTP client's encoder, or
     /// forwarded): each fits the limit as sent, and none could have taken the next line.
     #[test]
@@ -1068,32 +1093,7 @@ mod tests {
         }
         std::fs::write(&path, &text).unwrap();
         let max = 2_000;
-        let cutter = Cutter {
-            path,
-            run_id: run.clone(),
-            meta: RunMeta::new(),
-            max,
-            skip: 0,
-            skip_head: Digest::ZERO,
-            hint: None,
-            mark: false,
-            forward,
-        };
-        let mut sent = Vec::new();
-        cutter
-            .cut(|cut| {
-                match cut {
-                    Cut::Chunk { payload: Payload::Batch(batch), .. } => {
-                        sent.push(kahn_core::ndjson::encode_batch(&batch));
-                    }
-                    Cut::Chunk { payload: Payload::Ndjson(body, _), .. } => {
-                        sent.push(String::from_utf8(body.to_vec()).unwrap());
-                    }
-                    _ => {}
-                }
-                true
-            })
-            .unwrap();
+        let sent = cut_all(path, run, max, forward).unwrap();
         assert!(sent.len() > 10, "{} chunks", sent.len());
         for (k, pair) in sent.windows(2).enumerate() {
             let next_line = pair[1].split_inclusive('\n').next().unwrap();
@@ -1123,31 +1123,7 @@ mod tests {
         let max = 2_000;
         assert!(line.len() < max && line.len() + 22 > max, "{}", line.len());
         for forward in [false, true] {
-            let cutter = Cutter {
-                path: path.clone(),
-                run_id: RunId::new("r").unwrap(),
-                meta: RunMeta::new(),
-                max,
-                skip: 0,
-                skip_head: Digest::ZERO,
-                hint: None,
-                mark: false,
-                forward,
-            };
-            let mut sent = Vec::new();
-            cutter
-                .cut(|cut| {
-                    match cut {
-                        Cut::Chunk { payload: Payload::Batch(batch), .. } => {
-                            sent.push(kahn_core::ndjson::encode_batch(&batch));
-                        }
-                        Cut::Chunk { payload: Payload::Ndjson(body, _), .. } => {
-                            sent.push(String::from_utf8(body.to_vec()).unwrap());
-                        }
-                        _ => {}
-                    }
-                    true
-                })
+            let sent = cut_all(path.clone(), RunId::new("r").unwrap(), max, forward)
                 .unwrap_or_else(|e| panic!("forward {forward}: refused: {e}"));
             assert_eq!(
                 sent,
