@@ -70,6 +70,16 @@ impl RunAppend {
             _ => None,
         }
     }
+
+    /// The links computed ahead ([`BatchBuilder::chain_ahead`]) and the link they were
+    /// computed from, whatever the store holds: for a backend that writes the rows before it
+    /// has read its stored link, on the condition that the link is that one.
+    pub fn chained_ahead(&self) -> Option<(&Digest, &[Digest])> {
+        match &self.ahead.0 {
+            Some((from, links)) if links.len() == self.bodies.len() => Some((from, links)),
+            _ => None,
+        }
+    }
 }
 
 /// One call to [`StorageBackend::append`](crate::StorageBackend::append): runs in the order

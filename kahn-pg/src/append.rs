@@ -41,6 +41,7 @@ use sqlx_core::sql_str::AssertSqlSafe;
 use sqlx_postgres::{PgArguments, PgConnection, PgQueryResult, Postgres};
 
 use crate::error::{corrupt, db, unique_violation};
+use crate::nodes_cache::{Nodes, NodesCache};
 use crate::progress::{self, ProgressColumns, run_progress};
 
 /// How the adapter writes rows that are not in any table yet, which depends on the engine.
@@ -66,11 +67,20 @@ pub(crate) async fn append(
     tenant: TenantId,
     batch: &AppendBatch,
     engine: Engine,
+    cache: &NodesCache,
 ) -> Result<Option<AppendReport>> {
     let runs = batch.runs();
     if runs.is_empty() {
         return Ok(Some(AppendReport::default()));
     }
+    // One run whose links were computed ahead: its rows go in first, on the condition that
+    // the run's stored tip is the link they were computed from (the lock that condition takes
+    // is the one step 1 takes). Their bind then crosses the wire and is decoded while an
+    // earlier append of the run still holds its lock, not after.
+    let written_ahead = match (engine, runs) {
+        (Engine::Postgres, [run]) => insert_ahead(conn, tenant, run).await?,
+        _ => false,
+    };
     // Run ids compare bytewise in Rust, as `COLLATE "C"` orders them in the table.
     let mut order: Vec<usize> = (0..runs.len()).collect();
     order.sort_unstable_by(|&a, &b| runs[a].run_id().cmp(runs[b].run_id()));
@@ -87,7 +97,8 @@ pub(crate) async fn append(
         .collect();
     let links = read_links(conn, tenant, runs, &plans).await?;
 
-    let stored_progress: Vec<RunProgress> = stored.iter().map(|s| s.progress.clone()).collect();
+    let stored_progress: Vec<(RunProgress, Digest)> =
+        stored.iter().map(|s| (s.progress.clone(), s.head_hash)).collect();
     let mut decisions: Vec<Decision<'_>> = Vec::with_capacity(runs.len());
     let mut metas: Vec<Option<RunMeta>> = Vec::with_capacity(runs.len());
     for (index, ((run, plan), stored)) in runs.iter().zip(plans).zip(stored).enumerate() {
@@ -109,7 +120,8 @@ pub(crate) async fn append(
         metas.push(meta_update);
     }
 
-    let advanced = advance(conn, tenant, runs, &decisions, &is_new, stored_progress).await?;
+    let (advanced, complete) =
+        advance(conn, tenant, runs, &decisions, &is_new, stored_progress, cache).await?;
     // The new runs first, written once with their final summary (the transitions and node
     // summaries below take their tenant from the run rows). Fewer created than planned: a
     // concurrent append created one meanwhile, and its plan here assumed an empty run.
@@ -118,7 +130,15 @@ pub(crate) async fn append(
     if !created.is_empty() && !create_runs(conn, tenant, &created, engine).await? {
         return Ok(None);
     }
-    insert_rows(conn, tenant, runs, &decisions, engine).await?;
+    if written_ahead {
+        // The stored tip was the link the rows were computed from, so the plan appends every
+        // one of them, with those links: what is already written.
+        if decisions.iter().zip(runs).any(|(d, run)| d.rows.len() != run.bodies().len()) {
+            return Err(corrupt("rows written ahead are not the rows the append decided"));
+        }
+    } else {
+        insert_rows(conn, tenant, runs, &decisions, engine).await?;
+    }
     progress::store_nodes(conn, tenant, &changed_nodes(runs, &decisions, &advanced)).await?;
     // Then the runs that existed and gained rows or metadata.
     let changed = (0..runs.len())
@@ -126,9 +146,17 @@ pub(crate) async fn append(
     update_runs(conn, tenant, &Summaries::of(runs, &decisions, &metas, &advanced, changed, false)?)
         .await?;
 
-    Ok(Some(AppendReport {
+    let report = AppendReport {
         runs: runs.iter().zip(&decisions).map(|(run, d)| d.report(run.run_id())).collect(),
-    }))
+    };
+    // Kept under the head they lead to, whether or not this transaction commits: they are
+    // that head's summaries either way.
+    for (((run, d), p), complete) in runs.iter().zip(&decisions).zip(advanced).zip(complete) {
+        if complete {
+            cache.put(tenant, run.run_id().as_str(), d.head_hash, p.nodes);
+        }
+    }
+    Ok(Some(report))
 }
 
 /// The conflict a divergence comes to: reads the diverging range's stored content hashes to
@@ -353,35 +381,106 @@ async fn insert_rows(
     Ok(())
 }
 
-/// Applies each run's new rows to its progress (kahn-core's rule), reading the stored
-/// summaries of the nodes they touch in one statement (a new run has none). Returns every
-/// run's progress, advanced or as stored; [`changed_nodes`] are then what to store.
+/// Inserts the rows of `run` when its links were computed ahead from the link its stored run
+/// ends with, at the seq its first row carries: then they are exactly the rows the append
+/// decides (nothing stored overlaps them, each link follows from that one). The same
+/// statement locks the run's row first, as [`lock_runs`] does (so a concurrent append of the
+/// run is waited for, and the condition read after it commits). `true` when the rows went in;
+/// `false` when the stored tip is another (or the run is new): nothing was written, and the
+/// append goes on as usual. A first chunk (seq 0) is left to the usual path: its run is
+/// usually new, and its rows would cross the wire twice.
+async fn insert_ahead(conn: &mut PgConnection, tenant: TenantId, run: &RunAppend) -> Result<bool> {
+    let Some((from, links)) = run.chained_ahead() else {
+        return Ok(false);
+    };
+    if run.bodies().is_empty() || run.start() == 0 {
+        return Ok(false);
+    }
+    let bodies: Vec<&str> = run.bodies().iter().map(|b| b.canonical_json()).collect();
+    let contents: Vec<Digest> = run.bodies().iter().map(|b| b.content_hash()).collect();
+    let contents: Vec<&[u8]> = contents.iter().map(|d| d.as_bytes().as_slice()).collect();
+    let chains: Vec<&[u8]> = links.iter().map(|d| d.as_bytes().as_slice()).collect();
+    // The run's row is locked by its key alone, so a concurrent append holding it is waited
+    // for and the condition reads the tip it committed (a condition in the locking scan would
+    // be read in the statement's snapshot, before that append, and skip the row unlocked).
+    // The condition's `EXISTS` is uncorrelated: a one-time filter, evaluated (the row locked)
+    // before the first row is inserted.
+    let done = query(
+        "WITH tip AS MATERIALIZED ( \
+             SELECT next_seq, head_hash FROM kahn.runs \
+             WHERE tenant_id = $1 AND run_id = $2 \
+             FOR UPDATE) \
+         INSERT INTO kahn.transitions (tenant_id, run_id, seq, body, content_hash, chain_hash) \
+         SELECT $1, $2, $3 + t.n - 1, t.body, t.content_hash, t.chain_hash \
+         FROM UNNEST($5::text[], $6::bytea[], $7::bytea[]) WITH ORDINALITY \
+              AS t(body, content_hash, chain_hash, n) \
+         WHERE EXISTS (SELECT FROM tip WHERE next_seq = $3 AND head_hash = $4)",
+    )
+    .bind(tenant.as_uuid())
+    .bind(run.run_id().as_str())
+    .bind(seq_param(run.start())?)
+    .bind(from.as_bytes().as_slice())
+    .bind(&bodies)
+    .bind(&contents)
+    .bind(&chains)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    match done.rows_affected() {
+        0 => Ok(false),
+        n if n == bodies.len() as u64 => Ok(true),
+        n => Err(corrupt(format!("{n} of {} rows written ahead", bodies.len()))),
+    }
+}
+
+/// Applies each run's new rows to its progress (kahn-core's rule), from the stored
+/// summaries of the nodes they touch: none for a new run, every node of the run when the
+/// cache holds them under its stored head, otherwise the touched ones, read for all runs in
+/// one statement. Returns every run's progress, advanced or as stored ([`changed_nodes`] are
+/// then what to store), and whether it holds every node of its run (what the cache keeps).
 async fn advance(
     conn: &mut PgConnection,
     tenant: TenantId,
     runs: &[RunAppend],
     decisions: &[Decision<'_>],
     is_new: &[bool],
-    stored: Vec<RunProgress>,
-) -> Result<Vec<Progress>> {
+    stored: Vec<(RunProgress, Digest)>,
+    cache: &NodesCache,
+) -> Result<(Vec<Progress>, Vec<bool>)> {
+    let mut cached: Vec<Option<Nodes>> = runs
+        .iter()
+        .zip(decisions)
+        .zip(is_new.iter().zip(&stored))
+        .map(|((run, d), (&new, (_, head)))| match new || d.rows.is_empty() {
+            true => None,
+            false => cache.take(tenant, run.run_id().as_str(), head),
+        })
+        .collect();
     let wanted: Vec<(&str, &str)> = runs
         .iter()
         .zip(decisions)
-        .zip(is_new)
-        .filter(|(_, new)| !**new)
+        .zip(is_new.iter().zip(&cached))
+        .filter(|(_, (new, cached))| !**new && cached.is_none())
         .flat_map(|((run, d), _)| {
             d.touched_nodes().into_iter().map(move |n| (run.run_id().as_str(), n))
         })
         .collect();
     let mut loaded = progress::load_nodes(conn, tenant, &wanted).await?;
     let mut advanced = Vec::with_capacity(runs.len());
-    for ((run, d), stored) in runs.iter().zip(decisions).zip(stored) {
-        let nodes = loaded.remove(run.run_id().as_str()).unwrap_or_default();
-        let mut p = Progress::new(stored, nodes);
+    let mut complete = Vec::with_capacity(runs.len());
+    for (i, ((run, d), (stored, _))) in runs.iter().zip(decisions).zip(stored).enumerate() {
+        let (mut p, whole) = match cached[i].take() {
+            Some(nodes) => (Progress { run: stored, nodes }, true),
+            None => {
+                let nodes = loaded.remove(run.run_id().as_str()).unwrap_or_default();
+                (Progress::new(stored, nodes), is_new[i])
+            }
+        };
+        complete.push(whole);
         d.advance(&mut p);
         advanced.push(p);
     }
-    Ok(advanced)
+    Ok((advanced, complete))
 }
 
 /// The node summaries the new rows changed, `(run, summary)`.

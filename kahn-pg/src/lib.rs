@@ -65,6 +65,7 @@ pub mod citus;
 mod control;
 mod error;
 mod migrate;
+mod nodes_cache;
 mod progress;
 mod read;
 
@@ -128,6 +129,8 @@ pub struct PgBackend {
     lone: control::Lone,
     /// Plain Postgres or Citus, learned at the first append (shared by the clones).
     engine: Arc<OnceLock<append::Engine>>,
+    /// The node summaries of the runs appended to last (shared by the clones).
+    nodes: Arc<nodes_cache::NodesCache>,
 }
 
 /// Whether `url` turns sqlx's statement cache off (`statement-cache-capacity=0`): what an app
@@ -220,6 +223,7 @@ impl PgBackend {
             key_uses: Arc::new(KeyUseThrottle::new()),
             lone: control::Lone::Direct,
             engine: Arc::new(OnceLock::new()),
+            nodes: Arc::default(),
         }
     }
 
@@ -554,7 +558,9 @@ impl StorageBackend for PgBackend {
         for attempt in 1..=attempts {
             let mut tx = self.write_tx(scope).await?;
             let engine = self.engine(&mut tx).await?;
-            if let Some(report) = append::append(&mut tx, scope.tenant(), batch, engine).await? {
+            if let Some(report) =
+                append::append(&mut tx, scope.tenant(), batch, engine, &self.nodes).await?
+            {
                 tx.commit().await.map_err(db)?;
                 return Ok(report);
             }

@@ -151,3 +151,37 @@ async fn a_run_created_meanwhile_is_decided_on_its_stored_metadata() {
         Err(Error::NotFound { .. })
     ));
 }
+
+/// Two servers on one database append one run's chunks in turns. Each keeps the node
+/// summaries of the runs it appended to last, under the head they lead to: when the other
+/// server has moved the run on, the head differs and the summaries are read back from the
+/// database. Here they must come out as one store appending every chunk leaves them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_appending_one_run_in_turns_leave_its_node_summaries_right() {
+    use kahn_core::conformance::fixtures::{SourceLog, recent_base};
+    let (db, a, scope) = setup().await;
+    let b = db.app().await;
+    let reference = kahn_core::MemoryBackend::new();
+    let t = reference.provision_tenant(&NewTenant::new("ref").expect("valid")).await.expect("t");
+    let key = reference.issue_api_key(t.id).await.expect("key");
+    let ref_scope = reference.resolve_api_key(&key.secret).await.expect("resolve").expect("key");
+    let log = SourceLog::new("turns", 60, "a", recent_base());
+    // a, a, b, a, b, b: each server finds the run moved on by the other some of the time.
+    let turns: [(u64, u64, &PgBackend); 6] =
+        [(0, 10, &a), (10, 20, &a), (20, 30, &b), (30, 40, &a), (40, 50, &b), (50, 60, &b)];
+    for (start, end, server) in turns {
+        let chunk = log.chunk_ahead(
+            start,
+            end,
+            if start == 0 { Digest::ZERO } else { log.link(start - 1) },
+        );
+        server.append(&scope, &chunk).await.expect("a chunk");
+        reference.append(&ref_scope, &chunk).await.expect("reference");
+        for store in [&a, &b] {
+            let run = store.get_run(&scope.read(), &log.run_id).await.expect("the run");
+            let want = reference.get_run(&ref_scope.read(), &log.run_id).await.expect("ref run");
+            assert_eq!(run.nodes, want.nodes, "node summaries after {start}..{end}");
+            assert_eq!(run.info.status, want.info.status, "status after {start}..{end}");
+        }
+    }
+}

@@ -7,8 +7,8 @@ use chrono::{DateTime, Duration, SubsecRound, Utc};
 use serde_json::json;
 
 use crate::{
-    AppendBatch, IssuedApiKey, NewTenant, ReadScope, RunId, StorageBackend, StorageBackendExt,
-    Tenant, WriteScope,
+    AppendBatch, Digest, IssuedApiKey, NewTenant, ReadScope, RunId, StorageBackend,
+    StorageBackendExt, Tenant, WriteScope,
 };
 
 /// What a conformance check runs against.
@@ -131,6 +131,25 @@ impl SourceLog {
     /// The validated body at `seq`.
     pub fn body(&self, seq: u64) -> crate::TransitionBody {
         self.chunk(seq, seq + 1).runs()[0].bodies()[0].clone()
+    }
+
+    /// A batch of seqs `[start, end)` whose chain links are computed ahead
+    /// ([`BatchBuilder::chain_ahead`](crate::BatchBuilder::chain_ahead)) from `from`, as a
+    /// pusher computes them from the link it expects the store to hold before `start`.
+    pub fn chunk_ahead(&self, start: u64, end: u64, from: Digest) -> AppendBatch {
+        let mut builder = crate::BatchBuilder::new();
+        for line in &self.lines[start as usize..end as usize] {
+            let line = crate::NdjsonLine::parse(line).expect("fixture lines are valid");
+            builder.push(line.expect("not blank")).expect("fixture lines ascend");
+        }
+        builder.chain_ahead(|_, _| Some(from));
+        builder.build()
+    }
+
+    /// The chain link of the log's transition `seq`: what the store holds there.
+    pub fn link(&self, seq: u64) -> Digest {
+        (0..=seq)
+            .fold(Digest::ZERO, |prev, s| crate::chain_link(&prev, &self.body(s).content_hash()))
     }
 
     /// A batch of the whole log.

@@ -79,6 +79,7 @@ macro_rules! conformance_suite {
             divergent_content_conflicts_and_writes_nothing,
             key_order_and_whitespace_do_not_matter,
             ndjson_appends_as_its_parsed_batch_does,
+            links_computed_ahead_count_only_from_the_stored_link,
             gap_is_refused_and_writes_nothing,
             batch_with_one_bad_run_writes_nothing,
             metadata_is_set_once,
@@ -315,6 +316,44 @@ pub async fn ndjson_appends_as_its_parsed_batch_does(h: &Harness) {
         matches!(conflict, Err(Error::Conflict { at: ConflictAt::Seq(2), .. })),
         "{conflict:?}"
     );
+}
+
+/// Links computed ahead of the append (by a pusher, from the link it expects the store to
+/// hold) are a hint: from the stored link they are the links; from any other link, or over
+/// stored rows, the store computes its own, and the rules apply as to any batch.
+pub async fn links_computed_ahead_count_only_from_the_stored_link(h: &Harness) {
+    let t = h.fresh_tenant().await;
+    let log = SourceLog::new("ahead", 40, "a", recent_base());
+    let run = &log.run_id;
+    h.store.append(&t.write, &log.chunk(0, 10)).await.expect("first 10");
+    // From the stored link: appended as computed.
+    let r = h.store.append(&t.write, &log.chunk_ahead(10, 20, log.link(9))).await.expect("10..20");
+    assert_eq!((r.appended(), r.skipped(), r.runs[0].head_hash), (10, 0, log.link(19)));
+    // From another link (a pusher that guessed wrong): the store's own links are stored.
+    let wrong = Digest::sha256(b"not the stored link");
+    let r = h.store.append(&t.write, &log.chunk_ahead(20, 30, wrong)).await.expect("20..30");
+    assert_eq!((r.appended(), r.skipped(), r.runs[0].head_hash), (10, 0, log.link(29)));
+    // Over stored rows, from the right link: the overlap is skipped, the tail appended.
+    let r = h.store.append(&t.write, &log.chunk_ahead(25, 35, log.link(24))).await.expect("25..35");
+    assert_eq!((r.appended(), r.skipped(), r.runs[0].head_hash), (5, 5, log.link(34)));
+    // Other content from the stored link: appended (it is new), under its own links; the
+    // same content again, computed from the wrong link, is a no-op.
+    let other = log.diverging_at(35, "b", recent_base());
+    let r = h.store.append(&t.write, &other.chunk_ahead(35, 40, log.link(34))).await.expect("tail");
+    assert_eq!((r.appended(), r.runs[0].head_hash), (5, other.link(39)));
+    let r = h.store.append(&t.write, &other.chunk_ahead(35, 40, wrong)).await.expect("again");
+    assert_eq!((r.appended(), r.skipped()), (0, 5));
+    // Divergent content over stored rows conflicts, whatever it was computed from.
+    for from in [log.link(34), other.link(34), wrong] {
+        let err = h
+            .store
+            .append(&t.write, &log.chunk_ahead(35, 40, from))
+            .await
+            .expect_err("35..40 of the first log diverge from what is stored");
+        assert!(matches!(err, Error::Conflict { at: ConflictAt::Seq(35), .. }), "{err:?}");
+    }
+    let (next, head, _) = snapshot(h, &t, run).await;
+    assert_eq!((next, head), (40, other.link(39)), "the chain recomputed from the reads");
 }
 
 /// Rule 1: a batch starting past the stored end is a Gap naming `expected`; nothing written.
