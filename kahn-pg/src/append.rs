@@ -23,6 +23,13 @@
 //!    every run that existed and gained rows or metadata is updated by one `UPDATE … FROM
 //!    UNNEST`, which also renews its `received_at`.
 //!
+//! 0. Before all of that, a batch of one run whose chain links were computed ahead
+//!    ([`insert_ahead`]) inserts its rows in one statement that first locks the run's row and
+//!    checks that the stored tip is the link they were computed from; then the plan decides
+//!    exactly those rows, and step 5 does not insert them again. Its bind crosses the wire
+//!    while an earlier append of the run still holds the lock. Node summaries a run's last
+//!    append left are taken from [`NodesCache`] when it holds them under the stored head.
+//!
 //! Before, each run cost five round trips; a request of 10,000 one-transition runs held a
 //! pooled connection for 13 s (see docs/RELIABILITY.md, "red team, round two").
 
