@@ -139,8 +139,9 @@ pub(crate) async fn append(
     }
     if written_ahead {
         // The stored tip was the link the rows were computed from, so the plan appends every
-        // one of them, with those links: what is already written.
-        if decisions.iter().zip(runs).any(|(d, run)| d.rows.len() != run.bodies().len()) {
+        // one of them, with those links: what is already written. Checked, row by row: were
+        // it ever otherwise, the transaction is refused, never committed.
+        if !runs.iter().zip(&decisions).all(|(run, d)| decided_as_written(run, d)) {
             return Err(corrupt("rows written ahead are not the rows the append decided"));
         }
     } else {
@@ -438,6 +439,19 @@ async fn insert_ahead(conn: &mut PgConnection, tenant: TenantId, run: &RunAppend
         n if n == bodies.len() as u64 => Ok(true),
         n => Err(corrupt(format!("{n} of {} rows written ahead", bodies.len()))),
     }
+}
+
+/// Whether `d` appends exactly the rows [`insert_ahead`] wrote for `run`: every one, at its
+/// seq, with the link computed ahead.
+fn decided_as_written(run: &RunAppend, d: &Decision<'_>) -> bool {
+    let Some((_, links)) = run.chained_ahead() else {
+        return false;
+    };
+    d.rows.len() == links.len()
+        && (run.start()..)
+            .zip(&d.rows)
+            .zip(links)
+            .all(|((seq, row), link)| row.seq == seq && row.chain_hash == *link)
 }
 
 /// Applies each run's new rows to its progress (kahn-core's rule), from the stored

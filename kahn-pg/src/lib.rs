@@ -21,10 +21,11 @@
 //!   query for the batch), the new runs are created once with their final summary (one
 //!   `INSERT`; the append is made again if another created one of them meanwhile), the new rows
 //!   of every run go in with one `INSERT … SELECT FROM UNNEST(…)` and the summaries of the runs
-//!   that existed change with one `UPDATE`. A pushed run's next chunk sends its rows while the
-//!   chunk before it still holds the run's lock (written on the condition that the tip it
-//!   waited for is the one they were chained from), and a run's node summaries are kept in
-//!   process under the head they lead to.
+//!   that existed change with one `UPDATE`. On plain Postgres, a pushed run's next chunk (one
+//!   run, links computed ahead, past seq 0) sends its rows while the chunk before it still
+//!   holds the run's lock, written on the condition that the tip it waited for is the one they
+//!   were chained from (a wrong guess costs the rows crossing the wire twice, never a wrong
+//!   row); and a run's node summaries are kept in process under the head they lead to.
 //! * **Exact content.** Transition bodies and graphs are stored as their RFC 8785 canonical
 //!   JSON *text* (not jsonb, which refuses `\u0000` and reformats), so reading back gives the
 //!   hashed content and the chain recomputes.

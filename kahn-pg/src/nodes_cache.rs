@@ -16,8 +16,15 @@ use kahn_core::{Digest, NodeSummary, TenantId};
 /// Runs kept at most.
 const MAX_RUNS: usize = 64;
 
-/// Node summaries kept at most, all runs together (about 200 bytes each).
-const MAX_NODES: usize = 65_536;
+/// Bytes of node summaries kept at most, all runs together (as [`size`] counts them): node
+/// names and states have no length limit, so the bound is on their bytes, not their number.
+const MAX_BYTES: usize = 16 << 20;
+
+/// What a run's summaries hold in memory, about: their strings and a fixed cost per summary
+/// (the summary itself and its map entry).
+fn size(nodes: &Nodes) -> usize {
+    nodes.iter().map(|(k, n)| 160 + k.len() + n.node.len() + n.state.len()).sum()
+}
 
 /// A run's complete node summaries, by node.
 pub(crate) type Nodes = BTreeMap<String, NodeSummary>;
@@ -33,8 +40,8 @@ pub(crate) struct NodesCache {
 #[derive(Debug, Default)]
 struct Entries {
     runs: HashMap<Key, Entry>,
-    /// Node summaries held, all entries together.
-    nodes: usize,
+    /// Bytes held ([`size`]), all entries together.
+    bytes: usize,
     /// Orders the entries by age: the oldest goes first when the cache is full.
     clock: u64,
 }
@@ -43,6 +50,7 @@ struct Entries {
 struct Entry {
     head: Digest,
     nodes: Nodes,
+    bytes: usize,
     stamp: u64,
 }
 
@@ -56,36 +64,36 @@ impl NodesCache {
             return None;
         }
         let entry = entries.runs.remove(&key)?;
-        entries.nodes -= entry.nodes.len();
+        entries.bytes -= entry.bytes;
         Some(entry.nodes)
     }
 
     /// Keeps `nodes`, the complete node summaries of `run` stored with `head`, evicting the
-    /// oldest entries past the bounds. A run with more nodes than the whole cache holds is
-    /// not kept.
+    /// oldest entries past the bounds. A run larger than the whole cache is not kept.
     pub(crate) fn put(&self, tenant: TenantId, run: &str, head: Digest, nodes: Nodes) {
-        if nodes.len() > MAX_NODES {
+        let bytes = size(&nodes);
+        if bytes > MAX_BYTES {
             return;
         }
         let mut entries = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let key = (tenant, run.to_owned());
         if let Some(old) = entries.runs.remove(&key) {
-            entries.nodes -= old.nodes.len();
+            entries.bytes -= old.bytes;
         }
-        while entries.runs.len() >= MAX_RUNS || entries.nodes + nodes.len() > MAX_NODES {
+        while entries.runs.len() >= MAX_RUNS || entries.bytes + bytes > MAX_BYTES {
             let Some(oldest) =
                 entries.runs.iter().min_by_key(|(_, e)| e.stamp).map(|(k, _)| k.clone())
             else {
                 break;
             };
             if let Some(old) = entries.runs.remove(&oldest) {
-                entries.nodes -= old.nodes.len();
+                entries.bytes -= old.bytes;
             }
         }
         entries.clock += 1;
-        entries.nodes += nodes.len();
+        entries.bytes += bytes;
         let stamp = entries.clock;
-        entries.runs.insert(key, Entry { head, nodes, stamp });
+        entries.runs.insert(key, Entry { head, nodes, bytes, stamp });
     }
 }
 
@@ -108,6 +116,17 @@ mod tests {
 
     fn nodes(n: usize) -> Nodes {
         (0..n).map(|i| (format!("n{i}"), node(&format!("n{i}")))).collect()
+    }
+
+    /// `n` summaries of nodes whose names are `len` bytes long.
+    fn long_nodes(n: usize, len: usize) -> Nodes {
+        (0..n)
+            .map(|i| {
+                let mut name = format!("{i}");
+                name.push_str(&"x".repeat(len.saturating_sub(name.len())));
+                (name.clone(), node(&name))
+            })
+            .collect()
     }
 
     #[test]
@@ -135,12 +154,21 @@ mod tests {
         assert!(cache.take(t, "r0", &h).is_none());
         assert!(cache.take(t, "r2", &h).is_none());
         assert!(cache.take(t, &format!("r{}", MAX_RUNS + 2), &h).is_some());
-        // A large run pushes out as many as it needs, and the count of nodes stays exact.
-        cache.put(t, "big", h, nodes(MAX_NODES - 10));
-        let held = cache.inner.lock().map(|e| e.nodes).unwrap_or(usize::MAX);
-        assert!(held <= MAX_NODES, "{held} nodes held");
-        assert_eq!(cache.take(t, "big", &h).map(|n| n.len()), Some(MAX_NODES - 10));
-        cache.put(t, "huge", h, nodes(MAX_NODES + 1));
+        // A large run pushes out the oldest entries, as many as it needs, and no more.
+        let big = long_nodes(1000, (MAX_BYTES / 1000 - 170) / 2);
+        cache.put(t, "big", h, big.clone());
+        let held = cache.inner.lock().map(|e| e.bytes).unwrap_or(usize::MAX);
+        assert!(held <= MAX_BYTES && held >= size(&big), "{held} bytes held");
+        assert!(cache.take(t, "r3", &h).is_none(), "the oldest is pushed out");
+        assert!(cache.take(t, &format!("r{}", MAX_RUNS + 1), &h).is_some(), "the newest stays");
+        assert_eq!(cache.take(t, "big", &h).map(|n| n.len()), Some(1000));
+        // The count of bytes is exact: with every entry taken, nothing is held.
+        for i in 0..MAX_RUNS + 3 {
+            cache.take(t, &format!("r{i}"), &h);
+        }
+        assert_eq!(cache.inner.lock().map(|e| (e.bytes, e.runs.len())).ok(), Some((0, 0)));
+        // Few nodes with long names count by their bytes: more than the cache holds is not kept.
+        cache.put(t, "huge", h, long_nodes(10, MAX_BYTES / 5));
         assert!(cache.take(t, "huge", &h).is_none());
     }
 }

@@ -166,10 +166,11 @@ async fn two_servers_appending_one_run_in_turns_leave_its_node_summaries_right()
     let key = reference.issue_api_key(t.id).await.expect("key");
     let ref_scope = reference.resolve_api_key(&key.secret).await.expect("resolve").expect("key");
     let log = SourceLog::new("turns", 60, "a", recent_base());
-    // a, a, b, a, b, b: each server finds the run moved on by the other some of the time.
-    let turns: [(u64, u64, &PgBackend); 6] =
-        [(0, 10, &a), (10, 20, &a), (20, 30, &b), (30, 40, &a), (40, 50, &b), (50, 60, &b)];
-    for (start, end, server) in turns {
+    // Chunks of 3 over 7 nodes: a chunk touches some nodes only, so a server that kept only
+    // the touched ones would count the others as new. Servers a, a, b, a, b, b, …: each finds
+    // the run moved on by the other some of the time.
+    for (i, start) in (0..60).step_by(3).enumerate() {
+        let (end, server) = (start + 3, if [0, 1, 3].contains(&(i % 6)) { &a } else { &b });
         let chunk = log.chunk_ahead(
             start,
             end,
@@ -183,5 +184,85 @@ async fn two_servers_appending_one_run_in_turns_leave_its_node_summaries_right()
             assert_eq!(run.nodes, want.nodes, "node summaries after {start}..{end}");
             assert_eq!(run.info.status, want.info.status, "status after {start}..{end}");
         }
+    }
+}
+
+/// A chunk whose links were computed ahead sends its rows before it waits for the run: while
+/// another transaction holds the run, the statement waiting is the one carrying the rows
+/// (plain Postgres; Citus takes the usual path). Two such chunks alike, waiting together,
+/// store it once: the first writes its rows, the second finds the tip moved and skips them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chunk_waits_for_its_run_with_its_rows_sent_and_two_alike_store_it_once() {
+    use kahn_core::conformance::fixtures::{SourceLog, recent_base};
+    let (db, app, scope) = setup().await;
+    let log = SourceLog::new("pipelined", 20, "a", recent_base());
+    app.append(&scope, &log.chunk(0, 10)).await.expect("first 10");
+
+    let pool = db.pool_as(kahn_pg::APP_ROLE, 1).await;
+    let mut holder = pool.begin().await.expect("begin");
+    query("SELECT kahn.enter_tenant($1)")
+        .bind(scope.tenant().as_uuid())
+        .execute(&mut *holder)
+        .await
+        .expect("tenant");
+    query("SELECT FROM kahn.runs WHERE tenant_id = $1 AND run_id = $2 FOR UPDATE")
+        .bind(scope.tenant().as_uuid())
+        .bind(log.run_id.as_str())
+        .execute(&mut *holder)
+        .await
+        .expect("hold the run");
+    let appends: Vec<_> = (0..2)
+        .map(|_| {
+            let (app, scope, chunk) =
+                (app.clone(), scope.clone(), log.chunk_ahead(10, 20, log.link(9)));
+            tokio::spawn(async move { app.append(&scope, &chunk).await })
+        })
+        .collect();
+    if db.is_citus() {
+        until_someone_waits(&db).await;
+    } else {
+        let waiting = until_waiting(&db, 2).await;
+        assert!(
+            waiting.iter().all(|q| q.trim_start().starts_with("WITH tip")),
+            "the waiting statements carry the rows: {waiting:?}"
+        );
+    }
+    holder.commit().await.expect("let the run go");
+
+    let mut reports = Vec::new();
+    for append in appends {
+        let r = append.await.expect("task").expect("both appends succeed");
+        reports.push((r.appended(), r.skipped(), r.runs[0].head_hash));
+    }
+    reports.sort();
+    assert_eq!(reports, [(0, 10, log.link(19)), (10, 0, log.link(19))]);
+    let stored = app.get_run(&scope.read(), &log.run_id).await.expect("the run");
+    assert_eq!((stored.info.next_seq, stored.info.head_hash), (20, log.link(19)));
+    let rows = app.read_all_transitions(&scope.read(), &log.run_id).await.expect("rows");
+    assert_eq!(kahn_core::verify_chain(&rows).expect("the chain verifies"), log.link(19));
+}
+
+/// The statements of the sessions of this database waiting for a lock, once `n` of them wait
+/// (plain Postgres).
+async fn until_waiting(db: &TestDb, n: usize) -> Vec<String> {
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(db.admin_options())
+        .await
+        .expect("admin pool");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: Vec<String> = query_scalar(
+            "SELECT query FROM pg_catalog.pg_stat_activity \
+             WHERE datname = pg_catalog.current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_all(&admin)
+        .await
+        .expect("lock waits");
+        if waiting.len() >= n {
+            return waiting;
+        }
+        assert!(Instant::now() < deadline, "{n} appends never waited: {waiting:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

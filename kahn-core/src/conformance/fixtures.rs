@@ -137,8 +137,23 @@ impl SourceLog {
     /// ([`BatchBuilder::chain_ahead`](crate::BatchBuilder::chain_ahead)) from `from`, as a
     /// pusher computes them from the link it expects the store to hold before `start`.
     pub fn chunk_ahead(&self, start: u64, end: u64, from: Digest) -> AppendBatch {
+        self.ahead(None, start, end, from)
+    }
+
+    /// As [`chunk_ahead`](Self::chunk_ahead), after a metadata line setting `meta`.
+    pub fn chunk_ahead_with(
+        &self,
+        meta: serde_json::Value,
+        start: u64,
+        end: u64,
+        from: Digest,
+    ) -> AppendBatch {
+        self.ahead(Some(meta_line(self.run_id.as_str(), meta)), start, end, from)
+    }
+
+    fn ahead(&self, meta: Option<String>, start: u64, end: u64, from: Digest) -> AppendBatch {
         let mut builder = crate::BatchBuilder::new();
-        for line in &self.lines[start as usize..end as usize] {
+        for line in meta.iter().chain(&self.lines[start as usize..end as usize]) {
             let line = crate::NdjsonLine::parse(line).expect("fixture lines are valid");
             builder.push(line.expect("not blank")).expect("fixture lines ascend");
         }

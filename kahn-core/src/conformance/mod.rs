@@ -323,7 +323,7 @@ pub async fn ndjson_appends_as_its_parsed_batch_does(h: &Harness) {
 /// stored rows, the store computes its own, and the rules apply as to any batch.
 pub async fn links_computed_ahead_count_only_from_the_stored_link(h: &Harness) {
     let t = h.fresh_tenant().await;
-    let log = SourceLog::new("ahead", 40, "a", recent_base());
+    let log = SourceLog::new("ahead", 45, "a", recent_base());
     let run = &log.run_id;
     h.store.append(&t.write, &log.chunk(0, 10)).await.expect("first 10");
     // From the stored link: appended as computed.
@@ -344,7 +344,7 @@ pub async fn links_computed_ahead_count_only_from_the_stored_link(h: &Harness) {
     let r = h.store.append(&t.write, &other.chunk_ahead(35, 40, wrong)).await.expect("again");
     assert_eq!((r.appended(), r.skipped()), (0, 5));
     // Divergent content over stored rows conflicts, whatever it was computed from.
-    for from in [log.link(34), other.link(34), wrong] {
+    for from in [log.link(34), wrong] {
         let err = h
             .store
             .append(&t.write, &log.chunk_ahead(35, 40, from))
@@ -352,6 +352,13 @@ pub async fn links_computed_ahead_count_only_from_the_stored_link(h: &Harness) {
             .expect_err("35..40 of the first log diverge from what is stored");
         assert!(matches!(err, Error::Conflict { at: ConflictAt::Seq(35), .. }), "{err:?}");
     }
+    // A chunk from the stored link that also names another source than the stored one is
+    // refused whole: none of its rows is kept, however early a store wrote them.
+    let source = batch(&[meta_line("ahead", json!({"source": "ci"}))]);
+    h.store.append(&t.write, &source).await.expect("the source is set");
+    let elsewhere = other.chunk_ahead_with(json!({"source": "elsewhere"}), 40, 45, other.link(39));
+    let err = h.store.append(&t.write, &elsewhere).await.expect_err("the source differs");
+    assert!(matches!(err, Error::Conflict { at: ConflictAt::Metadata(_), .. }), "{err:?}");
     let (next, head, _) = snapshot(h, &t, run).await;
     assert_eq!((next, head), (40, other.link(39)), "the chain recomputed from the reads");
 }
