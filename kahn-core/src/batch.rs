@@ -63,12 +63,7 @@ impl RunAppend {
     /// ahead ([`BatchBuilder::chain_ahead`]) from `before`, the link before the first one;
     /// `None` otherwise (then whoever needs them computes them).
     pub fn links_ahead(&self, before: &Digest) -> Option<&[Digest]> {
-        match &self.ahead.0 {
-            Some((from, links)) if from == before && links.len() == self.bodies.len() => {
-                Some(links)
-            }
-            _ => None,
-        }
+        self.chained_ahead().and_then(|(from, links)| (from == before).then_some(links))
     }
 
     /// The links computed ahead ([`BatchBuilder::chain_ahead`]) and the link they were

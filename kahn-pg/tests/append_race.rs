@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kahn_core::conformance::fixtures::{SourceLog, recent_base};
 use kahn_core::{
     AppendBatch, ConflictAt, Digest, Error, NewTenant, RunId, StorageBackend, StorageBackendExt,
     WriteScope,
@@ -38,12 +39,8 @@ async fn setup() -> (TestDb, Arc<PgBackend>, WriteScope) {
     (db, app, scope)
 }
 
-/// Another session creates `runs` (`(run id, source)`) in a transaction it keeps open.
-async fn create_elsewhere(
-    db: &TestDb,
-    scope: &WriteScope,
-    runs: &[(&str, Option<&str>)],
-) -> PgTransaction<'static> {
+/// A transaction of another session, as the app role, in the scope's tenant.
+async fn elsewhere(db: &TestDb, scope: &WriteScope) -> PgTransaction<'static> {
     let pool = db.pool_as(kahn_pg::APP_ROLE, 1).await;
     let mut tx = pool.begin().await.expect("begin");
     query("SELECT kahn.enter_tenant($1)")
@@ -51,6 +48,16 @@ async fn create_elsewhere(
         .execute(&mut *tx)
         .await
         .expect("tenant");
+    tx
+}
+
+/// Another session creates `runs` (`(run id, source)`) in a transaction it keeps open.
+async fn create_elsewhere(
+    db: &TestDb,
+    scope: &WriteScope,
+    runs: &[(&str, Option<&str>)],
+) -> PgTransaction<'static> {
+    let mut tx = elsewhere(db, scope).await;
     for (run, source) in runs {
         query(
             "INSERT INTO kahn.runs (tenant_id, run_id, source, head_hash, created_at) \
@@ -67,23 +74,29 @@ async fn create_elsewhere(
     tx
 }
 
-/// Waits until some session waits for another's lock (on Citus, on a worker: the coordinator's
-/// `citus_lock_waits` shows it).
-async fn until_someone_waits(db: &TestDb) {
-    let admin = PgPoolOptions::new()
+/// A one-connection pool as the admin, to watch the other sessions.
+async fn watcher(db: &TestDb) -> sqlx_postgres::PgPool {
+    PgPoolOptions::new()
         .max_connections(1)
         .connect_with(db.admin_options())
         .await
-        .expect("admin pool");
-    let sql = if db.is_citus() {
-        "SELECT count(*) FROM citus_lock_waits"
-    } else {
-        "SELECT count(*) FROM pg_catalog.pg_stat_activity \
-         WHERE datname = pg_catalog.current_database() AND wait_event_type = 'Lock'"
-    };
+        .expect("admin pool")
+}
+
+/// Waits until some session waits for another's lock (on Citus, on a worker: the coordinator's
+/// `citus_lock_waits` shows it).
+async fn until_someone_waits(db: &TestDb) {
+    if !db.is_citus() {
+        until_waiting(db, 1).await;
+        return;
+    }
+    let admin = watcher(db).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let waiting: i64 = query_scalar(sql).fetch_one(&admin).await.expect("lock waits");
+        let waiting: i64 = query_scalar("SELECT count(*) FROM citus_lock_waits")
+            .fetch_one(&admin)
+            .await
+            .expect("lock waits");
         if waiting > 0 {
             return;
         }
@@ -158,7 +171,6 @@ async fn a_run_created_meanwhile_is_decided_on_its_stored_metadata() {
 /// database. Here they must come out as one store appending every chunk leaves them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_appending_one_run_in_turns_leave_its_node_summaries_right() {
-    use kahn_core::conformance::fixtures::{SourceLog, recent_base};
     let (db, a, scope) = setup().await;
     let b = db.app().await;
     let reference = kahn_core::MemoryBackend::new();
@@ -193,18 +205,11 @@ async fn two_servers_appending_one_run_in_turns_leave_its_node_summaries_right()
 /// store it once: the first writes its rows, the second finds the tip moved and skips them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_chunk_waits_for_its_run_with_its_rows_sent_and_two_alike_store_it_once() {
-    use kahn_core::conformance::fixtures::{SourceLog, recent_base};
     let (db, app, scope) = setup().await;
     let log = SourceLog::new("pipelined", 20, "a", recent_base());
     app.append(&scope, &log.chunk(0, 10)).await.expect("first 10");
 
-    let pool = db.pool_as(kahn_pg::APP_ROLE, 1).await;
-    let mut holder = pool.begin().await.expect("begin");
-    query("SELECT kahn.enter_tenant($1)")
-        .bind(scope.tenant().as_uuid())
-        .execute(&mut *holder)
-        .await
-        .expect("tenant");
+    let mut holder = elsewhere(&db, &scope).await;
     query("SELECT FROM kahn.runs WHERE tenant_id = $1 AND run_id = $2 FOR UPDATE")
         .bind(scope.tenant().as_uuid())
         .bind(log.run_id.as_str())
@@ -245,11 +250,7 @@ async fn a_chunk_waits_for_its_run_with_its_rows_sent_and_two_alike_store_it_onc
 /// The statements of the sessions of this database waiting for a lock, once `n` of them wait
 /// (plain Postgres).
 async fn until_waiting(db: &TestDb, n: usize) -> Vec<String> {
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(db.admin_options())
-        .await
-        .expect("admin pool");
+    let admin = watcher(db).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let waiting: Vec<String> = query_scalar(
@@ -262,7 +263,7 @@ async fn until_waiting(db: &TestDb, n: usize) -> Vec<String> {
         if waiting.len() >= n {
             return waiting;
         }
-        assert!(Instant::now() < deadline, "{n} appends never waited: {waiting:?}");
+        assert!(Instant::now() < deadline, "{n} sessions never waited for a lock: {waiting:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
