@@ -24,11 +24,15 @@
 //!    UNNEST`, which also renews its `received_at`.
 //!
 //! 0. Before all of that, a batch of one run whose chain links were computed ahead
-//!    ([`insert_ahead`]) inserts its rows in one statement that first locks the run's row and
-//!    checks that the stored tip is the link they were computed from; then the plan decides
-//!    exactly those rows, and step 5 does not insert them again. Its bind crosses the wire
-//!    while an earlier append of the run still holds the lock. Node summaries a run's last
-//!    append left are taken from [`NodesCache`] when it holds them under the stored head.
+//!    ([`append_ahead`]) inserts its rows in one statement that first locks the run's row and
+//!    checks that the stored tip is the link they were computed from; its bind crosses the
+//!    wire while an earlier append of the run still holds the lock. When this process holds
+//!    the run's progress under that link ([`ProgressCache`]: what its last append of the run
+//!    left), everything the append writes is known before the lock, and the same statement
+//!    also stores the node summaries and the run's summary: the append is that one statement.
+//!    Otherwise the plan then decides exactly those rows, and step 5 does not insert them
+//!    again. Progress a run's last append left is also taken from the cache in step 5, for
+//!    the node summaries, when it holds them under the stored head.
 //!
 //! Before, each run cost five round trips; a request of 10,000 one-transition runs held a
 //! pooled connection for 13 s (see docs/RELIABILITY.md, "red team, round two").
@@ -48,8 +52,8 @@ use sqlx_core::sql_str::AssertSqlSafe;
 use sqlx_postgres::{PgArguments, PgConnection, PgQueryResult, Postgres};
 
 use crate::error::{corrupt, db, unique_violation};
-use crate::nodes_cache::{Nodes, NodesCache};
-use crate::progress::{self, ProgressColumns, run_progress};
+use crate::progress::{self, NodeColumns, ProgressColumns, on_node_conflict, run_progress};
+use crate::progress_cache::ProgressCache;
 
 /// How the adapter writes rows that are not in any table yet, which depends on the engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,7 +78,7 @@ pub(crate) async fn append(
     tenant: TenantId,
     batch: &AppendBatch,
     engine: Engine,
-    cache: &NodesCache,
+    cache: &ProgressCache,
 ) -> Result<Option<AppendReport>> {
     let runs = batch.runs();
     if runs.is_empty() {
@@ -84,8 +88,18 @@ pub(crate) async fn append(
     // the run's stored tip is the link they were computed from (the lock that condition takes
     // is the one step 1 takes). Their bind then crosses the wire and is decoded while an
     // earlier append of the run still holds its lock, not after.
+    let _promise = match (engine, runs) {
+        (Engine::Postgres, [run]) => run.chained_ahead().and_then(|(_, links)| {
+            Some(cache.promise(tenant, run.run_id().as_str(), *links.last()?))
+        }),
+        _ => None,
+    };
     let written_ahead = match (engine, runs) {
-        (Engine::Postgres, [run]) => insert_ahead(conn, tenant, run).await?,
+        (Engine::Postgres, [run]) => match append_ahead(conn, tenant, run, cache).await? {
+            Ahead::Whole(report) => return Ok(Some(report)),
+            Ahead::Rows => true,
+            Ahead::Not => false,
+        },
         _ => false,
     };
     // Run ids compare bytewise in Rust, as `COLLATE "C"` orders them in the table.
@@ -129,6 +143,14 @@ pub(crate) async fn append(
 
     let (advanced, complete) =
         advance(conn, tenant, runs, &decisions, &is_new, stored_progress, cache).await?;
+    // Kept under the head they lead to as soon as they are known (the next append of a run
+    // may be waiting for them), whether or not this transaction commits: they are that head's
+    // progress either way.
+    for (((run, d), p), &complete) in runs.iter().zip(&decisions).zip(&advanced).zip(&complete) {
+        if complete {
+            cache.put(tenant, run.run_id().as_str(), d.head_hash, p.clone());
+        }
+    }
     // The new runs first, written once with their final summary (the transitions and node
     // summaries below take their tenant from the run rows). Fewer created than planned: a
     // concurrent append created one meanwhile, and its plan here assumed an empty run.
@@ -157,13 +179,6 @@ pub(crate) async fn append(
     let report = AppendReport {
         runs: runs.iter().zip(&decisions).map(|(run, d)| d.report(run.run_id())).collect(),
     };
-    // Kept under the head they lead to, whether or not this transaction commits: they are
-    // that head's summaries either way.
-    for (((run, d), p), complete) in runs.iter().zip(&decisions).zip(advanced).zip(complete) {
-        if complete {
-            cache.put(tenant, run.run_id().as_str(), d.head_hash, p.nodes);
-        }
-    }
     Ok(Some(report))
 }
 
@@ -389,21 +404,94 @@ async fn insert_rows(
     Ok(())
 }
 
-/// Inserts the rows of `run` when its links were computed ahead from the link its stored run
-/// ends with, at the seq its first row carries: then they are exactly the rows the append
-/// decides (nothing stored overlaps them, each link follows from that one). The same
-/// statement locks the run's row first, as [`lock_runs`] does (so a concurrent append of the
-/// run is waited for, and the condition read after it commits). `true` when the rows went in;
-/// `false` when the stored tip is another (or the run is new): nothing was written, and the
-/// append goes on as usual. A first chunk (seq 0) is left to the usual path: its run is
-/// usually new, and its rows would cross the wire twice.
-async fn insert_ahead(conn: &mut PgConnection, tenant: TenantId, run: &RunAppend) -> Result<bool> {
+/// The update of stored runs' summaries: `$1` the tenant, `$2` … `$20` the columns
+/// [`Summaries::bind_columns`] binds. Ends with its `WHERE`, which a statement may extend.
+macro_rules! update_runs_sql {
+    () => {
+        "UPDATE kahn.runs AS r SET source = COALESCE(u.source, r.source), \
+                    graph = COALESCE(u.graph, r.graph), labels = COALESCE(u.labels, r.labels), \
+                    next_seq = u.next_seq, head_hash = u.head_hash, status_json = u.status_json, \
+                    first_ts = LEAST(r.first_ts, u.first_ts), last_ts = GREATEST(r.last_ts, u.last_ts), \
+                    received_at = pg_catalog.now(), run_state_json = u.run_state_json, \
+                    started_at = u.started_at, ended_at = u.ended_at, nodes_failed = u.failed, \
+                    nodes_cancelled = u.cancelled, nodes_active = u.active, \
+                    nodes_waiting = u.waiting, nodes_succeeded = u.succeeded, \
+                    nodes_skipped = u.skipped, nodes_other = u.other \
+             FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bytea[], \
+                         $8::text[], $9::timestamptz[], $10::timestamptz[], $11::text[], \
+                         $12::timestamptz[], $13::timestamptz[], $14::bigint[], $15::bigint[], \
+                         $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[]) \
+                  AS u(run_id, source, graph, labels, next_seq, head_hash, status_json, first_ts, \
+                       last_ts, run_state_json, started_at, ended_at, failed, cancelled, active, \
+                       waiting, succeeded, skipped, other) \
+             WHERE r.tenant_id = $1 AND r.run_id = u.run_id"
+    };
+}
+
+/// How long [`append_ahead`] waits for the append before it (of the same run, in this
+/// process) to work out the run's progress: about as long as that append takes to lock the
+/// run, past which the rows are sent without it.
+const PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What [`append_ahead`] did.
+enum Ahead {
+    /// The whole append: rows, node summaries and run summary, all stored.
+    Whole(AppendReport),
+    /// The rows only: the append goes on from step 1, and decides exactly those rows.
+    Rows,
+    /// Nothing: the stored tip is another, or the run is new, or the batch does not qualify.
+    Not,
+}
+
+/// Appends `run` ahead of reading its stored run, when its links were computed ahead from the
+/// link its stored run ends with, at the seq its first row carries: then they are exactly the
+/// rows the append decides (nothing stored overlaps them, each link follows from that one).
+/// One statement locks the run's row first, as [`lock_runs`] does (so a concurrent append of
+/// the run is waited for, and the condition read after it commits), then writes only if the
+/// stored tip is that link.
+///
+/// It writes the rows, and, when the cache holds the run's progress under that link and the
+/// batch carries no metadata, also the node summaries and the run's summary the rows advance
+/// it to: the whole append ([`Ahead::Whole`]). Otherwise only the rows ([`Ahead::Rows`]).
+/// [`Ahead::Not`] when the stored tip is another (or the run is new): nothing was written.
+/// A first chunk (seq 0) is left to the usual path: its run is usually new, and its rows
+/// would cross the wire twice.
+async fn append_ahead(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    run: &RunAppend,
+    cache: &ProgressCache,
+) -> Result<Ahead> {
     let Some((from, links)) = run.chained_ahead() else {
-        return Ok(false);
+        return Ok(Ahead::Not);
     };
     if run.bodies().is_empty() || run.start() == 0 {
-        return Ok(false);
+        return Ok(Ahead::Not);
     }
+    // The append before this one may still be working the progress out (a pipelined pusher
+    // sends this one before that one is done): it is waited for, not gone without.
+    let cached = match run.meta().is_empty() {
+        true => cache.take_or_wait(tenant, run.run_id().as_str(), from, PATIENCE).await,
+        false => None,
+    };
+    let whole = match cached {
+        Some(progress) => advanced_ahead(run, *from, progress)?,
+        None => None,
+    };
+    let one = std::slice::from_ref(run);
+    let (decisions, advanced) = match &whole {
+        Some((d, p)) => (std::slice::from_ref(d), std::slice::from_ref(p)),
+        None => (&[][..], &[][..]),
+    };
+    let summary = Summaries::of(
+        one,
+        decisions,
+        &[None],
+        advanced,
+        (!advanced.is_empty()).then_some(0),
+        false,
+    )?;
+    let nodes = NodeColumns::of(&changed_nodes(one, decisions, advanced))?;
     let bodies: Vec<&str> = run.bodies().iter().map(|b| b.canonical_json()).collect();
     let contents: Vec<Digest> = run.bodies().iter().map(|b| b.content_hash()).collect();
     let contents: Vec<&[u8]> = contents.iter().map(|d| d.as_bytes().as_slice()).collect();
@@ -412,36 +500,83 @@ async fn insert_ahead(conn: &mut PgConnection, tenant: TenantId, run: &RunAppend
     // for and the condition reads the tip it committed (a condition in the locking scan would
     // be read in the statement's snapshot, before that append, and skip the row unlocked).
     // The condition's `EXISTS` is uncorrelated: a one-time filter, evaluated (the row locked)
-    // before the first row is inserted.
-    let done = query(
+    // before the first row is inserted. The summaries' upsert and update (no rows to them
+    // when only the rows go ahead) take the rows the append waited for, though the statement's
+    // snapshot predates them: an update follows a row to its latest version, and an upsert
+    // finds a conflicting row whether or not its snapshot sees it.
+    let q = query(concat!(
         "WITH tip AS MATERIALIZED ( \
              SELECT next_seq, head_hash FROM kahn.runs \
-             WHERE tenant_id = $1 AND run_id = $2 \
-             FOR UPDATE) \
+             WHERE tenant_id = $1 AND run_id = $21 \
+             FOR UPDATE), \
+         ok AS MATERIALIZED (SELECT FROM tip WHERE next_seq = $22 AND head_hash = $23), \
+         run AS (",
+        update_runs_sql!(),
+        " AND EXISTS (SELECT FROM ok)), \
+         nodes AS ( \
+             INSERT INTO kahn.run_nodes (tenant_id, run_id, node_json, state_json, started_at, \
+                                         ended_at, attempts, first_seq, last_seq) \
+             SELECT $1, n.run_id, n.node_json, n.state_json, n.started_at, n.ended_at, \
+                    n.attempts, n.first_seq, n.last_seq \
+             FROM UNNEST($27::text[], $28::text[], $29::text[], $30::timestamptz[], \
+                         $31::timestamptz[], $32::bigint[], $33::bigint[], $34::bigint[]) \
+                  AS n(run_id, node_json, state_json, started_at, ended_at, attempts, \
+                       first_seq, last_seq) \
+             WHERE EXISTS (SELECT FROM ok)",
+        on_node_conflict!(),
+        ") \
          INSERT INTO kahn.transitions (tenant_id, run_id, seq, body, content_hash, chain_hash) \
-         SELECT $1, $2, $3 + t.n - 1, t.body, t.content_hash, t.chain_hash \
-         FROM UNNEST($5::text[], $6::bytea[], $7::bytea[]) WITH ORDINALITY \
+         SELECT $1, $21, $22 + t.n - 1, t.body, t.content_hash, t.chain_hash \
+         FROM UNNEST($24::text[], $25::bytea[], $26::bytea[]) WITH ORDINALITY \
               AS t(body, content_hash, chain_hash, n) \
-         WHERE EXISTS (SELECT FROM tip WHERE next_seq = $3 AND head_hash = $4)",
-    )
-    .bind(tenant.as_uuid())
-    .bind(run.run_id().as_str())
-    .bind(seq_param(run.start())?)
-    .bind(from.as_bytes().as_slice())
-    .bind(&bodies)
-    .bind(&contents)
-    .bind(&chains)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
-    match done.rows_affected() {
-        0 => Ok(false),
-        n if n == bodies.len() as u64 => Ok(true),
-        n => Err(corrupt(format!("{n} of {} rows written ahead", bodies.len()))),
+         WHERE EXISTS (SELECT FROM ok)"
+    ))
+    .bind(tenant.as_uuid());
+    let q = summary
+        .bind_columns(q)
+        .bind(run.run_id().as_str())
+        .bind(seq_param(run.start())?)
+        .bind(from.as_bytes().as_slice())
+        .bind(&bodies)
+        .bind(&contents)
+        .bind(&chains);
+    // Kept under the head it leads to before the statement runs (the next append of the run
+    // may be waiting for it), whether or not it commits: it is that head's progress either way.
+    if let Some((d, p)) = &whole {
+        cache.put(tenant, run.run_id().as_str(), d.head_hash, p.clone());
+    }
+    let done = nodes.bind(q).execute(&mut *conn).await.map_err(db)?;
+    match (done.rows_affected(), whole) {
+        (0, _) => Ok(Ahead::Not),
+        (n, Some((d, _))) if n == bodies.len() as u64 => {
+            Ok(Ahead::Whole(AppendReport { runs: vec![d.report(run.run_id())] }))
+        }
+        (n, None) if n == bodies.len() as u64 => Ok(Ahead::Rows),
+        (n, _) => Err(corrupt(format!("{n} of {} rows written ahead", bodies.len()))),
     }
 }
 
-/// Whether `d` appends exactly the rows [`insert_ahead`] wrote for `run`: every one, at its
+/// The append of `run` decided ahead, against a stored run whose tip is `from` at the run's
+/// start and whose progress is `progress`, and that progress advanced by it. `None` (the
+/// append goes the usual way) unless it appends every row, with the links computed ahead.
+fn advanced_ahead<'a>(
+    run: &'a RunAppend,
+    from: Digest,
+    mut progress: Progress,
+) -> Result<Option<(Decision<'a>, Progress)>> {
+    let plan = AppendPlan::new(run, run.start(), from)?;
+    // At the tip, the plan needs no stored link: none is read.
+    let Outcome::Append(d) = plan.decide(|_| None)? else {
+        return Ok(None);
+    };
+    if !decided_as_written(run, &d) {
+        return Ok(None);
+    }
+    d.advance(&mut progress);
+    Ok(Some((d, progress)))
+}
+
+/// Whether `d` appends exactly the rows [`append_ahead`] wrote for `run`: every one, at its
 /// seq, with the link computed ahead.
 fn decided_as_written(run: &RunAppend, d: &Decision<'_>) -> bool {
     let Some((_, links)) = run.chained_ahead() else {
@@ -456,8 +591,8 @@ fn decided_as_written(run: &RunAppend, d: &Decision<'_>) -> bool {
 
 /// Applies each run's new rows to its progress (kahn-core's rule), from the stored
 /// summaries of the nodes they touch: none for a new run, every node of the run when the
-/// cache holds them under its stored head, otherwise the touched ones, read for all runs in
-/// one statement. Returns every run's progress, advanced or as stored ([`changed_nodes`] are
+/// cache holds its progress under its stored head, otherwise the touched ones, read for all
+/// runs in one statement. Returns every run's progress, advanced or as stored ([`changed_nodes`] are
 /// then what to store), and whether it holds every node of its run (what the cache keeps).
 async fn advance(
     conn: &mut PgConnection,
@@ -466,9 +601,9 @@ async fn advance(
     decisions: &[Decision<'_>],
     is_new: &[bool],
     stored: Vec<(RunProgress, Digest)>,
-    cache: &NodesCache,
+    cache: &ProgressCache,
 ) -> Result<(Vec<Progress>, Vec<bool>)> {
-    let mut cached: Vec<Option<Nodes>> = runs
+    let mut cached: Vec<Option<Progress>> = runs
         .iter()
         .zip(decisions)
         .zip(is_new.iter().zip(&stored))
@@ -491,7 +626,8 @@ async fn advance(
     let mut complete = Vec::with_capacity(runs.len());
     for (i, ((run, d), (stored, _))) in runs.iter().zip(decisions).zip(stored).enumerate() {
         let (mut p, whole) = match cached[i].take() {
-            Some(nodes) => (Progress { run: stored, nodes }, true),
+            // The run's own progress as just read under the lock (the cached one is the same).
+            Some(cached) => (Progress { run: stored, nodes: cached.nodes }, true),
             None => {
                 let nodes = loaded.remove(run.run_id().as_str()).unwrap_or_default();
                 (Progress::new(stored, nodes), is_new[i])
@@ -706,26 +842,7 @@ async fn update_runs(
     if runs.is_empty() {
         return Ok(());
     }
-    let q = query(
-        "UPDATE kahn.runs AS r SET source = COALESCE(u.source, r.source), \
-                graph = COALESCE(u.graph, r.graph), labels = COALESCE(u.labels, r.labels), \
-                next_seq = u.next_seq, head_hash = u.head_hash, status_json = u.status_json, \
-                first_ts = LEAST(r.first_ts, u.first_ts), last_ts = GREATEST(r.last_ts, u.last_ts), \
-                received_at = pg_catalog.now(), run_state_json = u.run_state_json, \
-                started_at = u.started_at, ended_at = u.ended_at, nodes_failed = u.failed, \
-                nodes_cancelled = u.cancelled, nodes_active = u.active, \
-                nodes_waiting = u.waiting, nodes_succeeded = u.succeeded, \
-                nodes_skipped = u.skipped, nodes_other = u.other \
-         FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bytea[], \
-                     $8::text[], $9::timestamptz[], $10::timestamptz[], $11::text[], \
-                     $12::timestamptz[], $13::timestamptz[], $14::bigint[], $15::bigint[], \
-                     $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[]) \
-              AS u(run_id, source, graph, labels, next_seq, head_hash, status_json, first_ts, \
-                   last_ts, run_state_json, started_at, ended_at, failed, cancelled, active, \
-                   waiting, succeeded, skipped, other) \
-         WHERE r.tenant_id = $1 AND r.run_id = u.run_id",
-    )
-    .bind(tenant.as_uuid());
+    let q = query(update_runs_sql!()).bind(tenant.as_uuid());
     runs.bind_columns(q).execute(&mut *conn).await.map_err(db)?;
     Ok(())
 }

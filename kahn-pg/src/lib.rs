@@ -69,8 +69,8 @@ pub mod citus;
 mod control;
 mod error;
 mod migrate;
-mod nodes_cache;
 mod progress;
+mod progress_cache;
 mod read;
 
 use std::sync::{Arc, OnceLock};
@@ -133,8 +133,8 @@ pub struct PgBackend {
     lone: control::Lone,
     /// Plain Postgres or Citus, learned at the first append (shared by the clones).
     engine: Arc<OnceLock<append::Engine>>,
-    /// The node summaries of the runs appended to last (shared by the clones).
-    nodes: Arc<nodes_cache::NodesCache>,
+    /// The progress of the runs appended to last (shared by the clones).
+    progress: Arc<progress_cache::ProgressCache>,
 }
 
 /// Whether `url` turns sqlx's statement cache off (`statement-cache-capacity=0`): what an app
@@ -227,7 +227,7 @@ impl PgBackend {
             key_uses: Arc::new(KeyUseThrottle::new()),
             lone: control::Lone::Direct,
             engine: Arc::new(OnceLock::new()),
-            nodes: Arc::default(),
+            progress: Arc::default(),
         }
     }
 
@@ -563,7 +563,7 @@ impl StorageBackend for PgBackend {
             let mut tx = self.write_tx(scope).await?;
             let engine = self.engine(&mut tx).await?;
             if let Some(report) =
-                append::append(&mut tx, scope.tenant(), batch, engine, &self.nodes).await?
+                append::append(&mut tx, scope.tenant(), batch, engine, &self.progress).await?
             {
                 tx.commit().await.map_err(db)?;
                 return Ok(report);

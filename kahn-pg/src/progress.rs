@@ -9,9 +9,9 @@ use chrono::{DateTime, Utc};
 use kahn_core::{
     ClassCounts, NodeSummary, Progress, Result, RunProgress, StateClass, TenantId, TransitionBody,
 };
-use sqlx_core::query::query;
+use sqlx_core::query::{Query, query};
 use sqlx_core::row::Row;
-use sqlx_postgres::{PgConnection, PgPool, PgRow};
+use sqlx_postgres::{PgArguments, PgConnection, PgPool, PgRow, Postgres};
 
 use crate::error::{corrupt, db};
 
@@ -115,6 +115,74 @@ pub(crate) async fn load_nodes(
     Ok(by_run)
 }
 
+/// Node summaries to store, one array per column, in the order the upserts' `UNNEST` lists
+/// them: run id, node, state, started, ended, attempts, first seq, last seq.
+pub(crate) struct NodeColumns<'a> {
+    runs: Vec<&'a str>,
+    names: Vec<String>,
+    states: Vec<String>,
+    started: Vec<Option<DateTime<Utc>>>,
+    ended: Vec<Option<DateTime<Utc>>>,
+    attempts: Vec<i64>,
+    firsts: Vec<i64>,
+    lasts: Vec<i64>,
+}
+
+impl<'a> NodeColumns<'a> {
+    /// The columns of `nodes`, `(run, summary)`.
+    pub(crate) fn of(nodes: &[(&'a str, &NodeSummary)]) -> Result<Self> {
+        let seq = |n: u64| i64::try_from(n).map_err(corrupt);
+        let mut c = Self {
+            runs: Vec::with_capacity(nodes.len()),
+            names: Vec::with_capacity(nodes.len()),
+            states: Vec::with_capacity(nodes.len()),
+            started: Vec::with_capacity(nodes.len()),
+            ended: Vec::with_capacity(nodes.len()),
+            attempts: Vec::with_capacity(nodes.len()),
+            firsts: Vec::with_capacity(nodes.len()),
+            lasts: Vec::with_capacity(nodes.len()),
+        };
+        for (run, n) in nodes {
+            c.runs.push(*run);
+            c.names.push(json_literal(&n.node));
+            c.states.push(json_literal(&n.state));
+            c.started.push(n.started_at);
+            c.ended.push(n.ended_at);
+            c.attempts.push(seq(n.attempts)?);
+            c.firsts.push(seq(n.first_seq)?);
+            c.lasts.push(seq(n.last_seq)?);
+        }
+        Ok(c)
+    }
+
+    /// Binds the eight columns, as arrays, in their order.
+    pub(crate) fn bind<'q>(
+        &'q self,
+        q: Query<'q, Postgres, PgArguments>,
+    ) -> Query<'q, Postgres, PgArguments> {
+        q.bind(&self.runs)
+            .bind(&self.names)
+            .bind(&self.states)
+            .bind(&self.started)
+            .bind(&self.ended)
+            .bind(&self.attempts)
+            .bind(&self.firsts)
+            .bind(&self.lasts)
+    }
+}
+
+/// What an upsert of node summaries does with a node already stored: takes the new summary
+/// (all but `first_seq`, which a node keeps from its first transition).
+macro_rules! on_node_conflict {
+    () => {
+        " ON CONFLICT (tenant_id, run_id, node_json) DO UPDATE SET \
+            state_json = excluded.state_json, started_at = excluded.started_at, \
+            ended_at = excluded.ended_at, attempts = excluded.attempts, \
+            last_seq = excluded.last_seq"
+    };
+}
+pub(crate) use on_node_conflict;
+
 /// Writes the summaries of `nodes` `(run, summary)`, in one statement: new nodes are inserted,
 /// known ones updated.
 pub(crate) async fn store_nodes(
@@ -125,24 +193,8 @@ pub(crate) async fn store_nodes(
     if nodes.is_empty() {
         return Ok(());
     }
-    let seq = |n: u64| i64::try_from(n).map_err(corrupt);
-    let mut runs = Vec::with_capacity(nodes.len());
-    let (mut names, mut states) =
-        (Vec::with_capacity(nodes.len()), Vec::with_capacity(nodes.len()));
-    let mut started: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(nodes.len());
-    let mut ended: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(nodes.len());
-    let (mut attempts, mut firsts, mut lasts) = (Vec::new(), Vec::new(), Vec::new());
-    for (run, n) in nodes {
-        runs.push(*run);
-        names.push(json_literal(&n.node));
-        states.push(json_literal(&n.state));
-        started.push(n.started_at);
-        ended.push(n.ended_at);
-        attempts.push(seq(n.attempts)?);
-        firsts.push(seq(n.first_seq)?);
-        lasts.push(seq(n.last_seq)?);
-    }
-    query(
+    let columns = NodeColumns::of(nodes)?;
+    let q = query(concat!(
         "INSERT INTO kahn.run_nodes (tenant_id, run_id, node_json, state_json, started_at, \
                                      ended_at, attempts, first_seq, last_seq) \
          SELECT r.tenant_id, u.run_id, u.node_json, u.state_json, u.started_at, u.ended_at, \
@@ -150,24 +202,11 @@ pub(crate) async fn store_nodes(
          FROM UNNEST($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[], \
                      $7::bigint[], $8::bigint[], $9::bigint[]) \
               AS u(run_id, node_json, state_json, started_at, ended_at, attempts, first_seq, last_seq) \
-         JOIN kahn.runs AS r ON r.tenant_id = $1 AND r.run_id = u.run_id \
-         ON CONFLICT (tenant_id, run_id, node_json) DO UPDATE SET \
-            state_json = excluded.state_json, started_at = excluded.started_at, \
-            ended_at = excluded.ended_at, attempts = excluded.attempts, \
-            last_seq = excluded.last_seq",
-    )
-    .bind(tenant.as_uuid())
-    .bind(&runs)
-    .bind(&names)
-    .bind(&states)
-    .bind(&started)
-    .bind(&ended)
-    .bind(&attempts)
-    .bind(&firsts)
-    .bind(&lasts)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
+         JOIN kahn.runs AS r ON r.tenant_id = $1 AND r.run_id = u.run_id",
+        on_node_conflict!()
+    ))
+    .bind(tenant.as_uuid());
+    columns.bind(q).execute(&mut *conn).await.map_err(db)?;
     Ok(())
 }
 

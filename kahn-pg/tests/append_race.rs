@@ -267,3 +267,110 @@ async fn until_waiting(db: &TestDb, n: usize) -> Vec<String> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A store that appended the same chunks as `app`, for comparison.
+async fn reference_of(log: &SourceLog, chunks: &[(u64, u64)]) -> kahn_core::RunSummary {
+    let reference = kahn_core::MemoryBackend::new();
+    let t = reference.provision_tenant(&NewTenant::new("ref").expect("valid")).await.expect("t");
+    let key = reference.issue_api_key(t.id).await.expect("key");
+    let scope = reference.resolve_api_key(&key.secret).await.expect("resolve").expect("key");
+    for &(start, end) in chunks {
+        reference.append(&scope, &log.chunk(start, end)).await.expect("reference");
+    }
+    reference.get_run(&scope.read(), &log.run_id).await.expect("reference run")
+}
+
+/// Changes the run's stored node counts behind the servers' backs (as the owner), its head
+/// unchanged.
+async fn tamper_with_counts(db: &TestDb, scope: &WriteScope, run: &RunId) {
+    let admin = watcher(db).await;
+    let done = query(
+        "UPDATE kahn.runs SET nodes_other = nodes_other + 99 WHERE tenant_id = $1 AND run_id = $2",
+    )
+    .bind(scope.tenant().as_uuid())
+    .bind(run.as_str())
+    .execute(&admin)
+    .await
+    .expect("tamper");
+    assert_eq!(done.rows_affected(), 1);
+}
+
+/// When the process's last append of a run left it at the head the next chunk's links were
+/// computed from, that append knew the run's progress there: the next one writes its rows, its
+/// node summaries and the run's summary in one statement, from that progress, without reading
+/// the stored one back (plain Postgres; Citus takes the usual path). Seen here through a
+/// stored count changed behind the server's back: the server that made the head overwrites it
+/// with what its rows make of the progress it knew; another server, which did not know it,
+/// reads the stored one and carries the change on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_that_made_a_head_appends_from_the_progress_it_knew() {
+    let (db, a, scope) = setup().await;
+    let b = db.app().await;
+    let log = SourceLog::new("known", 30, "a", recent_base());
+    a.append(&scope, &log.chunk(0, 10)).await.expect("first 10");
+    let read = scope.read();
+
+    tamper_with_counts(&db, &scope, &log.run_id).await;
+    a.append(&scope, &log.chunk_ahead(10, 20, log.link(9))).await.expect("next 10, on a");
+    let stored = a.get_run(&read, &log.run_id).await.expect("the run");
+    let want = reference_of(&log, &[(0, 10), (10, 20)]).await;
+    let whole = !db.is_citus();
+    assert_eq!(stored.info.next_seq, 20);
+    assert_eq!(stored.nodes, want.nodes, "node summaries");
+    assert_eq!(
+        stored.info.node_counts == want.info.node_counts,
+        whole,
+        "counts from the progress a knew (plain Postgres), else from the stored ones: {:?} vs {:?}",
+        stored.info.node_counts,
+        want.info.node_counts
+    );
+
+    tamper_with_counts(&db, &scope, &log.run_id).await;
+    b.append(&scope, &log.chunk_ahead(20, 30, log.link(19))).await.expect("last 10, on b");
+    let stored = b.get_run(&read, &log.run_id).await.expect("the run");
+    let mut want = reference_of(&log, &[(0, 10), (10, 20), (20, 30)]).await.info.node_counts;
+    want.other += if whole { 99 } else { 198 };
+    assert_eq!(stored.info.node_counts, want, "b reads the stored counts and carries them on");
+}
+
+/// A whole append written ahead waits for the run behind a transaction that changed the run's
+/// row: its statement's snapshot holds the row as it was, and its update of the run's summary
+/// must apply to the row as that transaction left it, not be lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_whole_append_behind_a_change_of_its_run_updates_the_run_as_changed() {
+    let (db, app, scope) = setup().await;
+    let log = SourceLog::new("behind", 20, "a", recent_base());
+    app.append(&scope, &log.chunk(0, 10)).await.expect("first 10");
+
+    let mut holder = elsewhere(&db, &scope).await;
+    query(
+        "UPDATE kahn.runs SET labels = '{\"team\":\"infra\"}' \
+         WHERE tenant_id = $1 AND run_id = $2",
+    )
+    .bind(scope.tenant().as_uuid())
+    .bind(log.run_id.as_str())
+    .execute(&mut *holder)
+    .await
+    .expect("change the run's row and hold it");
+    let append = {
+        let (app, scope, chunk) =
+            (app.clone(), scope.clone(), log.chunk_ahead(10, 20, log.link(9)));
+        tokio::spawn(async move { app.append(&scope, &chunk).await })
+    };
+    until_someone_waits(&db).await;
+    holder.commit().await.expect("let the run go");
+    let report = append.await.expect("task").expect("the append");
+    assert_eq!((report.appended(), report.skipped()), (10, 0));
+
+    let stored = app.get_run(&scope.read(), &log.run_id).await.expect("the run");
+    let want = reference_of(&log, &[(0, 10), (10, 20)]).await;
+    assert_eq!((stored.info.next_seq, stored.info.head_hash), (20, log.link(19)));
+    assert_eq!(stored.info.node_counts, want.info.node_counts);
+    assert_eq!(stored.info.status, want.info.status);
+    assert_eq!(stored.nodes, want.nodes);
+    assert_eq!(
+        stored.info.labels.get("team").map(String::as_str),
+        Some("infra"),
+        "the change kept"
+    );
+}
