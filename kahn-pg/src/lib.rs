@@ -25,7 +25,9 @@
 //!   run, links computed ahead, past seq 0) sends its rows while the chunk before it still
 //!   holds the run's lock, written on the condition that the tip it waited for is the one they
 //!   were chained from (a wrong guess costs the rows crossing the wire twice, never a wrong
-//!   row); and a run's node summaries are kept in process under the head they lead to.
+//!   row); and a run's progress is kept in process under the head it leads to, so that the
+//!   next chunk, when its links were computed from that head, writes its rows, node summaries
+//!   and run summary in that one statement.
 //! * **Exact content.** Transition bodies and graphs are stored as their RFC 8785 canonical
 //!   JSON *text* (not jsonb, which refuses `\u0000` and reformats), so reading back gives the
 //!   hashed content and the chain recomputes.
