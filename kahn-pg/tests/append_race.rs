@@ -374,3 +374,46 @@ async fn a_whole_append_behind_a_change_of_its_run_updates_the_run_as_changed() 
         "the change kept"
     );
 }
+
+/// A pipelined pusher's two chunks in flight at once, both behind a transaction holding the
+/// run: the second is sent while the first waits, from the progress the first worked out,
+/// and touches a node the first adds. Its statement's snapshot predates the first's commit,
+/// so that node's summary is not visible to it; it must still be updated, not lost or refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_chunks_in_flight_leave_the_run_as_one_after_the_other() {
+    let (db, app, scope) = setup().await;
+    // Nodes go round seq % 7: 4..8 adds nodes 4, 5 and 6, and 8..12 touches node 4 again.
+    let log = SourceLog::new("inflight", 12, "a", recent_base());
+    app.append(&scope, &log.chunk(0, 4)).await.expect("first 4");
+
+    let mut holder = elsewhere(&db, &scope).await;
+    query("SELECT FROM kahn.runs WHERE tenant_id = $1 AND run_id = $2 FOR UPDATE")
+        .bind(scope.tenant().as_uuid())
+        .bind(log.run_id.as_str())
+        .execute(&mut *holder)
+        .await
+        .expect("hold the run");
+    let mut appends = Vec::new();
+    for (n, (start, end)) in [(4, 8), (8, 12)].into_iter().enumerate() {
+        let (app, scope) = (app.clone(), scope.clone());
+        let chunk = log.chunk_ahead(start, end, log.link(start - 1));
+        appends.push(tokio::spawn(async move { app.append(&scope, &chunk).await }));
+        if db.is_citus() {
+            until_someone_waits(&db).await;
+        } else {
+            until_waiting(&db, n + 1).await;
+        }
+    }
+    holder.commit().await.expect("let the run go");
+    for append in appends {
+        let report = append.await.expect("task").expect("both appends succeed");
+        assert_eq!((report.appended(), report.skipped()), (4, 0));
+    }
+
+    let stored = app.get_run(&scope.read(), &log.run_id).await.expect("the run");
+    let want = reference_of(&log, &[(0, 12)]).await;
+    assert_eq!((stored.info.next_seq, stored.info.head_hash), (12, log.link(11)));
+    assert_eq!(stored.nodes, want.nodes, "node summaries");
+    assert_eq!(stored.info.node_counts, want.info.node_counts);
+    assert_eq!(stored.info.status, want.info.status);
+}
