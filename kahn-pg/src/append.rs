@@ -31,8 +31,9 @@
 //!    left), everything the append writes is known before the lock, and the same statement
 //!    also stores the node summaries and the run's summary: the append is that one statement.
 //!    Otherwise the plan then decides exactly those rows, and step 5 does not insert them
-//!    again. Progress a run's last append left is also taken from the cache in step 5, for
-//!    the node summaries, when it holds them under the stored head.
+//!    again. Progress a run's last append left is also taken from the cache when the rows are
+//!    applied to it (between steps 3 and 4), for the node summaries, when it holds them under
+//!    the stored head.
 //!
 //! Before, each run cost five round trips; a request of 10,000 one-transition runs held a
 //! pooled connection for 13 s (see docs/RELIABILITY.md, "red team, round two").
@@ -84,23 +85,28 @@ pub(crate) async fn append(
     if runs.is_empty() {
         return Ok(Some(AppendReport::default()));
     }
-    // One run whose links were computed ahead: its rows go in first, on the condition that
-    // the run's stored tip is the link they were computed from (the lock that condition takes
-    // is the one step 1 takes). Their bind then crosses the wire and is decoded while an
-    // earlier append of the run still holds its lock, not after.
-    let _promise = match (engine, runs) {
-        (Engine::Postgres, [run]) => run.chained_ahead().and_then(|(_, links)| {
-            Some(cache.promise(tenant, run.run_id().as_str(), *links.last()?))
-        }),
+    let one_run = match (engine, runs) {
+        (Engine::Postgres, [run]) => Some(run),
         _ => None,
     };
-    let written_ahead = match (engine, runs) {
-        (Engine::Postgres, [run]) => match append_ahead(conn, tenant, run, cache).await? {
+    // A run whose links were computed ahead is led to a head known now: the run's next append
+    // in this process, sent before this one is done, waits for the progress this one works
+    // out there, for as long as this promise lasts (until it is put, or this append ends).
+    let promise = one_run.and_then(|run| {
+        let head = run.chained_ahead()?.1.last()?;
+        Some(cache.promise(tenant, run.run_id().as_str(), *head))
+    });
+    // Its rows go in first, on the condition that the run's stored tip is the link they were
+    // computed from (the lock that condition takes is the one step 1 takes); their bind then
+    // crosses the wire and is decoded while an earlier append of the run still holds its
+    // lock, not after. With the run's progress known, that statement is the whole append.
+    let written_ahead = match one_run {
+        Some(run) => match append_ahead(conn, tenant, run, cache).await? {
             Ahead::Whole(report) => return Ok(Some(report)),
             Ahead::Rows => true,
-            Ahead::Not => false,
+            Ahead::Declined => false,
         },
-        _ => false,
+        None => false,
     };
     // Run ids compare bytewise in Rust, as `COLLATE "C"` orders them in the table.
     let mut order: Vec<usize> = (0..runs.len()).collect();
@@ -143,14 +149,14 @@ pub(crate) async fn append(
 
     let (advanced, complete) =
         advance(conn, tenant, runs, &decisions, &is_new, stored_progress, cache).await?;
-    // Kept under the head they lead to as soon as they are known (the next append of a run
-    // may be waiting for them), whether or not this transaction commits: they are that head's
-    // progress either way.
-    for (((run, d), p), &complete) in runs.iter().zip(&decisions).zip(&advanced).zip(&complete) {
-        if complete {
-            cache.put(tenant, run.run_id().as_str(), d.head_hash, p.clone());
-        }
+    // Kept under the head it leads to as soon as it is known (the run's next append may be
+    // waiting for it), whether or not this transaction commits: it is that head's progress
+    // either way. Only for a batch of one run, what a pushed run's next chunk needs (a batch
+    // of many runs would only churn the cache); then the promise ends, kept or not.
+    if let ([run], [d], [p], [true]) = (runs, &decisions[..], &advanced[..], &complete[..]) {
+        cache.put(tenant, run.run_id().as_str(), d.head_hash, p.clone());
     }
+    drop(promise);
     // The new runs first, written once with their final summary (the transitions and node
     // summaries below take their tenant from the run rows). Fewer created than planned: a
     // concurrent append created one meanwhile, and its plan here assumed an empty run.
@@ -428,9 +434,14 @@ macro_rules! update_runs_sql {
     };
 }
 
-/// How long [`append_ahead`] waits for the append before it (of the same run, in this
-/// process) to work out the run's progress: about as long as that append takes to lock the
-/// run, past which the rows are sent without it.
+/// The most nodes a run not in the cache may have for [`advance`] to read them all, not just
+/// the ones the append touches (so that its progress is complete, and cached).
+const READ_WHOLE_RUN_NODES: u64 = 10_000;
+
+/// How long [`append_ahead`] waits, at most, for the run's previous append in this process to
+/// put the progress it promised (it puts it as soon as it has worked it out: before its
+/// statement when it knew the progress before, after it locked the run otherwise). Past it,
+/// the rows are sent without, and the append goes the usual way.
 const PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What [`append_ahead`] did.
@@ -440,7 +451,7 @@ enum Ahead {
     /// The rows only: the append goes on from step 1, and decides exactly those rows.
     Rows,
     /// Nothing: the stored tip is another, or the run is new, or the batch does not qualify.
-    Not,
+    Declined,
 }
 
 /// Appends `run` ahead of reading its stored run, when its links were computed ahead from the
@@ -453,7 +464,7 @@ enum Ahead {
 /// It writes the rows, and, when the cache holds the run's progress under that link and the
 /// batch carries no metadata, also the node summaries and the run's summary the rows advance
 /// it to: the whole append ([`Ahead::Whole`]). Otherwise only the rows ([`Ahead::Rows`]).
-/// [`Ahead::Not`] when the stored tip is another (or the run is new): nothing was written.
+/// [`Ahead::Declined`] when the stored tip is another (or the run is new): nothing was written.
 /// A first chunk (seq 0) is left to the usual path: its run is usually new, and its rows
 /// would cross the wire twice.
 async fn append_ahead(
@@ -463,16 +474,17 @@ async fn append_ahead(
     cache: &ProgressCache,
 ) -> Result<Ahead> {
     let Some((from, links)) = run.chained_ahead() else {
-        return Ok(Ahead::Not);
+        return Ok(Ahead::Declined);
     };
     if run.bodies().is_empty() || run.start() == 0 {
-        return Ok(Ahead::Not);
+        return Ok(Ahead::Declined);
     }
     // The append before this one may still be working the progress out (a pipelined pusher
     // sends this one before that one is done): it is waited for, not gone without.
-    let cached = match run.meta().is_empty() {
-        true => cache.take_or_wait(tenant, run.run_id().as_str(), from, PATIENCE).await,
-        false => None,
+    let cached = if run.meta().is_empty() {
+        cache.take_or_wait(tenant, run.run_id().as_str(), from, PATIENCE).await
+    } else {
+        None
     };
     let whole = match cached {
         Some(progress) => advanced_ahead(run, *from, progress)?,
@@ -547,7 +559,7 @@ async fn append_ahead(
     }
     let done = nodes.bind(q).execute(&mut *conn).await.map_err(db)?;
     match (done.rows_affected(), whole) {
-        (0, _) => Ok(Ahead::Not),
+        (0, _) => Ok(Ahead::Declined),
         (n, Some((d, _))) if n == bodies.len() as u64 => {
             Ok(Ahead::Whole(AppendReport { runs: vec![d.report(run.run_id())] }))
         }
@@ -591,8 +603,9 @@ fn decided_as_written(run: &RunAppend, d: &Decision<'_>) -> bool {
 
 /// Applies each run's new rows to its progress (kahn-core's rule), from the stored
 /// summaries of the nodes they touch: none for a new run, every node of the run when the
-/// cache holds its progress under its stored head, otherwise the touched ones, read for all
-/// runs in one statement. Returns every run's progress, advanced or as stored ([`changed_nodes`] are
+/// cache holds its progress under its stored head (or, for a batch of one run with at most
+/// [`READ_WHOLE_RUN_NODES`], read from the database), otherwise the touched ones, read for
+/// all runs in one statement. Returns every run's progress, advanced or as stored ([`changed_nodes`] are
 /// then what to store), and whether it holds every node of its run (what the cache keeps).
 async fn advance(
     conn: &mut PgConnection,
@@ -607,21 +620,38 @@ async fn advance(
         .iter()
         .zip(decisions)
         .zip(is_new.iter().zip(&stored))
-        .map(|((run, d), (&new, (_, head)))| match new || d.rows.is_empty() {
-            true => None,
-            false => cache.take(tenant, run.run_id().as_str(), head),
+        .map(|((run, d), (&new, (_, head)))| {
+            if new || d.rows.is_empty() {
+                return None;
+            }
+            cache.take(tenant, run.run_id().as_str(), head)
         })
         .collect();
-    let wanted: Vec<(&str, &str)> = runs
-        .iter()
-        .zip(decisions)
-        .zip(is_new.iter().zip(&cached))
-        .filter(|(_, (new, cached))| !**new && cached.is_none())
-        .flat_map(|((run, d), _)| {
-            d.touched_nodes().into_iter().map(move |n| (run.run_id().as_str(), n))
-        })
-        .collect();
-    let mut loaded = progress::load_nodes(conn, tenant, &wanted).await?;
+    // A batch of one run (a pushed chunk) not in the cache reads all of the run's nodes when
+    // they are few, so that its progress is complete, and cached: the run's next chunk is
+    // then appended in one statement (a push resumed by a new process, a run pushed out of
+    // the cache by others). Otherwise only the nodes the rows touch are read.
+    let read_whole = match (runs, decisions, &stored[..], &cached[..], is_new) {
+        ([_], [d], [(progress, _)], [None], [false]) => {
+            !d.rows.is_empty() && progress.counts.total() <= READ_WHOLE_RUN_NODES
+        }
+        _ => false,
+    };
+    let mut loaded = if read_whole {
+        let run = runs[0].run_id().as_str();
+        HashMap::from([(run.to_owned(), progress::read_nodes(conn, tenant, run).await?)])
+    } else {
+        let wanted: Vec<(&str, &str)> = runs
+            .iter()
+            .zip(decisions)
+            .zip(is_new.iter().zip(&cached))
+            .filter(|(_, (new, cached))| !**new && cached.is_none())
+            .flat_map(|((run, d), _)| {
+                d.touched_nodes().into_iter().map(move |n| (run.run_id().as_str(), n))
+            })
+            .collect();
+        progress::load_nodes(conn, tenant, &wanted).await?
+    };
     let mut advanced = Vec::with_capacity(runs.len());
     let mut complete = Vec::with_capacity(runs.len());
     for (i, ((run, d), (stored, _))) in runs.iter().zip(decisions).zip(stored).enumerate() {
@@ -630,7 +660,7 @@ async fn advance(
             Some(cached) => (Progress { run: stored, nodes: cached.nodes }, true),
             None => {
                 let nodes = loaded.remove(run.run_id().as_str()).unwrap_or_default();
-                (Progress::new(stored, nodes), is_new[i])
+                (Progress::new(stored, nodes), is_new[i] || read_whole)
             }
         };
         complete.push(whole);

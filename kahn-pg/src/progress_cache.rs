@@ -12,8 +12,8 @@
 //! An append that will lead a run to a known head (its links were computed ahead) promises
 //! that head's progress ([`ProgressCache::promise`]) while it works it out, and the next
 //! append of the run, sent before it finished, waits for it ([`ProgressCache::take_or_wait`])
-//! rather than go without: a pipelined pusher's appends of one run overlap, so the next one
-//! always looks before the one before it has put anything.
+//! rather than go without: a pusher straight to the database sends a run's next chunk while
+//! the one before is under way, and would otherwise look before that one has put anything.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
