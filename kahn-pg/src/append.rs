@@ -490,20 +490,15 @@ async fn append_ahead(
         Some(progress) => advanced_ahead(run, *from, progress)?,
         None => None,
     };
+    // Besides the rows, the run's summary and the node summaries they change when the progress
+    // is known; none (nothing to update or upsert) when only the rows go ahead.
     let one = std::slice::from_ref(run);
-    let (decisions, advanced) = match &whole {
+    let (decided, advanced) = match &whole {
         Some((d, p)) => (std::slice::from_ref(d), std::slice::from_ref(p)),
         None => (&[][..], &[][..]),
     };
-    let summary = Summaries::of(
-        one,
-        decisions,
-        &[None],
-        advanced,
-        (!advanced.is_empty()).then_some(0),
-        false,
-    )?;
-    let nodes = NodeColumns::of(&changed_nodes(one, decisions, advanced))?;
+    let summary = Summaries::of(one, decided, &[None], advanced, 0..decided.len(), false)?;
+    let nodes = NodeColumns::of(&changed_nodes(one, decided, advanced))?;
     let bodies: Vec<&str> = run.bodies().iter().map(|b| b.canonical_json()).collect();
     let contents: Vec<Digest> = run.bodies().iter().map(|b| b.content_hash()).collect();
     let contents: Vec<&[u8]> = contents.iter().map(|d| d.as_bytes().as_slice()).collect();
