@@ -51,6 +51,18 @@ async fn elsewhere(db: &TestDb, scope: &WriteScope) -> PgTransaction<'static> {
     tx
 }
 
+/// Another session locks `run`'s row in a transaction it keeps open.
+async fn hold_run(db: &TestDb, scope: &WriteScope, run: &RunId) -> PgTransaction<'static> {
+    let mut tx = elsewhere(db, scope).await;
+    query("SELECT FROM kahn.runs WHERE tenant_id = $1 AND run_id = $2 FOR UPDATE")
+        .bind(scope.tenant().as_uuid())
+        .bind(run.as_str())
+        .execute(&mut *tx)
+        .await
+        .expect("hold the run");
+    tx
+}
+
 /// Another session creates `runs` (`(run id, source)`) in a transaction it keeps open.
 async fn create_elsewhere(
     db: &TestDb,
@@ -209,13 +221,7 @@ async fn a_chunk_waits_for_its_run_with_its_rows_sent_and_two_alike_store_it_onc
     let log = SourceLog::new("pipelined", 20, "a", recent_base());
     app.append(&scope, &log.chunk(0, 10)).await.expect("first 10");
 
-    let mut holder = elsewhere(&db, &scope).await;
-    query("SELECT FROM kahn.runs WHERE tenant_id = $1 AND run_id = $2 FOR UPDATE")
-        .bind(scope.tenant().as_uuid())
-        .bind(log.run_id.as_str())
-        .execute(&mut *holder)
-        .await
-        .expect("hold the run");
+    let holder = hold_run(&db, &scope, &log.run_id).await;
     let appends: Vec<_> = (0..2)
         .map(|_| {
             let (app, scope, chunk) =
@@ -400,13 +406,7 @@ async fn two_chunks_in_flight_leave_the_run_as_one_after_the_other() {
     let log = SourceLog::new("inflight", 12, "a", recent_base());
     app.append(&scope, &log.chunk(0, 4)).await.expect("first 4");
 
-    let mut holder = elsewhere(&db, &scope).await;
-    query("SELECT FROM kahn.runs WHERE tenant_id = $1 AND run_id = $2 FOR UPDATE")
-        .bind(scope.tenant().as_uuid())
-        .bind(log.run_id.as_str())
-        .execute(&mut *holder)
-        .await
-        .expect("hold the run");
+    let holder = hold_run(&db, &scope, &log.run_id).await;
     let mut appends = Vec::new();
     for (n, (start, end)) in [(4, 8), (8, 12)].into_iter().enumerate() {
         let (app, scope) = (app.clone(), scope.clone());
