@@ -182,14 +182,16 @@ impl KahnServerBuilder {
                 let mut url_tx = Some(url_tx);
                 for line in BufReader::new(pipe).lines() {
                     let Ok(line) = line else { break };
+                    // The line is kept before the URL is announced, so that `stdout()` holds
+                    // the banner by the time `start` returns.
+                    if let Ok(mut t) = text.lock() {
+                        t.push_str(&line);
+                        t.push('\n');
+                    }
                     if let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://"))
                         && let Some(tx) = url_tx.take()
                     {
                         let _ = tx.send(url.to_owned());
-                    }
-                    if let Ok(mut t) = text.lock() {
-                        t.push_str(&line);
-                        t.push('\n');
                     }
                 }
             })
