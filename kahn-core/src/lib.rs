@@ -39,6 +39,7 @@ mod memory;
 pub mod merkle;
 mod model;
 pub mod ndjson;
+mod progress_cache;
 pub mod receipt;
 pub mod rules;
 mod scope;
@@ -69,6 +70,7 @@ pub use model::{
     NewTenant, PERSONAL_TENANT_PREFIX, PoolStatus, PurgeReport, RunAppendReport, RunInfo, RunPage,
     RunQuery, RunSummary, StoredTransition, Tenant, TenantSummary,
 };
+pub use progress_cache::ProgressCache;
 pub use scope::{ReadScope, TenantSource, WriteScope};
 pub use secret::{API_KEY_PREFIX, ApiKey, ApiKeyHash};
 pub use shared::{Admission, IngestQuota, PurgeTurn};

@@ -434,10 +434,6 @@ macro_rules! update_runs_sql {
     };
 }
 
-/// The most nodes a run not in the cache may have for [`advance`] to read them all, not just
-/// the ones the append touches (so that its progress is complete, and cached).
-const READ_WHOLE_RUN_NODES: u64 = 10_000;
-
 /// How long [`append_ahead`] waits, at most, for the run's previous append in this process to
 /// put the progress it promised (it puts it as soon as it has worked it out: before its
 /// statement when it knew the progress before, after it locked the run otherwise). Past it,
@@ -599,7 +595,7 @@ fn decided_as_written(run: &RunAppend, d: &Decision<'_>) -> bool {
 /// Applies each run's new rows to its progress (kahn-core's rule), from the stored
 /// summaries of the nodes they touch: none for a new run, every node of the run when the
 /// cache holds its progress under its stored head (or, for a batch of one run with at most
-/// [`READ_WHOLE_RUN_NODES`], read from the database), otherwise the touched ones, read for
+/// [`kahn_core::ProgressCache::READ_WHOLE_RUN_NODES`], read from the database), otherwise the touched ones, read for
 /// all runs in one statement. Returns every run's progress, advanced or as stored ([`changed_nodes`] are
 /// then what to store), and whether it holds every node of its run (what the cache keeps).
 async fn advance(
@@ -628,7 +624,8 @@ async fn advance(
     // the cache by others). Otherwise only the nodes the rows touch are read.
     let read_whole = match (runs, decisions, &stored[..], &cached[..], is_new) {
         ([_], [d], [(progress, _)], [None], [false]) => {
-            !d.rows.is_empty() && progress.counts.total() <= READ_WHOLE_RUN_NODES
+            !d.rows.is_empty()
+                && progress.counts.total() <= kahn_core::ProgressCache::READ_WHOLE_RUN_NODES
         }
         _ => false,
     };

@@ -1,13 +1,7 @@
 //! The progress of the runs this process appended to last (status, counts, times and every
 //! node summary), kept between appends so the next append of a run need neither read it back
-//! nor wait for the database to work it out.
-//!
-//! A run's progress is a function of its transitions alone, and its head hash commits to
-//! every one of them: an entry is keyed by `(tenant, run, head)`, and it is the progress of
-//! whatever run is stored under that key, whoever stored it, whenever. So an entry is never
-//! stale: a run that moved on (another pusher, another server) has another head, and its entry
-//! is simply not found. Only complete node sets are kept (every node of the run), since a set
-//! missing a node would count that node as new.
+//! nor wait for the database to work it out: kahn-core's [`kahn_core::ProgressCache`] (keyed
+//! by `(tenant, run, head)`, so never stale; see there), shared by the backend's connections.
 //!
 //! An append that will lead a run to a known head (its links were computed ahead) promises
 //! that head's progress ([`ProgressCache::promise`]) while it works it out, and the next
@@ -24,21 +18,6 @@ use tokio::time::Instant;
 
 use kahn_core::{Digest, Progress, TenantId};
 
-/// Runs kept at most.
-const MAX_RUNS: usize = 64;
-
-/// Bytes of progress kept at most, all runs together (as [`size`] counts them): node names
-/// and states have no length limit, so the bound is on their bytes, not their number.
-const MAX_BYTES: usize = 16 << 20;
-
-/// What a run's progress holds in memory, about: its strings and a fixed cost per node
-/// summary (the summary itself and its map entry) and for the run's own.
-fn size(progress: &Progress) -> usize {
-    let run = 160 + progress.run.run_state.as_ref().map_or(0, String::len);
-    let nodes = progress.nodes.iter().map(|(k, n)| 160 + k.len() + n.node.len() + n.state.len());
-    run + nodes.sum::<usize>()
-}
-
 type Key = (TenantId, String);
 
 /// The cache; shared by the clones of a backend.
@@ -51,11 +30,8 @@ pub(crate) struct ProgressCache {
 
 #[derive(Debug, Default)]
 struct Entries {
-    runs: HashMap<Key, Entry>,
-    /// Bytes held ([`size`]), all entries together.
-    bytes: usize,
-    /// Orders the entries by age: the oldest goes first when the cache is full.
-    clock: u64,
+    /// The progress kept (kahn-core's bounded map, shared with kahn-sqlite).
+    runs: kahn_core::ProgressCache,
     /// The heads appends under way will put the progress of, with how many promise each.
     promised: HashMap<(Key, Digest), usize>,
 }
@@ -80,14 +56,6 @@ impl Drop for Promise<'_> {
         drop(entries);
         self.cache.changed.notify_waiters();
     }
-}
-
-#[derive(Debug)]
-struct Entry {
-    head: Digest,
-    progress: Progress,
-    bytes: usize,
-    stamp: u64,
 }
 
 impl ProgressCache {
@@ -130,45 +98,15 @@ impl ProgressCache {
     }
 
     /// Takes out the progress of `run`, with every node summary, when it is stored with
-    /// `head`. Taken, not copied: the append that took it puts back what it advanced it to.
+    /// `head` (see [`kahn_core::ProgressCache::take`]).
     pub(crate) fn take(&self, tenant: TenantId, run: &str, head: &Digest) -> Option<Progress> {
-        let mut entries = self.lock();
-        let key = (tenant, run.to_owned());
-        if entries.runs.get(&key).is_none_or(|e| e.head != *head) {
-            return None;
-        }
-        let entry = entries.runs.remove(&key)?;
-        entries.bytes -= entry.bytes;
-        Some(entry.progress)
+        self.lock().runs.take(tenant, run, head)
     }
 
-    /// Keeps `progress`, that of `run` stored with `head`, with every node summary, evicting
-    /// the oldest entries past the bounds. A run larger than the whole cache is not kept.
+    /// Keeps `progress`, that of `run` stored with `head`, with every node summary (see
+    /// [`kahn_core::ProgressCache::put`]), and wakes whoever waits for it.
     pub(crate) fn put(&self, tenant: TenantId, run: &str, head: Digest, progress: Progress) {
-        let bytes = size(&progress);
-        if bytes > MAX_BYTES {
-            return;
-        }
-        let mut entries = self.lock();
-        let key = (tenant, run.to_owned());
-        if let Some(old) = entries.runs.remove(&key) {
-            entries.bytes -= old.bytes;
-        }
-        while entries.runs.len() >= MAX_RUNS || entries.bytes + bytes > MAX_BYTES {
-            let Some(oldest) =
-                entries.runs.iter().min_by_key(|(_, e)| e.stamp).map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            if let Some(old) = entries.runs.remove(&oldest) {
-                entries.bytes -= old.bytes;
-            }
-        }
-        entries.clock += 1;
-        entries.bytes += bytes;
-        let stamp = entries.clock;
-        entries.runs.insert(key, Entry { head, progress, bytes, stamp });
-        drop(entries);
+        self.lock().runs.put(tenant, run, head, progress);
         self.changed.notify_waiters();
     }
 }
@@ -179,9 +117,10 @@ mod tests {
 
     use super::*;
 
-    fn node(name: &str) -> NodeSummary {
-        NodeSummary {
-            node: name.to_owned(),
+    /// A run's progress with `n` node summaries.
+    fn nodes(n: usize) -> Progress {
+        let node = |i: usize| NodeSummary {
+            node: format!("n{i}"),
             state: "running".to_owned(),
             class: kahn_core::StateClass::of("running"),
             started_at: None,
@@ -189,65 +128,8 @@ mod tests {
             attempts: 1,
             first_seq: 0,
             last_seq: 0,
-        }
-    }
-
-    /// A run's progress with `n` node summaries.
-    fn nodes(n: usize) -> Progress {
-        Progress::new(Default::default(), (0..n).map(|i| node(&format!("n{i}"))))
-    }
-
-    /// `n` summaries of nodes whose names are `len` bytes long.
-    fn long_nodes(n: usize, len: usize) -> Progress {
-        let named = |i: usize| {
-            let mut name = format!("{i}");
-            name.push_str(&"x".repeat(len.saturating_sub(name.len())));
-            node(&name)
         };
-        Progress::new(Default::default(), (0..n).map(named))
-    }
-
-    #[test]
-    fn an_entry_is_found_only_under_its_tenant_run_and_head() {
-        let cache = ProgressCache::default();
-        let (t, other) = (TenantId::new_random(), TenantId::new_random());
-        let (h, h2) = (Digest::sha256(b"a"), Digest::sha256(b"b"));
-        cache.put(t, "r", h, nodes(3));
-        assert!(cache.take(other, "r", &h).is_none());
-        assert!(cache.take(t, "r2", &h).is_none());
-        assert!(cache.take(t, "r", &h2).is_none());
-        assert_eq!(cache.take(t, "r", &h).map(|p| p.nodes.len()), Some(3));
-        // Taken out: a second append of the run reads its nodes from the database.
-        assert!(cache.take(t, "r", &h).is_none());
-    }
-
-    #[test]
-    fn the_oldest_entries_go_first_and_the_bounds_hold() {
-        let cache = ProgressCache::default();
-        let t = TenantId::new_random();
-        let h = Digest::sha256(b"h");
-        for i in 0..MAX_RUNS + 3 {
-            cache.put(t, &format!("r{i}"), h, nodes(1));
-        }
-        assert!(cache.take(t, "r0", &h).is_none());
-        assert!(cache.take(t, "r2", &h).is_none());
-        assert!(cache.take(t, &format!("r{}", MAX_RUNS + 2), &h).is_some());
-        // A large run pushes out the oldest entries, as many as it needs, and no more.
-        let big = long_nodes(1000, (MAX_BYTES / 1000 - 170) / 2);
-        cache.put(t, "big", h, big.clone());
-        let held = cache.inner.lock().map(|e| e.bytes).unwrap_or(usize::MAX);
-        assert!(held <= MAX_BYTES && held >= size(&big), "{held} bytes held");
-        assert!(cache.take(t, "r3", &h).is_none(), "the oldest is pushed out");
-        assert!(cache.take(t, &format!("r{}", MAX_RUNS + 1), &h).is_some(), "the newest stays");
-        assert_eq!(cache.take(t, "big", &h).map(|p| p.nodes.len()), Some(1000));
-        // The count of bytes is exact: with every entry taken, nothing is held.
-        for i in 0..MAX_RUNS + 3 {
-            cache.take(t, &format!("r{i}"), &h);
-        }
-        assert_eq!(cache.inner.lock().map(|e| (e.bytes, e.runs.len())).ok(), Some((0, 0)));
-        // Few nodes with long names count by their bytes: more than the cache holds is not kept.
-        cache.put(t, "huge", h, long_nodes(10, MAX_BYTES / 5));
-        assert!(cache.take(t, "huge", &h).is_none());
+        Progress::new(Default::default(), (0..n).map(node))
     }
 
     #[tokio::test]

@@ -274,18 +274,6 @@ async fn until_waiting(db: &TestDb, n: usize) -> Vec<String> {
     }
 }
 
-/// A store that appended the same chunks as `app`, for comparison.
-async fn reference_of(log: &SourceLog, chunks: &[(u64, u64)]) -> kahn_core::RunSummary {
-    let reference = kahn_core::MemoryBackend::new();
-    let t = reference.provision_tenant(&NewTenant::new("ref").expect("valid")).await.expect("t");
-    let key = reference.issue_api_key(t.id).await.expect("key");
-    let scope = reference.resolve_api_key(&key.secret).await.expect("resolve").expect("key");
-    for &(start, end) in chunks {
-        reference.append(&scope, &log.chunk(start, end)).await.expect("reference");
-    }
-    reference.get_run(&scope.read(), &log.run_id).await.expect("reference run")
-}
-
 /// Changes the run's stored node counts behind the servers' backs (as the owner), its head
 /// unchanged.
 async fn tamper_with_counts(db: &TestDb, scope: &WriteScope, run: &RunId) {
@@ -321,7 +309,7 @@ async fn the_server_that_made_a_head_appends_from_the_progress_it_knew() {
     let want = |end: u64, changes: u64| {
         let log = &log;
         async move {
-            let mut counts = reference_of(log, &[(0, end)]).await.info.node_counts;
+            let mut counts = log.reference(&[(0, end)]).await.info.node_counts;
             counts.other += 99 * changes;
             counts
         }
@@ -331,7 +319,7 @@ async fn the_server_that_made_a_head_appends_from_the_progress_it_knew() {
     a.append(&scope, &log.chunk_ahead(10, 20, log.link(9))).await.expect("10..20 on a");
     let stored = a.get_run(&read, &log.run_id).await.expect("the run");
     assert_eq!(stored.info.next_seq, 20);
-    assert_eq!(stored.nodes, reference_of(&log, &[(0, 20)]).await.nodes, "node summaries");
+    assert_eq!(stored.nodes, log.reference(&[(0, 20)]).await.nodes, "node summaries");
     let mut changes = u64::from(!whole);
     assert_eq!(stored.info.node_counts, want(20, changes).await, "a overwrites the change");
 
@@ -346,7 +334,7 @@ async fn the_server_that_made_a_head_appends_from_the_progress_it_knew() {
     b.append(&scope, &log.chunk_ahead(30, 40, log.link(29))).await.expect("30..40 on b");
     let stored = b.get_run(&read, &log.run_id).await.expect("the run");
     assert_eq!(stored.info.node_counts, want(40, changes).await, "b appends from what it read");
-    assert_eq!(stored.nodes, reference_of(&log, &[(0, 40)]).await.nodes, "node summaries");
+    assert_eq!(stored.nodes, log.reference(&[(0, 40)]).await.nodes, "node summaries");
 }
 
 /// A whole append written ahead waits for the run behind a transaction that changed the run's
@@ -381,7 +369,7 @@ async fn a_whole_append_behind_a_change_of_its_run_updates_the_run_as_changed() 
     assert_eq!((report.appended(), report.skipped()), (10, 0));
 
     let stored = app.get_run(&scope.read(), &log.run_id).await.expect("the run");
-    let want = reference_of(&log, &[(0, 10), (10, 20)]).await;
+    let want = log.reference(&[(0, 10), (10, 20)]).await;
     assert_eq!((stored.info.next_seq, stored.info.head_hash), (20, log.link(19)));
     let mut counts = want.info.node_counts;
     counts.other += if db.is_citus() { 99 } else { 0 };
@@ -425,7 +413,7 @@ async fn two_chunks_in_flight_leave_the_run_as_one_after_the_other() {
     }
 
     let stored = app.get_run(&scope.read(), &log.run_id).await.expect("the run");
-    let want = reference_of(&log, &[(0, 12)]).await;
+    let want = log.reference(&[(0, 12)]).await;
     assert_eq!((stored.info.next_seq, stored.info.head_hash), (12, log.link(11)));
     assert_eq!(stored.nodes, want.nodes, "node summaries");
     assert_eq!(stored.info.node_counts, want.info.node_counts);

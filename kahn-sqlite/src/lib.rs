@@ -37,14 +37,15 @@ mod wal;
 mod worker;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use kahn_core::checkpoint::{CheckpointInputs, CheckpointLog, NewCheckpoint};
 use kahn_core::{
     ApiKey, ApiKeyId, ApiKeyInfo, AppendBatch, AppendReport, Error, IssuedApiKey, KeyUseThrottle,
-    NewApiKey, NewTenant, OrgId, PurgeFailure, PurgeOutcome, PurgeReport, PurgeRequest, ReadScope,
-    Result, RunId, RunPage, RunQuery, RunSummary, Seq, StorageBackend, StoredTransition, Tenant,
-    TenantChange, TenantId, TenantRecord, TenantSummary, WriteScope,
+    NewApiKey, NewTenant, OrgId, ProgressCache, PurgeFailure, PurgeOutcome, PurgeReport,
+    PurgeRequest, ReadScope, Result, RunId, RunPage, RunQuery, RunSummary, Seq, StorageBackend,
+    StoredTransition, Tenant, TenantChange, TenantId, TenantRecord, TenantSummary, WriteScope,
 };
 use rusqlite::{Connection, OpenFlags};
 
@@ -139,6 +140,9 @@ pub struct SqliteBackend {
     path: Option<PathBuf>,
     /// When a key's use is next worth recording (`api_keys.last_used_at`).
     key_uses: KeyUseThrottle,
+    /// The progress of the runs appended to last (see `store::append`); only the writer's
+    /// thread takes the lock.
+    progress: Arc<Mutex<ProgressCache>>,
 }
 
 /// Whether [`configure`] switches the connection's database to write-ahead logging.
@@ -237,6 +241,7 @@ impl SqliteBackend {
                     _checkpointer: Threads::default(),
                     path: None,
                     key_uses: KeyUseThrottle::new(),
+                    progress: Arc::default(),
                 })
             }
             Location::File(path) => {
@@ -277,6 +282,7 @@ impl SqliteBackend {
                     _checkpointer: Threads::from(checkpoint_thread),
                     path: Some(path.clone()),
                     key_uses: KeyUseThrottle::new(),
+                    progress: Arc::default(),
                 })
             }
         }
@@ -397,7 +403,8 @@ impl StorageBackend for SqliteBackend {
         let (tenant, batch) = (scope.tenant(), batch.clone());
         // An operator's scope carries no key; one resolved from a key must still be active.
         let key = scope.api_key().map(ApiKey::hash);
-        self.write(move |c| store::append(c, tenant, key, &batch)).await
+        let progress = self.progress.clone();
+        self.write(move |c| store::append(c, tenant, key, &batch, &progress)).await
     }
 
     async fn list_runs(&self, scope: &ReadScope, query: &RunQuery) -> Result<RunPage> {

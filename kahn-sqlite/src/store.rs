@@ -3,6 +3,7 @@
 //! tenant, and every value is bound, never spliced into SQL.
 
 use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 use kahn_core::checkpoint::{
@@ -13,9 +14,9 @@ use kahn_core::rules::{AppendPlan, Outcome, from_micros, merge_meta, truncate_mi
 use kahn_core::{
     ApiKey, ApiKeyHash, ApiKeyId, ApiKeyInfo, ApiKeyRecord, AppendBatch, AppendReport, ClassCounts,
     Cursor, Digest, Error, IssuedApiKey, Labels, NewApiKey, NewTenant, NodeSummary, OrgId,
-    Progress, PurgeReport, Result, RetiredKeys, RunId, RunInfo, RunMeta, RunPage, RunProgress,
-    RunQuery, RunSummary, Seq, StateClass, StoredTransition, Tenant, TenantChange, TenantId,
-    TenantRecord, TenantSummary, TransitionBody,
+    Progress, ProgressCache, PurgeReport, Result, RetiredKeys, RunId, RunInfo, RunMeta, RunPage,
+    RunProgress, RunQuery, RunSummary, Seq, StateClass, StoredTransition, Tenant, TenantChange,
+    TenantId, TenantRecord, TenantSummary, TransitionBody,
 };
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 use uuid::Uuid;
@@ -841,12 +842,25 @@ pub(crate) fn recompute_progress(tx: &Connection) -> Result<u64> {
 // ---------------------------------------------------------------------------------------
 // Append
 
+/// Appends `batch` (DESIGN.md's append rules) in one transaction.
+///
+/// A batch of one run (a pushed chunk) takes the run's progress from `cache` when it is kept
+/// under the stored head, reads all of the run's node summaries when it is not and they are
+/// at most [`ProgressCache::READ_WHOLE_RUN_NODES`], and once committed keeps the advanced
+/// progress under the new head: the run's next chunk reads none of its node summaries back.
+/// A new run has none to read. Otherwise only the summaries of the nodes the rows touch are
+/// read.
 pub(crate) fn append(
     conn: &mut Connection,
     tenant: TenantId,
     key: Option<ApiKeyHash>,
     batch: &AppendBatch,
+    cache: &Mutex<ProgressCache>,
 ) -> Result<AppendReport> {
+    let cache = || cache.lock().unwrap_or_else(PoisonError::into_inner);
+    let one_run = batch.runs().len() == 1;
+    // The progress to keep once committed: of the batch's one run, complete, under its new head.
+    let mut keep = None;
     let tx = write_tx(conn)?;
     let tid = tenant.as_uuid().as_bytes();
     let now = now_micros();
@@ -936,7 +950,26 @@ pub(crate) fn append(
 
         // Status and node summaries, maintained here so no read scans the transitions.
         let touched = decision.touched_nodes();
-        let mut progress = load_progress(&tx, tid, rid, stored_progress, touched.iter().copied())?;
+        let whole_nodes = stored_progress.counts.total() <= ProgressCache::READ_WHOLE_RUN_NODES;
+        let (mut progress, complete) = match &stored {
+            // A new run has no node summaries yet (a purge removes a run's with the run).
+            None => (Progress::new(stored_progress, []), true),
+            Some(info) if one_run && !decision.rows.is_empty() => {
+                match cache().take(tenant, rid, &info.head_hash) {
+                    Some(kept) => (Progress { run: stored_progress, nodes: kept.nodes }, true),
+                    None if whole_nodes => {
+                        (Progress::new(stored_progress, read_nodes(&tx, tid, rid)?), true)
+                    }
+                    None => (
+                        load_progress(&tx, tid, rid, stored_progress, touched.iter().copied())?,
+                        false,
+                    ),
+                }
+            }
+            Some(_) => {
+                (load_progress(&tx, tid, rid, stored_progress, touched.iter().copied())?, false)
+            }
+        };
         decision.advance(&mut progress);
         store_nodes(&tx, tid, rid, &progress, touched.iter().copied())?;
 
@@ -1034,8 +1067,14 @@ pub(crate) fn append(
             .map_err(db)?;
         }
         report.runs.push(decision.report(run.run_id()));
+        if one_run && complete && !decision.rows.is_empty() {
+            keep = Some((run.run_id(), decision.head_hash, progress));
+        }
     }
     tx.commit().map_err(db)?;
+    if let Some((run, head, progress)) = keep {
+        cache().put(tenant, run.as_str(), head, progress);
+    }
     Ok(report)
 }
 

@@ -403,3 +403,59 @@ async fn a_dropped_backend_leaves_the_whole_store_in_its_file() {
     let run = store.get_run(&scope.read(), &log.run_id).await.unwrap();
     assert_eq!(run.info.next_seq, 2_000, "every transition is in the file");
 }
+
+/// A backend keeps the progress of the run it appended to last under the head it made, so its
+/// next chunk of that run reads none of the run's node summaries back; a backend that did not
+/// make the head (another process on the same file) reads them all, and from then on appends
+/// from what it read. Seen through node summaries changed in the file behind both backends'
+/// backs (every node's `attempts` raised by 99): the backend that knew the progress overwrites
+/// the change in every node its rows touch; the other carries it on.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_backend_that_made_a_head_appends_from_the_progress_it_knew() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Harness::new(Arc::new(SqliteBackend::connect(&url(&dir)).await.unwrap()));
+    let b = SqliteBackend::connect(&url(&dir)).await.unwrap();
+    let t = a.fresh_tenant().await;
+    let log = SourceLog::new("known", 50, "a", recent_base());
+    let raw = rusqlite::Connection::open(dir.path().join("kahn.db")).unwrap();
+    let tamper = || {
+        let changed = raw
+            .execute("UPDATE run_nodes SET attempts = attempts + 99 WHERE run_id = ?1", ["known"])
+            .unwrap();
+        assert_eq!(changed, 7, "the fixture's run has seven nodes");
+    };
+    // The reference's node summaries after `end`, with `carried` changes of 99 kept on.
+    let want = |end: u64, carried: u64| {
+        let log = &log;
+        async move {
+            let mut nodes = log.reference(&[(0, end)]).await.nodes;
+            nodes.iter_mut().for_each(|n| n.attempts += 99 * carried);
+            nodes
+        }
+    };
+    let nodes = |store: Arc<dyn StorageBackend>| {
+        let (read, run) = (t.read.clone(), log.run_id.clone());
+        async move { store.get_run(&read, &run).await.unwrap().nodes }
+    };
+    // Every chunk of ten touches all seven nodes.
+    a.store.append(&t.write, &log.chunk(0, 10)).await.unwrap();
+    tamper();
+    a.store.append(&t.write, &log.chunk(10, 20)).await.unwrap();
+    assert_eq!(nodes(a.store.clone()).await, want(20, 0).await, "a overwrites the change");
+
+    let b: Arc<dyn StorageBackend> = Arc::new(b);
+    tamper();
+    b.append(&t.write, &log.chunk(20, 30)).await.unwrap();
+    assert_eq!(nodes(b.clone()).await, want(30, 1).await, "b reads the change, carries it on");
+    tamper();
+    b.append(&t.write, &log.chunk(30, 40)).await.unwrap();
+    assert_eq!(nodes(b.clone()).await, want(40, 1).await, "b appends from what it read");
+
+    // a's progress is of a head the run has moved on from: it reads the stored one.
+    a.store.append(&t.write, &log.chunk(40, 50)).await.unwrap();
+    assert_eq!(nodes(a.store.clone()).await, want(50, 1).await, "a reads what b left");
+    assert_eq!(
+        b.get_run(&t.read, &log.run_id).await.unwrap().info.node_counts,
+        log.reference(&[(0, 50)]).await.info.node_counts
+    );
+}

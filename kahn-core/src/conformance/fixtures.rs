@@ -171,6 +171,22 @@ impl SourceLog {
     pub fn all(&self) -> AppendBatch {
         self.chunk(0, self.len())
     }
+
+    /// The run as a reference store (kahn-core's in-memory one) holds it after `chunks`, each
+    /// `[start, end)` appended in turn: what an adapter must report for the same appends.
+    ///
+    /// # Panics
+    /// When the reference refuses a chunk.
+    pub async fn reference(&self, chunks: &[(u64, u64)]) -> crate::RunSummary {
+        let reference = crate::MemoryBackend::new();
+        let t = reference.provision_tenant(&NewTenant::new("ref").expect("valid")).await;
+        let key = reference.issue_api_key(t.expect("tenant").id).await.expect("key");
+        let scope = reference.resolve_api_key(&key.secret).await.expect("resolve").expect("key");
+        for &(start, end) in chunks {
+            reference.append(&scope, &self.chunk(start, end)).await.expect("reference");
+        }
+        reference.get_run(&scope.read(), &self.run_id).await.expect("reference run")
+    }
 }
 
 /// One realistic transition line (~300 bytes, nested `attrs`).
