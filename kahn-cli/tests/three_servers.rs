@@ -35,7 +35,7 @@ const TRANSITIONS: u64 = 240;
 /// The limited tenants' allowance, in ingests a second.
 const LIMITED_RATE: u32 = 3;
 /// How many limited tenants there are: one per try at sending the 2 × 3 requests within
-/// 1 / LIMITED_RATE seconds (past that the allowance refills and nothing can be concluded).
+/// 1 s (past that the allowance may have refilled up to six, and nothing can be concluded).
 const LIMITED_TRIES: usize = 5;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -275,8 +275,11 @@ async fn ingest(
 
 /// A tenant limited to LIMITED_RATE ingests a second: LIMITED_RATE ingests, one per server, are
 /// admitted, and the next one to each server is refused with 429 and `Retry-After` — when
-/// all six are sent within 1 / LIMITED_RATE s (else the allowance refilled meanwhile, and the
-/// next limited tenant tries again).
+/// all six are sent within 1 / LIMITED_RATE s. Sent more slowly (a loaded machine), the
+/// allowance refilled meanwhile by at most LIMITED_RATE × the time taken, which bounds how many
+/// of the six a shared allowance admits; while that bound is under six (servers keeping an
+/// allowance each would admit all six), the count is checked instead, and past it the next
+/// limited tenant tries again.
 async fn limit_is_shared_by_the_servers(urls: &[String], limited: &[(Tenant, IssuedApiKey)]) {
     let http = reqwest::Client::new();
     let window = Duration::from_secs(1) / LIMITED_RATE;
@@ -289,32 +292,49 @@ async fn limit_is_shared_by_the_servers(urls: &[String], limited: &[(Tenant, Iss
             answers.push(ingest(&http, &urls[i % urls.len()], key, line).await);
         }
         let elapsed = started.elapsed();
-        if elapsed >= window {
+        // The most a shared allowance can have admitted: its burst and what refilled since.
+        let most =
+            LIMITED_RATE as usize + (elapsed.as_secs_f64() * f64::from(LIMITED_RATE)) as usize;
+        if most >= answers.len() {
             slow.push(elapsed);
             continue;
         }
-        let (admitted, refused) = answers.split_at(LIMITED_RATE as usize);
-        for (i, (status, _)) in admitted.iter().enumerate() {
-            assert_eq!(*status, 200, "tenant {}: ingest {i} is within its allowance", tenant.id);
-        }
-        for (i, (status, retry_after)) in refused.iter().enumerate() {
-            assert_eq!(
-                *status,
-                429,
-                "tenant {}: past its allowance, server {} refuses (answers: {answers:?})",
-                tenant.id,
-                i % urls.len()
-            );
+        for (status, retry_after) in &answers {
+            assert!(*status == 200 || *status == 429, "tenant {}: {answers:?}", tenant.id);
             assert!(
-                retry_after.is_some_and(|s| s >= 1),
+                *status == 200 || retry_after.is_some_and(|s| s >= 1),
                 "a refusal says when to retry: {answers:?}"
             );
+        }
+        let (first, rest) = answers.split_at(LIMITED_RATE as usize);
+        for (i, (status, _)) in first.iter().enumerate() {
+            assert_eq!(*status, 200, "tenant {}: ingest {i} is within its allowance", tenant.id);
+        }
+        let admitted = answers.iter().filter(|(status, _)| *status == 200).count();
+        assert!(
+            admitted <= most,
+            "tenant {}: {admitted} of {} ingests admitted in {elapsed:?}, where one allowance \
+             shared by the servers admits at most {most} (answers: {answers:?})",
+            tenant.id,
+            answers.len()
+        );
+        if elapsed < window {
+            for (i, (status, _)) in rest.iter().enumerate() {
+                assert_eq!(
+                    *status,
+                    429,
+                    "tenant {}: past its allowance, server {} refuses (answers: {answers:?})",
+                    tenant.id,
+                    i % urls.len()
+                );
+            }
         }
         return;
     }
     panic!(
-        "never sent {} ingests within {window:?} in {LIMITED_TRIES} tries ({slow:?}): the \
-         machine is too loaded to tell a shared allowance from a refilled one",
-        log.lines.len()
+        "never sent {} ingests within {:?} in {LIMITED_TRIES} tries ({slow:?}): the machine is \
+         too loaded to tell a shared allowance from a refilled one",
+        log.lines.len(),
+        Duration::from_secs(1),
     );
 }
