@@ -12,9 +12,11 @@
 //!   WAL is checkpointed into the file on a thread of its own, not in the writer's commits.
 //! * **Closes whole.** Dropping the backend waits for its connections to close; the last one
 //!   copies the WAL into the file, so once the drop returns the file alone is the store.
-//! * **A pushed run's chunks read no node summaries back.** The writer keeps the progress its
-//!   last append of a run left (kahn-core's `ProgressCache`, keyed by the run's head, so never
-//!   stale whoever else writes the file) and the run's next chunk starts from it.
+//! * **A pushed run's next chunk reads no node summaries back.** The writer keeps the progress
+//!   its last append of a run left (kahn-core's `ProgressCache`, keyed by the run's head: a run
+//!   another append moved on, through this backend or another on the file, is not found) and
+//!   the run's next chunk starts from it; one not found reads all the run's node summaries
+//!   once (at most 10,000), so the chunk after it is found again.
 //! * **Tenancy by the adapter.** Every statement on tenant data binds the scope's tenant; the
 //!   schema leads every key with `tenant_id`.
 //! * **Retention by receipt.** Each run keeps `received_at`, the store's clock at the last

@@ -955,7 +955,9 @@ pub(crate) fn append(
             // A new run has no node summaries yet (a purge removes a run's with the run).
             None => (Progress::new(stored_progress, []), true),
             Some(info) if one_run && !decision.rows.is_empty() => {
-                match cache().take(tenant, rid, &info.head_hash) {
+                // Taken before the match, so the lock is not held while nodes are read.
+                let kept = cache().take(tenant, rid, &info.head_hash);
+                match kept {
                     Some(kept) => (Progress { run: stored_progress, nodes: kept.nodes }, true),
                     None if whole_nodes => {
                         (Progress::new(stored_progress, read_nodes(&tx, tid, rid)?), true)
