@@ -950,25 +950,21 @@ pub(crate) fn append(
 
         // Status and node summaries, maintained here so no read scans the transitions.
         let touched = decision.touched_nodes();
+        // A pushed chunk's run, when the backend kept its progress under the stored head.
+        let one_run_rows = one_run && !decision.rows.is_empty();
+        let kept = match &stored {
+            Some(info) if one_run_rows => cache().take(tenant, rid, &info.head_hash),
+            _ => None,
+        };
         let whole_nodes = stored_progress.counts.total() <= ProgressCache::READ_WHOLE_RUN_NODES;
-        let (mut progress, complete) = match &stored {
+        let (mut progress, complete) = match (&stored, kept) {
             // A new run has no node summaries yet (a purge removes a run's with the run).
-            None => (Progress::new(stored_progress, []), true),
-            Some(info) if one_run && !decision.rows.is_empty() => {
-                // Taken before the match, so the lock is not held while nodes are read.
-                let kept = cache().take(tenant, rid, &info.head_hash);
-                match kept {
-                    Some(kept) => (Progress { run: stored_progress, nodes: kept.nodes }, true),
-                    None if whole_nodes => {
-                        (Progress::new(stored_progress, read_nodes(&tx, tid, rid)?), true)
-                    }
-                    None => (
-                        load_progress(&tx, tid, rid, stored_progress, touched.iter().copied())?,
-                        false,
-                    ),
-                }
+            (None, _) => (Progress::new(stored_progress, []), true),
+            (Some(_), Some(kept)) => (Progress { run: stored_progress, nodes: kept.nodes }, true),
+            (Some(_), None) if one_run_rows && whole_nodes => {
+                (Progress::new(stored_progress, read_nodes(&tx, tid, rid)?), true)
             }
-            Some(_) => {
+            (Some(_), None) => {
                 (load_progress(&tx, tid, rid, stored_progress, touched.iter().copied())?, false)
             }
         };
@@ -1069,7 +1065,7 @@ pub(crate) fn append(
             .map_err(db)?;
         }
         report.runs.push(decision.report(run.run_id()));
-        if one_run && complete && !decision.rows.is_empty() {
+        if one_run_rows && complete {
             keep = Some((run.run_id(), decision.head_hash, progress));
         }
     }
