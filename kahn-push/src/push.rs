@@ -536,19 +536,73 @@ struct Cutter {
 /// Reads the file, hashing every byte read when a resume cache will keep a mark of it.
 struct Reader {
     inner: std::io::BufReader<std::fs::File>,
-    raw: Option<blake3::Hasher>,
+    raw: Option<RawHash>,
     bytes: u64,
+}
+
+/// The BLAKE3 hash of a file's raw bytes, fed in blocks.
+///
+/// BLAKE3 hashes as many 1 KiB chunks at once as the CPU's vectors hold, but only when it is
+/// handed that many: fed one ~300-byte line at a time it compresses one chunk after another,
+/// five times slower (0.41 s against 0.08 s for the lines of a 1M-transition file). So short
+/// updates are gathered into a block first, and long ones go straight through.
+struct RawHash {
+    hasher: blake3::Hasher,
+    pending: Vec<u8>,
+}
+
+impl RawHash {
+    /// The bytes gathered before they are hashed.
+    const BLOCK: usize = 64 * 1024;
+
+    fn new() -> Self {
+        Self { hasher: blake3::Hasher::new(), pending: Vec::with_capacity(Self::BLOCK) }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        if self.pending.len() + bytes.len() > Self::BLOCK {
+            self.hasher.update(&self.pending);
+            self.pending.clear();
+        }
+        if bytes.len() >= Self::BLOCK {
+            self.hasher.update(bytes);
+        } else {
+            self.pending.extend_from_slice(bytes);
+        }
+    }
+
+    /// The hash of everything fed so far; more may be fed after.
+    fn finalize(&self) -> Digest {
+        let mut hasher = self.hasher.clone();
+        hasher.update(&self.pending);
+        Digest::from_bytes(*hasher.finalize().as_bytes())
+    }
 }
 
 impl Reader {
     /// Consumes the mark's bytes if they are still what it says; otherwise rewinds.
+    ///
+    /// The bytes are hashed straight from the reader's buffer, a whole buffer at a time (see
+    /// [`RawHash`]; `io::copy` through a `Take` hands over 8 KiB, which made this part of a
+    /// re-push nearly twice as slow).
     fn skip_marked(&mut self, mark: &Mark) -> std::io::Result<bool> {
-        use std::io::{Read, Seek};
-        let mut raw = blake3::Hasher::new();
-        let copied = std::io::copy(&mut (&mut self.inner).take(mark.bytes), &mut raw)?;
-        if copied == mark.bytes && Digest::from_bytes(*raw.finalize().as_bytes()) == mark.raw_blake3
-        {
-            self.bytes = copied;
+        use std::io::{BufRead, ErrorKind, Seek};
+        let mut raw = RawHash::new();
+        let mut left = mark.bytes;
+        while left > 0 {
+            let buf = match self.inner.fill_buf() {
+                Ok([]) => break,
+                Ok(buf) => buf,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            raw.update(&buf[..n]);
+            self.inner.consume(n);
+            left -= n as u64;
+        }
+        if left == 0 && raw.finalize() == mark.raw_blake3 {
+            self.bytes = mark.bytes;
             self.raw = Some(raw);
             return Ok(true);
         }
@@ -568,7 +622,7 @@ impl Cutter {
         let file = std::fs::File::open(path).map_err(io_error)?;
         let mut reader = Reader {
             inner: std::io::BufReader::with_capacity(256 * 1024, file),
-            raw: self.mark.then(blake3::Hasher::new),
+            raw: self.mark.then(RawHash::new),
             bytes: 0,
         };
         let (mut seq, mut line_no, mut prefix, mut prefix_bytes) = (0u64, 0u64, Digest::ZERO, 0u64);
@@ -703,7 +757,7 @@ impl Cutter {
                 bytes: reader.bytes,
                 lines: line_no,
                 transitions: seq,
-                raw_blake3: Digest::from_bytes(*raw.finalize().as_bytes()),
+                raw_blake3: raw.finalize(),
                 head_hash: Digest::ZERO,
             }));
         }
@@ -951,6 +1005,30 @@ fn meta_wire_bytes(meta: &RunMeta, run_id: &RunId) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// However the bytes are cut into updates (lines, whole buffers, both mixed), the
+        /// block-fed hash is BLAKE3 of all of them, and asking for it midway changes nothing.
+        #[test]
+        fn a_raw_hash_is_blake3_of_the_bytes_however_they_are_fed(
+            pieces in proptest::collection::vec(0usize..(3 * RawHash::BLOCK), 0..12),
+            midway in 0usize..12,
+        ) {
+            let mut all = Vec::new();
+            let mut raw = RawHash::new();
+            for (i, len) in pieces.iter().enumerate() {
+                let piece: Vec<u8> = (0..*len).map(|j| (i * 31 + j * 7) as u8).collect();
+                raw.update(&piece);
+                all.extend_from_slice(&piece);
+                if i == midway {
+                    let want = Digest::from_bytes(*blake3::hash(&all).as_bytes());
+                    proptest::prop_assert_eq!(raw.finalize(), want);
+                }
+            }
+            let want = Digest::from_bytes(*blake3::hash(&all).as_bytes());
+            proptest::prop_assert_eq!(raw.finalize(), want);
+        }
+    }
 
     /// Retry `n` waits between `b/2` and `b`, `b` = 250 ms · 2ⁿ capped at 30 s: backon's
     /// jitter (`d` to `2d`) on the halved delays gives exactly the "equal jitter" promised.
