@@ -1,8 +1,6 @@
 //! Append batches: per run, optional metadata and transitions with contiguous seqs. A batch
 //! that breaks these rules cannot be built.
 
-use std::collections::HashMap;
-
 use serde_json::{Map, Value};
 
 use crate::error::Error;
@@ -461,7 +459,8 @@ impl<'de> serde::de::Visitor<'de> for Strict<'_> {
 #[derive(Debug, Default)]
 pub struct BatchBuilder {
     runs: Vec<RunAppend>,
-    index: HashMap<RunId, usize>,
+    /// Looked up once per line: foldhash, seeded per process (see `touched_nodes`).
+    index: foldhash::HashMap<RunId, usize>,
 }
 
 impl BatchBuilder {
