@@ -195,6 +195,21 @@ pub trait StorageBackend: Debug + Send + Sync + 'static {
         false
     }
 
+    /// Whether appends reach the store in the order their futures were **first polled**: once
+    /// an [`append`](Self::append)'s future has been polled, an append first polled after it
+    /// is applied after it, whether or not the earlier future is polled again. `true` for a
+    /// store whose one writer takes appends from a queue the first poll joins (SQLite).
+    ///
+    /// A caller keeping two appends of one run in order (the HTTP server, for a pusher's
+    /// chunks in flight) may then start the second as soon as the first was polled once,
+    /// instead of waiting for its answer: the writer goes from one to the next with no one
+    /// else to wake between them. The append rules are the same either way; with `false` (the
+    /// default, which promises nothing) a second append that overtakes the first is refused
+    /// as a [`Gap`](crate::Error::Gap).
+    fn appends_in_poll_order(&self) -> bool {
+        false
+    }
+
     /// A page of the scope's runs, newest activity first.
     ///
     /// # Errors

@@ -200,10 +200,13 @@ pub(crate) async fn ingest(
         let cost = crate::ratelimit::ingest_cost(batch.runs().len(), batch.transition_count());
         charge(&state, &scope, Charge::Rest(cost)).await?;
         // Parsed while the append before it (of the same run, from this pusher) ran; it goes
-        // to the store once that one is done (see `queue`).
-        let (_place, ahead) = state.inner.run_queue.enter(scope.tenant(), &batch);
+        // to the store once that one is done, or once it is in the store's own queue where the
+        // store keeps appends in order (see `queue`).
+        let (place, ahead) = state.inner.run_queue.enter(scope.tenant(), &batch);
         ahead.wait().await;
-        let mut report = state.inner.backend.append(&scope, &batch).await?;
+        let backend = &state.inner.backend;
+        let append = backend.append(&scope, &batch);
+        let mut report = place.hold_for(append, backend.appends_in_poll_order()).await?;
         if let Some(signer) = &state.inner.config.receipt_key {
             report = sign_receipts(signer, scope.tenant(), report).await?;
         }

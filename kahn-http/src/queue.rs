@@ -4,7 +4,11 @@
 //! server parses chunk k+1 while chunk k is appended. Without an order, chunk k+1 could reach
 //! the store first and be refused as a `Gap` (nothing written; the pusher then re-sends it).
 //! With this queue it waits for chunk k's append to finish — succeed or fail — and then goes
-//! to the store like any append: the append rules decide, unchanged. The queue only orders;
+//! to the store like any append: the append rules decide, unchanged. A backend whose appends
+//! reach the store in the order they were first polled (SQLite's one writer,
+//! [`appends_in_poll_order`](kahn_core::StorageBackend::appends_in_poll_order)) keeps that
+//! order itself: there chunk k+1 goes as soon as chunk k's append was polled once, and the
+//! writer takes it right after chunk k, with no thread to wake between the two. The queue only orders;
 //! it never decides. Between servers (behind a load balancer) nothing is ordered, and the
 //! pusher's re-send after a `Gap` keeps the push correct.
 //!
@@ -83,6 +87,28 @@ impl RunQueue {
     #[cfg(test)]
     fn runs_queued(&self) -> usize {
         self.entered.lock().map(|m| m.len()).unwrap_or_default()
+    }
+}
+
+impl Place<'_> {
+    /// Awaits `append`, leaving this place once `append` has been polled for the first time
+    /// when `polled_is_placed` (the backend's
+    /// [`appends_in_poll_order`](kahn_core::StorageBackend::appends_in_poll_order): from then
+    /// on the store itself keeps the requests behind in order), else once it is answered.
+    pub(crate) async fn hold_for<F: Future>(self, append: F, polled_is_placed: bool) -> F::Output {
+        if !polled_is_placed {
+            let answer = append.await;
+            drop(self);
+            return answer;
+        }
+        let mut append = std::pin::pin!(append);
+        let mut place = Some(self);
+        std::future::poll_fn(|cx| {
+            let polled = append.as_mut().poll(cx);
+            drop(place.take());
+            polled
+        })
+        .await
     }
 }
 
@@ -182,6 +208,29 @@ mod tests {
         drop(_other);
         drop(_other_tenant);
         assert_eq!(q.runs_queued(), 0, "leaving empties the queues");
+    }
+
+    #[tokio::test]
+    async fn a_place_held_for_an_append_is_left_when_the_backend_says_a_poll_places_it() {
+        let q = RunQueue::default();
+        let tenant = TenantId::new_random();
+        for polled_is_placed in [true, false] {
+            let (first, _) = q.enter(tenant, &batch(&["a"]));
+            let (_second, ahead) = q.enter(tenant, &batch(&["a"]));
+            // An append that never answers, and the next request waiting beside it.
+            let holding = first.hold_for(std::future::pending::<()>(), polled_is_placed);
+            let waited = tokio::select! {
+                () = holding => unreachable!("the append never answers"),
+                waited = tokio::time::timeout(Duration::from_millis(200), ahead.wait()) => waited,
+            };
+            assert_eq!(
+                waited.is_ok(),
+                polled_is_placed,
+                "the next request goes while the append is unanswered only when a poll placed it"
+            );
+            drop(_second);
+        }
+        assert_eq!(q.runs_queued(), 0);
     }
 
     #[tokio::test]

@@ -412,6 +412,12 @@ impl StorageBackend for SqliteBackend {
         self.write(move |c| store::append(c, tenant, key, &batch, &progress)).await
     }
 
+    /// The first poll of [`append`](Self::append) puts its job on the writer's queue (nothing
+    /// is awaited before), and the one writer thread takes the queue in order.
+    fn appends_in_poll_order(&self) -> bool {
+        true
+    }
+
     async fn list_runs(&self, scope: &ReadScope, query: &RunQuery) -> Result<RunPage> {
         query.validate()?;
         let (tenant, query) = (scope.tenant(), query.clone());

@@ -459,3 +459,34 @@ async fn the_backend_that_made_a_head_appends_from_the_progress_it_knew() {
         log.reference(&[(0, 50)]).await.info.node_counts
     );
 }
+
+/// `appends_in_poll_order`, which the HTTP server relies on to send a pusher's next chunk
+/// before the previous one is answered: an append polled once is in the writer's queue, so an
+/// append of the next chunk polled after it is applied after it (not refused as a gap), even
+/// when the first future is not polled again until the second is answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_append_polled_once_is_applied_before_one_polled_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::new(Arc::new(SqliteBackend::connect(&url(&dir)).await.unwrap()));
+    assert!(h.store.appends_in_poll_order());
+    let t = h.fresh_tenant().await;
+    let log = SourceLog::new("in-order", 2000, "a", recent_base());
+    for round in 0..5u64 {
+        let (start, mid, end) = (round * 400, round * 400 + 200, round * 400 + 400);
+        let (first, second) = (log.chunk(start, mid), log.chunk(mid, end));
+        let mut earlier = std::pin::pin!(h.store.append(&t.write, &first));
+        let pending = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(earlier.as_mut().poll(cx).is_pending())
+        })
+        .await;
+        assert!(pending, "a 200-transition append is not done at its first poll");
+        let later = h.store.append(&t.write, &second).await.expect("applied after the first");
+        assert_eq!((later.appended(), later.runs[0].next_seq), (200, end));
+        let earlier = earlier.await.expect("the first");
+        assert_eq!(earlier.appended(), 200);
+    }
+    let (stored, want) =
+        (h.store.get_run(&t.read, &log.run_id).await.unwrap(), log.reference(&[(0, 2000)]).await);
+    assert_eq!((stored.info.next_seq, stored.info.head_hash), (2000, want.info.head_hash));
+    assert_eq!(stored.nodes, want.nodes);
+}
