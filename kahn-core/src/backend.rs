@@ -202,8 +202,9 @@ pub trait StorageBackend: Debug + Send + Sync + 'static {
     ///
     /// A caller keeping two appends of one run in order (the HTTP server, for a pusher's
     /// chunks in flight) may then start the second as soon as the first was polled once,
-    /// instead of waiting for its answer: the writer goes from one to the next with no one
-    /// else to wake between them. The append rules are the same either way; with `false` (the
+    /// instead of waiting for its answer: the second is then already queued when the writer
+    /// is done with the first (other calls may still come between them), with no other thread
+    /// to wake first. The append rules are the same either way; with `false` (the
     /// default, which promises nothing) a second append that overtakes the first is refused
     /// as a [`Gap`](crate::Error::Gap).
     fn appends_in_poll_order(&self) -> bool {

@@ -7,10 +7,13 @@
 //! to the store like any append: the append rules decide, unchanged. A backend whose appends
 //! reach the store in the order they were first polled (SQLite's one writer,
 //! [`appends_in_poll_order`](kahn_core::StorageBackend::appends_in_poll_order)) keeps that
-//! order itself: there chunk k+1 goes as soon as chunk k's append was polled once, and the
-//! writer takes it right after chunk k, with no thread to wake between the two. The queue only orders;
-//! it never decides. Between servers (behind a load balancer) nothing is ordered, and the
-//! pusher's re-send after a `Gap` keeps the push correct.
+//! order itself: there chunk k+1 goes as soon as chunk k's append was polled once, and is
+//! applied after it (other calls may come between the two), already queued when the writer is
+//! done with chunk k. Either way a request leaves the queue when its append is answered, before
+//! its receipts are signed, so consecutive chunks' receipts may be signed in either order (each
+//! names the head its own append left). The queue only orders; it never decides. Between
+//! servers (behind a load balancer) nothing is ordered, and the pusher's re-send after a `Gap`
+//! keeps the push correct.
 //!
 //! Waits are taken in arrival order (each request waits only for requests that entered
 //! before it), so two requests never wait for each other.
@@ -217,8 +220,20 @@ mod tests {
         for polled_is_placed in [true, false] {
             let (first, _) = q.enter(tenant, &batch(&["a"]));
             let (_second, ahead) = q.enter(tenant, &batch(&["a"]));
-            // An append that never answers, and the next request waiting beside it.
-            let holding = first.hold_for(std::future::pending::<()>(), polled_is_placed);
+            // An append that never answers, and checks at its first poll that the place is
+            // still held (leaving before the append is placed would let the next one overtake
+            // it); then the next request waiting beside it.
+            let probe = ahead.0[0].clone();
+            let mut polled = false;
+            let append = std::future::poll_fn(move |_| {
+                if !polled {
+                    polled = true;
+                    let held = matches!(probe.has_changed(), Ok(false));
+                    assert!(held, "the place was left before the append's first poll");
+                }
+                std::task::Poll::<()>::Pending
+            });
+            let holding = first.hold_for(append, polled_is_placed);
             let waited = tokio::select! {
                 () = holding => unreachable!("the append never answers"),
                 waited = tokio::time::timeout(Duration::from_millis(200), ahead.wait()) => waited,
